@@ -1,0 +1,246 @@
+//! Credentials and permission checks: the only place that decides who may
+//! do what (CONTRACT.md "Tokens").
+//!
+//! Handlers take [`Credentials`] (an extractor: a present but invalid token
+//! is a 401 saying why, never silently anonymous) and call
+//! [`Credentials::authorize`] with the permission they need, or take
+//! [`CacheAccess`], which does both for routes with `{cache}` in the path.
+//! A caller with no permission at all on a cache gets the same 401 whether
+//! the cache exists or not: private caches reveal nothing.
+
+use std::marker::PhantomData;
+
+use axum::extract::{FromRef, FromRequestParts, Path};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine;
+
+use larder_shared::CacheName;
+use larder_shared::db::caches::{self, CacheRecord};
+use larder_shared::db::unix_now;
+use larder_shared::token::{CachePermissions, Claims, Permission};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Message for every "you may not see this" answer, identical whether or not
+/// the cache exists.
+const HIDDEN: &str = "authentication required, or no access to this cache";
+
+/// The verified caller: anonymous, or a token's claims.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    claims: Option<Claims>,
+}
+
+impl Credentials {
+    /// An anonymous caller (tests, internal use).
+    pub fn anonymous() -> Self {
+        Self { claims: None }
+    }
+
+    /// The token's subject, for logs.
+    pub fn subject(&self) -> Option<&str> {
+        self.claims.as_ref().map(|c| c.sub.as_str())
+    }
+
+    /// What this caller may do on `name`, public caches granting pull.
+    pub fn permissions_on(
+        &self,
+        name: &CacheName,
+        cache: Option<&CacheRecord>,
+    ) -> CachePermissions {
+        let mut perms = self
+            .claims
+            .as_ref()
+            .map(|c| c.permissions_for(name))
+            .unwrap_or_default();
+        if cache.is_some_and(|c| c.is_public) {
+            perms.pull = true;
+        }
+        perms
+    }
+
+    /// Loads the cache and checks that the caller holds one of `any_of`.
+    /// Order of answers: 401 (no rights at all, existence hidden), 404 (no
+    /// such cache), 403 (visible but not allowed).
+    pub async fn authorize(
+        &self,
+        state: &AppState,
+        name: &CacheName,
+        any_of: &[Permission],
+    ) -> Result<CacheRecord, ApiError> {
+        let mut conn = state.db.conn().await?;
+        let cache = caches::get_by_name(conn.raw(), name).await?;
+        drop(conn);
+        let perms = self.permissions_on(name, cache.as_ref());
+        if !perms.any() {
+            return Err(ApiError::Unauthorized(HIDDEN.into()));
+        }
+        let cache = cache.ok_or(ApiError::NoSuchCache)?;
+        if any_of.iter().any(|p| perms.has(*p)) {
+            Ok(cache)
+        } else {
+            Err(ApiError::PermissionDenied(permission_name(any_of[0])))
+        }
+    }
+
+    /// For creating a cache: the caller needs `cc` on the name, which must be free.
+    pub async fn authorize_create(
+        &self,
+        state: &AppState,
+        name: &CacheName,
+    ) -> Result<(), ApiError> {
+        let perms = self.permissions_on(name, None);
+        if !perms.any() {
+            return Err(ApiError::Unauthorized(HIDDEN.into()));
+        }
+        if !perms.has(Permission::CreateCache) {
+            return Err(ApiError::PermissionDenied(permission_name(
+                Permission::CreateCache,
+            )));
+        }
+        let mut conn = state.db.conn().await?;
+        match caches::get_by_name(conn.raw(), name).await? {
+            Some(_) => Err(ApiError::CacheAlreadyExists),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Human name of a permission, for 403 messages.
+pub fn permission_name(p: Permission) -> &'static str {
+    match p {
+        Permission::Pull => "pull (r)",
+        Permission::Push => "push (w)",
+        Permission::Delete => "delete (d)",
+        Permission::CreateCache => "create cache (cc)",
+        Permission::ConfigureCache => "configure cache (cr)",
+        Permission::ConfigureCacheRetention => "configure cache retention (cq)",
+        Permission::DestroyCache => "destroy cache (cd)",
+    }
+}
+
+/// The JWT from `Authorization: Bearer <jwt>` or `Basic` with the JWT as
+/// password (what Nix sends from a netrc).
+fn bearer_token(parts: &Parts) -> Result<Option<String>, ApiError> {
+    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Some(rest.to_owned()));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| ApiError::Unauthorized("malformed Basic credentials".into()))?;
+        let text = String::from_utf8(decoded)
+            .map_err(|_| ApiError::Unauthorized("malformed Basic credentials".into()))?;
+        let password = text.split_once(':').map(|(_, p)| p).unwrap_or("");
+        if password.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(password.to_owned()));
+    }
+    Err(ApiError::Unauthorized(format!(
+        "unsupported Authorization scheme {scheme:?}; use Bearer or Basic"
+    )))
+}
+
+impl<S> FromRequestParts<S> for Credentials
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let Some(token) = bearer_token(parts)? else {
+            return Ok(Credentials::anonymous());
+        };
+        let claims = state
+            .tokens
+            .verify(&token, unix_now() as u64)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        Ok(Credentials {
+            claims: Some(claims),
+        })
+    }
+}
+
+/// A permission requirement named in a handler's signature.
+pub trait Need: Send + Sync + 'static {
+    /// Any one of these suffices.
+    const ANY_OF: &'static [Permission];
+}
+
+/// `r` or `w`: reading metadata (push clients check existence too).
+pub struct PullOrPush;
+impl Need for PullOrPush {
+    const ANY_OF: &'static [Permission] = &[Permission::Pull, Permission::Push];
+}
+
+/// `r`: reading NAR data.
+pub struct Pull;
+impl Need for Pull {
+    const ANY_OF: &'static [Permission] = &[Permission::Pull];
+}
+
+/// `w`: uploading.
+pub struct Push;
+impl Need for Push {
+    const ANY_OF: &'static [Permission] = &[Permission::Push];
+}
+
+/// `d`: deleting paths.
+pub struct Delete;
+impl Need for Delete {
+    const ANY_OF: &'static [Permission] = &[Permission::Delete];
+}
+
+/// Extractor for routes with `{cache}` as their first path parameter:
+/// validates the name, verifies credentials, checks permission `N`.
+pub struct CacheAccess<N: Need> {
+    /// The cache, which exists and which the caller may use as `N` says.
+    pub cache: CacheRecord,
+    /// Who is asking.
+    pub credentials: Credentials,
+    _need: PhantomData<N>,
+}
+
+impl<S, N> FromRequestParts<S> for CacheAccess<N>
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+    N: Need,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let credentials = Credentials::from_request_parts(parts, state).await?;
+        let Path(params): Path<Vec<(String, String)>> =
+            Path::from_request_parts(parts, state).await?;
+        let raw = params
+            .iter()
+            .find(|(k, _)| k == "cache")
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| ApiError::Internal("route has no {cache} parameter".into()))?;
+        // Purely syntactic, so saying so reveals nothing about existence.
+        let name: CacheName = raw
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("invalid cache name: {e}")))?;
+        let state = AppState::from_ref(state);
+        let cache = credentials.authorize(&state, &name, N::ANY_OF).await?;
+        Ok(Self {
+            cache,
+            credentials,
+            _need: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! The one place where errors become HTTP: status, JSON body
+//! `{"code", "error", "message"}` (CONTRACT.md), and the single log line for 5xx.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use larder_shared::db::DbError;
+use larder_shared::storage::StorageError;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or invalid credentials, or a private cache the caller may not see.
+    /// The message never depends on whether the cache or path exists.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller can see the cache but lacks this permission.
+    #[error("permission denied: {0}")]
+    PermissionDenied(&'static str),
+    /// The cache does not exist (said only to callers with rights on the name).
+    #[error("no such cache")]
+    NoSuchCache,
+    /// The path or NAR is not in this cache.
+    #[error("no such object")]
+    NoSuchObject,
+    /// Creating a cache whose name is taken.
+    #[error("cache already exists")]
+    CacheAlreadyExists,
+    /// Malformed request: bad JSON, bad store path, bad hash, bad name.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The uploaded NAR is not what its metadata claims, or not a NAR.
+    #[error("{0}")]
+    InvalidNar(String),
+    /// A header or preamble over its limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Route unknown.
+    #[error("not found")]
+    NotFound,
+    /// Route known, method not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Database failure (details logged, hidden from the caller).
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// Storage failure (details logged, hidden from the caller).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Anything else that is our fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u16,
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// Status and the stable error kind string clients match on.
+    pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PermissionDenied"),
+            ApiError::NoSuchCache => (StatusCode::NOT_FOUND, "NoSuchCache"),
+            ApiError::NoSuchObject => (StatusCode::NOT_FOUND, "NoSuchObject"),
+            ApiError::CacheAlreadyExists => (StatusCode::CONFLICT, "CacheAlreadyExists"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::InvalidNar(_) => (StatusCode::BAD_REQUEST, "InvalidNar"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DatabaseError"),
+            ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StorageError"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.status_and_kind();
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, kind, "request failed");
+            "internal server error; see the server log".to_owned()
+        } else {
+            self.to_string()
+        };
+        let body = ErrorBody {
+            code: status.as_u16(),
+            error: kind,
+            message,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Extractor rejections (bad JSON, bad path) become our JSON errors too.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,11 @@
+//! larder-api: the HTTP server. `main.rs` wires it; [`app::router`] is the
+//! route table; errors become HTTP only in [`error`].
+
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod nar_reader;
+pub mod routes;
+pub mod server;
+pub mod staging;
+pub mod state;

@@ -1,0 +1,91 @@
+//! `larder-api [-f CONFIG] [--listen ADDR] [--no-migrate]`: the HTTP server.
+//! Without a config it runs the embedded default (CONTRACT.md).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use larder_shared::config::{Config, EmbeddedDefault, default_data_dir};
+use larder_shared::db::unix_now;
+use larder_shared::token::{CachePattern, ClaimsBuilder, Permission, TokenKey, mint};
+
+/// Larder HTTP server.
+#[derive(Debug, Parser)]
+#[command(name = "larder-api", version)]
+struct Args {
+    /// Config file (else $LARDER_CONFIG, else the embedded default in $LARDER_DATA_DIR).
+    #[arg(short = 'f', long = "config", env = "LARDER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding the config.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Do not apply database migrations on start.
+    #[arg(long)]
+    no_migrate: bool,
+}
+
+/// Root token validity for the embedded default.
+const ROOT_VALIDITY: Duration = Duration::from_secs(2 * 365 * 86400 + 86400 / 2);
+
+fn root_token(config: &Config) -> anyhow::Result<String> {
+    let key = TokenKey::from_config(&config.jwt.signing)?;
+    let pattern = CachePattern::new("*")?;
+    let claims = ClaimsBuilder::new("root", ROOT_VALIDITY, unix_now() as u64)
+        .grant_all(&pattern, Permission::ALL)
+        .build()?;
+    Ok(mint(&key, &claims)?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let (mut config, first_start) = match &args.config {
+        Some(path) => (Config::load_file(path)?, None),
+        None => {
+            let dir = default_data_dir();
+            let e = EmbeddedDefault::open_or_create(&dir)?;
+            let created = e.created.then_some(e.config_path.clone());
+            (e.config, created)
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let config = Arc::new(config);
+    let state = larder_api::server::build_state(config.clone()).await?;
+    if !args.no_migrate {
+        state.db.migrate().await.context("applying migrations")?;
+    }
+    if let Some(path) = first_start {
+        // Printed once, to stdout only: never through the log.
+        let token = root_token(&config).context("minting the root token")?;
+        println!(
+            "Larder created its embedded default configuration in {}",
+            path.display()
+        );
+        println!();
+        println!("Root token (all permissions on every cache, valid 2 years):");
+        println!("    {token}");
+        println!();
+        println!("Log in with:");
+        println!(
+            "    larder login local http://{} {token} --set-default",
+            config.listen
+        );
+        println!();
+    }
+    let shutdown = CancellationToken::new();
+    larder_api::server::cancel_on_signal(shutdown.clone());
+    larder_api::server::serve(state, config.listen, shutdown).await
+}

@@ -1,0 +1,250 @@
+//! `/_api/v1/cache-config/{cache}`: create, read, configure, destroy a cache
+//! (Attic's JSON shape, CONTRACT.md).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+use larder_shared::CacheName;
+use larder_shared::db::caches::{self, CacheUpdate, NewCache};
+use larder_shared::db::unix_now;
+use larder_shared::nix::signing::SigningKey;
+use larder_shared::nix::store_path::StoreDir;
+use larder_shared::token::Permission;
+
+use crate::auth::Need;
+use crate::auth::{Credentials, PullOrPush};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// How to set a cache's signing key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub enum KeypairConfig {
+    /// Generate a fresh ed25519 key.
+    Generate,
+    /// Import `name:base64(64 bytes)`.
+    Keypair(String),
+}
+
+/// `"Global"` or `{"Period": seconds}`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum RetentionPeriodConfig {
+    /// Use the server's default.
+    Global,
+    /// Seconds; 0 keeps forever.
+    Period(u64),
+}
+
+/// Attic's `CacheConfig`; every field optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct CacheConfig {
+    /// Write only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keypair: Option<KeypairConfig>,
+    /// Read only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Visibility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_public: Option<bool>,
+    /// Store directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_dir: Option<String>,
+    /// Substituter priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Upstream key names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_cache_key_names: Option<Vec<String>>,
+    /// Retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_period: Option<RetentionPeriodConfig>,
+    /// Read only: where Nix substitutes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substituter_endpoint: Option<String>,
+    /// Read only: API base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_endpoint: Option<String>,
+}
+
+fn parse_name(raw: &str) -> ApiResult<CacheName> {
+    raw.parse()
+        .map_err(|e| ApiError::BadRequest(format!("invalid cache name: {e}")))
+}
+
+fn make_key(name: &CacheName, kp: &KeypairConfig) -> ApiResult<SigningKey> {
+    match kp {
+        KeypairConfig::Generate => SigningKey::generate(name.as_str())
+            .map_err(|e| ApiError::Internal(format!("key generation: {e}"))),
+        KeypairConfig::Keypair(s) => s
+            .parse::<SigningKey>()
+            .map_err(|e| ApiError::BadRequest(format!("invalid keypair: {e}"))),
+    }
+}
+
+fn validate_store_dir(s: &str) -> ApiResult<()> {
+    s.parse::<StoreDir>()
+        .map(|_| ())
+        .map_err(|e| ApiError::BadRequest(format!("invalid store_dir: {e}")))
+}
+
+fn api_endpoint(state: &AppState) -> String {
+    state
+        .config
+        .api_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/", state.config.listen))
+}
+
+/// `GET`: `r` or `w`.
+#[instrument(skip_all, fields(cache = %cache))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(cache): Path<String>,
+    credentials: Credentials,
+) -> ApiResult<Json<CacheConfig>> {
+    let name = parse_name(&cache)?;
+    let rec = credentials
+        .authorize(&state, &name, PullOrPush::ANY_OF)
+        .await?;
+    let key = rec
+        .keypair
+        .parse::<SigningKey>()
+        .map_err(|e| ApiError::Internal(format!("cache key: {e}")))?;
+    let endpoint = api_endpoint(&state);
+    let base = endpoint.trim_end_matches('/');
+    Ok(Json(CacheConfig {
+        keypair: None,
+        public_key: Some(key.public_key().to_string()),
+        is_public: Some(rec.is_public),
+        store_dir: Some(rec.store_dir.clone()),
+        priority: Some(rec.priority as i32),
+        upstream_cache_key_names: Some(rec.upstream_cache_key_names.clone()),
+        retention_period: Some(match rec.retention_period {
+            None => RetentionPeriodConfig::Global,
+            Some(s) => RetentionPeriodConfig::Period(s as u64),
+        }),
+        substituter_endpoint: Some(format!("{base}/{name}")),
+        api_endpoint: Some(format!("{base}/")),
+    }))
+}
+
+/// `POST`: `cc`; requires keypair, is_public, store_dir, priority, upstream_cache_key_names.
+#[instrument(skip_all, fields(cache = %cache))]
+pub async fn create(
+    State(state): State<AppState>,
+    Path(cache): Path<String>,
+    credentials: Credentials,
+    body: Result<Json<CacheConfig>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let name = parse_name(&cache)?;
+    credentials.authorize_create(&state, &name).await?;
+    let Json(cfg) = body?;
+    let missing = |f: &str| ApiError::BadRequest(format!("missing field {f:?} for cache creation"));
+    let kp = cfg.keypair.as_ref().ok_or_else(|| missing("keypair"))?;
+    let is_public = cfg.is_public.ok_or_else(|| missing("is_public"))?;
+    let store_dir = cfg
+        .store_dir
+        .as_deref()
+        .ok_or_else(|| missing("store_dir"))?;
+    let priority = cfg.priority.ok_or_else(|| missing("priority"))?;
+    let upstream = cfg
+        .upstream_cache_key_names
+        .as_ref()
+        .ok_or_else(|| missing("upstream_cache_key_names"))?;
+    validate_store_dir(store_dir)?;
+    let retention = match cfg.retention_period {
+        Some(RetentionPeriodConfig::Period(s)) => Some(s as i64),
+        _ => None,
+    };
+    let key = make_key(&name, kp)?;
+    let secret = key.export_secret();
+    let mut conn = state.db.conn().await?;
+    let created = caches::create(
+        conn.raw(),
+        &NewCache {
+            name: &name,
+            keypair: &secret,
+            is_public,
+            store_dir,
+            priority: priority as i64,
+            upstream_cache_key_names: upstream,
+            retention_period: retention,
+        },
+        unix_now(),
+    )
+    .await?;
+    match created {
+        Some(_) => {
+            tracing::info!(subject = credentials.subject(), "cache created");
+            Ok(StatusCode::OK)
+        }
+        None => Err(ApiError::CacheAlreadyExists),
+    }
+}
+
+/// `PATCH`: `cr` (+ `cq` when `retention_period` is sent); only given fields change.
+#[instrument(skip_all, fields(cache = %cache))]
+pub async fn configure(
+    State(state): State<AppState>,
+    Path(cache): Path<String>,
+    credentials: Credentials,
+    body: Result<Json<CacheConfig>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let name = parse_name(&cache)?;
+    let rec = credentials
+        .authorize(&state, &name, &[Permission::ConfigureCache])
+        .await?;
+    let Json(cfg) = body?;
+    if cfg.retention_period.is_some() {
+        credentials
+            .authorize(&state, &name, &[Permission::ConfigureCacheRetention])
+            .await?;
+    }
+    if let Some(d) = &cfg.store_dir {
+        validate_store_dir(d)?;
+    }
+    let keypair = cfg
+        .keypair
+        .as_ref()
+        .map(|kp| make_key(&name, kp).map(|k| k.export_secret()))
+        .transpose()?;
+    let update = CacheUpdate {
+        keypair,
+        is_public: cfg.is_public,
+        store_dir: cfg.store_dir.clone(),
+        priority: cfg.priority.map(i64::from),
+        upstream_cache_key_names: cfg.upstream_cache_key_names.clone(),
+        retention_period: cfg.retention_period.map(|r| match r {
+            RetentionPeriodConfig::Global => None,
+            RetentionPeriodConfig::Period(s) => Some(s as i64),
+        }),
+    };
+    let mut conn = state.db.conn().await?;
+    caches::update(conn.raw(), rec.id, &update)
+        .await?
+        .ok_or(ApiError::NoSuchCache)?;
+    tracing::info!(subject = credentials.subject(), "cache configured");
+    Ok(StatusCode::OK)
+}
+
+/// `DELETE`: `cd`. The cache's paths go at once; shared data goes with GC.
+#[instrument(skip_all, fields(cache = %cache))]
+pub async fn destroy(
+    State(state): State<AppState>,
+    Path(cache): Path<String>,
+    credentials: Credentials,
+) -> ApiResult<StatusCode> {
+    let name = parse_name(&cache)?;
+    let rec = credentials
+        .authorize(&state, &name, &[Permission::DestroyCache])
+        .await?;
+    let mut conn = state.db.conn().await?;
+    if !caches::delete(conn.raw(), rec.id).await? {
+        return Err(ApiError::NoSuchCache);
+    }
+    tracing::info!(subject = credentials.subject(), "cache destroyed");
+    Ok(StatusCode::OK)
+}

@@ -1,0 +1,65 @@
+//! `POST /_api/v1/get-missing-paths`: which of these paths the cache lacks.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use larder_shared::db::chunks::BATCH;
+use larder_shared::db::objects;
+use larder_shared::nix::store_path::StorePathHash;
+
+use crate::auth::{Credentials, Need, Push};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Most hashes accepted per request.
+pub const MAX_HASHES: usize = 100_000;
+
+/// Request body.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct GetMissingPathsRequest {
+    /// Cache name.
+    pub cache: String,
+    /// Store path hashes.
+    pub store_path_hashes: Vec<String>,
+}
+
+/// Response body.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct GetMissingPathsResponse {
+    /// The subset the cache lacks.
+    pub missing_paths: Vec<String>,
+}
+
+/// The handler; needs `w` (it answers a pusher's question).
+pub async fn get_missing_paths(
+    State(state): State<AppState>,
+    credentials: Credentials,
+    body: Result<Json<GetMissingPathsRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<GetMissingPathsResponse>> {
+    let Json(req) = body?;
+    let name = req
+        .cache
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("invalid cache name: {e}")))?;
+    if req.store_path_hashes.len() > MAX_HASHES {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "at most {MAX_HASHES} hashes per request"
+        )));
+    }
+    let hashes = req
+        .store_path_hashes
+        .iter()
+        .map(|h| h.parse::<StorePathHash>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))?;
+    let cache = credentials.authorize(&state, &name, Push::ANY_OF).await?;
+    let mut conn = state.db.conn().await?;
+    let mut missing = Vec::new();
+    for batch in hashes.chunks(BATCH) {
+        missing.extend(objects::missing(conn.raw(), cache.id, batch).await?);
+    }
+    Ok(Json(GetMissingPathsResponse {
+        missing_paths: missing.iter().map(|h| h.to_string()).collect(),
+    }))
+}

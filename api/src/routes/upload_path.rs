@@ -1,0 +1,293 @@
+//! `PUT /_api/v1/upload-path`: Attic's NAR upload (CONTRACT.md wire format).
+//!
+//! Metadata comes in `X-Attic-Nar-Info` or as a preamble of
+//! `X-Attic-Nar-Info-Preamble-Size` bytes; the rest of the body is the NAR.
+//! A NAR the store already has is hashed as proof of possession and linked;
+//! a new one is staged. Either way the NAR row, the object and the ingest
+//! job are recorded in one transaction.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, stream};
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+use larder_shared::CacheName;
+use larder_shared::db::nars::{self, NarState};
+use larder_shared::db::objects::{self, ObjectMeta};
+use larder_shared::db::unix_now;
+use larder_shared::jobs;
+use larder_shared::nix::hash::NarHash;
+use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_shared::storage::ObjectKey;
+
+use crate::auth::{Credentials, Need, Push};
+use crate::error::{ApiError, ApiResult};
+use crate::staging::{self, Expected};
+use crate::state::AppState;
+
+/// Header carrying the metadata JSON.
+pub const NAR_INFO_HEADER: &str = "x-attic-nar-info";
+/// Header giving the length of a metadata preamble at the start of the body.
+pub const PREAMBLE_SIZE_HEADER: &str = "x-attic-nar-info-preamble-size";
+/// Largest accepted preamble.
+pub const MAX_PREAMBLE: usize = 1024 * 1024;
+
+/// Attic's `UploadPathNarInfo`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct UploadPathNarInfo {
+    /// Target cache.
+    pub cache: String,
+    /// 32-char hash part of the store path.
+    pub store_path_hash: String,
+    /// Absolute store path.
+    pub store_path: String,
+    /// Reference base names.
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// System.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Deriver base name.
+    #[serde(default)]
+    pub deriver: Option<String>,
+    /// Uploader's signatures.
+    #[serde(default)]
+    pub sigs: Vec<String>,
+    /// Content address.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// `sha256:<hex or nix-base32>`.
+    pub nar_hash: String,
+    /// Uncompressed NAR size.
+    pub nar_size: u64,
+}
+
+/// Attic's `UploadPathResult`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadPathResult {
+    /// `Uploaded` or `Deduplicated`.
+    pub kind: UploadKind,
+    /// Bytes stored for this NAR, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<u64>,
+    /// Share of the NAR that was already stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frac_deduplicated: Option<f64>,
+}
+
+/// Outcome kinds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum UploadKind {
+    /// The NAR was new and is now staged.
+    Uploaded,
+    /// The store already had the NAR.
+    Deduplicated,
+}
+
+/// Validated upload metadata.
+struct Validated {
+    cache: CacheName,
+    hash: StorePathHash,
+    meta: ObjectMeta,
+    expected: Expected,
+}
+
+fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
+    let bad = |m: String| ApiError::BadRequest(m);
+    let cache: CacheName = info
+        .cache
+        .parse()
+        .map_err(|e| bad(format!("invalid cache name: {e}")))?;
+    let hash: StorePathHash = info
+        .store_path_hash
+        .parse()
+        .map_err(|e| bad(format!("invalid store_path_hash: {e}")))?;
+    let (dir, base) = info
+        .store_path
+        .rsplit_once('/')
+        .ok_or_else(|| bad(format!("store_path {:?} is not absolute", info.store_path)))?;
+    let store_dir: StoreDir = dir
+        .parse()
+        .map_err(|e| bad(format!("invalid store directory: {e}")))?;
+    let path =
+        StorePath::from_base_name(base).map_err(|e| bad(format!("invalid store_path: {e}")))?;
+    if path.hash != hash {
+        return Err(bad("store_path_hash does not match store_path".into()));
+    }
+    for r in &info.references {
+        StorePath::from_base_name(r).map_err(|e| bad(format!("invalid reference {r:?}: {e}")))?;
+    }
+    if let Some(d) = &info.deriver {
+        StorePath::from_base_name(d).map_err(|e| bad(format!("invalid deriver {d:?}: {e}")))?;
+    }
+    let nar_hash: NarHash = info
+        .nar_hash
+        .parse()
+        .map_err(|e| bad(format!("invalid nar_hash: {e}")))?;
+    if info.nar_size == 0 {
+        return Err(bad("nar_size must be positive".into()));
+    }
+    if info.sigs.iter().any(|s| s.contains(char::is_whitespace)) {
+        return Err(bad("signatures must not contain whitespace".into()));
+    }
+    Ok(Validated {
+        cache,
+        hash,
+        meta: ObjectMeta {
+            store_path: path.to_absolute(&store_dir),
+            references: info.references,
+            deriver: info.deriver,
+            sigs: info.sigs,
+            ca: info.ca,
+            system: info.system,
+        },
+        expected: Expected {
+            nar_hash,
+            nar_size: info.nar_size,
+        },
+    })
+}
+
+type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send>>;
+
+/// Splits `len` bytes of preamble off the front of the body.
+async fn read_preamble(mut body: BodyStream, len: usize) -> ApiResult<(Bytes, BodyStream)> {
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let chunk = body
+            .next()
+            .await
+            .ok_or_else(|| ApiError::BadRequest("body ended inside the metadata preamble".into()))?
+            .map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
+        buf.extend_from_slice(&chunk);
+    }
+    let rest = buf.split_off(len).freeze();
+    let preamble = buf.freeze();
+    let body: BodyStream = if rest.is_empty() {
+        body
+    } else {
+        Box::pin(stream::once(async move { Ok(rest) }).chain(body))
+    };
+    Ok((preamble, body))
+}
+
+/// The handler.
+#[instrument(skip_all, fields(cache, store_path_hash))]
+pub async fn upload_path(
+    State(state): State<AppState>,
+    credentials: Credentials,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<UploadPathResult>> {
+    let body: BodyStream = Box::pin(body.into_data_stream());
+    let (info, body) = if let Some(v) = headers.get(NAR_INFO_HEADER) {
+        let info: UploadPathNarInfo = serde_json::from_slice(v.as_bytes())
+            .map_err(|e| ApiError::BadRequest(format!("invalid {NAR_INFO_HEADER}: {e}")))?;
+        (info, body)
+    } else if let Some(v) = headers.get(PREAMBLE_SIZE_HEADER) {
+        let len: usize = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::BadRequest(format!("invalid {PREAMBLE_SIZE_HEADER}")))?;
+        if len > MAX_PREAMBLE {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "metadata preamble of {len} bytes exceeds the {MAX_PREAMBLE}-byte limit"
+            )));
+        }
+        let (pre, body) = read_preamble(body, len).await?;
+        let info: UploadPathNarInfo = serde_json::from_slice(&pre)
+            .map_err(|e| ApiError::BadRequest(format!("invalid metadata preamble: {e}")))?;
+        (info, body)
+    } else {
+        return Err(ApiError::BadRequest(format!(
+            "missing {NAR_INFO_HEADER} or {PREAMBLE_SIZE_HEADER} header"
+        )));
+    };
+    let v = validate(info)?;
+    let span = tracing::Span::current();
+    span.record("cache", v.cache.as_str());
+    span.record("store_path_hash", v.hash.as_str());
+
+    let cache = credentials
+        .authorize(&state, &v.cache, Push::ANY_OF)
+        .await?;
+    let now = unix_now();
+
+    let existing = {
+        let mut conn = state.db.conn().await?;
+        nars::find_by_hash(conn.raw(), &v.expected.nar_hash).await?
+    };
+    if let Some(nar) = existing.filter(|n| n.state != NarState::Broken) {
+        staging::prove_possession(body, v.expected).await?;
+        let mut tx = state.db.begin().await?;
+        objects::upsert(tx.raw(), cache.id, &v.hash, nar.id, &v.meta, now).await?;
+        tx.commit().await?;
+        tracing::info!(nar_id = nar.id, "linked existing NAR");
+        return Ok(Json(UploadPathResult {
+            kind: UploadKind::Deduplicated,
+            file_size: nar.file_size.map(|s| s as u64),
+            frac_deduplicated: Some(1.0),
+        }));
+    }
+
+    let key = staging_key()?;
+    staging::stage(&state.staging, &key, body, v.expected).await?;
+    let committed = record_staged(&state, cache.id, &v, &key, now).await;
+    match committed {
+        Ok(true) => {}
+        Ok(false) => {
+            // A concurrent upload of the same NAR won; ours is surplus.
+            state.staging.delete(&key).await?;
+        }
+        Err(e) => {
+            let _ = state.staging.delete(&key).await;
+            return Err(e);
+        }
+    }
+    tracing::info!(nar_size = v.expected.nar_size, "staged upload");
+    Ok(Json(UploadPathResult {
+        kind: UploadKind::Uploaded,
+        file_size: None,
+        frac_deduplicated: None,
+    }))
+}
+
+/// A fresh key under `staging/`; random, so concurrent uploads never collide.
+pub fn staging_key() -> ApiResult<ObjectKey> {
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    ObjectKey::new(format!("staging/{id}.nar")).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Records NAR, object and job in one transaction. Returns false when the
+/// NAR row already existed (our staged copy is then not needed).
+async fn record_staged(
+    state: &AppState,
+    cache_id: i64,
+    v: &Validated,
+    key: &ObjectKey,
+    now: i64,
+) -> ApiResult<bool> {
+    let mut tx = state.db.begin().await?;
+    let size = v.expected.nar_size as i64;
+    let (nar_id, inserted) =
+        match nars::insert_staged(tx.raw(), &v.expected.nar_hash, size, key.as_str(), now).await? {
+            Some(id) => (id, true),
+            None => {
+                let nar = nars::find_by_hash(tx.raw(), &v.expected.nar_hash)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
+                (nar.id, false)
+            }
+        };
+    objects::upsert(tx.raw(), cache_id, &v.hash, nar_id, &v.meta, now).await?;
+    if inserted {
+        jobs::enqueue_ingest(tx.raw(), &[nar_id]).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}

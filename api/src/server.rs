@@ -1,0 +1,96 @@
+//! Wiring: state from config, in-process workers, the listener, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use larder_shared::bootstrap;
+use larder_shared::config::Config;
+use larder_shared::token::{TokenKey, TokenVerifier};
+use larder_worker::Services;
+
+use crate::app;
+use crate::state::AppState;
+
+/// Opens database, storage and the token verifier named by `config`.
+pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
+    let pool_size = 16 + config.worker.embedded as u32 * 2;
+    let opened = bootstrap::open(&config, pool_size)
+        .await
+        .context("opening database and storage")?;
+    let key = TokenKey::from_config(&config.jwt.signing).context("loading the JWT key")?;
+    let tokens = TokenVerifier::new(
+        key,
+        config.jwt.token_bound_issuer.clone(),
+        config.jwt.token_bound_audiences.clone(),
+    );
+    Ok(AppState {
+        config,
+        db: opened.db,
+        storage: opened.storage,
+        staging: opened.staging,
+        tokens: Arc::new(tokens),
+    })
+}
+
+/// Serves until `shutdown`, running `[worker] embedded` in-process workers.
+pub async fn serve(
+    state: AppState,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let embedded = state.config.worker.embedded;
+    let workers = (embedded > 0).then(|| {
+        let svc = Services {
+            config: state.config.clone(),
+            db: state.db.clone(),
+            storage: state.storage.clone(),
+            staging: state.staging.clone(),
+        };
+        tokio::spawn(larder_worker::run(svc, embedded, shutdown.clone()))
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, embedded_workers = embedded, "larder-api listening");
+    let router = app::router(state);
+    let stop = shutdown.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("serving HTTP")?;
+    shutdown.cancel();
+    if let Some(w) = workers {
+        w.await.context("worker task")??;
+    }
+    Ok(())
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}

@@ -1,0 +1,168 @@
+//! Streams an upload into staging while verifying it: SHA-256, size, and a
+//! full NAR parse, all on the fly. Nothing is held whole in memory, and a
+//! failed upload leaves no object behind (the storage backend only makes an
+//! object appear when its stream ends without error).
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+
+use larder_shared::nix::hash::NarHash;
+use larder_shared::nix::nar::NarValidator;
+use larder_shared::storage::{ObjectKey, Storage};
+
+use crate::error::ApiError;
+
+/// What the uploader claims about the NAR.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected {
+    /// Claimed SHA-256.
+    pub nar_hash: NarHash,
+    /// Claimed size.
+    pub nar_size: u64,
+}
+
+/// Why verification failed (first failure wins).
+#[derive(Debug, Clone)]
+enum Rejection {
+    TooLong,
+    Malformed(String),
+    Body(String),
+}
+
+/// Incremental verifier shared by the staging and proof-of-possession paths.
+struct Verifier {
+    expected: Expected,
+    hasher: Sha256,
+    nar: NarValidator,
+    seen: u64,
+}
+
+impl Verifier {
+    fn new(expected: Expected) -> Self {
+        Self {
+            expected,
+            hasher: Sha256::new(),
+            nar: NarValidator::new(),
+            seen: 0,
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) -> Result<(), Rejection> {
+        self.seen += data.len() as u64;
+        if self.seen > self.expected.nar_size {
+            return Err(Rejection::TooLong);
+        }
+        self.hasher.update(data);
+        self.nar
+            .update(data)
+            .map_err(|e| Rejection::Malformed(e.to_string()))
+    }
+
+    fn finish(self) -> Result<(), ApiError> {
+        let Expected { nar_hash, nar_size } = self.expected;
+        if self.seen != nar_size {
+            return Err(ApiError::InvalidNar(format!(
+                "NAR size mismatch: metadata says {nar_size} bytes, body has {}",
+                self.seen
+            )));
+        }
+        let actual = NarHash::from_bytes(self.hasher.finalize().into());
+        if actual != nar_hash {
+            return Err(ApiError::InvalidNar(format!(
+                "NAR hash mismatch: metadata says {nar_hash}, body hashes to {actual}"
+            )));
+        }
+        self.nar
+            .finish()
+            .map_err(|e| ApiError::InvalidNar(format!("malformed NAR: {e}")))?;
+        Ok(())
+    }
+}
+
+fn rejection_error(r: Rejection, expected: &Expected) -> ApiError {
+    match r {
+        Rejection::TooLong => ApiError::InvalidNar(format!(
+            "NAR size mismatch: body is longer than the {} bytes the metadata says",
+            expected.nar_size
+        )),
+        Rejection::Malformed(m) => ApiError::InvalidNar(format!("malformed NAR: {m}")),
+        Rejection::Body(m) => ApiError::BadRequest(format!("upload interrupted: {m}")),
+    }
+}
+
+/// Streams `body` into `key`, verifying it against `expected`. On any
+/// failure the object does not exist afterwards.
+pub async fn stage<S, E>(
+    storage: &Arc<dyn Storage>,
+    key: &ObjectKey,
+    body: S,
+    expected: Expected,
+) -> Result<(), ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let verifier = Arc::new(Mutex::new(Some(Verifier::new(expected))));
+    let failure: Arc<Mutex<Option<Rejection>>> = Arc::default();
+    let (v, f) = (verifier.clone(), failure.clone());
+    let stream = body.map(move |item| {
+        let fail = |r: Rejection| {
+            let msg = format!("{r:?}");
+            if let Ok(mut slot) = f.lock() {
+                slot.get_or_insert(r);
+            }
+            Err(std::io::Error::other(msg))
+        };
+        let data = match item {
+            Ok(d) => d,
+            Err(e) => return fail(Rejection::Body(e.to_string())),
+        };
+        let mut guard = v
+            .lock()
+            .map_err(|_| std::io::Error::other("verifier poisoned"))?;
+        let Some(ver) = guard.as_mut() else {
+            return Err(std::io::Error::other("verifier gone"));
+        };
+        match ver.update(&data) {
+            Ok(()) => Ok(data),
+            Err(r) => fail(r),
+        }
+    });
+    let put = storage.put(key, Box::pin(stream)).await;
+    if let Some(r) = failure.lock().ok().and_then(|mut s| s.take()) {
+        // The backend discarded the partial object; make sure of it.
+        let _ = storage.delete(key).await;
+        return Err(rejection_error(r, &expected));
+    }
+    put?;
+    let ver = verifier
+        .lock()
+        .ok()
+        .and_then(|mut g| g.take())
+        .ok_or_else(|| ApiError::Internal("verifier lost".into()))?;
+    if let Err(e) = ver.finish() {
+        storage.delete(key).await?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Consumes `body` without storing it, verifying it against `expected`:
+/// proof that the uploader really has a NAR the store already holds.
+pub async fn prove_possession<S, E>(body: S, expected: Expected) -> Result<(), ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut ver = Verifier::new(expected);
+    while let Some(item) = body.next().await {
+        let data = item.map_err(|e| rejection_error(Rejection::Body(e.to_string()), &expected))?;
+        ver.update(&data)
+            .map_err(|r| rejection_error(r, &expected))?;
+    }
+    ver.finish()
+}

@@ -1,0 +1,23 @@
+//! Shared state of the API: loaded once at start, cloned into every handler.
+
+use std::sync::Arc;
+
+use larder_shared::config::Config;
+use larder_shared::db::Db;
+use larder_shared::storage::Storage;
+use larder_shared::token::TokenVerifier;
+
+/// What every handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Configuration, loaded once.
+    pub config: Arc<Config>,
+    /// Metadata.
+    pub db: Db,
+    /// Chunk objects.
+    pub storage: Arc<dyn Storage>,
+    /// Staged uploads (the storage backend, or `[staging] path`).
+    pub staging: Arc<dyn Storage>,
+    /// Verifies bearer tokens.
+    pub tokens: Arc<TokenVerifier>,
+}

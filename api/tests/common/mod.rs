@@ -1,0 +1,468 @@
+//! [`TestApp`]: the real router over a fresh database (SQLite file or a
+//! PostgreSQL database of its own) and local storage in a temp directory,
+//! driven in-process with `oneshot` (axum `examples/testing`), no TCP.
+//!
+//! No in-process workers run (`[worker] embedded = 0`): tests call
+//! [`TestApp::drain_jobs`], which runs the ingest handler for every staged
+//! NAR right away, so nothing ever waits on a timer.
+
+#![allow(dead_code)] // Each helper is used by some scenarios, not all.
+
+pub mod nar;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Connection};
+use tower::ServiceExt;
+
+use larder_api::state::AppState;
+use larder_shared::config::Config;
+use larder_shared::db::{Db, unix_now};
+use larder_shared::jobs::INGEST_QUEUE;
+use larder_shared::nix::signing::PublicKey;
+use larder_shared::token::{CachePattern, ClaimsBuilder, Permission, TokenKey, mint};
+use larder_worker::Services;
+use larder_worker::jobs::ingest::{self, Outcome};
+
+use self::nar::TestNar;
+
+/// PostgreSQL server for tests: trust auth on loopback.
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+/// HS256 secret of every test app (base64 of 32 bytes).
+const HS256_SECRET: &str = "bGFyZGVyLXBpcGVsaW5lLXRlc3RzLWhzMjU2LXNlY3I=";
+
+/// Which metadata database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the test's temp directory.
+    Sqlite,
+    /// A fresh PostgreSQL database `larder_t_<ulid>`.
+    Postgres,
+}
+
+/// One isolated Larder: database, storage, router, token key.
+pub struct TestApp {
+    /// Which database this app runs on.
+    pub backend: Backend,
+    /// What handlers see.
+    pub state: AppState,
+    /// What job handlers see (same database and storage).
+    pub services: Services,
+    router: Router,
+    key: TokenKey,
+    storage_root: PathBuf,
+    pg_database: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// A response with its body collected.
+#[derive(Debug)]
+pub struct TestResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    /// The body as UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("body is UTF-8")
+    }
+
+    /// The body as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not the expected JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts the status, with the body in the failure message.
+    #[track_caller]
+    pub fn assert_status(&self, status: StatusCode) -> &Self {
+        assert_eq!(self.status, status, "unexpected status; body: {}", String::from_utf8_lossy(&self.body));
+        self
+    }
+
+    /// Asserts a CONTRACT.md error: this status and a JSON body
+    /// `{"code": <status>, "error": <kind>, "message": <non-empty>}`.
+    #[track_caller]
+    pub fn assert_error(&self, status: StatusCode, kind: &str) {
+        self.assert_status(status);
+        let body: Value = self.json();
+        assert_eq!(body["code"], json!(status.as_u16()), "{body}");
+        assert_eq!(body["error"], json!(kind), "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error message missing: {body}"
+        );
+    }
+
+    /// `Content-Length`, which must be present.
+    #[track_caller]
+    pub fn content_length(&self) -> u64 {
+        self.headers
+            .get(header::CONTENT_LENGTH)
+            .expect("response has Content-Length")
+            .to_str()
+            .expect("Content-Length is ASCII")
+            .parse()
+            .expect("Content-Length is a number")
+    }
+}
+
+fn config_toml(db_url: &str, storage: &Path) -> String {
+    format!(
+        r#"
+[database]
+url = "{db_url}"
+[storage]
+type = "local"
+path = "{}"
+[jwt.signing]
+token-hs256-secret-base64 = "{HS256_SECRET}"
+[worker]
+embedded = 0
+"#,
+        storage.display()
+    )
+}
+
+async fn pg_admin() -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres"))
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth)")
+}
+
+impl TestApp {
+    /// A fresh, migrated app on `backend`.
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage_root = dir.path().join("storage");
+        let (db_url, pg_database) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}?mode=rwc", dir.path().join("larder.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let name = format!("larder_t_{}", ulid::Ulid::new().to_string().to_lowercase());
+                let mut admin = pg_admin().await;
+                sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("CREATE DATABASE");
+                let _ = admin.close().await;
+                (format!("{PG_SERVER}/{name}"), Some(name))
+            }
+        };
+        let config = Config::parse_toml(&config_toml(&db_url, &storage_root)).expect("test config parses");
+        config.validate().expect("test config is valid");
+        let config = Arc::new(config);
+        let state = larder_api::server::build_state(config.clone())
+            .await
+            .expect("opening database and storage");
+        state.db.migrate().await.expect("migrations");
+        let key = TokenKey::from_config(&config.jwt.signing).expect("HS256 key");
+        let services = Services {
+            config,
+            db: state.db.clone(),
+            storage: state.storage.clone(),
+        };
+        Self {
+            backend,
+            router: larder_api::app::router(state.clone()),
+            state,
+            services,
+            key,
+            storage_root,
+            pg_database,
+            _dir: dir,
+        }
+    }
+
+    /// Closes the pool and drops the PostgreSQL database (best effort: a
+    /// leftover `larder_t_*` database harms nothing).
+    pub async fn teardown(self) {
+        self.state.db.close().await;
+        if let Some(name) = &self.pg_database {
+            let mut admin = pg_admin().await;
+            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+            if let Err(e) = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await {
+                eprintln!("could not drop test database {name}: {e}");
+            }
+            let _ = admin.close().await;
+        }
+    }
+
+    // --- tokens -----------------------------------------------------------
+
+    /// A token granting, per pattern, the listed permissions.
+    pub fn token(&self, grants: &[(&str, &[Permission])]) -> String {
+        let mut claims = ClaimsBuilder::new("pipeline-test", Duration::from_secs(3600), unix_now() as u64);
+        for (pattern, perms) in grants {
+            let pattern = CachePattern::new(pattern).expect("valid cache pattern");
+            claims = claims.grant_all(&pattern, perms.iter().copied());
+        }
+        mint(&self.key, &claims.build().expect("claims")).expect("mint")
+    }
+
+    /// Every permission on every cache.
+    pub fn root_token(&self) -> String {
+        self.token(&[("*", &Permission::ALL)])
+    }
+
+    // --- HTTP -------------------------------------------------------------
+
+    /// Sends one request through a clone of the router.
+    pub async fn send(&self, req: Request<Body>) -> TestResponse {
+        send(&self.router, req).await
+    }
+
+    /// The router, to move into spawned tasks.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// `GET uri`, with a bearer token if given.
+    pub async fn get(&self, uri: &str, token: Option<&str>) -> TestResponse {
+        self.send(request(Method::GET, uri, token).body(Body::empty()).expect("request"))
+            .await
+    }
+
+    /// Creates a cache through `POST /_api/v1/cache-config/{cache}`.
+    pub async fn create_cache(&self, name: &str, is_public: bool) {
+        let body = json!({
+            "keypair": "Generate",
+            "is_public": is_public,
+            "store_dir": "/nix/store",
+            "priority": 41,
+            "upstream_cache_key_names": [],
+        });
+        let req = request(Method::POST, &format!("/_api/v1/cache-config/{name}"), Some(&self.root_token()))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        self.send(req).await.assert_status(StatusCode::OK);
+    }
+
+    /// The cache's public key, from `GET /_api/v1/cache-config/{cache}`.
+    pub async fn public_key(&self, cache: &str) -> PublicKey {
+        let resp = self
+            .get(&format!("/_api/v1/cache-config/{cache}"), Some(&self.root_token()))
+            .await;
+        resp.assert_status(StatusCode::OK);
+        let cfg: Value = resp.json();
+        cfg["public_key"]
+            .as_str()
+            .expect("public_key in cache config")
+            .parse()
+            .expect("public key parses")
+    }
+
+    /// `PUT /_api/v1/upload-path` with the metadata in `X-Attic-Nar-Info`.
+    pub async fn upload(&self, token: &str, cache: &str, nar: &TestNar) -> TestResponse {
+        self.upload_with(token, &nar.info(cache), nar.bytes.clone()).await
+    }
+
+    /// Uploads `body` under arbitrary metadata (for malformed uploads).
+    pub async fn upload_with(&self, token: &str, info: &Value, body: Bytes) -> TestResponse {
+        self.send(upload_request(token, info, body)).await
+    }
+
+    /// `PUT /_api/v1/upload-path` with the metadata as a preamble, the body
+    /// sent in small pieces so the preamble ends mid-piece.
+    pub async fn upload_preamble(&self, token: &str, cache: &str, nar: &TestNar) -> TestResponse {
+        let preamble = nar.info(cache).to_string().into_bytes();
+        let mut all = preamble.clone();
+        all.extend_from_slice(&nar.bytes);
+        let pieces: Vec<Result<Bytes, std::io::Error>> = all
+            .chunks(1000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let req = request(Method::PUT, "/_api/v1/upload-path", Some(token))
+            .header("x-attic-nar-info-preamble-size", preamble.len())
+            .header(header::CONTENT_TYPE, "application/x-nix-nar")
+            .body(Body::from_stream(futures::stream::iter(pieces)))
+            .expect("request");
+        self.send(req).await
+    }
+
+    // --- jobs ---------------------------------------------------------------
+
+    /// Runs ingest for every NAR still staged; returns how many were ingested.
+    /// Panics if one fails or a NAR is still staged afterwards.
+    pub async fn drain_jobs(&self) -> usize {
+        let ids = self.staged_nar_ids().await;
+        let mut ingested = 0;
+        for id in ids {
+            match ingest::ingest(&self.services, id).await {
+                Ok(Outcome::Ingested { .. }) => ingested += 1,
+                Ok(Outcome::Skipped) => {}
+                Err(e) => panic!("ingest of NAR {id} failed: {e:#}"),
+            }
+        }
+        assert!(self.staged_nar_ids().await.is_empty(), "NARs still staged after drain");
+        ingested
+    }
+
+    /// Ids of NARs in state `staged`.
+    pub async fn staged_nar_ids(&self) -> Vec<i64> {
+        let sql = "SELECT id FROM nars WHERE state = 'staged' ORDER BY id";
+        match &self.state.db {
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+        }
+        .expect("listing staged NARs")
+    }
+
+    /// Ingest jobs in the apalis queue (any status).
+    pub async fn ingest_jobs(&self) -> i64 {
+        let table = match self.backend {
+            Backend::Postgres => "apalis.jobs",
+            Backend::Sqlite => "Jobs",
+        };
+        self.scalar(&format!("SELECT COUNT(*) FROM {table} WHERE job_type = '{INGEST_QUEUE}'"))
+            .await
+    }
+
+    /// Deletes every ingest job: what a lost job looks like.
+    pub async fn lose_ingest_jobs(&self) {
+        let table = match self.backend {
+            Backend::Postgres => "apalis.jobs",
+            Backend::Sqlite => "Jobs",
+        };
+        self.execute(&format!("DELETE FROM {table} WHERE job_type = '{INGEST_QUEUE}'"))
+            .await;
+    }
+
+    // --- database -------------------------------------------------------------
+
+    /// One integer from a query (`COUNT(*)`, `SUM(…)` cast to BIGINT).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match &self.state.db {
+            Db::Postgres(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await,
+            Db::Sqlite(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await,
+        }
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    /// Rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    /// Runs a statement.
+    pub async fn execute(&self, sql: &str) {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match &self.state.db {
+            Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+            Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("statement failed: {e}"));
+    }
+
+    // --- storage --------------------------------------------------------------
+
+    /// Keys of stored objects under `prefix`, sorted.
+    pub async fn object_keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .state
+            .storage
+            .list(prefix)
+            .map_ok(|m| m.key.as_str().to_owned())
+            .try_collect()
+            .await
+            .expect("listing storage");
+        keys.sort();
+        keys
+    }
+
+    /// Every file under `dir` of the storage root, temp files included.
+    pub fn files_on_disk(&self, dir: &str) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(p) else { return };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.storage_root.join(dir), &mut out);
+        out
+    }
+
+    /// The file holding object `key`.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.storage_root.join(key)
+    }
+
+    /// Asserts no staged copy, finished or half-written, is left.
+    #[track_caller]
+    pub fn assert_staging_empty(&self) {
+        let left = self.files_on_disk("staging");
+        assert!(left.is_empty(), "staging is not empty: {left:?}");
+    }
+
+    /// Asserts chunk rows, chunk objects and `refcount` agree: one object
+    /// per row, each row referenced once per ready NAR that lists it.
+    pub async fn assert_chunk_store_consistent(&self) -> i64 {
+        let rows = self.count("chunks").await;
+        let objects = self.object_keys("chunks/").await;
+        assert_eq!(objects.len() as i64, rows, "chunk objects vs chunk rows");
+        let dups = self
+            .scalar("SELECT COUNT(*) FROM (SELECT chunk_hash FROM chunks GROUP BY chunk_hash HAVING COUNT(*) > 1) d")
+            .await;
+        assert_eq!(dups, 0, "duplicate chunk rows");
+        rows
+    }
+}
+
+/// A request builder with the method, URI and bearer token set.
+pub fn request(method: Method, uri: &str, token: Option<&str>) -> axum::http::request::Builder {
+    let b = Request::builder().method(method).uri(uri);
+    match token {
+        Some(t) => b.header(header::AUTHORIZATION, format!("Bearer {t}")),
+        None => b,
+    }
+}
+
+/// An upload with metadata in `X-Attic-Nar-Info`.
+pub fn upload_request(token: &str, info: &Value, body: Bytes) -> Request<Body> {
+    request(Method::PUT, "/_api/v1/upload-path", Some(token))
+        .header("x-attic-nar-info", info.to_string())
+        .header(header::CONTENT_TYPE, "application/x-nix-nar")
+        .body(Body::from(body))
+        .expect("request")
+}
+
+/// Sends `req` through `router` and collects the response.
+pub async fn send(router: &Router, req: Request<Body>) -> TestResponse {
+    let resp = router.clone().oneshot(req).await.expect("router is infallible");
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("response body of a {} failed mid-stream: {e}", parts.status))
+        .to_bytes();
+    TestResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}

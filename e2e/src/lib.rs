@@ -1,0 +1,102 @@
+//! End-to-end harness: the real `larder-api` and `larder-worker` binaries on a
+//! free loopback port, and the real Nix CLI (2.8 or later) building,
+//! dumping, copying and verifying real store paths. Loopback only.
+//!
+//! # Running
+//!
+//! The harness builds nothing. Build the binaries first, then run the tests:
+//!
+//! ```text
+//! cargo build --workspace --bins && cargo test -p larder-e2e
+//! ```
+//!
+//! Binaries are looked up next to the test executable (`target/<profile>/`),
+//! or in `$LARDER_E2E_BIN_DIR` when set; a missing binary fails the test with
+//! that instruction. Tests skip (with a message) only when `nix-build` is not
+//! on `PATH`.
+//!
+//! # Pieces
+//!
+//! - [`server`]: [`Server`] (the embedded default in a temporary data
+//!   directory) and [`Worker`] (a separate `larder-worker` process).
+//! - [`nix`]: a [`Nix`] context with its own `XDG_CACHE_HOME` (CONTRACT.md:
+//!   Nix caches narinfos), a generator of real derivation trees, and
+//!   substitution into a fresh chroot store with signature checking.
+//! - [`client`]: the HTTP side: cache creation, Attic `upload-path` streamed
+//!   from `nix-store --dump`, narinfo reads.
+//! - [`wait`]: bounded polling, the only way tests wait.
+
+pub mod client;
+pub mod nix;
+pub mod server;
+pub mod wait;
+
+pub use client::{Client, Narinfo};
+pub use nix::{Nix, PathInfo, StoreTree, TempStore};
+pub use server::{Server, ServerOptions, Worker};
+
+use std::path::PathBuf;
+
+/// Directory holding the workspace's binaries: `$LARDER_E2E_BIN_DIR`, else
+/// `target/<profile>` (two levels above `target/<profile>/deps/<test>`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("LARDER_E2E_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory from {}", exe.display()))
+}
+
+/// Path of a workspace binary; an error says how to build it when missing.
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.is_file() {
+        anyhow::bail!(
+            "binary {} not found: run `cargo build --workspace --bins` before `cargo test -p larder-e2e`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// True if `program` is an executable file in a `PATH` directory.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Whether the end-to-end tests can run; prints why not when they cannot.
+/// Only a missing Nix skips a test: missing binaries fail it.
+pub fn nix_available(test: &str) -> bool {
+    let ok = on_path("nix-build");
+    if !ok {
+        eprintln!(
+            "skipping {test}: `nix-build` is not on PATH (install Nix, e.g. Debian's nix-bin)"
+        );
+    }
+    ok
+}
+
+/// The last `max` bytes of a log file, for error messages.
+pub fn log_tail(path: &std::path::Path, max: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(max);
+            format!(
+                "--- {} (last {} bytes) ---\n{}",
+                path.display(),
+                bytes.len() - start,
+                String::from_utf8_lossy(&bytes[start..])
+            )
+        }
+        Err(e) => format!("--- {}: {e} ---", path.display()),
+    }
+}

@@ -1,0 +1,504 @@
+//! The real Nix CLI (observed with 2.8): building store paths without
+//! nixpkgs, reading their metadata, and substituting them into fresh stores.
+//!
+//! Every [`Nix`] context has its own `XDG_CACHE_HOME`, because Nix caches
+//! narinfos there (CONTRACT.md, "Client cache"): a second substitution with
+//! the same cache would test the cache file, not the server.
+//!
+//! Commands used (Nix 2.8, as root, single-user, no daemon):
+//! - build: `nix-build --option sandbox false --option substituters ''
+//!   --option build-users-group '' --no-out-link FILE.nix`
+//! - metadata: `nix --extra-experimental-features nix-command path-info --json PATH…`
+//! - NAR: `nix-store --dump PATH`
+//! - substitute: `nix … copy --from URL --to DIR PATH… --option
+//!   trusted-public-keys KEY --option require-sigs true --option netrc-file F`,
+//!   or `nix-store --store DIR --realise PATH… --option substituters URL …`
+//! - verify: `nix-store --store DIR --verify-path PATH`, and
+//!   `nix … store verify --store DIR --sigs-needed 1 -r PATH…`
+
+use std::collections::hash_map::RandomState;
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Flags Nix 2.8 needs for the `nix` command (`copy`, `path-info`, `store`).
+pub const NIX_COMMAND: [&str; 2] = ["--extra-experimental-features", "nix-command"];
+
+/// A Nix invocation context: its own `XDG_CACHE_HOME` and scratch directory.
+pub struct Nix {
+    dir: tempfile::TempDir,
+}
+
+impl Nix {
+    /// A fresh context (fresh narinfo cache).
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("larder-e2e-nix-")
+            .tempdir()?;
+        std::fs::create_dir(dir.path().join("xdg-cache"))?;
+        Ok(Self { dir })
+    }
+
+    /// Scratch directory (expressions, netrc files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command for `program` with this context's `XDG_CACHE_HOME`.
+    pub fn command(&self, program: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.env("XDG_CACHE_HOME", self.dir.path().join("xdg-cache"))
+            .env_remove("NIX_CONFIG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// A `nix` command with the experimental-feature flag Nix 2.8 needs.
+    pub fn nix(&self) -> tokio::process::Command {
+        let mut cmd = self.command("nix");
+        cmd.args(NIX_COMMAND);
+        cmd
+    }
+
+    /// Builds the expression in `file` and returns its outputs, one per line
+    /// of `nix-build`'s stdout.
+    pub async fn build(&self, file: &Path) -> anyhow::Result<Vec<String>> {
+        let mut cmd = self.command("nix-build");
+        cmd.args(["--option", "sandbox", "false"])
+            .args(["--option", "substituters", ""])
+            .args(["--option", "build-users-group", ""])
+            .arg("--no-out-link")
+            .arg(file);
+        let out = run(cmd).await?;
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    /// The closure of `paths`, references first (`nix-store -qR`).
+    pub async fn closure(&self, paths: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut cmd = self.command("nix-store");
+        cmd.arg("-qR").args(paths);
+        let out = run(cmd).await?;
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    /// Metadata of `paths` from the local store (`nix path-info --json`).
+    pub async fn path_info(&self, paths: &[String]) -> anyhow::Result<Vec<PathInfo>> {
+        let mut cmd = self.nix();
+        cmd.args(["path-info", "--json"]).args(paths);
+        let out = run(cmd).await?;
+        let infos: Vec<PathInfo> = serde_json::from_str(&out)
+            .with_context(|| format!("parsing `nix path-info --json`: {out}"))?;
+        anyhow::ensure!(
+            infos.len() == paths.len(),
+            "path-info returned {} of {} paths",
+            infos.len(),
+            paths.len()
+        );
+        Ok(infos)
+    }
+
+    /// Writes a netrc giving `token` as the password for `host`: stock Nix
+    /// sends only netrc credentials (as Basic) to a private cache.
+    pub fn write_netrc(&self, host: &str, token: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir().join("netrc");
+        std::fs::write(
+            &path,
+            format!("machine {host}\nlogin larder\npassword {token}\n"),
+        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(path)
+    }
+
+    /// `nix copy --from CACHE_URL --to <fresh chroot store>` with signature
+    /// checking on; returns the store.
+    pub async fn copy_from(
+        &self,
+        cache_url: &str,
+        sub: &Substituter<'_>,
+        paths: &[String],
+    ) -> anyhow::Result<TempStore> {
+        let store = TempStore::new()?;
+        let mut cmd = self.nix();
+        cmd.args(["copy", "--from", cache_url, "--to"])
+            .arg(store.root())
+            .args(paths);
+        sub.options(&mut cmd);
+        run(cmd).await.context("nix copy --from the cache")?;
+        Ok(store)
+    }
+
+    /// `nix-store --store <fresh chroot store> --realise PATH…` with the cache
+    /// as the only substituter and signature checking on; returns the store.
+    pub async fn realise_from(
+        &self,
+        cache_url: &str,
+        sub: &Substituter<'_>,
+        paths: &[String],
+    ) -> anyhow::Result<TempStore> {
+        let store = TempStore::new()?;
+        let mut cmd = self.command("nix-store");
+        cmd.arg("--store")
+            .arg(store.root())
+            .arg("--realise")
+            .args(paths)
+            .args(["--option", "substituters", cache_url])
+            .args(["--option", "build-users-group", ""])
+            // Substitution only: building here would mean the cache failed.
+            .args(["--option", "max-jobs", "0"]);
+        sub.options(&mut cmd);
+        run(cmd)
+            .await
+            .context("nix-store --realise from the cache")?;
+        Ok(store)
+    }
+
+    /// Checks that `store` holds every path of `closure` with contents
+    /// matching their registered NAR hash, with a signature by a trusted key,
+    /// and byte-identical to the same path in the system store.
+    pub async fn verify(
+        &self,
+        store: &TempStore,
+        public_key: &str,
+        closure: &[String],
+    ) -> anyhow::Result<()> {
+        for path in closure {
+            let mut cmd = self.command("nix-store");
+            cmd.arg("--store")
+                .arg(store.root())
+                .args(["--verify-path", path]);
+            run(cmd)
+                .await
+                .with_context(|| format!("verify-path {path}"))?;
+        }
+        let mut cmd = self.nix();
+        cmd.args(["store", "verify", "--store"])
+            .arg(store.root())
+            .args(["--sigs-needed", "1"])
+            .args(["--option", "trusted-public-keys", public_key])
+            .args(closure);
+        run(cmd).await.context("nix store verify --sigs-needed 1")?;
+        for path in closure {
+            compare_trees(Path::new(path), &store.real_path(path))?;
+        }
+        Ok(())
+    }
+}
+
+/// Substitution settings shared by `nix copy` and `nix-store --realise`.
+pub struct Substituter<'a> {
+    /// The cache's `name:base64` public key, the only trusted key.
+    pub public_key: &'a str,
+    /// A netrc file with the token (see [`Nix::write_netrc`]).
+    pub netrc: &'a Path,
+}
+
+impl Substituter<'_> {
+    fn options(&self, cmd: &mut tokio::process::Command) {
+        cmd.args(["--option", "trusted-public-keys", self.public_key])
+            .args(["--option", "require-sigs", "true"])
+            .arg("--option")
+            .arg("netrc-file")
+            .arg(self.netrc);
+    }
+}
+
+/// `nix path-info --json` output (Nix 2.8 field names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathInfo {
+    /// Absolute store path.
+    pub path: String,
+    /// `sha256-<base64>` (SRI) on 2.8; `sha256:<nix-base32>` on older Nix.
+    pub nar_hash: String,
+    /// Uncompressed NAR size.
+    pub nar_size: u64,
+    /// Absolute paths.
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// Absolute `.drv` path.
+    #[serde(default)]
+    pub deriver: Option<String>,
+    /// `name:base64` signatures.
+    #[serde(default)]
+    pub signatures: Vec<String>,
+    /// Content address, if any.
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+impl PathInfo {
+    /// `<hash>-<name>`.
+    pub fn base_name(&self) -> &str {
+        base_name(&self.path)
+    }
+
+    /// The 32-character hash part.
+    pub fn hash_part(&self) -> &str {
+        hash_part(&self.path)
+    }
+}
+
+/// `/nix/store/<hash>-<name>` → `<hash>-<name>`.
+pub fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// `/nix/store/<hash>-<name>` → `<hash>`.
+pub fn hash_part(path: &str) -> &str {
+    let base = base_name(path);
+    &base[..base.len().min(32)]
+}
+
+/// A chroot store (`<root>/nix/store/…`) in a temporary directory. Nix makes
+/// store paths read-only, so cleanup restores write permission first.
+pub struct TempStore {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TempStore {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("larder-e2e-store-")
+            .tempdir()?;
+        Ok(Self { dir: Some(dir) })
+    }
+
+    /// The store's root (pass as `--store` / `--to`).
+    pub fn root(&self) -> &Path {
+        self.dir.as_ref().expect("lives until drop").path()
+    }
+
+    /// Where `store_path` lives on disk in this store.
+    pub fn real_path(&self, store_path: &str) -> PathBuf {
+        self.root().join(store_path.trim_start_matches('/'))
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            make_writable(dir.path());
+            let _ = dir.close();
+        }
+    }
+}
+
+fn make_writable(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                make_writable(&entry.path());
+            }
+        }
+    }
+}
+
+/// Checks that two file trees are identical as a NAR sees them: types,
+/// bytes, executable bits, symlink targets, entry names.
+pub fn compare_trees(want: &Path, got: &Path) -> anyhow::Result<()> {
+    let wm =
+        std::fs::symlink_metadata(want).with_context(|| format!("reading {}", want.display()))?;
+    let gm = std::fs::symlink_metadata(got)
+        .with_context(|| format!("substituted copy {} is missing", got.display()))?;
+    let differ =
+        |what: &str| anyhow::anyhow!("{} and {} differ: {what}", want.display(), got.display());
+    if wm.file_type().is_symlink() {
+        anyhow::ensure!(gm.file_type().is_symlink(), differ("symlink vs not"));
+        anyhow::ensure!(
+            std::fs::read_link(want)? == std::fs::read_link(got)?,
+            differ("symlink target")
+        );
+    } else if wm.is_dir() {
+        anyhow::ensure!(gm.is_dir(), differ("directory vs not"));
+        let names = |p: &Path| -> anyhow::Result<Vec<std::ffi::OsString>> {
+            let mut v: Vec<_> = std::fs::read_dir(p)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()?;
+            v.sort();
+            Ok(v)
+        };
+        let (wn, gn) = (names(want)?, names(got)?);
+        anyhow::ensure!(wn == gn, differ(&format!("entries {wn:?} vs {gn:?}")));
+        for name in wn {
+            compare_trees(&want.join(&name), &got.join(&name))?;
+        }
+    } else {
+        anyhow::ensure!(gm.is_file(), differ("file vs not"));
+        let exec = |m: &std::fs::Metadata| m.permissions().mode() & 0o100 != 0;
+        anyhow::ensure!(exec(&wm) == exec(&gm), differ("executable bit"));
+        anyhow::ensure!(
+            wm.len() == gm.len(),
+            differ(&format!("size {} vs {}", wm.len(), gm.len()))
+        );
+        anyhow::ensure!(
+            std::fs::read(want)? == std::fs::read(got)?,
+            differ("contents")
+        );
+    }
+    Ok(())
+}
+
+/// A random seed for one test run, so its store paths are new each run.
+pub fn random_seed() -> u64 {
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// One derivation of a [`StoreTree`].
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Derivation name.
+    pub name: String,
+    /// Indices of nodes whose output paths this output contains (references).
+    pub deps: Vec<usize>,
+    /// Sizes of the files written into the output.
+    pub files: Vec<u64>,
+}
+
+/// A set of `derivation`s built without nixpkgs (`/bin/sh` builder, no
+/// sandbox): each output holds a seed, the store paths of its dependencies
+/// (so references are real), a symlink, an executable, and files of
+/// pseudo-random sizes, alternately random (incompressible) and repetitive.
+#[derive(Debug, Clone)]
+pub struct StoreTree {
+    /// Written into every build script: new seed, new store paths.
+    pub seed: u64,
+    /// The derivations; dependencies point to lower indices.
+    pub nodes: Vec<NodeSpec>,
+}
+
+impl StoreTree {
+    /// `n` derivations in a binary tree: node `i > 0` refers to node
+    /// `(i - 1) / 2`. Every other node has a file larger than 256 KiB, so
+    /// NARs get chunked.
+    pub fn binary_tree(seed: u64, n: usize) -> Self {
+        let mut rng = SplitMix(seed);
+        let nodes = (0..n)
+            .map(|i| {
+                let mut files = vec![rng.below(4096) + 1, rng.below(64 * 1024) + 1];
+                if i % 2 == 0 {
+                    files.push(256 * 1024 + rng.below(512 * 1024));
+                }
+                NodeSpec {
+                    name: format!("larder-e2e-{i}"),
+                    deps: if i == 0 { vec![] } else { vec![(i - 1) / 2] },
+                    files,
+                }
+            })
+            .collect();
+        Self { seed, nodes }
+    }
+
+    /// One derivation with a single random file of `size` bytes.
+    pub fn single(seed: u64, name: &str, size: u64) -> Self {
+        Self {
+            seed,
+            nodes: vec![NodeSpec {
+                name: name.to_owned(),
+                deps: vec![],
+                files: vec![size],
+            }],
+        }
+    }
+
+    /// Nodes no other node depends on: their closures cover the tree.
+    pub fn tops(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| !self.nodes.iter().any(|n| n.deps.contains(i)))
+            .collect()
+    }
+
+    /// The Nix expression: a list of the top derivations.
+    pub fn render(&self) -> String {
+        let seed = self.seed;
+        let mut s = String::from(
+            "let\n  mk = name: script: derivation {\n    inherit name;\n    system = builtins.currentSystem;\n    builder = \"/bin/sh\";\n    PATH = \"/usr/bin:/bin\";\n    args = [ \"-c\" script ];\n  };\n",
+        );
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut script = format!(
+                "set -e; mkdir -p $out/sub; echo 'seed {seed:016x} node {i}' > $out/seed; "
+            );
+            for d in &node.deps {
+                let _ = write!(script, "echo ${{d{d}}} >> $out/refs; ");
+            }
+            for (k, size) in node.files.iter().enumerate() {
+                if k % 2 == 0 {
+                    let _ = write!(script, "head -c {size} /dev/urandom > $out/f{k}; ");
+                } else {
+                    let _ = write!(
+                        script,
+                        "yes 'larder e2e {seed:016x} {i} {k}' | head -c {size} > $out/sub/f{k}; chmod +x $out/sub/f{k}; "
+                    );
+                }
+            }
+            script.push_str("ln -s seed $out/link");
+            let _ = writeln!(s, "  d{i} = mk \"{}\" \"{script}\";", node.name);
+        }
+        s.push_str("in [");
+        for i in self.tops() {
+            let _ = write!(s, " d{i}");
+        }
+        s.push_str(" ]\n");
+        s
+    }
+
+    /// Builds the tree; returns the output paths of [`Self::tops`], in order.
+    pub async fn build(&self, nix: &Nix) -> anyhow::Result<Vec<String>> {
+        let file = nix.dir().join(format!("tree-{:016x}.nix", self.seed));
+        std::fs::write(&file, self.render())?;
+        let paths = nix.build(&file).await?;
+        anyhow::ensure!(
+            paths.len() == self.tops().len(),
+            "nix-build printed {} paths for {} top derivations: {paths:?}",
+            paths.len(),
+            self.tops().len()
+        );
+        Ok(paths)
+    }
+}
+
+/// SplitMix64: a tiny deterministic generator for file sizes.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Runs `cmd` to completion; returns stdout, or an error with the command
+/// line, status and stderr.
+pub async fn run(mut cmd: tokio::process::Command) -> anyhow::Result<String> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let line = format!("{:?}", cmd.as_std());
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("spawning {line}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{line} failed ({})\nstderr:\n{}\nstdout:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    String::from_utf8(out.stdout).context("non-UTF-8 output")
+}

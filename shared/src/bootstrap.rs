@@ -1,0 +1,68 @@
+//! Opens what every process needs from one [`Config`]: the database pool and
+//! the storage backend. Shared by the API, the workers and the admin CLI so
+//! they can never disagree about where data lives.
+
+use std::sync::Arc;
+
+use crate::config::{Config, StorageConfig};
+use crate::db::{Db, DbError};
+use crate::storage::local::LocalStorage;
+use crate::storage::{Storage, StorageError};
+
+/// Why start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// Database unreachable or migrations failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Storage backend unusable.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Opens the storage backend named by the config.
+pub fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
+    match config {
+        StorageConfig::Local { path } => Ok(Arc::new(LocalStorage::new(path.clone())?)),
+    }
+}
+
+/// Opens where staged uploads live: `[staging] path` if set (a directory
+/// every worker host mounts), else the storage backend itself (`staging/`).
+pub fn open_staging(
+    config: &Config,
+    storage: &Arc<dyn Storage>,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    match &config.staging.path {
+        Some(path) => Ok(Arc::new(LocalStorage::new(path.clone())?)),
+        None => Ok(storage.clone()),
+    }
+}
+
+/// Connects to the database named by the config, with `max_connections`.
+pub async fn open_db(config: &Config, max_connections: u32) -> Result<Db, DbError> {
+    Db::connect(config.database.url.expose(), max_connections).await
+}
+
+/// Everything a process opens from its config.
+#[derive(Clone)]
+pub struct Opened {
+    /// Metadata.
+    pub db: Db,
+    /// Chunk objects.
+    pub storage: Arc<dyn Storage>,
+    /// Staged uploads (may be the same backend as `storage`).
+    pub staging: Arc<dyn Storage>,
+}
+
+/// Opens database, storage and staging.
+pub async fn open(config: &Config, max_connections: u32) -> Result<Opened, BootstrapError> {
+    let storage = open_storage(&config.storage)?;
+    let staging = open_staging(config, &storage)?;
+    let db = open_db(config, max_connections).await?;
+    Ok(Opened {
+        db,
+        storage,
+        staging,
+    })
+}

@@ -1,0 +1,130 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[database]
+url = "postgres://postgres@127.0.0.1/larder"
+[storage]
+type = "local"
+path = "/var/lib/larder"
+[jwt.signing]
+token-hs256-secret-base64 = "c2VjcmV0"
+"#;
+
+#[test]
+fn minimal_config_gets_contract_defaults() {
+    let c = Config::parse_toml(MINIMAL).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.chunking.nar_size_threshold, 65536);
+    assert_eq!(
+        (
+            c.chunking.min_size,
+            c.chunking.avg_size,
+            c.chunking.max_size
+        ),
+        (16384, 65536, 262144)
+    );
+    assert_eq!(c.garbage_collection.interval.as_secs(), 12 * 3600);
+    assert_eq!(
+        c.garbage_collection.default_retention_period.as_secs(),
+        30 * 86400
+    );
+    assert_eq!(c.garbage_collection.grace_period.as_secs(), 3600);
+    assert_eq!(c.jwt.revocation_refresh.as_secs(), 5);
+    assert_eq!(c.staging.max_age.as_secs(), 86400);
+    assert_eq!(c.access.flush_interval.as_secs(), 30);
+    assert_eq!(c.compression.level, 3);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let text = format!("{MINIMAL}\n[chunking]\nmin-sise = 1\n");
+    let err = Config::parse_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("min-sise"), "{err}");
+}
+
+#[test]
+fn humantime_and_integer_durations() {
+    let text = format!(
+        "{MINIMAL}\n[garbage-collection]\ninterval = \"3 hours\"\ndefault-retention-period = 86400\n"
+    );
+    let c = Config::parse_toml(&text).unwrap();
+    assert_eq!(c.garbage_collection.interval.as_secs(), 3 * 3600);
+    assert_eq!(
+        c.garbage_collection.default_retention_period.as_secs(),
+        86400
+    );
+    let bad = format!("{MINIMAL}\n[garbage-collection]\ninterval = \"soon\"\n");
+    let err = Config::parse_toml(&bad).unwrap_err().to_string();
+    assert!(err.contains("soon"), "{err}");
+}
+
+#[test]
+fn validate_lists_every_problem() {
+    let text = format!("{MINIMAL}\n[chunking]\nmin-size = 300000\n[compression]\nlevel = 40\n");
+    let c = Config::parse_toml(&text).unwrap();
+    match c.validate() {
+        Err(ConfigError::Invalid(p)) => {
+            assert_eq!(p.len(), 2, "{p:?}");
+            assert!(p[0].contains("min-size"));
+            assert!(p[1].contains("compression.level"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn env_overrides_file() {
+    let mut c = Config::parse_toml(MINIMAL).unwrap();
+    c.apply_env(|k| match k {
+        "LARDER_LISTEN" => Some("127.0.0.1:9999".into()),
+        "LARDER_DATABASE_URL" => Some("sqlite://x.db".into()),
+        "LARDER_SERVER_TOKEN_RS256_PUBKEY_BASE64" => Some("cHVi".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(c.listen.port(), 9999);
+    assert_eq!(c.database.url.expose(), "sqlite://x.db");
+    assert!(c.jwt.signing.token_hs256_secret_base64.is_none());
+    assert!(c.jwt.signing.token_rs256_pubkey_base64.is_some());
+    c.validate().unwrap();
+    let bad = c.apply_env(|k| (k == "LARDER_LISTEN").then(|| "nope".into()));
+    assert!(matches!(
+        bad,
+        Err(ConfigError::Env {
+            var: "LARDER_LISTEN",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let c = Config::parse_toml(MINIMAL).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("c2VjcmV0"));
+    assert!(!dbg.contains("postgres://"));
+}
+
+#[test]
+fn embedded_default_is_created_once_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedDefault::open_or_create(dir.path()).unwrap();
+    assert!(first.created);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&first.config_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(first.config.worker.embedded >= 1);
+    let second = EmbeddedDefault::open_or_create(dir.path()).unwrap();
+    assert!(!second.created);
+    assert_eq!(
+        first.config.jwt.signing.token_rs256_secret_base64,
+        second.config.jwt.signing.token_rs256_secret_base64
+    );
+}

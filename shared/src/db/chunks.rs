@@ -1,0 +1,177 @@
+//! `chunks`: the global content-addressed chunk store, shared by every cache.
+//!
+//! Lookups and reference updates go in batches of at most [`BATCH`] binds, so
+//! no statement grows with the size of a NAR (SQLite caps variables).
+
+use std::collections::HashMap;
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{DbError, Raw, corrupt};
+use crate::chunk::ChunkHash;
+use crate::on_conn;
+
+/// Most values bound in one statement.
+pub const BATCH: usize = 100;
+
+/// A chunk as stored.
+#[derive(Debug, Clone)]
+pub struct ChunkRecord {
+    /// Row id (what NAR chunk lists hold).
+    pub id: i64,
+    /// SHA-256 of the uncompressed chunk.
+    pub hash: ChunkHash,
+    /// Uncompressed size.
+    pub chunk_size: i32,
+    /// Compressed (stored) size.
+    pub file_size: i32,
+    /// Pack holding the chunk; `None` = its own object at `hash.object_key()`.
+    pub pack_id: Option<i64>,
+    /// Offset inside the pack.
+    pub pack_offset: Option<i64>,
+}
+
+const COLUMNS: &str = "id, chunk_hash, chunk_size, file_size, pack_id, pack_offset";
+
+macro_rules! chunk_from_row {
+    ($r:expr) => {{
+        let r = $r;
+        let hash: Vec<u8> = r.try_get("chunk_hash")?;
+        Ok::<_, DbError>(ChunkRecord {
+            id: r.try_get("id")?,
+            hash: ChunkHash::from_slice(&hash).map_err(|e| corrupt("chunks.chunk_hash", e))?,
+            chunk_size: r.try_get("chunk_size")?,
+            file_size: r.try_get("file_size")?,
+            pack_id: r.try_get("pack_id")?,
+            pack_offset: r.try_get("pack_offset")?,
+        })
+    }};
+}
+
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Finds which of `hashes` are stored (≤ [`BATCH`] per call), by hash.
+pub async fn find_by_hashes(
+    raw: Raw<'_>,
+    hashes: &[ChunkHash],
+) -> Result<HashMap<ChunkHash, ChunkRecord>, DbError> {
+    debug_assert!(hashes.len() <= BATCH);
+    if hashes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM chunks WHERE refcount >= 0 AND chunk_hash IN ({})",
+        placeholders(1, hashes.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for h in hashes {
+            q = q.bind(&h.as_bytes()[..]);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| chunk_from_row!(r).map(|rec| (rec.hash, rec)))
+            .collect()
+    })
+}
+
+/// Loads chunks by id (≤ [`BATCH`] per call).
+pub async fn get_many(raw: Raw<'_>, ids: &[i64]) -> Result<HashMap<i64, ChunkRecord>, DbError> {
+    debug_assert!(ids.len() <= BATCH);
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM chunks WHERE id IN ({})",
+        placeholders(1, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter().map(|r| chunk_from_row!(r).map(|rec| (rec.id, rec))).collect()
+    })
+}
+
+/// A chunk whose object is stored, to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    /// Content hash.
+    pub hash: ChunkHash,
+    /// Uncompressed size.
+    pub chunk_size: i32,
+    /// Stored size.
+    pub file_size: i32,
+}
+
+/// Records stored chunks (≤ [`BATCH`]) in one statement and returns every
+/// hash's id, including rows a concurrent ingest inserted first.
+pub async fn insert_many(
+    raw: Raw<'_>,
+    new: &[NewChunk],
+    now: i64,
+) -> Result<HashMap<ChunkHash, i64>, DbError> {
+    debug_assert!(new.len() <= BATCH);
+    if new.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let values = (0..new.len())
+        .map(|i| format!("(${}, ${}, ${}, 0, $1)", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!(
+        "INSERT INTO chunks (chunk_hash, chunk_size, file_size, refcount, zero_since)
+         VALUES {values} ON CONFLICT (chunk_hash) DO NOTHING"
+    );
+    let select = format!(
+        "SELECT id, chunk_hash FROM chunks WHERE chunk_hash IN ({})",
+        placeholders(1, new.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*insert)).bind(now);
+        for n in new {
+            q = q.bind(&n.hash.as_bytes()[..]).bind(n.chunk_size).bind(n.file_size);
+        }
+        q.execute(&mut *c).await?;
+        let mut q = sqlx::query(AssertSqlSafe(&*select));
+        for n in new {
+            q = q.bind(&n.hash.as_bytes()[..]);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.try_get("chunk_hash")?;
+                let hash = ChunkHash::from_slice(&hash).map_err(|e| corrupt("chunks.chunk_hash", e))?;
+                Ok((hash, r.try_get::<i64, _>("id")?))
+            })
+            .collect()
+    })
+}
+
+/// Adds one reference from a newly ready NAR to each distinct chunk in `ids`
+/// (≤ [`BATCH`] per call). Returns how many rows were updated, so the caller
+/// can detect a chunk that vanished.
+pub async fn add_refs(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
+    debug_assert!(ids.len() <= BATCH);
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "UPDATE chunks SET refcount = refcount + 1, zero_since = NULL WHERE refcount >= 0 AND id IN ({})",
+        placeholders(1, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
+    })
+}

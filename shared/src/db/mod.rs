@@ -1,0 +1,237 @@
+//! Metadata in PostgreSQL (production) or SQLite (embedded), through one code path.
+//!
+//! Every query is written once, in SQL both dialects accept (`$n` parameters,
+//! `ON CONFLICT`, `RETURNING`), and run through [`on_conn!`], which expands the
+//! same body for each backend. A dialect branch, where one is unavoidable,
+//! stays inside the one function that needs it. Times are Unix seconds
+//! (`BIGINT`), so tests can inject a clock.
+
+pub mod caches;
+pub mod chunks;
+pub mod nars;
+pub mod objects;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+/// Database errors, typed so the API can map them in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The driver failed (connection, constraint, syntax).
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The job queue's own tables could not be set up.
+    #[error("job queue setup failed: {0}")]
+    Queue(String),
+    /// A stored value does not decode (corruption or a bug).
+    #[error("corrupt database value in {column}: {message}")]
+    Corrupt {
+        /// Where.
+        column: &'static str,
+        /// What.
+        message: String,
+    },
+    /// The URL names neither PostgreSQL nor SQLite.
+    #[error("unsupported database URL (expected postgres:// or sqlite:)")]
+    UnsupportedUrl,
+}
+
+/// A connection pool of either backend.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// Production.
+    Postgres(PgPool),
+    /// Embedded.
+    Sqlite(SqlitePool),
+}
+
+/// A transaction of either backend.
+pub enum Tx {
+    /// PostgreSQL transaction.
+    Postgres(Transaction<'static, Postgres>),
+    /// SQLite transaction.
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// A pooled connection of either backend, for reads outside a transaction.
+pub enum Conn {
+    /// PostgreSQL connection.
+    Postgres(PoolConnection<Postgres>),
+    /// SQLite connection.
+    Sqlite(PoolConnection<Sqlite>),
+}
+
+/// A borrowed raw connection: what every query function takes, so the same
+/// function runs inside or outside a transaction.
+pub enum Raw<'a> {
+    /// PostgreSQL.
+    Postgres(&'a mut PgConnection),
+    /// SQLite.
+    Sqlite(&'a mut SqliteConnection),
+}
+
+/// Runs the same body against whichever backend `raw` holds; `$c` is bound
+/// to `&mut PgConnection` or `&mut SqliteConnection`.
+#[macro_export]
+macro_rules! on_conn {
+    ($raw:expr, $c:ident => $body:expr) => {
+        match $raw {
+            $crate::db::Raw::Postgres($c) => $body,
+            $crate::db::Raw::Sqlite($c) => $body,
+        }
+    };
+}
+
+impl Tx {
+    /// The connection to pass to query functions.
+    pub fn raw(&mut self) -> Raw<'_> {
+        match self {
+            Tx::Postgres(t) => Raw::Postgres(t),
+            Tx::Sqlite(t) => Raw::Sqlite(t),
+        }
+    }
+
+    /// Commits; nothing is visible to others before this.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Tx::Postgres(t) => t.commit().await?,
+            Tx::Sqlite(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+impl Conn {
+    /// The connection to pass to query functions.
+    pub fn raw(&mut self) -> Raw<'_> {
+        match self {
+            Conn::Postgres(c) => Raw::Postgres(c),
+            Conn::Sqlite(c) => Raw::Sqlite(c),
+        }
+    }
+}
+
+/// Migrations live in `migrations/<dialect>/` with shared numbered names, in a
+/// table of their own so they never collide with the job queue's.
+const MIGRATIONS_TABLE: &str = "larder_migrations";
+
+impl Db {
+    /// Connects to `url` (`postgres://…` or `sqlite:…`).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await?;
+            Ok(Db::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = sqlite_options(url)?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(60))
+                .connect_with(options)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            Err(DbError::UnsupportedUrl)
+        }
+    }
+
+    /// Applies Larder's migrations and sets up the job queue's tables.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Db::Postgres(pool) => {
+                let mut m = sqlx::migrate!("../migrations/postgres");
+                m.dangerous_set_table_name(MIGRATIONS_TABLE);
+                m.run(pool).await?;
+                apalis_postgres::PostgresStorage::<()>::setup(pool)
+                    .await
+                    .map_err(|e| DbError::Queue(e.to_string()))?;
+            }
+            Db::Sqlite(pool) => {
+                let mut m = sqlx::migrate!("../migrations/sqlite");
+                m.dangerous_set_table_name(MIGRATIONS_TABLE);
+                m.run(pool).await?;
+                // apalis' setup switches its connection to `synchronous = OFF`;
+                // run it on a throwaway connection so the pool keeps FULL.
+                let opts = (*pool.connect_options()).clone();
+                let single = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts)
+                    .await?;
+                apalis_sqlite::SqliteStorage::<()>::setup(&single)
+                    .await
+                    .map_err(|e| DbError::Queue(e.to_string()))?;
+                single.close().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+        })
+    }
+
+    /// Takes a connection from the pool.
+    pub async fn conn(&self) -> Result<Conn, DbError> {
+        Ok(match self {
+            Db::Postgres(p) => Conn::Postgres(p.acquire().await?),
+            Db::Sqlite(p) => Conn::Sqlite(p.acquire().await?),
+        })
+    }
+
+    /// Readiness probe: one round trip.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let mut c = self.conn().await?;
+        on_conn!(c.raw(), c => sqlx::query("SELECT 1").execute(&mut *c).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match self {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, DbError> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: an acknowledged upload survives power loss, not just a crash.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(true))
+}
+
+/// Current Unix time in seconds; the one clock production code reads.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Maps a column decode failure to [`DbError::Corrupt`].
+pub(crate) fn corrupt(column: &'static str, e: impl std::fmt::Display) -> DbError {
+    DbError::Corrupt {
+        column,
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,231 @@
+//! `nars`: one row per distinct NAR, shared by every cache that holds it.
+//!
+//! State moves only by guarded updates (`… WHERE state = 'staged'`), so a job
+//! that runs twice, or after a crash, finds nothing left to do.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{DbError, Raw, corrupt};
+use crate::nix::hash::NarHash;
+use crate::on_conn;
+
+/// Where a NAR is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NarState {
+    /// Uncompressed in staging, waiting for a worker; already served.
+    Staged,
+    /// Chunked, compressed and stored; `chunk_list` is live.
+    Ready,
+    /// `verify` found missing or corrupt chunks; not served.
+    Broken,
+}
+
+impl NarState {
+    /// The value stored in `nars.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NarState::Staged => "staged",
+            NarState::Ready => "ready",
+            NarState::Broken => "broken",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, DbError> {
+        match s {
+            "staged" => Ok(NarState::Staged),
+            "ready" => Ok(NarState::Ready),
+            "broken" => Ok(NarState::Broken),
+            other => Err(corrupt("nars.state", format!("unknown state {other:?}"))),
+        }
+    }
+}
+
+/// A NAR as stored.
+#[derive(Debug, Clone)]
+pub struct NarRecord {
+    /// Row id.
+    pub id: i64,
+    /// SHA-256 of the uncompressed NAR.
+    pub nar_hash: NarHash,
+    /// Uncompressed size.
+    pub nar_size: i64,
+    /// Life-cycle state.
+    pub state: NarState,
+    /// Storage key of the staged copy while `Staged`.
+    pub staging_key: Option<String>,
+    /// Chunk ids in NAR order, once `Ready`.
+    pub chunk_ids: Vec<i64>,
+    /// Total compressed size, once `Ready`.
+    pub file_size: Option<i64>,
+    /// First upload.
+    pub created_at: i64,
+}
+
+const COLUMNS: &str =
+    "id, nar_hash, nar_size, state, staging_key, chunk_list, file_size, created_at";
+
+/// Encodes chunk ids as 8 bytes big-endian each: 8 B per chunk per NAR.
+pub fn encode_chunk_list(ids: &[i64]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_be_bytes()).collect()
+}
+
+/// Inverse of [`encode_chunk_list`].
+pub fn decode_chunk_list(bytes: &[u8]) -> Result<Vec<i64>, DbError> {
+    if bytes.len() % 8 != 0 {
+        return Err(corrupt("nars.chunk_list", "length is not a multiple of 8"));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            i64::from_be_bytes(a)
+        })
+        .collect())
+}
+
+macro_rules! nar_from_row {
+    ($r:expr) => {{
+        let r = $r;
+        let hash: Vec<u8> = r.try_get("nar_hash")?;
+        let state: String = r.try_get("state")?;
+        let list: Option<Vec<u8>> = r.try_get("chunk_list")?;
+        Ok::<_, $crate::db::DbError>($crate::db::nars::NarRecord {
+            id: r.try_get("id")?,
+            nar_hash: $crate::nix::hash::NarHash::from_slice(&hash)
+                .map_err(|e| $crate::db::corrupt("nars.nar_hash", e))?,
+            nar_size: r.try_get("nar_size")?,
+            state: $crate::db::nars::NarState::parse(&state)?,
+            staging_key: r.try_get("staging_key")?,
+            chunk_ids: list
+                .as_deref()
+                .map($crate::db::nars::decode_chunk_list)
+                .transpose()?
+                .unwrap_or_default(),
+            file_size: r.try_get("file_size")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }};
+}
+pub(crate) use nar_from_row;
+
+/// Finds a NAR by hash, whatever its state.
+pub async fn find_by_hash(raw: Raw<'_>, hash: &NarHash) -> Result<Option<NarRecord>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM nars WHERE nar_hash = $1");
+    on_conn!(raw, c => {
+        let row = sqlx::query(AssertSqlSafe(&*sql)).bind(&hash.as_bytes()[..]).fetch_optional(&mut *c).await?;
+        row.map(|r| nar_from_row!(&r)).transpose()
+    })
+}
+
+/// Loads a NAR by id.
+pub async fn get(raw: Raw<'_>, id: i64) -> Result<Option<NarRecord>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM nars WHERE id = $1");
+    on_conn!(raw, c => {
+        let row = sqlx::query(AssertSqlSafe(&*sql)).bind(id).fetch_optional(&mut *c).await?;
+        row.map(|r| nar_from_row!(&r)).transpose()
+    })
+}
+
+/// Records a freshly staged NAR. `None` when another upload of the same NAR
+/// won the race: the caller deletes its own staged copy and links the winner.
+pub async fn insert_staged(
+    raw: Raw<'_>,
+    hash: &NarHash,
+    nar_size: i64,
+    staging_key: &str,
+    now: i64,
+) -> Result<Option<i64>, DbError> {
+    on_conn!(raw, c => {
+        let row = sqlx::query(
+            "INSERT INTO nars (nar_hash, nar_size, state, staging_key, created_at, updated_at)
+             VALUES ($1, $2, 'staged', $3, $4, $4) ON CONFLICT (nar_hash) DO NOTHING RETURNING id",
+        )
+        .bind(&hash.as_bytes()[..])
+        .bind(nar_size)
+        .bind(staging_key)
+        .bind(now)
+        .fetch_optional(&mut *c)
+        .await?;
+        row.map(|r| r.try_get::<i64, _>("id")).transpose().map_err(DbError::from)
+    })
+}
+
+/// Makes an ingested NAR live. Guarded: returns false (and changes nothing)
+/// unless the NAR is still staged, so a second run of the job is a no-op.
+pub async fn mark_ready(
+    raw: Raw<'_>,
+    id: i64,
+    chunk_ids: &[i64],
+    file_size: i64,
+    now: i64,
+) -> Result<bool, DbError> {
+    let list = encode_chunk_list(chunk_ids);
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "UPDATE nars SET state = 'ready', chunk_list = $2, num_chunks = $3, file_size = $4,
+                 staging_key = NULL, updated_at = $5
+             WHERE id = $1 AND state = 'staged'",
+        )
+        .bind(id)
+        .bind(&list)
+        .bind(chunk_ids.len() as i64)
+        .bind(file_size)
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Staged NARs not touched since `before`: their job may have been lost.
+pub async fn stale_staged(raw: Raw<'_>, before: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+    on_conn!(raw, c => {
+        let rows = sqlx::query(
+            "SELECT id FROM nars WHERE state = 'staged' AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?;
+        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
+    })
+}
+
+/// Marks a staged NAR as (re-)enqueued now, so the sweeper leaves it alone
+/// for a while.
+pub async fn touch(raw: Raw<'_>, id: i64, now: i64) -> Result<(), DbError> {
+    on_conn!(raw, c => {
+        sqlx::query("UPDATE nars SET updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    })
+}
+
+/// Every staging key still referenced, for the staging sweeper.
+pub async fn staging_key_exists(raw: Raw<'_>, key: &str) -> Result<bool, DbError> {
+    on_conn!(raw, c => {
+        let row = sqlx::query("SELECT 1 AS one FROM nars WHERE staging_key = $1 LIMIT 1")
+            .bind(key)
+            .fetch_optional(&mut *c)
+            .await?;
+        Ok(row.is_some())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_list_round_trip() {
+        let ids = vec![1, 2, i64::MAX, 42];
+        let bytes = encode_chunk_list(&ids);
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(decode_chunk_list(&bytes).unwrap(), ids);
+        assert!(decode_chunk_list(&bytes[..7]).is_err());
+    }
+}

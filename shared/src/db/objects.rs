@@ -1,0 +1,188 @@
+//! `objects`: a store path in one cache, pointing at a shared NAR.
+//!
+//! Every read of NAR data goes through [`nar_in_cache`], so knowing a NAR
+//! hash never reads another cache's data.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::nars::{NarRecord, nar_from_row};
+use super::{DbError, Raw, corrupt};
+use crate::nix::hash::NarHash;
+use crate::nix::store_path::StorePathHash;
+use crate::on_conn;
+
+/// Path metadata as pushed (what narinfo serves besides the NAR fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Absolute store path.
+    pub store_path: String,
+    /// Reference base names.
+    pub references: Vec<String>,
+    /// Deriver base name.
+    pub deriver: Option<String>,
+    /// Uploader's signatures.
+    pub sigs: Vec<String>,
+    /// Content address.
+    pub ca: Option<String>,
+    /// System.
+    pub system: Option<String>,
+}
+
+/// An object with its NAR.
+#[derive(Debug, Clone)]
+pub struct ObjectRecord {
+    /// Row id.
+    pub id: i64,
+    /// Owning cache.
+    pub cache_id: i64,
+    /// Metadata.
+    pub meta: ObjectMeta,
+    /// Pushed (or last re-pushed) at.
+    pub created_at: i64,
+    /// Last recorded access.
+    pub last_accessed_at: i64,
+    /// The NAR.
+    pub nar: NarRecord,
+}
+
+const NAR_COLUMNS: &str =
+    "n.id, n.nar_hash, n.nar_size, n.state, n.staging_key, n.chunk_list, n.file_size, n.created_at";
+
+fn split_words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Links a store path in a cache to a NAR, replacing an earlier push of the
+/// same path (a re-push refreshes its metadata and its push time).
+pub async fn upsert(
+    raw: Raw<'_>,
+    cache_id: i64,
+    hash: &StorePathHash,
+    nar_id: i64,
+    meta: &ObjectMeta,
+    now: i64,
+) -> Result<i64, DbError> {
+    on_conn!(raw, c => {
+        let row = sqlx::query(
+            "INSERT INTO objects (cache_id, store_path_hash, store_path, nar_id, refs, deriver, sigs, ca, system, created_at, last_accessed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+             ON CONFLICT (cache_id, store_path_hash) DO UPDATE SET
+                store_path = excluded.store_path, nar_id = excluded.nar_id, refs = excluded.refs,
+                deriver = excluded.deriver, sigs = excluded.sigs, ca = excluded.ca,
+                system = excluded.system, created_at = excluded.created_at
+             RETURNING id",
+        )
+        .bind(cache_id)
+        .bind(hash.as_str())
+        .bind(&meta.store_path)
+        .bind(nar_id)
+        .bind(meta.references.join(" "))
+        .bind(meta.deriver.as_deref())
+        .bind(meta.sigs.join("\n"))
+        .bind(meta.ca.as_deref())
+        .bind(meta.system.as_deref())
+        .bind(now)
+        .fetch_one(&mut *c)
+        .await?;
+        row.try_get::<i64, _>("id").map_err(DbError::from)
+    })
+}
+
+/// A store path of a cache with its NAR.
+pub async fn find(
+    raw: Raw<'_>,
+    cache_id: i64,
+    hash: &StorePathHash,
+) -> Result<Option<ObjectRecord>, DbError> {
+    let sql = format!(
+        "SELECT o.id AS object_id, o.cache_id, o.store_path, o.refs, o.deriver, o.sigs, o.ca, o.system,
+                o.created_at AS object_created_at, o.last_accessed_at, {NAR_COLUMNS}
+         FROM objects o JOIN nars n ON n.id = o.nar_id
+         WHERE o.cache_id = $1 AND o.store_path_hash = $2"
+    );
+    on_conn!(raw, c => {
+        let row = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id).bind(hash.as_str()).fetch_optional(&mut *c).await?;
+        row.map(|r| {
+            let refs: String = r.try_get("refs")?;
+            let sigs: String = r.try_get("sigs")?;
+            Ok::<_, DbError>(ObjectRecord {
+                id: r.try_get("object_id")?,
+                cache_id: r.try_get("cache_id")?,
+                meta: ObjectMeta {
+                    store_path: r.try_get("store_path")?,
+                    references: split_words(&refs),
+                    deriver: r.try_get("deriver")?,
+                    sigs: split_words(&sigs),
+                    ca: r.try_get("ca")?,
+                    system: r.try_get("system")?,
+                },
+                created_at: r.try_get("object_created_at")?,
+                last_accessed_at: r.try_get("last_accessed_at")?,
+                nar: nar_from_row!(&r)?,
+            })
+        })
+        .transpose()
+    })
+}
+
+/// The NAR with `nar_hash`, only if an object of `cache_id` refers to it.
+pub async fn nar_in_cache(
+    raw: Raw<'_>,
+    cache_id: i64,
+    nar_hash: &NarHash,
+) -> Result<Option<NarRecord>, DbError> {
+    let sql = format!(
+        "SELECT {NAR_COLUMNS} FROM nars n
+         WHERE n.nar_hash = $2 AND EXISTS (SELECT 1 FROM objects o WHERE o.nar_id = n.id AND o.cache_id = $1)"
+    );
+    on_conn!(raw, c => {
+        let row = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id).bind(&nar_hash.as_bytes()[..]).fetch_optional(&mut *c).await?;
+        row.map(|r| nar_from_row!(&r)).transpose()
+    })
+}
+
+/// Which of `hashes` (≤ [`super::chunks::BATCH`]) the cache lacks.
+pub async fn missing(
+    raw: Raw<'_>,
+    cache_id: i64,
+    hashes: &[StorePathHash],
+) -> Result<Vec<StorePathHash>, DbError> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = (2..hashes.len() + 2)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT store_path_hash FROM objects WHERE cache_id = $1 AND store_path_hash IN ({marks})"
+    );
+    let present: std::collections::HashSet<String> = on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id);
+        for h in hashes {
+            q = q.bind(h.as_str());
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("store_path_hash"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| corrupt("objects.store_path_hash", e))?
+    });
+    Ok(hashes
+        .iter()
+        .filter(|h| !present.contains(h.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// Removes a path from a cache; returns whether it was there.
+pub async fn delete(raw: Raw<'_>, cache_id: i64, hash: &StorePathHash) -> Result<bool, DbError> {
+    on_conn!(raw, c => {
+        let done = sqlx::query("DELETE FROM objects WHERE cache_id = $1 AND store_path_hash = $2")
+            .bind(cache_id)
+            .bind(hash.as_str())
+            .execute(&mut *c)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    })
+}

@@ -1,0 +1,52 @@
+//! Job payloads and enqueueing. Payloads carry ids only; handlers re-read
+//! state and skip work already done, so every job may run twice.
+//!
+//! Jobs are enqueued on the caller's connection, inside the transaction that
+//! records the work, so a crash can never separate the two. The sweeper
+//! (`larder-worker`) still re-enqueues staged NARs whose job went missing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::{DbError, Raw};
+
+/// Queue of [`IngestNar`]; persisted name, never change it.
+pub const INGEST_QUEUE: &str = "larder.ingest-nar";
+
+/// Attempts before apalis gives up on a job (the sweeper re-enqueues later).
+pub const MAX_ATTEMPTS: usize = 10;
+
+/// Chunk, deduplicate, compress and store one staged NAR.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IngestNar {
+    /// `nars.id`.
+    pub nar_id: i64,
+}
+
+/// Enqueues ingest jobs on the caller's connection (use a transaction).
+pub async fn enqueue_ingest(raw: Raw<'_>, nar_ids: &[i64]) -> Result<(), DbError> {
+    let mut payloads = Vec::with_capacity(nar_ids.len());
+    for &nar_id in nar_ids {
+        let bytes =
+            serde_json::to_vec(&IngestNar { nar_id }).map_err(|e| DbError::Queue(e.to_string()))?;
+        payloads.push(bytes);
+    }
+    let build = |args: Vec<u8>| {
+        apalis_core::task::builder::TaskBuilder::new(args)
+            .max_attempts(MAX_ATTEMPTS)
+            .build()
+    };
+    match raw {
+        Raw::Postgres(c) => {
+            let tasks = payloads.into_iter().map(build).collect();
+            apalis_postgres::queries::push_tasks(c, INGEST_QUEUE, tasks)
+                .await
+                .map_err(|e| DbError::Queue(e.to_string()))
+        }
+        Raw::Sqlite(c) => {
+            let tasks: Vec<_> = payloads.into_iter().map(build).collect();
+            apalis_sqlite::queries::push_tasks(c, INGEST_QUEUE, &tasks)
+                .await
+                .map_err(|e| DbError::Queue(e.to_string()))
+        }
+    }
+}

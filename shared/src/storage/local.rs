@@ -1,0 +1,625 @@
+//! [`Storage`] in a local directory (or a filesystem shared by every host).
+//!
+//! Key `a/b/c` is the file `<root>/a/b/c`; callers put sharding into their
+//! keys. A `put` writes `.tmp-<name>-<random>` beside the target, fsyncs it,
+//! renames it over the target and fsyncs the directory, so readers see the old
+//! object or the whole new one, and a crash leaves at most a temp file, which
+//! [`LocalStorage::remove_stale_temp_files`] cleans up. Keys never start a
+//! segment with `.`, so temp files cannot collide with objects.
+//!
+//! Unlike S3, a key cannot be both an object and a prefix of deeper keys
+//! (`a/b` and `a/b/c`): the second `put` fails with an I/O error.
+
+use std::fs;
+use std::io::{self, ErrorKind, SeekFrom};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::{
+    ByteStream, ObjectKey, ObjectMeta, ObjectMetaStream, Storage, StorageError, blocking_stream,
+    validate_prefix,
+};
+
+/// Name prefix of in-progress writes.
+const TEMP_PREFIX: &str = ".tmp-";
+/// Largest piece a `get` stream yields.
+const READ_PIECE: usize = 128 * 1024;
+/// Listed objects buffered ahead of the consumer.
+const LIST_BUFFER: usize = 256;
+
+/// Objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError + use<> {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { op, path, source }
+}
+
+/// True for errors meaning "no such object": the file or a parent is missing,
+/// or a parent is a file.
+fn is_missing(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    let owned = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || fs::File::open(&owned)?.sync_all())
+        .await?
+        .map_err(io_err("fsync directory", dir))
+}
+
+impl LocalStorage {
+    /// Uses `root`, creating it if needed. Call at startup: this blocks.
+    pub fn new(root: PathBuf) -> Result<Self, StorageError> {
+        fs::create_dir_all(&root).map_err(io_err("create root", &root))?;
+        Ok(Self { root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    /// Creates `dir` if needed and makes the new entries durable by fsyncing
+    /// every ancestor up to the root (only the first write into a new shard
+    /// directory pays for this).
+    async fn ensure_dir(&self, dir: &Path) -> Result<(), StorageError> {
+        if tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io_err("create directory", dir))?;
+        let mut current = dir;
+        while current != self.root {
+            let Some(parent) = current.parent() else {
+                break;
+            };
+            sync_dir(parent).await?;
+            current = parent;
+        }
+        Ok(())
+    }
+
+    /// Writes the stream to `tmp`, fsynced; returns the byte count.
+    async fn write_temp(
+        key: &ObjectKey,
+        tmp: &Path,
+        mut data: ByteStream,
+    ) -> Result<u64, StorageError> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .await
+            .map_err(io_err("create", tmp))?;
+        let mut written = 0u64;
+        while let Some(piece) = data.next().await {
+            let piece = piece.map_err(|source| StorageError::Input {
+                key: key.clone(),
+                source,
+            })?;
+            file.write_all(&piece).await.map_err(io_err("write", tmp))?;
+            written += piece.len() as u64;
+        }
+        file.flush().await.map_err(io_err("write", tmp))?;
+        file.sync_all().await.map_err(io_err("fsync", tmp))?;
+        Ok(written)
+    }
+
+    /// Deletes `.tmp-` files last modified more than `max_age` ago: leftovers
+    /// of writers that crashed or were cancelled mid-`put`. Returns how many
+    /// were removed. `max_age` must exceed the longest expected `put`.
+    pub async fn remove_stale_temp_files(&self, max_age: Duration) -> Result<u64, StorageError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let cutoff = SystemTime::now()
+                .checked_sub(max_age)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let mut removed = 0;
+            let mut dirs = vec![root];
+            while let Some(dir) = dirs.pop() {
+                let entries = match fs::read_dir(&dir) {
+                    Err(e) if is_missing(&e) => continue,
+                    other => other.map_err(io_err("read directory", &dir))?,
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io_err("read directory", &dir))?;
+                    let path = entry.path();
+                    let file_type = entry.file_type().map_err(io_err("stat", &path))?;
+                    if file_type.is_dir() {
+                        dirs.push(path);
+                        continue;
+                    }
+                    if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                        continue;
+                    }
+                    let modified = match entry.metadata().and_then(|m| m.modified()) {
+                        Err(e) if is_missing(&e) => continue,
+                        other => other.map_err(io_err("stat", &path))?,
+                    };
+                    if modified < cutoff {
+                        match fs::remove_file(&path) {
+                            Ok(()) => removed += 1,
+                            Err(e) if is_missing(&e) => {}
+                            Err(e) => return Err(io_err("remove", &path)(e)),
+                        }
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await?
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn put(&self, key: &ObjectKey, data: ByteStream) -> Result<u64, StorageError> {
+        let path = self.path(key);
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            unreachable!("a validated key always has a last segment");
+        };
+        self.ensure_dir(dir).await?;
+        let tmp = dir.join(format!(
+            "{TEMP_PREFIX}{}-{:016x}",
+            name.to_string_lossy(),
+            rand::random::<u64>()
+        ));
+        let renamed = match Self::write_temp(key, &tmp, data).await {
+            Ok(written) => tokio::fs::rename(&tmp, &path)
+                .await
+                .map(|()| written)
+                .map_err(io_err("rename", &path)),
+            Err(e) => Err(e),
+        };
+        match renamed {
+            Ok(written) => {
+                sync_dir(dir).await?;
+                Ok(written)
+            }
+            Err(e) => {
+                if let Err(cleanup) = tokio::fs::remove_file(&tmp).await
+                    && !is_missing(&cleanup)
+                {
+                    tracing::warn!(path = %tmp.display(), error = %cleanup, "could not remove temp file");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, StorageError> {
+        let path = self.path(key);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Err(e) if is_missing(&e) => return Err(StorageError::NotFound(key.clone())),
+            other => other.map_err(io_err("open", &path))?,
+        };
+        let meta = file.metadata().await.map_err(io_err("stat", &path))?;
+        if !meta.is_file() {
+            return Err(StorageError::NotFound(key.clone()));
+        }
+        let size = meta.len();
+        let range = range.unwrap_or(0..size);
+        if range.start > range.end || range.end > size {
+            return Err(StorageError::InvalidRange {
+                key: key.clone(),
+                start: range.start,
+                end: range.end,
+                size,
+            });
+        }
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start))
+                .await
+                .map_err(io_err("seek", &path))?;
+        }
+        // The open file keeps the object read consistent even if a `put`
+        // replaces it meanwhile. A file that shrank underneath (external
+        // tampering) ends the stream with an error instead of short data.
+        let remaining = range.end - range.start;
+        Ok(Box::pin(futures::stream::try_unfold(
+            (file, remaining),
+            |(mut file, remaining)| async move {
+                if remaining == 0 {
+                    return Ok(None);
+                }
+                let want = remaining.min(READ_PIECE as u64);
+                let mut buf = BytesMut::with_capacity(want as usize);
+                let n = (&mut file).take(want).read_buf(&mut buf).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "object is shorter than when it was opened",
+                    ));
+                }
+                Ok(Some((buf.freeze(), (file, remaining - n as u64))))
+            },
+        )))
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::metadata(&path).await {
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(io_err("stat", &path)(e)),
+            Ok(meta) if !meta.is_file() => Ok(None),
+            Ok(meta) => Ok(Some(ObjectMeta {
+                key: key.clone(),
+                size: meta.len(),
+                last_modified: meta.modified().map_err(io_err("stat", &path))?,
+            })),
+        }
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if is_missing(&e) => Ok(()),
+            other => other.map_err(io_err("remove", &path)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> ObjectMetaStream {
+        if let Err(e) = validate_prefix(prefix) {
+            return Box::pin(futures::stream::iter([Err(e.into())]));
+        }
+        // Start in the deepest directory the prefix names completely; only
+        // its entries need the partial last segment as a name filter.
+        let (dir_key, name_prefix) = match prefix.rsplit_once('/') {
+            Some((dir, name)) => (format!("{dir}/"), name.to_owned()),
+            None => (String::new(), prefix.to_owned()),
+        };
+        let start = self.root.join(&dir_key);
+        Box::pin(blocking_stream(
+            LIST_BUFFER,
+            move |tx| walk(start, dir_key, &name_prefix, tx),
+            |e| Err(e.into()),
+        ))
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        let probe = self
+            .root
+            .join(format!("{TEMP_PREFIX}check-{:016x}", rand::random::<u64>()));
+        tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .await
+            .map_err(io_err("create", &probe))?;
+        tokio::fs::remove_file(&probe)
+            .await
+            .map_err(io_err("remove", &probe))
+    }
+}
+
+type ListSender = mpsc::Sender<Result<ObjectMeta, StorageError>>;
+
+/// Depth-first walk from `start` (whose key prefix is `start_key`, empty or
+/// ending in `/`), sending every regular file whose name is a valid key.
+/// Returns early when the receiver is gone.
+fn walk(start: PathBuf, start_key: String, name_prefix: &str, tx: &ListSender) {
+    let fail = |op, path: &Path, e| {
+        let _ = tx.blocking_send(Err(io_err(op, path)(e)));
+    };
+    let first = match fs::read_dir(&start) {
+        Err(e) if is_missing(&e) => return,
+        Err(e) => return fail("read directory", &start, e),
+        Ok(entries) => entries,
+    };
+    // (directory, its key prefix, its entries); only the first is filtered.
+    let mut stack = vec![(start, start_key, first)];
+    loop {
+        let depth = stack.len();
+        let Some((dir, dir_key, entries)) = stack.last_mut() else {
+            return;
+        };
+        let entry = match entries.next() {
+            None => {
+                stack.pop();
+                continue;
+            }
+            Some(Err(e)) => return fail("read directory", dir, e),
+            Some(Ok(entry)) => entry,
+        };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        // Temp files and anything else hidden are not objects.
+        if name.starts_with('.') || (depth == 1 && !name.starts_with(name_prefix)) {
+            continue;
+        }
+        let key = format!("{dir_key}{name}");
+        let path = entry.path();
+        let file_type = match entry.file_type() {
+            Err(e) if is_missing(&e) => continue,
+            Err(e) => return fail("stat", &path, e),
+            Ok(t) => t,
+        };
+        if file_type.is_dir() {
+            match fs::read_dir(&path) {
+                Err(e) if is_missing(&e) => {}
+                Err(e) => return fail("read directory", &path, e),
+                Ok(entries) => stack.push((path, format!("{key}/"), entries)),
+            }
+            continue;
+        }
+        if !file_type.is_file() {
+            continue;
+        }
+        let Ok(key) = ObjectKey::new(key) else {
+            tracing::debug!(path = %path.display(), "skipping file whose name is not a key");
+            continue;
+        };
+        let meta = match entry.metadata().and_then(|m| Ok((m.len(), m.modified()?))) {
+            Err(e) if is_missing(&e) => continue,
+            Err(e) => return fail("stat", &path, e),
+            Ok(meta) => meta,
+        };
+        let object = ObjectMeta {
+            key,
+            size: meta.0,
+            last_modified: meta.1,
+        };
+        if tx.blocking_send(Ok(object)).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use futures::TryStreamExt;
+    use std::sync::Arc;
+
+    fn key(s: &str) -> ObjectKey {
+        ObjectKey::new(s).unwrap()
+    }
+
+    fn pieces(parts: Vec<Vec<u8>>) -> ByteStream {
+        Box::pin(futures::stream::iter(
+            parts.into_iter().map(|p| Ok(Bytes::from(p))),
+        ))
+    }
+
+    async fn read_all(s: &LocalStorage, k: &ObjectKey, range: Option<Range<u64>>) -> Vec<u8> {
+        let stream = s.get(k, range).await.unwrap();
+        let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
+        parts.concat()
+    }
+
+    /// Every file under `dir`, relative, sorted; includes temp files.
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    async fn listed(s: &LocalStorage, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = s
+            .list(prefix)
+            .map_ok(|m| m.key.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    fn storage() -> (tempfile::TempDir, LocalStorage) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path().join("root")).unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn put_get_round_trip_of_a_multi_piece_stream() {
+        let (_dir, s) = storage();
+        let k = key("chunks/ab/cd/abcd.zst");
+        let parts: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 300_000]).collect();
+        let expected = parts.concat();
+        assert_eq!(s.put(&k, pieces(parts)).await.unwrap(), 1_500_000);
+        assert_eq!(read_all(&s, &k, None).await, expected);
+        let meta = s.head(&k).await.unwrap().unwrap();
+        assert_eq!((meta.key, meta.size), (k, 1_500_000));
+        assert_eq!(files_under(s.root()), ["chunks/ab/cd/abcd.zst"]);
+        s.check().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn range_get_reads_exactly_the_range() {
+        let (_dir, s) = storage();
+        let k = key("obj");
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+        s.put_bytes(&k, Bytes::from(data.clone())).await.unwrap();
+        for r in [0..0, 5..10, 0..400_000, 131_000..400_000, 399_999..400_000] {
+            let got = read_all(&s, &k, Some(r.clone())).await;
+            assert_eq!(got, data[r.start as usize..r.end as usize], "{r:?}");
+        }
+        for r in [Range { start: 10, end: 5 }, 0..400_001, 400_001..400_002] {
+            let err = s.get(&k, Some(r.clone())).await.err().unwrap();
+            assert!(
+                matches!(err, StorageError::InvalidRange { size: 400_000, .. }),
+                "{r:?}"
+            );
+        }
+        let err = s.get(&key("missing"), None).await.err().unwrap();
+        assert!(matches!(err, StorageError::NotFound(k) if k.as_str() == "missing"));
+        let err = s.get(&key("obj/below-a-file"), None).await.err().unwrap();
+        assert!(matches!(err, StorageError::NotFound(_)));
+    }
+
+    #[tokio::test]
+    async fn put_overwrites() {
+        let (_dir, s) = storage();
+        let k = key("a/b");
+        s.put_bytes(&k, Bytes::from_static(b"first, longer"))
+            .await
+            .unwrap();
+        s.put_bytes(&k, Bytes::from_static(b"second"))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&s, &k, None).await, b"second");
+    }
+
+    #[tokio::test]
+    async fn delete_is_idempotent() {
+        let (_dir, s) = storage();
+        let k = key("x/y");
+        s.delete(&k).await.unwrap();
+        s.put_bytes(&k, Bytes::from_static(b"data")).await.unwrap();
+        s.delete(&k).await.unwrap();
+        assert!(s.head(&k).await.unwrap().is_none());
+        assert!(matches!(
+            s.get(&k, None).await,
+            Err(StorageError::NotFound(_))
+        ));
+        s.delete(&k).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn list_by_prefix_walks_nested_directories() {
+        let (_dir, s) = storage();
+        for k in [
+            "chunks/ab/cd/x1",
+            "chunks/ab/ce/x2",
+            "chunks/ac/00/x3",
+            "chunks/abc",
+            "staging/y",
+        ] {
+            s.put_bytes(&key(k), Bytes::from_static(b"z"))
+                .await
+                .unwrap();
+        }
+        fs::write(s.root().join("chunks/ab/cd/.tmp-x9-0"), b"partial").unwrap();
+        let all = [
+            "chunks/ab/cd/x1",
+            "chunks/ab/ce/x2",
+            "chunks/abc",
+            "chunks/ac/00/x3",
+            "staging/y",
+        ];
+        assert_eq!(listed(&s, "").await, all);
+        assert_eq!(listed(&s, "chunks/a").await, all[..4]);
+        assert_eq!(listed(&s, "chunks/ab").await, all[..3]);
+        assert_eq!(listed(&s, "chunks/ab/").await, all[..2]);
+        assert_eq!(listed(&s, "chunks/ab/c").await, all[..2]);
+        assert_eq!(listed(&s, "chunks/ab/cd/x1").await, all[..1]);
+        assert!(listed(&s, "nothing/").await.is_empty());
+        assert!(listed(&s, "staging/y/").await.is_empty());
+        let sizes: Vec<u64> = s.list("st").map_ok(|m| m.size).try_collect().await.unwrap();
+        assert_eq!(sizes, [1]);
+        let bad: Vec<_> = s.list("../").collect().await;
+        assert!(matches!(bad[..], [Err(StorageError::InvalidKey(_))]));
+    }
+
+    #[tokio::test]
+    async fn failed_input_stream_leaves_nothing_behind() {
+        let (_dir, s) = storage();
+        let k = key("chunks/00/00/obj");
+        s.put_bytes(&k, Bytes::from_static(b"old")).await.unwrap();
+        let failing: ByteStream = Box::pin(futures::stream::iter([
+            Ok(Bytes::from(vec![1u8; 100_000])),
+            Err(io::Error::new(
+                ErrorKind::ConnectionReset,
+                "client went away",
+            )),
+        ]));
+        let err = s.put(&k, failing).await.unwrap_err();
+        assert!(matches!(err, StorageError::Input { .. }), "{err:?}");
+        assert_eq!(read_all(&s, &k, None).await, b"old");
+        let fresh = key("chunks/00/01/new");
+        let failing: ByteStream = Box::pin(futures::stream::iter([Err(io::Error::other("boom"))]));
+        assert!(s.put(&fresh, failing).await.is_err());
+        assert!(s.head(&fresh).await.unwrap().is_none());
+        assert_eq!(files_under(s.root()), ["chunks/00/00/obj"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_puts_of_one_key_leave_one_intact_object() {
+        let (_dir, s) = storage();
+        let s = Arc::new(s);
+        let k = key("chunks/ff/ff/same");
+        let tasks: Vec<_> = (0..20u8)
+            .map(|i| {
+                let (s, k) = (s.clone(), k.clone());
+                tokio::spawn(async move {
+                    let parts = (0..8).map(move |_| Ok(Bytes::from(vec![i; 50_000])));
+                    let slow = futures::stream::iter(parts).then(|p| async {
+                        tokio::task::yield_now().await;
+                        p
+                    });
+                    s.put(&k, Box::pin(slow)).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), 400_000);
+        }
+        let got = read_all(&s, &k, None).await;
+        assert_eq!(got.len(), 400_000);
+        assert!(got.iter().all(|&b| b == got[0]), "object mixes writers");
+        assert_eq!(files_under(s.root()), ["chunks/ff/ff/same"]);
+    }
+
+    #[tokio::test]
+    async fn stale_temp_files_are_removed_fresh_ones_kept() {
+        let (_dir, s) = storage();
+        s.put_bytes(&key("chunks/aa/bb/obj"), Bytes::from_static(b"keep"))
+            .await
+            .unwrap();
+        let old = s.root().join("chunks/aa/bb/.tmp-obj-1");
+        let fresh = s.root().join("chunks/aa/.tmp-other-2");
+        for p in [&old, &fresh] {
+            fs::write(p, b"partial").unwrap();
+        }
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let removed = s
+            .remove_stale_temp_files(Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(
+            files_under(s.root()),
+            ["chunks/aa/.tmp-other-2", "chunks/aa/bb/obj"]
+        );
+    }
+}

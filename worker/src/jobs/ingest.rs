@@ -1,0 +1,255 @@
+//! Ingest: turns a staged NAR into deduplicated, compressed chunks.
+//!
+//! Steps, each safe to repeat: (1) stream the staged copy through FastCDC;
+//! (2) look chunks up by hash in batches; (3) compress and store new chunks
+//! in parallel (storage keys are content hashes, so a rerun rewrites the same
+//! bytes), recording their rows in batches (`ON CONFLICT DO NOTHING`); (4) in
+//! one transaction, add the NAR's references to its chunks and flip the NAR
+//! to `ready` (guarded by `state = 'staged'`); (5) delete the staged copy.
+//! A crash anywhere leaves either a staged NAR (served from staging, retried)
+//! or a ready one; new chunk rows that never got a reference sit at
+//! `refcount = 0` until GC's grace period passes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+
+use larder_shared::chunk::{self, Chunk, ChunkHash};
+use larder_shared::db::chunks::{self, BATCH, NewChunk};
+use larder_shared::db::nars::{self, NarState};
+use larder_shared::db::unix_now;
+use larder_shared::nix::hash::NarHash;
+use larder_shared::storage::ObjectKey;
+
+use crate::services::Services;
+
+/// How often a running ingest marks its NAR as alive for the sweeper.
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// What an ingest run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The NAR is now ready.
+    Ingested {
+        /// Chunks in the NAR.
+        chunks: usize,
+        /// Chunks that were new to the store.
+        new_chunks: usize,
+        /// Bytes written for new chunks.
+        stored_bytes: u64,
+    },
+    /// Nothing to do: already ready (a rerun), or gone.
+    Skipped,
+}
+
+/// A chunk's place in the NAR: known id, or new (id assigned at flush).
+enum Slot {
+    Known(i64),
+    New(ChunkHash),
+}
+
+/// Runs the ingest job for one NAR.
+#[instrument(skip_all, fields(nar_id))]
+pub async fn ingest(svc: &Services, nar_id: i64) -> anyhow::Result<Outcome> {
+    let nar = {
+        let mut conn = svc.db.conn().await?;
+        nars::get(conn.raw(), nar_id).await?
+    };
+    let Some(nar) = nar.filter(|n| n.state == NarState::Staged) else {
+        return Ok(Outcome::Skipped);
+    };
+    let key = nar
+        .staging_key
+        .clone()
+        .context("staged NAR has no staging key")?;
+    let key = ObjectKey::new(key)?;
+
+    let heartbeat = {
+        let db = svc.db.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if let Ok(mut conn) = db.conn().await {
+                    let _ = nars::touch(conn.raw(), nar_id, unix_now()).await;
+                }
+            }
+        })
+    };
+    let result = run(svc, nar_id, &key, nar.nar_size as u64, &nar.nar_hash).await;
+    heartbeat.abort();
+    let outcome = result?;
+    if matches!(outcome, Outcome::Ingested { .. }) {
+        // After the commit: a crash here leaves an orphan staging object,
+        // which the sweeper removes once no NAR names it.
+        svc.staging.delete(&key).await?;
+    }
+    Ok(outcome)
+}
+
+async fn run(
+    svc: &Services,
+    nar_id: i64,
+    key: &ObjectKey,
+    nar_size: u64,
+    nar_hash: &NarHash,
+) -> anyhow::Result<Outcome> {
+    let params = svc.config.chunking.params();
+    let level = svc.config.compression.level;
+    let parallelism = NonZeroUsize::new(num_cpus::get().max(1) * 2).unwrap_or(NonZeroUsize::MIN);
+
+    let input = svc.staging.get(key, None).await?;
+    let chunks = chunk::chunk_stream(input, nar_size, &params)?;
+
+    // Dedup lookup per batch, then compress + store new chunks in parallel.
+    let db = svc.db.clone();
+    let looked_up = chunks
+        .map_err(anyhow::Error::from)
+        .try_chunks(32)
+        .map_err(|e| e.1)
+        .and_then(move |batch: Vec<Chunk>| {
+            let db = db.clone();
+            async move {
+                let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.hash).collect();
+                let mut conn = db.conn().await?;
+                let known = chunks::find_by_hashes(conn.raw(), &hashes).await?;
+                Ok::<_, anyhow::Error>(futures::stream::iter(
+                    batch
+                        .into_iter()
+                        .map(move |c| Ok((known.get(&c.hash).map(|r| r.id), c))),
+                ))
+            }
+        })
+        .try_flatten();
+    let storage = svc.storage.clone();
+    let stored = looked_up
+        .map_ok(move |(known, chunk): (Option<i64>, Chunk)| {
+            let storage = storage.clone();
+            async move {
+                if known.is_some() {
+                    return Ok::<_, anyhow::Error>((known, chunk, 0u32));
+                }
+                let data = chunk.data.clone();
+                let frame: Bytes =
+                    tokio::task::spawn_blocking(move || chunk::compress(&data, level)).await??;
+                let len = frame.len() as u32;
+                storage.put_bytes(&chunk.hash.object_key(), frame).await?;
+                Ok((None, chunk, len))
+            }
+        })
+        .try_buffered(parallelism.get());
+    let mut stored = std::pin::pin!(stored);
+
+    let mut hasher = Sha256::new();
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut pending: Vec<NewChunk> = Vec::new();
+    let mut ids: HashMap<ChunkHash, i64> = HashMap::new();
+    let (mut new_chunks, mut stored_bytes) = (0usize, 0u64);
+    while let Some((known, chunk, file_size)) = stored.try_next().await? {
+        hasher.update(&chunk.data);
+        match known {
+            Some(id) => slots.push(Slot::Known(id)),
+            None => {
+                new_chunks += 1;
+                stored_bytes += u64::from(file_size);
+                slots.push(Slot::New(chunk.hash));
+                pending.push(NewChunk {
+                    hash: chunk.hash,
+                    chunk_size: chunk.data.len() as i32,
+                    file_size: file_size as i32,
+                });
+                if pending.len() >= BATCH {
+                    flush(svc, &mut pending, &mut ids).await?;
+                }
+            }
+        }
+    }
+    flush(svc, &mut pending, &mut ids).await?;
+    let actual = NarHash::from_bytes(hasher.finalize().into());
+    if &actual != nar_hash {
+        bail!("staged NAR hashes to {actual}, expected {nar_hash}: staging copy corrupt");
+    }
+
+    let chunk_ids: Vec<i64> = slots
+        .iter()
+        .map(|s| match s {
+            Slot::Known(id) => Ok(*id),
+            Slot::New(h) => ids.get(h).copied().context("new chunk has no id"),
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    if !commit(svc, nar_id, &chunk_ids).await? {
+        return Ok(Outcome::Skipped);
+    }
+    Ok(Outcome::Ingested {
+        chunks: chunk_ids.len(),
+        new_chunks,
+        stored_bytes,
+    })
+}
+
+/// Records stored chunks' rows in one transaction.
+async fn flush(
+    svc: &Services,
+    pending: &mut Vec<NewChunk>,
+    ids: &mut HashMap<ChunkHash, i64>,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut tx = svc.db.begin().await?;
+    let got = chunks::insert_many(tx.raw(), pending, unix_now()).await?;
+    tx.commit().await?;
+    ids.extend(got);
+    pending.clear();
+    Ok(())
+}
+
+/// Adds references and makes the NAR ready, atomically. False when another
+/// run finished first (ours then changes nothing).
+async fn commit(svc: &Services, nar_id: i64, chunk_ids: &[i64]) -> anyhow::Result<bool> {
+    // Sorted: concurrent commits lock shared chunk rows in the same order.
+    let distinct: Vec<i64> = chunk_ids
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut tx = svc.db.begin().await?;
+    let mut file_size = 0i64;
+    for batch in distinct.chunks(BATCH) {
+        let updated = chunks::add_refs(tx.raw(), batch).await?;
+        if updated != batch.len() as u64 {
+            // GC is deleting a chunk we meant to reuse: roll back and retry;
+            // the next run will find it gone and store it again.
+            bail!("a reused chunk is being garbage-collected; retrying");
+        }
+    }
+    for batch in chunk_ids.chunks(BATCH) {
+        let recs = chunks::get_many(tx.raw(), &dedup(batch)).await?;
+        for id in batch {
+            file_size += recs
+                .get(id)
+                .map(|r| i64::from(r.file_size))
+                .context("chunk vanished")?;
+        }
+    }
+    if !nars::mark_ready(tx.raw(), nar_id, chunk_ids, file_size, unix_now()).await? {
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+fn dedup(ids: &[i64]) -> Vec<i64> {
+    ids.iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}

@@ -1,0 +1,3 @@
+//! Job handlers, one file per job; payloads live in `larder_shared::jobs`.
+
+pub mod ingest;

@@ -1,0 +1,11 @@
+//! larder-worker: runs the jobs that API servers enqueue (ingest), and the
+//! periodic maintenance (sweeper). Used by the `larder-worker` binary and by
+//! `larder-api` for its in-process workers.
+
+pub mod jobs;
+pub mod runner;
+pub mod services;
+pub mod sweeper;
+
+pub use runner::run;
+pub use services::Services;

@@ -1,0 +1,59 @@
+//! `larder-worker -f CONFIG [--concurrency N]`: a job worker. Any number may
+//! run against the same database and storage.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use larder_shared::bootstrap;
+use larder_shared::config::Config;
+use larder_worker::Services;
+
+/// Larder job worker: ingest, garbage collection, maintenance.
+#[derive(Debug, Parser)]
+#[command(name = "larder-worker", version)]
+struct Args {
+    /// Config file (else $LARDER_CONFIG).
+    #[arg(short = 'f', long = "config", env = "LARDER_CONFIG")]
+    config: PathBuf,
+    /// Jobs run at once (default: `[worker] concurrency`, else the core count).
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = Arc::new(Config::load_file(&args.config)?);
+    let concurrency = args.concurrency.unwrap_or(config.worker.concurrency);
+    let opened = bootstrap::open(&config, (concurrency as u32 + 4).max(8))
+        .await
+        .context("opening database and storage")?;
+    opened.db.migrate().await.context("applying migrations")?;
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        });
+    }
+    tracing::info!(concurrency, "larder-worker started");
+    let svc = Services {
+        config,
+        db: opened.db,
+        storage: opened.storage,
+        staging: opened.staging,
+    };
+    larder_worker::run(svc, concurrency, shutdown).await
+}

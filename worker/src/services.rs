@@ -1,0 +1,20 @@
+//! What every job needs, built once per process.
+
+use std::sync::Arc;
+
+use larder_shared::config::Config;
+use larder_shared::db::Db;
+use larder_shared::storage::Storage;
+
+/// Shared handles for job handlers; cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    /// Configuration, loaded once.
+    pub config: Arc<Config>,
+    /// Metadata.
+    pub db: Db,
+    /// Chunk objects.
+    pub storage: Arc<dyn Storage>,
+    /// Staged uploads (the storage backend, or `[staging] path`).
+    pub staging: Arc<dyn Storage>,
+}
