@@ -168,6 +168,9 @@ where
             .tokens
             .verify(&token, unix_now() as u64)
             .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        if state.revocations.get().is_revoked(&claims) {
+            return Err(ApiError::Unauthorized("token revoked".into()));
+        }
         Ok(Credentials {
             claims: Some(claims),
         })

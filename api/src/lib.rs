@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod error;
 pub mod nar_reader;
+pub mod revocations;
 pub mod routes;
 pub mod server;
 pub mod staging;

@@ -10,7 +10,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use larder_shared::config::{Config, EmbeddedDefault, default_data_dir};
-use larder_shared::db::unix_now;
+use larder_shared::db::tokens::{self, TokenRecord};
+use larder_shared::db::{Db, unix_now};
 use larder_shared::token::{CachePattern, ClaimsBuilder, Permission, TokenKey, mint};
 
 /// Larder HTTP server.
@@ -31,13 +32,20 @@ struct Args {
 /// Root token validity for the embedded default.
 const ROOT_VALIDITY: Duration = Duration::from_secs(2 * 365 * 86400 + 86400 / 2);
 
-fn root_token(config: &Config) -> anyhow::Result<String> {
+/// Mints the embedded default's root token and records it, so
+/// `larder-admin list-tokens` and `revoke-token` know it.
+async fn root_token(config: &Config, db: &Db) -> anyhow::Result<String> {
     let key = TokenKey::from_config(&config.jwt.signing)?;
     let pattern = CachePattern::new("*")?;
     let claims = ClaimsBuilder::new("root", ROOT_VALIDITY, unix_now() as u64)
         .grant_all(&pattern, Permission::ALL)
         .build()?;
-    Ok(mint(&key, &claims)?)
+    let token = mint(&key, &claims)?;
+    if let Some(record) = TokenRecord::from_claims(&claims) {
+        let mut conn = db.conn().await?;
+        tokens::record(conn.raw(), &record).await?;
+    }
+    Ok(token)
 }
 
 #[tokio::main]
@@ -69,7 +77,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(path) = first_start {
         // Printed once, to stdout only: never through the log.
-        let token = root_token(&config).context("minting the root token")?;
+        let token = root_token(&config, &state.db)
+            .await
+            .context("minting the root token")?;
         println!(
             "Larder created its embedded default configuration in {}",
             path.display()

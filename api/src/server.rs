@@ -32,6 +32,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         storage: opened.storage,
         staging: opened.staging,
         tokens: Arc::new(tokens),
+        revocations: Arc::default(),
     })
 }
 
@@ -41,6 +42,16 @@ pub async fn serve(
     listen: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    state
+        .revocations
+        .refresh(&state.db)
+        .await
+        .context("loading token revocations")?;
+    state.revocations.clone().spawn_refresher(
+        state.db.clone(),
+        state.config.jwt.revocation_refresh.get(),
+        shutdown.clone(),
+    );
     let embedded = state.config.worker.embedded;
     let workers = (embedded > 0).then(|| {
         let svc = Services {

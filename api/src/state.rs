@@ -7,6 +7,8 @@ use larder_shared::db::Db;
 use larder_shared::storage::Storage;
 use larder_shared::token::TokenVerifier;
 
+use crate::revocations::RevocationCache;
+
 /// What every handler may use; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -20,4 +22,6 @@ pub struct AppState {
     pub staging: Arc<dyn Storage>,
     /// Verifies bearer tokens.
     pub tokens: Arc<TokenVerifier>,
+    /// Revoked tokens, refreshed in the background.
+    pub revocations: Arc<RevocationCache>,
 }

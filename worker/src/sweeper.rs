@@ -3,6 +3,7 @@
 //! - A staged NAR untouched for [`STALE_AFTER`] (its job lost, or every
 //!   attempt failed) gets a fresh ingest job. Running ingests heartbeat, so
 //!   they are never considered stale.
+//! - Revocations of tokens that have expired anyway are dropped.
 //! - A staging object older than `[staging] max-age` that no NAR names (an
 //!   upload that died before its commit, or a copy left after ingest) is
 //!   deleted, so staging never leaks storage forever.
@@ -14,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use futures::TryStreamExt;
 use tokio_util::sync::CancellationToken;
 
-use larder_shared::db::{nars, unix_now};
+use larder_shared::db::{nars, tokens, unix_now};
 use larder_shared::jobs;
 
 use crate::services::Services;
@@ -65,6 +66,11 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
         tx.commit().await?;
         report.requeued = stale.len();
         tracing::info!(count = stale.len(), "re-enqueued stale staged NARs");
+    }
+
+    {
+        let mut conn = svc.db.conn().await?;
+        tokens::prune_revocations(conn.raw(), now).await?;
     }
 
     let max_age = svc.config.staging.max_age.get();

@@ -1,12 +1,16 @@
 //! `larder-admin -f CONFIG <command>`: the operator CLI.
 
 mod make_token;
+mod tokens;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use larder_shared::bootstrap;
 use larder_shared::config::Config;
+use larder_shared::db::Db;
 
 /// Larder operator commands.
 #[derive(Debug, Parser)]
@@ -21,17 +25,33 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Mint a token (same flags as atticadm make-token).
+    /// Mint a token (same flags as atticadm make-token); it is recorded.
     MakeToken(make_token::MakeToken),
+    /// Revoke one token (--jti) or every token of a subject issued until now (--sub).
+    RevokeToken(tokens::RevokeToken),
+    /// List the tokens minted by larder-admin, with their status.
+    ListTokens,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Opens the database (applying migrations, so a fresh install works).
+pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
+    let db = bootstrap::open_db(config, 2)
+        .await
+        .context("connecting to the database")?;
+    db.migrate().await.context("applying migrations")?;
+    Ok(db)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let path = args
         .config
         .ok_or_else(|| anyhow::anyhow!("no config: pass -f CONFIG or set LARDER_CONFIG"))?;
     let config = Config::load_file(&path)?;
     match args.command {
-        Command::MakeToken(cmd) => cmd.run(&config),
+        Command::MakeToken(cmd) => cmd.run(&config).await,
+        Command::RevokeToken(cmd) => cmd.run(&config).await,
+        Command::ListTokens => tokens::list(&config).await,
     }
 }

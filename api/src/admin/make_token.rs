@@ -3,6 +3,7 @@
 use clap::Args;
 
 use larder_shared::config::Config;
+use larder_shared::db::tokens::{self, TokenRecord};
 use larder_shared::db::unix_now;
 use larder_shared::token::{
     CachePattern, ClaimsBuilder, Permission, TokenKey, mint, parse_validity,
@@ -44,8 +45,9 @@ pub struct MakeToken {
 }
 
 impl MakeToken {
-    /// Builds the claims in flag order (patterns keep first-seen order) and prints.
-    pub fn run(self, config: &Config) -> anyhow::Result<()> {
+    /// Builds the claims in flag order (patterns keep first-seen order),
+    /// records the token, and prints it.
+    pub async fn run(self, config: &Config) -> anyhow::Result<()> {
         let validity = parse_validity(&self.validity)?;
         let mut builder = ClaimsBuilder::new(self.sub.clone(), validity, unix_now() as u64)
             .issuer(config.jwt.token_bound_issuer.clone())
@@ -73,7 +75,13 @@ impl MakeToken {
             return Ok(());
         }
         let key = TokenKey::from_config(&config.jwt.signing)?;
-        println!("{}", mint(&key, &claims)?);
+        let token = mint(&key, &claims)?;
+        let record = TokenRecord::from_claims(&claims)
+            .ok_or_else(|| anyhow::anyhow!("minted claims lack a jti"))?;
+        let db = crate::open_db(config).await?;
+        let mut conn = db.conn().await?;
+        tokens::record(conn.raw(), &record).await?;
+        println!("{token}");
         Ok(())
     }
 }

@@ -131,8 +131,14 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
     if info.nar_size == 0 {
         return Err(bad("nar_size must be positive".into()));
     }
-    if info.sigs.iter().any(|s| s.contains(char::is_whitespace)) {
-        return Err(bad("signatures must not contain whitespace".into()));
+    if info.sigs.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+        return Err(bad("signatures must be non-empty and contain no whitespace".into()));
+    }
+    // Free text ends up in narinfo lines: a line break would forge fields.
+    for (field, value) in [("system", &info.system), ("ca", &info.ca)] {
+        if value.as_deref().is_some_and(|v| v.contains(['\n', '\r'])) {
+            return Err(bad(format!("{field} must not contain line breaks")));
+        }
     }
     Ok(Validated {
         cache,
@@ -281,7 +287,10 @@ async fn record_staged(
                 let nar = nars::find_by_hash(tx.raw(), &v.expected.nar_hash)
                     .await?
                     .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
-                (nar.id, false)
+                // A broken NAR is repaired by this fresh, verified copy.
+                let repaired = nar.state == NarState::Broken
+                    && nars::restage(tx.raw(), nar.id, key.as_str(), now).await?;
+                (nar.id, repaired)
             }
         };
     objects::upsert(tx.raw(), cache_id, &v.hash, nar_id, &v.meta, now).await?;

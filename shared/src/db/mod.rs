@@ -1,7 +1,7 @@
 //! Metadata in PostgreSQL (production) or SQLite (embedded), through one code path.
 //!
 //! Every query is written once, in SQL both dialects accept (`$n` parameters,
-//! `ON CONFLICT`, `RETURNING`), and run through [`on_conn!`], which expands the
+//! `ON CONFLICT`, `RETURNING`), and run through [`crate::on_conn!`], which expands the
 //! same body for each backend. A dialect branch, where one is unavoidable,
 //! stays inside the one function that needs it. Times are Unix seconds
 //! (`BIGINT`), so tests can inject a clock.
@@ -10,6 +10,7 @@ pub mod caches;
 pub mod chunks;
 pub mod nars;
 pub mod objects;
+pub mod tokens;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -233,5 +234,26 @@ pub(crate) fn corrupt(column: &'static str, e: impl std::fmt::Display) -> DbErro
     DbError::Corrupt {
         column,
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    fn names(dialect: &str) -> BTreeSet<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(dialect);
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn both_dialects_have_the_same_numbered_migrations() {
+        let pg = names("postgres");
+        assert!(!pg.is_empty());
+        assert_eq!(pg, names("sqlite"));
     }
 }

@@ -71,7 +71,7 @@ pub fn encode_chunk_list(ids: &[i64]) -> Vec<u8> {
 
 /// Inverse of [`encode_chunk_list`].
 pub fn decode_chunk_list(bytes: &[u8]) -> Result<Vec<i64>, DbError> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(corrupt("nars.chunk_list", "length is not a multiple of 8"));
     }
     Ok(bytes
@@ -171,6 +171,24 @@ pub async fn mark_ready(
         .bind(&list)
         .bind(chunk_ids.len() as i64)
         .bind(file_size)
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Gives a broken NAR a fresh staged copy (a re-upload repairs it).
+/// Guarded: false unless the NAR is broken.
+pub async fn restage(raw: Raw<'_>, id: i64, staging_key: &str, now: i64) -> Result<bool, DbError> {
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "UPDATE nars SET state = 'staged', staging_key = $2, chunk_list = NULL, num_chunks = NULL,
+                 file_size = NULL, updated_at = $3
+             WHERE id = $1 AND state = 'broken'",
+        )
+        .bind(id)
+        .bind(staging_key)
         .bind(now)
         .execute(&mut *c)
         .await?;

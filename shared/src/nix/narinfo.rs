@@ -781,10 +781,7 @@ Sig: b:2
     proptest! {
         #[test]
         fn render_parse_round_trip(info in arb_narinfo(), dir in "(/[a-z0-9 ._-]{1,8}){1,3}") {
-            let dir: StoreDir = match dir.parse() {
-                Ok(d) => d,
-                Err(_) => StoreDir::default(),
-            };
+            let dir: StoreDir = dir.parse().unwrap_or_default();
             prop_assert!(info.validate().is_ok());
             let text = info.render(&dir);
             let (back, back_dir) = NarInfo::parse(&text).unwrap();

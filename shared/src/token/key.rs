@@ -91,7 +91,7 @@ pub enum KeyError {
         /// The parser's complaint.
         source: rsa::pkcs8::spki::Error,
     },
-    /// The RSA modulus is shorter than [`MIN_RSA_BITS`].
+    /// The RSA modulus is shorter than `MIN_RSA_BITS` (2048).
     #[error("{setting}: RSA key has {bits} bits, at least {MIN_RSA_BITS} are required")]
     RsaTooSmall {
         /// The config key.

@@ -66,6 +66,7 @@ mod key;
 mod mint;
 mod pattern;
 mod permission;
+mod revocation;
 mod verify;
 
 pub use claims::{CacheAccess, Claims};
@@ -74,6 +75,7 @@ pub use key::{Hs256Secret, KeyError, Rs256KeyPair, Rs256PublicKey, TokenKey};
 pub use mint::{ClaimsBuilder, mint};
 pub use pattern::{CachePattern, CachePatternError};
 pub use permission::{CachePermissions, Permission};
+pub use revocation::{Revocation, Revocations};
 pub use verify::TokenVerifier;
 
 /// The JWT claim holding Attic's (and Larder's) access rules.

@@ -121,12 +121,15 @@ fn write_json_string(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
+/// A directory's entries while it is being listed.
+type Entries = BTreeMap<Box<[u8]>, ListingNode>;
+
 /// Builds a [`NarListing`] from the validator's events.
 #[derive(Debug, Default)]
 pub(super) struct ListingBuilder {
     /// Open directories: the name each has in its parent (empty for the
     /// root) and the entries so far.
-    open: Vec<(Box<[u8]>, BTreeMap<Box<[u8]>, ListingNode>)>,
+    open: Vec<(Box<[u8]>, Entries)>,
     /// Name of the entry whose node comes next.
     pending_name: Box<[u8]>,
     root: Option<ListingNode>,

@@ -25,6 +25,7 @@
 
 mod builder;
 mod listing;
+mod reader;
 mod validate;
 
 use thiserror::Error;

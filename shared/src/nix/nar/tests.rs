@@ -214,6 +214,42 @@ fn huge_declared_contents_allocate_nothing() {
 }
 
 #[test]
+fn hostile_lengths_do_not_overflow() {
+    let mut nar = raw(&[
+        b"nix-archive-1",
+        b"(",
+        b"type",
+        b"directory",
+        b"entry",
+        b"(",
+        b"name",
+        b"a",
+        b"node",
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+        b"x",
+        b")",
+        b")",
+        b"entry",
+        b"(",
+        b"name",
+        b"b",
+        b"node",
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ]);
+    nar.extend_from_slice(&u64::MAX.to_le_bytes());
+    nar.extend_from_slice(b"data");
+    let mut v = NarValidator::with_listing();
+    v.update(&nar).unwrap();
+    assert!(matches!(v.finish(), Err(NarError::Truncated { .. })));
+}
+
+#[test]
 fn bad_magic() {
     assert_eq!(
         err_of(&raw(&[b"nix-archive-2", b"("])),

@@ -1,12 +1,10 @@
-//! Push-style streaming NAR validation.
-//!
-//! Two state machines: a byte-level reader that splits the input into
-//! length-prefixed strings (buffering only short ones, skipping file
-//! contents and checking padding), and the grammar of [`super`], driven one
-//! string at a time. Memory is bounded by [`MAX_DEPTH`] × [`MAX_NAME_LEN`]
-//! (the last name seen in each open directory) plus the optional listing.
+//! Push-style streaming NAR validation: the grammar of [`super`], driven
+//! one string at a time by the framing in [`super::reader`]. Memory is
+//! bounded by [`MAX_DEPTH`] × [`MAX_NAME_LEN`] (the last name seen in each
+//! open directory) plus the optional listing.
 
 use super::listing::ListingBuilder;
+use super::reader::{Framing, Reader, StringSink};
 use super::{
     BadName, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN, NAR_MAGIC, NarError, NarListing, NarSummary,
 };
@@ -33,38 +31,21 @@ const MAX_TOKEN_LEN: u64 = 16;
 /// ```
 #[derive(Debug)]
 pub struct NarValidator {
-    /// Bytes consumed so far.
-    offset: u64,
-    read: Read,
+    reader: Reader,
+    grammar: Grammar,
+    /// Set on the first error; every later call returns it again.
+    failed: Option<NarError>,
+}
+
+/// The grammar's state.
+#[derive(Debug)]
+struct Grammar {
     expect: Expect,
     /// One frame per open directory: the last entry name seen in it.
     dirs: Vec<Option<Box<[u8]>>>,
     executable: bool,
     summary: NarSummary,
     listing: Option<ListingBuilder>,
-    /// Set on the first error; every later call returns it again.
-    failed: Option<NarError>,
-}
-
-/// Where the byte-level reader is.
-#[derive(Debug)]
-enum Read {
-    /// Reading a length prefix; `buf[..have]` is filled.
-    Len {
-        start: u64,
-        buf: [u8; 8],
-        have: usize,
-    },
-    /// Buffering a short string of `len` bytes.
-    Bytes {
-        start: u64,
-        len: usize,
-        buf: Vec<u8>,
-    },
-    /// Skipping file contents.
-    Skip { remaining: u64, pad: usize },
-    /// Checking `remaining` zero padding bytes.
-    Padding { remaining: usize },
 }
 
 /// What the grammar expects next.
@@ -114,12 +95,6 @@ impl Expect {
     }
 }
 
-/// Bytes of zero padding after a string of `len` bytes.
-fn padding(len: u64) -> usize {
-    // `len % 8 < 8`, so the cast is lossless.
-    ((8 - len % 8) % 8) as usize
-}
-
 impl Default for NarValidator {
     fn default() -> Self {
         Self::new()
@@ -130,17 +105,14 @@ impl NarValidator {
     /// A validator that only checks and counts.
     pub fn new() -> Self {
         Self {
-            offset: 0,
-            read: Read::Len {
-                start: 0,
-                buf: [0; 8],
-                have: 0,
+            reader: Reader::new(),
+            grammar: Grammar {
+                expect: Expect::Magic,
+                dirs: Vec::new(),
+                executable: false,
+                summary: NarSummary::default(),
+                listing: None,
             },
-            expect: Expect::Magic,
-            dirs: Vec::new(),
-            executable: false,
-            summary: NarSummary::default(),
-            listing: None,
             failed: None,
         }
     }
@@ -148,15 +120,14 @@ impl NarValidator {
     /// A validator that also builds the NAR listing (memory proportional to
     /// the number of entries).
     pub fn with_listing() -> Self {
-        Self {
-            listing: Some(ListingBuilder::default()),
-            ..Self::new()
-        }
+        let mut v = Self::new();
+        v.grammar.listing = Some(ListingBuilder::default());
+        v
     }
 
     /// Bytes accepted so far.
     pub fn bytes_seen(&self) -> u64 {
-        self.offset
+        self.reader.offset()
     }
 
     /// Consumes the next piece of the NAR. After an error the validator is
@@ -165,135 +136,50 @@ impl NarValidator {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        self.consume(data)
+        self.reader
+            .feed(data, &mut self.grammar)
             .inspect_err(|e| self.failed = Some(e.clone()))
     }
 
     /// Checks that the NAR is complete and returns what it held.
-    pub fn finish(mut self) -> Result<NarSummary, NarError> {
+    pub fn finish(self) -> Result<NarSummary, NarError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let at_boundary = matches!(self.read, Read::Len { have: 0, .. });
-        if self.expect != Expect::Done || !at_boundary {
-            let expected = match self.read {
-                Read::Padding { .. } => "padding",
-                _ => self.expect.describe(),
+        let mut g = self.grammar;
+        if g.expect != Expect::Done || !self.reader.at_boundary() {
+            let expected = if self.reader.in_padding() {
+                "padding"
+            } else {
+                g.expect.describe()
             };
             return Err(NarError::Truncated {
-                offset: self.offset,
+                offset: self.reader.offset(),
                 expected,
             });
         }
-        self.summary.nar_size = self.offset;
-        self.summary.listing = self.listing.take().and_then(ListingBuilder::finish);
-        Ok(self.summary)
+        g.summary.nar_size = self.reader.offset();
+        g.summary.listing = g.listing.take().and_then(ListingBuilder::finish);
+        Ok(g.summary)
+    }
+}
+
+impl StringSink for Grammar {
+    fn is_done(&self) -> bool {
+        self.expect == Expect::Done
     }
 
-    fn consume(&mut self, mut data: &[u8]) -> Result<(), NarError> {
-        while !data.is_empty() {
-            let taken = match &mut self.read {
-                Read::Len { start, buf, have } => {
-                    if *have == 0 && self.expect == Expect::Done {
-                        return Err(NarError::TrailingData {
-                            offset: self.offset,
-                        });
-                    }
-                    let n = (8 - *have).min(data.len());
-                    buf[*have..*have + n].copy_from_slice(&data[..n]);
-                    *have += n;
-                    if *have == 8 {
-                        let (start, len) = (*start, u64::from_le_bytes(*buf));
-                        self.offset += n as u64;
-                        self.on_len(start, len)?;
-                        data = &data[n..];
-                        continue;
-                    }
-                    n
-                }
-                Read::Bytes { start, len, buf } => {
-                    let n = (*len - buf.len()).min(data.len());
-                    buf.extend_from_slice(&data[..n]);
-                    if buf.len() == *len {
-                        let start = *start;
-                        let s = std::mem::take(buf);
-                        self.offset += n as u64;
-                        self.read = Read::Padding {
-                            remaining: padding(s.len() as u64),
-                        };
-                        self.on_string(start, s)?;
-                        self.after_padding_if_none();
-                        data = &data[n..];
-                        continue;
-                    }
-                    n
-                }
-                Read::Skip { remaining, pad } => {
-                    // `n <= data.len()`, so it fits in usize.
-                    let n = (*remaining).min(data.len() as u64) as usize;
-                    *remaining -= n as u64;
-                    if *remaining == 0 {
-                        let pad = *pad;
-                        self.read = Read::Padding { remaining: pad };
-                        self.offset += n as u64;
-                        self.after_padding_if_none();
-                        data = &data[n..];
-                        continue;
-                    }
-                    n
-                }
-                Read::Padding { remaining } => {
-                    let n = (*remaining).min(data.len());
-                    if let Some(i) = data[..n].iter().position(|&b| b != 0) {
-                        return Err(NarError::NonZeroPadding {
-                            offset: self.offset + i as u64,
-                        });
-                    }
-                    *remaining -= n;
-                    if *remaining == 0 {
-                        self.offset += n as u64;
-                        self.after_padding_if_none();
-                        data = &data[n..];
-                        continue;
-                    }
-                    n
-                }
-            };
-            self.offset += taken as u64;
-            data = &data[taken..];
-        }
-        Ok(())
-    }
-
-    /// Moves on to the next length prefix once no padding is left.
-    fn after_padding_if_none(&mut self) {
-        if let Read::Padding { remaining: 0 } = self.read {
-            self.read = Read::Len {
-                start: self.offset,
-                buf: [0; 8],
-                have: 0,
-            };
-        }
-    }
-
-    /// A length prefix is complete: decide how to read the string.
-    fn on_len(&mut self, start: u64, len: u64) -> Result<(), NarError> {
+    fn on_len(&mut self, start: u64, len: u64) -> Result<Framing, NarError> {
         let limit = match self.expect {
             Expect::Contents => {
-                self.summary.contents_size += len;
+                // Declared, not yet read: saturate rather than overflow on
+                // a hostile length (exact for any NAR that completes).
+                self.summary.contents_size = self.summary.contents_size.saturating_add(len);
                 if let Some(listing) = &mut self.listing {
                     listing.regular(self.executable, len, start + 8);
                 }
                 self.expect = Expect::NodeClose;
-                self.read = Read::Skip {
-                    remaining: len,
-                    pad: padding(len),
-                };
-                if len == 0 {
-                    self.read = Read::Padding { remaining: 0 };
-                    self.after_padding_if_none();
-                }
-                return Ok(());
+                return Ok(Framing::Skip);
             }
             Expect::Name => {
                 (len > MAX_NAME_LEN as u64).then_some(NarError::NameTooLong { offset: start, len })
@@ -307,25 +193,13 @@ impl NarValidator {
                 expected: other.describe(),
             }),
         };
-        if let Some(e) = limit {
-            return Err(e);
+        match limit {
+            Some(e) => Err(e),
+            // Every limit above is far below `usize::MAX`.
+            None => Ok(Framing::Buffer(len as usize)),
         }
-        // Every limit above is far below `usize::MAX`.
-        let len = len as usize;
-        self.read = Read::Bytes {
-            start,
-            len,
-            buf: Vec::with_capacity(len),
-        };
-        if len == 0 {
-            self.read = Read::Padding { remaining: 0 };
-            self.on_string(start, Vec::new())?;
-            self.after_padding_if_none();
-        }
-        Ok(())
     }
 
-    /// A whole string (not file contents) has been read.
     fn on_string(&mut self, start: u64, s: Vec<u8>) -> Result<(), NarError> {
         let unexpected = |expect: Expect, s: Vec<u8>| NarError::UnexpectedToken {
             offset: start,
@@ -402,7 +276,9 @@ impl NarValidator {
         };
         Ok(())
     }
+}
 
+impl Grammar {
     /// A node closed: the NAR is done, or its directory entry is.
     fn node_done(&self) -> Expect {
         if self.dirs.is_empty() {

@@ -1,0 +1,55 @@
+//! The in-memory revocation list of this replica, refreshed from the
+//! database every `[jwt] revocation-refresh`: a revocation reaches every
+//! replica within that interval, with no query per request.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use larder_shared::db::{Db, DbError, tokens};
+use larder_shared::token::Revocations;
+
+/// Shared, swappable revocation list.
+#[derive(Debug, Default)]
+pub struct RevocationCache {
+    current: RwLock<Arc<Revocations>>,
+}
+
+impl RevocationCache {
+    /// The list in force now (cheap: clones an `Arc`).
+    pub fn get(&self) -> Arc<Revocations> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reloads from the database.
+    pub async fn refresh(&self, db: &Db) -> Result<(), DbError> {
+        let mut conn = db.conn().await?;
+        let list = Revocations::new(tokens::revocations(conn.raw()).await?);
+        let mut g = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = Arc::new(list);
+        Ok(())
+    }
+
+    /// Refreshes every `interval` until `shutdown`; a failed refresh keeps the
+    /// previous list and is retried next time.
+    pub fn spawn_refresher(self: Arc<Self>, db: Db, interval: Duration, shutdown: CancellationToken) {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                if let Err(e) = self.refresh(&db).await {
+                    tracing::warn!(error = %e, "revocation refresh failed; keeping the previous list");
+                }
+            }
+        });
+    }
+}
