@@ -9,7 +9,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-use crate::routes::{binary_cache, cache_config, health, missing_paths, upload_path};
+use crate::routes::{binary_cache, cache_config, caches, health, missing_paths, upload_path};
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -39,6 +39,13 @@ pub fn router(state: AppState) -> Router {
                 .post(cache_config::create)
                 .patch(cache_config::configure)
                 .delete(cache_config::destroy),
+        )
+        .route("/caches", get(caches::list))
+        .route("/caches/{cache}/stats", get(caches::cache_stats))
+        .route("/caches/{cache}/pins", get(caches::list_pins))
+        .route(
+            "/caches/{cache}/pins/{name}",
+            put(caches::set_pin).delete(caches::remove_pin),
         );
     Router::new()
         .route("/_health", get(health::health))
@@ -46,7 +53,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/_api/v1", api)
         .route("/{cache}/nix-cache-info", get(binary_cache::nix_cache_info))
         .route("/{cache}/nar/{file}", get(binary_cache::nar))
-        .route("/{cache}/{file}", get(binary_cache::cache_file))
+        .route(
+            "/{cache}/{file}",
+            get(binary_cache::cache_file).delete(binary_cache::delete_file),
+        )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(

@@ -1,6 +1,7 @@
 //! larder-api: the HTTP server. `main.rs` wires it; [`app::router`] is the
 //! route table; errors become HTTP only in [`error`].
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod error;

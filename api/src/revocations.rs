@@ -39,7 +39,12 @@ impl RevocationCache {
 
     /// Refreshes every `interval` until `shutdown`; a failed refresh keeps the
     /// previous list and is retried next time.
-    pub fn spawn_refresher(self: Arc<Self>, db: Db, interval: Duration, shutdown: CancellationToken) {
+    pub fn spawn_refresher(
+        self: Arc<Self>,
+        db: Db,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
         tokio::spawn(async move {
             loop {
                 tokio::select! {

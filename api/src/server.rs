@@ -33,6 +33,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         staging: opened.staging,
         tokens: Arc::new(tokens),
         revocations: Arc::default(),
+        access: Arc::default(),
     })
 }
 
@@ -50,6 +51,11 @@ pub async fn serve(
     state.revocations.clone().spawn_refresher(
         state.db.clone(),
         state.config.jwt.revocation_refresh.get(),
+        shutdown.clone(),
+    );
+    state.access.clone().spawn_flusher(
+        state.db.clone(),
+        state.config.access.flush_interval.get(),
         shutdown.clone(),
     );
     let embedded = state.config.worker.embedded;

@@ -7,6 +7,7 @@ use larder_shared::db::Db;
 use larder_shared::storage::Storage;
 use larder_shared::token::TokenVerifier;
 
+use crate::access::AccessLog;
 use crate::revocations::RevocationCache;
 
 /// What every handler may use; cheap to clone.
@@ -24,4 +25,6 @@ pub struct AppState {
     pub tokens: Arc<TokenVerifier>,
     /// Revoked tokens, refreshed in the background.
     pub revocations: Arc<RevocationCache>,
+    /// Reads noted for retention, flushed in the background.
+    pub access: Arc<AccessLog>,
 }

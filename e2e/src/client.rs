@@ -188,6 +188,40 @@ impl Client {
         let text = ok_or_body(resp, &format!("reading the narinfo of {store_path}")).await?;
         Narinfo::parse(&text)
     }
+
+    /// `GET /<cache>/<file>` (a narinfo's `URL`): the declared
+    /// `Content-Length` and the body.
+    pub async fn download(&self, cache: &str, file: &str) -> anyhow::Result<Download> {
+        let resp = self
+            .request(reqwest::Method::GET, &format!("/{cache}/{file}"))
+            .send()
+            .await?;
+        let status = resp.status();
+        let content_length = resp
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = resp.bytes().await?.to_vec();
+        anyhow::ensure!(
+            status.is_success(),
+            "GET /{cache}/{file}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(Download {
+            content_length,
+            body,
+        })
+    }
+}
+
+/// A downloaded file.
+#[derive(Debug)]
+pub struct Download {
+    /// The `Content-Length` header, if any.
+    pub content_length: Option<u64>,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 /// The body of a 2xx response, or an error with status and body.

@@ -12,16 +12,17 @@
 //!
 //! Binaries are looked up next to the test executable (`target/<profile>/`),
 //! or in `$LARDER_E2E_BIN_DIR` when set; a missing binary fails the test with
-//! that instruction. Tests skip (with a message) only when `nix-build` is not
-//! on `PATH`.
+//! that instruction. Tests that run Nix skip (with a message) only when
+//! `nix-build` is not on `PATH`; CI installs Nix, so there they run.
 //!
 //! # Pieces
 //!
 //! - [`server`]: [`Server`] (the embedded default in a temporary data
 //!   directory) and [`Worker`] (a separate `larder-worker` process).
 //! - [`nix`]: a [`Nix`] context with its own `XDG_CACHE_HOME` (CONTRACT.md:
-//!   Nix caches narinfos), a generator of real derivation trees, and
-//!   substitution into a fresh chroot store with signature checking.
+//!   Nix caches narinfos): building, metadata, substitution into a fresh
+//!   chroot store with signature checking, verification.
+//! - [`tree`]: [`StoreTree`], real derivation trees built without nixpkgs.
 //! - [`client`]: the HTTP side: cache creation, Attic `upload-path` streamed
 //!   from `nix-store --dump`, narinfo reads.
 //! - [`wait`]: bounded polling, the only way tests wait.
@@ -29,11 +30,13 @@
 pub mod client;
 pub mod nix;
 pub mod server;
+pub mod tree;
 pub mod wait;
 
 pub use client::{Client, Narinfo};
-pub use nix::{Nix, PathInfo, StoreTree, TempStore};
+pub use nix::{Nix, PathInfo, TempStore};
 pub use server::{Server, ServerOptions, Worker};
+pub use tree::StoreTree;
 
 use std::path::PathBuf;
 

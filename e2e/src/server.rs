@@ -12,6 +12,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -194,7 +195,7 @@ impl Server {
         self.starts += 1;
         self.addr = free_port()?;
         let mut cmd = Command::new(bin_path("larder-api")?);
-        clear_larder_env(&mut cmd);
+        child_env(&mut cmd);
         cmd.env("LARDER_DATA_DIR", self.data_dir())
             .env("LARDER_LISTEN", self.addr.to_string())
             .current_dir(self.root())
@@ -278,15 +279,18 @@ impl Drop for Server {
 
 /// A running `larder-worker -f CONFIG`; killed on drop.
 pub struct Worker {
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     log: PathBuf,
 }
 
 impl Worker {
     /// Starts a worker on the server's config, logging to the server's log dir.
     pub fn start(server: &Server) -> anyhow::Result<Self> {
-        let n = std::fs::read_dir(server.log_dir())?.count();
-        let log = server.log_dir().join(format!("worker-{n}.log"));
+        let n = std::fs::read_dir(server.log_dir())?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("worker-"))
+            .count();
+        let log = server.log_dir().join(format!("worker-{}.log", n + 1));
         Self::start_with(&server.config_path(), log)
     }
 
@@ -294,7 +298,7 @@ impl Worker {
     pub fn start_with(config: &Path, log: PathBuf) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin_path("larder-worker")?);
-        clear_larder_env(&mut cmd);
+        child_env(&mut cmd);
         cmd.arg("-f")
             .arg(config)
             .stdin(Stdio::null())
@@ -302,7 +306,7 @@ impl Worker {
             .stderr(file);
         let child = cmd.spawn().context("spawning larder-worker")?;
         Ok(Self {
-            child: Some(child),
+            child: Mutex::new(Some(child)),
             log,
         })
     }
@@ -318,8 +322,9 @@ impl Worker {
     }
 
     /// Fails if the worker has exited.
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
-        let child = self.child.as_mut().context("worker was killed")?;
+    pub fn ensure_running(&self) -> anyhow::Result<()> {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let child = guard.as_mut().context("worker was killed")?;
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("larder-worker exited ({status})\n{}", self.log());
         }
@@ -327,8 +332,9 @@ impl Worker {
     }
 
     /// SIGKILL: the crash the job design must survive. Waits for the exit.
-    pub fn kill_9(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
+    pub fn kill_9(&self) -> anyhow::Result<()> {
+        let taken = self.child.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut child) = taken {
             child.kill()?;
             child.wait()?;
         }
@@ -338,7 +344,12 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let taken = self
+            .child
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut child) = taken {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -365,8 +376,9 @@ pub fn parse_login_token(stdout: &str) -> Option<String> {
 }
 
 /// Children see no `LARDER_*` variable of the test's environment except the
-/// log filter: each test sets exactly what it means.
-fn clear_larder_env(cmd: &mut Command) {
+/// log filter: each test sets exactly what it means. Logs are plain text.
+fn child_env(cmd: &mut Command) {
+    cmd.env("NO_COLOR", "1");
     for (key, _) in std::env::vars_os() {
         if let Some(k) = key.to_str()
             && k.starts_with("LARDER_")

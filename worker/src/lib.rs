@@ -4,6 +4,7 @@
 
 pub mod jobs;
 pub mod runner;
+pub mod scheduler;
 pub mod services;
 pub mod sweeper;
 

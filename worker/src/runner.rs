@@ -13,7 +13,7 @@ use larder_shared::jobs::{INGEST_QUEUE, IngestNar};
 
 use crate::jobs::ingest::{self, Outcome};
 use crate::services::Services;
-use crate::sweeper;
+use crate::{scheduler, sweeper};
 
 /// How often a worker proves it is alive; a worker silent for
 /// `HEARTBEAT × MISSED_HEARTBEATS` (killed, say) has its jobs re-enqueued.
@@ -55,14 +55,17 @@ fn worker_name() -> String {
     format!("{host}-{}", ulid::Ulid::new())
 }
 
-/// Runs `concurrency` concurrent ingest jobs and the sweeper until `shutdown`.
+/// Runs `concurrency` concurrent ingest jobs, the sweeper and the GC
+/// scheduler until `shutdown`.
 pub async fn run(
     svc: Services,
     concurrency: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let concurrency = concurrency.max(1);
+    let name = worker_name();
     let sweeper = tokio::spawn(sweeper::run(svc.clone(), shutdown.clone()));
+    let scheduler = tokio::spawn(scheduler::run(svc.clone(), name.clone(), shutdown.clone()));
     let signal = {
         let shutdown = shutdown.clone();
         async move {
@@ -80,7 +83,7 @@ pub async fn run(
             let backend = PostgresStorage::<IngestNar>::new(&pool)
                 .with_config(config)
                 .poll_with_interval(POLL);
-            WorkerBuilder::new(worker_name())
+            WorkerBuilder::new(name)
                 .backend(backend)
                 .data(svc)
                 .concurrency(concurrency)
@@ -97,7 +100,7 @@ pub async fn run(
             let backend = SqliteStorage::<IngestNar>::new(&pool)
                 .with_config(config)
                 .poll_with_interval(POLL);
-            WorkerBuilder::new(worker_name())
+            WorkerBuilder::new(name)
                 .backend(backend)
                 .data(svc)
                 .concurrency(concurrency)
@@ -108,5 +111,6 @@ pub async fn run(
     };
     shutdown.cancel();
     let _ = sweeper.await;
+    let _ = scheduler.await;
     result.map_err(|e| anyhow::anyhow!("worker stopped: {e}"))
 }

@@ -1,5 +1,6 @@
 //! `larder-admin -f CONFIG <command>`: the operator CLI.
 
+mod maintenance;
 mod make_token;
 mod tokens;
 
@@ -31,6 +32,16 @@ enum Command {
     RevokeToken(tokens::RevokeToken),
     /// List the tokens minted by larder-admin, with their status.
     ListTokens,
+    /// Run garbage collection now and print what it freed.
+    Gc,
+    /// Print storage statistics, global and per cache.
+    Stats {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reconcile storage with the database (exit status 1 if anything is wrong).
+    Verify(maintenance::Verify),
 }
 
 /// Opens the database (applying migrations, so a fresh install works).
@@ -53,5 +64,13 @@ async fn main() -> anyhow::Result<()> {
         Command::MakeToken(cmd) => cmd.run(&config).await,
         Command::RevokeToken(cmd) => cmd.run(&config).await,
         Command::ListTokens => tokens::list(&config).await,
+        Command::Gc => maintenance::run_gc(&config).await,
+        Command::Stats { json } => maintenance::run_stats(&config, json).await,
+        Command::Verify(cmd) => {
+            if !cmd.run(&config).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }

@@ -34,7 +34,9 @@ impl RevokeToken {
         tokens::revoke(conn.raw(), &revocation, now).await?;
         let refresh = config.jwt.revocation_refresh;
         match &revocation {
-            Revocation::Token { jti } => println!("revoked token {jti}; in force on every server within {refresh:?}"),
+            Revocation::Token { jti } => {
+                println!("revoked token {jti}; in force on every server within {refresh:?}")
+            }
             Revocation::Subject { subject, .. } => println!(
                 "revoked every token of {subject:?} issued until now; in force on every server within {refresh:?}"
             ),
@@ -50,7 +52,10 @@ pub async fn list(config: &Config) -> anyhow::Result<()> {
     let records = tokens::list(conn.raw()).await?;
     let revocations = Revocations::new(tokens::revocations(conn.raw()).await?);
     let now = unix_now();
-    println!("{:<26}  {:<20}  {:<20}  {:<20}  {:<8}  PERMISSIONS", "JTI", "SUBJECT", "ISSUED", "EXPIRES", "STATUS");
+    println!(
+        "{:<26}  {:<20}  {:<20}  {:<20}  {:<8}  PERMISSIONS",
+        "JTI", "SUBJECT", "ISSUED", "EXPIRES", "STATUS"
+    );
     for t in records {
         let status = if revocations.is_revoked_parts(Some(&t.jti), &t.subject, t.issued_at as u64) {
             "revoked"

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
@@ -16,7 +16,7 @@ use larder_shared::nix::signing::{SigningKey, fingerprint};
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
 use larder_shared::storage::{ObjectKey, StorageError};
 
-use crate::auth::{CacheAccess, Pull, PullOrPush};
+use crate::auth::{CacheAccess, Delete, Pull, PullOrPush};
 use crate::error::{ApiError, ApiResult};
 use crate::nar_reader::{self, Representation};
 use crate::state::AppState;
@@ -60,6 +60,7 @@ async fn narinfo(
         .filter(|o| o.nar.state != NarState::Broken)
         .ok_or(ApiError::NoSuchObject)?;
     drop(conn);
+    state.access.object(object.id);
     let text = render_narinfo(&access.cache.keypair, &access.cache.store_dir, &object)?;
     let headers = [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
     if head_only {
@@ -67,6 +68,27 @@ async fn narinfo(
         return Ok((headers, [(header::CONTENT_LENGTH, len)]).into_response());
     }
     Ok((headers, text).into_response())
+}
+
+/// `DELETE /{cache}/{hash}.narinfo` (`d`): removes the path from this cache
+/// now (a secret pushed by mistake must not wait for GC). Its data goes with
+/// the next GC once no cache refers to it.
+pub async fn delete_file(
+    State(state): State<AppState>,
+    Path((_, file)): Path<(String, String)>,
+    access: CacheAccess<Delete>,
+) -> ApiResult<StatusCode> {
+    let hash: StorePathHash = file
+        .strip_suffix(".narinfo")
+        .ok_or(ApiError::NotFound)?
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))?;
+    let mut conn = state.db.conn().await?;
+    if !objects::delete(conn.raw(), access.cache.id, &hash).await? {
+        return Err(ApiError::NoSuchObject);
+    }
+    tracing::info!(cache = %access.cache.name, store_path_hash = %hash, subject = access.credentials.subject(), "path deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Renders and signs the narinfo of an object; the URL depends on whether
@@ -167,6 +189,7 @@ pub async fn nar(
         .await?
         .ok_or(ApiError::NoSuchObject)?;
     drop(conn);
+    state.access.nar(access.cache.id, nar.id);
     serve_nar(&state, nar, repr).await
 }
 

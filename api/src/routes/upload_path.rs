@@ -131,8 +131,14 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
     if info.nar_size == 0 {
         return Err(bad("nar_size must be positive".into()));
     }
-    if info.sigs.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-        return Err(bad("signatures must be non-empty and contain no whitespace".into()));
+    if info
+        .sigs
+        .iter()
+        .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+    {
+        return Err(bad(
+            "signatures must be non-empty and contain no whitespace".into(),
+        ));
     }
     // Free text ends up in narinfo lines: a line break would forge fields.
     for (field, value) in [("system", &info.system), ("ca", &info.ca)] {
@@ -228,7 +234,16 @@ pub async fn upload_path(
         let mut conn = state.db.conn().await?;
         nars::find_by_hash(conn.raw(), &v.expected.nar_hash).await?
     };
-    if let Some(nar) = existing.filter(|n| n.state != NarState::Broken) {
+    let existing = match existing.filter(|n| n.state != NarState::Broken) {
+        // Touch first: GC only deletes NARs untouched for its grace period,
+        // so the NAR survives while we read the body.
+        Some(nar) => {
+            let mut conn = state.db.conn().await?;
+            nars::touch(conn.raw(), nar.id, now).await?.then_some(nar)
+        }
+        None => None,
+    };
+    if let Some(nar) = existing {
         staging::prove_possession(body, v.expected).await?;
         let mut tx = state.db.begin().await?;
         objects::upsert(tx.raw(), cache.id, &v.hash, nar.id, &v.meta, now).await?;

@@ -6,9 +6,9 @@
 //! [`TestApp::drain_jobs`], which runs the ingest handler for every staged
 //! NAR right away, so nothing ever waits on a timer.
 
-#![allow(dead_code)] // Each helper is used by some scenarios, not all.
-
+pub mod inspect;
 pub mod nar;
+pub mod read;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +18,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use bytes::Bytes;
-use futures::TryStreamExt;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -27,8 +26,7 @@ use tower::ServiceExt;
 
 use larder_api::state::AppState;
 use larder_shared::config::Config;
-use larder_shared::db::{Db, unix_now};
-use larder_shared::jobs::INGEST_QUEUE;
+use larder_shared::db::unix_now;
 use larder_shared::nix::signing::PublicKey;
 use larder_shared::token::{CachePattern, ClaimsBuilder, Permission, TokenKey, mint};
 use larder_worker::Services;
@@ -91,7 +89,12 @@ impl TestResponse {
     /// Asserts the status, with the body in the failure message.
     #[track_caller]
     pub fn assert_status(&self, status: StatusCode) -> &Self {
-        assert_eq!(self.status, status, "unexpected status; body: {}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status,
+            status,
+            "unexpected status; body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
         self
     }
 
@@ -152,7 +155,10 @@ impl TestApp {
         let storage_root = dir.path().join("storage");
         let (db_url, pg_database) = match backend {
             Backend::Sqlite => (
-                format!("sqlite://{}?mode=rwc", dir.path().join("larder.db").display()),
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("larder.db").display()
+                ),
                 None,
             ),
             Backend::Postgres => {
@@ -166,7 +172,8 @@ impl TestApp {
                 (format!("{PG_SERVER}/{name}"), Some(name))
             }
         };
-        let config = Config::parse_toml(&config_toml(&db_url, &storage_root)).expect("test config parses");
+        let config =
+            Config::parse_toml(&config_toml(&db_url, &storage_root)).expect("test config parses");
         config.validate().expect("test config is valid");
         let config = Arc::new(config);
         let state = larder_api::server::build_state(config.clone())
@@ -178,6 +185,7 @@ impl TestApp {
             config,
             db: state.db.clone(),
             storage: state.storage.clone(),
+            staging: state.staging.clone(),
         };
         Self {
             backend,
@@ -209,7 +217,11 @@ impl TestApp {
 
     /// A token granting, per pattern, the listed permissions.
     pub fn token(&self, grants: &[(&str, &[Permission])]) -> String {
-        let mut claims = ClaimsBuilder::new("pipeline-test", Duration::from_secs(3600), unix_now() as u64);
+        let mut claims = ClaimsBuilder::new(
+            "pipeline-test",
+            Duration::from_secs(3600),
+            unix_now() as u64,
+        );
         for (pattern, perms) in grants {
             let pattern = CachePattern::new(pattern).expect("valid cache pattern");
             claims = claims.grant_all(&pattern, perms.iter().copied());
@@ -236,8 +248,12 @@ impl TestApp {
 
     /// `GET uri`, with a bearer token if given.
     pub async fn get(&self, uri: &str, token: Option<&str>) -> TestResponse {
-        self.send(request(Method::GET, uri, token).body(Body::empty()).expect("request"))
-            .await
+        self.send(
+            request(Method::GET, uri, token)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
     }
 
     /// Creates a cache through `POST /_api/v1/cache-config/{cache}`.
@@ -249,17 +265,24 @@ impl TestApp {
             "priority": 41,
             "upstream_cache_key_names": [],
         });
-        let req = request(Method::POST, &format!("/_api/v1/cache-config/{name}"), Some(&self.root_token()))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .expect("request");
+        let req = request(
+            Method::POST,
+            &format!("/_api/v1/cache-config/{name}"),
+            Some(&self.root_token()),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
         self.send(req).await.assert_status(StatusCode::OK);
     }
 
     /// The cache's public key, from `GET /_api/v1/cache-config/{cache}`.
     pub async fn public_key(&self, cache: &str) -> PublicKey {
         let resp = self
-            .get(&format!("/_api/v1/cache-config/{cache}"), Some(&self.root_token()))
+            .get(
+                &format!("/_api/v1/cache-config/{cache}"),
+                Some(&self.root_token()),
+            )
             .await;
         resp.assert_status(StatusCode::OK);
         let cfg: Value = resp.json();
@@ -272,7 +295,8 @@ impl TestApp {
 
     /// `PUT /_api/v1/upload-path` with the metadata in `X-Attic-Nar-Info`.
     pub async fn upload(&self, token: &str, cache: &str, nar: &TestNar) -> TestResponse {
-        self.upload_with(token, &nar.info(cache), nar.bytes.clone()).await
+        self.upload_with(token, &nar.info(cache), nar.bytes.clone())
+            .await
     }
 
     /// Uploads `body` under arbitrary metadata (for malformed uploads).
@@ -312,124 +336,11 @@ impl TestApp {
                 Err(e) => panic!("ingest of NAR {id} failed: {e:#}"),
             }
         }
-        assert!(self.staged_nar_ids().await.is_empty(), "NARs still staged after drain");
+        assert!(
+            self.staged_nar_ids().await.is_empty(),
+            "NARs still staged after drain"
+        );
         ingested
-    }
-
-    /// Ids of NARs in state `staged`.
-    pub async fn staged_nar_ids(&self) -> Vec<i64> {
-        let sql = "SELECT id FROM nars WHERE state = 'staged' ORDER BY id";
-        match &self.state.db {
-            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await,
-            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await,
-        }
-        .expect("listing staged NARs")
-    }
-
-    /// Ingest jobs in the apalis queue (any status).
-    pub async fn ingest_jobs(&self) -> i64 {
-        let table = match self.backend {
-            Backend::Postgres => "apalis.jobs",
-            Backend::Sqlite => "Jobs",
-        };
-        self.scalar(&format!("SELECT COUNT(*) FROM {table} WHERE job_type = '{INGEST_QUEUE}'"))
-            .await
-    }
-
-    /// Deletes every ingest job: what a lost job looks like.
-    pub async fn lose_ingest_jobs(&self) {
-        let table = match self.backend {
-            Backend::Postgres => "apalis.jobs",
-            Backend::Sqlite => "Jobs",
-        };
-        self.execute(&format!("DELETE FROM {table} WHERE job_type = '{INGEST_QUEUE}'"))
-            .await;
-    }
-
-    // --- database -------------------------------------------------------------
-
-    /// One integer from a query (`COUNT(*)`, `SUM(…)` cast to BIGINT).
-    pub async fn scalar(&self, sql: &str) -> i64 {
-        let sql = AssertSqlSafe(sql.to_owned());
-        match &self.state.db {
-            Db::Postgres(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await,
-            Db::Sqlite(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await,
-        }
-        .unwrap_or_else(|e| panic!("query failed: {e}"))
-    }
-
-    /// Rows in `table`.
-    pub async fn count(&self, table: &str) -> i64 {
-        self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
-    }
-
-    /// Runs a statement.
-    pub async fn execute(&self, sql: &str) {
-        let sql = AssertSqlSafe(sql.to_owned());
-        match &self.state.db {
-            Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
-            Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
-        }
-        .unwrap_or_else(|e| panic!("statement failed: {e}"));
-    }
-
-    // --- storage --------------------------------------------------------------
-
-    /// Keys of stored objects under `prefix`, sorted.
-    pub async fn object_keys(&self, prefix: &str) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .state
-            .storage
-            .list(prefix)
-            .map_ok(|m| m.key.as_str().to_owned())
-            .try_collect()
-            .await
-            .expect("listing storage");
-        keys.sort();
-        keys
-    }
-
-    /// Every file under `dir` of the storage root, temp files included.
-    pub fn files_on_disk(&self, dir: &str) -> Vec<PathBuf> {
-        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = std::fs::read_dir(p) else { return };
-            for e in entries.flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.storage_root.join(dir), &mut out);
-        out
-    }
-
-    /// The file holding object `key`.
-    pub fn object_path(&self, key: &str) -> PathBuf {
-        self.storage_root.join(key)
-    }
-
-    /// Asserts no staged copy, finished or half-written, is left.
-    #[track_caller]
-    pub fn assert_staging_empty(&self) {
-        let left = self.files_on_disk("staging");
-        assert!(left.is_empty(), "staging is not empty: {left:?}");
-    }
-
-    /// Asserts chunk rows, chunk objects and `refcount` agree: one object
-    /// per row, each row referenced once per ready NAR that lists it.
-    pub async fn assert_chunk_store_consistent(&self) -> i64 {
-        let rows = self.count("chunks").await;
-        let objects = self.object_keys("chunks/").await;
-        assert_eq!(objects.len() as i64, rows, "chunk objects vs chunk rows");
-        let dups = self
-            .scalar("SELECT COUNT(*) FROM (SELECT chunk_hash FROM chunks GROUP BY chunk_hash HAVING COUNT(*) > 1) d")
-            .await;
-        assert_eq!(dups, 0, "duplicate chunk rows");
-        rows
     }
 }
 
@@ -453,7 +364,11 @@ pub fn upload_request(token: &str, info: &Value, body: Bytes) -> Request<Body> {
 
 /// Sends `req` through `router` and collects the response.
 pub async fn send(router: &Router, req: Request<Body>) -> TestResponse {
-    let resp = router.clone().oneshot(req).await.expect("router is infallible");
+    let resp = router
+        .clone()
+        .oneshot(req)
+        .await
+        .expect("router is infallible");
     let (parts, body) = resp.into_parts();
     let body = body
         .collect()

@@ -29,9 +29,11 @@ pub struct ChunkRecord {
     pub pack_id: Option<i64>,
     /// Offset inside the pack.
     pub pack_offset: Option<i64>,
+    /// Ready NARs listing it; `-1` while GC deletes it (never reuse then).
+    pub refcount: i64,
 }
 
-const COLUMNS: &str = "id, chunk_hash, chunk_size, file_size, pack_id, pack_offset";
+const COLUMNS: &str = "id, chunk_hash, chunk_size, file_size, pack_id, pack_offset, refcount";
 
 macro_rules! chunk_from_row {
     ($r:expr) => {{
@@ -44,6 +46,7 @@ macro_rules! chunk_from_row {
             file_size: r.try_get("file_size")?,
             pack_id: r.try_get("pack_id")?,
             pack_offset: r.try_get("pack_offset")?,
+            refcount: r.try_get("refcount")?,
         })
     }};
 }
@@ -55,7 +58,8 @@ fn placeholders(start: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Finds which of `hashes` are stored (≤ [`BATCH`] per call), by hash.
+/// Finds which of `hashes` are stored (≤ [`BATCH`] per call), by hash,
+/// including chunks being deleted (`refcount < 0`), which callers must not reuse.
 pub async fn find_by_hashes(
     raw: Raw<'_>,
     hashes: &[ChunkHash],
@@ -65,7 +69,7 @@ pub async fn find_by_hashes(
         return Ok(HashMap::new());
     }
     let sql = format!(
-        "SELECT {COLUMNS} FROM chunks WHERE refcount >= 0 AND chunk_hash IN ({})",
+        "SELECT {COLUMNS} FROM chunks WHERE chunk_hash IN ({})",
         placeholders(1, hashes.len())
     );
     on_conn!(raw, c => {
@@ -112,7 +116,8 @@ pub struct NewChunk {
 }
 
 /// Records stored chunks (≤ [`BATCH`]) in one statement and returns every
-/// hash's id, including rows a concurrent ingest inserted first.
+/// hash's id, including rows a concurrent ingest inserted first, but not
+/// rows being garbage-collected (`refcount < 0`): the caller retries later.
 pub async fn insert_many(
     raw: Raw<'_>,
     new: &[NewChunk],
@@ -131,7 +136,7 @@ pub async fn insert_many(
          VALUES {values} ON CONFLICT (chunk_hash) DO NOTHING"
     );
     let select = format!(
-        "SELECT id, chunk_hash FROM chunks WHERE chunk_hash IN ({})",
+        "SELECT id, chunk_hash FROM chunks WHERE refcount >= 0 AND chunk_hash IN ({})",
         placeholders(1, new.len())
     );
     on_conn!(raw, c => {

@@ -8,9 +8,14 @@
 
 pub mod caches;
 pub mod chunks;
+pub mod gc;
+pub mod leases;
 pub mod nars;
 pub mod objects;
+pub mod pins;
+pub mod stats;
 pub mod tokens;
+pub mod verify;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -154,6 +159,9 @@ impl Db {
             Db::Postgres(pool) => {
                 let mut m = sqlx::migrate!("../migrations/postgres");
                 m.dangerous_set_table_name(MIGRATIONS_TABLE);
+                // Rolling upgrades: an older binary accepts a schema a newer
+                // one has already extended (migrations only add).
+                m.set_ignore_missing(true);
                 m.run(pool).await?;
                 apalis_postgres::PostgresStorage::<()>::setup(pool)
                     .await
@@ -162,6 +170,7 @@ impl Db {
             Db::Sqlite(pool) => {
                 let mut m = sqlx::migrate!("../migrations/sqlite");
                 m.dangerous_set_table_name(MIGRATIONS_TABLE);
+                m.set_ignore_missing(true);
                 m.run(pool).await?;
                 // apalis' setup switches its connection to `synchronous = OFF`;
                 // run it on a throwaway connection so the pool keeps FULL.
@@ -243,7 +252,9 @@ mod tests {
     use std::path::Path;
 
     fn names(dialect: &str) -> BTreeSet<String> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(dialect);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations")
+            .join(dialect);
         std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -210,16 +210,18 @@ pub async fn stale_staged(raw: Raw<'_>, before: i64, limit: i64) -> Result<Vec<i
     })
 }
 
-/// Marks a staged NAR as (re-)enqueued now, so the sweeper leaves it alone
-/// for a while.
-pub async fn touch(raw: Raw<'_>, id: i64, now: i64) -> Result<(), DbError> {
+/// Marks a NAR as in use now: a staged NAR (re-)enqueued or being ingested,
+/// so the sweeper leaves it alone; any NAR about to be linked by an upload,
+/// so GC (which deletes only orphans untouched for the grace period) cannot
+/// delete it meanwhile. Returns false if the NAR is gone.
+pub async fn touch(raw: Raw<'_>, id: i64, now: i64) -> Result<bool, DbError> {
     on_conn!(raw, c => {
-        sqlx::query("UPDATE nars SET updated_at = $2 WHERE id = $1")
+        let done = sqlx::query("UPDATE nars SET updated_at = $2 WHERE id = $1")
             .bind(id)
             .bind(now)
             .execute(&mut *c)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     })
 }
 

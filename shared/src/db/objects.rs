@@ -69,7 +69,9 @@ pub async fn upsert(
              ON CONFLICT (cache_id, store_path_hash) DO UPDATE SET
                 store_path = excluded.store_path, nar_id = excluded.nar_id, refs = excluded.refs,
                 deriver = excluded.deriver, sigs = excluded.sigs, ca = excluded.ca,
-                system = excluded.system, created_at = excluded.created_at
+                system = excluded.system, created_at = excluded.created_at,
+                last_accessed_at = CASE WHEN excluded.created_at > objects.last_accessed_at
+                                        THEN excluded.created_at ELSE objects.last_accessed_at END
              RETURNING id",
         )
         .bind(cache_id)
@@ -141,7 +143,8 @@ pub async fn nar_in_cache(
     })
 }
 
-/// Which of `hashes` (≤ [`super::chunks::BATCH`]) the cache lacks.
+/// Which of `hashes` (≤ [`super::chunks::BATCH`]) the cache lacks; a path
+/// whose NAR is broken counts as missing, so pushing it again repairs it.
 pub async fn missing(
     raw: Raw<'_>,
     cache_id: i64,
@@ -155,7 +158,8 @@ pub async fn missing(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "SELECT store_path_hash FROM objects WHERE cache_id = $1 AND store_path_hash IN ({marks})"
+        "SELECT o.store_path_hash FROM objects o JOIN nars n ON n.id = o.nar_id
+         WHERE o.cache_id = $1 AND n.state <> 'broken' AND o.store_path_hash IN ({marks})"
     );
     let present: std::collections::HashSet<String> = on_conn!(raw, c => {
         let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id);
@@ -184,5 +188,53 @@ pub async fn delete(raw: Raw<'_>, cache_id: i64, hash: &StorePathHash) -> Result
             .execute(&mut *c)
             .await?;
         Ok(done.rows_affected() > 0)
+    })
+}
+
+/// Records accesses at `at` for objects by id (≤ [`super::chunks::BATCH`]).
+pub async fn touch(raw: Raw<'_>, ids: &[i64], at: i64) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let marks = (2..ids.len() + 2)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "UPDATE objects SET last_accessed_at = $1 WHERE last_accessed_at < $1 AND id IN ({marks})"
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(at);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
+    })
+}
+
+/// Records accesses at `at` for the objects of `cache_id` that refer to
+/// these NARs (≤ [`super::chunks::BATCH`]): a NAR download.
+pub async fn touch_by_nar(
+    raw: Raw<'_>,
+    cache_id: i64,
+    nar_ids: &[i64],
+    at: i64,
+) -> Result<u64, DbError> {
+    if nar_ids.is_empty() {
+        return Ok(0);
+    }
+    let marks = (3..nar_ids.len() + 3)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "UPDATE objects SET last_accessed_at = $1 WHERE cache_id = $2 AND last_accessed_at < $1 AND nar_id IN ({marks})"
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(at).bind(cache_id);
+        for id in nar_ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
     })
 }

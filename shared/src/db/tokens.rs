@@ -92,7 +92,10 @@ pub async fn expiry(raw: Raw<'_>, jti: &str) -> Result<Option<i64>, DbError> {
 pub async fn revoke(raw: Raw<'_>, r: &Revocation, now: i64) -> Result<(), DbError> {
     let (jti, subject, before) = match r {
         Revocation::Token { jti } => (Some(jti.as_str()), None, None),
-        Revocation::Subject { subject, issued_before } => (None, Some(subject.as_str()), Some(*issued_before as i64)),
+        Revocation::Subject {
+            subject,
+            issued_before,
+        } => (None, Some(subject.as_str()), Some(*issued_before as i64)),
     };
     on_conn!(raw, c => {
         sqlx::query(

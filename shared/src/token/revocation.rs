@@ -53,7 +53,10 @@ impl Revocations {
                 Revocation::Token { jti } => {
                     out.jtis.insert(jti);
                 }
-                Revocation::Subject { subject, issued_before } => {
+                Revocation::Subject {
+                    subject,
+                    issued_before,
+                } => {
                     let e = out.subjects.entry(subject).or_insert(0);
                     *e = (*e).max(issued_before);
                 }
@@ -95,7 +98,9 @@ mod tests {
     use std::time::Duration;
 
     fn claims(sub: &str, now: u64) -> Claims {
-        ClaimsBuilder::new(sub, Duration::from_secs(3600), now).build().unwrap()
+        ClaimsBuilder::new(sub, Duration::from_secs(3600), now)
+            .build()
+            .unwrap()
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! A crash anywhere leaves either a staged NAR (served from staging, retried)
 //! or a ready one; new chunk rows that never got a reference sit at
 //! `refcount = 0` until GC's grace period passes.
+//!
+//! With GC (docs/gc.md): a chunk found at `refcount = -1` (being deleted) is
+//! never reused or rewritten; the job fails and retries. New rows start with
+//! `zero_since = now`, so GC leaves them alone for the grace period, within
+//! which the ingest must commit.
 
 use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroUsize;
@@ -25,7 +30,7 @@ use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::unix_now;
 use larder_shared::nix::hash::NarHash;
-use larder_shared::storage::ObjectKey;
+use larder_shared::storage::{ObjectKey, StorageError};
 
 use crate::services::Services;
 
@@ -103,7 +108,19 @@ async fn run(
     let level = svc.config.compression.level;
     let parallelism = NonZeroUsize::new(num_cpus::get().max(1) * 2).unwrap_or(NonZeroUsize::MIN);
 
-    let input = svc.staging.get(key, None).await?;
+    let input = match svc.staging.get(key, None).await {
+        Ok(input) => input,
+        Err(StorageError::NotFound(_)) => {
+            // An overlapping run finished and removed the staged copy.
+            let mut conn = svc.db.conn().await?;
+            let state = nars::get(conn.raw(), nar_id).await?.map(|n| n.state);
+            if state != Some(NarState::Staged) {
+                return Ok(Outcome::Skipped);
+            }
+            bail!("staged copy {key:?} of a staged NAR is missing");
+        }
+        Err(e) => return Err(e.into()),
+    };
     let chunks = chunk::chunk_stream(input, nar_size, &params)?;
 
     // Dedup lookup per batch, then compress + store new chunks in parallel.
@@ -118,6 +135,11 @@ async fn run(
                 let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.hash).collect();
                 let mut conn = db.conn().await?;
                 let known = chunks::find_by_hashes(conn.raw(), &hashes).await?;
+                if known.values().any(|r| r.refcount < 0) {
+                    // GC is deleting one of them: storing it again now could
+                    // race the deletion of its object. Retry once GC is done.
+                    bail!("a chunk of this NAR is being garbage-collected; retrying later");
+                }
                 Ok::<_, anyhow::Error>(futures::stream::iter(
                     batch
                         .into_iter()
@@ -179,7 +201,10 @@ async fn run(
         .iter()
         .map(|s| match s {
             Slot::Known(id) => Ok(*id),
-            Slot::New(h) => ids.get(h).copied().context("new chunk has no id"),
+            Slot::New(h) => ids
+                .get(h)
+                .copied()
+                .context("a new chunk collided with one being garbage-collected; retrying later"),
         })
         .collect::<anyhow::Result<_>>()?;
 

@@ -1,3 +1,5 @@
 //! Job handlers, one file per job; payloads live in `larder_shared::jobs`.
 
+pub mod gc;
 pub mod ingest;
+pub mod verify;

@@ -1,0 +1,138 @@
+//! `/_api/v1/caches`: listing, statistics and pins.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use larder_shared::db::pins::{self, Pin};
+use larder_shared::db::stats::{self, CacheStats};
+use larder_shared::db::{caches, objects, unix_now};
+use larder_shared::nix::store_path::{StoreDir, StorePath};
+
+use crate::auth::{CacheAccess, Credentials, Pull, Push};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// One entry of `GET /_api/v1/caches`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CacheSummary {
+    /// Name.
+    pub name: String,
+    /// Visibility.
+    pub is_public: bool,
+    /// Priority.
+    pub priority: i64,
+    /// Permission keys the caller holds (`r`, `w`, …).
+    pub permissions: Vec<String>,
+}
+
+/// `GET /_api/v1/caches`: caches the caller has any permission on (public
+/// caches count as `r` for everyone).
+pub async fn list(
+    State(state): State<AppState>,
+    credentials: Credentials,
+) -> ApiResult<Json<Vec<CacheSummary>>> {
+    let mut conn = state.db.conn().await?;
+    let all = caches::list(conn.raw()).await?;
+    let out = all
+        .iter()
+        .filter_map(|c| {
+            let perms = credentials.permissions_on(&c.name, Some(c));
+            perms.any().then(|| CacheSummary {
+                name: c.name.to_string(),
+                is_public: c.is_public,
+                priority: c.priority,
+                permissions: perms.granted().map(|p| p.claim_key().to_owned()).collect(),
+            })
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+/// `GET /_api/v1/caches/{cache}/stats` (`r`).
+pub async fn cache_stats(
+    State(state): State<AppState>,
+    access: CacheAccess<Pull>,
+) -> ApiResult<Json<CacheStats>> {
+    let mut conn = state.db.conn().await?;
+    Ok(Json(stats::cache(conn.raw(), access.cache.id).await?))
+}
+
+/// `GET /_api/v1/caches/{cache}/pins` (`r`).
+pub async fn list_pins(
+    State(state): State<AppState>,
+    access: CacheAccess<Pull>,
+) -> ApiResult<Json<Vec<Pin>>> {
+    let mut conn = state.db.conn().await?;
+    Ok(Json(pins::list(conn.raw(), access.cache.id).await?))
+}
+
+/// Body of `PUT …/pins/{name}`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct PinRequest {
+    /// Absolute store path, which must be in the cache.
+    pub store_path: String,
+}
+
+fn validate_pin_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "pin names are 1 to 100 characters of A-Z a-z 0-9 - _ . +".into(),
+        ))
+    }
+}
+
+/// `PUT /_api/v1/caches/{cache}/pins/{name}` (`w`): the path and its closure
+/// in this cache never expire while pinned.
+pub async fn set_pin(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    access: CacheAccess<Push>,
+    body: Result<Json<PinRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<StatusCode> {
+    validate_pin_name(&name)?;
+    let Json(req) = body?;
+    let store_dir: StoreDir = access
+        .cache
+        .store_dir
+        .parse()
+        .map_err(|e| ApiError::Internal(format!("store dir: {e}")))?;
+    let path = StorePath::from_absolute_path(&store_dir, &req.store_path)
+        .map_err(|e| ApiError::BadRequest(format!("invalid store_path: {e}")))?;
+    let mut conn = state.db.conn().await?;
+    objects::find(conn.raw(), access.cache.id, &path.hash)
+        .await?
+        .ok_or(ApiError::NoSuchObject)?;
+    pins::set(
+        conn.raw(),
+        access.cache.id,
+        &name,
+        &path.hash,
+        &req.store_path,
+        unix_now(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /_api/v1/caches/{cache}/pins/{name}` (`w`).
+pub async fn remove_pin(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    access: CacheAccess<Push>,
+) -> ApiResult<StatusCode> {
+    let mut conn = state.db.conn().await?;
+    if pins::remove(conn.raw(), access.cache.id, &name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

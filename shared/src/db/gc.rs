@@ -1,0 +1,329 @@
+//! Queries of garbage collection, each bounded (at most [`super::chunks::BATCH`] binds or a
+//! `LIMIT`), so a GC over millions of rows never holds a long lock.
+//!
+//! Protocol (docs/gc.md): objects expire → NARs no object refers to (and
+//! untouched for the grace period) are deleted, releasing their chunk
+//! references → chunks at `refcount = 0` for the grace period are marked
+//! `refcount = -1`, their storage objects deleted, then their rows. Ingest
+//! never reuses a chunk at `-1`, and only adds references to chunks at `>= 0`
+//! (checking the count), so a chunk being deleted is never reused.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::chunks::ChunkRecord;
+use super::nars::decode_chunk_list;
+use super::{DbError, Raw, corrupt};
+use crate::chunk::ChunkHash;
+use crate::on_conn;
+
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An object with what expiry and pin closures need.
+#[derive(Debug, Clone)]
+pub struct ObjectRef {
+    /// Row id.
+    pub id: i64,
+    /// Hash part of its store path.
+    pub store_path_hash: String,
+    /// Reference base names.
+    pub references: Vec<String>,
+}
+
+/// Objects of `cache_id` idle since before `cutoff` (no push or access),
+/// with id above `after` (keyset paging), at most `limit`.
+pub async fn idle_objects(
+    raw: Raw<'_>,
+    cache_id: i64,
+    cutoff: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<ObjectRef>, DbError> {
+    on_conn!(raw, c => {
+        let rows = sqlx::query(
+            "SELECT id, store_path_hash, refs FROM objects
+             WHERE cache_id = $1 AND last_accessed_at < $2 AND id > $3 ORDER BY id LIMIT $4",
+        )
+        .bind(cache_id)
+        .bind(cutoff)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let refs: String = r.try_get("refs")?;
+                Ok(ObjectRef {
+                    id: r.try_get("id")?,
+                    store_path_hash: r.try_get("store_path_hash")?,
+                    references: refs.split_whitespace().map(str::to_owned).collect(),
+                })
+            })
+            .collect()
+    })
+}
+
+/// Objects of a cache by store path hash (≤ [`super::chunks::BATCH`]), for pin closures.
+pub async fn objects_by_hashes(
+    raw: Raw<'_>,
+    cache_id: i64,
+    hashes: &[String],
+) -> Result<Vec<ObjectRef>, DbError> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT id, store_path_hash, refs FROM objects WHERE cache_id = $1 AND store_path_hash IN ({})",
+        placeholders(2, hashes.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id);
+        for h in hashes {
+            q = q.bind(h);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| {
+                let refs: String = r.try_get("refs")?;
+                Ok(ObjectRef {
+                    id: r.try_get("id")?,
+                    store_path_hash: r.try_get("store_path_hash")?,
+                    references: refs.split_whitespace().map(str::to_owned).collect(),
+                })
+            })
+            .collect()
+    })
+}
+
+/// Deletes objects by id (≤ [`super::chunks::BATCH`]) if still idle since before `cutoff`
+/// (an access or re-push racing the GC wins). Returns how many went.
+pub async fn delete_idle_objects(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "DELETE FROM objects WHERE last_accessed_at < $1 AND id IN ({})",
+        placeholders(2, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cutoff);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
+    })
+}
+
+/// A NAR no object refers to.
+#[derive(Debug, Clone)]
+pub struct OrphanNar {
+    /// Row id.
+    pub id: i64,
+    /// Staging copy to delete, if still staged.
+    pub staging_key: Option<String>,
+    /// Chunks whose references it holds (ready NARs).
+    pub chunk_ids: Vec<i64>,
+    /// Whether it was ready (holds chunk references).
+    pub ready: bool,
+}
+
+/// NARs with id above `after`, untouched since before `cutoff`, that no
+/// object refers to; at most `limit`.
+pub async fn orphan_nars(
+    raw: Raw<'_>,
+    after: i64,
+    cutoff: i64,
+    limit: i64,
+) -> Result<Vec<OrphanNar>, DbError> {
+    on_conn!(raw, c => {
+        let rows = sqlx::query(
+            "SELECT n.id, n.state, n.staging_key, n.chunk_list FROM nars n
+             WHERE n.id > $1 AND n.updated_at < $2
+               AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.nar_id = n.id)
+             ORDER BY n.id LIMIT $3",
+        )
+        .bind(after)
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get("state")?;
+                let list: Option<Vec<u8>> = r.try_get("chunk_list")?;
+                Ok(OrphanNar {
+                    id: r.try_get("id")?,
+                    staging_key: r.try_get("staging_key")?,
+                    chunk_ids: list.as_deref().map(decode_chunk_list).transpose()?.unwrap_or_default(),
+                    ready: state == "ready",
+                })
+            })
+            .collect()
+    })
+}
+
+/// Deletes a NAR if it is still an orphan untouched since `cutoff`.
+pub async fn delete_orphan_nar(raw: Raw<'_>, id: i64, cutoff: i64) -> Result<bool, DbError> {
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "DELETE FROM nars WHERE id = $1 AND updated_at < $2
+               AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.nar_id = nars.id)",
+        )
+        .bind(id)
+        .bind(cutoff)
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Releases one reference from each distinct chunk in `ids` (≤ [`super::chunks::BATCH`],
+/// sorted by the caller); chunks reaching zero record `zero_since = now`.
+pub async fn release_refs(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE chunks SET refcount = refcount - 1,
+             zero_since = CASE WHEN refcount = 1 THEN $1 ELSE zero_since END
+         WHERE refcount > 0 AND id IN ({})",
+        placeholders(2, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *c).await?;
+        Ok(())
+    })
+}
+
+const CHUNK_COLUMNS: &str = "id, chunk_hash, chunk_size, file_size, pack_id, pack_offset, refcount";
+
+fn chunk_query(filter: &str) -> String {
+    format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE {filter} ORDER BY id LIMIT $1")
+}
+
+macro_rules! chunks_from_rows {
+    ($rows:expr) => {{
+        $rows
+            .iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.try_get("chunk_hash")?;
+                Ok(ChunkRecord {
+                    id: r.try_get("id")?,
+                    hash: ChunkHash::from_slice(&hash)
+                        .map_err(|e| corrupt("chunks.chunk_hash", e))?,
+                    chunk_size: r.try_get("chunk_size")?,
+                    file_size: r.try_get("file_size")?,
+                    pack_id: r.try_get("pack_id")?,
+                    pack_offset: r.try_get("pack_offset")?,
+                    refcount: r.try_get("refcount")?,
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()
+    }};
+}
+
+/// Chunks marked for deletion by a GC that did not finish (crash).
+pub async fn deleting_chunks(raw: Raw<'_>, limit: i64) -> Result<Vec<ChunkRecord>, DbError> {
+    let sql = chunk_query("refcount < 0");
+    on_conn!(raw, c => {
+        let rows = sqlx::query(AssertSqlSafe(&*sql)).bind(limit).fetch_all(&mut *c).await?;
+        chunks_from_rows!(rows)
+    })
+}
+
+/// Chunks unreferenced since before `cutoff`.
+pub async fn unreferenced_chunks(
+    raw: Raw<'_>,
+    cutoff: i64,
+    limit: i64,
+) -> Result<Vec<ChunkRecord>, DbError> {
+    let sql = format!(
+        "SELECT {CHUNK_COLUMNS} FROM chunks WHERE refcount = 0 AND zero_since < $2 ORDER BY zero_since LIMIT $1"
+    );
+    on_conn!(raw, c => {
+        let rows = sqlx::query(AssertSqlSafe(&*sql)).bind(limit).bind(cutoff).fetch_all(&mut *c).await?;
+        chunks_from_rows!(rows)
+    })
+}
+
+/// Marks chunks (≤ [`super::chunks::BATCH`]) as being deleted, if still unreferenced since
+/// before `cutoff`. Returns the ids actually marked.
+pub async fn mark_deleting(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<Vec<i64>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = placeholders(2, ids.len());
+    let update = format!(
+        "UPDATE chunks SET refcount = -1 WHERE refcount = 0 AND zero_since < $1 AND id IN ({marks})"
+    );
+    let select = format!(
+        "SELECT id FROM chunks WHERE refcount < 0 AND id IN ({})",
+        placeholders(1, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*update)).bind(cutoff);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *c).await?;
+        let mut q = sqlx::query(AssertSqlSafe(&*select));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
+    })
+}
+
+/// Deletes rows of chunks marked as being deleted (≤ [`super::chunks::BATCH`]).
+pub async fn delete_marked_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "DELETE FROM chunks WHERE refcount < 0 AND id IN ({})",
+        placeholders(1, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
+    })
+}
+
+/// Which of these chunk hashes (≤ [`super::chunks::BATCH`]) the database knows.
+pub async fn known_chunk_hashes(
+    raw: Raw<'_>,
+    hashes: &[ChunkHash],
+) -> Result<Vec<ChunkHash>, DbError> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT chunk_hash FROM chunks WHERE chunk_hash IN ({})",
+        placeholders(1, hashes.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for h in hashes {
+            q = q.bind(&h.as_bytes()[..]);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.try_get("chunk_hash")?;
+                ChunkHash::from_slice(&hash).map_err(|e| corrupt("chunks.chunk_hash", e))
+            })
+            .collect()
+    })
+}

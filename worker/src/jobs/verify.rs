@@ -1,0 +1,198 @@
+//! `larder-admin verify [--repair]`: reconciles storage with the database.
+//!
+//! 1. Storage objects under `chunks/` the database does not know are listed;
+//!    with `--repair` those older than the grace period are deleted (younger
+//!    ones may belong to an ingest about to record them).
+//! 2. Every chunk is read back: a missing object, a wrong length or a hash
+//!    mismatch makes it damaged.
+//! 3. Ready NARs listing a damaged chunk are marked broken (no longer served;
+//!    a re-upload of the same NAR repairs them), their chunk references are
+//!    released, and the damaged chunks are quarantined for GC. The affected
+//!    paths are reported per cache.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, SystemTime};
+
+use futures::TryStreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use larder_shared::chunk::{self, ChunkHash};
+use larder_shared::db::chunks::{BATCH, ChunkRecord};
+use larder_shared::db::{gc, verify};
+
+use crate::jobs::gc::hash_of_chunk_key;
+use crate::services::Services;
+
+/// What verify found and did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Chunk objects in storage the database does not know.
+    pub orphan_objects: Vec<String>,
+    /// Of those, how many were deleted (`--repair`, older than the grace period).
+    pub orphans_deleted: u64,
+    /// Chunks checked.
+    pub chunks_checked: u64,
+    /// Chunks missing or corrupt: (hash, problem).
+    pub damaged_chunks: Vec<(String, String)>,
+    /// NARs marked broken.
+    pub nars_marked_broken: u64,
+    /// Paths affected: (cache, store path).
+    pub affected_paths: Vec<(String, String)>,
+}
+
+/// Runs verify at `now` (Unix seconds).
+pub async fn run(svc: &Services, now: i64, repair: bool) -> anyhow::Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    find_orphans(svc, now, repair, &mut report).await?;
+    let damaged = check_chunks(svc, &mut report).await?;
+    if !damaged.is_empty() {
+        quarantine(svc, now, &damaged, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn find_orphans(
+    svc: &Services,
+    now: i64,
+    repair: bool,
+    report: &mut VerifyReport,
+) -> anyhow::Result<()> {
+    let grace = svc.config.garbage_collection.grace_period.get();
+    let now_t = SystemTime::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
+    let mut listing = svc.storage.list("chunks/");
+    let mut batch = Vec::new();
+    loop {
+        let next = listing.try_next().await?;
+        if let Some(meta) = &next {
+            if let Some(hash) = hash_of_chunk_key(meta.key.as_str()) {
+                batch.push((hash, meta.clone()));
+            } else {
+                report.orphan_objects.push(meta.key.as_str().to_owned());
+            }
+        }
+        if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
+            let hashes: Vec<ChunkHash> = batch.iter().map(|(h, _)| *h).collect();
+            let known: HashSet<ChunkHash> = {
+                let mut conn = svc.db.conn().await?;
+                gc::known_chunk_hashes(conn.raw(), &hashes)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
+            for (hash, meta) in batch.drain(..) {
+                if known.contains(&hash) {
+                    continue;
+                }
+                report.orphan_objects.push(meta.key.as_str().to_owned());
+                let old = now_t
+                    .duration_since(meta.last_modified)
+                    .is_ok_and(|age| age > grace);
+                if repair && old {
+                    svc.storage.delete(&meta.key).await?;
+                    report.orphans_deleted += 1;
+                }
+            }
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn check_one(svc: &Services, rec: &ChunkRecord) -> Option<String> {
+    let key = rec.hash.object_key();
+    let stream = match svc.storage.get(&key, None).await {
+        Ok(s) => s,
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    let parts: Vec<bytes::Bytes> = match stream.try_collect().await {
+        Ok(p) => p,
+        Err(e) => return Some(format!("read failed: {e}")),
+    };
+    let data = parts.concat();
+    if data.len() != rec.file_size as usize {
+        return Some(format!(
+            "{} bytes stored, {} recorded",
+            data.len(),
+            rec.file_size
+        ));
+    }
+    let raw = match chunk::decompress(&data, rec.chunk_size as usize) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("does not decompress: {e}")),
+    };
+    let actual = ChunkHash::from_slice(&Sha256::digest(&raw)).ok()?;
+    (actual != rec.hash).then(|| format!("content hashes to {actual}"))
+}
+
+async fn check_chunks(svc: &Services, report: &mut VerifyReport) -> anyhow::Result<Vec<i64>> {
+    let mut damaged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = {
+            let mut conn = svc.db.conn().await?;
+            verify::chunk_page(conn.raw(), after, 500).await?
+        };
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for rec in page.iter().filter(|r| r.pack_id.is_none()) {
+            report.chunks_checked += 1;
+            if let Some(problem) = check_one(svc, rec).await {
+                tracing::warn!(chunk = %rec.hash, problem, "damaged chunk");
+                report.damaged_chunks.push((rec.hash.to_string(), problem));
+                damaged.push(rec.id);
+            }
+        }
+    }
+    Ok(damaged)
+}
+
+async fn quarantine(
+    svc: &Services,
+    now: i64,
+    damaged: &[i64],
+    report: &mut VerifyReport,
+) -> anyhow::Result<()> {
+    let bad: HashSet<i64> = damaged.iter().copied().collect();
+    let mut broken = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = {
+            let mut conn = svc.db.conn().await?;
+            verify::ready_nar_page(conn.raw(), after, 500).await?
+        };
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        for (id, chunk_ids) in page {
+            if !chunk_ids.iter().any(|c| bad.contains(c)) {
+                continue;
+            }
+            let distinct: Vec<i64> = chunk_ids
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut tx = svc.db.begin().await?;
+            if verify::mark_broken(tx.raw(), id, now).await? {
+                for batch in distinct.chunks(BATCH) {
+                    gc::release_refs(tx.raw(), batch, now).await?;
+                }
+                tx.commit().await?;
+                broken.push(id);
+            }
+        }
+    }
+    let mut conn = svc.db.conn().await?;
+    for batch in damaged.chunks(BATCH) {
+        verify::quarantine_chunks(conn.raw(), batch).await?;
+    }
+    for batch in broken.chunks(BATCH) {
+        report
+            .affected_paths
+            .extend(verify::paths_of_nars(conn.raw(), batch).await?);
+    }
+    report.nars_marked_broken = broken.len() as u64;
+    Ok(())
+}
