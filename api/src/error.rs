@@ -96,7 +96,15 @@ impl IntoResponse for ApiError {
             error: kind,
             message,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 requires a challenge; Basic lets netrc-based clients answer it.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"larder\""),
+            );
+        }
+        response
     }
 }
 

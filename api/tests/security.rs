@@ -1204,6 +1204,34 @@ async fn attic_fixture_tokens_rs256_pkcs1_key() {
             .await;
         check_error(&resp, StatusCode::UNAUTHORIZED, "Unauthorized", why).unwrap();
     }
+    // Attic's tokens have no `jti`: revoking their subject revokes them
+    // (issued at their `nbf`), and no one else's.
+    app.revoke(&Revocation::subject_now("meow", unix_now() as u64))
+        .await;
+    let path = nar("x", 1);
+    let resp = app
+        .call(
+            Endpoint::NixCacheInfo,
+            "cache-ro",
+            &path,
+            &Auth::Basic(fixture("rs256-attic.jwt")),
+        )
+        .await;
+    check_error(
+        &resp,
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "token revoked",
+    )
+    .unwrap();
+    app.call(
+        Endpoint::Create,
+        "snyssen-x",
+        &path,
+        &Auth::Bearer(fixture("rs256-seed.jwt")),
+    )
+    .await
+    .assert_status(StatusCode::OK);
     app.teardown().await;
 }
 

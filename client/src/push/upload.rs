@@ -1,0 +1,124 @@
+//! Uploading one path: `nix-store --dump` streamed into `PUT
+//! /_api/v1/upload-path`, retried on transient failures.
+//!
+//! The NAR is never held in memory: the dump's stdout is the request body.
+//! A retry runs a fresh `nix-store --dump`, since the first stream is spent.
+//! A dump that fails is a local problem and is not retried.
+
+use futures::StreamExt as _;
+
+use larder_shared::CacheName;
+use larder_shared::nix::store_path::StoreDir;
+
+use crate::api::retry::Transient;
+use crate::api::types::{UploadKind, UploadPathNarInfo};
+use crate::api::{ApiClient, ApiError};
+use crate::nix::{Nix, NixError, PathInfo};
+
+use super::progress::PathProgress;
+
+/// Why a path could not be uploaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// `nix-store --dump` could not be started.
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    /// `nix-store --dump` failed while streaming.
+    #[error("{0}")]
+    Dump(String),
+    /// The server or the network failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl Transient for UploadError {
+    fn is_transient(&self) -> bool {
+        match self {
+            UploadError::Api(e) => e.is_transient(),
+            UploadError::Nix(_) | UploadError::Dump(_) => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            UploadError::Api(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// The upload metadata for `info` (CONTRACT.md wire format): references
+/// and deriver as base names, the NAR hash as `sha256:<hex>`.
+pub fn nar_info(cache: &CacheName, store_dir: &StoreDir, info: &PathInfo) -> UploadPathNarInfo {
+    UploadPathNarInfo {
+        cache: cache.to_string(),
+        store_path_hash: info.path.hash.to_string(),
+        store_path: info.path.to_absolute(store_dir),
+        references: info.references.iter().map(|r| r.to_string()).collect(),
+        system: None,
+        deriver: info.deriver.as_ref().map(|d| d.to_string()),
+        sigs: info.signatures.clone(),
+        ca: info.ca.clone(),
+        nar_hash: format!("sha256:{}", info.nar_hash.to_hex()),
+        nar_size: info.nar_size,
+    }
+}
+
+/// Uploads one path, retrying transient failures with the client's
+/// policy. Progress hears every byte sent and every retry.
+pub async fn upload(
+    api: &ApiClient,
+    nix: &Nix,
+    cache: &CacheName,
+    info: &PathInfo,
+    progress: &PathProgress,
+) -> Result<UploadKind, UploadError> {
+    let meta = nar_info(cache, nix.store_dir(), info);
+    api.retry_policy()
+        .run(
+            |e: &UploadError, wait| progress.retrying(e, wait),
+            |_| async {
+                progress.restart();
+                let (nar, failure) = nix.dump(&info.path)?.into_stream();
+                let nar = nar.inspect(|chunk| {
+                    if let Ok(bytes) = chunk {
+                        progress.sent(bytes.len() as u64);
+                    }
+                });
+                match api.upload_path(&meta, nar, info.nar_size).await {
+                    Ok(result) => Ok(result.kind),
+                    Err(e) => Err(match failure.get() {
+                        Some(message) => UploadError::Dump(message.to_owned()),
+                        None => UploadError::Api(e),
+                    }),
+                }
+            },
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::path_info;
+
+    #[test]
+    fn metadata_matches_the_wire_format() {
+        let json = r#"[{"path":"/nix/store/cwrdrf70cw4p2fapqgcpjivggac5bsy2-larder-top","narHash":"sha256-Vtw3fMqw3wzq09xUokDez2wt7t5qZOHPznWuUaoXjGg=","narSize":168,"references":["/nix/store/xhbc6lzki4v3dzq6wchbval4q4r5z28n-larder-dep"],"deriver":"/nix/store/pi94zwvcb4gr5aiq6xya2xgwd3fdsa7y-larder-top.drv","signatures":["k-1:sig"]}]"#;
+        let store = StoreDir::default();
+        let info = path_info::parse(&store, json).unwrap().remove(0);
+        let cache: CacheName = "c".parse().unwrap();
+        let meta = nar_info(&cache, &store, &info);
+        let v = serde_json::to_value(&meta).unwrap();
+        assert_eq!(v["cache"], "c");
+        assert_eq!(v["store_path_hash"], "cwrdrf70cw4p2fapqgcpjivggac5bsy2");
+        assert_eq!(v["store_path"], "/nix/store/cwrdrf70cw4p2fapqgcpjivggac5bsy2-larder-top");
+        assert_eq!(v["references"][0], "xhbc6lzki4v3dzq6wchbval4q4r5z28n-larder-dep");
+        assert_eq!(v["deriver"], "pi94zwvcb4gr5aiq6xya2xgwd3fdsa7y-larder-top.drv");
+        assert_eq!(v["sigs"][0], "k-1:sig");
+        assert_eq!(v["nar_size"], 168);
+        let hash = v["nar_hash"].as_str().unwrap();
+        assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64, "{hash}");
+        assert_eq!(hash.parse::<larder_shared::nix::hash::NarHash>().unwrap(), info.nar_hash);
+    }
+}
