@@ -18,15 +18,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Mode of the config file: it holds bearer tokens.
-pub const FILE_MODE: u32 = 0o600;
+use crate::files::{self, FileError};
 /// Environment variables consulted, in order, when a server has no token.
 pub const TOKEN_ENV_VARS: [&str; 2] = ["LARDER_TOKEN", "ATTIC_TOKEN"];
 
@@ -37,15 +33,8 @@ pub enum ConfigError {
     #[error("cannot locate the configuration directory: set XDG_CONFIG_HOME or HOME")]
     NoConfigDir,
     /// Reading or writing a file failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file involved.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file is not valid TOML of the expected shape.
     #[error("invalid configuration {path}: {source}")]
     Parse {
@@ -72,7 +61,9 @@ pub enum ConfigError {
     #[error("no server named {0:?} in the configuration; run `larder login {0} ENDPOINT TOKEN`")]
     NoSuchServer(String),
     /// No `SERVER:` prefix and no default server.
-    #[error("no default server; run `larder login NAME ENDPOINT TOKEN --set-default` or write SERVER:CACHE")]
+    #[error(
+        "no default server; run `larder login NAME ENDPOINT TOKEN --set-default` or write SERVER:CACHE"
+    )]
     NoDefaultServer,
 }
 
@@ -120,11 +111,16 @@ impl ServerConfig {
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        if let Some(token) = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             return Ok(Some(token.to_owned()));
         }
         if let Some(path) = &self.token_file {
-            let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            let text = std::fs::read_to_string(path).map_err(|source| FileError {
                 action: "reading token file",
                 path: path.clone(),
                 source,
@@ -190,17 +186,7 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
 impl Config {
     /// Reads `path`; a missing file is an empty configuration (first login).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(ConfigError::Io {
-                    action: "reading",
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
+        let text = files::read_or_empty(path)?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
@@ -212,7 +198,7 @@ impl Config {
     /// where the tokens are readable by others.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string_pretty(self)?;
-        write_private(path, text.as_bytes())
+        Ok(files::write_private(path, text.as_bytes())?)
     }
 
     /// Records a login. Returns whether the server became the default:
@@ -263,60 +249,11 @@ impl Config {
     }
 }
 
-/// Writes a file readable only by its owner, creating its directory (0700).
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
-    write_atomic(path, contents, FILE_MODE)
-}
-
-/// Writes `contents` to `path` through a temporary file in the same
-/// directory and a rename, with `mode` set before any byte is written.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), ConfigError> {
-    let io = |action: &'static str, p: &Path| {
-        let p = p.to_owned();
-        move |source| ConfigError::Io {
-            action,
-            path: p,
-            source,
-        }
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io("creating directory", dir))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "config".to_owned());
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        // The umask may have narrowed `mode`, or the file pre-existed.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io("setting permissions of", &tmp))?;
-        file.write_all(contents).map_err(io("writing", &tmp))?;
-        file.sync_all().map_err(io("syncing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("replacing", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -327,9 +264,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("larder").join("config.toml");
         let mut config = Config::default();
-        assert!(config
-            .login("local", "http://127.0.0.1:8080", Some("tok".into()), false)
-            .unwrap());
+        assert!(
+            config
+                .login("local", "http://127.0.0.1:8080", Some("tok".into()), false)
+                .unwrap()
+        );
         config.save(&path).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -398,7 +337,10 @@ mod tests {
         assert!(c.login("a", "ftp://a", None, false).is_err());
         assert!(c.login("a", "not a url", None, false).is_err());
         assert!(c.login("a", "http://a/?q=1", None, false).is_err());
-        assert!(c.login("a", "https://a.example/prefix/", None, false).is_ok());
+        assert!(
+            c.login("a", "https://a.example/prefix/", None, false)
+                .is_ok()
+        );
     }
 
     #[test]

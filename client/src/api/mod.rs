@@ -11,6 +11,7 @@ pub mod error;
 pub mod retry;
 pub mod types;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +45,8 @@ pub const MISSING_PATHS_BATCH: usize = 1000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time limit for establishing a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Interval of TCP keepalive probes.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Bytes of a non-JSON error body shown to the user.
 const ERROR_BODY_PREVIEW: usize = 512;
 
@@ -73,6 +76,9 @@ impl ApiClient {
         let http = reqwest::Client::builder()
             .user_agent(concat!("larder/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
+            // Uploads have no overall time limit; keepalive at least
+            // notices a peer that vanished.
+            .tcp_keepalive(TCP_KEEPALIVE)
             .build()
             .map_err(ApiError::Client)?;
         Ok(Self {
@@ -223,12 +229,14 @@ impl ApiClient {
             let resp: GetMissingPathsResponse = self
                 .run(true, Method::POST, "get-missing-paths", Some(&req))
                 .await?;
-            for h in resp.missing_paths {
-                // Only hashes we asked about count; anything else is noise.
-                if let Some(ours) = batch.iter().find(|b| b.as_str() == h) {
-                    missing.push(ours.clone());
-                }
-            }
+            // Only hashes we asked about count; anything else is noise.
+            let answer: HashSet<String> = resp.missing_paths.into_iter().collect();
+            missing.extend(
+                batch
+                    .iter()
+                    .filter(|h| answer.contains(h.as_str()))
+                    .cloned(),
+            );
         }
         Ok(missing)
     }

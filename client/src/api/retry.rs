@@ -123,7 +123,13 @@ mod tests {
                 |_: &Fail, _| retries.set(retries.get() + 1),
                 |attempt| {
                     calls.set(calls.get() + 1);
-                    async move { if attempt < 3 { Err(Fail(true)) } else { Ok(attempt) } }
+                    async move {
+                        if attempt < 3 {
+                            Err(Fail(true))
+                        } else {
+                            Ok(attempt)
+                        }
+                    }
                 },
             )
             .await;

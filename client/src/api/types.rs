@@ -99,14 +99,9 @@ pub struct UploadPathNarInfo {
 /// `PUT /_api/v1/upload-path` response.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UploadPathResult {
-    /// What the server did with the NAR.
+    /// What the server did with the NAR. (`file_size` and
+    /// `frac_deduplicated` are ignored: the summary counts by kind.)
     pub kind: UploadKind,
-    /// Bytes stored for the NAR, when known.
-    #[serde(default)]
-    pub file_size: Option<u64>,
-    /// Share of the NAR that was already stored.
-    #[serde(default)]
-    pub frac_deduplicated: Option<f64>,
 }
 
 /// Outcome of an upload.
@@ -168,7 +163,10 @@ mod tests {
 
     #[test]
     fn upload_result_kinds() {
-        let r: UploadPathResult = serde_json::from_str(r#"{"kind":"Deduplicated","file_size":3,"frac_deduplicated":1.0}"#).unwrap();
+        let r: UploadPathResult = serde_json::from_str(
+            r#"{"kind":"Deduplicated","file_size":3,"frac_deduplicated":1.0}"#,
+        )
+        .unwrap();
         assert_eq!(r.kind, UploadKind::Deduplicated);
         let r: UploadPathResult = serde_json::from_str(r#"{"kind":"Uploaded"}"#).unwrap();
         assert_eq!(r.kind, UploadKind::Uploaded);

@@ -253,14 +253,20 @@ mod tests {
         let infos = parse(&store(), NIX_NEW).unwrap();
         assert_eq!(infos.len(), 1);
         let hello = &infos[0];
-        assert_eq!(hello.path.to_string(), "xcp9cav49dmsjbwdjlmkjxj10gkpx553-hello-2.10");
+        assert_eq!(
+            hello.path.to_string(),
+            "xcp9cav49dmsjbwdjlmkjxj10gkpx553-hello-2.10"
+        );
         assert_eq!(hello.nar_size, 206104);
         assert_eq!(
             hello.nar_hash.to_string(),
             "sha256:16mvl7v0ylzcg2n3xzjn41qhzbmgcn5iyarx16nn5l2r36n2kqci"
         );
         assert_eq!(hello.references.len(), 2);
-        assert_eq!(hello.signer_names().collect::<Vec<_>>(), ["cache.nixos.org-1"]);
+        assert_eq!(
+            hello.signer_names().collect::<Vec<_>>(),
+            ["cache.nixos.org-1"]
+        );
         assert_eq!(hello.ca, None);
     }
 
@@ -284,7 +290,10 @@ mod tests {
             Err(PathInfoError::NotValid(p)) if p.ends_with("-x")
         ));
         let new = r#"{"/nix/store/00000000000000000000000000000000-x": null}"#;
-        assert!(matches!(parse(&store(), new), Err(PathInfoError::NotValid(_))));
+        assert!(matches!(
+            parse(&store(), new),
+            Err(PathInfoError::NotValid(_))
+        ));
     }
 
     #[test]
@@ -302,9 +311,15 @@ mod tests {
         let no_size = r#"[{"path":"/nix/store/00000000000000000000000000000000-x","narHash":"sha256-Vtw3fMqw3wzq09xUokDez2wt7t5qZOHPznWuUaoXjGg=","references":[]}]"#;
         assert!(matches!(
             parse(&store(), no_size),
-            Err(PathInfoError::MissingField { field: "narSize", .. })
+            Err(PathInfoError::MissingField {
+                field: "narSize",
+                ..
+            })
         ));
         assert!(matches!(parse(&store(), "42"), Err(PathInfoError::Shape)));
-        assert!(matches!(parse(&store(), "nope"), Err(PathInfoError::Json(_))));
+        assert!(matches!(
+            parse(&store(), "nope"),
+            Err(PathInfoError::Json(_))
+        ));
     }
 }

@@ -21,7 +21,11 @@ pub async fn collect(
     with_closure: bool,
     seen: &mut HashSet<StorePath>,
 ) -> Result<Vec<PathInfo>, NixError> {
-    let roots: Vec<StorePath> = roots.iter().filter(|p| !seen.contains(*p)).cloned().collect();
+    let roots: Vec<StorePath> = roots
+        .iter()
+        .filter(|p| !seen.contains(*p))
+        .cloned()
+        .collect();
     if roots.is_empty() {
         return Ok(Vec::new());
     }
@@ -29,7 +33,10 @@ pub async fn collect(
         nix.closure(&roots).await?
     } else {
         let mut unique = BTreeSet::new();
-        roots.into_iter().filter(|p| unique.insert(p.clone())).collect()
+        roots
+            .into_iter()
+            .filter(|p| unique.insert(p.clone()))
+            .collect()
     };
     let fresh: Vec<StorePath> = paths.into_iter().filter(|p| !seen.contains(p)).collect();
     if fresh.is_empty() {
@@ -95,7 +102,12 @@ mod tests {
     /// A path named `name` (hash derived from the name) referring to `refs`.
     fn info(name: &str, refs: &[&str]) -> PathInfo {
         let path = |n: &str| {
-            let hash: String = n.chars().cycle().filter(|c| c.is_ascii_lowercase() && !"eotu".contains(*c)).take(32).collect();
+            let hash: String = n
+                .chars()
+                .cycle()
+                .filter(|c| c.is_ascii_lowercase() && !"eotu".contains(*c))
+                .take(32)
+                .collect();
             format!("/nix/store/{hash}-{n}")
         };
         let json = serde_json::json!([{

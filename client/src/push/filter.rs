@@ -89,7 +89,10 @@ mod tests {
     #[test]
     fn drops_paths_signed_by_an_upstream_key() {
         let filter = UpstreamFilter::new(["cache.nixos.org-1".to_owned()]);
-        let upstream = info("xcp9cav49dmsjbwdjlmkjxj10gkpx553-hello-2.10", &[OWN_SIG, NIXOS_SIG]);
+        let upstream = info(
+            "xcp9cav49dmsjbwdjlmkjxj10gkpx553-hello-2.10",
+            &[OWN_SIG, NIXOS_SIG],
+        );
         let local = info("563528481rvhc5kxwipjmg6rqrl95mdx-mine", &[OWN_SIG]);
         let unsigned = info("cwrdrf70cw4p2fapqgcpjivggac5bsy2-larder-top", &[]);
         assert!(filter.is_upstream(&upstream));

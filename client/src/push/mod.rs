@@ -185,8 +185,10 @@ impl Pusher<'_> {
                 }
             }
             if let Err(e) = self.push_batch(&roots).await {
-                self.progress
-                    .warn(&format!("failed to push {} paths from stdin: {e}", roots.len()));
+                self.progress.warn(&format!(
+                    "failed to push {} paths from stdin: {e}",
+                    roots.len()
+                ));
                 self.summary.failed += roots.len();
             }
         }

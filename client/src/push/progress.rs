@@ -46,7 +46,9 @@ impl Progress {
         let bars = terminal.then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let paths = multi.add(ProgressBar::new(0));
-            paths.set_style(style("{spinner} {pos}/{len} paths [{elapsed_precise}] {msg}"));
+            paths.set_style(style(
+                "{spinner} {pos}/{len} paths [{elapsed_precise}] {msg}",
+            ));
             paths.enable_steady_tick(TICK);
             let bytes = multi.add(ProgressBar::new(0));
             bytes.set_style(style(
@@ -90,11 +92,13 @@ impl Progress {
             bar
         });
         PathProgress {
-            progress: self.clone(),
-            bar,
-            path: info.path.to_absolute(&self.store_dir),
-            sent: AtomicU64::new(0),
-            started: Mutex::new(Instant::now()),
+            inner: Arc::new(PathState {
+                progress: self.clone(),
+                bar,
+                path: info.path.to_absolute(&self.store_dir),
+                sent: AtomicU64::new(0),
+                started: Mutex::new(Instant::now()),
+            }),
         }
     }
 
@@ -106,7 +110,10 @@ impl Progress {
     }
 
     fn take_bytes(&self, n: u64) {
-        let total = self.bytes_sent.fetch_sub(n, Ordering::Relaxed).saturating_sub(n);
+        let total = self
+            .bytes_sent
+            .fetch_sub(n, Ordering::Relaxed)
+            .saturating_sub(n);
         if let Some(b) = &self.bars {
             b.bytes.set_position(total);
         }
@@ -122,8 +129,13 @@ impl Progress {
     }
 }
 
-/// Progress of one upload.
+/// Progress of one upload; clones share it (the NAR stream holds one).
+#[derive(Clone)]
 pub struct PathProgress {
+    inner: Arc<PathState>,
+}
+
+struct PathState {
     progress: Arc<Progress>,
     bar: Option<ProgressBar>,
     path: String,
@@ -134,53 +146,56 @@ pub struct PathProgress {
 impl PathProgress {
     /// `n` more NAR bytes went out.
     pub fn sent(&self, n: u64) {
-        self.sent.fetch_add(n, Ordering::Relaxed);
-        self.progress.add_bytes(n);
-        if let Some(bar) = &self.bar {
+        let s = &self.inner;
+        s.sent.fetch_add(n, Ordering::Relaxed);
+        s.progress.add_bytes(n);
+        if let Some(bar) = &s.bar {
             bar.inc(n);
         }
     }
 
     /// A new attempt starts: the previous one's bytes no longer count.
     pub fn restart(&self) {
-        let previous = self.sent.swap(0, Ordering::Relaxed);
-        self.progress.take_bytes(previous);
-        if let Some(bar) = &self.bar {
+        let s = &self.inner;
+        let previous = s.sent.swap(0, Ordering::Relaxed);
+        s.progress.take_bytes(previous);
+        if let Some(bar) = &s.bar {
             bar.set_position(0);
         }
-        if let Ok(mut started) = self.started.lock() {
+        if let Ok(mut started) = s.started.lock() {
             *started = Instant::now();
         }
     }
 
     /// A transient failure that will be retried after `wait`.
     pub fn retrying(&self, error: &UploadError, wait: Duration) {
-        self.progress.warn(&format!(
+        self.inner.progress.warn(&format!(
             "retrying {} in {}: {error}",
-            self.path,
+            self.inner.path,
             humantime::format_duration(wait)
         ));
     }
 
     /// The upload ended: counts it and, without bars, prints its line.
-    pub fn done(self, result: &Result<UploadKind, UploadError>) {
-        if let Some(bar) = &self.bar {
+    pub fn done(&self, result: &Result<UploadKind, UploadError>) {
+        let s = &self.inner;
+        if let Some(bar) = &s.bar {
             bar.finish_and_clear();
-            if let Some(b) = &self.progress.bars {
+            if let Some(b) = &s.progress.bars {
                 b.multi.remove(bar);
             }
         }
-        if let Some(b) = &self.progress.bars {
+        if let Some(b) = &s.progress.bars {
             b.paths.inc(1);
         }
         match result {
-            Err(e) => self.progress.warn(&format!("failed {}: {e}", self.path)),
-            Ok(kind) if self.progress.bars.is_none() => {
-                let bytes = self.sent.load(Ordering::Relaxed);
-                let secs = self
+            Err(e) => s.progress.warn(&format!("failed {}: {e}", s.path)),
+            Ok(kind) if s.progress.bars.is_none() => {
+                let bytes = s.sent.load(Ordering::Relaxed);
+                let secs = s
                     .started
                     .lock()
-                    .map(|s| s.elapsed().as_secs_f64())
+                    .map(|t| t.elapsed().as_secs_f64())
                     .unwrap_or_default();
                 let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
                 let verb = match kind {
@@ -189,7 +204,7 @@ impl PathProgress {
                 };
                 println!(
                     "{verb} {} ({}, {}/s)",
-                    self.path,
+                    s.path,
                     HumanBytes(bytes),
                     HumanBytes(rate as u64)
                 );

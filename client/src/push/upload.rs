@@ -80,9 +80,10 @@ pub async fn upload(
             |_| async {
                 progress.restart();
                 let (nar, failure) = nix.dump(&info.path)?.into_stream();
-                let nar = nar.inspect(|chunk| {
+                let counter = progress.clone();
+                let nar = nar.inspect(move |chunk| {
                     if let Ok(bytes) = chunk {
-                        progress.sent(bytes.len() as u64);
+                        counter.sent(bytes.len() as u64);
                     }
                 });
                 match api.upload_path(&meta, nar, info.nar_size).await {
@@ -112,13 +113,28 @@ mod tests {
         let v = serde_json::to_value(&meta).unwrap();
         assert_eq!(v["cache"], "c");
         assert_eq!(v["store_path_hash"], "cwrdrf70cw4p2fapqgcpjivggac5bsy2");
-        assert_eq!(v["store_path"], "/nix/store/cwrdrf70cw4p2fapqgcpjivggac5bsy2-larder-top");
-        assert_eq!(v["references"][0], "xhbc6lzki4v3dzq6wchbval4q4r5z28n-larder-dep");
-        assert_eq!(v["deriver"], "pi94zwvcb4gr5aiq6xya2xgwd3fdsa7y-larder-top.drv");
+        assert_eq!(
+            v["store_path"],
+            "/nix/store/cwrdrf70cw4p2fapqgcpjivggac5bsy2-larder-top"
+        );
+        assert_eq!(
+            v["references"][0],
+            "xhbc6lzki4v3dzq6wchbval4q4r5z28n-larder-dep"
+        );
+        assert_eq!(
+            v["deriver"],
+            "pi94zwvcb4gr5aiq6xya2xgwd3fdsa7y-larder-top.drv"
+        );
         assert_eq!(v["sigs"][0], "k-1:sig");
         assert_eq!(v["nar_size"], 168);
         let hash = v["nar_hash"].as_str().unwrap();
-        assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64, "{hash}");
-        assert_eq!(hash.parse::<larder_shared::nix::hash::NarHash>().unwrap(), info.nar_hash);
+        assert!(
+            hash.starts_with("sha256:") && hash.len() == 7 + 64,
+            "{hash}"
+        );
+        assert_eq!(
+            hash.parse::<larder_shared::nix::hash::NarHash>().unwrap(),
+            info.nar_hash
+        );
     }
 }

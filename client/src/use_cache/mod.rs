@@ -19,6 +19,7 @@ use larder_shared::nix::signing::{PublicKey, SigningError};
 
 use crate::api::{ApiClient, ApiError};
 use crate::config::{self, ConfigError};
+use crate::files::{self, FileError};
 use nix_conf::NixConf;
 
 /// Overrides the nix.conf to edit (tests, unusual set-ups).
@@ -38,9 +39,12 @@ pub enum UseError {
     /// The server refused or failed.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The configuration directory is unknown.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Reading or writing a file failed.
     #[error(transparent)]
-    File(#[from] ConfigError),
+    File(#[from] FileError),
     /// The server's answer lacks a field Nix needs.
     #[error("the server did not return the cache's {0}")]
     Missing(&'static str),
@@ -51,10 +55,14 @@ pub enum UseError {
     #[error("cannot find the host of substituter {0}")]
     NoHost(String),
     /// A private cache, and no token to give Nix.
-    #[error("cache {0} is private and no token is configured (larder login … TOKEN, or LARDER_TOKEN)")]
+    #[error(
+        "cache {0} is private and no token is configured (larder login … TOKEN, or LARDER_TOKEN)"
+    )]
     NoToken(CacheName),
     /// The file is a symlink (home-manager, NixOS): editing would replace it.
-    #[error("{path} is a symbolic link, probably managed by NixOS or home-manager; add these lines there instead:\n{lines}")]
+    #[error(
+        "{path} is a symbolic link, probably managed by NixOS or home-manager; add these lines there instead:\n{lines}"
+    )]
     Managed {
         /// The file.
         path: PathBuf,
@@ -79,7 +87,11 @@ impl Targets {
     /// The user's files (`$XDG_CONFIG_HOME/nix/…`) or, with `system`,
     /// `/etc/nix/…`; `LARDER_NIX_CONF` and `LARDER_NETRC` override.
     pub fn from_env(system: bool) -> Result<Self, ConfigError> {
-        let env_path = |var| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env_path = |var| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let (conf, netrc) = if system {
             (PathBuf::from(SYSTEM_NIX_CONF), PathBuf::from(SYSTEM_NETRC))
         } else {
@@ -125,7 +137,7 @@ pub async fn run(
     let key = key.to_string();
     let private = !cfg.is_public.unwrap_or(false);
 
-    let mut conf = NixConf::parse(&read_or_empty(&targets.nix_conf)?);
+    let mut conf = NixConf::parse(&files::read_or_empty(&targets.nix_conf)?);
     let mut changed = conf.add_substituter(&substituter);
     changed |= conf.add_trusted_key(&key);
     let mut report = Report {
@@ -144,36 +156,32 @@ pub async fn run(
             .clone()
             .or_else(|| conf.get("netrc-file").map(PathBuf::from))
             .unwrap_or_else(|| targets.default_netrc.clone());
-        let (text, netrc_changed) = netrc::upsert(&read_or_empty(&netrc_path)?, &host, token);
+        let (text, netrc_changed) =
+            netrc::upsert(&files::read_or_empty(&netrc_path)?, &host, token);
         if netrc_changed {
             refuse_symlink(&netrc_path, &netrc::entry(&host, "<token>"))?;
-            config::write_private(&netrc_path, text.as_bytes())?;
+            files::write_private(&netrc_path, text.as_bytes())?;
             report.netrc_changed = Some(netrc_path.clone());
         }
         changed |= conf.set("netrc-file", &netrc_path.to_string_lossy());
     }
     if changed {
+        let mut manual = format!(
+            "extra-substituters = {}\nextra-trusted-public-keys = {}",
+            report.substituter, report.public_key
+        );
+        if let Some(netrc_file) = conf.get("netrc-file").filter(|_| private) {
+            manual.push_str(&format!("\nnetrc-file = {netrc_file}"));
+        }
+        refuse_symlink(&targets.nix_conf, &manual)?;
         let wanted = conf.render();
-        refuse_symlink(&targets.nix_conf, &wanted)?;
         let mode = fs::metadata(&targets.nix_conf)
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(NIX_CONF_MODE);
-        config::write_atomic(&targets.nix_conf, wanted.as_bytes(), mode)?;
+        files::write_atomic(&targets.nix_conf, wanted.as_bytes(), mode)?;
         report.nix_conf_changed = Some(targets.nix_conf.clone());
     }
     Ok(report)
-}
-
-fn read_or_empty(path: &Path) -> Result<String, ConfigError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(source) => Err(ConfigError::Io {
-            action: "reading",
-            path: path.to_owned(),
-            source,
-        }),
-    }
 }
 
 fn refuse_symlink(path: &Path, lines: &str) -> Result<(), UseError> {

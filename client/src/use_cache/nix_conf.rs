@@ -62,9 +62,9 @@ impl NixConf {
         self.lines
             .iter()
             .filter_map(|l| setting(l))
-            .filter(|(n, _)| *n == name)
+            .rev()
+            .find(|(n, _)| *n == name)
             .map(|(_, v)| v.join(" "))
-            .last()
     }
 
     /// Sets single-valued `name`: rewrites its last line when the value
@@ -75,9 +75,7 @@ impl NixConf {
             .iter()
             .rposition(|l| setting(l).is_some_and(|(n, _)| n == name));
         match last {
-            Some(i) if setting(&self.lines[i]).is_some_and(|(_, v)| v.join(" ") == value) => {
-                false
-            }
+            Some(i) if setting(&self.lines[i]).is_some_and(|(_, v)| v.join(" ") == value) => false,
             Some(i) => {
                 self.lines[i] = format!("{name} = {value}");
                 true
@@ -116,7 +114,8 @@ impl NixConf {
             let stale = |v: &str| v.split_once(':').is_some_and(|(n, _)| n == key_name);
             self.remove_values("extra-trusted-public-keys", stale);
         }
-        self.lines.push(format!("extra-trusted-public-keys = {key}"));
+        self.lines
+            .push(format!("extra-trusted-public-keys = {key}"));
         true
     }
 
@@ -158,7 +157,8 @@ mod tests {
 
     #[test]
     fn adds_once_and_keeps_the_rest() {
-        let original = "# my settings\nsubstituters = https://cache.nixos.org # main\nmax-jobs = 4\n";
+        let original =
+            "# my settings\nsubstituters = https://cache.nixos.org # main\nmax-jobs = 4\n";
         let mut conf = NixConf::parse(original);
         assert!(conf.add_substituter(URL));
         assert!(conf.add_trusted_key(KEY));
