@@ -27,6 +27,14 @@ pub enum Command {
     /// Create, configure, inspect, list or destroy caches.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Pin a path: it and its closure in the cache never expire.
+    Pin(PinArgs),
+    /// Remove a pin.
+    Unpin(UnpinArgs),
+    /// List a cache's pins.
+    Pins(PinsArgs),
+    /// Remove a path from a cache now (needs the `d` permission).
+    Delete(DeleteArgs),
 }
 
 /// `larder login`.
@@ -264,4 +272,40 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["larder", "push", "bad name", "/x"]).is_err());
     }
+}
+
+/// `larder pin CACHE NAME PATH`.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The cache, `[SERVER:]CACHE`.
+    pub cache: CacheRef,
+    /// Pin name (moving an existing pin to the new path).
+    pub name: String,
+    /// Store path, or a link to one such as ./result.
+    pub path: PathBuf,
+}
+
+/// `larder unpin CACHE NAME`.
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    /// The cache, `[SERVER:]CACHE`.
+    pub cache: CacheRef,
+    /// Pin name.
+    pub name: String,
+}
+
+/// `larder pins CACHE`.
+#[derive(Debug, Args)]
+pub struct PinsArgs {
+    /// The cache, `[SERVER:]CACHE`.
+    pub cache: CacheRef,
+}
+
+/// `larder delete CACHE PATH`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The cache, `[SERVER:]CACHE`.
+    pub cache: CacheRef,
+    /// Store path, or a link to one such as ./result.
+    pub path: PathBuf,
 }

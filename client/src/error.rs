@@ -25,6 +25,9 @@ pub enum Error {
     /// `larder use`.
     #[error(transparent)]
     Use(#[from] UseError),
+    /// `larder pin`, `unpin`, `pins`, `delete`.
+    #[error(transparent)]
+    Pin(#[from] crate::pins::PinError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

@@ -13,6 +13,7 @@ mod error;
 mod files;
 mod login;
 mod nix;
+mod pins;
 mod push;
 mod session;
 mod use_cache;
@@ -74,6 +75,31 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
         }
         Command::Cache(command) => run_cache(command).await?,
+        Command::Pin(args) => {
+            let session = Session::open(args.cache.server.as_deref())?;
+            let path = pins::pin(&session.api, &args.cache.cache, &args.name, &args.path).await?;
+            println!("Pinned {path} as {:?} in {}.", args.name, args.cache);
+        }
+        Command::Unpin(args) => {
+            let session = Session::open(args.cache.server.as_deref())?;
+            session
+                .api
+                .remove_pin(&args.cache.cache, &args.name)
+                .await?;
+            println!("Removed pin {:?} from {}.", args.name, args.cache);
+        }
+        Command::Pins(args) => {
+            let session = Session::open(args.cache.server.as_deref())?;
+            print!(
+                "{}",
+                pins::render(&session.api.list_pins(&args.cache.cache).await?)
+            );
+        }
+        Command::Delete(args) => {
+            let session = Session::open(args.cache.server.as_deref())?;
+            let path = pins::delete(&session.api, &args.cache.cache, &args.path).await?;
+            println!("Deleted {path} from {}.", args.cache);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

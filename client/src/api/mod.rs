@@ -207,6 +207,57 @@ impl ApiClient {
         self.run_empty(Method::DELETE, &path, None).await
     }
 
+    /// `GET /_api/v1/caches/{cache}/pins` (needs `r`).
+    pub async fn list_pins(&self, cache: &CacheName) -> Result<Vec<crate::pins::Pin>, ApiError> {
+        let path = format!("caches/{cache}/pins");
+        self.run(true, Method::GET, &path, None::<&()>).await
+    }
+
+    /// `PUT /_api/v1/caches/{cache}/pins/{name}` (needs `w`).
+    pub async fn set_pin(
+        &self,
+        cache: &CacheName,
+        name: &str,
+        store_path: &str,
+    ) -> Result<(), ApiError> {
+        let (call, mut rb) = self.call(Method::PUT, &format!("caches/{cache}/pins/{name}"))?;
+        rb = rb
+            .timeout(CALL_TIMEOUT)
+            .json(&serde_json::json!({ "store_path": store_path }));
+        Self::send(&call, rb).await.map(drop)
+    }
+
+    /// `DELETE /_api/v1/caches/{cache}/pins/{name}` (needs `w`).
+    pub async fn remove_pin(&self, cache: &CacheName, name: &str) -> Result<(), ApiError> {
+        let (call, rb) = self.call(Method::DELETE, &format!("caches/{cache}/pins/{name}"))?;
+        Self::send(&call, rb.timeout(CALL_TIMEOUT)).await.map(drop)
+    }
+
+    /// `DELETE /{cache}/{hash}.narinfo` (needs `d`): removes a path now.
+    pub async fn delete_path(
+        &self,
+        cache: &CacheName,
+        hash: &StorePathHash,
+    ) -> Result<(), ApiError> {
+        let url = format!("{}/{cache}/{hash}.narinfo", self.base);
+        let parsed = reqwest::Url::parse(&url).map_err(|source| ApiError::Url {
+            url: url.clone(),
+            source,
+        })?;
+        let mut rb = self
+            .http
+            .request(Method::DELETE, parsed)
+            .timeout(CALL_TIMEOUT);
+        if let Some(token) = &self.token {
+            rb = rb.bearer_auth(token);
+        }
+        let call = Call {
+            method: Method::DELETE,
+            url,
+        };
+        Self::send(&call, rb).await.map(drop)
+    }
+
     /// `GET /_api/v1/caches`. Its body shape is not fixed by the contract
     /// yet, so it is returned as JSON for the caller to render.
     pub async fn list_caches(&self) -> Result<serde_json::Value, ApiError> {
