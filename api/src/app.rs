@@ -9,7 +9,9 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-use crate::routes::{binary_cache, cache_config, caches, health, missing_paths, upload_path};
+use crate::routes::{
+    binary_cache, cache_config, caches, health, missing_paths, nix_upload, upload_path,
+};
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -51,11 +53,21 @@ pub fn router(state: AppState) -> Router {
         .route("/_health", get(health::health))
         .route("/_ready", get(health::ready))
         .nest("/_api/v1", api)
-        .route("/{cache}/nix-cache-info", get(binary_cache::nix_cache_info))
-        .route("/{cache}/nar/{file}", get(binary_cache::nar))
+        .route(
+            "/{cache}/nix-cache-info",
+            get(binary_cache::nix_cache_info).put(nix_upload::put_nix_cache_info),
+        )
+        .route(
+            "/{cache}/nar/{file}",
+            get(binary_cache::nar)
+                .head(nix_upload::head_nar)
+                .put(nix_upload::put_nar),
+        )
         .route(
             "/{cache}/{file}",
-            get(binary_cache::cache_file).delete(binary_cache::delete_file),
+            get(binary_cache::cache_file)
+                .put(nix_upload::put_cache_file)
+                .delete(binary_cache::delete_file),
         )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -15,7 +15,7 @@
 
 #[allow(dead_code)]
 mod common;
-#[path = "security_support.rs"]
+#[path = "security_support/mod.rs"]
 mod support;
 
 use std::panic::{AssertUnwindSafe, resume_unwind};

@@ -98,5 +98,6 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
             "deleted abandoned staging objects"
         );
     }
+    crate::jobs::nix_uploads::sweep(svc, now).await?;
     Ok(report)
 }

@@ -19,6 +19,7 @@ use larder_shared::storage::{ObjectKey, StorageError};
 use crate::auth::{CacheAccess, Delete, Pull, PullOrPush};
 use crate::error::{ApiError, ApiResult};
 use crate::nar_reader::{self, Representation};
+use crate::routes::nix_upload;
 use crate::state::AppState;
 
 /// `GET /{cache}/nix-cache-info`.
@@ -43,6 +44,9 @@ pub async fn cache_file(
             .parse()
             .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))?;
         return narinfo(&state, &access, &hash, method == Method::HEAD).await;
+    }
+    if let Some(hash) = file.strip_suffix(".ls") {
+        return crate::routes::listing::get(&state, &access, hash).await;
     }
     Err(ApiError::NotFound)
 }
@@ -181,13 +185,16 @@ pub async fn nar(
     } else if let Some(h) = file.strip_suffix(".nar") {
         (h, Representation::Plain)
     } else {
-        return Err(ApiError::NoSuchObject);
+        // An uploader's URL (`nix copy`): `<filehash>.nar.xz` and the like.
+        return nix_upload::serve_upload(&state, &access.cache, &file).await;
     };
     let nar_hash = NarHash::from_base32_bare(hash).map_err(|_| ApiError::NoSuchObject)?;
     let mut conn = state.db.conn().await?;
-    let nar = objects::nar_in_cache(conn.raw(), access.cache.id, &nar_hash)
-        .await?
-        .ok_or(ApiError::NoSuchObject)?;
+    let Some(nar) = objects::nar_in_cache(conn.raw(), access.cache.id, &nar_hash).await? else {
+        // Not a NAR hash of this cache: maybe an uploader's file hash.
+        drop(conn);
+        return nix_upload::serve_upload(&state, &access.cache, &file).await;
+    };
     drop(conn);
     state.access.nar(access.cache.id, nar.id);
     serve_nar(&state, nar, repr).await

@@ -4,5 +4,8 @@ pub mod binary_cache;
 pub mod cache_config;
 pub mod caches;
 pub mod health;
+pub mod listing;
 pub mod missing_paths;
+pub mod nix_narinfo;
+pub mod nix_upload;
 pub mod upload_path;

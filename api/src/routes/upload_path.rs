@@ -17,15 +17,15 @@ use tracing::instrument;
 
 use larder_shared::CacheName;
 use larder_shared::db::nars::{self, NarState};
-use larder_shared::db::objects::{self, ObjectMeta};
+use larder_shared::db::objects::ObjectMeta;
 use larder_shared::db::unix_now;
-use larder_shared::jobs;
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
 use larder_shared::storage::ObjectKey;
 
 use crate::auth::{Credentials, Need, Push};
 use crate::error::{ApiError, ApiResult};
+use crate::record;
 use crate::staging::{self, Expected};
 use crate::state::AppState;
 
@@ -246,7 +246,9 @@ pub async fn upload_path(
     if let Some(nar) = existing {
         staging::prove_possession(body, v.expected).await?;
         let mut tx = state.db.begin().await?;
-        objects::upsert(tx.raw(), cache.id, &v.hash, nar.id, &v.meta, now).await?;
+        record::link_existing(&mut tx, &v.path(cache.id), nar.id, now)
+            .await?
+            .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
         tx.commit().await?;
         tracing::info!(nar_id = nar.id, "linked existing NAR");
         return Ok(Json(UploadPathResult {
@@ -284,8 +286,9 @@ pub fn staging_key() -> ApiResult<ObjectKey> {
     ObjectKey::new(format!("staging/{id}.nar")).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// Records NAR, object and job in one transaction. Returns false when the
-/// NAR row already existed (our staged copy is then not needed).
+/// Records NAR, object and job in one transaction ([`record::record_staged`]).
+/// Returns false when the NAR row already existed (our staged copy is then
+/// not needed).
 async fn record_staged(
     state: &AppState,
     cache_id: i64,
@@ -294,24 +297,19 @@ async fn record_staged(
     now: i64,
 ) -> ApiResult<bool> {
     let mut tx = state.db.begin().await?;
-    let size = v.expected.nar_size as i64;
-    let (nar_id, inserted) =
-        match nars::insert_staged(tx.raw(), &v.expected.nar_hash, size, key.as_str(), now).await? {
-            Some(id) => (id, true),
-            None => {
-                let nar = nars::find_by_hash(tx.raw(), &v.expected.nar_hash)
-                    .await?
-                    .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
-                // A broken NAR is repaired by this fresh, verified copy.
-                let repaired = nar.state == NarState::Broken
-                    && nars::restage(tx.raw(), nar.id, key.as_str(), now).await?;
-                (nar.id, repaired)
-            }
-        };
-    objects::upsert(tx.raw(), cache_id, &v.hash, nar_id, &v.meta, now).await?;
-    if inserted {
-        jobs::enqueue_ingest(tx.raw(), &[nar_id]).await?;
-    }
+    let recorded = record::record_staged(&mut tx, &v.path(cache_id), key, now).await?;
     tx.commit().await?;
-    Ok(inserted)
+    Ok(recorded.used_staged_copy)
+}
+
+impl Validated {
+    fn path(&self, cache_id: i64) -> record::NewPath<'_> {
+        record::NewPath {
+            cache_id,
+            hash: &self.hash,
+            meta: &self.meta,
+            nar_hash: &self.expected.nar_hash,
+            nar_size: self.expected.nar_size,
+        }
+    }
 }

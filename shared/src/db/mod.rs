@@ -15,6 +15,7 @@ pub mod objects;
 pub mod pins;
 pub mod stats;
 pub mod tokens;
+pub mod uploads;
 pub mod verify;
 
 use std::str::FromStr;

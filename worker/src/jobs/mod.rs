@@ -2,4 +2,5 @@
 
 pub mod gc;
 pub mod ingest;
+pub mod nix_uploads;
 pub mod verify;

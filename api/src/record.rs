@@ -1,0 +1,95 @@
+//! Recording a pushed store path, the one transaction shape every upload
+//! route shares (Attic's `upload-path`, and the narinfo PUT of stock
+//! `nix copy`): the NAR row (a fresh staged copy, or a NAR already stored),
+//! the object with the uploader's metadata, and the ingest job when the
+//! staged copy is the one to ingest. The caller owns the transaction, so it
+//! can record more in it (the uploader's URL) before committing.
+
+use larder_shared::db::Tx;
+use larder_shared::db::nars::{self, NarState};
+use larder_shared::db::objects::{self, ObjectMeta};
+use larder_shared::jobs;
+use larder_shared::nix::hash::NarHash;
+use larder_shared::nix::store_path::StorePathHash;
+use larder_shared::storage::ObjectKey;
+
+use crate::error::{ApiError, ApiResult};
+
+/// A store path to record in a cache.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPath<'a> {
+    /// The cache.
+    pub cache_id: i64,
+    /// Hash part of the store path.
+    pub hash: &'a StorePathHash,
+    /// What narinfo serves besides the NAR fields (signatures included).
+    pub meta: &'a ObjectMeta,
+    /// The verified NAR hash.
+    pub nar_hash: &'a NarHash,
+    /// The verified NAR size.
+    pub nar_size: u64,
+}
+
+/// What [`record_staged`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The object's row id.
+    pub object_id: i64,
+    /// The NAR's row id.
+    pub nar_id: i64,
+    /// False when the NAR row already existed: the caller's staged copy is
+    /// surplus, to delete once the transaction has committed.
+    pub used_staged_copy: bool,
+}
+
+/// Records the path with a freshly staged, verified copy of its NAR at `key`:
+/// a new NAR row and its ingest job, or, when another upload of the same NAR
+/// won, a link to that row (a broken NAR is repaired by the fresh copy).
+pub async fn record_staged(
+    tx: &mut Tx,
+    path: &NewPath<'_>,
+    key: &ObjectKey,
+    now: i64,
+) -> ApiResult<Recorded> {
+    let size = path.nar_size as i64;
+    let (nar_id, used) =
+        match nars::insert_staged(tx.raw(), path.nar_hash, size, key.as_str(), now).await? {
+            Some(id) => (id, true),
+            None => {
+                let nar = nars::find_by_hash(tx.raw(), path.nar_hash)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
+                // A broken NAR is repaired by this fresh, verified copy.
+                let repaired = nar.state == NarState::Broken
+                    && nars::restage(tx.raw(), nar.id, key.as_str(), now).await?;
+                (nar.id, repaired)
+            }
+        };
+    let object_id =
+        objects::upsert(tx.raw(), path.cache_id, path.hash, nar_id, path.meta, now).await?;
+    if used {
+        jobs::enqueue_ingest(tx.raw(), &[nar_id]).await?;
+    }
+    Ok(Recorded {
+        object_id,
+        nar_id,
+        used_staged_copy: used,
+    })
+}
+
+/// Records the path as a link to a NAR the store already has (the uploader
+/// proved possession). Touches the NAR so GC, which deletes only orphans
+/// untouched for its grace period, leaves it alone; `None` if it is gone.
+pub async fn link_existing(
+    tx: &mut Tx,
+    path: &NewPath<'_>,
+    nar_id: i64,
+    now: i64,
+) -> ApiResult<Option<i64>> {
+    if !nars::touch(tx.raw(), nar_id, now).await? {
+        return Ok(None);
+    }
+    let object_id =
+        objects::upsert(tx.raw(), path.cache_id, path.hash, nar_id, path.meta, now).await?;
+    Ok(Some(object_id))
+}

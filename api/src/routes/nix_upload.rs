@@ -1,0 +1,485 @@
+//! Uploads from stock `nix copy --to 'http://HOST/CACHE?compression=…'`
+//! (CONTRACT.md "What real Nix clients do"; issue 4).
+//!
+//! Nix 2.8 pushes a path as `HEAD nar/<file>`, `PUT nar/<file>` (the
+//! compressed NAR, `<file>` = `<filehash>.nar[.xz|.zst|…]`), then
+//! `PUT <storehash>.narinfo` naming that file in its `URL`. The NAR PUT
+//! decompresses while staging ([`crate::nix_staging`]) and records a pending
+//! upload; the narinfo PUT ([`super::nix_narinfo`]) checks it against the
+//! pending upload and records the path as Attic's `upload-path` does.
+//!
+//! The uploader's URL keeps answering in its compression for 31 days
+//! (`URL_RETENTION_SECS`; Nix 2.8 caches the narinfo it uploaded and later
+//! fetches that URL directly): the file is kept as uploaded, under
+//! `uploads/`. Narinfo GETs still name Larder's own URLs.
+//!
+//! Every PUT answers 200 or 204 once its data is safely recorded, never 202;
+//! bad uploads get a 4xx with a message (Nix 2.8 hangs after a retried PUT).
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde::Serialize;
+use tracing::instrument;
+
+use larder_shared::db::caches::CacheRecord;
+use larder_shared::db::nars::{self, NarState};
+use larder_shared::db::objects;
+use larder_shared::db::unix_now;
+use larder_shared::db::uploads::{self, PendingUpload, UploadUrl, UploadedFile};
+use larder_shared::nix::hash::{FileHash, NarHash};
+use larder_shared::nix::narinfo::Compression;
+use larder_shared::nix::store_path::StorePathHash;
+use larder_shared::storage::{ObjectKey, StorageError};
+use larder_shared::token::Permission;
+
+use crate::auth::{CacheAccess, PullOrPush, Push};
+use crate::error::{ApiError, ApiResult};
+use crate::nar_reader;
+use crate::nix_staging::{self, BodyStream};
+use crate::routes::{listing, nix_narinfo, upload_path};
+use crate::state::AppState;
+use crate::upload_decode;
+
+/// Largest `nix-cache-info` body read (and ignored).
+const MAX_CACHE_INFO: usize = 64 * 1024;
+
+/// `PUT /{cache}/nix-cache-info` (`w`): Nix 2.8 writes it when its GET of
+/// the file fails. A no-op for an existing cache; never creates one.
+pub async fn put_nix_cache_info(_access: CacheAccess<Push>, body: Body) -> ApiResult<StatusCode> {
+    read_limited(body, MAX_CACHE_INFO, "nix-cache-info").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /{cache}/{file}` (`w`): `<storehash>.narinfo` or `<storehash>.ls`.
+pub async fn put_cache_file(
+    State(state): State<AppState>,
+    Path((_, file)): Path<(String, String)>,
+    access: CacheAccess<Push>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let parse = |h: &str| {
+        h.parse::<StorePathHash>()
+            .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))
+    };
+    if let Some(hash) = file.strip_suffix(".narinfo") {
+        return nix_narinfo::put(&state, &access, parse(hash)?, body).await;
+    }
+    if let Some(hash) = file.strip_suffix(".ls") {
+        return listing::put(&state, &access, parse(hash)?, body).await;
+    }
+    Err(ApiError::NotFound)
+}
+
+/// Reads a small body whole, refusing more than `limit` bytes.
+pub async fn read_limited(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
+    let mut body = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
+        if buf.len() + piece.len() > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "{what} larger than {limit} bytes"
+            )));
+        }
+        buf.extend_from_slice(&piece);
+    }
+    Ok(buf.freeze())
+}
+
+// --- NAR files ----------------------------------------------------------------
+
+/// The file hash in a NAR file name as Nix 2.8 writes it:
+/// `<filehash>.nar` (none, gzip) or `<filehash>.nar.<xz|zst|bz2|br|lz4|lzip>`.
+pub fn parse_file_name(file: &str) -> Option<FileHash> {
+    let (hash, ext) = file.split_once('.')?;
+    let known = matches!(
+        ext,
+        "nar" | "nar.xz" | "nar.zst" | "nar.bz2" | "nar.br" | "nar.lz4" | "nar.lzip"
+    );
+    if !known {
+        return None;
+    }
+    FileHash::from_base32_bare(hash).ok()
+}
+
+/// Where an uploaded file is kept: content-addressed, sharded like chunks.
+fn upload_key(hash: &FileHash, compression: Compression) -> ApiResult<ObjectKey> {
+    let name = hash.to_base32();
+    let ext = match compression {
+        Compression::Gzip => ".gz",
+        other => other.file_extension(),
+    };
+    ObjectKey::new(format!("uploads/{}/{name}.nar{ext}", &name[..2]))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// The NAR PUT's answer (Nix ignores it; people and tests read it).
+#[derive(Debug, Serialize)]
+struct UploadedBody {
+    compression: &'static str,
+    file_hash: String,
+    file_size: i64,
+    nar_hash: String,
+    nar_size: i64,
+    /// True when nothing had to be decompressed or staged again.
+    deduplicated: bool,
+}
+
+fn uploaded(file: &UploadedFile, deduplicated: bool) -> Response {
+    Json(UploadedBody {
+        compression: file.compression.as_str(),
+        file_hash: file.file_hash.to_string(),
+        file_size: file.file_size,
+        nar_hash: file.nar_hash.to_string(),
+        nar_size: file.nar_size,
+        deduplicated,
+    })
+    .into_response()
+}
+
+/// `PUT /{cache}/nar/{file}` (`w`): a compressed NAR from `nix copy`.
+#[instrument(skip_all, fields(cache = %access.cache.name, file = %file))]
+pub async fn put_nar(
+    State(state): State<AppState>,
+    Path((_, file)): Path<(String, String)>,
+    access: CacheAccess<Push>,
+    body: Body,
+) -> ApiResult<Response> {
+    let file_hash = parse_file_name(&file).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{file:?} is not a NAR file name: expected <filehash>.nar[.xz|.zst|.bz2|.br|.lz4|.lzip]"
+        ))
+    })?;
+    let cache_id = access.cache.id;
+    let now = unix_now();
+    let body: BodyStream = Box::pin(body.into_data_stream());
+
+    if let Some(reuse) = reusable(&state, cache_id, &file, &file_hash, now).await? {
+        let rewrite = reuse.rewrite.as_ref().map(|k| (&state.storage, k));
+        nix_staging::consume_known(body, file_hash, reuse.file.file_size as u64, rewrite).await?;
+        let mut conn = state.db.conn().await?;
+        uploads::upsert_pending(
+            conn.raw(),
+            cache_id,
+            &file,
+            &reuse.file,
+            reuse.staging_key.as_deref(),
+            now,
+        )
+        .await?;
+        tracing::info!(compression = %reuse.file.compression, "known NAR file uploaded again");
+        return Ok(uploaded(&reuse.file, true));
+    }
+
+    let (head, body) = nix_staging::read_head(body).await?;
+    let detected = upload_decode::detect(&head);
+    let compression = detected.compression;
+    let upload_key = match compression {
+        Compression::None => None,
+        c => Some(upload_key(&file_hash, c)?),
+    };
+    let write_key = match &upload_key {
+        Some(key) if !fresh(&state, key).await? => Some(key),
+        _ => None,
+    };
+    let staging_key = upload_path::staging_key()?;
+    let m = nix_staging::stage(
+        &state.storage,
+        &state.staging,
+        body,
+        detected,
+        file_hash,
+        &staging_key,
+        write_key,
+    )
+    .await?;
+    let file_entry = UploadedFile {
+        file_hash: m.file_hash,
+        file_size: m.file_size as i64,
+        compression,
+        nar_hash: m.nar_hash,
+        nar_size: m.nar_size as i64,
+        upload_key: upload_key.map(|k| k.as_str().to_owned()),
+    };
+    // A NAR the store already has needs no second staged copy.
+    let keep = match nar_stored(&state, &m.nar_hash, now).await {
+        Ok(stored) => !stored,
+        Err(e) => {
+            let _ = state.staging.delete(&staging_key).await;
+            return Err(e);
+        }
+    };
+    if !keep {
+        state.staging.delete(&staging_key).await?;
+    }
+    let recorded = async {
+        let mut conn = state.db.conn().await?;
+        let key = keep.then_some(staging_key.as_str());
+        uploads::upsert_pending(conn.raw(), cache_id, &file, &file_entry, key, now).await
+    }
+    .await;
+    if let Err(e) = recorded {
+        if keep {
+            let _ = state.staging.delete(&staging_key).await;
+        }
+        return Err(e.into());
+    }
+    tracing::info!(
+        %compression,
+        file_size = m.file_size,
+        nar_size = m.nar_size,
+        staged = keep,
+        "NAR file uploaded"
+    );
+    Ok(uploaded(&file_entry, !keep))
+}
+
+/// How a re-upload of a known file is taken without decompressing it.
+struct Reuse {
+    file: UploadedFile,
+    /// The pending upload's staged copy, still there.
+    staging_key: Option<String>,
+    /// Store the file again: missing, or old enough that the sweeper might
+    /// delete it before our row names it.
+    rewrite: Option<ObjectKey>,
+}
+
+/// Whether the file named `file_hash` is already known with its NAR still
+/// available (a pending upload of this cache with its staged copy, or a
+/// stored NAR), so the body only needs hashing.
+async fn reusable(
+    state: &AppState,
+    cache_id: i64,
+    file_name: &str,
+    file_hash: &FileHash,
+    now: i64,
+) -> ApiResult<Option<Reuse>> {
+    let (pending, known) = {
+        let mut conn = state.db.conn().await?;
+        match uploads::find_pending(conn.raw(), cache_id, file_name).await? {
+            Some(p) => (Some(p), None),
+            None => (None, uploads::known_file(conn.raw(), file_hash).await?),
+        }
+    };
+    let (file, staging_key) = match (pending, known) {
+        (Some(p), _) if p.file.file_hash != *file_hash => return Ok(None),
+        (
+            Some(PendingUpload {
+                file,
+                staging_key: Some(key),
+                ..
+            }),
+            _,
+        ) => {
+            let k = ObjectKey::new(key.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if state.staging.head(&k).await?.is_none() {
+                return Ok(None);
+            }
+            (file, Some(key))
+        }
+        (Some(PendingUpload { file, .. }), _) | (None, Some(file)) => {
+            if !nar_stored(state, &file.nar_hash, now).await? {
+                return Ok(None);
+            }
+            (file, None)
+        }
+        (None, None) => return Ok(None),
+    };
+    let rewrite = match &file.upload_key {
+        None => None,
+        Some(key) => {
+            let key = ObjectKey::new(key.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
+            (!fresh(state, &key).await?).then_some(key)
+        }
+    };
+    Ok(Some(Reuse {
+        file,
+        staging_key,
+        rewrite,
+    }))
+}
+
+/// Whether an upload file exists and was written less than half of
+/// `[staging] max-age` ago. The sweeper deletes unused upload files only
+/// past `max-age`, so a fresh one stays until our row names it.
+async fn fresh(state: &AppState, key: &ObjectKey) -> ApiResult<bool> {
+    let Some(meta) = state.storage.head(key).await? else {
+        return Ok(false);
+    };
+    let half = state.config.staging.max_age.get() / 2;
+    Ok(SystemTime::now()
+        .duration_since(meta.last_modified)
+        .map_or(true, |age| age < half))
+}
+
+/// Whether the store has this NAR (not broken); touches it so GC keeps it
+/// for its grace period while the narinfo is on its way.
+async fn nar_stored(state: &AppState, nar_hash: &NarHash, now: i64) -> ApiResult<bool> {
+    let mut conn = state.db.conn().await?;
+    let Some(nar) = nars::find_by_hash(conn.raw(), nar_hash).await? else {
+        return Ok(false);
+    };
+    if nar.state == NarState::Broken {
+        return Ok(false);
+    }
+    Ok(nars::touch(conn.raw(), nar.id, now).await?)
+}
+
+/// `HEAD /{cache}/nar/{file}`: 200 if the file is known in this cache —
+/// pending (to `w` callers: Nix 2.8 then skips the upload) or served.
+pub async fn head_nar(
+    State(state): State<AppState>,
+    Path((_, file)): Path<(String, String)>,
+    access: CacheAccess<PullOrPush>,
+) -> ApiResult<Response> {
+    let perms = access
+        .credentials
+        .permissions_on(&access.cache.name, Some(&access.cache));
+    let now = unix_now();
+    let cache_id = access.cache.id;
+    let mut len = None;
+    let mut conn = state.db.conn().await?;
+    if perms.has(Permission::Push) {
+        len = uploads::find_pending(conn.raw(), cache_id, &file)
+            .await?
+            .map(|p| p.file.file_size);
+    }
+    if len.is_none() {
+        len = uploads::find_url(conn.raw(), cache_id, &file, now)
+            .await?
+            .map(|u| u.file.file_size);
+    }
+    if len.is_none()
+        && let Some((nar_hash, compression)) = own_url(&file)
+        && let Some(nar) = objects::nar_in_cache(conn.raw(), cache_id, &nar_hash).await?
+    {
+        len = match (compression, nar.state) {
+            (_, NarState::Broken) => None,
+            (Compression::None, _) => Some(nar.nar_size),
+            (_, NarState::Ready) => nar.file_size,
+            _ => None,
+        };
+    }
+    let len = len.ok_or(ApiError::NoSuchObject)?;
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-nix-nar"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+        ],
+    )
+        .into_response())
+}
+
+/// Larder's own NAR URLs: `<narhash>.nar` and `<narhash>.nar.zst`.
+pub(crate) fn own_url(file: &str) -> Option<(NarHash, Compression)> {
+    let (hash, compression) = if let Some(h) = file.strip_suffix(".nar.zst") {
+        (h, Compression::Zstd)
+    } else {
+        (file.strip_suffix(".nar")?, Compression::None)
+    };
+    Some((NarHash::from_base32_bare(hash).ok()?, compression))
+}
+
+/// `GET /{cache}/nar/{file}` for an uploader's URL: the file as uploaded,
+/// while a path of this cache names it and it has not expired.
+pub async fn serve_upload(
+    state: &AppState,
+    cache: &CacheRecord,
+    file: &str,
+) -> ApiResult<Response> {
+    let url = {
+        let mut conn = state.db.conn().await?;
+        uploads::find_url(conn.raw(), cache.id, file, unix_now()).await?
+    };
+    let Some(UploadUrl {
+        object_id,
+        file: uploaded,
+        ..
+    }) = url
+    else {
+        return Err(ApiError::NoSuchObject);
+    };
+    let key = uploaded
+        .upload_key
+        .as_deref()
+        .map(ObjectKey::new)
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| ApiError::Internal("uploader URL without a file".into()))?;
+    let stream = match state.storage.get(&key, None).await {
+        Ok(s) => s,
+        Err(StorageError::NotFound(_)) => {
+            tracing::warn!(key = %key, "upload file of a live uploader URL is missing");
+            return Err(ApiError::NoSuchObject);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state.access.object(object_id);
+    let len = uploaded.file_size as u64;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-nix-nar"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+        ],
+        Body::from_stream(nar_reader::exact_length(stream, len)),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_as_nix_writes_them() {
+        let h = FileHash::digest(b"x");
+        let b = h.to_base32();
+        for ext in ["", ".xz", ".zst", ".bz2", ".br", ".lz4", ".lzip"] {
+            assert_eq!(parse_file_name(&format!("{b}.nar{ext}")), Some(h), "{ext}");
+        }
+        for bad in [
+            format!("{b}.nar.gz"),
+            format!("{b}.narinfo"),
+            b.to_string(),
+            "x.nar".into(),
+        ] {
+            assert_eq!(parse_file_name(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn own_urls() {
+        let h = NarHash::digest(b"x");
+        let b = h.to_base32();
+        assert_eq!(own_url(&format!("{b}.nar")), Some((h, Compression::None)));
+        assert_eq!(
+            own_url(&format!("{b}.nar.zst")),
+            Some((h, Compression::Zstd))
+        );
+        assert_eq!(own_url(&format!("{b}.nar.xz")), None);
+    }
+
+    #[test]
+    fn upload_keys_are_sharded_and_typed() {
+        let h = FileHash::digest(b"x");
+        let b = h.to_base32();
+        let key = upload_key(&h, Compression::Gzip).unwrap();
+        assert_eq!(key.as_str(), format!("uploads/{}/{b}.nar.gz", &b[..2]));
+        let key = upload_key(&h, Compression::Xz).unwrap();
+        assert!(key.as_str().ends_with(".nar.xz"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Helpers of `tests/gc.rs` (issue 5): apps with a GC-friendly
+//! configuration, a test clock that backdates rows instead of waiting,
+//! the HTTP calls GC scenarios make, block-pool NARs that share chunks,
+//! and the invariants of the chunk store.
+//!
+//! Built on `tests/common` (used as is): [`TestApp`] over SQLite or
+//! PostgreSQL, driven through the router with `oneshot`.
+
+pub mod clock;
+pub mod http;
+pub mod invariants;
+pub mod pool;
+pub mod race;
+
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+
+use larder_shared::config::{Config, StorageConfig};
+use larder_shared::db::Db;
+
+use crate::common::{Backend, TestApp};
+
+/// HS256 secret of `tests/common`'s config (the router's tokens use it).
+const HS256_SECRET: &str = "bGFyZGVyLXBpcGVsaW5lLXRlc3RzLWhzMjU2LXNlY3I=";
+
+/// A fresh app with the default configuration (30-day retention, 1-hour grace).
+pub async fn default_app(backend: Backend) -> TestApp {
+    TestApp::new(backend).await
+}
+
+/// A fresh app whose GC, ingest and verify run with `[garbage-collection]
+/// grace-period = "1s"`, so chunks zeroed a moment ago are already fair
+/// game for a concurrent GC (the race of issue 5 §5).
+///
+/// `tests/common` takes no extra TOML, so this rebuilds the same config
+/// text (same database, storage and key) with the extra section and swaps
+/// it into `services`, the configuration every job handler reads. The
+/// router keeps its own copy; no handler reads `[garbage-collection]`.
+pub async fn short_grace_app(backend: Backend) -> TestApp {
+    let mut app = TestApp::new(backend).await;
+    let text = config_toml(
+        &app.services.config,
+        "[garbage-collection]\ngrace-period = \"1s\"\n",
+    );
+    let config = Config::parse_toml(&text).expect("GC test config parses");
+    config.validate().expect("GC test config is valid");
+    assert_eq!(config.garbage_collection.grace_period.as_secs(), 1);
+    app.services.config = Arc::new(config);
+    app
+}
+
+/// `tests/common`'s config text for the same database and storage, plus `extra`.
+fn config_toml(base: &Config, extra: &str) -> String {
+    let StorageConfig::Local { path: storage } = &base.storage;
+    format!(
+        r#"
+[database]
+url = "{}"
+[storage]
+type = "local"
+path = "{}"
+[jwt.signing]
+token-hs256-secret-base64 = "{HS256_SECRET}"
+[worker]
+embedded = 0
+{extra}"#,
+        base.database.url.expose(),
+        storage.display(),
+    )
+}
+
+/// Runs a statement; returns the rows it changed.
+pub async fn exec(app: &TestApp, sql: &str) -> u64 {
+    let q = AssertSqlSafe(sql.to_owned());
+    match &app.state.db {
+        Db::Postgres(p) => sqlx::query(q).execute(p).await.map(|r| r.rows_affected()),
+        Db::Sqlite(p) => sqlx::query(q).execute(p).await.map(|r| r.rows_affected()),
+    }
+    .unwrap_or_else(|e| panic!("statement failed: {e}\n{sql}"))
+}
+
+/// Rows of two integer columns.
+pub async fn pairs(db: &Db, sql: &str) -> Vec<(i64, i64)> {
+    let q = AssertSqlSafe(sql.to_owned());
+    match db {
+        Db::Postgres(p) => sqlx::query_as::<_, (i64, i64)>(q).fetch_all(p).await,
+        Db::Sqlite(p) => sqlx::query_as::<_, (i64, i64)>(q).fetch_all(p).await,
+    }
+    .unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"))
+}
+
+/// Rows of one integer column.
+pub async fn ints(db: &Db, sql: &str) -> Vec<i64> {
+    let q = AssertSqlSafe(sql.to_owned());
+    match db {
+        Db::Postgres(p) => sqlx::query_scalar::<_, i64>(q).fetch_all(p).await,
+        Db::Sqlite(p) => sqlx::query_scalar::<_, i64>(q).fetch_all(p).await,
+    }
+    .unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"))
+}
