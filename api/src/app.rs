@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/_health", get(health::health))
         .route("/_ready", get(health::ready))
+        .route("/metrics", get(crate::metrics::handler))
         .nest("/_api/v1", api)
         .route(
             "/{cache}/nix-cache-info",

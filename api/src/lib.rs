@@ -5,6 +5,7 @@ pub mod access;
 pub mod app;
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod nar_reader;
 pub mod nix_staging;
 pub mod record;

@@ -34,6 +34,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         tokens: Arc::new(tokens),
         revocations: Arc::default(),
         access: Arc::default(),
+        metrics: Arc::default(),
     })
 }
 

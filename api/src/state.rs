@@ -27,4 +27,6 @@ pub struct AppState {
     pub revocations: Arc<RevocationCache>,
     /// Reads noted for retention, flushed in the background.
     pub access: Arc<AccessLog>,
+    /// Prometheus counters of this replica.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

@@ -59,11 +59,12 @@ async fn narinfo(
     head_only: bool,
 ) -> ApiResult<Response> {
     let mut conn = state.db.conn().await?;
-    let object = objects::find(conn.raw(), access.cache.id, hash)
+    let found = objects::find(conn.raw(), access.cache.id, hash)
         .await?
-        .filter(|o| o.nar.state != NarState::Broken)
-        .ok_or(ApiError::NoSuchObject)?;
+        .filter(|o| o.nar.state != NarState::Broken);
     drop(conn);
+    state.metrics.narinfo(&access.cache, found.is_some());
+    let object = found.ok_or(ApiError::NoSuchObject)?;
     state.access.object(object.id);
     let text = render_narinfo(&access.cache.keypair, &access.cache.store_dir, &object)?;
     let headers = [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
@@ -197,6 +198,15 @@ pub async fn nar(
     };
     drop(conn);
     state.access.nar(access.cache.id, nar.id);
+    let len = match repr {
+        Representation::Zstd => nar.file_size.unwrap_or_default(),
+        Representation::Plain => nar.nar_size,
+    };
+    state.metrics.nar(
+        &access.cache,
+        repr == Representation::Zstd,
+        len.max(0) as u64,
+    );
     serve_nar(&state, nar, repr).await
 }
 

@@ -251,6 +251,7 @@ pub async fn upload_path(
             .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
         tx.commit().await?;
         tracing::info!(nar_id = nar.id, "linked existing NAR");
+        state.metrics.upload(&cache, true, v.expected.nar_size);
         return Ok(Json(UploadPathResult {
             kind: UploadKind::Deduplicated,
             file_size: nar.file_size.map(|s| s as u64),
@@ -273,6 +274,7 @@ pub async fn upload_path(
         }
     }
     tracing::info!(nar_size = v.expected.nar_size, "staged upload");
+    state.metrics.upload(&cache, false, v.expected.nar_size);
     Ok(Json(UploadPathResult {
         kind: UploadKind::Uploaded,
         file_size: None,

@@ -65,7 +65,7 @@ pub async fn cache(raw: Raw<'_>, cache_id: i64) -> Result<CacheStats, DbError> {
         .fetch_one(&mut *c)
         .await?;
         let b = sqlx::query(
-            "SELECT COUNT(*) AS nars, CAST(COALESCE(SUM(CASE WHEN state = 'ready' THEN file_size ELSE nar_size END), 0) AS BIGINT) AS stored
+            "SELECT COUNT(*) AS nars, CAST(COALESCE(SUM(CASE WHEN state = 'ready' THEN file_size WHEN state = 'staged' THEN nar_size ELSE 0 END), 0) AS BIGINT) AS stored
              FROM nars WHERE id IN (SELECT nar_id FROM objects WHERE cache_id = $1)",
         )
         .bind(cache_id)

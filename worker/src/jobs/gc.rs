@@ -240,7 +240,11 @@ where
     Ok((count, bytes))
 }
 
-async fn delete_marked(svc: &Services, marked: &[ChunkRecord]) -> anyhow::Result<(u64, u64)> {
+/// Deletes the objects, then the rows, of chunks marked `refcount = -1`.
+pub(crate) async fn delete_marked(
+    svc: &Services,
+    marked: &[ChunkRecord],
+) -> anyhow::Result<(u64, u64)> {
     for rec in marked {
         if let Some(key) = chunk_key(rec) {
             svc.storage.delete(&key).await?;

@@ -7,8 +7,9 @@
 //!    mismatch makes it damaged.
 //! 3. Ready NARs listing a damaged chunk are marked broken (no longer served;
 //!    a re-upload of the same NAR repairs them), their chunk references are
-//!    released, and the damaged chunks are quarantined for GC. The affected
-//!    paths are reported per cache.
+//!    released, and the damaged chunks are deleted (objects, then rows), so
+//!    pushing the path again stores them afresh. The affected paths are
+//!    reported per cache.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
@@ -187,6 +188,15 @@ async fn quarantine(
     let mut conn = svc.db.conn().await?;
     for batch in damaged.chunks(BATCH) {
         verify::quarantine_chunks(conn.raw(), batch).await?;
+    }
+    // Finish them now, as GC would: a re-upload of a broken NAR must not
+    // wait for the next GC to store these chunks again.
+    loop {
+        let marked = gc::deleting_chunks(conn.raw(), BATCH as i64).await?;
+        if marked.is_empty() {
+            break;
+        }
+        crate::jobs::gc::delete_marked(svc, &marked).await?;
     }
     for batch in broken.chunks(BATCH) {
         report

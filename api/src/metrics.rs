@@ -1,0 +1,198 @@
+//! Prometheus metrics at `GET /metrics`: counters kept in memory per replica.
+//!
+//! Per-cache labels would reveal private caches' names and activity, so
+//! without `[metrics] token` the endpoint is open and private caches are
+//! folded into `cache="_private"`; with a token configured, only requests
+//! bearing it are answered, with every cache labelled.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+
+use larder_shared::db::caches::CacheRecord;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Counter names and help texts.
+const HELP: &[(&str, &str)] = &[
+    (
+        "larder_uploads_total",
+        "Uploads accepted, by cache and kind (uploaded, deduplicated).",
+    ),
+    (
+        "larder_upload_bytes_total",
+        "Uncompressed NAR bytes of accepted uploads.",
+    ),
+    (
+        "larder_narinfo_requests_total",
+        "narinfo lookups, by cache and result (hit, miss).",
+    ),
+    (
+        "larder_nar_requests_total",
+        "NAR downloads started, by cache and representation (nar, zst).",
+    ),
+    (
+        "larder_nar_bytes_total",
+        "Bytes of NAR downloads started (their Content-Length).",
+    ),
+];
+
+/// Counters of this replica.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, String, &'static str), u64>>,
+}
+
+impl Metrics {
+    fn add(&self, name: &'static str, cache: &CacheRecord, kind: &'static str, n: u64) {
+        let label = if cache.is_public {
+            cache.name.to_string()
+        } else {
+            format!("\u{0}{}", cache.name)
+        };
+        let mut map = match self.counters.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *map.entry((name, label, kind)).or_default() += n;
+    }
+
+    /// An accepted upload.
+    pub fn upload(&self, cache: &CacheRecord, deduplicated: bool, nar_size: u64) {
+        let kind = if deduplicated {
+            "deduplicated"
+        } else {
+            "uploaded"
+        };
+        self.add("larder_uploads_total", cache, kind, 1);
+        self.add("larder_upload_bytes_total", cache, "", nar_size);
+    }
+
+    /// A narinfo lookup.
+    pub fn narinfo(&self, cache: &CacheRecord, hit: bool) {
+        self.add(
+            "larder_narinfo_requests_total",
+            cache,
+            if hit { "hit" } else { "miss" },
+            1,
+        );
+    }
+
+    /// A NAR download of `len` bytes.
+    pub fn nar(&self, cache: &CacheRecord, zstd: bool, len: u64) {
+        self.add(
+            "larder_nar_requests_total",
+            cache,
+            if zstd { "zst" } else { "nar" },
+            1,
+        );
+        self.add("larder_nar_bytes_total", cache, "", len);
+    }
+
+    /// Prometheus text; private caches are named only when `reveal`.
+    pub fn render(&self, reveal: bool) -> String {
+        let map = match self.counters.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut folded: BTreeMap<(&str, String, &str), u64> = BTreeMap::new();
+        for ((name, label, kind), v) in map {
+            let label = match label.strip_prefix('\u{0}') {
+                Some(private) if reveal => private.to_owned(),
+                Some(_) => "_private".to_owned(),
+                None => label,
+            };
+            *folded.entry((name, label, kind)).or_default() += v;
+        }
+        let mut out = String::new();
+        for (name, help) in HELP {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((n, cache, kind), v) in folded.iter().filter(|((n, _, _), _)| n == name) {
+                let key = match *n {
+                    "larder_uploads_total" => "kind",
+                    "larder_narinfo_requests_total" => "result",
+                    "larder_nar_requests_total" => "representation",
+                    _ => "",
+                };
+                if key.is_empty() {
+                    let _ = writeln!(out, "{n}{{cache=\"{cache}\"}} {v}");
+                } else {
+                    let _ = writeln!(out, "{n}{{cache=\"{cache}\",{key}=\"{kind}\"}} {v}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `GET /metrics`.
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let reveal = match &state.config.metrics.token {
+        None => false,
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+                return Err(ApiError::Unauthorized("metrics token required".into()));
+            }
+            true
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(reveal),
+    )
+        .into_response())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(name: &str, public: bool) -> CacheRecord {
+        CacheRecord {
+            id: 1,
+            name: name.parse().unwrap(),
+            keypair: String::new(),
+            is_public: public,
+            store_dir: "/nix/store".into(),
+            priority: 41,
+            upstream_cache_key_names: vec![],
+            retention_period: None,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn private_caches_are_folded_unless_revealed() {
+        let m = Metrics::default();
+        m.narinfo(&cache("pub", true), true);
+        m.narinfo(&cache("secret-a", false), false);
+        m.narinfo(&cache("secret-b", false), false);
+        m.upload(&cache("secret-a", false), false, 100);
+        let open = m.render(false);
+        assert!(open.contains("larder_narinfo_requests_total{cache=\"pub\",result=\"hit\"} 1"));
+        assert!(
+            open.contains("larder_narinfo_requests_total{cache=\"_private\",result=\"miss\"} 2")
+        );
+        assert!(!open.contains("secret"));
+        let full = m.render(true);
+        assert!(full.contains("cache=\"secret-a\",result=\"miss\"} 1"));
+        assert!(full.contains("larder_upload_bytes_total{cache=\"secret-a\"} 100"));
+    }
+}
