@@ -184,17 +184,28 @@ pub async fn delete_orphan_nar(raw: Raw<'_>, id: i64, cutoff: i64) -> Result<boo
 /// Releases one reference from each distinct chunk in `ids` (≤ [`super::chunks::BATCH`],
 /// sorted by the caller); chunks reaching zero record `zero_since = now`.
 pub async fn release_refs(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<(), DbError> {
+    release_refs_by(raw, ids, 1, now).await
+}
+
+/// Releases `count` references from each distinct chunk in `ids` (several
+/// deleted NARs listing the same chunk, in one statement).
+pub async fn release_refs_by(
+    raw: Raw<'_>,
+    ids: &[i64],
+    count: i64,
+    now: i64,
+) -> Result<(), DbError> {
     if ids.is_empty() {
         return Ok(());
     }
     let sql = format!(
-        "UPDATE chunks SET refcount = refcount - 1,
-             zero_since = CASE WHEN refcount = 1 THEN $1 ELSE zero_since END
+        "UPDATE chunks SET refcount = CASE WHEN refcount >= $2 THEN refcount - $2 ELSE 0 END,
+             zero_since = CASE WHEN refcount <= $2 THEN $1 ELSE zero_since END
          WHERE refcount > 0 AND id IN ({})",
-        placeholders(2, ids.len())
+        placeholders(3, ids.len())
     );
     on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now);
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now).bind(count);
         for id in ids {
             q = q.bind(*id);
         }

@@ -3,7 +3,7 @@
 //! safely while uploads, ingests and downloads go on. The protocol is in
 //! `docs/gc.md` and in `larder_shared::db::gc`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -22,6 +22,8 @@ pub const LEASE: &str = "gc";
 pub const LEASE_TTL: i64 = 600;
 /// Rows read per page.
 const PAGE: i64 = 1000;
+/// Orphan NARs deleted per transaction.
+const NAR_TX: usize = 50;
 
 /// What one GC run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -159,26 +161,37 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
         };
         let Some(last) = page.last() else { break };
         after = last.id;
-        for nar in page {
-            let distinct: Vec<i64> = nar
-                .chunk_ids
-                .iter()
-                .copied()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
+        // Up to NAR_TX NARs per transaction, their chunk releases merged:
+        // a GC of millions of NARs is thousands of transactions, not millions.
+        for group in page.chunks(NAR_TX) {
             let mut tx = svc.db.begin().await?;
-            if !gc::delete_orphan_nar(tx.raw(), nar.id, cutoff).await? {
-                continue; // linked again, or touched: keep it
+            let mut released: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut staged = Vec::new();
+            for nar in group {
+                if !gc::delete_orphan_nar(tx.raw(), nar.id, cutoff).await? {
+                    continue; // linked again, or touched: keep it
+                }
+                deleted += 1;
+                if nar.ready {
+                    let distinct: BTreeSet<i64> = nar.chunk_ids.iter().copied().collect();
+                    for id in distinct {
+                        *released.entry(id).or_default() += 1;
+                    }
+                }
+                staged.extend(nar.staging_key.clone());
             }
-            if nar.ready {
-                for batch in distinct.chunks(BATCH) {
-                    gc::release_refs(tx.raw(), batch, now).await?;
+            // Grouped by how many references go, ids ascending (lock order).
+            let mut by_count: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+            for (id, n) in released {
+                by_count.entry(n).or_default().push(id);
+            }
+            for (n, ids) in by_count {
+                for batch in ids.chunks(BATCH) {
+                    gc::release_refs_by(tx.raw(), batch, n, now).await?;
                 }
             }
             tx.commit().await?;
-            deleted += 1;
-            if let Some(key) = nar.staging_key {
+            for key in staged {
                 let key = ObjectKey::new(key).context("staging key in the database")?;
                 svc.staging.delete(&key).await?;
             }
