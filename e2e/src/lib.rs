@@ -25,14 +25,21 @@
 //! - [`tree`]: [`StoreTree`], real derivation trees built without nixpkgs.
 //! - [`client`]: the HTTP side: cache creation, Attic `upload-path` streamed
 //!   from `nix-store --dump`, narinfo reads.
+//! - [`cli`]: the `larder` CLI as one user (own `XDG_CONFIG_HOME` and
+//!   `XDG_CACHE_HOME`), `larder-admin`, push summaries.
+//! - [`replica`]: the production shape: a fresh PostgreSQL database and
+//!   `larder-api -f CONFIG` replicas.
 //! - [`wait`]: bounded polling, the only way tests wait.
 
+pub mod cli;
 pub mod client;
 pub mod nix;
+pub mod replica;
 pub mod server;
 pub mod tree;
 pub mod wait;
 
+pub use cli::{LarderCli, PushSummary};
 pub use client::{Client, Narinfo};
 pub use nix::{Nix, PathInfo, TempStore};
 pub use server::{Server, ServerOptions, Worker};

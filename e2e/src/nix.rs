@@ -164,6 +164,69 @@ impl Nix {
         Ok(store)
     }
 
+    /// `nix copy --to URL PATH…` (stock Nix's HTTP upload; `URL` may carry
+    /// `?compression=…`), sending the token from `netrc`.
+    pub async fn copy_to(&self, url: &str, netrc: &Path, paths: &[String]) -> anyhow::Result<()> {
+        let mut cmd = self.nix();
+        cmd.args(["copy", "--to", url])
+            .args(paths)
+            .arg("--option")
+            .arg("netrc-file")
+            .arg(netrc);
+        run(cmd)
+            .await
+            .with_context(|| format!("nix copy --to {url}"))
+            .map(drop)
+    }
+
+    /// `nix copy --from CACHE_URL --to <fresh chroot store>` **without**
+    /// signature checking. Only for a narinfo this context's cache holds
+    /// from its own upload: Nix 2.8 caches the narinfo it wrote, unsigned,
+    /// and uses it instead of the server's signed one (for 30 days), so
+    /// `require-sigs` would refuse it. The NAR hash is still checked.
+    pub async fn copy_from_unsigned(
+        &self,
+        cache_url: &str,
+        netrc: &Path,
+        paths: &[String],
+    ) -> anyhow::Result<TempStore> {
+        let store = TempStore::new()?;
+        let mut cmd = self.nix();
+        cmd.args(["copy", "--from", cache_url, "--to"])
+            .arg(store.root())
+            .args(paths)
+            .args(["--option", "require-sigs", "false"])
+            .arg("--option")
+            .arg("netrc-file")
+            .arg(netrc);
+        run(cmd)
+            .await
+            .context("nix copy --from the cache, unsigned")?;
+        Ok(store)
+    }
+
+    /// `nix path-info --json --store CACHE_URL PATH`: what this context's
+    /// Nix knows of `path` in a binary cache (its narinfo cache first), with
+    /// the `url` and `compression` it would fetch.
+    pub async fn cache_path_info(
+        &self,
+        cache_url: &str,
+        netrc: &Path,
+        path: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut cmd = self.nix();
+        cmd.args(["path-info", "--json", "--store", cache_url, path])
+            .arg("--option")
+            .arg("netrc-file")
+            .arg(netrc);
+        let out = run(cmd).await?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("parsing `nix path-info --json --store`: {out}"))?;
+        v.get(0)
+            .cloned()
+            .with_context(|| format!("no path-info for {path} in {cache_url}: {out}"))
+    }
+
     /// Checks that `store` holds every path of `closure` with contents
     /// matching their registered NAR hash, with a signature by a trusted key,
     /// and byte-identical to the same path in the system store.
@@ -171,6 +234,24 @@ impl Nix {
         &self,
         store: &TempStore,
         public_key: &str,
+        closure: &[String],
+    ) -> anyhow::Result<()> {
+        self.verify_contents(store, closure).await?;
+        let mut cmd = self.nix();
+        cmd.args(["store", "verify", "--store"])
+            .arg(store.root())
+            .args(["--sigs-needed", "1"])
+            .args(["--option", "trusted-public-keys", public_key])
+            .args(closure);
+        run(cmd).await.context("nix store verify --sigs-needed 1")?;
+        Ok(())
+    }
+
+    /// [`Self::verify`] without the signature: `--verify-path` (contents
+    /// match the registered NAR hash) and byte-identical to the system store.
+    pub async fn verify_contents(
+        &self,
+        store: &TempStore,
         closure: &[String],
     ) -> anyhow::Result<()> {
         for path in closure {
@@ -182,13 +263,6 @@ impl Nix {
                 .await
                 .with_context(|| format!("verify-path {path}"))?;
         }
-        let mut cmd = self.nix();
-        cmd.args(["store", "verify", "--store"])
-            .arg(store.root())
-            .args(["--sigs-needed", "1"])
-            .args(["--option", "trusted-public-keys", public_key])
-            .args(closure);
-        run(cmd).await.context("nix store verify --sigs-needed 1")?;
         for path in closure {
             compare_trees(Path::new(path), &store.real_path(path))?;
         }
@@ -268,7 +342,8 @@ pub struct TempStore {
 }
 
 impl TempStore {
-    fn new() -> anyhow::Result<Self> {
+    /// An empty store (Nix initialises it on first use).
+    pub fn new() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("larder-e2e-store-")
             .tempdir()?;

@@ -160,6 +160,34 @@ impl Server {
         self.launch().await
     }
 
+    /// SIGKILL, no graceful shutdown: the crash in-flight uploads must
+    /// survive. Waits for the exit.
+    pub fn kill_9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again (after [`Self::stop`] or [`Self::kill_9`]) on
+    /// the same data directory and the same port, as a supervisor would: a
+    /// client keeps its endpoint across the restart.
+    pub async fn start_again(&mut self) -> anyhow::Result<StartOutput> {
+        self.launch_on(Some(self.addr)).await
+    }
+
+    /// `staging/` of the local storage: uploads in flight are `.tmp-*`
+    /// files there until they are complete.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.storage_dir().join("staging")
+    }
+
+    /// The current start's whole log (stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
     /// Rewrites `[worker] embedded` in the generated config (server stopped).
     fn set_embedded_workers(&self, n: usize) -> anyhow::Result<()> {
         let path = self.config_path();
@@ -191,9 +219,17 @@ impl Server {
     }
 
     async fn launch(&mut self) -> anyhow::Result<StartOutput> {
+        self.launch_on(None).await
+    }
+
+    /// Starts on `addr`, or on a free port.
+    async fn launch_on(&mut self, addr: Option<SocketAddr>) -> anyhow::Result<StartOutput> {
         anyhow::ensure!(self.child.is_none(), "server already running");
         self.starts += 1;
-        self.addr = free_port()?;
+        self.addr = match addr {
+            Some(addr) => addr,
+            None => free_port()?,
+        };
         let mut cmd = Command::new(bin_path("larder-api")?);
         child_env(&mut cmd);
         cmd.env("LARDER_DATA_DIR", self.data_dir())
@@ -377,7 +413,7 @@ pub fn parse_login_token(stdout: &str) -> Option<String> {
 
 /// Children see no `LARDER_*` variable of the test's environment except the
 /// log filter: each test sets exactly what it means. Logs are plain text.
-fn child_env(cmd: &mut Command) {
+pub(crate) fn child_env(cmd: &mut Command) {
     cmd.env("NO_COLOR", "1");
     for (key, _) in std::env::vars_os() {
         if let Some(k) = key.to_str()

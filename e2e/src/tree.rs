@@ -72,6 +72,69 @@ impl StoreTree {
         }
     }
 
+    /// `n` small derivations (a few KiB each) in a DAG with two tops: node
+    /// `i > 0` refers to `(i - 1) / 2` and, from `i = 2`, to `i - 2` too, so
+    /// paths have one or two references and the closure is deep and shared.
+    pub fn small_dag(seed: u64, n: usize) -> Self {
+        let mut rng = SplitMix(seed);
+        let nodes = (0..n)
+            .map(|i| {
+                let mut deps = Vec::new();
+                if i > 0 {
+                    deps.push((i - 1) / 2);
+                }
+                if i >= 2 && (i - 1) / 2 != i - 2 {
+                    deps.push(i - 2);
+                }
+                NodeSpec {
+                    name: format!("larder-e2e-dag-{i}"),
+                    deps,
+                    files: vec![rng.below(2048) + 1, rng.below(8192) + 1],
+                }
+            })
+            .collect();
+        Self { seed, nodes }
+    }
+
+    /// `n` independent pairs of small paths: node `2k` is a dependency,
+    /// node `2k + 1` (named `<prefix>-<k>`) refers to it. [`Self::tops`]
+    /// lists the main paths, pair by pair.
+    pub fn pairs(seed: u64, prefix: &str, n: usize) -> Self {
+        let mut rng = SplitMix(seed);
+        let nodes = (0..n)
+            .flat_map(|k| {
+                [
+                    NodeSpec {
+                        name: format!("{prefix}-{k}-dep"),
+                        deps: vec![],
+                        files: vec![rng.below(2048) + 1, rng.below(16 * 1024) + 1],
+                    },
+                    NodeSpec {
+                        name: format!("{prefix}-{k}"),
+                        deps: vec![2 * k],
+                        files: vec![rng.below(2048) + 1, rng.below(16 * 1024) + 1],
+                    },
+                ]
+            })
+            .collect();
+        Self { seed, nodes }
+    }
+
+    /// A chain: node `i > 0` refers to node `i - 1`, and holds one random
+    /// (incompressible) file of `sizes[i]` bytes. One top, the last node.
+    pub fn chain(seed: u64, prefix: &str, sizes: &[u64]) -> Self {
+        let nodes = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| NodeSpec {
+                name: format!("{prefix}-{i}"),
+                deps: if i == 0 { vec![] } else { vec![i - 1] },
+                files: vec![size],
+            })
+            .collect();
+        Self { seed, nodes }
+    }
+
     /// Nodes no other node depends on: their closures cover the tree.
     pub fn tops(&self) -> Vec<usize> {
         (0..self.nodes.len())

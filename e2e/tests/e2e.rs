@@ -20,6 +20,16 @@ use larder_e2e::{
 };
 use sha2::{Digest, Sha256};
 
+// More tests, by area (kept in one test binary: each links the whole graph).
+#[path = "e2e/larder_use.rs"]
+mod larder_use;
+#[path = "e2e/nix_copy.rs"]
+mod nix_copy;
+#[path = "e2e/push.rs"]
+mod push;
+#[path = "e2e/revocation.rs"]
+mod revocation;
+
 /// Bound on a full ingest of a small closure.
 const INGEST_LIMIT: Duration = Duration::from_secs(120);
 /// Bound on recovery after a worker is killed (orphaned jobs are re-enqueued

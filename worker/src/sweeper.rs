@@ -8,8 +8,11 @@
 //!   upload that died before its commit, or a copy left after ingest) is
 //!   deleted, so staging never leaks storage forever.
 //!
+//! - Hourly, temp files of writes cut short by a crash are removed.
+//!
 //! Every worker process runs it; two sweepers at once only repeat work.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
@@ -29,15 +32,40 @@ const BATCH: i64 = 100;
 
 /// Runs sweeps until `shutdown`, the first one at once (start-up recovery).
 pub async fn run(svc: Services, shutdown: CancellationToken) {
+    let mut last_incomplete: Option<std::time::Instant> = None;
     loop {
         if let Err(e) = sweep(&svc, unix_now()).await {
             tracing::warn!(error = %format!("{e:#}"), "sweep failed; retrying next interval");
+        }
+        if last_incomplete.is_none_or(|t| t.elapsed() >= INCOMPLETE_INTERVAL) {
+            last_incomplete = Some(std::time::Instant::now());
+            if let Err(e) = remove_incomplete(&svc).await {
+                tracing::warn!(error = %format!("{e:#}"), "removing interrupted writes failed");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(INTERVAL) => {}
         }
     }
+}
+
+/// How often the (whole-tree) scan for interrupted writes runs.
+pub const INCOMPLETE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Removes temp files of writes cut short by a crash, older than
+/// `[staging] max-age` (no upload runs that long). Walks the whole storage
+/// tree, so it runs hourly, not every sweep.
+pub async fn remove_incomplete(svc: &Services) -> anyhow::Result<u64> {
+    let max_age = svc.config.staging.max_age.get();
+    let mut n = svc.staging.remove_incomplete(max_age).await?;
+    if !Arc::ptr_eq(&svc.staging, &svc.storage) {
+        n += svc.storage.remove_incomplete(max_age).await?;
+    }
+    if n > 0 {
+        tracing::info!(count = n, "removed temp files of interrupted writes");
+    }
+    Ok(n)
 }
 
 /// What one sweep did.
@@ -74,6 +102,7 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
     }
 
     let max_age = svc.config.staging.max_age.get();
+
     let cutoff = SystemTime::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
     let mut listing = svc.staging.list("staging/");
     while let Some(meta) = listing.try_next().await? {

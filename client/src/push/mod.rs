@@ -19,7 +19,8 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::{StreamExt as _, stream};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 
 use larder_shared::CacheName;
 use larder_shared::nix::store_path::{StoreDir, StorePath};
@@ -208,30 +209,172 @@ impl Pusher<'_> {
         self.progress.add_work(uploads.len() as u64, bytes);
 
         let (api, nix, cache, progress) = (self.api, &self.nix, self.cache, &self.progress);
-        let results: Vec<_> = stream::iter(uploads)
-            .map(|info| async move {
-                let tracker = progress.start(&info);
-                let result = upload::upload(api, nix, cache, &info, &tracker).await;
-                tracker.done(&result);
-                result
-            })
-            .buffer_unordered(self.options.jobs.max(1))
-            .collect()
-            .await;
-        for result in results {
+        let mut order = Schedule::new(&uploads);
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < self.options.jobs.max(1) {
+                let Some(i) = order.next_ready() else { break };
+                let info = &uploads[i];
+                in_flight.push(async move {
+                    let tracker = progress.start(info);
+                    let result = upload::upload(api, nix, cache, info, &tracker).await;
+                    tracker.done(&result);
+                    (i, result)
+                });
+            }
+            let Some((i, result)) = in_flight.next().await else {
+                break;
+            };
             match result {
                 Ok(UploadKind::Deduplicated) => self.summary.deduplicated += 1,
                 Ok(UploadKind::Uploaded | UploadKind::Other) => self.summary.pushed += 1,
                 Err(_) => self.summary.failed += 1,
             }
+            order.finished(i, result.is_ok());
         }
+        // Paths whose references failed were never started: the cache must
+        // not hold a path without its closure.
+        self.summary.failed += order.skipped();
         Ok(())
+    }
+}
+
+/// Upload order within a batch: a path starts only once every reference it
+/// has in the batch is uploaded, so the cache never serves a path whose
+/// closure is incomplete (Nix checks references before it uploads, too).
+struct Schedule {
+    /// References still pending, per path.
+    waiting: Vec<usize>,
+    /// Paths referring to each path.
+    dependents: Vec<Vec<usize>>,
+    /// Paths ready to start, in references-first order.
+    ready: std::collections::VecDeque<usize>,
+    /// Paths that can never start because a reference failed.
+    blocked: usize,
+}
+
+impl Schedule {
+    fn new(infos: &[crate::nix::PathInfo]) -> Self {
+        let index: std::collections::HashMap<&StorePath, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (&p.path, i))
+            .collect();
+        let mut waiting = vec![0; infos.len()];
+        let mut dependents = vec![Vec::new(); infos.len()];
+        for (i, info) in infos.iter().enumerate() {
+            let refs: HashSet<usize> = info
+                .references
+                .iter()
+                .filter_map(|r| index.get(r).copied())
+                .filter(|&j| j != i)
+                .collect();
+            waiting[i] = refs.len();
+            for j in refs {
+                dependents[j].push(i);
+            }
+        }
+        let ready = (0..infos.len()).filter(|&i| waiting[i] == 0).collect();
+        Self {
+            waiting,
+            dependents,
+            ready,
+            blocked: 0,
+        }
+    }
+
+    fn next_ready(&mut self) -> Option<usize> {
+        self.ready.pop_front()
+    }
+
+    fn finished(&mut self, i: usize, ok: bool) {
+        let dependents = std::mem::take(&mut self.dependents[i]);
+        if !ok {
+            self.block(dependents);
+            return;
+        }
+        for d in dependents {
+            self.waiting[d] = self.waiting[d].saturating_sub(1);
+            if self.waiting[d] == 0 {
+                self.ready.push_back(d);
+            }
+        }
+    }
+
+    /// Marks `paths` and everything depending on them as never to start.
+    fn block(&mut self, mut paths: Vec<usize>) {
+        while let Some(p) = paths.pop() {
+            if self.waiting[p] == usize::MAX {
+                continue;
+            }
+            self.waiting[p] = usize::MAX;
+            self.blocked += 1;
+            paths.extend(std::mem::take(&mut self.dependents[p]));
+        }
+    }
+
+    fn skipped(&self) -> usize {
+        self.blocked
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(name: &str, refs: &[&str]) -> crate::nix::PathInfo {
+        let path = |n: &str| StorePath::from_base_name(&format!("{:0>32}-{n}", n.len())).unwrap();
+        crate::nix::PathInfo {
+            path: path(name),
+            nar_hash: larder_shared::nix::hash::NarHash::digest(name.as_bytes()),
+            nar_size: 1,
+            references: refs.iter().map(|r| path(r)).collect(),
+            deriver: None,
+            signatures: vec![],
+            ca: None,
+        }
+    }
+
+    #[test]
+    fn schedule_starts_paths_after_their_references() {
+        // d -> {b, c}, b -> a, c -> a; names differ in length so paths differ.
+        let infos = vec![
+            info("dddd", &["bb", "ccc", "dddd"]),
+            info("bb", &["a"]),
+            info("ccc", &["a"]),
+            info("a", &[]),
+        ];
+        let mut s = Schedule::new(&infos);
+        assert_eq!(s.next_ready(), Some(3));
+        assert_eq!(s.next_ready(), None);
+        s.finished(3, true);
+        let mut next: Vec<_> = std::iter::from_fn(|| s.next_ready()).collect();
+        next.sort();
+        assert_eq!(next, vec![1, 2]);
+        s.finished(1, true);
+        assert_eq!(s.next_ready(), None);
+        s.finished(2, true);
+        assert_eq!(s.next_ready(), Some(0));
+        assert_eq!(s.skipped(), 0);
+    }
+
+    #[test]
+    fn a_failed_reference_blocks_its_dependents() {
+        let infos = vec![
+            info("dddd", &["bb"]),
+            info("bb", &["a"]),
+            info("a", &[]),
+            info("zzzzz", &[]),
+        ];
+        let mut s = Schedule::new(&infos);
+        let mut first: Vec<_> = std::iter::from_fn(|| s.next_ready()).collect();
+        first.sort();
+        assert_eq!(first, vec![2, 3]);
+        s.finished(2, false);
+        s.finished(3, true);
+        assert_eq!(s.next_ready(), None);
+        assert_eq!(s.skipped(), 2);
+    }
 
     #[test]
     fn summary_line() {

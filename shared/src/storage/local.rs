@@ -310,6 +310,10 @@ impl Storage for LocalStorage {
             .await
             .map_err(io_err("remove", &probe))
     }
+
+    async fn remove_incomplete(&self, max_age: Duration) -> Result<u64, StorageError> {
+        self.remove_stale_temp_files(max_age).await
+    }
 }
 
 type ListSender = mpsc::Sender<Result<ObjectMeta, StorageError>>;

@@ -85,6 +85,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Cheap readiness probe: the backend is reachable and writable.
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// Removes what interrupted `put`s left behind (a process killed with
+    /// `kill -9` mid-write) and is older than `max_age`; returns how many.
+    /// Backends whose writes leave nothing behind keep this default.
+    async fn remove_incomplete(&self, max_age: std::time::Duration) -> Result<u64, StorageError> {
+        let _ = max_age;
+        Ok(0)
+    }
 }
 
 /// What [`Storage::head`] and [`Storage::list`] report about an object.
