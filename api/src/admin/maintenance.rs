@@ -41,6 +41,7 @@ pub async fn run_gc(config: &Config) -> anyhow::Result<()> {
                 r.bytes_freed,
                 human_bytes(r.bytes_freed)
             );
+            println!("orphan objects:  {}", r.orphan_objects_deleted);
             Ok(())
         }
         None => {

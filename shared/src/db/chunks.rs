@@ -115,39 +115,30 @@ pub struct NewChunk {
     pub file_size: i32,
 }
 
-/// Records stored chunks (≤ [`BATCH`]) in one statement and returns every
-/// hash's id, including rows a concurrent ingest inserted first, but not
-/// rows being garbage-collected (`refcount < 0`): the caller retries later.
-pub async fn insert_many(
+/// Records chunks whose objects are stored (≤ [`BATCH`]) as referenced once
+/// (`refcount = 1`), in the transaction that makes their first NAR ready.
+/// Returns the ids of the rows inserted; hashes already recorded (a
+/// concurrent ingest won) are left out for the caller to reuse.
+pub async fn insert_referenced(
     raw: Raw<'_>,
     new: &[NewChunk],
-    now: i64,
 ) -> Result<HashMap<ChunkHash, i64>, DbError> {
     debug_assert!(new.len() <= BATCH);
     if new.is_empty() {
         return Ok(HashMap::new());
     }
     let values = (0..new.len())
-        .map(|i| format!("(${}, ${}, ${}, 0, $1)", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+        .map(|i| format!("(${}, ${}, ${}, 1, NULL)", 3 * i + 1, 3 * i + 2, 3 * i + 3))
         .collect::<Vec<_>>()
         .join(", ");
     let insert = format!(
         "INSERT INTO chunks (chunk_hash, chunk_size, file_size, refcount, zero_since)
-         VALUES {values} ON CONFLICT (chunk_hash) DO NOTHING"
-    );
-    let select = format!(
-        "SELECT id, chunk_hash FROM chunks WHERE refcount >= 0 AND chunk_hash IN ({})",
-        placeholders(1, new.len())
+         VALUES {values} ON CONFLICT (chunk_hash) DO NOTHING RETURNING id, chunk_hash"
     );
     on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*insert)).bind(now);
+        let mut q = sqlx::query(AssertSqlSafe(&*insert));
         for n in new {
             q = q.bind(&n.hash.as_bytes()[..]).bind(n.chunk_size).bind(n.file_size);
-        }
-        q.execute(&mut *c).await?;
-        let mut q = sqlx::query(AssertSqlSafe(&*select));
-        for n in new {
-            q = q.bind(&n.hash.as_bytes()[..]);
         }
         let rows = q.fetch_all(&mut *c).await?;
         rows.iter()

@@ -243,7 +243,7 @@ macro_rules! chunks_from_rows {
 
 /// Chunks marked for deletion by a GC that did not finish (crash).
 pub async fn deleting_chunks(raw: Raw<'_>, limit: i64) -> Result<Vec<ChunkRecord>, DbError> {
-    let sql = chunk_query("refcount < 0");
+    let sql = chunk_query("zero_since IS NOT NULL AND refcount < 0");
     on_conn!(raw, c => {
         let rows = sqlx::query(AssertSqlSafe(&*sql)).bind(limit).fetch_all(&mut *c).await?;
         chunks_from_rows!(rows)
@@ -257,7 +257,8 @@ pub async fn unreferenced_chunks(
     limit: i64,
 ) -> Result<Vec<ChunkRecord>, DbError> {
     let sql = format!(
-        "SELECT {CHUNK_COLUMNS} FROM chunks WHERE refcount = 0 AND zero_since < $2 ORDER BY zero_since LIMIT $1"
+        "SELECT {CHUNK_COLUMNS} FROM chunks WHERE zero_since IS NOT NULL AND zero_since < $2 AND refcount = 0
+         ORDER BY zero_since LIMIT $1"
     );
     on_conn!(raw, c => {
         let rows = sqlx::query(AssertSqlSafe(&*sql)).bind(limit).bind(cutoff).fetch_all(&mut *c).await?;

@@ -36,6 +36,9 @@ pub struct GcReport {
     pub chunks_deleted: u64,
     /// Stored bytes freed.
     pub bytes_freed: u64,
+    /// Chunk objects no row names (an ingest killed before its commit),
+    /// deleted once older than the grace period.
+    pub orphan_objects_deleted: u64,
 }
 
 /// Runs one GC at time `now` (Unix seconds; injectable for tests) if no
@@ -75,6 +78,10 @@ async fn collect(svc: &Services, now: i64, holder: &str) -> anyhow::Result<GcRep
     let (chunks, bytes) = delete_chunks(svc, now - grace, || renew(svc, now, holder)).await?;
     report.chunks_deleted = chunks;
     report.bytes_freed = bytes;
+    renew(svc, now, holder).await?;
+    let mut orphans = crate::jobs::verify::VerifyReport::default();
+    crate::jobs::verify::find_orphans(svc, now, true, &mut orphans).await?;
+    report.orphan_objects_deleted = orphans.orphans_deleted;
     tracing::info!(?report, "garbage collection finished");
     Ok(report)
 }

@@ -169,85 +169,88 @@ async fn run(
 
     let mut hasher = Sha256::new();
     let mut slots: Vec<Slot> = Vec::new();
-    let mut pending: Vec<NewChunk> = Vec::new();
-    let mut ids: HashMap<ChunkHash, i64> = HashMap::new();
+    // New chunks, by hash (a chunk repeated in the NAR is recorded once).
+    let mut new: HashMap<ChunkHash, NewChunk> = HashMap::new();
     let (mut new_chunks, mut stored_bytes) = (0usize, 0u64);
     while let Some((known, chunk, file_size)) = stored.try_next().await? {
         hasher.update(&chunk.data);
         match known {
             Some(id) => slots.push(Slot::Known(id)),
             None => {
-                new_chunks += 1;
-                stored_bytes += u64::from(file_size);
                 slots.push(Slot::New(chunk.hash));
-                pending.push(NewChunk {
-                    hash: chunk.hash,
-                    chunk_size: chunk.data.len() as i32,
-                    file_size: file_size as i32,
-                });
-                if pending.len() >= BATCH {
-                    flush(svc, &mut pending, &mut ids).await?;
+                if let std::collections::hash_map::Entry::Vacant(e) = new.entry(chunk.hash) {
+                    new_chunks += 1;
+                    stored_bytes += u64::from(file_size);
+                    e.insert(NewChunk {
+                        hash: chunk.hash,
+                        chunk_size: chunk.data.len() as i32,
+                        file_size: file_size as i32,
+                    });
                 }
             }
         }
     }
-    flush(svc, &mut pending, &mut ids).await?;
     let actual = NarHash::from_bytes(hasher.finalize().into());
     if &actual != nar_hash {
         bail!("staged NAR hashes to {actual}, expected {nar_hash}: staging copy corrupt");
     }
-
-    let chunk_ids: Vec<i64> = slots
-        .iter()
-        .map(|s| match s {
-            Slot::Known(id) => Ok(*id),
-            Slot::New(h) => ids
-                .get(h)
-                .copied()
-                .context("a new chunk collided with one being garbage-collected; retrying later"),
-        })
-        .collect::<anyhow::Result<_>>()?;
-
-    if !commit(svc, nar_id, &chunk_ids).await? {
+    if !commit(svc, nar_id, &slots, new).await? {
         return Ok(Outcome::Skipped);
     }
     Ok(Outcome::Ingested {
-        chunks: chunk_ids.len(),
+        chunks: slots.len(),
         new_chunks,
         stored_bytes,
     })
 }
 
-/// Records stored chunks' rows in one transaction.
-async fn flush(
+/// In one transaction: records the new chunks already holding this NAR's
+/// reference (`refcount = 1`, so their rows never change an index again
+/// while referenced), adds a reference to every reused chunk (only if GC is
+/// not deleting it), and makes the NAR ready. False when another run
+/// finished first (ours then changes nothing).
+async fn commit(
     svc: &Services,
-    pending: &mut Vec<NewChunk>,
-    ids: &mut HashMap<ChunkHash, i64>,
-) -> anyhow::Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
+    nar_id: i64,
+    slots: &[Slot],
+    new: HashMap<ChunkHash, NewChunk>,
+) -> anyhow::Result<bool> {
     let mut tx = svc.db.begin().await?;
-    let got = chunks::insert_many(tx.raw(), pending, unix_now()).await?;
-    tx.commit().await?;
-    ids.extend(got);
-    pending.clear();
-    Ok(())
-}
-
-/// Adds references and makes the NAR ready, atomically. False when another
-/// run finished first (ours then changes nothing).
-async fn commit(svc: &Services, nar_id: i64, chunk_ids: &[i64]) -> anyhow::Result<bool> {
-    // Sorted: concurrent commits lock shared chunk rows in the same order.
-    let distinct: Vec<i64> = chunk_ids
+    let mut ids: HashMap<ChunkHash, i64> = HashMap::new();
+    // Chunks another ingest recorded since our lookup: reused, not inserted.
+    let mut reused: BTreeSet<i64> = slots
         .iter()
-        .copied()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
+        .filter_map(|s| match s {
+            Slot::Known(id) => Some(*id),
+            Slot::New(_) => None,
+        })
         .collect();
-    let mut tx = svc.db.begin().await?;
-    let mut file_size = 0i64;
-    for batch in distinct.chunks(BATCH) {
+    let new: Vec<NewChunk> = new.into_values().collect();
+    for batch in new.chunks(BATCH) {
+        let inserted = chunks::insert_referenced(tx.raw(), batch).await?;
+        let rest: Vec<ChunkHash> = batch
+            .iter()
+            .map(|n| n.hash)
+            .filter(|h| !inserted.contains_key(h))
+            .collect();
+        ids.extend(inserted);
+        if !rest.is_empty() {
+            let found = chunks::find_by_hashes(tx.raw(), &rest).await?;
+            for h in rest {
+                let rec = found
+                    .get(&h)
+                    .context("a chunk row vanished during ingest; retrying")?;
+                if rec.refcount < 0 {
+                    bail!("a chunk of this NAR is being garbage-collected; retrying later");
+                }
+                ids.insert(h, rec.id);
+                reused.insert(rec.id);
+            }
+        }
+    }
+    // Sorted: concurrent commits lock shared chunk rows in the same order.
+    let reused: Vec<i64> = reused.into_iter().collect();
+    for batch in reused.chunks(BATCH) {
         let updated = chunks::add_refs(tx.raw(), batch).await?;
         if updated != batch.len() as u64 {
             // GC is deleting a chunk we meant to reuse: roll back and retry;
@@ -255,6 +258,14 @@ async fn commit(svc: &Services, nar_id: i64, chunk_ids: &[i64]) -> anyhow::Resul
             bail!("a reused chunk is being garbage-collected; retrying");
         }
     }
+    let chunk_ids: Vec<i64> = slots
+        .iter()
+        .map(|s| match s {
+            Slot::Known(id) => Ok(*id),
+            Slot::New(h) => ids.get(h).copied().context("new chunk has no id"),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut file_size = 0i64;
     for batch in chunk_ids.chunks(BATCH) {
         let recs = chunks::get_many(tx.raw(), &dedup(batch)).await?;
         for id in batch {
@@ -264,7 +275,7 @@ async fn commit(svc: &Services, nar_id: i64, chunk_ids: &[i64]) -> anyhow::Resul
                 .context("chunk vanished")?;
         }
     }
-    if !nars::mark_ready(tx.raw(), nar_id, chunk_ids, file_size, unix_now()).await? {
+    if !nars::mark_ready(tx.raw(), nar_id, &chunk_ids, file_size, unix_now()).await? {
         return Ok(false);
     }
     tx.commit().await?;

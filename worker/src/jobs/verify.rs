@@ -53,7 +53,9 @@ pub async fn run(svc: &Services, now: i64, repair: bool) -> anyhow::Result<Verif
     Ok(report)
 }
 
-async fn find_orphans(
+/// Lists chunk objects the database does not know; with `repair`, deletes
+/// those older than the grace period. Also GC's last phase.
+pub(crate) async fn find_orphans(
     svc: &Services,
     now: i64,
     repair: bool,
