@@ -439,15 +439,8 @@ impl Config {
     /// Checks values that parse but do not fit together; lists every problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let c = &self.chunking;
-        if !(c.min_size <= c.avg_size && c.avg_size <= c.max_size) {
-            problems.push(format!(
-                "chunking: need min-size <= avg-size <= max-size (got {} / {} / {})",
-                c.min_size, c.avg_size, c.max_size
-            ));
-        }
-        if c.min_size < 64 || c.max_size > 16 * 1024 * 1024 {
-            problems.push("chunking: sizes must lie between 64 bytes and 16 MiB".into());
+        if let Err(invalid) = self.chunking.params().validate() {
+            problems.extend(invalid.0.iter().map(|p| format!("chunking: {p}")));
         }
         if !(1..=22).contains(&self.compression.level) {
             problems.push(format!(
