@@ -166,6 +166,32 @@ pub async fn orphan_nars(
     })
 }
 
+/// Deletes the NARs among `ids` (≤ [`super::chunks::BATCH`]) that are still
+/// orphans untouched since `cutoff`, in one statement; returns their ids.
+pub async fn delete_orphan_nars(
+    raw: Raw<'_>,
+    ids: &[i64],
+    cutoff: i64,
+) -> Result<Vec<i64>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "DELETE FROM nars WHERE updated_at < $1 AND id IN ({})
+           AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.nar_id = nars.id)
+         RETURNING id",
+        placeholders(2, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cutoff);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
+    })
+}
+
 /// Deletes a NAR if it is still an orphan untouched since `cutoff`.
 pub async fn delete_orphan_nar(raw: Raw<'_>, id: i64, cutoff: i64) -> Result<bool, DbError> {
     on_conn!(raw, c => {

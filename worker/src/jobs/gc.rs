@@ -23,7 +23,7 @@ pub const LEASE_TTL: i64 = 600;
 /// Rows read per page.
 const PAGE: i64 = 1000;
 /// Orphan NARs deleted per transaction.
-const NAR_TX: usize = 50;
+const NAR_TX: usize = 100;
 
 /// What one GC run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -174,10 +174,13 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
             let mut tx = svc.db.begin().await?;
             let mut released: BTreeMap<i64, i64> = BTreeMap::new();
             let mut staged = Vec::new();
-            for nar in group {
-                if !gc::delete_orphan_nar(tx.raw(), nar.id, cutoff).await? {
-                    continue; // linked again, or touched: keep it
-                }
+            let ids: Vec<i64> = group.iter().map(|n| n.id).collect();
+            let gone: HashSet<i64> = gc::delete_orphan_nars(tx.raw(), &ids, cutoff)
+                .await?
+                .into_iter()
+                .collect();
+            // Those not deleted were linked again, or touched: kept.
+            for nar in group.iter().filter(|n| gone.contains(&n.id)) {
                 deleted += 1;
                 if nar.ready {
                     let distinct: BTreeSet<i64> = nar.chunk_ids.iter().copied().collect();
