@@ -470,7 +470,7 @@ async fn gc_steps_interleaved_with_uploads_keep_data(app: &TestApp) {
     // another path looks it up (touching it) before GC's delete and links
     // it after: the delete must leave it alone.
     let mut conn = app.state.db.conn().await.expect("connection");
-    let orphans = gc_db::orphan_nars(conn.raw(), 0, cutoff, 100)
+    let (orphans, _) = gc_db::orphan_nars(conn.raw(), 0, cutoff, 100)
         .await
         .expect("scan");
     drop(conn);

@@ -131,27 +131,42 @@ pub struct OrphanNar {
     pub ready: bool,
 }
 
-/// NARs with id above `after`, untouched since before `cutoff`, that no
-/// object refers to; at most `limit`.
+/// Looks at the next `limit` NARs by id above `after` and returns those
+/// untouched since before `cutoff` that no object refers to, with the last id
+/// looked at (`None` when there are no more). The page is bounded before the
+/// anti-join, so each call costs O(limit) whatever the table size or the
+/// planner's statistics (a bulk delete leaves them stale).
 pub async fn orphan_nars(
     raw: Raw<'_>,
     after: i64,
     cutoff: i64,
     limit: i64,
-) -> Result<Vec<OrphanNar>, DbError> {
+) -> Result<(Vec<OrphanNar>, Option<i64>), DbError> {
     on_conn!(raw, c => {
-        let rows = sqlx::query(
-            "SELECT n.id, n.state, n.staging_key, n.chunk_list FROM nars n
-             WHERE n.id > $1 AND n.updated_at < $2
-               AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.nar_id = n.id)
-             ORDER BY n.id LIMIT $3",
+        let last: Option<i64> = sqlx::query(
+            "SELECT MAX(id) AS last FROM (SELECT id FROM nars WHERE id > $1 ORDER BY id LIMIT $2) page",
         )
         .bind(after)
-        .bind(cutoff)
         .bind(limit)
+        .fetch_one(&mut *c)
+        .await?
+        .try_get("last")?;
+        let Some(last) = last else {
+            return Ok((Vec::new(), None));
+        };
+        let rows = sqlx::query(
+            "SELECT n.id, n.state, n.staging_key, n.chunk_list FROM nars n
+             WHERE n.id > $1 AND n.id <= $2 AND n.updated_at < $3
+               AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.nar_id = n.id)
+             ORDER BY n.id",
+        )
+        .bind(after)
+        .bind(last)
+        .bind(cutoff)
         .fetch_all(&mut *c)
         .await?;
-        rows.iter()
+        let found = rows
+            .iter()
             .map(|r| {
                 let state: String = r.try_get("state")?;
                 let list: Option<Vec<u8>> = r.try_get("chunk_list")?;
@@ -162,7 +177,8 @@ pub async fn orphan_nars(
                     ready: state == "ready",
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, DbError>>()?;
+        Ok((found, Some(last)))
     })
 }
 

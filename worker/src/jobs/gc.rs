@@ -162,12 +162,12 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
     let mut deleted = 0;
     let mut after = 0;
     loop {
-        let page = {
+        let (page, last) = {
             let mut conn = svc.db.conn().await?;
-            gc::orphan_nars(conn.raw(), after, cutoff, PAGE / 2).await?
+            gc::orphan_nars(conn.raw(), after, cutoff, PAGE).await?
         };
-        let Some(last) = page.last() else { break };
-        after = last.id;
+        let Some(last) = last else { break };
+        after = last;
         // Up to NAR_TX NARs per transaction, their chunk releases merged:
         // a GC of millions of NARs is thousands of transactions, not millions.
         for group in page.chunks(NAR_TX) {
