@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{DbError, Raw, corrupt};
+use super::{DbError, Raw, corrupt, placeholders};
 use crate::chunk::ChunkHash;
 use crate::on_conn;
 
@@ -33,15 +33,19 @@ pub struct ChunkRecord {
     pub refcount: i64,
 }
 
-const COLUMNS: &str = "id, chunk_hash, chunk_size, file_size, pack_id, pack_offset, refcount";
+/// Columns every [`ChunkRecord`] query selects.
+pub(crate) const COLUMNS: &str =
+    "id, chunk_hash, chunk_size, file_size, pack_id, pack_offset, refcount";
 
+/// A [`ChunkRecord`] from a row selecting [`COLUMNS`] (expanded per backend).
 macro_rules! chunk_from_row {
     ($r:expr) => {{
         let r = $r;
         let hash: Vec<u8> = r.try_get("chunk_hash")?;
-        Ok::<_, DbError>(ChunkRecord {
+        Ok::<_, $crate::db::DbError>($crate::db::chunks::ChunkRecord {
             id: r.try_get("id")?,
-            hash: ChunkHash::from_slice(&hash).map_err(|e| corrupt("chunks.chunk_hash", e))?,
+            hash: $crate::chunk::ChunkHash::from_slice(&hash)
+                .map_err(|e| $crate::db::corrupt("chunks.chunk_hash", e))?,
             chunk_size: r.try_get("chunk_size")?,
             file_size: r.try_get("file_size")?,
             pack_id: r.try_get("pack_id")?,
@@ -50,13 +54,7 @@ macro_rules! chunk_from_row {
         })
     }};
 }
-
-fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+pub(crate) use chunk_from_row;
 
 /// Finds which of `hashes` are stored (≤ [`BATCH`] per call), by hash,
 /// including chunks being deleted (`refcount < 0`), which callers must not reuse.

@@ -12,16 +12,9 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::chunks::ChunkRecord;
 use super::nars::decode_chunk_list;
-use super::{DbError, Raw, corrupt};
+use super::{DbError, Raw, corrupt, placeholders};
 use crate::chunk::ChunkHash;
 use crate::on_conn;
-
-fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// An object with what expiry and pin closures need.
 #[derive(Debug, Clone)]
@@ -256,7 +249,7 @@ pub async fn release_refs_by(
     })
 }
 
-const CHUNK_COLUMNS: &str = "id, chunk_hash, chunk_size, file_size, pack_id, pack_offset, refcount";
+use super::chunks::{COLUMNS as CHUNK_COLUMNS, chunk_from_row};
 
 fn chunk_query(filter: &str) -> String {
     format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE {filter} ORDER BY id LIMIT $1")
@@ -266,19 +259,7 @@ macro_rules! chunks_from_rows {
     ($rows:expr) => {{
         $rows
             .iter()
-            .map(|r| {
-                let hash: Vec<u8> = r.try_get("chunk_hash")?;
-                Ok(ChunkRecord {
-                    id: r.try_get("id")?,
-                    hash: ChunkHash::from_slice(&hash)
-                        .map_err(|e| corrupt("chunks.chunk_hash", e))?,
-                    chunk_size: r.try_get("chunk_size")?,
-                    file_size: r.try_get("file_size")?,
-                    pack_id: r.try_get("pack_id")?,
-                    pack_offset: r.try_get("pack_offset")?,
-                    refcount: r.try_get("refcount")?,
-                })
-            })
+            .map(|r| chunk_from_row!(r))
             .collect::<Result<Vec<_>, DbError>>()
     }};
 }

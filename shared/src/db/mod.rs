@@ -239,6 +239,14 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// `$start, $start+1, …` for `n` bound values (both dialects accept `$n`).
+pub(crate) fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Maps a column decode failure to [`DbError::Corrupt`].
 pub(crate) fn corrupt(column: &'static str, e: impl std::fmt::Display) -> DbError {
     DbError::Corrupt {

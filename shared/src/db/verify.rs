@@ -3,18 +3,10 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::chunks::ChunkRecord;
+use super::chunks::{ChunkRecord, chunk_from_row};
 use super::nars::decode_chunk_list;
-use super::{DbError, Raw, corrupt};
-use crate::chunk::ChunkHash;
+use super::{DbError, Raw, placeholders};
 use crate::on_conn;
-
-fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Live chunks with id above `after`, at most `limit`, by id.
 pub async fn chunk_page(raw: Raw<'_>, after: i64, limit: i64) -> Result<Vec<ChunkRecord>, DbError> {
@@ -27,20 +19,7 @@ pub async fn chunk_page(raw: Raw<'_>, after: i64, limit: i64) -> Result<Vec<Chun
         .bind(limit)
         .fetch_all(&mut *c)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let hash: Vec<u8> = r.try_get("chunk_hash")?;
-                Ok(ChunkRecord {
-                    id: r.try_get("id")?,
-                    hash: ChunkHash::from_slice(&hash).map_err(|e| corrupt("chunks.chunk_hash", e))?,
-                    chunk_size: r.try_get("chunk_size")?,
-                    file_size: r.try_get("file_size")?,
-                    pack_id: r.try_get("pack_id")?,
-                    pack_offset: r.try_get("pack_offset")?,
-                    refcount: r.try_get("refcount")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| chunk_from_row!(r)).collect()
     })
 }
 
