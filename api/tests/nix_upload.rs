@@ -812,6 +812,8 @@ async fn listing_generated_for_attic_uploads(app: &TestApp) {
         .await
         .assert_status(StatusCode::OK);
     app.drain_jobs().await;
+    // The ingest job records the listing of a path pushed without one.
+    assert_eq!(app.count("nar_listings").await, 1);
     app.upload(&token, "attic", &staged)
         .await
         .assert_status(StatusCode::OK);

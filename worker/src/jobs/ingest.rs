@@ -4,8 +4,9 @@
 //! (2) look chunks up by hash in batches; (3) compress and store new chunks
 //! in parallel (storage keys are content hashes, so a rerun rewrites the same
 //! bytes), recording their rows in batches (`ON CONFLICT DO NOTHING`); (4) in
-//! one transaction, add the NAR's references to its chunks and flip the NAR
-//! to `ready` (guarded by `state = 'staged'`); (5) delete the staged copy.
+//! one transaction, add the NAR's references to its chunks, record its `.ls`
+//! listing (made in the same pass) and flip the NAR to `ready` (guarded by
+//! `state = 'staged'`); (5) delete the staged copy.
 //! A crash anywhere leaves either a staged NAR (served from staging, retried)
 //! or a ready one; new chunk rows that never got a reference sit at
 //! `refcount = 0` until GC's grace period passes.
@@ -29,7 +30,9 @@ use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::unix_now;
+use larder_shared::db::uploads;
 use larder_shared::nix::hash::NarHash;
+use larder_shared::nix::nar::NarValidator;
 use larder_shared::storage::{ObjectKey, StorageError};
 
 use crate::services::Services;
@@ -168,12 +171,18 @@ async fn run(
     let mut stored = std::pin::pin!(stored);
 
     let mut hasher = Sha256::new();
+    // The `.ls` listing comes from the same pass (Nix's write-nar-listing
+    // format), so paths pushed without one get it here.
+    let mut lister = NarValidator::with_listing();
     let mut slots: Vec<Slot> = Vec::new();
     // New chunks, by hash (a chunk repeated in the NAR is recorded once).
     let mut new: HashMap<ChunkHash, NewChunk> = HashMap::new();
     let (mut new_chunks, mut stored_bytes) = (0usize, 0u64);
     while let Some((known, chunk, file_size)) = stored.try_next().await? {
         hasher.update(&chunk.data);
+        lister
+            .update(&chunk.data)
+            .context("staged NAR does not parse: staging copy corrupt")?;
         match known {
             Some(id) => slots.push(Slot::Known(id)),
             None => {
@@ -194,7 +203,12 @@ async fn run(
     if &actual != nar_hash {
         bail!("staged NAR hashes to {actual}, expected {nar_hash}: staging copy corrupt");
     }
-    if !commit(svc, nar_id, &slots, new).await? {
+    let listing = lister
+        .finish()
+        .context("staged NAR does not parse: staging copy corrupt")?
+        .listing
+        .map(|l| l.to_json());
+    if !commit(svc, nar_id, &slots, new, listing.as_deref()).await? {
         return Ok(Outcome::Skipped);
     }
     Ok(Outcome::Ingested {
@@ -214,6 +228,7 @@ async fn commit(
     nar_id: i64,
     slots: &[Slot],
     new: HashMap<ChunkHash, NewChunk>,
+    listing: Option<&[u8]>,
 ) -> anyhow::Result<bool> {
     let mut tx = svc.db.begin().await?;
     let mut ids: HashMap<ChunkHash, i64> = HashMap::new();
@@ -277,6 +292,9 @@ async fn commit(
     }
     if !nars::mark_ready(tx.raw(), nar_id, &chunk_ids, file_size, unix_now()).await? {
         return Ok(false);
+    }
+    if let Some(listing) = listing {
+        uploads::insert_nar_listing(tx.raw(), nar_id, listing, unix_now()).await?;
     }
     tx.commit().await?;
     Ok(true)
