@@ -27,6 +27,20 @@ pub struct ObjectRef {
     pub references: Vec<String>,
 }
 
+/// An [`ObjectRef`] from a row selecting `id, store_path_hash, refs`
+/// (expanded per backend).
+macro_rules! object_ref_from_row {
+    ($r:expr) => {{
+        let r = $r;
+        let refs: String = r.try_get("refs")?;
+        Ok::<_, DbError>(ObjectRef {
+            id: r.try_get("id")?,
+            store_path_hash: r.try_get("store_path_hash")?,
+            references: refs.split_whitespace().map(str::to_owned).collect(),
+        })
+    }};
+}
+
 /// Objects of `cache_id` idle since before `cutoff` (no push or access),
 /// with id above `after` (keyset paging), at most `limit`.
 pub async fn idle_objects(
@@ -47,16 +61,7 @@ pub async fn idle_objects(
         .bind(limit)
         .fetch_all(&mut *c)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let refs: String = r.try_get("refs")?;
-                Ok(ObjectRef {
-                    id: r.try_get("id")?,
-                    store_path_hash: r.try_get("store_path_hash")?,
-                    references: refs.split_whitespace().map(str::to_owned).collect(),
-                })
-            })
-            .collect()
+        rows.iter().map(|r| object_ref_from_row!(r)).collect()
     })
 }
 
@@ -79,16 +84,7 @@ pub async fn objects_by_hashes(
             q = q.bind(h);
         }
         let rows = q.fetch_all(&mut *c).await?;
-        rows.iter()
-            .map(|r| {
-                let refs: String = r.try_get("refs")?;
-                Ok(ObjectRef {
-                    id: r.try_get("id")?,
-                    store_path_hash: r.try_get("store_path_hash")?,
-                    references: refs.split_whitespace().map(str::to_owned).collect(),
-                })
-            })
-            .collect()
+        rows.iter().map(|r| object_ref_from_row!(r)).collect()
     })
 }
 
