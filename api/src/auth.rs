@@ -1,5 +1,5 @@
 //! Credentials and permission checks: the only place that decides who may
-//! do what (CONTRACT.md "Tokens").
+//! do what (docs/protocol.md "Tokens").
 //!
 //! Handlers take [`Credentials`] (an extractor: a present but invalid token
 //! is a 401 saying why, never silently anonymous) and call

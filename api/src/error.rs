@@ -1,5 +1,5 @@
 //! The one place where errors become HTTP: status, JSON body
-//! `{"code", "error", "message"}` (CONTRACT.md), and the single log line for 5xx.
+//! `{"code", "error", "message"}` (docs/protocol.md), and the single log line for 5xx.
 
 use axum::Json;
 use axum::http::StatusCode;

@@ -1,5 +1,5 @@
 //! `larder-api [-f CONFIG] [--listen ADDR] [--no-migrate]`: the HTTP server.
-//! Without a config it runs the embedded default (CONTRACT.md).
+//! Without a config it runs the embedded default (docs/protocol.md).
 
 use std::path::PathBuf;
 use std::sync::Arc;

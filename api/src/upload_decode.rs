@@ -1,5 +1,5 @@
 //! Recognising and decompressing the NAR files stock Nix uploads
-//! (CONTRACT.md "What real Nix clients do"). Nix 2.8 compresses with
+//! (docs/protocol.md "What real Nix clients do"). Nix 2.8 compresses with
 //! libarchive (`xz`, `bzip2`, `gzip`, `lz4`, `lzip`, `zstd`), its own brotli
 //! sink (`br`), or not at all (`none`), and names gzip and none alike
 //! (`.nar`), so the format comes from the first bytes, never from the name.

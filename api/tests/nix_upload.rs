@@ -1,5 +1,5 @@
 //! Uploads from stock `nix copy --to http://…` (issue 4, items 4 and 5)
-//! through the router: the request sequence Nix 2.8 sends (CONTRACT.md
+//! through the router: the request sequence Nix 2.8 sends (docs/protocol.md
 //! "What real Nix clients do") for every compression it uploads, reads back
 //! the way Nix reads, the uploader's URL kept answering in its compression,
 //! rejected uploads and narinfos, re-pushes, `.ls` listings, and the
@@ -356,7 +356,7 @@ async fn every_compression_round_trips(app: &TestApp) {
                 "{c}: uploader's Sig kept:\n{text}"
             );
             assert_eq!(narinfo_line(&text, "System"), Some("x86_64-linux"));
-            // Larder's own URL, as the CONTRACT says.
+            // Larder's own URL, as docs/protocol.md says.
             let own = if ingested {
                 format!("nar/{}.nar.zst", nar.url_hash())
             } else {

@@ -3,7 +3,7 @@
 //! 1. every bad credential, as Bearer and as Basic, against every endpoint
 //!    class is a 401 whose JSON says why; valid tokens without the needed
 //!    permission get 403; pattern precedence (exact name, first glob, no
-//!    merging) as CONTRACT.md "Tokens" states;
+//!    merging) as docs/protocol.md "Tokens" states;
 //! 2. a stranger cannot tell an existing private cache or path from a
 //!    missing one; a public cache grants pull, not push;
 //! 3. tokens made outside Larder in Attic's exact shape (fixtures) grant

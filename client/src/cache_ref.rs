@@ -1,6 +1,6 @@
 //! `[SERVER:]CACHE`, the way every command names a cache.
 //!
-//! Cache names cannot contain `:` (CONTRACT.md), so the first `:` separates
+//! Cache names cannot contain `:` (docs/protocol.md), so the first `:` separates
 //! the server from the cache; without one, the default server is meant.
 
 use std::fmt;

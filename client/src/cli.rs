@@ -1,4 +1,4 @@
-//! The command line, as clap parses it (CONTRACT.md, "`larder`").
+//! The command line, as clap parses it (docs/protocol.md, "`larder`").
 
 use std::path::PathBuf;
 

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! A server without a token falls back to `$LARDER_TOKEN`, then
-//! `$ATTIC_TOKEN` (CONTRACT.md), so CI can keep the token out of files.
+//! `$ATTIC_TOKEN` (docs/protocol.md), so CI can keep the token out of files.
 
 use std::collections::BTreeMap;
 use std::fmt;

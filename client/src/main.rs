@@ -1,4 +1,4 @@
-//! `larder`: the user's command-line client (CONTRACT.md, "`larder`").
+//! `larder`: the user's command-line client (docs/protocol.md, "`larder`").
 //!
 //! Each command lives in its own module; this file only parses the command
 //! line, runs the command on a Tokio runtime, and turns the outcome into

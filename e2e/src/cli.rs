@@ -1,5 +1,5 @@
 //! The `larder` and `larder-admin` binaries, run as a user and an operator
-//! run them (CONTRACT.md, "`larder`" and "`larder-admin`").
+//! run them (docs/protocol.md, "`larder`" and "`larder-admin`").
 //!
 //! A [`LarderCli`] is one user: its own `XDG_CONFIG_HOME` (so its
 //! `larder/config.toml` holds only the servers it logged in to), and a fresh

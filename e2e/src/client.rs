@@ -1,4 +1,4 @@
-//! The HTTP side: Attic's cache-config and upload-path API (CONTRACT.md wire
+//! The HTTP side: Attic's cache-config and upload-path API (docs/protocol.md wire
 //! format), and narinfo reads as a substituter would do them.
 
 use std::process::Stdio;

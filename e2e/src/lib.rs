@@ -19,7 +19,7 @@
 //!
 //! - [`server`]: [`Server`] (the embedded default in a temporary data
 //!   directory) and [`Worker`] (a separate `larder-worker` process).
-//! - [`nix`]: a [`Nix`] context with its own `XDG_CACHE_HOME` (CONTRACT.md:
+//! - [`nix`]: a [`Nix`] context with its own `XDG_CACHE_HOME` (docs/protocol.md:
 //!   Nix caches narinfos): building, metadata, substitution into a fresh
 //!   chroot store with signature checking, verification.
 //! - [`tree`]: [`StoreTree`], real derivation trees built without nixpkgs.

@@ -2,7 +2,7 @@
 //! nixpkgs, reading their metadata, and substituting them into fresh stores.
 //!
 //! Every [`Nix`] context has its own `XDG_CACHE_HOME`, because Nix caches
-//! narinfos there (CONTRACT.md, "Client cache"): a second substitution with
+//! narinfos there (docs/protocol.md, "Client cache"): a second substitution with
 //! the same cache would test the cache file, not the server.
 //!
 //! Commands used (Nix 2.8, as root, single-user, no daemon):

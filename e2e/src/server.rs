@@ -1,6 +1,6 @@
 //! Real `larder-api` and `larder-worker` processes.
 //!
-//! [`Server`] runs the embedded default (CONTRACT.md): `LARDER_DATA_DIR` is a
+//! [`Server`] runs the embedded default (docs/protocol.md): `LARDER_DATA_DIR` is a
 //! temporary directory, `LARDER_LISTEN` a free loopback port. Output goes to
 //! files under the temporary directory (`logs/`), so after `GET /_ready`
 //! answers 200 everything printed before the listener was bound (the root

@@ -1,6 +1,6 @@
 //! Real store paths without nixpkgs: `derivation`s with a `/bin/sh` builder
 //! (no sandbox) whose outputs contain their dependencies' store paths, so
-//! the references are real (CONTRACT.md, "Real store paths without
+//! the references are real (docs/protocol.md, "Real store paths without
 //! nixpkgs"). A per-test random seed in every build script makes the paths
 //! new on every run.
 

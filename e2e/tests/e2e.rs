@@ -145,7 +145,7 @@ async fn check_nar_downloads(
 
 /// Checks that `other` (a cache without these paths) answers 404 for their
 /// narinfos and for the NAR URLs `cache` serves: knowing a hash never reads
-/// another cache's data (CONTRACT.md).
+/// another cache's data (docs/protocol.md).
 async fn check_isolated(
     client: &Client,
     cache: &str,

@@ -1,6 +1,6 @@
 //! Cache names, validated once at the edge.
 //!
-//! CONTRACT.md: `^[A-Za-z0-9][A-Za-z0-9-_+]{0,49}$`. A name that parses can be
+//! docs/protocol.md: `^[A-Za-z0-9][A-Za-z0-9-_+]{0,49}$`. A name that parses can be
 //! put into URLs, storage keys and log fields without further escaping.
 
 use std::fmt;

@@ -1,6 +1,6 @@
 //! Configuration: one typed tree, loaded once, shared as `Arc<Config>`.
 //!
-//! Keys follow Attic's `server.toml` where the concept is the same (CONTRACT.md),
+//! Keys follow Attic's `server.toml` where the concept is the same (docs/protocol.md),
 //! so an operator's muscle memory carries over. Unknown keys are errors that name
 //! the key. Environment variables override the file (`LARDER_*`).
 
@@ -407,7 +407,7 @@ impl Config {
         toml::from_str(text)
     }
 
-    /// Applies the environment overrides of CONTRACT.md through `get`.
+    /// Applies the environment overrides of docs/protocol.md through `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("LARDER_LISTEN") {
             self.listen = v.parse().map_err(|_| ConfigError::Env {

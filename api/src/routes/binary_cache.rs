@@ -1,5 +1,5 @@
 //! The Nix binary-cache protocol for reads: `nix-cache-info`, narinfo, NARs.
-//! What stock Nix 2.8 sends is recorded in CONTRACT.md.
+//! What stock Nix 2.8 sends is recorded in docs/protocol.md.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -97,7 +97,7 @@ pub async fn delete_file(
 }
 
 /// Renders and signs the narinfo of an object; the URL depends on whether
-/// the NAR is still staged (CONTRACT.md "NAR URLs").
+/// the NAR is still staged (docs/protocol.md "NAR URLs").
 pub fn render_narinfo(keypair: &str, store_dir: &str, object: &ObjectRecord) -> ApiResult<String> {
     let internal = |what: &str, e: String| ApiError::Internal(format!("{what}: {e}"));
     let store_dir: StoreDir = store_dir

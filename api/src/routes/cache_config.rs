@@ -1,5 +1,5 @@
 //! `/_api/v1/cache-config/{cache}`: create, read, configure, destroy a cache
-//! (Attic's JSON shape, CONTRACT.md).
+//! (Attic's JSON shape, docs/protocol.md).
 
 use axum::Json;
 use axum::extract::{Path, State};

@@ -1,5 +1,5 @@
 //! Uploads from stock `nix copy --to 'http://HOST/CACHE?compression=…'`
-//! (CONTRACT.md "What real Nix clients do"; issue 4).
+//! (docs/protocol.md "What real Nix clients do"; issue 4).
 //!
 //! Nix 2.8 pushes a path as `HEAD nar/<file>`, `PUT nar/<file>` (the
 //! compressed NAR, `<file>` = `<filehash>.nar[.xz|.zst|…]`), then

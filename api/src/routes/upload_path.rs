@@ -1,4 +1,4 @@
-//! `PUT /_api/v1/upload-path`: Attic's NAR upload (CONTRACT.md wire format).
+//! `PUT /_api/v1/upload-path`: Attic's NAR upload (docs/protocol.md wire format).
 //!
 //! Metadata comes in `X-Attic-Nar-Info` or as a preamble of
 //! `X-Attic-Nar-Info-Preamble-Size` bytes; the rest of the body is the NAR.

@@ -98,7 +98,7 @@ impl TestResponse {
         self
     }
 
-    /// Asserts a CONTRACT.md error: this status and a JSON body
+    /// Asserts a docs/protocol.md error: this status and a JSON body
     /// `{"code": <status>, "error": <kind>, "message": <non-empty>}`.
     #[track_caller]
     pub fn assert_error(&self, status: StatusCode, kind: &str) {

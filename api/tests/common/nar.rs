@@ -123,7 +123,7 @@ impl TestNar {
         self.nar_hash.to_base32()
     }
 
-    /// Attic's `X-Attic-Nar-Info` JSON (CONTRACT.md "Attic wire format"),
+    /// Attic's `X-Attic-Nar-Info` JSON (docs/protocol.md "Attic wire format"),
     /// NAR hash as `sha256:<hex>`.
     pub fn info(&self, cache: &str) -> Value {
         json!({

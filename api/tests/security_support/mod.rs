@@ -385,7 +385,7 @@ impl Auth {
     }
 }
 
-/// One endpoint of each permission class (CONTRACT.md "HTTP").
+/// One endpoint of each permission class (docs/protocol.md "HTTP").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     /// `GET /{cache}/nix-cache-info` (`r` or `w`).
@@ -476,7 +476,7 @@ impl Endpoint {
     }
 }
 
-/// Checks a CONTRACT.md error body: exactly `code`, `error`, `message`,
+/// Checks a docs/protocol.md error body: exactly `code`, `error`, `message`,
 /// the message containing `why` (case-insensitive). Returns a description
 /// of what is wrong, for tables that report every failure at once.
 pub fn check_error(

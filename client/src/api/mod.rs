@@ -1,7 +1,7 @@
 //! The HTTP client for Larder's (Attic-compatible) API under `/_api/v1`.
 //!
 //! One [`ApiClient`] per server: it holds the endpoint and the bearer token,
-//! turns error bodies (`{"code", "error", "message"}`, CONTRACT.md) into
+//! turns error bodies (`{"code", "error", "message"}`, docs/protocol.md) into
 //! [`ApiError::Status`], and retries the calls that are safe to repeat
 //! (reads, `get-missing-paths`). Cache management calls are sent once: a
 //! retried create or destroy could report the first attempt's effect as an

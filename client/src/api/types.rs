@@ -1,4 +1,4 @@
-//! Wire types of the Attic API as Larder serves it (CONTRACT.md, "Attic wire
+//! Wire types of the Attic API as Larder serves it (docs/protocol.md, "Attic wire
 //! format"). They are restated here rather than imported from the server
 //! crate: the JSON is the contract, and the client must not link the server.
 

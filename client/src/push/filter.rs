@@ -1,7 +1,7 @@
 //! Deciding which paths need uploading: not those the cache's upstream
 //! serves, not those the cache already has.
 //!
-//! The upstream test is by signature only (CONTRACT.md): a path signed by a
+//! The upstream test is by signature only (docs/protocol.md): a path signed by a
 //! key whose name is in the cache's `upstream_cache_key_names` (by default
 //! `cache.nixos.org-1`) is one Nix can fetch from that upstream, so storing
 //! it again would only cost space. No network query is made, so this works

@@ -47,7 +47,7 @@ impl Transient for UploadError {
     }
 }
 
-/// The upload metadata for `info` (CONTRACT.md wire format): references
+/// The upload metadata for `info` (docs/protocol.md wire format): references
 /// and deriver as base names, the NAR hash as `sha256:<hex>`.
 pub fn nar_info(cache: &CacheName, store_dir: &StoreDir, info: &PathInfo) -> UploadPathNarInfo {
     UploadPathNarInfo {

@@ -1,7 +1,7 @@
 //! Writing a credential into a netrc file, which is how stock Nix sends
 //! credentials: curl reads the `netrc-file` Nix names, and Nix then sends
 //! `Authorization: Basic` with the token as password on every request to
-//! that host (CONTRACT.md; the server accepts a JWT as Basic password).
+//! that host (docs/protocol.md; the server accepts a JWT as Basic password).
 //!
 //! netrc is a stream of whitespace-separated tokens: `machine HOST`
 //! starts an entry, `login`, `password`, `account` take a value, `default`

@@ -1,5 +1,5 @@
 //! Stock `nix copy --to http://…/<cache>?compression=…` in every compression
-//! Nix 2.8 uploads, then substitution back (CONTRACT.md, "Push" and "NAR
+//! Nix 2.8 uploads, then substitution back (docs/protocol.md, "Push" and "NAR
 //! URLs"): with a fresh narinfo cache (the server's signed narinfo), and with
 //! the uploader's cache, whose narinfo names the uploaded file.
 

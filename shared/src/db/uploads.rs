@@ -1,4 +1,4 @@
-//! Uploads from stock `nix copy --to http://…` (CONTRACT.md "What real Nix
+//! Uploads from stock `nix copy --to http://…` (docs/protocol.md "What real Nix
 //! clients do"), and NAR listings.
 //!
 //! - `nix_uploads`: a NAR file PUT to `nar/<file>` whose narinfo has not

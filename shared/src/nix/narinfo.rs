@@ -410,7 +410,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// hello-2.10 as cache.nixos.org serves it. `NarHash`, `NarSize`,
-    /// `References` and `Sig` are the public vector of CONTRACT.md;
+    /// `References` and `Sig` are the public vector of docs/protocol.md;
     /// `URL`, `FileHash`, `FileSize` and `Deriver` are made up in the same
     /// format (they are not signed).
     const HELLO: &str = "\
