@@ -13,7 +13,10 @@
 //! Binaries are looked up next to the test executable (`target/<profile>/`),
 //! or in `$LARDER_E2E_BIN_DIR` when set; a missing binary fails the test with
 //! that instruction. Tests that run Nix skip (with a message) only when
-//! `nix-build` is not on `PATH`; CI installs Nix, so there they run.
+//! `nix-build` is not on `PATH`; CI installs Nix, so there they run. The Nix
+//! scenarios also run against a newer Nix (2.26) in a chroot named by
+//! `$LARDER_NIX_NEWER_ROOT`, which `scripts/test-all` installs and sets;
+//! unset, those runs are skipped with a message.
 //!
 //! # Pieces
 //!
@@ -22,6 +25,8 @@
 //! - [`nix`]: a [`Nix`] context with its own `XDG_CACHE_HOME` (docs/protocol.md:
 //!   Nix caches narinfos): building, metadata, substitution into a fresh
 //!   chroot store with signature checking, verification.
+//! - [`nix_client`]: [`NixClient`], which Nix a context runs (the host's, or
+//!   the newer one in a chroot) and where its files are.
 //! - [`tree`]: [`StoreTree`], real derivation trees built without nixpkgs.
 //! - [`client`]: the HTTP side: cache creation, Attic `upload-path` streamed
 //!   from `nix-store --dump`, narinfo reads.
@@ -34,6 +39,7 @@
 pub mod cli;
 pub mod client;
 pub mod nix;
+pub mod nix_client;
 pub mod replica;
 pub mod server;
 pub mod tree;
@@ -42,6 +48,7 @@ pub mod wait;
 pub use cli::{LarderCli, PushSummary};
 pub use client::{Client, Narinfo};
 pub use nix::{Nix, PathInfo, TempStore};
+pub use nix_client::NixClient;
 pub use server::{Server, ServerOptions, Worker};
 pub use tree::StoreTree;
 

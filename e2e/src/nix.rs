@@ -1,11 +1,14 @@
-//! The real Nix CLI (observed with 2.8): building store paths without
-//! nixpkgs, reading their metadata, and substituting them into fresh stores.
+//! The real Nix CLI (observed with 2.8 and 2.26): building store paths
+//! without nixpkgs, reading their metadata, and substituting them into fresh
+//! stores.
 //!
 //! Every [`Nix`] context has its own `XDG_CACHE_HOME`, because Nix caches
 //! narinfos there (docs/protocol.md, "Client cache"): a second substitution with
-//! the same cache would test the cache file, not the server.
+//! the same cache would test the cache file, not the server. A context runs
+//! one [`NixClient`] (the host's Nix or the newer one in a chroot); its
+//! scratch files live where that client sees them.
 //!
-//! Commands used (Nix 2.8, as root, single-user, no daemon):
+//! Commands used (as root, single-user, no daemon; the same for both):
 //! - build: `nix-build --option sandbox false --option substituters ''
 //!   --option build-users-group '' --no-out-link FILE.nix`
 //! - metadata: `nix --extra-experimental-features nix-command path-info --json PATH…`
@@ -23,40 +26,67 @@ use std::process::Stdio;
 use anyhow::Context;
 use serde::Deserialize;
 
-/// Flags Nix 2.8 needs for the `nix` command (`copy`, `path-info`, `store`).
+pub use crate::nix_client::NixClient;
+
+/// Flags Nix 2.8 and 2.26 need for the `nix` command (`copy`, `path-info`,
+/// `store`).
 pub const NIX_COMMAND: [&str; 2] = ["--extra-experimental-features", "nix-command"];
 
-/// A Nix invocation context: its own `XDG_CACHE_HOME` and scratch directory.
+/// A Nix invocation context: one client, its own `XDG_CACHE_HOME` and
+/// scratch directory.
 pub struct Nix {
+    client: NixClient,
     dir: tempfile::TempDir,
+    /// `XDG_CACHE_HOME` as the client sees it.
+    xdg_cache: PathBuf,
 }
 
 impl Nix {
-    /// A fresh context (fresh narinfo cache).
+    /// A fresh context (fresh narinfo cache) running the host's Nix.
     pub fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("larder-e2e-nix-")
-            .tempdir()?;
-        std::fs::create_dir(dir.path().join("xdg-cache"))?;
-        Ok(Self { dir })
+        Self::with_client(&NixClient::Native)
     }
 
-    /// Scratch directory (expressions, netrc files).
+    /// A fresh context (fresh narinfo cache) running `client`.
+    pub fn with_client(client: &NixClient) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("larder-e2e-nix-")
+            .tempdir_in(client.temp_dir())?;
+        std::fs::create_dir(dir.path().join("xdg-cache"))?;
+        let xdg_cache = client.client_path(&dir.path().join("xdg-cache"))?;
+        Ok(Self {
+            client: client.clone(),
+            dir,
+            xdg_cache,
+        })
+    }
+
+    /// The client this context runs.
+    pub fn client(&self) -> &NixClient {
+        &self.client
+    }
+
+    /// Scratch directory (expressions, netrc files), as the host sees it.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
+    /// A store path of this client's store, as the host sees it.
+    pub fn store_path_on_host(&self, store_path: &str) -> PathBuf {
+        self.client.host_path(store_path)
+    }
+
     /// A command for `program` with this context's `XDG_CACHE_HOME`.
     pub fn command(&self, program: &str) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.env("XDG_CACHE_HOME", self.dir.path().join("xdg-cache"))
+        let mut cmd = self.client.command(program);
+        cmd.env("XDG_CACHE_HOME", &self.xdg_cache)
             .env_remove("NIX_CONFIG")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd
     }
 
-    /// A `nix` command with the experimental-feature flag Nix 2.8 needs.
+    /// A `nix` command with the experimental-feature flag Nix needs.
     pub fn nix(&self) -> tokio::process::Command {
         let mut cmd = self.command("nix");
         cmd.args(NIX_COMMAND);
@@ -71,7 +101,7 @@ impl Nix {
             .args(["--option", "substituters", ""])
             .args(["--option", "build-users-group", ""])
             .arg("--no-out-link")
-            .arg(file);
+            .arg(self.client.client_path(file)?);
         let out = run(cmd).await?;
         Ok(out.lines().map(str::to_owned).collect())
     }
@@ -89,15 +119,7 @@ impl Nix {
         let mut cmd = self.nix();
         cmd.args(["path-info", "--json"]).args(paths);
         let out = run(cmd).await?;
-        let infos: Vec<PathInfo> = serde_json::from_str(&out)
-            .with_context(|| format!("parsing `nix path-info --json`: {out}"))?;
-        anyhow::ensure!(
-            infos.len() == paths.len(),
-            "path-info returned {} of {} paths",
-            infos.len(),
-            paths.len()
-        );
-        Ok(infos)
+        parse_path_infos(&out, paths)
     }
 
     /// Deletes test paths from the system store (`nix-store --delete`), so
@@ -110,15 +132,24 @@ impl Nix {
     }
 
     /// Writes a netrc giving `token` as the password for `host`: stock Nix
-    /// sends only netrc credentials (as Basic) to a private cache.
+    /// sends only netrc credentials (as Basic) to a private cache. Returns
+    /// its path as this context's Nix sees it (for `netrc-file`).
     pub fn write_netrc(&self, host: &str, token: &str) -> anyhow::Result<PathBuf> {
+        self.write_netrc_text(&format!("machine {host}\nlogin larder\npassword {token}\n"))
+    }
+
+    /// Writes `text` as this context's netrc file (replacing the previous
+    /// one); returns its path as this context's Nix sees it.
+    pub fn write_netrc_text(&self, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir().join("netrc");
-        std::fs::write(
-            &path,
-            format!("machine {host}\nlogin larder\npassword {token}\n"),
-        )?;
+        std::fs::write(&path, text)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(path)
+        self.client.client_path(&path)
+    }
+
+    /// A fresh chroot store where this context's Nix can reach it.
+    pub fn temp_store(&self) -> anyhow::Result<TempStore> {
+        TempStore::new_for(&self.client)
     }
 
     /// `nix copy --from CACHE_URL --to <fresh chroot store>` with signature
@@ -129,10 +160,10 @@ impl Nix {
         sub: &Substituter<'_>,
         paths: &[String],
     ) -> anyhow::Result<TempStore> {
-        let store = TempStore::new()?;
+        let store = self.temp_store()?;
         let mut cmd = self.nix();
         cmd.args(["copy", "--from", cache_url, "--to"])
-            .arg(store.root())
+            .arg(store.client_root())
             .args(paths);
         sub.options(&mut cmd);
         run(cmd).await.context("nix copy --from the cache")?;
@@ -147,10 +178,10 @@ impl Nix {
         sub: &Substituter<'_>,
         paths: &[String],
     ) -> anyhow::Result<TempStore> {
-        let store = TempStore::new()?;
+        let store = self.temp_store()?;
         let mut cmd = self.command("nix-store");
         cmd.arg("--store")
-            .arg(store.root())
+            .arg(store.client_root())
             .arg("--realise")
             .args(paths)
             .args(["--option", "substituters", cache_url])
@@ -190,10 +221,10 @@ impl Nix {
         netrc: &Path,
         paths: &[String],
     ) -> anyhow::Result<TempStore> {
-        let store = TempStore::new()?;
+        let store = self.temp_store()?;
         let mut cmd = self.nix();
         cmd.args(["copy", "--from", cache_url, "--to"])
-            .arg(store.root())
+            .arg(store.client_root())
             .args(paths)
             .args(["--option", "require-sigs", "false"])
             .arg("--option")
@@ -222,14 +253,17 @@ impl Nix {
         let out = run(cmd).await?;
         let v: serde_json::Value = serde_json::from_str(&out)
             .with_context(|| format!("parsing `nix path-info --json --store`: {out}"))?;
+        // 2.8: a list of objects with `path`; 2.26: an object keyed by path.
         v.get(0)
+            .or_else(|| v.get(path))
+            .filter(|info| !info.is_null())
             .cloned()
             .with_context(|| format!("no path-info for {path} in {cache_url}: {out}"))
     }
 
     /// Checks that `store` holds every path of `closure` with contents
     /// matching their registered NAR hash, with a signature by a trusted key,
-    /// and byte-identical to the same path in the system store.
+    /// and byte-identical to the same path in this client's system store.
     pub async fn verify(
         &self,
         store: &TempStore,
@@ -239,7 +273,7 @@ impl Nix {
         self.verify_contents(store, closure).await?;
         let mut cmd = self.nix();
         cmd.args(["store", "verify", "--store"])
-            .arg(store.root())
+            .arg(store.client_root())
             .args(["--sigs-needed", "1"])
             .args(["--option", "trusted-public-keys", public_key])
             .args(closure);
@@ -248,7 +282,8 @@ impl Nix {
     }
 
     /// [`Self::verify`] without the signature: `--verify-path` (contents
-    /// match the registered NAR hash) and byte-identical to the system store.
+    /// match the registered NAR hash) and byte-identical to this client's
+    /// system store.
     pub async fn verify_contents(
         &self,
         store: &TempStore,
@@ -257,14 +292,14 @@ impl Nix {
         for path in closure {
             let mut cmd = self.command("nix-store");
             cmd.arg("--store")
-                .arg(store.root())
+                .arg(store.client_root())
                 .args(["--verify-path", path]);
             run(cmd)
                 .await
                 .with_context(|| format!("verify-path {path}"))?;
         }
         for path in closure {
-            compare_trees(Path::new(path), &store.real_path(path))?;
+            compare_trees(&self.store_path_on_host(path), &store.real_path(path))?;
         }
         Ok(())
     }
@@ -288,7 +323,41 @@ impl Substituter<'_> {
     }
 }
 
-/// `nix path-info --json` output (Nix 2.8 field names).
+/// Parses `nix path-info --json` output for `paths`, in their order: a list
+/// of objects with `path` (2.8) or an object keyed by path (2.26).
+fn parse_path_infos(out: &str, paths: &[String]) -> anyhow::Result<Vec<PathInfo>> {
+    let v: serde_json::Value = serde_json::from_str(out)
+        .with_context(|| format!("parsing `nix path-info --json`: {out}"))?;
+    let mut by_path: std::collections::HashMap<String, PathInfo> = match v {
+        serde_json::Value::Array(list) => list
+            .into_iter()
+            .map(|info| {
+                let info: PathInfo = serde_json::from_value(info)?;
+                Ok((info.path.clone(), info))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(path, mut info)| {
+                if let Some(fields) = info.as_object_mut() {
+                    fields.insert("path".into(), path.clone().into());
+                }
+                Ok((path, serde_json::from_value(info)?))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        other => anyhow::bail!("`nix path-info --json` printed neither list nor object: {other}"),
+    };
+    paths
+        .iter()
+        .map(|p| {
+            by_path
+                .remove(p)
+                .with_context(|| format!("`nix path-info --json` lacks {p}: {out}"))
+        })
+        .collect()
+}
+
+/// `nix path-info --json` output (field names of 2.8 and 2.26).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PathInfo {
@@ -339,20 +408,36 @@ pub fn hash_part(path: &str) -> &str {
 /// store paths read-only, so cleanup restores write permission first.
 pub struct TempStore {
     dir: Option<tempfile::TempDir>,
+    /// The root as the client that uses it sees it.
+    client_root: PathBuf,
 }
 
 impl TempStore {
-    /// An empty store (Nix initialises it on first use).
+    /// An empty store for the host's Nix (Nix initialises it on first use).
     pub fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("larder-e2e-store-")
-            .tempdir()?;
-        Ok(Self { dir: Some(dir) })
+        Self::new_for(&NixClient::Native)
     }
 
-    /// The store's root (pass as `--store` / `--to`).
+    /// An empty store where `client` can reach it.
+    pub fn new_for(client: &NixClient) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("larder-e2e-store-")
+            .tempdir_in(client.temp_dir())?;
+        let client_root = client.client_path(dir.path())?;
+        Ok(Self {
+            dir: Some(dir),
+            client_root,
+        })
+    }
+
+    /// The store's root on the host.
     pub fn root(&self) -> &Path {
         self.dir.as_ref().expect("lives until drop").path()
+    }
+
+    /// The store's root as its client sees it (pass as `--store` / `--to`).
+    pub fn client_root(&self) -> &Path {
+        &self.client_root
     }
 
     /// Where `store_path` lives on disk in this store.

@@ -12,11 +12,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use larder_e2e::cli::make_token;
 use larder_e2e::client::{Download, typed_base16, typed_nix_base32};
 use larder_e2e::nix::{Substituter, base_name};
 use larder_e2e::tree::random_seed;
 use larder_e2e::{
-    Client, Nix, PathInfo, Server, ServerOptions, StoreTree, Worker, nix_available, wait,
+    Client, Nix, NixClient, PathInfo, Server, ServerOptions, StoreTree, Worker, nix_available, wait,
 };
 use sha2::{Digest, Sha256};
 
@@ -216,9 +218,71 @@ fn count_chunks(dir: &Path) -> usize {
         .sum()
 }
 
+/// Checks that strangers cannot substitute `tops` from the private cache at
+/// `cache_url` with `client`: neither without credentials nor with a token
+/// for another cache (docs/protocol.md: the same 401 whether the cache or
+/// path exists). Prints what `client` tells such a user.
+async fn check_strangers_refused(
+    client: &NixClient,
+    cache_url: &str,
+    public_key: &str,
+    other_token: &str,
+    tops: &[String],
+) -> anyhow::Result<()> {
+    let strangers = [
+        ("no credentials", String::new()),
+        (
+            "a token for another cache",
+            format!("machine 127.0.0.1\nlogin larder\npassword {other_token}\n"),
+        ),
+    ];
+    for (who, netrc_text) in strangers {
+        let stranger = Nix::with_client(client)?;
+        let netrc = stranger.write_netrc_text(&netrc_text)?;
+        let sub = Substituter {
+            public_key,
+            netrc: &netrc,
+        };
+        match stranger.copy_from(cache_url, &sub, tops).await {
+            Ok(store) => anyhow::bail!(
+                "{client}: a stranger with {who} substituted {tops:?} into {}",
+                store.root().display()
+            ),
+            Err(e) => {
+                let message = format!("{e:#}");
+                let stderr = message
+                    .split("stderr:")
+                    .nth(1)
+                    .and_then(|rest| rest.split("stdout:").next())
+                    .unwrap_or(&message)
+                    .trim();
+                // Refused at `nix-cache-info`, not by some other failure:
+                // 2.8 says the URL is no binary cache, 2.26 shows the 401.
+                anyhow::ensure!(
+                    stderr.contains("HTTP error 401")
+                        || stderr.contains("does not appear to be a binary cache"),
+                    "{client}: a stranger with {who} failed, but not for want of access:\n{message}"
+                );
+                eprintln!("{client}, stranger with {who}, refused:\n{stderr}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One client's share of [`substitute_staged_then_ingested`]: its context
+/// (whose store holds the tree), the tree's tops and closure.
+struct ClientTree {
+    nix: Nix,
+    tops: Vec<String>,
+    infos: Vec<PathInfo>,
+    closure: Vec<String>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn substitute_staged_then_ingested() -> anyhow::Result<()> {
-    if !nix_available("substitute_staged_then_ingested") {
+    let clients = NixClient::under_test("substitute_staged_then_ingested");
+    if clients.is_empty() {
         return Ok(());
     }
     let server = Server::start_embedded(ServerOptions::without_workers()).await?;
@@ -226,49 +290,85 @@ async fn substitute_staged_then_ingested() -> anyhow::Result<()> {
     let cache = "e2e-staged";
     client.create_cache(cache).await?;
     let public_key = client.public_key(cache).await?;
-
-    let nix = Nix::new()?;
-    let tops = StoreTree::binary_tree(random_seed(), 6).build(&nix).await?;
-    let infos = client.upload_closure(&nix, cache, &tops).await?;
-    let closure: Vec<String> = infos.iter().map(|i| i.path.clone()).collect();
-    assert!(closure.len() >= 5, "closure too small: {closure:?}");
-    assert!(
-        infos.iter().any(|i| !i.references.is_empty()),
-        "no references in {closure:?}"
-    );
-    check_narinfos(&client, cache, &infos, false).await?;
-    check_nar_downloads(&client, cache, &infos, false).await?;
     let other = "e2e-other";
     client.create_cache(other).await?;
-    check_isolated(&client, cache, other, &infos).await?;
-
-    // Staged: served from the staging copy, signature checked by Nix.
+    let other_token = make_token(&server.config_path(), "stranger", &["--pull", other]).await?;
     let cache_url = format!("{}/{cache}", server.url());
-    let staged = Nix::new()?;
-    let netrc = staged.write_netrc("127.0.0.1", server.token())?;
-    let sub = Substituter {
-        public_key: &public_key,
-        netrc: &netrc,
-    };
-    let store = staged.copy_from(&cache_url, &sub, &tops).await?;
-    staged.verify(&store, &public_key, &closure).await?;
+
+    // Each client builds a tree in its own store and uploads it; strangers
+    // are refused; the staged copy substitutes, signature checked by Nix.
+    let mut trees = Vec::new();
+    for nix_client in &clients {
+        let nix = Nix::with_client(nix_client)?;
+        let tops = StoreTree::binary_tree(random_seed(), 6).build(&nix).await?;
+        let infos = client.upload_closure(&nix, cache, &tops).await?;
+        let closure: Vec<String> = infos.iter().map(|i| i.path.clone()).collect();
+        assert!(closure.len() >= 5, "closure too small: {closure:?}");
+        assert!(
+            infos.iter().any(|i| !i.references.is_empty()),
+            "no references in {closure:?}"
+        );
+        check_narinfos(&client, cache, &infos, false).await?;
+        check_nar_downloads(&client, cache, &infos, false).await?;
+        check_isolated(&client, cache, other, &infos).await?;
+        check_strangers_refused(nix_client, &cache_url, &public_key, &other_token, &tops).await?;
+
+        let staged = Nix::with_client(nix_client)?;
+        let netrc = staged.write_netrc("127.0.0.1", server.token())?;
+        let sub = Substituter {
+            public_key: &public_key,
+            netrc: &netrc,
+        };
+        let store = staged
+            .copy_from(&cache_url, &sub, &tops)
+            .await
+            .with_context(|| format!("{nix_client}, staged"))?;
+        staged
+            .verify(&store, &public_key, &closure)
+            .await
+            .with_context(|| format!("{nix_client}, staged"))?;
+        trees.push(ClientTree {
+            nix,
+            tops,
+            infos,
+            closure,
+        });
+    }
 
     // Ingested by a separate worker process, then substituted again with a
     // fresh narinfo cache, this time as a substituter of `nix-store --realise`.
     let worker = Worker::start(&server)?;
-    wait_ingested(&client, cache, &infos, &worker, INGEST_LIMIT).await?;
-    check_narinfos(&client, cache, &infos, true).await?;
-    check_nar_downloads(&client, cache, &infos, true).await?;
-    check_isolated(&client, cache, other, &infos).await?;
-    let ingested = Nix::new()?;
-    let netrc = ingested.write_netrc("127.0.0.1", server.token())?;
-    let sub = Substituter {
-        public_key: &public_key,
-        netrc: &netrc,
-    };
-    let store = ingested.realise_from(&cache_url, &sub, &tops).await?;
-    ingested.verify(&store, &public_key, &closure).await?;
-    nix.delete(&closure).await?;
+    let all: Vec<PathInfo> = trees.iter().flat_map(|t| t.infos.clone()).collect();
+    wait_ingested(&client, cache, &all, &worker, INGEST_LIMIT).await?;
+    check_narinfos(&client, cache, &all, true).await?;
+    check_nar_downloads(&client, cache, &all, true).await?;
+    check_isolated(&client, cache, other, &all).await?;
+    for tree in &trees {
+        let nix_client = tree.nix.client();
+        check_strangers_refused(
+            nix_client,
+            &cache_url,
+            &public_key,
+            &other_token,
+            &tree.tops,
+        )
+        .await?;
+        let ingested = Nix::with_client(nix_client)?;
+        let netrc = ingested.write_netrc("127.0.0.1", server.token())?;
+        let sub = Substituter {
+            public_key: &public_key,
+            netrc: &netrc,
+        };
+        let store = ingested
+            .realise_from(&cache_url, &sub, &tree.tops)
+            .await
+            .with_context(|| format!("{nix_client}, ingested"))?;
+        ingested
+            .verify(&store, &public_key, &tree.closure)
+            .await
+            .with_context(|| format!("{nix_client}, ingested"))?;
+        tree.nix.delete(&tree.closure).await?;
+    }
     Ok(())
 }
 

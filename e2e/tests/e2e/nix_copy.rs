@@ -1,5 +1,6 @@
 //! Stock `nix copy --to http://…/<cache>?compression=…` in every compression
-//! Nix 2.8 uploads, then substitution back (docs/protocol.md, "Push" and "NAR
+//! Nix 2.8 uploads, by Nix 2.8 and by the newer Nix (2.26), then substitution
+//! back (docs/protocol.md, "Push" and "NAR
 //! URLs"): with a fresh narinfo cache (the server's signed narinfo), and with
 //! the uploader's cache, whose narinfo names the uploaded file.
 
@@ -9,7 +10,7 @@ use larder_e2e::client::{nix_base32, typed_nix_base32};
 use larder_e2e::nix::Substituter;
 use larder_e2e::tree::random_seed;
 use larder_e2e::{
-    Client, Nix, PathInfo, Server, ServerOptions, StoreTree, Worker, nix_available, wait,
+    Client, Nix, NixClient, PathInfo, Server, ServerOptions, StoreTree, Worker, wait,
 };
 use sha2::{Digest, Sha256};
 
@@ -71,7 +72,8 @@ async fn uploader_view(upload: &Upload, cache_url: &str) -> anyhow::Result<(Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_copy_to_every_compression() -> anyhow::Result<()> {
-    if !nix_available("nix_copy_to_every_compression") {
+    let clients = NixClient::under_test("nix_copy_to_every_compression");
+    if clients.is_empty() {
         return Ok(());
     }
     // No in-process workers: every upload is still staged when it is first
@@ -83,58 +85,68 @@ async fn nix_copy_to_every_compression() -> anyhow::Result<()> {
     let public_key = root.public_key(cache).await?;
     let cache_url = format!("{}/{cache}", server.url());
 
-    let nix = Nix::new()?;
-    let mains = StoreTree::pairs(random_seed(), "larder-e2e-compression", COMPRESSIONS.len())
-        .build(&nix)
-        .await?;
+    // Each client uploads, from its own store, one path per compression.
     let started = Instant::now();
+    let mut builders = Vec::new();
     let mut uploads = Vec::new();
-    for ((compression, ext), main) in COMPRESSIONS.into_iter().zip(mains) {
-        let closure = nix.closure(std::slice::from_ref(&main)).await?;
-        assert_eq!(closure.len(), 2, "{main} should have one dependency");
-        let uploader = Nix::new()?;
-        let netrc = uploader.write_netrc("127.0.0.1", server.token())?;
-        uploader
-            .copy_to(
-                &format!("{cache_url}?compression={compression}"),
-                &netrc,
-                std::slice::from_ref(&main),
-            )
-            .await
-            .map_err(|e| e.context(server.log()))?;
-        let upload = Upload {
-            compression,
-            ext,
-            uploader,
-            netrc,
-            main,
-            closure,
-        };
-        uploader_view(&upload, &cache_url).await?;
+    let mut infos = Vec::new();
+    for client in &clients {
+        let nix = Nix::with_client(client)?;
+        let mains = StoreTree::pairs(random_seed(), "larder-e2e-compression", COMPRESSIONS.len())
+            .build(&nix)
+            .await?;
+        let mut closures = Vec::new();
+        for ((compression, ext), main) in COMPRESSIONS.into_iter().zip(mains) {
+            let what = format!("{client}, compression {compression}, staged");
+            let closure = nix.closure(std::slice::from_ref(&main)).await?;
+            assert_eq!(closure.len(), 2, "{main} should have one dependency");
+            let uploader = Nix::with_client(client)?;
+            let netrc = uploader.write_netrc("127.0.0.1", server.token())?;
+            uploader
+                .copy_to(
+                    &format!("{cache_url}?compression={compression}"),
+                    &netrc,
+                    std::slice::from_ref(&main),
+                )
+                .await
+                .map_err(|e| e.context(what.clone()).context(server.log()))?;
+            let upload = Upload {
+                compression,
+                ext,
+                uploader,
+                netrc,
+                main,
+                closure,
+            };
+            uploader_view(&upload, &cache_url)
+                .await
+                .map_err(|e| e.context(what.clone()))?;
 
-        // A fresh narinfo cache: the server's signed narinfo, signature
-        // checked, served from staging.
-        let fresh = Nix::new()?;
-        let fresh_netrc = fresh.write_netrc("127.0.0.1", server.token())?;
-        let sub = Substituter {
-            public_key: &public_key,
-            netrc: &fresh_netrc,
-        };
-        let store = fresh
-            .copy_from(&cache_url, &sub, std::slice::from_ref(&upload.main))
-            .await
-            .map_err(|e| e.context(format!("compression {compression}, staged")))?;
-        fresh
-            .verify(&store, &public_key, &upload.closure)
-            .await
-            .map_err(|e| e.context(format!("compression {compression}, staged")))?;
-        uploads.push(upload);
+            // A fresh narinfo cache: the server's signed narinfo, signature
+            // checked, served from staging.
+            let fresh = Nix::with_client(client)?;
+            let fresh_netrc = fresh.write_netrc("127.0.0.1", server.token())?;
+            let sub = Substituter {
+                public_key: &public_key,
+                netrc: &fresh_netrc,
+            };
+            let store = fresh
+                .copy_from(&cache_url, &sub, std::slice::from_ref(&upload.main))
+                .await
+                .map_err(|e| e.context(what.clone()))?;
+            fresh
+                .verify(&store, &public_key, &upload.closure)
+                .await
+                .map_err(|e| e.context(what))?;
+            closures.extend(upload.closure.iter().cloned());
+            uploads.push(upload);
+        }
+        infos.extend(nix.path_info(&closures).await?);
+        builders.push((nix, closures));
     }
     let staged_time = started.elapsed();
 
     // A worker ingests everything.
-    let all: Vec<String> = uploads.iter().flat_map(|u| u.closure.clone()).collect();
-    let infos = nix.path_info(&all).await?;
     let worker = Worker::start(&server)?;
     let ingest_started = Instant::now();
     wait_ingested_here(&root, cache, &infos, &worker).await?;
@@ -146,10 +158,13 @@ async fn nix_copy_to_every_compression() -> anyhow::Result<()> {
     // here (see Nix::copy_from_unsigned); the NAR hash is checked.
     for upload in &uploads {
         let what = format!(
-            "compression {}, uploader's narinfo cache",
+            "{}, compression {}, uploader's narinfo cache",
+            upload.uploader.client(),
             upload.compression
         );
-        let (url, hash, size) = uploader_view(upload, &cache_url).await?;
+        let (url, hash, size) = uploader_view(upload, &cache_url)
+            .await
+            .map_err(|e| e.context(what.clone()))?;
         let d = root.download(cache, &url).await?;
         anyhow::ensure!(
             d.content_length == Some(d.body.len() as u64) && d.body.len() as u64 == size,
@@ -179,21 +194,37 @@ async fn nix_copy_to_every_compression() -> anyhow::Result<()> {
     }
 
     // And a fresh narinfo cache now gets the ingested zstd NARs, signed.
-    let fresh = Nix::new()?;
-    let fresh_netrc = fresh.write_netrc("127.0.0.1", server.token())?;
-    let sub = Substituter {
-        public_key: &public_key,
-        netrc: &fresh_netrc,
-    };
-    let mains: Vec<String> = uploads.iter().map(|u| u.main.clone()).collect();
-    let store = fresh.copy_from(&cache_url, &sub, &mains).await?;
-    fresh.verify(&store, &public_key, &all).await?;
+    for (nix, closures) in &builders {
+        let client = nix.client();
+        let fresh = Nix::with_client(client)?;
+        let fresh_netrc = fresh.write_netrc("127.0.0.1", server.token())?;
+        let sub = Substituter {
+            public_key: &public_key,
+            netrc: &fresh_netrc,
+        };
+        let mains: Vec<String> = uploads
+            .iter()
+            .filter(|u| u.uploader.client() == client)
+            .map(|u| u.main.clone())
+            .collect();
+        let store = fresh
+            .copy_from(&cache_url, &sub, &mains)
+            .await
+            .map_err(|e| e.context(format!("{client}, ingested")))?;
+        fresh
+            .verify(&store, &public_key, closures)
+            .await
+            .map_err(|e| e.context(format!("{client}, ingested")))?;
+    }
     eprintln!(
-        "{} compressions uploaded and substituted in {staged_time:?}; ingested in {ingest_time:?}; total {:?}",
+        "{} compressions uploaded and substituted by {} client(s) in {staged_time:?}; ingested in {ingest_time:?}; total {:?}",
         COMPRESSIONS.len(),
+        clients.len(),
         started.elapsed()
     );
-    nix.delete(&all).await?;
+    for (nix, closures) in &builders {
+        nix.delete(closures).await?;
+    }
     Ok(())
 }
 
