@@ -49,6 +49,7 @@ impl Nix {
 
     /// A fresh context (fresh narinfo cache) running `client`.
     pub fn with_client(client: &NixClient) -> anyhow::Result<Self> {
+        client.ensure_installed()?;
         let dir = tempfile::Builder::new()
             .prefix("larder-e2e-nix-")
             .tempdir_in(client.temp_dir())?;
@@ -270,7 +271,21 @@ impl Nix {
         public_key: &str,
         closure: &[String],
     ) -> anyhow::Result<()> {
-        self.verify_contents(store, closure).await?;
+        self.verify_built_by(store, public_key, closure, &self.client)
+            .await
+    }
+
+    /// [`Self::verify`] for paths built in `builder`'s system store (another
+    /// client pushed them).
+    pub async fn verify_built_by(
+        &self,
+        store: &TempStore,
+        public_key: &str,
+        closure: &[String],
+        builder: &NixClient,
+    ) -> anyhow::Result<()> {
+        self.verify_contents_built_by(store, closure, builder)
+            .await?;
         let mut cmd = self.nix();
         cmd.args(["store", "verify", "--store"])
             .arg(store.client_root())
@@ -289,6 +304,17 @@ impl Nix {
         store: &TempStore,
         closure: &[String],
     ) -> anyhow::Result<()> {
+        self.verify_contents_built_by(store, closure, &self.client)
+            .await
+    }
+
+    /// [`Self::verify_contents`] for paths built in `builder`'s system store.
+    pub async fn verify_contents_built_by(
+        &self,
+        store: &TempStore,
+        closure: &[String],
+        builder: &NixClient,
+    ) -> anyhow::Result<()> {
         for path in closure {
             let mut cmd = self.command("nix-store");
             cmd.arg("--store")
@@ -299,7 +325,7 @@ impl Nix {
                 .with_context(|| format!("verify-path {path}"))?;
         }
         for path in closure {
-            compare_trees(&self.store_path_on_host(path), &store.real_path(path))?;
+            compare_trees(&builder.host_path(path), &store.real_path(path))?;
         }
         Ok(())
     }

@@ -59,6 +59,21 @@ impl NixClient {
         clients
     }
 
+    /// Fails, saying how to fix it, if the chroot holds no Nix.
+    pub fn ensure_installed(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Native => Ok(()),
+            Self::Chroot { root } => {
+                anyhow::ensure!(
+                    root.join("usr/bin/nix").is_file(),
+                    "{NEWER_ROOT_ENV}={} holds no usr/bin/nix: run scripts/test-all, which builds it",
+                    root.display()
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Where this client's files are on the host: `path` as the client
     /// sees it, under the chroot for [`Self::Chroot`].
     pub fn host_path(&self, path: impl AsRef<Path>) -> PathBuf {

@@ -7,6 +7,9 @@
 //!
 //! Each test is self-contained (its own data directory, port, cache, Nix
 //! contexts and freshly seeded store paths) and waits only by bounded polling.
+//! The Nix scenarios (substitution with signatures checked, strangers refused,
+//! `nix copy --to` in every compression) run against every client of
+//! [`NixClient::under_test`]: the host's Nix 2.8 and the newer 2.26 in a chroot.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -279,6 +282,9 @@ struct ClientTree {
     closure: Vec<String>,
 }
 
+/// Each client pushes a tree over the Attic API (from its own store) and
+/// substitutes it while staged; strangers are refused; after ingest every
+/// client substitutes every tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn substitute_staged_then_ingested() -> anyhow::Result<()> {
     let clients = NixClient::under_test("substitute_staged_then_ingested");
@@ -343,30 +349,30 @@ async fn substitute_staged_then_ingested() -> anyhow::Result<()> {
     check_narinfos(&client, cache, &all, true).await?;
     check_nar_downloads(&client, cache, &all, true).await?;
     check_isolated(&client, cache, other, &all).await?;
+    // Every client substitutes every client's tree: a mixed fleet (CI on
+    // one Nix, laptops on another) shares a cache.
     for tree in &trees {
-        let nix_client = tree.nix.client();
-        check_strangers_refused(
-            nix_client,
-            &cache_url,
-            &public_key,
-            &other_token,
-            &tree.tops,
-        )
-        .await?;
-        let ingested = Nix::with_client(nix_client)?;
-        let netrc = ingested.write_netrc("127.0.0.1", server.token())?;
-        let sub = Substituter {
-            public_key: &public_key,
-            netrc: &netrc,
-        };
-        let store = ingested
-            .realise_from(&cache_url, &sub, &tree.tops)
-            .await
-            .with_context(|| format!("{nix_client}, ingested"))?;
-        ingested
-            .verify(&store, &public_key, &tree.closure)
-            .await
-            .with_context(|| format!("{nix_client}, ingested"))?;
+        let builder = tree.nix.client();
+        check_strangers_refused(builder, &cache_url, &public_key, &other_token, &tree.tops).await?;
+        for nix_client in &clients {
+            let what = || format!("{nix_client} substituting what {builder} built, ingested");
+            let ingested = Nix::with_client(nix_client)?;
+            let netrc = ingested.write_netrc("127.0.0.1", server.token())?;
+            let sub = Substituter {
+                public_key: &public_key,
+                netrc: &netrc,
+            };
+            let store = ingested
+                .realise_from(&cache_url, &sub, &tree.tops)
+                .await
+                .with_context(what)?;
+            ingested
+                .verify_built_by(&store, &public_key, &tree.closure, builder)
+                .await
+                .with_context(what)?;
+        }
+    }
+    for tree in &trees {
         tree.nix.delete(&tree.closure).await?;
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! `larder use`: the nix.conf and netrc it writes make stock Nix 2.8
-//! substitute from a private cache, and a second run changes nothing.
+//! substitute from a private cache, and a second run changes nothing. The
+//! host's Nix only: the files name host paths, which the newer Nix in its
+//! chroot cannot see.
 //!
 //! Nix reads `$NIX_CONF_DIR/nix.conf` (instead of `/etc/nix/nix.conf`), then
 //! `$XDG_CONFIG_DIRS/nix/nix.conf` and `$XDG_CONFIG_HOME/nix/nix.conf`; as
