@@ -2,6 +2,8 @@
 //! periodic maintenance (sweeper). Used by the `larder-worker` binary and by
 //! `larder-api` for its in-process workers.
 
+pub mod chunk_deletion;
+pub mod gc_lease;
 pub mod jobs;
 pub mod runner;
 pub mod scheduler;

@@ -1,7 +1,7 @@
 //! The test clock: GC takes `now` as an argument, so time passes by
 //! handing it a later `now` or by backdating the timestamps it compares
 //! (`objects.created_at`/`last_accessed_at`, `nars.updated_at`,
-//! `chunks.zero_since`) with direct SQL. Nothing waits on a timer.
+//! `chunks.zero_since`, `chunk_intents.updated_at`) with direct SQL. Nothing waits on a timer.
 
 use std::time::Duration;
 
@@ -70,6 +70,16 @@ pub async fn backdate_unreferenced_chunks(app: &TestApp, secs: i64) {
     exec(
         app,
         &format!("UPDATE chunks SET zero_since = zero_since - {secs} WHERE refcount = 0"),
+    )
+    .await;
+}
+
+/// Moves every write intent's last refresh `secs` into the past (intents
+/// a failed ingest left are then stale: their writer is taken for dead).
+pub async fn backdate_intents(app: &TestApp, secs: i64) {
+    exec(
+        app,
+        &format!("UPDATE chunk_intents SET updated_at = updated_at - {secs}"),
     )
     .await;
 }

@@ -1,9 +1,10 @@
 //! The GC/ingest race of issue 5 §5, one seeded round at a time.
 //!
 //! Each round: about half the live paths expire (backdated past retention);
-//! every NAR and every unreferenced chunk is backdated past the 1 s grace
-//! period, so the round's GC deletes the chunks earlier rounds left
-//! unreferenced; 1–3 new NARs from the same block pool (so they need some
+//! every NAR, every unreferenced chunk and every write intent (left by
+//! failed ingest runs) is backdated past the 1 s grace period, so the
+//! round's GC deletes the chunks earlier rounds left unreferenced and the
+//! objects of failed runs; 1–3 new NARs from the same block pool (so they need some
 //! of those very chunks) are uploaded; then GC (two runs at real time),
 //! ingest of the new NARs, and sometimes a re-push of an expiring NAR under
 //! another path run concurrently (spawned, joined). Afterwards nothing may
@@ -21,8 +22,8 @@ use larder_worker::jobs::gc;
 use larder_worker::jobs::verify;
 
 use super::clock::{
-    DAY, HOLDER, backdate_nars, backdate_unreferenced_chunks, default_retention, gc_at,
-    set_path_time,
+    DAY, HOLDER, backdate_intents, backdate_nars, backdate_unreferenced_chunks, default_retention,
+    gc_at, set_path_time,
 };
 use super::http::{assert_bytes, assert_served};
 use super::invariants::{
@@ -122,6 +123,7 @@ impl<'a> Race<'a> {
         }
         backdate_nars(app, 10).await;
         backdate_unreferenced_chunks(app, 10).await;
+        backdate_intents(app, 10).await;
         let doomed = unreferenced_chunks(app).await;
         let count = 1 + self.rng.next_u64() % 3;
         let fresh = self.new_nars("fresh", count);
@@ -241,8 +243,9 @@ impl<'a> Race<'a> {
         }
     }
 
-    /// Expires everything and checks that storage empties: rows by GC,
-    /// objects of ingests that failed after storing by `verify --repair`.
+    /// Expires everything and checks that storage empties: rows and the
+    /// objects of failed ingest runs (through their intents) by GC, objects
+    /// written after GC reclaimed their intent by `verify --repair`.
     pub async fn finish(self) {
         let app = self.app;
         let ctx = self.ctx("cleanup");
@@ -251,6 +254,7 @@ impl<'a> Race<'a> {
             set_path_time(app, CACHE, n, now - self.retention - DAY).await;
         }
         backdate_nars(app, 10).await;
+        backdate_intents(app, 10).await;
         let report = gc_at(app, now).await;
         assert_eq!(report.objects_expired, self.live.len() as u64, "{ctx}");
         backdate_unreferenced_chunks(app, 10).await;

@@ -335,6 +335,28 @@ pub async fn delete_marked_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbEr
     })
 }
 
+/// Puts chunks marked for deletion (≤ [`super::chunks::BATCH`]) back to
+/// unreferenced (`refcount = 0`, `zero_since = now`): a deleter found a
+/// writer about to store their objects again, so the objects stay, the
+/// writer's commit may reference the rows, and GC looks at them again only
+/// after another grace period.
+pub async fn unmark_chunks(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "UPDATE chunks SET refcount = 0, zero_since = $1 WHERE refcount < 0 AND id IN ({})",
+        placeholders(2, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
+    })
+}
+
 /// Which of these chunk hashes (≤ [`super::chunks::BATCH`]) the database knows.
 pub async fn known_chunk_hashes(
     raw: Raw<'_>,

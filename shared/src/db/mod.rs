@@ -7,6 +7,7 @@
 //! (`BIGINT`), so tests can inject a clock.
 
 pub mod caches;
+pub mod chunk_claims;
 pub mod chunks;
 pub mod gc;
 pub mod leases;

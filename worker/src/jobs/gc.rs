@@ -9,17 +9,17 @@ use anyhow::Context;
 use serde::Serialize;
 use tracing::instrument;
 
-use larder_shared::chunk::ChunkHash;
+use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{BATCH, ChunkRecord};
-use larder_shared::db::{caches, gc, leases, pins};
+use larder_shared::db::{caches, gc, pins};
 use larder_shared::storage::ObjectKey;
 
+pub use crate::chunk_deletion::hash_of_chunk_key;
+use crate::chunk_deletion::{self, Deleted, Doomed};
+use crate::gc_lease::GcLease;
+pub use crate::gc_lease::{LEASE, LEASE_TTL};
 use crate::services::Services;
 
-/// Name of the GC lease (persisted; never change it).
-pub const LEASE: &str = "gc";
-/// Lease lifetime; renewed after every batch.
-pub const LEASE_TTL: i64 = 600;
 /// Rows read per page.
 const PAGE: i64 = 1000;
 /// Orphan NARs deleted per transaction.
@@ -36,8 +36,9 @@ pub struct GcReport {
     pub chunks_deleted: u64,
     /// Stored bytes freed.
     pub bytes_freed: u64,
-    /// Chunk objects no row names (an ingest killed before its commit),
-    /// deleted once older than the grace period.
+    /// Objects of writers that died before their commit (found through
+    /// their intents, older than the grace period) or of deletions a dead
+    /// GC left claimed, deleted.
     pub orphan_objects_deleted: u64,
 }
 
@@ -45,43 +46,28 @@ pub struct GcReport {
 /// other GC holds the lease. `None` means another GC is running.
 #[instrument(skip_all, fields(holder))]
 pub async fn run(svc: &Services, now: i64, holder: &str) -> anyhow::Result<Option<GcReport>> {
-    {
-        let mut conn = svc.db.conn().await?;
-        if !leases::try_acquire(conn.raw(), LEASE, holder, now, LEASE_TTL).await? {
-            return Ok(None);
-        }
-    }
-    let result = collect(svc, now, holder).await;
-    let mut conn = svc.db.conn().await?;
-    match &result {
-        Ok(_) => leases::finish(conn.raw(), LEASE, holder, now).await?,
-        Err(_) => leases::release(conn.raw(), LEASE, holder).await?,
-    }
+    let Some(lease) = GcLease::acquire(svc, now, holder).await? else {
+        return Ok(None);
+    };
+    let result = collect(svc, &lease, now).await;
+    lease.release(svc, result.is_ok()).await?;
     result.map(Some)
 }
 
-async fn renew(svc: &Services, now: i64, holder: &str) -> anyhow::Result<()> {
-    let mut conn = svc.db.conn().await?;
-    if !leases::renew(conn.raw(), LEASE, holder, now, LEASE_TTL).await? {
-        anyhow::bail!("lost the GC lease; another GC took over");
-    }
-    Ok(())
-}
-
-async fn collect(svc: &Services, now: i64, holder: &str) -> anyhow::Result<GcReport> {
+async fn collect(svc: &Services, lease: &GcLease, now: i64) -> anyhow::Result<GcReport> {
     let mut report = GcReport::default();
     let grace = svc.config.garbage_collection.grace_period.as_secs() as i64;
     report.objects_expired = expire_objects(svc, now).await?;
-    renew(svc, now, holder).await?;
+    lease.renew(svc).await?;
     report.nars_deleted = delete_orphan_nars(svc, now, now - grace).await?;
-    renew(svc, now, holder).await?;
-    let (chunks, bytes) = delete_chunks(svc, now - grace, || renew(svc, now, holder)).await?;
-    report.chunks_deleted = chunks;
-    report.bytes_freed = bytes;
-    renew(svc, now, holder).await?;
-    let mut orphans = crate::jobs::verify::VerifyReport::default();
-    crate::jobs::verify::find_orphans(svc, now, true, &mut orphans).await?;
-    report.orphan_objects_deleted = orphans.orphans_deleted;
+    lease.renew(svc).await?;
+    let chunks = delete_chunks(svc, lease, now - grace).await?;
+    report.chunks_deleted = chunks.rows;
+    report.bytes_freed = chunks.bytes;
+    lease.renew(svc).await?;
+    report.orphan_objects_deleted = delete_orphan_objects(svc, lease, now - grace)
+        .await?
+        .objects;
     tracing::info!(?report, "garbage collection finished");
     Ok(report)
 }
@@ -210,19 +196,11 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
     Ok(deleted)
 }
 
-fn chunk_key(rec: &ChunkRecord) -> Option<ObjectKey> {
-    // Chunks in packs are freed with their pack (not written yet).
-    rec.pack_id.is_none().then(|| rec.hash.object_key())
-}
-
-/// Finishes chunks a crashed GC marked, then deletes chunks unreferenced
-/// since `cutoff`: mark (`refcount = -1`), delete objects, delete rows.
-async fn delete_chunks<F, Fut>(svc: &Services, cutoff: i64, renew: F) -> anyhow::Result<(u64, u64)>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let (mut count, mut bytes) = (0u64, 0u64);
+/// Finishes chunks a crashed GC (or verify) marked, then deletes chunks
+/// unreferenced since `cutoff`: mark (`refcount = -1`), then
+/// [`chunk_deletion`] (claim, check, delete object, delete row).
+async fn delete_chunks(svc: &Services, lease: &GcLease, cutoff: i64) -> anyhow::Result<Deleted> {
+    let mut total = Deleted::default();
     loop {
         let marked = {
             let mut conn = svc.db.conn().await?;
@@ -231,10 +209,8 @@ where
         if marked.is_empty() {
             break;
         }
-        let (c, b) = delete_marked(svc, &marked).await?;
-        count += c;
-        bytes += b;
-        renew().await?;
+        total += delete_marked(svc, lease, &marked, cutoff).await?;
+        lease.renew(svc).await?;
     }
     loop {
         let candidates = {
@@ -255,33 +231,79 @@ where
             .into_iter()
             .filter(|c| marked.contains(&c.id))
             .collect();
-        let (c, b) = delete_marked(svc, &marked).await?;
-        count += c;
-        bytes += b;
-        renew().await?;
+        // Kept chunks restart their grace period (`unmark_chunks`), so the
+        // scan moves on.
+        total += delete_marked(svc, lease, &marked, cutoff).await?;
+        lease.renew(svc).await?;
     }
-    Ok((count, bytes))
+    Ok(total)
 }
 
-/// Deletes the objects, then the rows, of chunks marked `refcount = -1`.
+/// Deletes chunks marked `refcount = -1` (≤ [`BATCH`]): their objects and
+/// rows through [`chunk_deletion`], which keeps (and unmarks) those a writer
+/// is storing again. Rows of chunks in packs go without an object.
 pub(crate) async fn delete_marked(
     svc: &Services,
+    lease: &GcLease,
     marked: &[ChunkRecord],
-) -> anyhow::Result<(u64, u64)> {
-    for rec in marked {
-        if let Some(key) = chunk_key(rec) {
-            svc.storage.delete(&key).await?;
-        }
+    stale_cutoff: i64,
+) -> anyhow::Result<Deleted> {
+    let doomed: Vec<Doomed> = marked.iter().filter_map(Doomed::marked).collect();
+    let mut done = chunk_deletion::delete(svc, lease, doomed, stale_cutoff).await?;
+    let packed: Vec<i64> = marked
+        .iter()
+        .filter(|c| c.pack_id.is_some())
+        .map(|c| c.id)
+        .collect();
+    if !packed.is_empty() {
+        let mut conn = svc.db.conn().await?;
+        done.rows += gc::delete_marked_chunks(conn.raw(), &packed).await?;
+        done.bytes += marked
+            .iter()
+            .filter(|c| c.pack_id.is_some())
+            .map(|c| c.file_size.max(0) as u64)
+            .sum::<u64>();
     }
-    let ids: Vec<i64> = marked.iter().map(|c| c.id).collect();
-    let mut conn = svc.db.conn().await?;
-    let n = gc::delete_marked_chunks(conn.raw(), &ids).await?;
-    let bytes = marked.iter().map(|c| c.file_size.max(0) as u64).sum();
-    Ok((n, bytes))
+    Ok(done)
 }
 
-/// Hashes of chunk objects (for `verify`): parses `chunks/ab/cd/<hex>.zst`.
-pub fn hash_of_chunk_key(key: &str) -> Option<ChunkHash> {
-    let name = key.rsplit('/').next()?.strip_suffix(".zst")?;
-    name.parse().ok()
+/// Deletes objects no row names, found in the database, never by listing
+/// storage: first keys a dead deleter left claimed, then keys whose
+/// intents were not refreshed since `cutoff` (their writer died before its
+/// commit).
+async fn delete_orphan_objects(
+    svc: &Services,
+    lease: &GcLease,
+    cutoff: i64,
+) -> anyhow::Result<Deleted> {
+    let mut total = Deleted::default();
+    for stale_intents in [false, true] {
+        let mut after = String::new();
+        loop {
+            let page = {
+                let mut conn = svc.db.conn().await?;
+                if stale_intents {
+                    chunk_claims::stale_intent_keys(conn.raw(), &after, cutoff, BATCH as i64)
+                        .await?
+                } else {
+                    chunk_claims::claims_page(conn.raw(), &after, BATCH as i64).await?
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = last.clone();
+            let doomed: Vec<Doomed> = page
+                .iter()
+                .filter_map(|k| {
+                    let d = Doomed::orphan(k);
+                    if d.is_none() {
+                        tracing::warn!(key = k, "claim or intent on a key that is no chunk's");
+                    }
+                    d
+                })
+                .collect();
+            total += chunk_deletion::delete(svc, lease, doomed, cutoff).await?;
+            lease.renew(svc).await?;
+        }
+    }
+    Ok(total)
 }

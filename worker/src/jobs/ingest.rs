@@ -1,23 +1,29 @@
 //! Ingest: turns a staged NAR into deduplicated, compressed chunks.
 //!
 //! Steps, each safe to repeat: (1) stream the staged copy through FastCDC;
-//! (2) look chunks up by hash in batches; (3) compress and store new chunks
-//! in parallel (storage keys are content hashes, so a rerun rewrites the same
-//! bytes), recording their rows in batches (`ON CONFLICT DO NOTHING`); (4) in
-//! one transaction, add the NAR's references to its chunks, record its `.ls`
-//! listing (made in the same pass) and flip the NAR to `ready` (guarded by
-//! `state = 'staged'`); (5) delete the staged copy.
+//! (2) look chunks up by hash in batches; for the new ones, commit write
+//! intents (one owner id per run), then make sure no deleter has claimed
+//! them (docs/gc.md, "Who may delete an object"); (3) compress and store new
+//! chunks in parallel (storage keys are content hashes, so a rerun rewrites
+//! the same bytes); (4) in one transaction, remove this run's intents
+//! (all of them: a deleter that reclaimed one as stale may have deleted its
+//! object, so a shortfall rolls back), record the new chunks and add the
+//! NAR's references, record its `.ls` listing (made in the same pass) and
+//! flip the NAR to `ready` (guarded by `state = 'staged'`); (5) delete the
+//! staged copy.
 //! A crash anywhere leaves either a staged NAR (served from staging, retried)
-//! or a ready one; new chunk rows that never got a reference sit at
-//! `refcount = 0` until GC's grace period passes.
+//! or a ready one; objects written by a run that never committed keep their
+//! intents, through which GC finds and deletes them after the grace period.
 //!
-//! With GC (docs/gc.md): a chunk found at `refcount = -1` (being deleted) is
-//! never reused or rewritten; the job fails and retries. New rows start with
-//! `zero_since = now`, so GC leaves them alone for the grace period, within
-//! which the ingest must commit.
+//! With GC: a chunk found at `refcount = -1` (being deleted), or whose key
+//! is claimed for deletion, is never reused or written; the job fails and
+//! retries. The heartbeat refreshes this run's intents, so an ingest slower
+//! than the grace period is not taken for dead.
 
 use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -27,6 +33,7 @@ use sha2::{Digest, Sha256};
 use tracing::instrument;
 
 use larder_shared::chunk::{self, Chunk, ChunkHash};
+use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::unix_now;
@@ -77,19 +84,36 @@ pub async fn ingest(svc: &Services, nar_id: i64) -> anyhow::Result<Outcome> {
         .clone()
         .context("staged NAR has no staging key")?;
     let key = ObjectKey::new(key)?;
+    // Owner of this run's write intents: one per run, so an overlapping run
+    // of the same NAR counts its own.
+    let writer = Writer {
+        owner: Arc::from(format!("ingest-{}", ulid::Ulid::new())),
+        intents: Arc::new(AtomicU64::new(0)),
+    };
 
     let heartbeat = {
         let db = svc.db.clone();
+        let owner = writer.owner.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
                 if let Ok(mut conn) = db.conn().await {
-                    let _ = nars::touch(conn.raw(), nar_id, unix_now()).await;
+                    let now = unix_now();
+                    let _ = nars::touch(conn.raw(), nar_id, now).await;
+                    let _ = chunk_claims::touch_intents(conn.raw(), &owner, now).await;
                 }
             }
         })
     };
-    let result = run(svc, nar_id, &key, nar.nar_size as u64, &nar.nar_hash).await;
+    let result = run(
+        svc,
+        &writer,
+        nar_id,
+        &key,
+        nar.nar_size as u64,
+        &nar.nar_hash,
+    )
+    .await;
     heartbeat.abort();
     let outcome = result?;
     if matches!(outcome, Outcome::Ingested { .. }) {
@@ -100,8 +124,52 @@ pub async fn ingest(svc: &Services, nar_id: i64) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
+/// This run's write intents: their owner, and how many it recorded (what
+/// its commit must remove).
+#[derive(Clone)]
+struct Writer {
+    owner: Arc<str>,
+    intents: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Records intents on the new chunks of a batch, then checks that no
+    /// deleter claimed them; only then may their objects be written.
+    async fn intend(&self, db: &larder_shared::db::Db, hashes: &[ChunkHash]) -> anyhow::Result<()> {
+        let keys: Vec<ObjectKey> = hashes
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(ChunkHash::object_key)
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = db.conn().await?;
+        // Committed (autocommit) before the claims are read.
+        let recorded =
+            chunk_claims::insert_intents(conn.raw(), &self.owner, &keys, unix_now()).await?;
+        self.intents
+            .fetch_add(recorded.len() as u64, Ordering::SeqCst);
+        if chunk_claims::claimed(conn.raw(), &keys).await?.is_empty() {
+            return Ok(());
+        }
+        // Nothing of this batch is written yet: withdraw its intents so the
+        // deleter can go on, and retry once it is done.
+        let recorded: Vec<ObjectKey> = keys
+            .into_iter()
+            .filter(|k| recorded.iter().any(|r| r == k.as_str()))
+            .collect();
+        chunk_claims::drop_intents(conn.raw(), &self.owner, &recorded).await?;
+        self.intents
+            .fetch_sub(recorded.len() as u64, Ordering::SeqCst);
+        bail!("a chunk of this NAR is being garbage-collected; retrying later");
+    }
+}
+
 async fn run(
     svc: &Services,
+    writer: &Writer,
     nar_id: i64,
     key: &ObjectKey,
     nar_size: u64,
@@ -128,12 +196,14 @@ async fn run(
 
     // Dedup lookup per batch, then compress + store new chunks in parallel.
     let db = svc.db.clone();
+    let intents = writer.clone();
     let looked_up = chunks
         .map_err(anyhow::Error::from)
         .try_chunks(32)
         .map_err(|e| e.1)
         .and_then(move |batch: Vec<Chunk>| {
             let db = db.clone();
+            let writer = intents.clone();
             async move {
                 let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.hash).collect();
                 let mut conn = db.conn().await?;
@@ -143,6 +213,12 @@ async fn run(
                     // race the deletion of its object. Retry once GC is done.
                     bail!("a chunk of this NAR is being garbage-collected; retrying later");
                 }
+                drop(conn);
+                let unknown: Vec<ChunkHash> = hashes
+                    .into_iter()
+                    .filter(|h| !known.contains_key(h))
+                    .collect();
+                writer.intend(&db, &unknown).await?;
                 Ok::<_, anyhow::Error>(futures::stream::iter(
                     batch
                         .into_iter()
@@ -208,7 +284,17 @@ async fn run(
         .context("staged NAR does not parse: staging copy corrupt")?
         .listing
         .map(|l| l.to_json());
-    if !commit(svc, nar_id, &slots, new, listing.as_deref()).await? {
+    let intents = writer.intents.load(Ordering::SeqCst);
+    if !commit(
+        svc,
+        (&writer.owner, intents),
+        nar_id,
+        &slots,
+        new,
+        listing.as_deref(),
+    )
+    .await?
+    {
         return Ok(Outcome::Skipped);
     }
     Ok(Outcome::Ingested {
@@ -218,19 +304,26 @@ async fn run(
     })
 }
 
-/// In one transaction: records the new chunks already holding this NAR's
+/// In one transaction: removes this run's `intents` (failing if a deleter
+/// reclaimed any), records the new chunks already holding this NAR's
 /// reference (`refcount = 1`, so their rows never change an index again
 /// while referenced), adds a reference to every reused chunk (only if GC is
 /// not deleting it), and makes the NAR ready. False when another run
 /// finished first (ours then changes nothing).
 async fn commit(
     svc: &Services,
+    (owner, intents): (&str, u64),
     nar_id: i64,
     slots: &[Slot],
     new: HashMap<ChunkHash, NewChunk>,
     listing: Option<&[u8]>,
 ) -> anyhow::Result<bool> {
     let mut tx = svc.db.begin().await?;
+    if chunk_claims::release_intents(tx.raw(), owner).await? != intents {
+        // GC took an intent of ours for a dead writer's and may have deleted
+        // its object: roll back; the retry writes it again.
+        bail!("GC reclaimed a write intent of this ingest as stale; retrying");
+    }
     let mut ids: HashMap<ChunkHash, i64> = HashMap::new();
     // Chunks another ingest recorded since our lookup: reused, not inserted.
     let mut reused: BTreeSet<i64> = slots

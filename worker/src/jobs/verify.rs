@@ -1,14 +1,20 @@
 //! `larder-admin verify [--repair]`: reconciles storage with the database.
 //!
-//! 1. Storage objects under `chunks/` the database does not know are listed;
-//!    with `--repair` those older than the grace period are deleted (younger
-//!    ones may belong to an ingest about to record them).
+//! Verify holds the GC lease while it runs (every chunk-object deletion
+//! does, docs/gc.md), so it waits for no GC and no GC runs meanwhile.
+//!
+//! 1. Storage objects under `chunks/` the database does not know are listed
+//!    (the one place storage is listed: objects left by versions before
+//!    write intents); with `--repair` those older than the grace period are
+//!    deleted through [`crate::chunk_deletion`], which keeps any an ingest
+//!    is writing.
 //! 2. Every chunk is read back: a missing object, a wrong length or a hash
 //!    mismatch makes it damaged.
 //! 3. Ready NARs listing a damaged chunk are marked broken (no longer served;
 //!    a re-upload of the same NAR repairs them), their chunk references are
-//!    released, and the damaged chunks are deleted (objects, then rows), so
-//!    pushing the path again stores them afresh. The affected paths are
+//!    released, and the damaged chunks are deleted (objects, then rows,
+//!    through [`crate::chunk_deletion`]), so pushing the path again stores
+//!    them afresh. The affected paths are
 //!    reported per cache.
 
 use std::collections::{BTreeSet, HashSet};
@@ -22,7 +28,8 @@ use larder_shared::chunk::{self, ChunkHash};
 use larder_shared::db::chunks::{BATCH, ChunkRecord};
 use larder_shared::db::{gc, verify};
 
-use crate::jobs::gc::hash_of_chunk_key;
+use crate::chunk_deletion::{self, Doomed, hash_of_chunk_key};
+use crate::gc_lease::GcLease;
 use crate::services::Services;
 
 /// What verify found and did.
@@ -42,25 +49,43 @@ pub struct VerifyReport {
     pub affected_paths: Vec<(String, String)>,
 }
 
-/// Runs verify at `now` (Unix seconds).
+/// Runs verify at `now` (Unix seconds), holding the GC lease; fails if a
+/// GC (or another verify) holds it.
 pub async fn run(svc: &Services, now: i64, repair: bool) -> anyhow::Result<VerifyReport> {
+    let holder = format!("verify-{}", ulid::Ulid::new());
+    let Some(lease) = GcLease::acquire(svc, now, &holder).await? else {
+        anyhow::bail!("a garbage collection is running; run verify again when it has finished");
+    };
+    let result = verify(svc, &lease, now, repair).await;
+    lease.release(svc, false).await?;
+    result
+}
+
+async fn verify(
+    svc: &Services,
+    lease: &GcLease,
+    now: i64,
+    repair: bool,
+) -> anyhow::Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    find_orphans(svc, now, repair, &mut report).await?;
-    let damaged = check_chunks(svc, &mut report).await?;
+    find_orphans(svc, lease, now, repair, &mut report).await?;
+    let damaged = check_chunks(svc, lease, &mut report).await?;
     if !damaged.is_empty() {
-        quarantine(svc, now, &damaged, &mut report).await?;
+        quarantine(svc, lease, now, &damaged, &mut report).await?;
     }
     Ok(report)
 }
 
 /// Lists chunk objects the database does not know; with `repair`, deletes
-/// those older than the grace period. Also GC's last phase.
-pub(crate) async fn find_orphans(
+/// those older than the grace period (unless an ingest is writing them).
+async fn find_orphans(
     svc: &Services,
+    lease: &GcLease,
     now: i64,
     repair: bool,
     report: &mut VerifyReport,
 ) -> anyhow::Result<()> {
+    let cutoff = now - grace_secs(svc);
     let grace = svc.config.garbage_collection.grace_period.get();
     let now_t = SystemTime::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
     let mut listing = svc.storage.list("chunks/");
@@ -83,6 +108,7 @@ pub(crate) async fn find_orphans(
                     .into_iter()
                     .collect()
             };
+            let mut doomed = Vec::new();
             for (hash, meta) in batch.drain(..) {
                 if known.contains(&hash) {
                     continue;
@@ -92,10 +118,13 @@ pub(crate) async fn find_orphans(
                     .duration_since(meta.last_modified)
                     .is_ok_and(|age| age > grace);
                 if repair && old {
-                    svc.storage.delete(&meta.key).await?;
-                    report.orphans_deleted += 1;
+                    doomed.extend(Doomed::orphan(meta.key.as_str()));
                 }
             }
+            report.orphans_deleted += chunk_deletion::delete(svc, lease, doomed, cutoff)
+                .await?
+                .objects;
+            lease.renew(svc).await?;
         }
         if next.is_none() {
             break;
@@ -130,7 +159,15 @@ async fn check_one(svc: &Services, rec: &ChunkRecord) -> Option<String> {
     (actual != rec.hash).then(|| format!("content hashes to {actual}"))
 }
 
-async fn check_chunks(svc: &Services, report: &mut VerifyReport) -> anyhow::Result<Vec<i64>> {
+fn grace_secs(svc: &Services) -> i64 {
+    svc.config.garbage_collection.grace_period.as_secs() as i64
+}
+
+async fn check_chunks(
+    svc: &Services,
+    lease: &GcLease,
+    report: &mut VerifyReport,
+) -> anyhow::Result<Vec<i64>> {
     let mut damaged = Vec::new();
     let mut after = 0;
     loop {
@@ -148,12 +185,14 @@ async fn check_chunks(svc: &Services, report: &mut VerifyReport) -> anyhow::Resu
                 damaged.push(rec.id);
             }
         }
+        lease.renew(svc).await?;
     }
     Ok(damaged)
 }
 
 async fn quarantine(
     svc: &Services,
+    lease: &GcLease,
     now: i64,
     damaged: &[i64],
     report: &mut VerifyReport,
@@ -198,7 +237,7 @@ async fn quarantine(
         if marked.is_empty() {
             break;
         }
-        crate::jobs::gc::delete_marked(svc, &marked).await?;
+        crate::jobs::gc::delete_marked(svc, lease, &marked, now - grace_secs(svc)).await?;
     }
     for batch in broken.chunks(BATCH) {
         report

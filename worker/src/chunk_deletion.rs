@@ -1,0 +1,220 @@
+//! The one way a chunk object leaves storage (docs/gc.md, "Who may delete
+//! an object"): GC's chunk and orphan phases and both deletions of `verify`
+//! go through [`delete`].
+//!
+//! Invariant: an object is deleted only if, at the moment of deletion, no
+//! committed row can reference it and no in-flight write can produce a row
+//! that does. Per batch of keys:
+//!
+//! 1. [`claim`] commits a deletion claim on every key.
+//! 2. [`Claimed::finish`], in separate statements after that commit:
+//!    deletes the intents on those keys older than the grace period (their
+//!    writer died or stalled; its commit now fails), then reads the
+//!    remaining intents, then the chunk rows. A key with an intent, or with
+//!    a row other than the one this deleter marked, is kept: its mark is
+//!    undone and its claim released.
+//! 3. Otherwise the object is deleted, then, in one transaction, the marked
+//!    row and the claim. A crash before that leaves the claim (and the
+//!    marked row), which the next GC finishes.
+//!
+//! Ingest commits its intent before it looks for claims, and a deleter its
+//! claim before it looks for intents: whichever commits second sees the
+//! other. Reading intents before rows matters: an ingest's commit removes
+//! its intents and adds its rows atomically, so a deleter reading in this
+//! order sees at least one of them.
+
+use std::collections::HashSet;
+
+use larder_shared::chunk::ChunkHash;
+use larder_shared::db::chunk_claims;
+use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
+use larder_shared::db::gc;
+use larder_shared::storage::ObjectKey;
+
+use crate::gc_lease::GcLease;
+use crate::services::Services;
+
+/// A chunk object to delete.
+#[derive(Debug, Clone)]
+pub struct Doomed {
+    /// Its storage key.
+    pub key: ObjectKey,
+    /// The chunk whose row would name it.
+    pub hash: ChunkHash,
+    /// The row this deleter marked (`refcount = -1`), deleted with the
+    /// object; `None` for an object no row should name (an orphan).
+    pub marked: Option<i64>,
+    /// Stored bytes freed.
+    pub file_size: u64,
+}
+
+impl Doomed {
+    /// A chunk marked for deletion, or `None` if its object is a pack's
+    /// (packs are freed as a whole; not written yet).
+    pub fn marked(rec: &ChunkRecord) -> Option<Self> {
+        rec.pack_id.is_none().then(|| Self {
+            key: rec.hash.object_key(),
+            hash: rec.hash,
+            marked: Some(rec.id),
+            file_size: rec.file_size.max(0) as u64,
+        })
+    }
+
+    /// An object no row should name, or `None` if the key is not a chunk
+    /// object's (`chunks/ab/cd/<sha256>.zst`).
+    pub fn orphan(key: &str) -> Option<Self> {
+        let hash = hash_of_chunk_key(key)?;
+        Some(Self {
+            key: hash.object_key(),
+            hash,
+            marked: None,
+            file_size: 0,
+        })
+    }
+}
+
+/// Hash of a chunk object key: parses `chunks/ab/cd/<hex>.zst`.
+pub fn hash_of_chunk_key(key: &str) -> Option<ChunkHash> {
+    let name = key.strip_prefix("chunks/")?.rsplit('/').next()?;
+    let hash: ChunkHash = name.strip_suffix(".zst")?.parse().ok()?;
+    (hash.object_key().as_str() == key).then_some(hash)
+}
+
+/// What [`delete`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    /// Objects deleted.
+    pub objects: u64,
+    /// Marked rows deleted with them.
+    pub rows: u64,
+    /// Their recorded stored size.
+    pub bytes: u64,
+    /// Keys kept: a writer intends them, or a row needs them.
+    pub kept: u64,
+}
+
+impl std::ops::AddAssign for Deleted {
+    fn add_assign(&mut self, o: Self) {
+        self.objects += o.objects;
+        self.rows += o.rows;
+        self.bytes += o.bytes;
+        self.kept += o.kept;
+    }
+}
+
+/// Claims, checks and deletes `doomed` in batches of [`BATCH`]. `now` and
+/// the lease's clock stamp claims; intents last refreshed before
+/// `stale_cutoff` are reclaimed.
+pub async fn delete(
+    svc: &Services,
+    lease: &GcLease,
+    doomed: Vec<Doomed>,
+    stale_cutoff: i64,
+) -> anyhow::Result<Deleted> {
+    let mut total = Deleted::default();
+    let mut doomed = doomed;
+    while !doomed.is_empty() {
+        let rest = doomed.split_off(doomed.len().min(BATCH));
+        total += claim(svc, lease, doomed)
+            .await?
+            .finish(svc, lease, stale_cutoff)
+            .await?;
+        doomed = rest;
+    }
+    Ok(total)
+}
+
+/// Step 1: a batch whose claims are committed.
+#[must_use = "claims block writers until finished"]
+pub struct Claimed {
+    doomed: Vec<Doomed>,
+}
+
+/// Step 1: commits claims on ≤ [`BATCH`] keys.
+pub async fn claim(
+    svc: &Services,
+    lease: &GcLease,
+    doomed: Vec<Doomed>,
+) -> anyhow::Result<Claimed> {
+    anyhow::ensure!(doomed.len() <= BATCH, "claim batches hold at most {BATCH}");
+    let keys: Vec<ObjectKey> = doomed.iter().map(|d| d.key.clone()).collect();
+    let mut conn = svc.db.conn().await?;
+    chunk_claims::claim(conn.raw(), &keys, lease.now()).await?;
+    Ok(Claimed { doomed })
+}
+
+impl Claimed {
+    /// Steps 2 and 3 (see the module doc).
+    pub async fn finish(
+        self,
+        svc: &Services,
+        lease: &GcLease,
+        stale_cutoff: i64,
+    ) -> anyhow::Result<Deleted> {
+        let keys: Vec<ObjectKey> = self.doomed.iter().map(|d| d.key.clone()).collect();
+        let hashes: Vec<ChunkHash> = self.doomed.iter().map(|d| d.hash).collect();
+        let (intended, rows) = {
+            let mut conn = svc.db.conn().await?;
+            chunk_claims::reclaim_stale(conn.raw(), &keys, stale_cutoff).await?;
+            // Intents first, then rows (module doc).
+            let intended: HashSet<String> = chunk_claims::intended(conn.raw(), &keys)
+                .await?
+                .into_iter()
+                .collect();
+            let rows = chunks::find_by_hashes(conn.raw(), &hashes).await?;
+            (intended, rows)
+        };
+        let (clear, kept): (Vec<Doomed>, Vec<Doomed>) = self.doomed.into_iter().partition(|d| {
+            let needed = match rows.get(&d.hash) {
+                None => false,
+                Some(row) => d.marked != Some(row.id) || row.refcount >= 0,
+            };
+            !needed && !intended.contains(d.key.as_str())
+        });
+        let mut done = Deleted {
+            kept: kept.len() as u64,
+            ..Deleted::default()
+        };
+        if !kept.is_empty() {
+            let ids: Vec<i64> = kept.iter().filter_map(|d| d.marked).collect();
+            let keys: Vec<ObjectKey> = kept.iter().map(|d| d.key.clone()).collect();
+            let mut tx = svc.db.begin().await?;
+            gc::unmark_chunks(tx.raw(), &ids, lease.now()).await?;
+            chunk_claims::release_claims(tx.raw(), &keys).await?;
+            tx.commit().await?;
+        }
+        if clear.is_empty() {
+            return Ok(done);
+        }
+        // A deleter that lost its lease stops here rather than delete.
+        lease.renew(svc).await?;
+        for d in &clear {
+            svc.storage.delete(&d.key).await?;
+        }
+        let ids: Vec<i64> = clear.iter().filter_map(|d| d.marked).collect();
+        let keys: Vec<ObjectKey> = clear.iter().map(|d| d.key.clone()).collect();
+        let mut tx = svc.db.begin().await?;
+        done.rows = gc::delete_marked_chunks(tx.raw(), &ids).await?;
+        chunk_claims::release_claims(tx.raw(), &keys).await?;
+        tx.commit().await?;
+        done.objects = clear.len() as u64;
+        done.bytes = clear.iter().map(|d| d.file_size).sum();
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_chunk_keys_parse() {
+        let hash: ChunkHash = "ab".repeat(32).parse().expect("hash");
+        let key = hash.object_key();
+        assert_eq!(hash_of_chunk_key(key.as_str()), Some(hash));
+        let hex = "ab".repeat(32);
+        assert_eq!(hash_of_chunk_key(&format!("chunks/00/00/{hex}.zst")), None);
+        assert_eq!(hash_of_chunk_key(&format!("packs/ab/ab/{hex}.zst")), None);
+        assert_eq!(hash_of_chunk_key(&format!("chunks/ab/ab/{hex}")), None);
+    }
+}
