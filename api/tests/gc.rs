@@ -15,7 +15,12 @@
 //! 6. a GC killed mid-run is finished by the next, after its lease lapses;
 //! 7. verify reports orphan objects and lost chunks; a re-upload repairs;
 //! 8. `DELETE /{cache}/{hash}.narinfo` needs `d` and takes effect at once;
-//! 9. statistics report dedup and compression.
+//! 9. statistics report dedup and compression;
+//! 10. no chunk-object deletion loses bytes a ready NAR needs (issue 8 §1):
+//!     orphans rewritten between a deleter's choice and its delete, an
+//!     ingest stalled before its commit against the chunk phase, a killed
+//!     ingest's objects found through its intents, a GC killed holding
+//!     claims (`gc_support::claims`).
 
 #[allow(dead_code)]
 mod common;
@@ -42,6 +47,11 @@ use larder_worker::jobs::verify;
 use common::nar::{Rng, TestNar};
 use common::read::{assert_kind, fetch, narinfo, unzstd};
 use common::{TestApp, request};
+use gc_support::claims::{
+    gc_killed_holding_claims_is_finished_by_the_next,
+    killed_ingest_objects_are_found_through_intents, orphans_rewritten_before_their_delete_survive,
+    slow_ingest_against_the_chunk_phase,
+};
 use gc_support::clock::{
     DAY, backdate_nars, backdate_unreferenced_chunks, default_retention, gc_at, grace, poll_until,
     set_path_time,
@@ -99,6 +109,10 @@ on_both_backends!(crate::gc_support::default_app =>
     deleting_a_path_hides_it_at_once,
     stats_report_dedup_and_compression,
     gc_steps_interleaved_with_uploads_keep_data,
+    orphans_rewritten_before_their_delete_survive,
+    slow_ingest_against_the_chunk_phase,
+    killed_ingest_objects_are_found_through_intents,
+    gc_killed_holding_claims_is_finished_by_the_next,
 );
 
 on_both_backends!(crate::gc_support::short_grace_app =>

@@ -6,6 +6,7 @@
 //! Built on `tests/common` (used as is): [`TestApp`] over SQLite or
 //! PostgreSQL, driven through the router with `oneshot`.
 
+pub mod claims;
 pub mod clock;
 pub mod http;
 pub mod invariants;

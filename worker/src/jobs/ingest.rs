@@ -72,6 +72,44 @@ enum Slot {
 /// Runs the ingest job for one NAR.
 #[instrument(skip_all, fields(nar_id))]
 pub async fn ingest(svc: &Services, nar_id: i64) -> anyhow::Result<Outcome> {
+    ingest_inner(svc, nar_id, None).await
+}
+
+/// Where a test holds an ingest: its objects written and its intents
+/// committed, its commit not begun (what a slow or killed ingest looks like
+/// to GC). The tests of docs/gc.md's interleavings step through it.
+#[derive(Clone, Default)]
+pub struct BeforeCommit {
+    reached: Arc<tokio::sync::Notify>,
+    resume: Arc<tokio::sync::Notify>,
+}
+
+impl BeforeCommit {
+    /// Waits until the ingest stands before its commit.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the ingest go on to its commit.
+    pub fn resume(&self) {
+        self.resume.notify_one();
+    }
+}
+
+/// [`ingest`], stopping before the commit until `pause` is resumed.
+pub async fn ingest_pausing(
+    svc: &Services,
+    nar_id: i64,
+    pause: &BeforeCommit,
+) -> anyhow::Result<Outcome> {
+    ingest_inner(svc, nar_id, Some(pause)).await
+}
+
+async fn ingest_inner(
+    svc: &Services,
+    nar_id: i64,
+    pause: Option<&BeforeCommit>,
+) -> anyhow::Result<Outcome> {
     let nar = {
         let mut conn = svc.db.conn().await?;
         nars::get(conn.raw(), nar_id).await?
@@ -91,30 +129,30 @@ pub async fn ingest(svc: &Services, nar_id: i64) -> anyhow::Result<Outcome> {
         intents: Arc::new(AtomicU64::new(0)),
     };
 
-    let heartbeat = {
-        let db = svc.db.clone();
-        let owner = writer.owner.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(HEARTBEAT).await;
-                if let Ok(mut conn) = db.conn().await {
-                    let now = unix_now();
-                    let _ = nars::touch(conn.raw(), nar_id, now).await;
-                    let _ = chunk_claims::touch_intents(conn.raw(), &owner, now).await;
-                }
+    // Polled with the run in the same task, so it stops with it, however
+    // the run ends (a dropped future included).
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            if let Ok(mut conn) = svc.db.conn().await {
+                let now = unix_now();
+                let _ = nars::touch(conn.raw(), nar_id, now).await;
+                let _ = chunk_claims::touch_intents(conn.raw(), &writer.owner, now).await;
             }
-        })
+        }
     };
-    let result = run(
-        svc,
-        &writer,
-        nar_id,
-        &key,
-        nar.nar_size as u64,
-        &nar.nar_hash,
-    )
-    .await;
-    heartbeat.abort();
+    let result = tokio::select! {
+        r = run(
+            svc,
+            &writer,
+            pause,
+            nar_id,
+            &key,
+            nar.nar_size as u64,
+            &nar.nar_hash,
+        ) => r,
+        () = heartbeat => Err(anyhow::anyhow!("ingest heartbeat stopped")),
+    };
     let outcome = result?;
     if matches!(outcome, Outcome::Ingested { .. }) {
         // After the commit: a crash here leaves an orphan staging object,
@@ -170,6 +208,7 @@ impl Writer {
 async fn run(
     svc: &Services,
     writer: &Writer,
+    pause: Option<&BeforeCommit>,
     nar_id: i64,
     key: &ObjectKey,
     nar_size: u64,
@@ -284,6 +323,10 @@ async fn run(
         .context("staged NAR does not parse: staging copy corrupt")?
         .listing
         .map(|l| l.to_json());
+    if let Some(pause) = pause {
+        pause.reached.notify_one();
+        pause.resume.notified().await;
+    }
     let intents = writer.intents.load(Ordering::SeqCst);
     if !commit(
         svc,
