@@ -456,6 +456,7 @@ async fn gc_racing_ingest_loses_nothing(app: &TestApp) {
         c.contested > 0,
         "seed {seed}: no chunk was raced for: {c:?}"
     );
+    assert!(c.leftovers > 0, "seed {seed}: no leftovers put back: {c:?}");
     race.finish().await;
 }
 

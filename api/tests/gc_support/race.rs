@@ -9,14 +9,25 @@
 //! ingest of the new NARs, and sometimes a re-push of an expiring NAR under
 //! another path run concurrently (spawned, joined). Afterwards nothing may
 //! be lost: refcounts match the ready NARs, every chunk row has its object,
-//! every live path reads back byte-identical, expired ones are gone.
+//! every live path reads back byte-identical, expired ones are gone, and
+//! `verify --repair` finds nothing damaged.
+//!
+//! Leftovers (issue 8 §1): the objects of chunks a round's GC deletes are
+//! saved, and at the next round's start about half are put back with a
+//! stale write intent, as an ingest killed before its commit leaves them.
+//! The round's GC deletes them through those intents while the round's
+//! ingests, whose NARs share those blocks, write the same keys.
 
 use std::collections::HashMap;
 
 use axum::http::StatusCode;
 
+use bytes::Bytes;
+use futures::TryStreamExt;
+
 use larder_shared::chunk::ChunkHash;
-use larder_shared::db::unix_now;
+use larder_shared::db::{chunk_claims, unix_now};
+use larder_shared::storage::ObjectKey;
 use larder_shared::token::Permission;
 use larder_worker::jobs::gc;
 use larder_worker::jobs::verify;
@@ -33,6 +44,7 @@ use super::pool::BlockPool;
 use crate::common::nar::{Rng, TestNar};
 use crate::common::read::assert_kind;
 use crate::common::{TestApp, send, upload_request};
+use larder_shared::db::chunks;
 
 const CACHE: &str = "race";
 /// Pool blocks; NARs take 1–3 of them.
@@ -54,6 +66,8 @@ pub struct Contest {
     pub restored: usize,
     /// Failed ingest attempts (retried, as the job queue would).
     pub retries: usize,
+    /// Objects put back as a killed ingest's leftovers.
+    pub leftovers: usize,
 }
 
 /// A cache under the race, with what it should hold.
@@ -66,6 +80,8 @@ pub struct Race<'a> {
     next_path: u64,
     retention: i64,
     live: Vec<TestNar>,
+    /// Objects of chunks the last round's GC deleted, to put back.
+    saved: Vec<(ObjectKey, Bytes)>,
     /// What the rounds so far did.
     pub contest: Contest,
 }
@@ -83,6 +99,7 @@ impl<'a> Race<'a> {
             next_path: seed,
             retention: default_retention(app),
             live: Vec::new(),
+            saved: Vec::new(),
             contest: Contest::default(),
         };
         let first = race.new_nars("start", 3);
@@ -121,10 +138,12 @@ impl<'a> Race<'a> {
         for n in &expiring {
             set_path_time(app, CACHE, n, now - self.retention - DAY).await;
         }
+        self.put_back_leftovers(round, now).await;
         backdate_nars(app, 10).await;
         backdate_unreferenced_chunks(app, 10).await;
         backdate_intents(app, 10).await;
         let doomed = unreferenced_chunks(app).await;
+        self.saved = saved_objects(app, doomed.keys()).await;
         let count = 1 + self.rng.next_u64() % 3;
         let fresh = self.new_nars("fresh", count);
         for n in &fresh {
@@ -161,6 +180,33 @@ impl<'a> Race<'a> {
         }
         let gone: Vec<&TestNar> = expiring.iter().collect();
         assert_served(app, &self.token, CACHE, &[], &gone, &ctx).await;
+        let report = verify::run(&app.services, unix_now(), true)
+            .await
+            .unwrap_or_else(|e| panic!("{ctx}: verify: {e:#}"));
+        assert!(report.damaged_chunks.is_empty(), "{ctx}: {report:?}");
+        assert_eq!(report.nars_marked_broken, 0, "{ctx}: {report:?}");
+    }
+
+    /// Puts about half the saved objects back, each with a write intent of
+    /// a dead ingest (stale once backdated).
+    async fn put_back_leftovers(&mut self, round: u64, now: i64) {
+        let saved = std::mem::take(&mut self.saved);
+        let mut keys = Vec::new();
+        for (key, bytes) in saved {
+            if self.rng.next_u64().is_multiple_of(2) {
+                continue;
+            }
+            let storage = &self.app.services.storage;
+            storage.put_bytes(&key, bytes).await.expect("put back");
+            keys.push(key);
+        }
+        self.contest.leftovers += keys.len();
+        let mut conn = self.app.state.db.conn().await.expect("connection");
+        for batch in keys.chunks(chunks::BATCH) {
+            chunk_claims::insert_intents(conn.raw(), &format!("killed-{round}"), batch, now)
+                .await
+                .expect("intents");
+        }
     }
 
     /// GC, ingest and the optional re-push, spawned and joined. Returns the
@@ -270,6 +316,23 @@ impl<'a> Race<'a> {
         assert!(app.files_on_disk("chunks").is_empty(), "{ctx}");
         app.assert_staging_empty();
     }
+}
+
+/// The stored objects of these chunks (those still stored).
+async fn saved_objects<'h>(
+    app: &TestApp,
+    hashes: impl Iterator<Item = &'h ChunkHash>,
+) -> Vec<(ObjectKey, Bytes)> {
+    let mut out = Vec::new();
+    for hash in hashes {
+        let key = hash.object_key();
+        let Ok(stream) = app.services.storage.get(&key, None).await else {
+            continue;
+        };
+        let parts: Vec<Bytes> = stream.try_collect().await.expect("read");
+        out.push((key, Bytes::from(parts.concat())));
+    }
+    out
 }
 
 /// Yields `n` times: a seeded stagger between the racing tasks.
