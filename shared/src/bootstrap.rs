@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::{Config, StorageConfig};
 use crate::db::{Db, DbError};
 use crate::storage::local::LocalStorage;
+use crate::storage::s3::S3Storage;
 use crate::storage::{Storage, StorageError};
 
 /// Why start-up failed.
@@ -24,18 +25,21 @@ pub enum BootstrapError {
 pub fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
     match config {
         StorageConfig::Local { path } => Ok(Arc::new(LocalStorage::new(path.clone())?)),
+        StorageConfig::S3(s3) => Ok(Arc::new(S3Storage::new(s3)?)),
     }
 }
 
-/// Opens where staged uploads live: `[staging] path` if set (a directory
-/// every worker host mounts), else the storage backend itself (`staging/`).
+/// Opens where staged uploads live: `[staging.storage]` or `[staging] path`
+/// if set (every worker host must reach it), else the storage backend itself
+/// (keys under `staging/`).
 pub fn open_staging(
     config: &Config,
     storage: &Arc<dyn Storage>,
 ) -> Result<Arc<dyn Storage>, StorageError> {
-    match &config.staging.path {
-        Some(path) => Ok(Arc::new(LocalStorage::new(path.clone())?)),
-        None => Ok(storage.clone()),
+    match (&config.staging.storage, &config.staging.path) {
+        (Some(own), _) => open_storage(own),
+        (None, Some(path)) => Ok(Arc::new(LocalStorage::new(path.clone())?)),
+        (None, None) => Ok(storage.clone()),
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod duration;
 mod embedded;
+mod storage;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::ChunkingParams;
 pub use duration::ConfigDuration;
 pub use embedded::{EmbeddedDefault, default_data_dir};
+pub use storage::{S3Config, S3Credentials, StorageConfig};
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -131,17 +133,6 @@ fn default_listen() -> SocketAddr {
 pub struct DatabaseConfig {
     /// `postgres://…` or `sqlite://…`.
     pub url: Secret,
-}
-
-/// `[storage]`: a tagged choice of backend.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum StorageConfig {
-    /// A local directory (or a shared filesystem mounted on every host).
-    Local {
-        /// Root directory.
-        path: PathBuf,
-    },
 }
 
 /// `[chunking]` in bytes; see [`ChunkingParams`].
@@ -308,10 +299,15 @@ pub struct JwtSigningConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StagingConfig {
-    /// A shared directory for staged uploads; unset means the storage backend
-    /// (prefix `staging/`), which every worker can read.
+    /// A shared directory for staged uploads (shorthand for a local
+    /// `[staging.storage]`); unset means the storage backend (prefix
+    /// `staging/`), which every worker can read.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// A backend of its own for staged uploads, e.g. a fast local disk on a
+    /// single node whose chunks live in S3. Every worker must reach it.
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
     /// Uploads abandoned longer than this are removed.
     #[serde(default = "d_staging_age")]
     pub max_age: ConfigDuration,
@@ -325,6 +321,7 @@ impl Default for StagingConfig {
     fn default() -> Self {
         Self {
             path: None,
+            storage: None,
             max_age: d_staging_age(),
         }
     }
@@ -471,6 +468,13 @@ impl Config {
         }
         if self.worker.concurrency == 0 {
             problems.push("worker.concurrency: must be at least 1".into());
+        }
+        self.storage.problems("storage", &mut problems);
+        if let Some(staging) = &self.staging.storage {
+            staging.problems("staging.storage", &mut problems);
+            if self.staging.path.is_some() {
+                problems.push("staging: set path or [staging.storage], not both".into());
+            }
         }
         if self.access.flush_interval.as_secs() == 0 {
             problems.push("access.flush-interval: must be at least 1s".into());

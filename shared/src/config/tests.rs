@@ -128,3 +128,85 @@ fn embedded_default_is_created_once_with_mode_0600() {
         second.config.jwt.signing.token_rs256_secret_base64
     );
 }
+
+const S3_BASE: &str = r#"
+[database]
+url = "postgres://postgres@127.0.0.1/larder"
+[jwt.signing]
+token-hs256-secret-base64 = "c2VjcmV0"
+"#;
+
+#[test]
+fn s3_storage_with_attic_or_kebab_credentials_and_local_staging() {
+    for (id, secret) in [
+        ("access-key-id", "secret-access-key"),
+        ("access_key_id", "secret_access_key"),
+    ] {
+        let text = format!(
+            r#"{S3_BASE}
+[storage]
+type = "s3"
+bucket = "nix"
+region = "eu-central-1"
+endpoint = "http://127.0.0.1:8333"
+prefix = "larder/"
+[storage.credentials]
+{id} = "AKIDEXAMPLE"
+{secret} = "wJalrXUtnFEMI"
+[staging.storage]
+type = "local"
+path = "/var/lib/larder/staging"
+"#
+        );
+        let c = Config::parse_toml(&text).unwrap();
+        c.validate().unwrap();
+        let StorageConfig::S3(s3) = &c.storage else {
+            panic!("not s3: {:?}", c.storage)
+        };
+        assert_eq!(s3.bucket, "nix");
+        assert_eq!(s3.prefix(), Some("larder"));
+        assert!(s3.path_style(), "an endpoint defaults to path style");
+        assert_eq!(s3.max_requests, 64);
+        let creds = s3.credentials.as_ref().unwrap();
+        assert_eq!(creds.secret_access_key.expose(), "wJalrXUtnFEMI");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("wJalrXUtnFEMI") && !debug.contains("AKIDEXAMPLE"));
+        assert!(matches!(
+            c.staging.storage,
+            Some(StorageConfig::Local { .. })
+        ));
+    }
+}
+
+#[test]
+fn s3_defaults_and_problems() {
+    let aws = format!("{S3_BASE}\n[storage]\ntype = \"s3\"\nbucket = \"nix\"\n");
+    let c = Config::parse_toml(&aws).unwrap();
+    c.validate().unwrap();
+    let StorageConfig::S3(s3) = &c.storage else {
+        panic!()
+    };
+    assert!(!s3.path_style() && s3.credentials.is_none() && s3.prefix().is_none());
+
+    let typo = format!("{aws}buckett = \"x\"\n");
+    let err = Config::parse_toml(&typo).unwrap_err().to_string();
+    assert!(err.contains("buckett"), "{err}");
+
+    let bad = format!(
+        "{S3_BASE}\n[storage]\ntype = \"s3\"\nbucket = \"\"\nendpoint = \"127.0.0.1:8333\"\nprefix = \"a b\"\nmax-requests = 0\n[staging]\npath = \"/x\"\n[staging.storage]\ntype = \"local\"\npath = \"/y\"\n"
+    );
+    let err = Config::parse_toml(&bad)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "storage.bucket",
+        "storage.endpoint",
+        "storage.prefix",
+        "storage.max-requests",
+        "not both",
+    ] {
+        assert!(err.contains(needle), "{needle} in {err}");
+    }
+}

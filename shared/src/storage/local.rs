@@ -393,25 +393,9 @@ fn walk(start: PathBuf, start_key: String, name_prefix: &str, tx: &ListSender) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::conformance::{self, key};
     use bytes::Bytes;
-    use futures::TryStreamExt;
     use std::sync::Arc;
-
-    fn key(s: &str) -> ObjectKey {
-        ObjectKey::new(s).unwrap()
-    }
-
-    fn pieces(parts: Vec<Vec<u8>>) -> ByteStream {
-        Box::pin(futures::stream::iter(
-            parts.into_iter().map(|p| Ok(Bytes::from(p))),
-        ))
-    }
-
-    async fn read_all(s: &LocalStorage, k: &ObjectKey, range: Option<Range<u64>>) -> Vec<u8> {
-        let stream = s.get(k, range).await.unwrap();
-        let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
-        parts.concat()
-    }
 
     /// Every file under `dir`, relative, sorted; includes temp files.
     fn files_under(dir: &Path) -> Vec<String> {
@@ -431,17 +415,6 @@ mod tests {
         out
     }
 
-    async fn listed(s: &LocalStorage, prefix: &str) -> Vec<String> {
-        let mut keys: Vec<String> = s
-            .list(prefix)
-            .map_ok(|m| m.key.to_string())
-            .try_collect()
-            .await
-            .unwrap();
-        keys.sort();
-        keys
-    }
-
     fn storage() -> (tempfile::TempDir, LocalStorage) {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path().join("root")).unwrap();
@@ -451,151 +424,56 @@ mod tests {
     #[tokio::test]
     async fn put_get_round_trip_of_a_multi_piece_stream() {
         let (_dir, s) = storage();
-        let k = key("chunks/ab/cd/abcd.zst");
-        let parts: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 300_000]).collect();
-        let expected = parts.concat();
-        assert_eq!(s.put(&k, pieces(parts)).await.unwrap(), 1_500_000);
-        assert_eq!(read_all(&s, &k, None).await, expected);
-        let meta = s.head(&k).await.unwrap().unwrap();
-        assert_eq!((meta.key, meta.size), (k, 1_500_000));
-        assert_eq!(files_under(s.root()), ["chunks/ab/cd/abcd.zst"]);
-        s.check().await.unwrap();
+        conformance::put_get_round_trip_of_a_multi_piece_stream(&s).await;
+        assert_eq!(files_under(s.root()), ["chunks/ab/cd/abcd.zst", "empty"]);
     }
 
     #[tokio::test]
     async fn range_get_reads_exactly_the_range() {
         let (_dir, s) = storage();
-        let k = key("obj");
-        let data: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
-        s.put_bytes(&k, Bytes::from(data.clone())).await.unwrap();
-        for r in [0..0, 5..10, 0..400_000, 131_000..400_000, 399_999..400_000] {
-            let got = read_all(&s, &k, Some(r.clone())).await;
-            assert_eq!(got, data[r.start as usize..r.end as usize], "{r:?}");
-        }
-        for r in [Range { start: 10, end: 5 }, 0..400_001, 400_001..400_002] {
-            let err = s.get(&k, Some(r.clone())).await.err().unwrap();
-            assert!(
-                matches!(err, StorageError::InvalidRange { size: 400_000, .. }),
-                "{r:?}"
-            );
-        }
-        let err = s.get(&key("missing"), None).await.err().unwrap();
-        assert!(matches!(err, StorageError::NotFound(k) if k.as_str() == "missing"));
-        let err = s.get(&key("obj/below-a-file"), None).await.err().unwrap();
-        assert!(matches!(err, StorageError::NotFound(_)));
+        conformance::range_get_reads_exactly_the_range(&s).await;
     }
 
     #[tokio::test]
     async fn put_overwrites() {
         let (_dir, s) = storage();
-        let k = key("a/b");
-        s.put_bytes(&k, Bytes::from_static(b"first, longer"))
-            .await
-            .unwrap();
-        s.put_bytes(&k, Bytes::from_static(b"second"))
-            .await
-            .unwrap();
-        assert_eq!(read_all(&s, &k, None).await, b"second");
+        conformance::put_overwrites(&s).await;
     }
 
     #[tokio::test]
     async fn delete_is_idempotent() {
         let (_dir, s) = storage();
-        let k = key("x/y");
-        s.delete(&k).await.unwrap();
-        s.put_bytes(&k, Bytes::from_static(b"data")).await.unwrap();
-        s.delete(&k).await.unwrap();
-        assert!(s.head(&k).await.unwrap().is_none());
-        assert!(matches!(
-            s.get(&k, None).await,
-            Err(StorageError::NotFound(_))
-        ));
-        s.delete(&k).await.unwrap();
+        conformance::delete_is_idempotent(&s).await;
     }
 
     #[tokio::test]
     async fn list_by_prefix_walks_nested_directories() {
         let (_dir, s) = storage();
-        for k in [
-            "chunks/ab/cd/x1",
-            "chunks/ab/ce/x2",
-            "chunks/ac/00/x3",
-            "chunks/abc",
-            "staging/y",
-        ] {
-            s.put_bytes(&key(k), Bytes::from_static(b"z"))
-                .await
-                .unwrap();
-        }
+        fs::create_dir_all(s.root().join("chunks/ab/cd")).unwrap();
         fs::write(s.root().join("chunks/ab/cd/.tmp-x9-0"), b"partial").unwrap();
-        let all = [
-            "chunks/ab/cd/x1",
-            "chunks/ab/ce/x2",
-            "chunks/abc",
-            "chunks/ac/00/x3",
-            "staging/y",
-        ];
-        assert_eq!(listed(&s, "").await, all);
-        assert_eq!(listed(&s, "chunks/a").await, all[..4]);
-        assert_eq!(listed(&s, "chunks/ab").await, all[..3]);
-        assert_eq!(listed(&s, "chunks/ab/").await, all[..2]);
-        assert_eq!(listed(&s, "chunks/ab/c").await, all[..2]);
-        assert_eq!(listed(&s, "chunks/ab/cd/x1").await, all[..1]);
-        assert!(listed(&s, "nothing/").await.is_empty());
-        assert!(listed(&s, "staging/y/").await.is_empty());
-        let sizes: Vec<u64> = s.list("st").map_ok(|m| m.size).try_collect().await.unwrap();
-        assert_eq!(sizes, [1]);
-        let bad: Vec<_> = s.list("../").collect().await;
-        assert!(matches!(bad[..], [Err(StorageError::InvalidKey(_))]));
+        conformance::list_by_prefix(&s).await;
     }
 
     #[tokio::test]
     async fn failed_input_stream_leaves_nothing_behind() {
         let (_dir, s) = storage();
-        let k = key("chunks/00/00/obj");
-        s.put_bytes(&k, Bytes::from_static(b"old")).await.unwrap();
-        let failing: ByteStream = Box::pin(futures::stream::iter([
-            Ok(Bytes::from(vec![1u8; 100_000])),
-            Err(io::Error::new(
-                ErrorKind::ConnectionReset,
-                "client went away",
-            )),
-        ]));
-        let err = s.put(&k, failing).await.unwrap_err();
-        assert!(matches!(err, StorageError::Input { .. }), "{err:?}");
-        assert_eq!(read_all(&s, &k, None).await, b"old");
-        let fresh = key("chunks/00/01/new");
-        let failing: ByteStream = Box::pin(futures::stream::iter([Err(io::Error::other("boom"))]));
-        assert!(s.put(&fresh, failing).await.is_err());
-        assert!(s.head(&fresh).await.unwrap().is_none());
+        conformance::failed_input_stream_leaves_nothing_behind(&s).await;
         assert_eq!(files_under(s.root()), ["chunks/00/00/obj"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_puts_of_one_key_leave_one_intact_object() {
         let (_dir, s) = storage();
-        let s = Arc::new(s);
-        let k = key("chunks/ff/ff/same");
-        let tasks: Vec<_> = (0..20u8)
-            .map(|i| {
-                let (s, k) = (s.clone(), k.clone());
-                tokio::spawn(async move {
-                    let parts = (0..8).map(move |_| Ok(Bytes::from(vec![i; 50_000])));
-                    let slow = futures::stream::iter(parts).then(|p| async {
-                        tokio::task::yield_now().await;
-                        p
-                    });
-                    s.put(&k, Box::pin(slow)).await
-                })
-            })
-            .collect();
-        for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap(), 400_000);
-        }
-        let got = read_all(&s, &k, None).await;
-        assert_eq!(got.len(), 400_000);
-        assert!(got.iter().all(|&b| b == got[0]), "object mixes writers");
-        assert_eq!(files_under(s.root()), ["chunks/ff/ff/same"]);
+        let root = s.root().to_path_buf();
+        conformance::concurrent_puts_of_one_key_leave_one_intact_object(Arc::new(s)).await;
+        assert_eq!(files_under(&root), ["chunks/ff/ff/same"]);
+    }
+
+    #[tokio::test]
+    async fn large_objects_and_cancelled_puts() {
+        let (_dir, s) = storage();
+        conformance::large_objects(&s, 300_000).await;
+        conformance::cancelled_put_leaves_no_object(Arc::new(s), 300_000).await;
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //! streamed `put`, streamed `get` with an optional byte range, `head`,
 //! idempotent `delete`, `list` by key prefix, and no rename or append. These
 //! are the operations S3 offers, so an S3 backend can be added later without
-//! touching callers. [`local::LocalStorage`] keeps objects in a directory.
+//! touching callers. [`local::LocalStorage`] keeps objects in a directory,
+//! [`s3::S3Storage`] in an S3-compatible bucket; [`conformance`] is the
+//! behaviour both must show, tested against each.
 //!
 //! Keys are [`ObjectKey`]s, validated once so that they map unchanged to S3
 //! keys and safely to relative paths. Callers choose the layout, including
@@ -16,7 +18,11 @@
 //!
 //! Everything streams: no operation holds a whole object in memory.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod local;
+pub mod requests;
+pub mod s3;
 
 use std::fmt;
 use std::io;
@@ -296,6 +302,20 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    /// A remote object store request failed (after its retries).
+    #[error("storage {op} of {key} failed")]
+    Remote {
+        /// The operation (`"put"`, `"upload part"`, …).
+        op: &'static str,
+        /// The object key (or list prefix) involved.
+        key: String,
+        /// The client's error, naming the status or transport failure.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The caller dropped a `put` before it completed; it was rolled back.
+    #[error("put of {0} was cancelled")]
+    Cancelled(ObjectKey),
     /// A blocking helper task died (panic or runtime shutdown).
     #[error("storage task failed")]
     Task(#[from] tokio::task::JoinError),

@@ -1,0 +1,134 @@
+//! `[storage]` and `[staging.storage]`: which object store holds the bytes.
+//!
+//! Keys follow Attic's `server.toml` (`type = "local"` + `path`, or
+//! `type = "s3"` + `bucket`, `region`, `endpoint`, `[storage.credentials]`),
+//! so an `attic.toml` storage section carries over.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigDuration, Secret};
+use crate::storage::validate_prefix;
+
+/// `[storage]`: a tagged choice of backend.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StorageConfig {
+    /// A local directory (or a shared filesystem mounted on every host).
+    Local {
+        /// Root directory.
+        path: PathBuf,
+    },
+    /// An S3-compatible bucket (AWS S3, R2, B2, Garage, SeaweedFS, MinIO, Ceph).
+    S3(S3Config),
+}
+
+/// `type = "s3"`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name; the bucket must exist.
+    pub bucket: String,
+    /// Region; AWS needs the bucket's, most other servers accept any.
+    /// Unset: `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint URL of a non-AWS server (`https://…`, `http://` allowed).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Key prefix inside the bucket (`larder` puts chunks at `larder/chunks/…`),
+    /// so one bucket can serve several installs.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`) rather than virtual-hosted
+    /// (`bucket.endpoint/key`). Default: true when `endpoint` is set (what
+    /// self-hosted servers need), false for AWS.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// Static credentials; unset: the `AWS_*` environment variables (or the
+    /// instance/web-identity credentials AWS provides).
+    #[serde(default)]
+    pub credentials: Option<S3Credentials>,
+    /// Requests this process has in flight at most (each waits for a slot).
+    #[serde(default = "d_max_requests")]
+    pub max_requests: usize,
+    /// Retries of a failed request (5xx, 429, timeouts, connection resets).
+    #[serde(default = "d_max_retries")]
+    pub max_retries: usize,
+    /// Give up retrying a request after this long; the error then surfaces.
+    #[serde(default = "d_retry_timeout")]
+    pub retry_timeout: ConfigDuration,
+}
+
+fn d_max_requests() -> usize {
+    64
+}
+fn d_max_retries() -> usize {
+    10
+}
+fn d_retry_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(180)
+}
+
+impl S3Config {
+    /// Whether requests use path-style URLs (see [`S3Config::path_style`]).
+    pub fn path_style(&self) -> bool {
+        self.path_style.unwrap_or(self.endpoint.is_some())
+    }
+
+    /// The key prefix without surrounding slashes, if any.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+    }
+
+    /// Problems of this section, each prefixed with `section`.
+    fn problems(&self, section: &str, out: &mut Vec<String>) {
+        if self.bucket.is_empty() {
+            out.push(format!("{section}.bucket: must not be empty"));
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("https://") || e.starts_with("http://"))
+        {
+            out.push(format!(
+                "{section}.endpoint: {e:?} must start with https:// or http://"
+            ));
+        }
+        if let Some(p) = self.prefix()
+            && let Err(e) = validate_prefix(&format!("{p}/"))
+        {
+            out.push(format!("{section}.prefix: {e}"));
+        }
+        if self.max_requests == 0 {
+            out.push(format!("{section}.max-requests: must be at least 1"));
+        }
+    }
+}
+
+/// `[storage.credentials]`. Attic's snake_case spellings are accepted too.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct S3Credentials {
+    /// Access key id.
+    #[serde(alias = "access_key_id")]
+    pub access_key_id: Secret,
+    /// Secret access key.
+    #[serde(alias = "secret_access_key")]
+    pub secret_access_key: Secret,
+    /// Session token of temporary credentials.
+    #[serde(default, alias = "session_token")]
+    pub session_token: Option<Secret>,
+}
+
+impl StorageConfig {
+    /// Problems of this section, each prefixed with `section`.
+    pub(super) fn problems(&self, section: &str, out: &mut Vec<String>) {
+        match self {
+            Self::Local { .. } => {}
+            Self::S3(s3) => s3.problems(section, out),
+        }
+    }
+}
