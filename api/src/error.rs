@@ -86,7 +86,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status_and_kind();
         let message = if status.is_server_error() {
-            tracing::error!(error = %self, kind, "request failed");
+            tracing::error!(error = %ErrorChain(&self), kind, "request failed");
             "internal server error; see the server log".to_owned()
         } else {
             self.to_string()
@@ -123,3 +123,19 @@ impl From<axum::extract::rejection::PathRejection> for ApiError {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Displays an error with its sources (`a: b: c`), so a storage failure's log
+/// line names the status or transport error behind it.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

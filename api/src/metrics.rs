@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
 use larder_shared::db::caches::CacheRecord;
+use larder_shared::storage::requests;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -126,7 +127,27 @@ impl Metrics {
                 }
             }
         }
+        render_storage_requests(&mut out);
         out
+    }
+}
+
+/// `larder_storage_requests_total{op,result}`: requests this process sent to
+/// a remote object store (shared::storage::requests), however they failed.
+fn render_storage_requests(out: &mut String) {
+    let name = "larder_storage_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests to remote object storage (S3), by operation and result (ok, error); a retried request counts once.\n# TYPE {name} counter"
+    );
+    for c in requests::snapshot() {
+        let result = if c.ok { "ok" } else { "error" };
+        let _ = writeln!(
+            out,
+            "{name}{{op=\"{}\",result=\"{result}\"}} {}",
+            c.op.label(),
+            c.count
+        );
     }
 }
 
@@ -194,5 +215,16 @@ mod tests {
         let full = m.render(true);
         assert!(full.contains("cache=\"secret-a\",result=\"miss\"} 1"));
         assert!(full.contains("larder_upload_bytes_total{cache=\"secret-a\"} 100"));
+    }
+
+    #[test]
+    fn storage_requests_are_counted_by_operation() {
+        requests::record(requests::Op::UploadPart, false);
+        let text = Metrics::default().render(false);
+        assert!(text.contains("# TYPE larder_storage_requests_total counter"));
+        assert!(
+            text.contains("larder_storage_requests_total{op=\"upload_part\",result=\"error\"} "),
+            "{text}"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! staged serving → ingest → chunked serving; deduplication across caches
 //! and between similar NARs; concurrent uploads; idempotent ingest; cache
 //! isolation; rejected uploads leaving nothing behind; get-missing-paths;
-//! the sweeper. Every scenario runs on SQLite and on PostgreSQL.
+//! the sweeper. Every scenario runs on SQLite and on PostgreSQL; those in
+//! `on_s3!` also with chunks and staging on a real S3 server (issue 11).
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
+use futures::FutureExt as _;
 use serde_json::{Value, json};
 
 use larder_shared::db::unix_now;
@@ -62,6 +64,46 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+
+/// Runs each scenario with chunks and staging on the S3 test server, on both
+/// databases, as `s3::<scenario>::sqlite` and `…::postgres`; skipped (with a
+/// message) when `LARDER_TEST_S3_ENDPOINT` is unset.
+macro_rules! on_s3 {
+    ($($scenario:ident),* $(,)?) => {
+        mod s3 {$(
+            mod $scenario {
+                use futures::FutureExt as _;
+
+                async fn run(backend: crate::common::Backend) {
+                    let Some(app) = crate::common::TestApp::on_s3(backend).await else {
+                        return;
+                    };
+                    let outcome = std::panic::AssertUnwindSafe(super::super::$scenario(&app)).catch_unwind().await;
+                    app.teardown().await;
+                    if let Err(panic) = outcome {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    run(crate::common::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    run(crate::common::Backend::Postgres).await
+                }
+            }
+        )*}
+    };
+}
+
+on_s3!(
+    upload_serve_ingest_serve,
+    concurrent_uploads_of_one_nar,
+    bad_uploads_leave_nothing_behind,
+);
 
 on_both_backends!(
     upload_serve_ingest_serve,
@@ -564,8 +606,7 @@ async fn assert_left_nothing(app: &TestApp, what: &str, baseline: (i64, i64, i64
         now, baseline,
         "{what}: rows (nars, objects, chunks) changed"
     );
-    let staged = app.files_on_disk("staging");
-    assert!(staged.is_empty(), "{what}: staging not empty: {staged:?}");
+    app.assert_staging_empty();
     assert!(
         app.staged_nar_ids().await.is_empty(),
         "{what}: a NAR was staged"
@@ -690,4 +731,53 @@ async fn sweeper_requeues_lost_jobs_and_removes_abandoned_staging(app: &TestApp)
     assert_eq!(app.drain_jobs().await, 1);
     app.assert_staging_empty();
     assert_ready_readable(app, &token, "sw", &nar).await;
+}
+
+// --- S3 server down during ingest ------------------------------------------------
+
+/// SeaweedFS killed after an upload was staged and restarted while the ingest
+/// is running: the client's retries carry the ingest through, and the NAR is
+/// then served byte-identical from the chunks in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_server_restarted_during_ingest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(mut server) = common::s3_server::S3Server::start(18433, dir.path()).await else {
+        return;
+    };
+    let storage = common::s3_storage_toml_at(&server.endpoint(), 20);
+    let app = TestApp::with_storage(common::Backend::Sqlite, Some(storage)).await;
+    let outcome = std::panic::AssertUnwindSafe(async {
+        app.create_cache("fault", false).await;
+        let token = app.token(&[("fault", PULL_PUSH)]);
+        let nar = TestNar::files("fault-1.0", 11, &[200 * KIB, 700 * KIB]);
+        assert_kind(&app.upload(&token, "fault", &nar).await, "Uploaded");
+        let id = app.staged_nar_ids().await[0];
+
+        server.stop();
+        let services = app.services.clone();
+        let ingest = tokio::spawn(async move { ingest::ingest(&services, id).await });
+        // Let the ingest hit the dead server (its retries back off), then
+        // bring the server back on the same data.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !ingest.is_finished(),
+            "the ingest ended while the server was down: {:?}",
+            ingest.await
+        );
+        server.restart().await;
+        let done = ingest.await.expect("ingest task");
+        assert!(
+            matches!(done, Ok(Outcome::Ingested { .. })),
+            "ingest did not complete: {done:?}"
+        );
+        assert_ready_readable(&app, &token, "fault", &nar).await;
+        app.assert_staging_empty();
+    })
+    .catch_unwind()
+    .await;
+    server.stop();
+    app.teardown().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }

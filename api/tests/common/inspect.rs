@@ -12,7 +12,7 @@ use larder_shared::db::nars::{self, NarRecord};
 use larder_shared::jobs::INGEST_QUEUE;
 
 use super::nar::TestNar;
-use super::{Backend, TestApp};
+use super::{Backend, Store, TestApp};
 
 impl TestApp {
     // --- database -------------------------------------------------------------
@@ -158,10 +158,21 @@ impl TestApp {
             .expect("set mtime");
     }
 
-    /// Asserts no staged copy, finished or half-written, is left.
+    /// Asserts no staged copy, finished or half-written, is left. On S3,
+    /// where nothing half-written is visible, lists `staging/` (needs the
+    /// multi-threaded runtime every test here uses).
     #[track_caller]
     pub fn assert_staging_empty(&self) {
-        let left = self.files_on_disk("staging");
+        let left: Vec<String> = match self.store {
+            Store::Local => self
+                .files_on_disk("staging")
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            Store::S3 => tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(self.object_keys("staging/"))
+            }),
+        };
         assert!(left.is_empty(), "staging is not empty: {left:?}");
     }
 

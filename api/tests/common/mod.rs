@@ -9,6 +9,7 @@
 pub mod inspect;
 pub mod nar;
 pub mod read;
+pub mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,10 +49,57 @@ pub enum Backend {
     Postgres,
 }
 
+/// Where an app's chunks and staged uploads live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// A directory in the test's temp directory.
+    Local,
+    /// A fresh key prefix on the real S3 server named by
+    /// `LARDER_TEST_S3_*` (scripts/test-all starts SeaweedFS), for chunks
+    /// and staging alike.
+    S3,
+}
+
+/// The `[storage]` section for the S3 test server, or `None` (with a
+/// message) when `LARDER_TEST_S3_ENDPOINT` is unset.
+pub fn s3_storage_toml() -> Option<String> {
+    let Ok(endpoint) = std::env::var("LARDER_TEST_S3_ENDPOINT") else {
+        eprintln!("LARDER_TEST_S3_ENDPOINT unset: skipping S3 test (scripts/test-all sets it)");
+        return None;
+    };
+    Some(s3_storage_toml_at(&endpoint, 5))
+}
+
+/// The `[storage]` section for an S3 server at `endpoint` with the test
+/// credentials, in a fresh prefix, retrying `max_retries` times.
+pub fn s3_storage_toml_at(endpoint: &str, max_retries: usize) -> String {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set"));
+    format!(
+        r#"[storage]
+type = "s3"
+bucket = "{}"
+endpoint = "{endpoint}"
+region = "us-east-1"
+prefix = "t-{}"
+max-retries = {max_retries}
+retry-timeout = "90s"
+[storage.credentials]
+access_key_id = "{}"
+secret_access_key = "{}"
+"#,
+        var("LARDER_TEST_S3_BUCKET"),
+        ulid::Ulid::new().to_string().to_lowercase(),
+        var("LARDER_TEST_S3_ACCESS_KEY_ID"),
+        var("LARDER_TEST_S3_SECRET_ACCESS_KEY"),
+    )
+}
+
 /// One isolated Larder: database, storage, router, token key.
 pub struct TestApp {
     /// Which database this app runs on.
     pub backend: Backend,
+    /// Where its objects live.
+    pub store: Store,
     /// What handlers see.
     pub state: AppState,
     /// What job handlers see (same database and storage).
@@ -125,20 +173,24 @@ impl TestResponse {
     }
 }
 
-fn config_toml(db_url: &str, storage: &Path) -> String {
+fn config_toml(db_url: &str, storage: &str) -> String {
     format!(
         r#"
 [database]
 url = "{db_url}"
-[storage]
-type = "local"
-path = "{}"
 [jwt.signing]
 token-hs256-secret-base64 = "{HS256_SECRET}"
 [worker]
 embedded = 0
-"#,
-        storage.display()
+{storage}
+"#
+    )
+}
+
+fn local_storage_toml(root: &Path) -> String {
+    format!(
+        "[storage]\ntype = \"local\"\npath = \"{}\"\n",
+        root.display()
     )
 }
 
@@ -149,10 +201,28 @@ async fn pg_admin() -> sqlx::PgConnection {
 }
 
 impl TestApp {
-    /// A fresh, migrated app on `backend`.
+    /// A fresh, migrated app on `backend` with local storage.
     pub async fn new(backend: Backend) -> Self {
+        Self::with_storage(backend, None).await
+    }
+
+    /// A fresh, migrated app on `backend` whose chunks and staging are on the
+    /// S3 test server; `None` (skip) when it is not configured.
+    pub async fn on_s3(backend: Backend) -> Option<Self> {
+        let storage = s3_storage_toml()?;
+        Some(Self::with_storage(backend, Some(storage)).await)
+    }
+
+    /// `storage`: a `[storage]` section (S3), or `None` for a local directory.
+    pub async fn with_storage(backend: Backend, storage: Option<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage_root = dir.path().join("storage");
+        let store = if storage.is_some() {
+            Store::S3
+        } else {
+            Store::Local
+        };
+        let storage = storage.unwrap_or_else(|| local_storage_toml(&storage_root));
         let (db_url, pg_database) = match backend {
             Backend::Sqlite => (
                 format!(
@@ -173,7 +243,7 @@ impl TestApp {
             }
         };
         let config =
-            Config::parse_toml(&config_toml(&db_url, &storage_root)).expect("test config parses");
+            Config::parse_toml(&config_toml(&db_url, &storage)).expect("test config parses");
         config.validate().expect("test config is valid");
         let config = Arc::new(config);
         let state = larder_api::server::build_state(config.clone())
@@ -189,6 +259,7 @@ impl TestApp {
         };
         Self {
             backend,
+            store,
             router: larder_api::app::router(state.clone()),
             state,
             services,

@@ -53,7 +53,9 @@ pub async fn short_grace_app(backend: Backend) -> TestApp {
 
 /// `tests/common`'s config text for the same database and storage, plus `extra`.
 fn config_toml(base: &Config, extra: &str) -> String {
-    let StorageConfig::Local { path: storage } = &base.storage;
+    let StorageConfig::Local { path: storage } = &base.storage else {
+        panic!("GC tests run on local storage");
+    };
     format!(
         r#"
 [database]
