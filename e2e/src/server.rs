@@ -188,6 +188,30 @@ impl Server {
         std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
     }
 
+    /// Stops the server, replaces the generated config's `[storage]` table
+    /// (and its subtables) by `section`, e.g. an S3 bucket, and starts again.
+    pub async fn switch_storage(&mut self, section: &str) -> anyhow::Result<StartOutput> {
+        self.stop().await?;
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path)?;
+        let mut in_storage = false;
+        let mut out = String::with_capacity(text.len() + section.len());
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_storage = t == "[storage]" || t.starts_with("[storage.");
+            }
+            if !in_storage {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out.push_str(section);
+        // Writing an existing file keeps its 0600 mode.
+        std::fs::write(&path, out)?;
+        self.launch().await
+    }
+
     /// Rewrites `[worker] embedded` in the generated config (server stopped).
     fn set_embedded_workers(&self, n: usize) -> anyhow::Result<()> {
         let path = self.config_path();

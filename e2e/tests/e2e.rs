@@ -378,6 +378,72 @@ async fn substitute_staged_then_ingested() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `[storage]` table for the S3 test server (scripts/test-all starts
+/// SeaweedFS), in a fresh key prefix; `None` (skip) when it is not set.
+fn s3_storage_section(test: &str) -> Option<String> {
+    let Ok(endpoint) = std::env::var("LARDER_TEST_S3_ENDPOINT") else {
+        eprintln!("{test}: LARDER_TEST_S3_ENDPOINT unset, skipping (scripts/test-all sets it)");
+        return None;
+    };
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    Some(format!(
+        "[storage]\ntype = \"s3\"\nbucket = \"{}\"\nendpoint = \"{endpoint}\"\nprefix = \"e2e-{}\"\n\
+         [storage.credentials]\naccess-key-id = \"{}\"\nsecret-access-key = \"{}\"\n",
+        var("LARDER_TEST_S3_BUCKET"),
+        random_seed(),
+        var("LARDER_TEST_S3_ACCESS_KEY_ID"),
+        var("LARDER_TEST_S3_SECRET_ACCESS_KEY"),
+    ))
+}
+
+/// Chunks and staging in an S3 bucket (issue 11): uploads staged there, a
+/// separate worker process ingests from and into it, and stock Nix pulls
+/// the closure, signature-checked, from the chunks; nothing touches the
+/// local storage directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn substitute_from_s3_storage() -> anyhow::Result<()> {
+    if !nix_available("substitute_from_s3_storage") {
+        return Ok(());
+    }
+    let Some(section) = s3_storage_section("substitute_from_s3_storage") else {
+        return Ok(());
+    };
+    let mut server = Server::start_embedded(ServerOptions::without_workers()).await?;
+    server.switch_storage(&section).await?;
+    let client = server.client();
+    let cache = "e2e-s3";
+    client.create_cache(cache).await?;
+    let public_key = client.public_key(cache).await?;
+
+    let nix = Nix::new()?;
+    let tops = StoreTree::binary_tree(random_seed(), 6).build(&nix).await?;
+    let infos = client.upload_closure(&nix, cache, &tops).await?;
+    let closure: Vec<String> = infos.iter().map(|i| i.path.clone()).collect();
+    check_nar_downloads(&client, cache, &infos, false).await?;
+
+    let worker = Worker::start(&server)?;
+    wait_ingested(&client, cache, &infos, &worker, INGEST_LIMIT).await?;
+    check_narinfos(&client, cache, &infos, true).await?;
+    check_nar_downloads(&client, cache, &infos, true).await?;
+    let fresh = Nix::new()?;
+    let netrc = fresh.write_netrc("127.0.0.1", server.token())?;
+    let sub = Substituter {
+        public_key: &public_key,
+        netrc: &netrc,
+    };
+    let store = fresh
+        .copy_from(&format!("{}/{cache}", server.url()), &sub, &tops)
+        .await?;
+    fresh.verify(&store, &public_key, &closure).await?;
+    assert_eq!(
+        count_chunks(&server.storage_dir()),
+        0,
+        "objects in the local storage directory"
+    );
+    nix.delete(&closure).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_ingest_recovers() -> anyhow::Result<()> {
     if !nix_available("worker_killed_mid_ingest_recovers") {
