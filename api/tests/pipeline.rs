@@ -736,8 +736,9 @@ async fn sweeper_requeues_lost_jobs_and_removes_abandoned_staging(app: &TestApp)
 // --- S3 server down during ingest ------------------------------------------------
 
 /// SeaweedFS killed after an upload was staged and restarted while the ingest
-/// is running: the client's retries carry the ingest through, and the NAR is
-/// then served byte-identical from the chunks in the bucket.
+/// is running: `/_ready` says 503 meanwhile, the client's retries carry the
+/// ingest through, and the NAR is then served byte-identical from the chunks
+/// in the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_server_restarted_during_ingest() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -756,9 +757,11 @@ async fn s3_server_restarted_during_ingest() {
         server.stop();
         let services = app.services.clone();
         let ingest = tokio::spawn(async move { ingest::ingest(&services, id).await });
-        // Let the ingest hit the dead server (its retries back off), then
-        // bring the server back on the same data.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Meanwhile the ingest hits the dead server and backs off; the
+        // readiness probe reports the outage (within its bound).
+        app.get("/_ready", None)
+            .await
+            .assert_status(StatusCode::SERVICE_UNAVAILABLE);
         assert!(
             !ingest.is_finished(),
             "the ingest ended while the server was down: {:?}",
@@ -770,6 +773,7 @@ async fn s3_server_restarted_during_ingest() {
             matches!(done, Ok(Outcome::Ingested { .. })),
             "ingest did not complete: {done:?}"
         );
+        app.get("/_ready", None).await.assert_status(StatusCode::OK);
         assert_ready_readable(&app, &token, "fault", &nar).await;
         app.assert_staging_empty();
     })

@@ -57,6 +57,8 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 2;
 /// Key probed by [`Storage::check`]; a dot segment is never an object key.
 const CHECK_KEY: &str = ".larder-ready-check";
+/// How long [`Storage::check`] waits (retries included) before it fails.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Objects in an S3 bucket, optionally under a key prefix.
 #[derive(Debug, Clone)]
@@ -419,8 +421,18 @@ impl Storage for S3Storage {
     async fn check(&self) -> Result<(), StorageError> {
         // One signed HEAD: 404 proves the bucket reachable and the
         // credentials accepted, without writing on every readiness probe.
+        // Bounded: a probe must answer while the client would still be
+        // retrying an unreachable server.
         let path = self.path(CHECK_KEY);
-        match self.request(Op::Head, self.store.head(&path)).await {
+        let head = self.request(Op::Head, self.store.head(&path));
+        let result = match tokio::time::timeout(CHECK_TIMEOUT, head).await {
+            Ok(result) => result,
+            Err(elapsed) => Err(object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(elapsed),
+            }),
+        };
+        match result {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(remote("check", CHECK_KEY)(e)),
