@@ -2,13 +2,13 @@
 
 use axum::Router;
 use axum::http::{HeaderName, Request};
-use axum::routing::{get, post, put};
+use axum::routing::MethodRouter;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, json_errors};
 use crate::routes::{
     binary_cache, cache_config, caches, health, missing_paths, nix_upload, upload_path,
 };
@@ -30,46 +30,53 @@ impl MakeRequestId for UlidRequestId {
     }
 }
 
+/// Declares the route table once: the router's routes and [`ROUTES`], the
+/// same list as data, which tests walk to check that every route answers
+/// bad input with the contract's JSON errors.
+macro_rules! route_table {
+    ($($path:literal => $($method:ident $handler:expr),+;)*) => {
+        /// Every route: (lower-case method, path template).
+        pub const ROUTES: &[(&str, &str)] = &[$($((stringify!($method), $path),)+)*];
+
+        fn routes() -> Router<AppState> {
+            Router::new()$(.route($path, MethodRouter::new()$(.$method($handler))+))*
+        }
+    };
+}
+
+route_table! {
+    "/_health" => get health::health;
+    "/_ready" => get health::ready;
+    "/metrics" => get crate::metrics::handler;
+    "/_api/v1/upload-path" => put upload_path::upload_path;
+    "/_api/v1/get-missing-paths" => post missing_paths::get_missing_paths;
+    "/_api/v1/cache-config/{cache}" =>
+        get cache_config::get,
+        post cache_config::create,
+        patch cache_config::configure,
+        delete cache_config::destroy;
+    "/_api/v1/caches" => get caches::list;
+    "/_api/v1/caches/{cache}/stats" => get caches::cache_stats;
+    "/_api/v1/caches/{cache}/pins" => get caches::list_pins;
+    "/_api/v1/caches/{cache}/pins/{name}" =>
+        put caches::set_pin,
+        delete caches::remove_pin;
+    "/{cache}/nix-cache-info" =>
+        get binary_cache::nix_cache_info,
+        put nix_upload::put_nix_cache_info;
+    "/{cache}/nar/{file}" =>
+        get binary_cache::nar,
+        head nix_upload::head_nar,
+        put nix_upload::put_nar;
+    "/{cache}/{file}" =>
+        get binary_cache::cache_file,
+        put nix_upload::put_cache_file,
+        delete binary_cache::delete_file;
+}
+
 /// Builds the application router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/upload-path", put(upload_path::upload_path))
-        .route("/get-missing-paths", post(missing_paths::get_missing_paths))
-        .route(
-            "/cache-config/{cache}",
-            get(cache_config::get)
-                .post(cache_config::create)
-                .patch(cache_config::configure)
-                .delete(cache_config::destroy),
-        )
-        .route("/caches", get(caches::list))
-        .route("/caches/{cache}/stats", get(caches::cache_stats))
-        .route("/caches/{cache}/pins", get(caches::list_pins))
-        .route(
-            "/caches/{cache}/pins/{name}",
-            put(caches::set_pin).delete(caches::remove_pin),
-        );
-    Router::new()
-        .route("/_health", get(health::health))
-        .route("/_ready", get(health::ready))
-        .route("/metrics", get(crate::metrics::handler))
-        .nest("/_api/v1", api)
-        .route(
-            "/{cache}/nix-cache-info",
-            get(binary_cache::nix_cache_info).put(nix_upload::put_nix_cache_info),
-        )
-        .route(
-            "/{cache}/nar/{file}",
-            get(binary_cache::nar)
-                .head(nix_upload::head_nar)
-                .put(nix_upload::put_nar),
-        )
-        .route(
-            "/{cache}/{file}",
-            get(binary_cache::cache_file)
-                .put(nix_upload::put_cache_file)
-                .delete(binary_cache::delete_file),
-        )
+    routes()
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(
@@ -87,6 +94,7 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("request", method = %req.method(), route, request_id = id)
             }),
         )
+        .layer(axum::middleware::map_response(json_errors))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, UlidRequestId))
         .with_state(state)

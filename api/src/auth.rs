@@ -10,7 +10,7 @@
 
 use std::marker::PhantomData;
 
-use axum::extract::{FromRef, FromRequestParts, Path};
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -21,6 +21,7 @@ use larder_shared::db::unix_now;
 use larder_shared::token::{CachePermissions, Claims, Permission};
 
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::state::AppState;
 
 /// Message for every "you may not see this" answer, identical whether or not

@@ -34,9 +34,15 @@ pub enum ApiError {
     /// The uploaded NAR is not what its metadata claims, or not a NAR.
     #[error("{0}")]
     InvalidNar(String),
-    /// A header or preamble over its limit.
+    /// A header, preamble or body over its limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A body without the `Content-Type` the route reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The client stopped sending (a stalled upload).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Route unknown.
     #[error("not found")]
     NotFound,
@@ -73,6 +79,10 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::InvalidNar(_) => (StatusCode::BAD_REQUEST, "InvalidNar"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DatabaseError"),
@@ -108,17 +118,69 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Extractor rejections (bad JSON, bad path) become our JSON errors too.
+/// Extractor rejections (bad JSON, bad path) become our JSON errors too,
+/// keeping the status axum chose (413 for a body over its limit, 415 for a
+/// missing `Content-Type`), except that a JSON body of the wrong shape is a
+/// plain 400 like every other malformed request.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
+        ApiError::from_status(r.status(), r.body_text())
     }
 }
 
 impl From<axum::extract::rejection::PathRejection> for ApiError {
     fn from(r: axum::extract::rejection::PathRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
+        ApiError::from_status(r.status(), r.body_text())
     }
+}
+
+impl ApiError {
+    /// The error for a status some other layer chose (extractor
+    /// rejections, the safety net of [`json_errors`]).
+    fn from_status(status: StatusCode, message: String) -> Self {
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(message),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(message),
+            StatusCode::NOT_FOUND => ApiError::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(message),
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized(message),
+            s if s.is_server_error() => ApiError::Internal(message),
+            _ => ApiError::BadRequest(message),
+        }
+    }
+}
+
+/// Largest plain-text error body [`json_errors`] reads to reword it.
+const MAX_FOREIGN_ERROR: usize = 64 * 1024;
+
+/// Safety net, layered around the whole router: an error response that some
+/// layer or extractor wrote as plain text (anything not already JSON) is
+/// rewritten as the contract's JSON error with the same status, so no
+/// failure escapes the `{"code","error","message"}` shape.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let message = match axum::body::to_bytes(body, MAX_FOREIGN_ERROR).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let mut rewritten = ApiError::from_status(status, message).into_response();
+    // Keep the status even where it has no variant of its own.
+    *rewritten.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
 }
 
 /// Result alias for handlers.

@@ -4,7 +4,10 @@
 pub mod access;
 pub mod app;
 pub mod auth;
+pub mod body_rate;
 pub mod error;
+pub mod extract;
+pub mod http_server;
 pub mod metrics;
 pub mod nar_reader;
 pub mod nix_staging;
@@ -15,3 +18,4 @@ pub mod server;
 pub mod staging;
 pub mod state;
 pub mod upload_decode;
+pub mod upload_meta;

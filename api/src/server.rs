@@ -11,8 +11,8 @@ use larder_shared::config::Config;
 use larder_shared::token::{TokenKey, TokenVerifier};
 use larder_worker::Services;
 
-use crate::app;
 use crate::state::AppState;
+use crate::{app, http_server};
 
 /// Opens database, storage and the token verifier named by `config`.
 pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
@@ -73,10 +73,9 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, embedded_workers = embedded, "larder-api listening");
+    let http = state.config.http;
     let router = app::router(state);
-    let stop = shutdown.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+    http_server::serve(listener, router, http, shutdown.clone())
         .await
         .context("serving HTTP")?;
     shutdown.cancel();

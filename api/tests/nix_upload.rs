@@ -477,6 +477,19 @@ async fn narinfo_not_matching_its_nar_is_rejected(app: &TestApp) {
     let resp = put_narinfo(app, &token, "nixed", &nar, &wrong_compression).await;
     resp.assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
     assert!(resp.text().contains("Compression"), "{}", resp.text());
+    // Issue 8: a CA or Sig Nix cannot parse fails every later substitution.
+    let mut bad_ca = good.clone();
+    bad_ca.ca = Some("definitely not a CA".into());
+    let resp = put_narinfo(app, &token, "nixed", &nar, &bad_ca).await;
+    resp.assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    assert!(resp.text().contains("content address"), "{}", resp.text());
+    for sig in ["cache.nixos.org-1:!!!not-base64!!!", "k:AAAA", ":AAAA"] {
+        let mut bad_sig = good.clone();
+        bad_sig.sigs.push(sig.into());
+        let resp = put_narinfo(app, &token, "nixed", &nar, &bad_sig).await;
+        resp.assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+        assert!(resp.text().contains("signature"), "{sig}: {}", resp.text());
+    }
     // Uploaded under another path's name.
     put_narinfo(app, &token, "nixed", &other, &good)
         .await

@@ -546,6 +546,54 @@ async fn bad_uploads_leave_nothing_behind(app: &TestApp) {
             StatusCode::BAD_REQUEST,
             "BadRequest",
         ),
+        // Issue 8: metadata that Nix would refuse after the fact.
+        (
+            "store path in another store dir",
+            with(
+                nar.info("rej"),
+                "store_path",
+                json!(format!("/gnu/store/{}", nar.base_name)),
+            ),
+            nar.bytes.clone(),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
+        (
+            "content address Nix cannot parse",
+            with(nar.info("rej"), "ca", json!("definitely not a CA")),
+            nar.bytes.clone(),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
+        (
+            "content address with a digest of the wrong length",
+            with(nar.info("rej"), "ca", json!("fixed:r:sha256:abcd")),
+            nar.bytes.clone(),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
+        (
+            "signature that is not base64",
+            with(
+                nar.info("rej"),
+                "sigs",
+                json!(["cache.nixos.org-1:!!!not-base64!!!"]),
+            ),
+            nar.bytes.clone(),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
+        (
+            "signature of 32 bytes",
+            with(
+                nar.info("rej"),
+                "sigs",
+                json!(["k-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]),
+            ),
+            nar.bytes.clone(),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        ),
         (
             "store_path_hash not the path's",
             with(
@@ -590,10 +638,23 @@ async fn bad_uploads_leave_nothing_behind(app: &TestApp) {
         .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");
     assert_left_nothing(app, "oversized preamble", baseline).await;
 
-    // The same NAR, pushed properly, still goes through.
-    assert_kind(&app.upload(&token, "rej", &nar).await, "Uploaded");
+    // The same NAR, pushed properly, still goes through; a well-formed CA
+    // in any of Nix's digest encodings is stored in Nix's canonical form.
+    let hex = NarHash::digest(b"ca").to_hex();
+    let canonical = format!("fixed:r:sha256:{}", NarHash::digest(b"ca").to_base32());
+    let info = with(
+        nar.info("rej"),
+        "ca",
+        json!(format!("fixed:r:sha256:{hex}")),
+    );
+    assert_kind(
+        &app.upload_with(&token, &info, nar.bytes.clone()).await,
+        "Uploaded",
+    );
     app.drain_jobs().await;
     assert_ready_readable(app, &token, "rej", &nar).await;
+    let (text, _) = narinfo(app, &token, "rej", &nar).await;
+    assert_eq!(narinfo_line(&text, "CA"), Some(canonical.as_str()));
 }
 
 async fn assert_left_nothing(app: &TestApp, what: &str, baseline: (i64, i64, i64)) {

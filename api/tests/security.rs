@@ -9,12 +9,18 @@
 //! 3. tokens made outside Larder in Attic's exact shape (fixtures) grant
 //!    exactly their claims, on RS256 and HS256 servers;
 //! 4. the seed's `atticadm make-token` lines, run through the real
-//!    `larder-admin` binary, and `list-tokens` / `revoke-token`.
+//!    `larder-admin` binary, and `list-tokens` / `revoke-token`;
+//! 5. hostile input on every route answers JSON errors (`hostile_input`);
+//! 6. clients that stop talking are cut off (`slowloris`).
 //!
 //! Everything runs on SQLite; the credential table also runs on PostgreSQL.
 
 #[allow(dead_code)]
 mod common;
+#[path = "security_support/hostile_input.rs"]
+mod hostile_input;
+#[path = "security_support/slowloris.rs"]
+mod slowloris;
 #[path = "security_support/mod.rs"]
 mod support;
 

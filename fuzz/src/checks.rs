@@ -2,6 +2,7 @@
 //! replay of the checked-in corpus (`shared/tests/fuzz_corpus.rs`), so both
 //! check exactly the same thing.
 
+use larder_shared::nix::content_address::ContentAddress;
 use larder_shared::nix::nar::{NarError, NarSummary, NarValidator};
 use larder_shared::nix::narinfo::NarInfo;
 
@@ -65,4 +66,20 @@ pub fn narinfo_parse(data: &[u8]) {
     assert_eq!(again, info);
     assert_eq!(again_dir, store_dir);
     assert_eq!(again.render(&again_dir), rendered);
+}
+
+/// Parses `data` as a content address; whatever parses must print to
+/// Nix's canonical form, which parses back to the same value and prints
+/// identically.
+pub fn content_address_parse(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(ca) = text.parse::<ContentAddress>() else {
+        return;
+    };
+    let printed = ca.to_string();
+    let again: ContentAddress = printed.parse().expect("a printed content address parses");
+    assert_eq!(again, ca);
+    assert_eq!(again.to_string(), printed);
 }

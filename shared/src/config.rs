@@ -121,6 +121,9 @@ pub struct Config {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// HTTP connection handling.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -383,6 +386,41 @@ pub struct MetricsConfig {
     pub token: Option<Secret>,
 }
 
+/// `[http]`: how `larder-api` treats connections. The timeouts bound what a
+/// client that stops talking (slowloris, a dead link) can hold; they are
+/// generous because honest clients push multi-GB NARs over slow links.
+/// Every key has a default, so new keys go here with a default too.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A request's head (request line and headers) must be complete this
+    /// long after its first byte arrived.
+    pub header_read_timeout: ConfigDuration,
+    /// A connection with no request in progress is closed after this long
+    /// without receiving a byte (a fresh connection included).
+    pub idle_timeout: ConfigDuration,
+    /// Slowest accepted request body, in bytes per second, averaged over
+    /// `body-rate-window` of waiting for the client; 0 disables the check.
+    pub body_min_rate: u64,
+    /// The window over which `body-min-rate` is measured.
+    pub body_rate_window: ConfigDuration,
+    /// Connections served at once; further clients wait in the listen
+    /// backlog until one closes (they are not refused).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: ConfigDuration::from_secs(30),
+            idle_timeout: ConfigDuration::from_secs(60),
+            body_min_rate: 1024,
+            body_rate_window: ConfigDuration::from_secs(60),
+            max_connections: 512,
+        }
+    }
+}
+
 impl Config {
     /// Reads a config file, then applies `LARDER_*` environment overrides, then validates.
     pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
@@ -478,6 +516,19 @@ impl Config {
         }
         if self.access.flush_interval.as_secs() == 0 {
             problems.push("access.flush-interval: must be at least 1s".into());
+        }
+        let http = &self.http;
+        for (key, d) in [
+            ("header-read-timeout", http.header_read_timeout),
+            ("idle-timeout", http.idle_timeout),
+            ("body-rate-window", http.body_rate_window),
+        ] {
+            if d.get() < std::time::Duration::from_millis(10) {
+                problems.push(format!("http.{key}: must be at least 10ms"));
+            }
+        }
+        if http.max_connections == 0 {
+            problems.push("http.max-connections: must be at least 1".into());
         }
         if problems.is_empty() {
             Ok(())

@@ -1,6 +1,7 @@
 //! Replays the checked-in fuzz corpus (`fuzz/corpus/<target>/`) through the
 //! same checks the fuzz targets run, on the stable toolchain: every file
-//! through both the NAR validator and the narinfo parser.
+//! through the NAR validator, the narinfo parser and the content-address
+//! parser.
 //!
 //! The seed corpus itself is written by the ignored test
 //! `regenerate_seed_corpus` (`cargo test -p larder-shared --test fuzz_corpus
@@ -19,7 +20,7 @@ fn corpus_dir() -> PathBuf {
 
 fn corpus_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for target in ["nar_validate", "narinfo_parse"] {
+    for target in ["nar_validate", "narinfo_parse", "content_address_parse"] {
         let dir = corpus_dir().join(target);
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             files.push(entry.expect("corpus entry").path());
@@ -43,6 +44,7 @@ fn corpus_replays_without_panics() {
         let outcome = std::panic::catch_unwind(|| {
             checks::nar_validate(&data);
             checks::narinfo_parse(&data);
+            checks::content_address_parse(&data);
         });
         assert!(outcome.is_ok(), "{name} made a check panic");
     }
@@ -50,6 +52,7 @@ fn corpus_replays_without_panics() {
 
 #[test]
 fn seed_corpus_has_valid_and_invalid_inputs() {
+    use larder_shared::nix::content_address::ContentAddress;
     use larder_shared::nix::nar::validate;
     use larder_shared::nix::narinfo::NarInfo;
 
@@ -76,6 +79,16 @@ fn seed_corpus_has_valid_and_invalid_inputs() {
         valid >= 3 && infos.len() - valid >= 3,
         "{valid} of {} narinfos valid",
         infos.len()
+    );
+    let cas = read_dir("content_address_parse");
+    let valid = cas
+        .iter()
+        .filter(|t| std::str::from_utf8(t).is_ok_and(|t| t.parse::<ContentAddress>().is_ok()))
+        .count();
+    assert!(
+        valid >= 3 && cas.len() - valid >= 3,
+        "{valid} of {} content addresses valid",
+        cas.len()
     );
 }
 
@@ -219,7 +232,37 @@ fn regenerate_seed_corpus() {
         ),
     ];
 
+    let source_ca = "fixed:r:sha256:19rg7ddp5fsia9ai4l875yqdzcawsz5iygpwlqs4vgn9njhmrl1y";
+    let abc_hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let cas: Vec<(&str, String)> = vec![
+        ("source.ca", source_ca.to_owned()),
+        ("text-hex.ca", format!("text:sha256:{abc_hex}")),
+        (
+            "flat-base64.ca",
+            "fixed:sha256:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=".to_owned(),
+        ),
+        (
+            "git-sha1.ca",
+            "fixed:git:sha1:a9993e364706816aba3e25717850c26c9cd0d89d".to_owned(),
+        ),
+        ("not-a-ca.ca", "definitely not a CA".to_owned()),
+        ("short-digest.ca", "fixed:r:sha256:abcd".to_owned()),
+        (
+            "text-sha1.ca",
+            "text:sha1:a9993e364706816aba3e25717850c26c9cd0d89d".to_owned(),
+        ),
+        (
+            "sri.ca",
+            "fixed:r:sha256-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=".to_owned(),
+        ),
+    ];
     for (dir, files) in [
+        (
+            "content_address_parse",
+            cas.into_iter()
+                .map(|(n, t)| (n, t.into_bytes()))
+                .collect::<Vec<_>>(),
+        ),
         ("nar_validate", nars),
         (
             "narinfo_parse",

@@ -2,7 +2,7 @@
 //! What stock Nix 2.8 sends is recorded in docs/protocol.md.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
@@ -18,6 +18,7 @@ use larder_shared::storage::{ObjectKey, StorageError};
 
 use crate::auth::{CacheAccess, Delete, Pull, PullOrPush};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
 use crate::nar_reader::{self, Representation};
 use crate::routes::nix_upload;
 use crate::state::AppState;

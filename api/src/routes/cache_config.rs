@@ -2,7 +2,7 @@
 //! (Attic's JSON shape, docs/protocol.md).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
@@ -17,6 +17,7 @@ use larder_shared::token::Permission;
 use crate::auth::Need;
 use crate::auth::{Credentials, PullOrPush};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, Path};
 use crate::state::AppState;
 
 /// How to set a cache's signing key.
@@ -137,11 +138,10 @@ pub async fn create(
     State(state): State<AppState>,
     Path(cache): Path<String>,
     credentials: Credentials,
-    body: Result<Json<CacheConfig>, axum::extract::rejection::JsonRejection>,
+    JsonBody(cfg): JsonBody<CacheConfig>,
 ) -> ApiResult<StatusCode> {
     let name = parse_name(&cache)?;
     credentials.authorize_create(&state, &name).await?;
-    let Json(cfg) = body?;
     let missing = |f: &str| ApiError::BadRequest(format!("missing field {f:?} for cache creation"));
     let kp = cfg.keypair.as_ref().ok_or_else(|| missing("keypair"))?;
     let is_public = cfg.is_public.ok_or_else(|| missing("is_public"))?;
@@ -191,13 +191,12 @@ pub async fn configure(
     State(state): State<AppState>,
     Path(cache): Path<String>,
     credentials: Credentials,
-    body: Result<Json<CacheConfig>, axum::extract::rejection::JsonRejection>,
+    JsonBody(cfg): JsonBody<CacheConfig>,
 ) -> ApiResult<StatusCode> {
     let name = parse_name(&cache)?;
     let rec = credentials
         .authorize(&state, &name, &[Permission::ConfigureCache])
         .await?;
-    let Json(cfg) = body?;
     if cfg.retention_period.is_some() {
         credentials
             .authorize(&state, &name, &[Permission::ConfigureCacheRetention])

@@ -1,7 +1,7 @@
 //! `/_api/v1/caches`: listing, statistics and pins.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,7 @@ use larder_shared::nix::store_path::{StoreDir, StorePath};
 
 use crate::auth::{CacheAccess, Credentials, Pull, Push};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, Path};
 use crate::state::AppState;
 
 /// One entry of `GET /_api/v1/caches`.
@@ -96,10 +97,9 @@ pub async fn set_pin(
     State(state): State<AppState>,
     Path((_, name)): Path<(String, String)>,
     access: CacheAccess<Push>,
-    body: Result<Json<PinRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<PinRequest>,
 ) -> ApiResult<StatusCode> {
     validate_pin_name(&name)?;
-    let Json(req) = body?;
     let store_dir: StoreDir = access
         .cache
         .store_dir

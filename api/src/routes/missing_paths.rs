@@ -10,6 +10,7 @@ use larder_shared::nix::store_path::StorePathHash;
 
 use crate::auth::{Credentials, Need, Push};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
 use crate::state::AppState;
 
 /// Most hashes accepted per request.
@@ -35,9 +36,8 @@ pub struct GetMissingPathsResponse {
 pub async fn get_missing_paths(
     State(state): State<AppState>,
     credentials: Credentials,
-    body: Result<Json<GetMissingPathsRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<GetMissingPathsRequest>,
 ) -> ApiResult<Json<GetMissingPathsResponse>> {
-    let Json(req) = body?;
     let name = req
         .cache
         .parse()

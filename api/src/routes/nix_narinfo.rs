@@ -24,7 +24,7 @@ use larder_shared::db::uploads::{
 };
 use larder_shared::nix::hash::{FileHash, NarHash};
 use larder_shared::nix::narinfo::{Compression, NarInfo};
-use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_shared::nix::store_path::{StorePath, StorePathHash};
 use larder_shared::storage::ObjectKey;
 
 use crate::auth::{CacheAccess, Push};
@@ -32,6 +32,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::record::{self, NewPath};
 use crate::routes::nix_upload::{own_url, read_limited};
 use crate::state::AppState;
+use crate::upload_meta;
 
 /// Largest narinfo accepted (real ones are a few KiB).
 pub const MAX_NARINFO: usize = 1024 * 1024;
@@ -69,25 +70,9 @@ pub async fn put(
             info.store_path
         )));
     }
-    let cache_dir: StoreDir = access
-        .cache
-        .store_dir
-        .parse()
-        .map_err(|e| ApiError::Internal(format!("cache store dir: {e}")))?;
-    if store_dir != cache_dir {
-        return Err(bad(format!(
-            "narinfo StorePath is in {store_dir}, but this cache's store is {cache_dir}"
-        )));
-    }
-    if info
-        .sigs
-        .iter()
-        .any(|s| s.is_empty() || s.contains(char::is_whitespace))
-    {
-        return Err(bad(
-            "signatures must be non-empty and contain no whitespace".into(),
-        ));
-    }
+    upload_meta::check_store_dir(&access.cache, &store_dir)?;
+    upload_meta::check_signatures(&info.sigs)?;
+    let ca = upload_meta::content_address(info.ca.as_deref())?;
     let file_name = info
         .url
         .strip_prefix("nar/")
@@ -103,7 +88,7 @@ pub async fn put(
         references: info.references.iter().map(StorePath::base_name).collect(),
         deriver: info.deriver.as_ref().map(StorePath::base_name),
         sigs: info.sigs.clone(),
-        ca: info.ca.clone(),
+        ca,
         system: info.system.clone(),
     };
     let path = NewPath {

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -41,6 +41,7 @@ use larder_shared::token::Permission;
 
 use crate::auth::{CacheAccess, PullOrPush, Push};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
 use crate::nar_reader;
 use crate::nix_staging::{self, BodyStream};
 use crate::routes::{listing, nix_narinfo, upload_path};

@@ -28,6 +28,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::record;
 use crate::staging::{self, Expected};
 use crate::state::AppState;
+use crate::upload_meta;
 
 /// Header carrying the metadata JSON.
 pub const NAR_INFO_HEADER: &str = "x-attic-nar-info";
@@ -94,6 +95,8 @@ struct Validated {
     hash: StorePathHash,
     meta: ObjectMeta,
     expected: Expected,
+    /// Checked against the cache's once the cache is known.
+    store_dir: StoreDir,
 }
 
 fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
@@ -131,20 +134,15 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
     if info.nar_size == 0 {
         return Err(bad("nar_size must be positive".into()));
     }
-    if info
-        .sigs
-        .iter()
-        .any(|s| s.is_empty() || s.contains(char::is_whitespace))
-    {
-        return Err(bad(
-            "signatures must be non-empty and contain no whitespace".into(),
-        ));
-    }
+    upload_meta::check_signatures(&info.sigs)?;
+    let ca = upload_meta::content_address(info.ca.as_deref())?;
     // Free text ends up in narinfo lines: a line break would forge fields.
-    for (field, value) in [("system", &info.system), ("ca", &info.ca)] {
-        if value.as_deref().is_some_and(|v| v.contains(['\n', '\r'])) {
-            return Err(bad(format!("{field} must not contain line breaks")));
-        }
+    if info
+        .system
+        .as_deref()
+        .is_some_and(|v| v.contains(['\n', '\r']))
+    {
+        return Err(bad("system must not contain line breaks".into()));
     }
     Ok(Validated {
         cache,
@@ -154,9 +152,10 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
             references: info.references,
             deriver: info.deriver,
             sigs: info.sigs,
-            ca: info.ca,
+            ca,
             system: info.system,
         },
+        store_dir,
         expected: Expected {
             nar_hash,
             nar_size: info.nar_size,
@@ -228,6 +227,7 @@ pub async fn upload_path(
     let cache = credentials
         .authorize(&state, &v.cache, Push::ANY_OF)
         .await?;
+    upload_meta::check_store_dir(&cache, &v.store_dir)?;
     let now = unix_now();
 
     let existing = {

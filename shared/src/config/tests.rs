@@ -37,6 +37,35 @@ fn minimal_config_gets_contract_defaults() {
 }
 
 #[test]
+fn http_section_defaults_and_overrides() {
+    let c = Config::parse_toml(MINIMAL).unwrap();
+    assert_eq!(c.http.header_read_timeout.as_secs(), 30);
+    assert_eq!(c.http.idle_timeout.as_secs(), 60);
+    assert_eq!(c.http.body_min_rate, 1024);
+    assert_eq!(c.http.body_rate_window.as_secs(), 60);
+    assert_eq!(c.http.max_connections, 512);
+    // A partial section keeps the other defaults.
+    let text = format!("{MINIMAL}\n[http]\nidle-timeout = \"250ms\"\nmax-connections = 8\n");
+    let c = Config::parse_toml(&text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        c.http.idle_timeout.get(),
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.http.max_connections, 8);
+    assert_eq!(c.http.header_read_timeout.as_secs(), 30);
+    let err = Config::parse_toml(&format!("{MINIMAL}\n[http]\nidle = 5\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("idle"), "{err}");
+    let text = format!("{MINIMAL}\n[http]\nmax-connections = 0\nheader-read-timeout = \"1ms\"\n");
+    match Config::parse_toml(&text).unwrap().validate() {
+        Err(ConfigError::Invalid(p)) => assert_eq!(p.len(), 2, "{p:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn unknown_key_is_named() {
     let text = format!("{MINIMAL}\n[chunking]\nmin-sise = 1\n");
     let err = Config::parse_toml(&text).unwrap_err().to_string();

@@ -167,6 +167,21 @@ impl LocalStorage {
     }
 }
 
+/// Removes a temp file whose `put` was dropped before it finished (the one
+/// cleanup that must run on cancellation, so it lives in `Drop`).
+struct TempFileGuard(Option<PathBuf>);
+
+impl Drop for TempFileGuard {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.0.take()
+            && let Err(e) = std::fs::remove_file(&tmp)
+            && !is_missing(&e)
+        {
+            tracing::warn!(path = %tmp.display(), error = %e, "could not remove temp file");
+        }
+    }
+}
+
 #[async_trait]
 impl Storage for LocalStorage {
     async fn put(&self, key: &ObjectKey, data: ByteStream) -> Result<u64, StorageError> {
@@ -180,6 +195,9 @@ impl Storage for LocalStorage {
             name.to_string_lossy(),
             rand::random::<u64>()
         ));
+        // A writer cancelled mid-put (a client gone, a stalled upload cut
+        // off) must not leave its temp file until the next sweep.
+        let mut guard = TempFileGuard(Some(tmp.clone()));
         let renamed = match Self::write_temp(key, &tmp, data).await {
             Ok(written) => tokio::fs::rename(&tmp, &path)
                 .await
@@ -187,6 +205,7 @@ impl Storage for LocalStorage {
                 .map_err(io_err("rename", &path)),
             Err(e) => Err(e),
         };
+        guard.0 = None;
         match renamed {
             Ok(written) => {
                 sync_dir(dir).await?;
@@ -419,6 +438,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path().join("root")).unwrap();
         (dir, s)
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_put_leaves_no_temp_file() {
+        use futures::StreamExt;
+        let (_dir, s) = storage();
+        let key = ObjectKey::new("staging/cut.nar").unwrap();
+        let (wrote_tx, wrote_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut wrote_tx = Some(wrote_tx);
+        // One piece, then a writer that never sends again.
+        let data: ByteStream = Box::pin(
+            futures::stream::iter([Ok(Bytes::from_static(b"partial"))]).chain(
+                futures::stream::poll_fn(move |_| {
+                    if let Some(tx) = wrote_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    std::task::Poll::Pending
+                }),
+            ),
+        );
+        let put = s.put(&key, data);
+        tokio::select! {
+            _ = put => panic!("the put cannot finish"),
+            _ = wrote_rx => {}
+        }
+        // The put future is dropped here, mid-write.
+        assert_eq!(files_under(s.root()), Vec::<String>::new());
     }
 
     #[tokio::test]
