@@ -10,7 +10,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::routes::{
-    binary_cache, cache_config, caches, health, missing_paths, nix_upload, upload_path,
+    binary_cache, cache_config, caches, health, missing_paths, nar, nix_upload, upload_path,
 };
 use crate::state::AppState;
 
@@ -60,8 +60,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/{cache}/nar/{file}",
-            get(binary_cache::nar)
-                .head(nix_upload::head_nar)
+            get(nar::get)
+                .head(nar::head)
                 .put(nix_upload::put_nar),
         )
         .route(
@@ -72,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cache_control::layer,
+        ))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req

@@ -4,6 +4,8 @@
 pub mod access;
 pub mod app;
 pub mod auth;
+pub mod byte_range;
+pub mod cache_control;
 pub mod error;
 pub mod metrics;
 pub mod nar_reader;

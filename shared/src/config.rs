@@ -119,6 +119,9 @@ pub struct Config {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// HTTP behaviour towards clients and the caches in front of Larder.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -372,6 +375,29 @@ impl Default for AccessConfig {
     fn default() -> Self {
         Self {
             flush_interval: d_flush(),
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpConfig {
+    /// How long shared caches (nginx, a CDN) may keep a narinfo, `.ls` or
+    /// `nix-cache-info`: the longest a delete or key rotation takes to show
+    /// through them. NARs are immutable and cached for a year regardless.
+    #[serde(default = "d_narinfo_max_age")]
+    pub narinfo_max_age: ConfigDuration,
+}
+
+fn d_narinfo_max_age() -> ConfigDuration {
+    ConfigDuration::from_secs(60)
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            narinfo_max_age: d_narinfo_max_age(),
         }
     }
 }
