@@ -60,9 +60,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/{cache}/nar/{file}",
-            get(nar::get)
-                .head(nar::head)
-                .put(nix_upload::put_nar),
+            get(nar::get).head(nar::head).put(nix_upload::put_nar),
         )
         .route(
             "/{cache}/{file}",

@@ -80,7 +80,11 @@ pub fn decide(headers: &HeaderMap, len: u64, etag: &ETag) -> Decision {
 
 /// `Content-Range` of a 206.
 pub fn content_range(range: &Range<u64>, len: u64) -> HeaderValue {
-    let value = format!("bytes {}-{}/{len}", range.start, range.end.saturating_sub(1));
+    let value = format!(
+        "bytes {}-{}/{len}",
+        range.start,
+        range.end.saturating_sub(1)
+    );
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("bytes */0"))
 }
 
@@ -212,10 +216,7 @@ mod tests {
             d(&[range, (header::IF_RANGE, "Wed, 21 Oct 2015 07:28:00 GMT")]),
             Decision::Whole
         );
-        assert_eq!(
-            d(&[(header::RANGE, "bytes=10-")]),
-            Decision::Unsatisfiable
-        );
+        assert_eq!(d(&[(header::RANGE, "bytes=10-")]), Decision::Unsatisfiable);
         assert_eq!(content_range(&(2..10), 10), "bytes 2-9/10");
         assert_eq!(unsatisfied_range(10), "bytes */10");
     }

@@ -87,7 +87,9 @@ fn policy(resource: Resource, status: StatusCode, public: Option<bool>, max_age:
 pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let resource = classify(
         req.method(),
-        req.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
     );
     let slot = VisibilitySlot::default();
     req.extensions_mut().insert(slot.clone());
@@ -113,9 +115,18 @@ mod tests {
     fn matrix() {
         let p = |r, s: u16, public| policy(r, StatusCode::from_u16(s).unwrap(), public, 60);
         use Resource::*;
-        assert_eq!(p(Nar, 200, Some(true)), "public, max-age=31536000, immutable");
-        assert_eq!(p(Nar, 206, Some(true)), "public, max-age=31536000, immutable");
-        assert_eq!(p(Nar, 304, Some(false)), "private, max-age=31536000, immutable");
+        assert_eq!(
+            p(Nar, 200, Some(true)),
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(
+            p(Nar, 206, Some(true)),
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(
+            p(Nar, 304, Some(false)),
+            "private, max-age=31536000, immutable"
+        );
         assert_eq!(p(Metadata, 200, Some(true)), "public, max-age=60");
         assert_eq!(p(Metadata, 200, Some(false)), "private, max-age=60");
         assert_eq!(p(Metadata, 404, Some(true)), "no-store");
@@ -124,7 +135,10 @@ mod tests {
         assert_eq!(p(Nar, 401, None), "no-store");
         assert_eq!(p(Uncacheable, 200, Some(true)), "no-store");
         assert_eq!(p(Nar, 500, Some(false)), "private, no-store");
-        assert_eq!(classify(&Method::PUT, Some("/{cache}/nar/{file}")), Uncacheable);
+        assert_eq!(
+            classify(&Method::PUT, Some("/{cache}/nar/{file}")),
+            Uncacheable
+        );
         assert_eq!(classify(&Method::HEAD, Some("/{cache}/nar/{file}")), Nar);
         assert_eq!(classify(&Method::GET, Some("/{cache}/{file}")), Metadata);
         assert_eq!(classify(&Method::GET, Some("/_api/v1/caches")), Uncacheable);

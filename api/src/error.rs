@@ -95,7 +95,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status_and_kind();
         let unsatisfied = match self {
-            ApiError::RangeNotSatisfiable { len } => Some(crate::byte_range::unsatisfied_range(len)),
+            ApiError::RangeNotSatisfiable { len } => {
+                Some(crate::byte_range::unsatisfied_range(len))
+            }
             _ => None,
         };
         let message = if status.is_server_error() {

@@ -15,9 +15,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
 
 use larder_shared::chunk;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
@@ -104,7 +104,12 @@ impl ChunkLayout {
     /// overlap the range are read: the first frame by a ranged storage read
     /// (`.nar.zst`) or decompressed and skipped into (`.nar`), so nothing
     /// before the range's chunk is fetched or decompressed.
-    pub fn stream(self, storage: Arc<dyn Storage>, repr: Representation, range: Range<u64>) -> NarStream {
+    pub fn stream(
+        self,
+        storage: Arc<dyn Storage>,
+        repr: Representation,
+        range: Range<u64>,
+    ) -> NarStream {
         let mut plan = Vec::new();
         let mut pos = 0u64;
         for rec in self.records {

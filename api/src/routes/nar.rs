@@ -175,7 +175,10 @@ async fn own_nar(
             if recorded != Some(len) {
                 return Err(ApiError::Database(DbError::Corrupt {
                     column: "nars.file_size",
-                    message: format!("NAR {} chunks sum to {len} bytes, recorded {recorded:?}", nar.id),
+                    message: format!(
+                        "NAR {} chunks sum to {len} bytes, recorded {recorded:?}",
+                        nar.id
+                    ),
                 }));
             }
             Ok(Some(Found {
