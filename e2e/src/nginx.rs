@@ -101,19 +101,27 @@ http {{
             .stderr(log)
             .spawn()
             .context("starting nginx")?;
-        let mut nginx = Self { child, addr, dir };
+        let child = std::sync::Mutex::new(child);
         let ready = wait::until(
             "nginx to listen",
             Duration::from_secs(20),
             Duration::from_millis(50),
             || async {
-                if let Some(status) = nginx.child.try_wait()? {
+                let exited = child
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .try_wait()?;
+                if let Some(status) = exited {
                     anyhow::bail!("nginx exited with {status}");
                 }
                 Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()))
             },
         )
         .await;
+        let child = child
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let nginx = Self { child, addr, dir };
         ready.map_err(|e| e.context(nginx.logs()))?;
         Ok(nginx)
     }
