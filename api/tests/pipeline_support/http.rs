@@ -17,6 +17,11 @@ use crate::common::read::{narinfo_line, unzstd};
 const IMMUTABLE_PUBLIC: &str = "public, max-age=31536000, immutable";
 const IMMUTABLE_PRIVATE: &str = "private, max-age=31536000, immutable";
 
+/// Extra request headers.
+type Extra = [(header::HeaderName, String)];
+/// (client, path, extra headers, status, Cache-Control, Vary: authorization)
+type Case<'a> = (&'a Client, String, &'a Extra, u16, &'a str, bool);
+
 struct Client {
     base: String,
     http: reqwest::Client,
@@ -62,14 +67,15 @@ impl Client {
         let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.expect("whole body").to_vec();
-        if let Some(len) = headers.get(header::CONTENT_LENGTH) {
-            if status != StatusCode::NOT_MODIFIED && !is_head {
-                assert_eq!(
-                    len.to_str().unwrap().parse::<usize>().unwrap(),
-                    body.len(),
-                    "Content-Length of {path}"
-                );
-            }
+        if let Some(len) = headers.get(header::CONTENT_LENGTH)
+            && status != StatusCode::NOT_MODIFIED
+            && !is_head
+        {
+            assert_eq!(
+                len.to_str().unwrap().parse::<usize>().unwrap(),
+                body.len(),
+                "Content-Length of {path}"
+            );
         }
         Got {
             status,
@@ -344,14 +350,7 @@ pub async fn cache_control_matrix(app: &TestApp) {
     let range = [(header::RANGE, "bytes=3-9".to_owned())];
 
     // (client, path, extra headers, status, Cache-Control, Vary: authorization)
-    let cases: Vec<(
-        &Client,
-        String,
-        &[(header::HeaderName, String)],
-        u16,
-        &str,
-        bool,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             &stranger,
             nar_path("open"),
