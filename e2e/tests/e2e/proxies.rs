@@ -9,14 +9,15 @@
 //!   fetched; a second pull of a public cache's NARs is served by nginx; a
 //!   delete shows through nginx once the narinfo's max-age has passed.
 //!
-//! TODO(nix226): run the resume test with the second Nix client too once
-//! the harness has it.
+//! The resume test runs with every client of [`NixClient::under_test`]
+//! (the host's Nix 2.8 and the newer 2.26 in a chroot).
 
 use std::time::Duration;
 
 use larder_e2e::fault_proxy::{Exchange, FaultProxy};
 use larder_e2e::nginx::{Nginx, nginx_available};
 use larder_e2e::nix::{Substituter, hash_part};
+use larder_e2e::nix_client::NixClient;
 use larder_e2e::tree::random_seed;
 use larder_e2e::{Nix, Server, ServerOptions, StoreTree, Worker, nix_available, wait};
 
@@ -48,15 +49,16 @@ fn assert_all_resumed(seen: &[Exchange], want_cuts: usize) -> anyhow::Result<usi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_resumes_cut_nar_downloads() -> anyhow::Result<()> {
-    if !nix_available("nix_resumes_cut_nar_downloads") {
+    let clients = NixClient::under_test("nix_resumes_cut_nar_downloads");
+    let Some(builder) = clients.first() else {
         return Ok(());
-    }
+    };
     let server = Server::start_embedded(ServerOptions::without_workers()).await?;
     let client = server.client();
     let cache = "e2e-resume";
     client.create_cache(cache).await?;
     let public_key = client.public_key(cache).await?;
-    let nix = Nix::new()?;
+    let nix = Nix::with_client(builder)?;
     let tops = StoreTree::chain(
         random_seed(),
         "larder-e2e-resume",
@@ -73,32 +75,45 @@ async fn nix_resumes_cut_nar_downloads() -> anyhow::Result<()> {
             let worker = Worker::start(&server)?;
             crate::wait_ingested(&client, cache, &infos, &worker, crate::INGEST_LIMIT).await?;
         }
-        let proxy = FaultProxy::start(server.addr()).await?;
-        let puller = Nix::new()?;
-        let netrc = puller.write_netrc("127.0.0.1", server.token())?;
-        let sub = Substituter {
-            public_key: &public_key,
-            netrc: &netrc,
-        };
-        let store = puller
-            .copy_from(&format!("{}/{cache}", proxy.url()), &sub, &tops)
-            .await
-            .map_err(|e| e.context(format!("{phase}: {:#?}\n{}", proxy.seen(), server.log())))?;
-        puller.verify(&store, &public_key, &closure).await?;
-        let seen = proxy.seen();
-        let cuts = assert_all_resumed(&seen, closure.len())?;
-        let suffix = if phase == "staged" {
-            ".nar"
-        } else {
-            ".nar.zst"
-        };
-        anyhow::ensure!(
-            seen.iter()
-                .filter(|e| e.cut)
-                .all(|e| e.path.ends_with(suffix)),
-            "{phase}: unexpected NAR URLs {seen:#?}"
-        );
-        eprintln!("{phase}: {cuts} cut NAR downloads, all resumed with 206");
+        for nix_client in &clients {
+            // A fresh proxy: it cuts each NAR's first response again.
+            let proxy = FaultProxy::start(server.addr()).await?;
+            let what = || {
+                format!(
+                    "{nix_client}, {phase}: {:#?}\n{}",
+                    proxy.seen(),
+                    server.log()
+                )
+            };
+            let puller = Nix::with_client(nix_client)?;
+            let netrc = puller.write_netrc("127.0.0.1", server.token())?;
+            let sub = Substituter {
+                public_key: &public_key,
+                netrc: &netrc,
+            };
+            let store = puller
+                .copy_from(&format!("{}/{cache}", proxy.url()), &sub, &tops)
+                .await
+                .map_err(|e| e.context(what()))?;
+            puller
+                .verify_built_by(&store, &public_key, &closure, builder)
+                .await
+                .map_err(|e| e.context(what()))?;
+            let seen = proxy.seen();
+            let cuts = assert_all_resumed(&seen, closure.len()).map_err(|e| e.context(what()))?;
+            let suffix = if phase == "staged" {
+                ".nar"
+            } else {
+                ".nar.zst"
+            };
+            anyhow::ensure!(
+                seen.iter()
+                    .filter(|e| e.cut)
+                    .all(|e| e.path.ends_with(suffix)),
+                "{nix_client}, {phase}: unexpected NAR URLs {seen:#?}"
+            );
+            eprintln!("{nix_client}, {phase}: {cuts} cut NAR downloads, all resumed with 206");
+        }
     }
     nix.delete(&closure).await?;
     Ok(())
