@@ -10,7 +10,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{ApiError, json_errors};
 use crate::routes::{
-    binary_cache, cache_config, caches, health, missing_paths, nix_upload, upload_path,
+    binary_cache, cache_config, caches, health, missing_paths, nar, nix_upload, upload_path,
 };
 use crate::state::AppState;
 
@@ -65,8 +65,8 @@ route_table! {
         get binary_cache::nix_cache_info,
         put nix_upload::put_nix_cache_info;
     "/{cache}/nar/{file}" =>
-        get binary_cache::nar,
-        head nix_upload::head_nar,
+        get nar::get,
+        head nar::head,
         put nix_upload::put_nar;
     "/{cache}/{file}" =>
         get binary_cache::cache_file,
@@ -79,6 +79,10 @@ pub fn router(state: AppState) -> Router {
     routes()
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cache_control::layer,
+        ))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req

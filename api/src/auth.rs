@@ -241,6 +241,13 @@ where
             .map_err(|e| ApiError::BadRequest(format!("invalid cache name: {e}")))?;
         let state = AppState::from_ref(state);
         let cache = credentials.authorize(&state, &name, N::ANY_OF).await?;
+        // The caller may see the cache: its responses may now say so.
+        if let Some(slot) = parts
+            .extensions
+            .get::<crate::cache_control::VisibilitySlot>()
+        {
+            slot.set(cache.is_public);
+        }
         Ok(Self {
             cache,
             credentials,

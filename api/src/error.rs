@@ -43,6 +43,12 @@ pub enum ApiError {
     /// The client stopped sending (a stalled upload).
     #[error("{0}")]
     RequestTimeout(String),
+    /// A `Range` that no byte of the representation satisfies.
+    #[error("range not satisfiable: the file has {len} bytes")]
+    RangeNotSatisfiable {
+        /// The representation's length, for `Content-Range: bytes */len`.
+        len: u64,
+    },
     /// Route unknown.
     #[error("not found")]
     NotFound,
@@ -83,6 +89,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
+            ApiError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "RangeNotSatisfiable")
+            }
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DatabaseError"),
@@ -95,6 +104,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status_and_kind();
+        let unsatisfied = match self {
+            ApiError::RangeNotSatisfiable { len } => {
+                Some(crate::byte_range::unsatisfied_range(len))
+            }
+            _ => None,
+        };
         let message = if status.is_server_error() {
             tracing::error!(error = %ErrorChain(&self), kind, "request failed");
             "internal server error; see the server log".to_owned()
@@ -107,6 +122,11 @@ impl IntoResponse for ApiError {
             message,
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(range) = unsatisfied {
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_RANGE, range);
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 9110 requires a challenge; Basic lets netrc-based clients answer it.
             response.headers_mut().insert(

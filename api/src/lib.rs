@@ -5,6 +5,8 @@ pub mod access;
 pub mod app;
 pub mod auth;
 pub mod body_rate;
+pub mod byte_range;
+pub mod cache_control;
 pub mod error;
 pub mod extract;
 pub mod http_server;

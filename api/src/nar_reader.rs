@@ -2,16 +2,22 @@
 //! the concatenated zstd frames (`.nar.zst`, no recompression) or
 //! decompressed on the fly (`.nar`).
 //!
+//! A byte range seeks by the stored per-chunk sizes ([`ChunkLayout`]), so a
+//! download resumed deep inside a large NAR reads only from the chunk that
+//! holds its first byte.
+//!
 //! Chunks are fetched a few ahead for throughput, with memory bounded by the
 //! prefetch window. A storage failure or a length mismatch ends the stream
 //! with an error, which breaks the connection: a 200 never ends early as if
 //! complete.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
 
 use larder_shared::chunk;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
@@ -38,62 +44,136 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Streams a ready NAR's chunks.
-pub fn chunks_stream(
-    db: Db,
-    storage: Arc<dyn Storage>,
-    nar: &NarRecord,
-    repr: Representation,
-) -> NarStream {
-    let batches: Vec<Vec<i64>> = nar.chunk_ids.chunks(BATCH).map(<[i64]>::to_vec).collect();
-    let records = stream::iter(batches)
-        .then(move |ids| {
-            let db = db.clone();
-            async move {
-                let mut conn = db.conn().await?;
-                let found = chunks::get_many(conn.raw(), &ids).await?;
-                ids.iter()
-                    .map(|id| {
-                        found.get(id).cloned().ok_or_else(|| DbError::Corrupt {
-                            column: "nars.chunk_list",
-                            message: format!("chunk {id} is missing"),
-                        })
-                    })
-                    .collect::<Result<Vec<ChunkRecord>, DbError>>()
-            }
-        })
-        .map_ok(|v| stream::iter(v.into_iter().map(Ok::<_, DbError>)))
-        .try_flatten()
-        .map_err(io_err);
-    let body = records
-        .map_ok(move |rec| {
-            let storage = storage.clone();
-            async move {
-                let data = fetch_chunk(&storage, &rec).await?;
-                match repr {
-                    Representation::Zstd => Ok(data),
-                    Representation::Plain => {
-                        let expected = rec.chunk_size as usize;
-                        tokio::task::spawn_blocking(move || chunk::decompress(&data, expected))
-                            .await
-                            .map_err(io_err)?
-                    }
-                }
-            }
-        })
-        .try_buffered(PREFETCH);
-    Box::pin(body)
+/// A ready NAR's chunk records, in NAR order: the stored sizes that let a
+/// range seek to the chunk holding its first byte.
+#[derive(Debug, Clone)]
+pub struct ChunkLayout {
+    records: Vec<ChunkRecord>,
 }
 
-/// Reads one chunk's stored bytes (its own object, or a slice of a pack).
-async fn fetch_chunk(storage: &Arc<dyn Storage>, rec: &ChunkRecord) -> std::io::Result<Bytes> {
-    let (key, range) = match (rec.pack_id, rec.pack_offset) {
+/// Batches of chunk rows loaded at once.
+const LOAD_PARALLEL: usize = 4;
+
+impl ChunkLayout {
+    /// Loads every chunk row of `nar` (metadata only, no chunk data).
+    pub async fn load(db: &Db, nar: &NarRecord) -> Result<Self, DbError> {
+        let batches: Vec<Vec<i64>> = nar.chunk_ids.chunks(BATCH).map(<[i64]>::to_vec).collect();
+        let loaded: Vec<Vec<ChunkRecord>> = stream::iter(batches)
+            .map(|ids| {
+                let db = db.clone();
+                async move {
+                    let mut conn = db.conn().await?;
+                    let found = chunks::get_many(conn.raw(), &ids).await?;
+                    ids.iter()
+                        .map(|id| {
+                            found.get(id).cloned().ok_or_else(|| DbError::Corrupt {
+                                column: "nars.chunk_list",
+                                message: format!("chunk {id} is missing"),
+                            })
+                        })
+                        .collect::<Result<Vec<ChunkRecord>, DbError>>()
+                }
+            })
+            .buffered(LOAD_PARALLEL)
+            .try_collect()
+            .await?;
+        Ok(Self {
+            records: loaded.into_iter().flatten().collect(),
+        })
+    }
+
+    /// Length of the representation: the NAR, or its stored frames.
+    pub fn len(&self, repr: Representation) -> u64 {
+        self.records.iter().map(|r| size_in(r, repr)).sum()
+    }
+
+    /// Identity of the concatenated stored frames: changes whenever any
+    /// frame's bytes or location could (hash, stored size, pack position).
+    pub fn frames_digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for r in &self.records {
+            h.update(r.hash.as_bytes());
+            h.update(r.file_size.to_be_bytes());
+            h.update(r.pack_id.unwrap_or(-1).to_be_bytes());
+            h.update(r.pack_offset.unwrap_or(-1).to_be_bytes());
+        }
+        h.finalize().into()
+    }
+
+    /// Streams bytes `range` of the representation. Only the chunks that
+    /// overlap the range are read: the first frame by a ranged storage read
+    /// (`.nar.zst`) or decompressed and skipped into (`.nar`), so nothing
+    /// before the range's chunk is fetched or decompressed.
+    pub fn stream(
+        self,
+        storage: Arc<dyn Storage>,
+        repr: Representation,
+        range: Range<u64>,
+    ) -> NarStream {
+        let mut plan = Vec::new();
+        let mut pos = 0u64;
+        for rec in self.records {
+            let len = size_in(&rec, repr);
+            let (start, end) = (pos, pos + len);
+            pos = end;
+            if end <= range.start {
+                continue;
+            }
+            if start >= range.end {
+                break;
+            }
+            let within = range.start.saturating_sub(start)..range.end.min(end) - start;
+            plan.push((rec, within));
+        }
+        let body = stream::iter(plan)
+            .map(move |(rec, within)| {
+                let storage = storage.clone();
+                async move {
+                    match repr {
+                        Representation::Zstd => fetch_frame(&storage, &rec, within).await,
+                        Representation::Plain => {
+                            let whole = 0..rec.file_size as u64;
+                            let data = fetch_frame(&storage, &rec, whole).await?;
+                            let expected = rec.chunk_size as usize;
+                            let plain = tokio::task::spawn_blocking(move || {
+                                chunk::decompress(&data, expected)
+                            })
+                            .await
+                            .map_err(io_err)??;
+                            Ok(plain.slice(within.start as usize..within.end as usize))
+                        }
+                    }
+                }
+            })
+            .buffered(PREFETCH);
+        Box::pin(body)
+    }
+}
+
+fn size_in(rec: &ChunkRecord, repr: Representation) -> u64 {
+    match repr {
+        Representation::Plain => rec.chunk_size as u64,
+        Representation::Zstd => rec.file_size as u64,
+    }
+}
+
+/// Reads bytes `within` of one chunk's stored frame (its own object, or a
+/// slice of a pack).
+async fn fetch_frame(
+    storage: &Arc<dyn Storage>,
+    rec: &ChunkRecord,
+    within: Range<u64>,
+) -> std::io::Result<Bytes> {
+    let (key, base) = match (rec.pack_id, rec.pack_offset) {
         (Some(pack), Some(off)) => (
             ObjectKey::new(format!("packs/{pack}")).map_err(io_err)?,
-            Some(off as u64..off as u64 + rec.file_size as u64),
+            off as u64,
         ),
-        _ => (rec.hash.object_key(), None),
+        _ => (rec.hash.object_key(), 0),
     };
+    let want = within.end - within.start;
+    let whole_object = base == 0 && within.start == 0 && want == rec.file_size as u64;
+    let range = (!whole_object).then(|| base + within.start..base + within.end);
     let parts: Vec<Bytes> = storage
         .get(&key, range)
         .await
@@ -105,12 +185,11 @@ async fn fetch_chunk(storage: &Arc<dyn Storage>, rec: &ChunkRecord) -> std::io::
     } else {
         Bytes::from(parts.concat())
     };
-    if data.len() != rec.file_size as usize {
+    if data.len() as u64 != want {
         return Err(io_err(format!(
-            "chunk {} has {} bytes, expected {}",
+            "chunk {} gave {} bytes, expected {want}",
             rec.hash,
             data.len(),
-            rec.file_size
         )));
     }
     Ok(data)

@@ -376,6 +376,8 @@ async fn every_compression_round_trips(app: &TestApp) {
                 theirs == file.body,
                 "{c}: uploader URL differs (ingested: {ingested})"
             );
+            assert_uploader_ranges(app, &token, &format!("/nixed/{}", file.url()), &file.body)
+                .await;
         }
     };
     check(false).await;
@@ -385,6 +387,47 @@ async fn every_compression_round_trips(app: &TestApp) {
     // `none`'s URL is Larder's own `.nar` URL: no second copy kept.
     let kept = app.object_keys("uploads/").await;
     assert_eq!(kept.len(), ALL.len() - 1, "{kept:?}");
+}
+
+/// Ranges of an uploader's URL (kept in its compression) resume a download
+/// as on Larder's own URLs (issue 18).
+async fn assert_uploader_ranges(app: &TestApp, token: &str, uri: &str, body: &[u8]) {
+    let len = body.len() as u64;
+    for (range, a, b) in [
+        ("bytes=0-0".to_owned(), 0, 1),
+        (format!("bytes={}-", len / 2), len / 2, len),
+        (
+            format!("bytes={}-{}", len / 3, len / 3 + 99),
+            len / 3,
+            len / 3 + 100,
+        ),
+        ("bytes=-7".to_owned(), len - 7, len),
+    ] {
+        let req = request(Method::GET, uri, Some(token))
+            .header(header::RANGE, &range)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.send(req).await;
+        resp.assert_status(StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            resp.headers[header::CONTENT_RANGE],
+            format!("bytes {a}-{}/{len}", b - 1).as_str(),
+            "{uri} {range}"
+        );
+        assert_eq!(resp.content_length(), b - a);
+        assert!(resp.body == body[a as usize..b as usize], "{uri} {range}");
+        assert_eq!(resp.headers[header::ACCEPT_RANGES], "bytes");
+    }
+    let req = request(Method::GET, uri, Some(token))
+        .header(header::RANGE, format!("bytes={len}-"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.send(req).await;
+    resp.assert_error(StatusCode::RANGE_NOT_SATISFIABLE, "RangeNotSatisfiable");
+    assert_eq!(
+        resp.headers[header::CONTENT_RANGE],
+        format!("bytes */{len}").as_str()
+    );
 }
 
 // --- 2. a narinfo whose NAR never arrived ------------------------------------------

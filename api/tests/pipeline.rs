@@ -2,8 +2,10 @@
 //! staged serving → ingest → chunked serving; deduplication across caches
 //! and between similar NARs; concurrent uploads; idempotent ingest; cache
 //! isolation; rejected uploads leaving nothing behind; get-missing-paths;
-//! the sweeper. Every scenario runs on SQLite and on PostgreSQL; those in
-//! `on_s3!` also with chunks and staging on a real S3 server (issue 11).
+//! the sweeper; byte ranges, validators, HEAD and Cache-Control over real
+//! TCP (`pipeline_support/http.rs`). Every scenario runs on SQLite and on
+//! PostgreSQL; those in `on_s3!` also with chunks and staging on a real S3
+//! server (issue 11).
 
 mod common;
 
@@ -115,7 +117,13 @@ on_both_backends!(
     bad_uploads_leave_nothing_behind,
     get_missing_paths_lists_exactly_the_unpushed,
     sweeper_requeues_lost_jobs_and_removes_abandoned_staging,
+    ranges_on_every_representation,
+    cache_control_matrix,
 );
+
+#[path = "pipeline_support/http.rs"]
+mod http;
+use http::{cache_control_matrix, ranges_on_every_representation};
 
 // --- 1. upload, serve staged, ingest, serve chunked ---------------------------
 

@@ -34,10 +34,15 @@
 //!   `XDG_CACHE_HOME`), `larder-admin`, push summaries.
 //! - [`replica`]: the production shape: a fresh PostgreSQL database and
 //!   `larder-api -f CONFIG` replicas.
+//! - [`fault_proxy`]: a loopback proxy cutting each NAR's first response
+//!   at half its length, recording what it saw (resumed downloads).
+//! - [`nginx`]: Debian's nginx with `proxy_cache` in front of Larder.
 //! - [`wait`]: bounded polling, the only way tests wait.
 
 pub mod cli;
 pub mod client;
+pub mod fault_proxy;
+pub mod nginx;
 pub mod nix;
 pub mod nix_client;
 pub mod replica;

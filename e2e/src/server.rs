@@ -32,6 +32,9 @@ pub struct ServerOptions {
     /// in-process workers, so uploads stay staged until a [`Worker`] runs).
     /// The server starts once to generate the config, stops, and restarts.
     pub embedded_workers: Option<usize>,
+    /// Sets `[http] narinfo-max-age` (seconds) in the generated config, the
+    /// same way (tests of caching proxies use a short one).
+    pub narinfo_max_age: Option<u64>,
 }
 
 impl ServerOptions {
@@ -39,6 +42,7 @@ impl ServerOptions {
     pub fn without_workers() -> Self {
         Self {
             embedded_workers: Some(0),
+            narinfo_max_age: None,
         }
     }
 }
@@ -83,9 +87,17 @@ impl Server {
                 first.stdout
             )
         })?;
-        if let Some(n) = opts.embedded_workers {
+        if opts.embedded_workers.is_some() || opts.narinfo_max_age.is_some() {
             server.stop().await?;
-            server.set_embedded_workers(n)?;
+            if let Some(n) = opts.embedded_workers {
+                server.set_embedded_workers(n)?;
+            }
+            if let Some(secs) = opts.narinfo_max_age {
+                let path = server.config_path();
+                let mut text = std::fs::read_to_string(&path)?;
+                text.push_str(&format!("\n[http]\nnarinfo-max-age = {secs}\n"));
+                std::fs::write(&path, text)?;
+            }
             let second = server.launch().await?;
             anyhow::ensure!(
                 second.token.is_none(),

@@ -30,6 +30,8 @@ use sha2::{Digest, Sha256};
 mod larder_use;
 #[path = "e2e/nix_copy.rs"]
 mod nix_copy;
+#[path = "e2e/proxies.rs"]
+mod proxies;
 #[path = "e2e/push.rs"]
 mod push;
 #[path = "e2e/revocation.rs"]

@@ -121,7 +121,7 @@ pub struct Config {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
-    /// HTTP connection handling.
+    /// HTTP behaviour: connection handling, and Cache-Control towards the caches in front of Larder.
     #[serde(default)]
     pub http: HttpConfig,
 }
@@ -386,7 +386,8 @@ pub struct MetricsConfig {
     pub token: Option<Secret>,
 }
 
-/// `[http]`: how `larder-api` treats connections. The timeouts bound what a
+/// `[http]`: how `larder-api` treats connections, and what it tells the
+/// caches in front of it. The timeouts bound what a
 /// client that stops talking (slowloris, a dead link) can hold; they are
 /// generous because honest clients push multi-GB NARs over slow links.
 /// Every key has a default, so new keys go here with a default too.
@@ -407,6 +408,10 @@ pub struct HttpConfig {
     /// Connections served at once; further clients wait in the listen
     /// backlog until one closes (they are not refused).
     pub max_connections: usize,
+    /// How long shared caches (nginx, a CDN) may keep a narinfo, `.ls` or
+    /// `nix-cache-info`: the longest a delete or key rotation takes to show
+    /// through them. NARs are immutable and cached for a year regardless.
+    pub narinfo_max_age: ConfigDuration,
 }
 
 impl Default for HttpConfig {
@@ -417,6 +422,7 @@ impl Default for HttpConfig {
             body_min_rate: 1024,
             body_rate_window: ConfigDuration::from_secs(60),
             max_connections: 512,
+            narinfo_max_age: ConfigDuration::from_secs(60),
         }
     }
 }

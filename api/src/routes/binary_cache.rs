@@ -1,26 +1,20 @@
 //! The Nix binary-cache protocol for reads: `nix-cache-info`, narinfo, NARs.
 //! What stock Nix 2.8 sends is recorded in docs/protocol.md.
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
-use larder_shared::db::nars::{NarRecord, NarState};
+use larder_shared::db::nars::NarState;
 use larder_shared::db::objects::{self, ObjectRecord};
-use larder_shared::db::{DbError, nars};
-use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::narinfo::{Compression, NarInfo};
 use larder_shared::nix::signing::{SigningKey, fingerprint};
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
-use larder_shared::storage::{ObjectKey, StorageError};
 
-use crate::auth::{CacheAccess, Delete, Pull, PullOrPush};
+use crate::auth::{CacheAccess, Delete, PullOrPush};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
-use crate::nar_reader::{self, Representation};
-use crate::routes::nix_upload;
 use crate::state::AppState;
 
 /// `GET /{cache}/nix-cache-info`.
@@ -173,94 +167,4 @@ pub fn render_narinfo(keypair: &str, store_dir: &str, object: &ObjectRecord) -> 
         ca: object.meta.ca.clone(),
     };
     Ok(info.render(&store_dir))
-}
-
-/// `GET /{cache}/nar/{file}`: a NAR that an object of this cache refers to.
-#[instrument(skip_all, fields(cache = %access.cache.name, file = %file))]
-pub async fn nar(
-    State(state): State<AppState>,
-    Path((_, file)): Path<(String, String)>,
-    access: CacheAccess<Pull>,
-) -> ApiResult<Response> {
-    let (hash, repr) = if let Some(h) = file.strip_suffix(".nar.zst") {
-        (h, Representation::Zstd)
-    } else if let Some(h) = file.strip_suffix(".nar") {
-        (h, Representation::Plain)
-    } else {
-        // An uploader's URL (`nix copy`): `<filehash>.nar.xz` and the like.
-        return nix_upload::serve_upload(&state, &access.cache, &file).await;
-    };
-    let nar_hash = NarHash::from_base32_bare(hash).map_err(|_| ApiError::NoSuchObject)?;
-    let mut conn = state.db.conn().await?;
-    let Some(nar) = objects::nar_in_cache(conn.raw(), access.cache.id, &nar_hash).await? else {
-        // Not a NAR hash of this cache: maybe an uploader's file hash.
-        drop(conn);
-        return nix_upload::serve_upload(&state, &access.cache, &file).await;
-    };
-    drop(conn);
-    state.access.nar(access.cache.id, nar.id);
-    let len = match repr {
-        Representation::Zstd => nar.file_size.unwrap_or_default(),
-        Representation::Plain => nar.nar_size,
-    };
-    state.metrics.nar(
-        &access.cache,
-        repr == Representation::Zstd,
-        len.max(0) as u64,
-    );
-    serve_nar(&state, nar, repr).await
-}
-
-async fn serve_nar(state: &AppState, nar: NarRecord, repr: Representation) -> ApiResult<Response> {
-    let nar = match (nar.state, &nar.staging_key) {
-        (NarState::Staged, Some(key)) if repr == Representation::Plain => {
-            let key = ObjectKey::new(key.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
-            match state.staging.get(&key, None).await {
-                Ok(stream) => return Ok(nar_response(stream, nar.nar_size as u64, repr)),
-                // Ingest finished between our read and the open: reload.
-                Err(StorageError::NotFound(_)) => reload(state, nar.id).await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        _ => nar,
-    };
-    match nar.state {
-        NarState::Ready => {
-            let len = match repr {
-                Representation::Zstd => nar.file_size.unwrap_or_default() as u64,
-                Representation::Plain => nar.nar_size as u64,
-            };
-            let stream =
-                nar_reader::chunks_stream(state.db.clone(), state.storage.clone(), &nar, repr);
-            Ok(nar_response(stream, len, repr))
-        }
-        // `.nar.zst` of a staged NAR: no narinfo ever pointed there.
-        _ => Err(ApiError::NoSuchObject),
-    }
-}
-
-async fn reload(state: &AppState, id: i64) -> Result<NarRecord, ApiError> {
-    let mut conn = state.db.conn().await?;
-    nars::get(conn.raw(), id)
-        .await?
-        .ok_or(ApiError::Database(DbError::Corrupt {
-            column: "nars.id",
-            message: "NAR vanished while being served".into(),
-        }))
-}
-
-fn nar_response(stream: nar_reader::NarStream, len: u64, repr: Representation) -> Response {
-    let content_type = match repr {
-        Representation::Plain => "application/x-nix-nar",
-        Representation::Zstd => "application/zstd",
-    };
-    let body = Body::from_stream(nar_reader::exact_length(stream, len));
-    (
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CONTENT_LENGTH, HeaderValue::from(len)),
-        ],
-        body,
-    )
-        .into_response()
 }

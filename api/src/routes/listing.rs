@@ -25,7 +25,7 @@ use larder_shared::token::Permission;
 
 use crate::auth::{CacheAccess, PullOrPush, Push, permission_name};
 use crate::error::{ApiError, ApiResult};
-use crate::nar_reader::{self, NarStream, Representation};
+use crate::nar_reader::{self, ChunkLayout, NarStream, Representation};
 use crate::routes::nix_upload::read_limited;
 use crate::state::AppState;
 
@@ -172,11 +172,8 @@ async fn nar_stream(state: &AppState, nar: NarRecord) -> ApiResult<NarStream> {
     if nar.state != NarState::Ready {
         return Err(ApiError::NoSuchObject);
     }
-    let stream = nar_reader::chunks_stream(
-        state.db.clone(),
-        state.storage.clone(),
-        &nar,
-        Representation::Plain,
-    );
-    Ok(nar_reader::exact_length(stream, nar.nar_size as u64))
+    let len = nar.nar_size as u64;
+    let layout = ChunkLayout::load(&state.db, &nar).await?;
+    let stream = layout.stream(state.storage.clone(), Representation::Plain, 0..len);
+    Ok(nar_reader::exact_length(stream, len))
 }

@@ -6,6 +6,7 @@ pub mod caches;
 pub mod health;
 pub mod listing;
 pub mod missing_paths;
+pub mod nar;
 pub mod nix_narinfo;
 pub mod nix_upload;
 pub mod upload_path;

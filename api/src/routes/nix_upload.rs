@@ -32,17 +32,15 @@ use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects;
 use larder_shared::db::unix_now;
-use larder_shared::db::uploads::{self, PendingUpload, UploadUrl, UploadedFile};
+use larder_shared::db::uploads::{self, PendingUpload, UploadedFile};
 use larder_shared::nix::hash::{FileHash, NarHash};
 use larder_shared::nix::narinfo::Compression;
 use larder_shared::nix::store_path::StorePathHash;
-use larder_shared::storage::{ObjectKey, StorageError};
-use larder_shared::token::Permission;
+use larder_shared::storage::ObjectKey;
 
-use crate::auth::{CacheAccess, PullOrPush, Push};
+use crate::auth::{CacheAccess, Push};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
-use crate::nar_reader;
 use crate::nix_staging::{self, BodyStream};
 use crate::routes::{listing, nix_narinfo, upload_path};
 use crate::state::AppState;
@@ -333,32 +331,29 @@ async fn nar_stored(state: &AppState, nar_hash: &NarHash, now: i64) -> ApiResult
     Ok(nars::touch(conn.raw(), nar.id, now).await?)
 }
 
-/// `HEAD /{cache}/nar/{file}`: 200 if the file is known in this cache —
-/// pending (to `w` callers: Nix 2.8 then skips the upload) or served.
-pub async fn head_nar(
-    State(state): State<AppState>,
-    Path((_, file)): Path<(String, String)>,
-    access: CacheAccess<PullOrPush>,
+/// The `HEAD nar/<file>` probe of `nix copy` for `w` callers: 200 if the
+/// file is known in this cache, pending (Nix 2.8 then skips the upload) or
+/// served. Callers with `r` get the download's own headers first
+/// ([`super::nar::head`]).
+pub async fn upload_probe(
+    state: &AppState,
+    cache: &CacheRecord,
+    file: &str,
 ) -> ApiResult<Response> {
-    let perms = access
-        .credentials
-        .permissions_on(&access.cache.name, Some(&access.cache));
     let now = unix_now();
-    let cache_id = access.cache.id;
-    let mut len = None;
+    let cache_id = cache.id;
     let mut conn = state.db.conn().await?;
-    if perms.has(Permission::Push) {
-        len = uploads::find_pending(conn.raw(), cache_id, &file)
-            .await?
-            .map(|p| p.file.file_size);
-    }
+    let mut len = uploads::find_pending(conn.raw(), cache_id, file)
+        .await?
+        .map(|p| p.file.file_size);
     if len.is_none() {
-        len = uploads::find_url(conn.raw(), cache_id, &file, now)
+        len = uploads::find_url(conn.raw(), cache_id, file, now)
             .await?
             .map(|u| u.file.file_size);
     }
+    let mut content_type = "application/x-nix-nar";
     if len.is_none()
-        && let Some((nar_hash, compression)) = own_url(&file)
+        && let Some((nar_hash, compression)) = own_url(file)
         && let Some(nar) = objects::nar_in_cache(conn.raw(), cache_id, &nar_hash).await?
     {
         len = match (compression, nar.state) {
@@ -367,15 +362,15 @@ pub async fn head_nar(
             (_, NarState::Ready) => nar.file_size,
             _ => None,
         };
+        if compression == Compression::Zstd {
+            content_type = "application/zstd";
+        }
     }
     let len = len.ok_or(ApiError::NoSuchObject)?;
     Ok((
         StatusCode::OK,
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-nix-nar"),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CONTENT_LENGTH, HeaderValue::from(len)),
         ],
     )
@@ -390,55 +385,6 @@ pub(crate) fn own_url(file: &str) -> Option<(NarHash, Compression)> {
         (file.strip_suffix(".nar")?, Compression::None)
     };
     Some((NarHash::from_base32_bare(hash).ok()?, compression))
-}
-
-/// `GET /{cache}/nar/{file}` for an uploader's URL: the file as uploaded,
-/// while a path of this cache names it and it has not expired.
-pub async fn serve_upload(
-    state: &AppState,
-    cache: &CacheRecord,
-    file: &str,
-) -> ApiResult<Response> {
-    let url = {
-        let mut conn = state.db.conn().await?;
-        uploads::find_url(conn.raw(), cache.id, file, unix_now()).await?
-    };
-    let Some(UploadUrl {
-        object_id,
-        file: uploaded,
-        ..
-    }) = url
-    else {
-        return Err(ApiError::NoSuchObject);
-    };
-    let key = uploaded
-        .upload_key
-        .as_deref()
-        .map(ObjectKey::new)
-        .transpose()
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or_else(|| ApiError::Internal("uploader URL without a file".into()))?;
-    let stream = match state.storage.get(&key, None).await {
-        Ok(s) => s,
-        Err(StorageError::NotFound(_)) => {
-            tracing::warn!(key = %key, "upload file of a live uploader URL is missing");
-            return Err(ApiError::NoSuchObject);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    state.access.object(object_id);
-    let len = uploaded.file_size as u64;
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-nix-nar"),
-            ),
-            (header::CONTENT_LENGTH, HeaderValue::from(len)),
-        ],
-        Body::from_stream(nar_reader::exact_length(stream, len)),
-    )
-        .into_response())
 }
 
 #[cfg(test)]

@@ -317,6 +317,18 @@ impl TestApp {
         self.router.clone()
     }
 
+    /// Serves the router on a loopback port (real TCP, real hyper), until
+    /// the test's runtime ends; returns the base URL.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback port");
+        let addr = listener.local_addr().expect("local addr");
+        let router = self.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
     /// `GET uri`, with a bearer token if given.
     pub async fn get(&self, uri: &str, token: Option<&str>) -> TestResponse {
         self.send(

@@ -34,6 +34,10 @@ fn minimal_config_gets_contract_defaults() {
     assert_eq!(c.staging.max_age.as_secs(), 86400);
     assert_eq!(c.access.flush_interval.as_secs(), 30);
     assert_eq!(c.compression.level, 3);
+    assert_eq!(c.http.narinfo_max_age.as_secs(), 60);
+    let http =
+        Config::parse_toml(&format!("{MINIMAL}\n[http]\nnarinfo-max-age = \"5s\"\n")).unwrap();
+    assert_eq!(http.http.narinfo_max_age.as_secs(), 5);
 }
 
 #[test]
