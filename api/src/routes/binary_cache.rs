@@ -189,6 +189,9 @@ pub async fn nar(
         // An uploader's URL (`nix copy`): `<filehash>.nar.xz` and the like.
         return nix_upload::serve_upload(&state, &access.cache, &file).await;
     };
+    if repr == Representation::Plain && hash.len() == STORE_PATH_HASH_LEN {
+        return attic_shaped_nar(&state, &access, hash).await;
+    }
     let nar_hash = NarHash::from_base32_bare(hash).map_err(|_| ApiError::NoSuchObject)?;
     let mut conn = state.db.conn().await?;
     let Some(nar) = objects::nar_in_cache(conn.raw(), access.cache.id, &nar_hash).await? else {
@@ -208,6 +211,31 @@ pub async fn nar(
         len.max(0) as u64,
     );
     serve_nar(&state, nar, repr).await
+}
+
+/// Length of a store path hash in nix-base32; a NAR hash has 52 characters,
+/// so the two URL shapes cannot be confused.
+const STORE_PATH_HASH_LEN: usize = 32;
+
+/// `nar/<store-path-hash>.nar`, the URL Attic's narinfos name (issue #20):
+/// hosts that cached an Attic narinfo keep fetching it after a switch.
+async fn attic_shaped_nar(
+    state: &AppState,
+    access: &CacheAccess<Pull>,
+    hash: &str,
+) -> ApiResult<Response> {
+    let hash: StorePathHash = hash.parse().map_err(|_| ApiError::NoSuchObject)?;
+    let mut conn = state.db.conn().await?;
+    let object = objects::find(conn.raw(), access.cache.id, &hash)
+        .await?
+        .filter(|o| o.nar.state != NarState::Broken)
+        .ok_or(ApiError::NoSuchObject)?;
+    drop(conn);
+    state.access.nar(access.cache.id, object.nar.id);
+    state
+        .metrics
+        .nar(&access.cache, false, object.nar.nar_size.max(0) as u64);
+    serve_nar(state, object.nar, Representation::Plain).await
 }
 
 async fn serve_nar(state: &AppState, nar: NarRecord, repr: Representation) -> ApiResult<Response> {
