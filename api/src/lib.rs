@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod app;
+pub mod attic_import;
 pub mod auth;
 pub mod body_rate;
 pub mod byte_range;

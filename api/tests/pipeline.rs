@@ -7,6 +7,7 @@
 //! PostgreSQL; those in `on_s3!` also with chunks and staging on a real S3
 //! server (issue 11).
 
+mod attic_support;
 mod common;
 
 use std::collections::BTreeSet;
@@ -119,6 +120,7 @@ on_both_backends!(
     sweeper_requeues_lost_jobs_and_removes_abandoned_staging,
     ranges_on_every_representation,
     cache_control_matrix,
+    import_from_attic,
 );
 
 #[path = "pipeline_support/http.rs"]
@@ -853,4 +855,264 @@ async fn s3_server_restarted_during_ingest() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+// --- 10. import from Attic (issue #20) ------------------------------------------
+
+/// An Attic with a public and a private cache sharing a NAR and a chunk,
+/// chunked and unchunked NARs in every compression Attic writes, and two
+/// broken NARs (a chunk row gone, a chunk file gone), imported in two
+/// passes (the first interrupted after one path), then once more.
+async fn import_from_attic(app: &TestApp) {
+    use larder_api::attic_import::source::AtticConfig;
+    use larder_api::attic_import::{self, Options, Target};
+    use larder_shared::db::{caches, objects};
+    use larder_shared::nix::signing::SigningKey;
+    use larder_shared::nix::store_path::StorePathHash;
+
+    use attic_support::{AtticFixture, Codec};
+
+    let attic = AtticFixture::new(app.backend).await;
+    let pub_key = SigningKey::generate("attic-pub-1").unwrap();
+    let priv_key = SigningKey::generate("attic-priv-1").unwrap();
+    attic
+        .cache(
+            1,
+            "attic-pub",
+            &pub_key.export_secret(),
+            true,
+            41,
+            &[],
+            None,
+        )
+        .await;
+    attic
+        .cache(
+            2,
+            "attic-priv",
+            &priv_key.export_secret(),
+            false,
+            30,
+            &["cache.nixos.org-1"],
+            Some(7 * 86400),
+        )
+        .await;
+    // c: one small chunk; a: three chunks; b shares a's first chunk.
+    let c = TestNar::files("small", 31, &[3 * KIB]);
+    let mut a = TestNar::files("big", 32, &[150 * KIB, 20 * KIB]);
+    a.references = vec![c.base_name.clone()];
+    a.deriver = Some(
+        TestNar::files("drv", 39, &[1])
+            .base_name
+            .replace("-drv", "-big.drv"),
+    );
+    let b = TestNar::files("big", 32, &[150 * KIB, 40 * KIB]).with_path("other", 33);
+    let d = TestNar::files("lost-row", 34, &[10 * KIB]);
+    let e = TestNar::files("lost-file", 35, &[10 * KIB]);
+    let cut = 64 * KIB;
+    assert_eq!(a.bytes[..cut], b.bytes[..cut], "a and b share a prefix");
+    attic.chunk(1, &c.bytes, Codec::Zstd).await;
+    attic.chunk(2, &a.bytes[..cut], Codec::Zstd).await;
+    attic.chunk(3, &a.bytes[cut..2 * cut], Codec::None).await;
+    attic.chunk(4, &a.bytes[2 * cut..], Codec::Brotli).await;
+    attic.chunk(5, &b.bytes[cut..], Codec::Xz).await;
+    attic.chunk(6, &d.bytes, Codec::Zstd).await;
+    attic.chunk(7, &e.bytes, Codec::Zstd).await;
+    attic.nar(1, &c, &[Some(1)]).await;
+    attic.nar(2, &a, &[Some(2), Some(3), Some(4)]).await;
+    attic.nar(3, &b, &[Some(2), Some(5)]).await;
+    attic.nar(4, &d, &[None]).await;
+    attic.nar(5, &e, &[Some(7)]).await;
+    std::fs::remove_file(attic.chunk_file(7).await).unwrap();
+    let now = unix_now();
+    let (created, accessed) = (now - 5 * 86400, now - 86400);
+    attic.object(1, 1, &c, created, accessed).await;
+    attic.object(1, 2, &a, created, accessed).await;
+    attic.object(1, 4, &d, created, accessed).await;
+    attic.object(2, 2, &a, created, accessed).await;
+    attic.object(2, 3, &b, created, accessed).await;
+    attic.object(2, 5, &e, created, accessed).await;
+    let before = attic.fingerprint().await;
+
+    let config = AtticConfig::load(&attic.config_path, |_| None).unwrap();
+    assert!(
+        config
+            .jwt
+            .larder_toml()
+            .contains("token-bound-issuer = \"attic-test\"")
+    );
+    let target = Target {
+        db: app.state.db.clone(),
+        staging: app.state.staging.clone(),
+    };
+    let broken = |r: &attic_import::Report| {
+        let mut v: Vec<String> = r
+            .failures
+            .iter()
+            .filter_map(|f| f.store_path.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut want_broken = vec![d.store_path(), e.store_path()];
+    want_broken.sort();
+
+    // Dry run: says what would happen, writes nothing.
+    let dry = attic_import::run(
+        &config,
+        &target,
+        &Options {
+            dry_run: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (dry.caches_created, dry.paths_staged, dry.paths_linked),
+        (2, 3, 1),
+        "{dry:?}"
+    );
+    assert_eq!(broken(&dry), want_broken);
+    assert_eq!(app.count("caches").await, 0);
+
+    // Interrupted after one path, then completed.
+    let first = attic_import::run(
+        &config,
+        &target,
+        &Options {
+            limit: Some(1),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        first.stopped_at_limit && first.paths_staged == 1,
+        "{first:?}"
+    );
+    let second = attic_import::run(&config, &target, &Options::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            second.paths_present,
+            second.paths_staged,
+            second.paths_linked
+        ),
+        (1, 2, 1),
+        "{second:?}"
+    );
+    assert_eq!(broken(&second), want_broken, "{second:?}");
+    assert_eq!(second.created_by_dropped, 3);
+    assert_eq!(app.drain_jobs().await, 3);
+    assert_eq!(app.count("objects").await, 4);
+    assert_eq!(app.count("nars").await, 3);
+    app.assert_staging_empty();
+
+    // Caches as in Attic, signed with Attic's keys.
+    let mut conn = app.state.db.conn().await.unwrap();
+    let lp = caches::get_by_name(conn.raw(), &"attic-pub".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let lq = caches::get_by_name(conn.raw(), &"attic-priv".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (lp.is_public, lp.priority, lp.retention_period),
+        (true, 41, None)
+    );
+    assert_eq!(
+        (lq.is_public, lq.priority, lq.retention_period),
+        (false, 30, Some(7 * 86400))
+    );
+    assert_eq!(
+        lq.upstream_cache_key_names,
+        vec!["cache.nixos.org-1".to_string()]
+    );
+    let obj = objects::find(
+        conn.raw(),
+        lq.id,
+        &b.store_hash().parse::<StorePathHash>().unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((obj.created_at, obj.last_accessed_at), (created, accessed));
+    assert_eq!(obj.meta.sigs, vec!["someone-else-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==".to_string()]);
+    drop(conn);
+    let token = app.root_token();
+    for (cache, key, nar) in [
+        ("attic-pub", &pub_key, &c),
+        ("attic-pub", &pub_key, &a),
+        ("attic-priv", &priv_key, &a),
+        ("attic-priv", &priv_key, &b),
+    ] {
+        let (_, info) = narinfo(app, &token, cache, nar).await;
+        assert_signed(&info, &key.public_key(), nar);
+        assert_ready_readable(app, &token, cache, nar).await;
+        // Attic's URL shape, as hosts' cached narinfos say.
+        let body = fetch(app, &token, cache, &format!("nar/{}.nar", nar.store_hash())).await;
+        assert!(body == nar.bytes, "{cache}: Attic-shaped NAR URL");
+    }
+    let stranger = app
+        .get(&format!("/attic-pub/nar/{}.nar", c.store_hash()), None)
+        .await;
+    stranger.assert_status(StatusCode::OK);
+    let stranger = app
+        .get(&format!("/attic-priv/nar/{}.nar", b.store_hash()), None)
+        .await;
+    stranger.assert_status(StatusCode::UNAUTHORIZED);
+    // Not in this cache: the same answer as any unknown path.
+    app.get(
+        &format!("/attic-pub/nar/{}.nar", b.store_hash()),
+        Some(&token),
+    )
+    .await
+    .assert_status(StatusCode::NOT_FOUND);
+    let missing = app
+        .get(
+            &format!("/attic-pub/{}.narinfo", d.store_hash()),
+            Some(&token),
+        )
+        .await;
+    missing.assert_status(StatusCode::NOT_FOUND);
+
+    // Once more: nothing changes.
+    let counts = (
+        app.count("objects").await,
+        app.count("nars").await,
+        app.count("chunks").await,
+    );
+    let third = attic_import::run(&config, &target, &Options::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (third.paths_present, third.paths_staged, third.paths_linked),
+        (4, 0, 0),
+        "{third:?}"
+    );
+    assert_eq!(
+        (
+            third.caches_created,
+            third.caches_updated,
+            third.caches_unchanged
+        ),
+        (0, 0, 2)
+    );
+    assert_eq!(app.staged_nar_ids().await.len(), 0);
+    assert_eq!(
+        counts,
+        (
+            app.count("objects").await,
+            app.count("nars").await,
+            app.count("chunks").await
+        )
+    );
+
+    // Attic's database and storage are exactly as before.
+    assert_eq!(attic.fingerprint().await, before);
+    attic.teardown().await;
 }

@@ -1,5 +1,6 @@
 //! `larder-admin -f CONFIG <command>`: the operator CLI.
 
+mod import_attic;
 mod maintenance;
 mod make_token;
 mod tokens;
@@ -42,6 +43,8 @@ enum Command {
     },
     /// Reconcile storage with the database (exit status 1 if anything is wrong).
     Verify(maintenance::Verify),
+    /// Import caches, paths and NARs from an Attic deployment (read-only on Attic's side).
+    ImportAttic(import_attic::ImportAttic),
 }
 
 /// Opens the database (applying migrations, so a fresh install works).
@@ -66,6 +69,12 @@ async fn main() -> anyhow::Result<()> {
         Command::ListTokens => tokens::list(&config).await,
         Command::Gc => maintenance::run_gc(&config).await,
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
+        Command::ImportAttic(cmd) => {
+            if !cmd.run(&config).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Verify(cmd) => {
             if !cmd.run(&config).await? {
                 std::process::exit(1);

@@ -24,6 +24,7 @@ use tracing::instrument;
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::{DbError, objects, unix_now, uploads};
+use larder_shared::nix::store_path::StorePathHash;
 use larder_shared::storage::{ObjectKey, StorageError};
 use larder_shared::token::Permission;
 
@@ -97,6 +98,17 @@ enum Source {
 /// Resolves `file` in this cache: one of Larder's own URLs for a NAR an
 /// object of the cache refers to, else an uploader's live URL.
 async fn find(state: &AppState, cache: &CacheRecord, file: &str) -> ApiResult<Option<Found>> {
+    if let Some(hash) = attic_shaped(file) {
+        let mut conn = state.db.conn().await?;
+        let object = objects::find(conn.raw(), cache.id, &hash)
+            .await?
+            .filter(|o| o.nar.state != NarState::Broken);
+        drop(conn);
+        return match object {
+            Some(object) => own_nar(state, object.nar, Representation::Plain).await,
+            None => Ok(None),
+        };
+    }
     if let Some((nar_hash, compression)) = nix_upload::own_url(file) {
         let repr = match compression {
             larder_shared::nix::narinfo::Compression::Zstd => Representation::Zstd,
@@ -136,6 +148,19 @@ async fn find(state: &AppState, cache: &CacheRecord, file: &str) -> ApiResult<Op
         etag: ETag::strong(url.file.file_hash.to_base32()),
         content_type: "application/x-nix-nar",
     }))
+}
+
+/// Length of a store path hash in nix-base32; a NAR hash has 52 characters,
+/// so the two URL shapes cannot be confused.
+const STORE_PATH_HASH_LEN: usize = 32;
+
+/// `nar/<store-path-hash>.nar`, the URL Attic's narinfos name (issue #20):
+/// hosts that cached an Attic narinfo keep fetching it after a switch.
+fn attic_shaped(file: &str) -> Option<StorePathHash> {
+    let stem = file.strip_suffix(".nar")?;
+    (stem.len() == STORE_PATH_HASH_LEN)
+        .then(|| stem.parse().ok())
+        .flatten()
 }
 
 async fn own_nar(

@@ -32,6 +32,7 @@ fn patient() -> HttpConfig {
         body_min_rate: 0,
         body_rate_window: ConfigDuration::from_secs(600),
         max_connections: 64,
+        ..HttpConfig::default()
     }
 }
 

@@ -238,3 +238,22 @@ pub async fn touch_by_nar(
         Ok(q.execute(&mut *c).await?.rows_affected())
     })
 }
+
+/// Sets an object's push and access times: an imported path keeps the
+/// clocks it had where it came from (retention counts from them).
+pub async fn set_times(
+    raw: Raw<'_>,
+    id: i64,
+    created_at: i64,
+    last_accessed_at: i64,
+) -> Result<(), DbError> {
+    on_conn!(raw, c => {
+        sqlx::query("UPDATE objects SET created_at = $2, last_accessed_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(created_at)
+            .bind(last_accessed_at)
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    })
+}
