@@ -816,7 +816,7 @@ async fn s3_server_restarted_during_ingest() {
     let Some(mut server) = common::s3_server::S3Server::start(18433, dir.path()).await else {
         return;
     };
-    let storage = common::s3_storage_toml_at(&server.endpoint(), 20);
+    let storage = common::s3_storage_toml_at(&server.endpoint(), 200);
     let app = TestApp::with_storage(common::Backend::Sqlite, Some(storage)).await;
     let outcome = std::panic::AssertUnwindSafe(async {
         app.create_cache("fault", false).await;
