@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use larder_shared::db::DbError;
+use larder_shared::nix::hash::NarHash;
+use larder_shared::nix::store_path::StorePathHash;
 use larder_shared::storage::StorageError;
 
 /// Everything a handler can fail with.
@@ -28,6 +30,19 @@ pub enum ApiError {
     /// Creating a cache whose name is taken.
     #[error("cache already exists")]
     CacheAlreadyExists,
+    /// An upload for a path this cache already serves with another NAR
+    /// (first push wins; replacing needs the replace flag and `d`).
+    #[error(
+        "{store_path_hash} is already in this cache with a different NarHash than {nar_hash}; \
+         published paths are not replaced (push with --replace, which needs the d permission, \
+         or delete the path first)"
+    )]
+    PathConflict {
+        /// The path.
+        store_path_hash: StorePathHash,
+        /// The NarHash the rejected upload claimed.
+        nar_hash: NarHash,
+    },
     /// Malformed request: bad JSON, bad store path, bad hash, bad name.
     #[error("{0}")]
     BadRequest(String),
@@ -82,6 +97,7 @@ impl ApiError {
             ApiError::NoSuchCache => (StatusCode::NOT_FOUND, "NoSuchCache"),
             ApiError::NoSuchObject => (StatusCode::NOT_FOUND, "NoSuchObject"),
             ApiError::CacheAlreadyExists => (StatusCode::CONFLICT, "CacheAlreadyExists"),
+            ApiError::PathConflict { .. } => (StatusCode::CONFLICT, "PathConflict"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::InvalidNar(_) => (StatusCode::BAD_REQUEST, "InvalidNar"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),

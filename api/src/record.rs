@@ -7,7 +7,7 @@
 
 use larder_shared::db::Tx;
 use larder_shared::db::nars::{self, NarState};
-use larder_shared::db::objects::{self, ObjectMeta};
+use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::jobs;
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::StorePathHash;
@@ -28,6 +28,9 @@ pub struct NewPath<'a> {
     pub nar_hash: &'a NarHash,
     /// The verified NAR size.
     pub nar_size: u64,
+    /// Whether this upload may replace another NAR of the path (first push
+    /// wins otherwise).
+    pub replace: Replace,
 }
 
 /// What [`record_staged`] did.
@@ -65,8 +68,7 @@ pub async fn record_staged(
                 (nar.id, repaired)
             }
         };
-    let object_id =
-        objects::upsert(tx.raw(), path.cache_id, path.hash, nar_id, path.meta, now).await?;
+    let object_id = upsert(tx, path, nar_id, now).await?;
     if used {
         jobs::enqueue_ingest(tx.raw(), &[nar_id]).await?;
     }
@@ -89,7 +91,26 @@ pub async fn link_existing(
     if !nars::touch(tx.raw(), nar_id, now).await? {
         return Ok(None);
     }
-    let object_id =
-        objects::upsert(tx.raw(), path.cache_id, path.hash, nar_id, path.meta, now).await?;
+    let object_id = upsert(tx, path, nar_id, now).await?;
     Ok(Some(object_id))
+}
+
+/// Links the path to `nar_id`, or [`ApiError::PathConflict`] when the cache
+/// already serves it with another NAR that this upload may not replace; the
+/// caller's transaction must then be dropped (it holds the NAR row).
+async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: i64, now: i64) -> ApiResult<i64> {
+    objects::upsert(
+        tx.raw(),
+        path.cache_id,
+        path.hash,
+        nar_id,
+        path.meta,
+        now,
+        path.replace,
+    )
+    .await?
+    .ok_or_else(|| ApiError::PathConflict {
+        store_path_hash: path.hash.clone(),
+        nar_hash: *path.nar_hash,
+    })
 }

@@ -70,6 +70,7 @@ on_both_backends!(
     nix_cache_info_put_never_creates_a_cache,
     listing_put_then_get,
     listing_generated_for_attic_uploads,
+    a_published_path_keeps_its_nar,
 );
 
 // --- helpers --------------------------------------------------------------------
@@ -903,4 +904,61 @@ async fn listing_generated_for_attic_uploads(app: &TestApp) {
     )
     .await
     .assert_error(StatusCode::NOT_FOUND, "NoSuchObject");
+}
+
+// --- first push wins (issue 19 item 2) ------------------------------------------
+
+/// Another NAR under a published path: the narinfo PUT is a 409, the served
+/// narinfo stays byte-identical, and the refused NAR's staged copy goes.
+async fn a_published_path_keeps_its_nar(app: &TestApp) {
+    app.create_cache("nixed", false).await;
+    let token = app.token(&[("nixed", PULL_PUSH)]);
+    let uploader = SigningKey::generate("uploader-1").unwrap();
+    let nar = test_path("published", 21);
+    let file = NarFile::new(Compression::Zstd, &nar);
+    nix_push(app, &token, "nixed", &nar, &file, &uploader).await;
+    app.drain_jobs().await;
+    app.assert_staging_empty();
+    let (before, _) = narinfo(app, &token, "nixed", &nar).await;
+    let rows = (app.count("objects").await, app.count("nars").await);
+
+    let impostor = TestNar {
+        base_name: nar.base_name.clone(),
+        ..test_path("published", 22)
+    };
+    let evil = NarFile::new(Compression::Zstd, &impostor);
+    put_nar(app, &token, "nixed", &evil)
+        .await
+        .assert_status(StatusCode::OK);
+    put_narinfo(
+        app,
+        &token,
+        "nixed",
+        &impostor,
+        &nix_narinfo(&impostor, &evil, None),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "PathConflict");
+    let (after, _) = narinfo(app, &token, "nixed", &nar).await;
+    assert_eq!(before, after, "the served narinfo is byte-identical");
+    assert_eq!(
+        (app.count("objects").await, app.count("nars").await),
+        rows,
+        "no rows added"
+    );
+    assert_eq!(app.count("nix_uploads").await, 0, "no pending upload left");
+    app.assert_staging_empty();
+
+    // The same NAR again: a 204 that changes nothing.
+    put_narinfo(
+        app,
+        &token,
+        "nixed",
+        &nar,
+        &nix_narinfo(&nar, &file, Some(&uploader)),
+    )
+    .await
+    .assert_status(StatusCode::NO_CONTENT);
+    let (again, _) = narinfo(app, &token, "nixed", &nar).await;
+    assert_eq!(before, again);
 }

@@ -121,11 +121,21 @@ on_both_backends!(
     ranges_on_every_representation,
     cache_control_matrix,
     import_from_attic,
+    a_published_path_keeps_its_nar,
+    a_broken_nar_may_be_replaced,
+    replacing_needs_the_delete_permission,
 );
 
 #[path = "pipeline_support/http.rs"]
 mod http;
 use http::{cache_control_matrix, ranges_on_every_representation};
+
+#[path = "pipeline_support/first_push.rs"]
+mod first_push;
+use first_push::{
+    a_broken_nar_may_be_replaced, a_published_path_keeps_its_nar,
+    replacing_needs_the_delete_permission,
+};
 
 // --- 1. upload, serve staged, ingest, serve chunked ---------------------------
 

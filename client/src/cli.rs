@@ -100,6 +100,12 @@ pub struct PushArgs {
     /// Also push paths signed by one of the cache's upstream keys.
     #[arg(long)]
     pub ignore_upstream_cache_filter: bool,
+    /// Upload the paths even if the cache has them, replacing any it holds
+    /// with a different NAR (needs the d permission; otherwise the first
+    /// push wins and a different NAR is refused). With the closure unless
+    /// --no-closure.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// `larder cache …`.
@@ -244,6 +250,12 @@ mod tests {
         assert_eq!(p.cache.to_string(), "prod:demo");
         assert_eq!(p.jobs, 8);
         assert!(p.no_closure);
+        assert!(!p.replace);
+        let cli = Cli::try_parse_from(["larder", "push", "demo", "/x", "--replace"]).unwrap();
+        let Command::Push(p) = cli.command else {
+            panic!("not push")
+        };
+        assert!(p.replace);
         assert!(Cli::try_parse_from(["larder", "push", "demo"]).is_err());
         assert!(Cli::try_parse_from(["larder", "push", "demo", "--stdin"]).is_ok());
         assert!(Cli::try_parse_from(["larder", "push", "demo", "/x", "-j", "0"]).is_err());

@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 stdin: args.stdin,
                 jobs: usize::from(args.jobs),
                 ignore_upstream_filter: args.ignore_upstream_cache_filter,
+                replace: args.replace,
             };
             let summary = push::run(&session.api, &args.cache.cache, &options).await?;
             println!("{summary}");

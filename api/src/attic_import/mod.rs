@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use larder_shared::CacheName;
 use larder_shared::db::caches::{self, CacheRecord, CacheUpdate, NewCache};
 use larder_shared::db::nars::{self, NarState};
-use larder_shared::db::objects::{self, ObjectMeta};
+use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::{Db, unix_now};
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::signing::SigningKey;
@@ -380,9 +380,17 @@ impl Pass<'_> {
         } else {
             objects::find(conn.raw(), cache_id, &p.hash).await?
         };
-        if present.is_some_and(|x| x.nar.nar_hash == p.nar_hash && x.nar.state != NarState::Broken)
-        {
-            self.report.paths_present += 1;
+        if let Some(x) = present.filter(|x| x.nar.state != NarState::Broken) {
+            if x.nar.nar_hash == p.nar_hash {
+                self.report.paths_present += 1;
+            } else {
+                // First push wins (docs/protocol.md): Larder's copy stays.
+                self.report.fail(
+                    &c.name,
+                    Some(&o.store_path),
+                    "already in Larder with a different NarHash; not replaced",
+                );
+            }
             return Ok(());
         }
         let known = nars::find_by_hash(conn.raw(), &p.nar_hash)
@@ -397,6 +405,7 @@ impl Pass<'_> {
             meta: &p.meta,
             nar_hash: &p.nar_hash,
             nar_size: p.nar_size,
+            replace: Replace::Never,
         };
         if known.is_some() || self.would_stage.contains(&p.nar_hash) {
             if !self.opts.dry_run {

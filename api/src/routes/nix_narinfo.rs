@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use tracing::instrument;
 
 use larder_shared::db::nars::{self, NarRecord, NarState};
-use larder_shared::db::objects::{self, ObjectMeta};
+use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::unix_now;
 use larder_shared::db::uploads::{
     self, PendingUpload, URL_RETENTION_SECS, UploadUrl, UploadedFile,
@@ -97,18 +97,48 @@ pub async fn put(
         meta: &meta,
         nar_hash: &info.nar_hash,
         nar_size: info.nar_size,
+        // `nix copy` has no way to ask; replacing goes through upload-path.
+        replace: Replace::Never,
     };
     // A concurrent narinfo may claim the pending upload first; the second
     // attempt then finds the URL it recorded.
     for _ in 0..3 {
-        if record_narinfo(state, &path, &info, file_name).await? {
-            tracing::info!(nar_size = info.nar_size, "path recorded from narinfo");
-            return Ok(StatusCode::NO_CONTENT);
+        match record_narinfo(state, &path, &info, file_name).await {
+            Ok(true) => {
+                tracing::info!(nar_size = info.nar_size, "path recorded from narinfo");
+                return Ok(StatusCode::NO_CONTENT);
+            }
+            Ok(false) => {}
+            Err(e @ ApiError::PathConflict { .. }) => {
+                discard_pending(state, access.cache.id, file_name).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         }
     }
     Err(ApiError::BadRequest(format!(
         "nar/{file_name} is being recorded by another request; retry"
     )))
+}
+
+/// A narinfo refused because the path is published with another NAR: its
+/// NAR upload will never be recorded, so its staged copy goes now (the
+/// compressed upload file, shared by file hash, is left to the sweeper,
+/// which deletes it once nothing names it).
+async fn discard_pending(state: &AppState, cache_id: i64, file_name: &str) -> ApiResult<()> {
+    let mut conn = state.db.conn().await?;
+    let Some(p) = uploads::find_pending(conn.raw(), cache_id, file_name).await? else {
+        return Ok(());
+    };
+    let Some(p) = uploads::take_pending(conn.raw(), p.id).await? else {
+        return Ok(());
+    };
+    drop(conn);
+    if let Some(key) = p.staging_key {
+        let key = ObjectKey::new(key).map_err(|e| ApiError::Internal(e.to_string()))?;
+        state.staging.delete(&key).await?;
+    }
+    Ok(())
 }
 
 /// Checks a narinfo against the file it names.

@@ -17,23 +17,27 @@ use tracing::instrument;
 
 use larder_shared::CacheName;
 use larder_shared::db::nars::{self, NarState};
-use larder_shared::db::objects::ObjectMeta;
+use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::unix_now;
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
 use larder_shared::storage::ObjectKey;
 
-use crate::auth::{Credentials, Need, Push};
+use crate::auth::{self, Credentials, Need, Push};
 use crate::error::{ApiError, ApiResult};
 use crate::record;
 use crate::staging::{self, Expected};
 use crate::state::AppState;
 use crate::upload_meta;
+use larder_shared::token::Permission;
 
 /// Header carrying the metadata JSON.
 pub const NAR_INFO_HEADER: &str = "x-attic-nar-info";
 /// Header giving the length of a metadata preamble at the start of the body.
 pub const PREAMBLE_SIZE_HEADER: &str = "x-attic-nar-info-preamble-size";
+/// Header asking to replace the NAR of a path the cache already has
+/// (`1` or `true`); needs the `d` permission besides `w`.
+pub const REPLACE_HEADER: &str = "x-larder-replace";
 /// Largest accepted preamble.
 pub const MAX_PREAMBLE: usize = 1024 * 1024;
 
@@ -97,6 +101,8 @@ struct Validated {
     expected: Expected,
     /// Checked against the cache's once the cache is known.
     store_dir: StoreDir,
+    /// From [`REPLACE_HEADER`], once the caller's `d` is checked.
+    replace: Replace,
 }
 
 fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
@@ -156,6 +162,7 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
             system: info.system,
         },
         store_dir,
+        replace: Replace::Never,
         expected: Expected {
             nar_hash,
             nar_size: info.nar_size,
@@ -228,7 +235,19 @@ pub async fn upload_path(
         .authorize(&state, &v.cache, Push::ANY_OF)
         .await?;
     upload_meta::check_store_dir(&cache, &v.store_dir)?;
+    let mut v = v;
+    v.replace = replace_flag(&headers)?;
+    if v.replace == Replace::Allowed
+        && !credentials
+            .permissions_on(&v.cache, Some(&cache))
+            .has(Permission::Delete)
+    {
+        return Err(ApiError::PermissionDenied(auth::permission_name(
+            Permission::Delete,
+        )));
+    }
     let now = unix_now();
+    refuse_early(&state, cache.id, &v).await?;
 
     let existing = {
         let mut conn = state.db.conn().await?;
@@ -282,6 +301,36 @@ pub async fn upload_path(
     }))
 }
 
+/// Reads [`REPLACE_HEADER`]; absent means first push wins.
+fn replace_flag(headers: &HeaderMap) -> ApiResult<Replace> {
+    match headers.get(REPLACE_HEADER).map(|v| v.as_bytes()) {
+        None | Some(b"0" | b"false") => Ok(Replace::Never),
+        Some(b"1" | b"true") => Ok(Replace::Allowed),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "invalid {REPLACE_HEADER}: expected 1, true, 0 or false"
+        ))),
+    }
+}
+
+/// Answers 409 before the body is read when the path is already served
+/// with another, healthy NAR: the uploader need not send it. Only a
+/// shortcut; the upsert decides again ([`record`]), race-free.
+async fn refuse_early(state: &AppState, cache_id: i64, v: &Validated) -> ApiResult<()> {
+    if v.replace == Replace::Allowed {
+        return Ok(());
+    }
+    let mut conn = state.db.conn().await?;
+    match objects::find(conn.raw(), cache_id, &v.hash).await? {
+        Some(o) if o.nar.nar_hash != v.expected.nar_hash && o.nar.state != NarState::Broken => {
+            Err(ApiError::PathConflict {
+                store_path_hash: v.hash.clone(),
+                nar_hash: v.expected.nar_hash,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A fresh key under `staging/`; random, so concurrent uploads never collide.
 pub fn staging_key() -> ApiResult<ObjectKey> {
     let id = ulid::Ulid::new().to_string().to_lowercase();
@@ -312,6 +361,7 @@ impl Validated {
             meta: &self.meta,
             nar_hash: &self.expected.nar_hash,
             nar_size: self.expected.nar_size,
+            replace: self.replace,
         }
     }
 }

@@ -33,6 +33,9 @@ use types::{
 
 /// Header carrying the upload metadata JSON.
 pub const NAR_INFO_HEADER: &str = "x-attic-nar-info";
+/// Header asking the server to replace a path it already has with another
+/// NAR (`larder push --replace`; the token needs `d`).
+pub const REPLACE_HEADER: &str = "x-larder-replace";
 /// Header giving the size of a metadata preamble at the start of the body.
 pub const PREAMBLE_SIZE_HEADER: &str = "x-attic-nar-info-preamble-size";
 /// Metadata longer than this goes into the body preamble: proxies commonly
@@ -295,12 +298,15 @@ impl ApiClient {
     /// `PUT /_api/v1/upload-path` (needs `w`): one attempt. `nar` is the
     /// NAR's byte stream, `nar_size` bytes long; it is streamed, never held
     /// in memory. The metadata goes in the `X-Attic-Nar-Info` header, or in
-    /// a body preamble when it is too long for a header.
+    /// a body preamble when it is too long for a header. `replace` sends
+    /// [`REPLACE_HEADER`]: without it, a path the cache has with another
+    /// NAR is a 409 (first push wins).
     pub async fn upload_path<S, E>(
         &self,
         meta: &UploadPathNarInfo,
         nar: S,
         nar_size: u64,
+        replace: bool,
     ) -> Result<UploadPathResult, ApiError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
@@ -312,6 +318,11 @@ impl ApiClient {
             source,
         })?;
         let rb = rb.header(CONTENT_TYPE, "application/octet-stream");
+        let rb = if replace {
+            rb.header(REPLACE_HEADER, "1")
+        } else {
+            rb
+        };
         let header = (json.len() <= MAX_HEADER_METADATA)
             .then(|| HeaderValue::from_bytes(&json).ok())
             .flatten();

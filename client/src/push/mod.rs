@@ -44,6 +44,9 @@ pub struct PushOptions {
     pub jobs: usize,
     /// Push paths signed by upstream keys too.
     pub ignore_upstream_filter: bool,
+    /// Upload every path even if the cache has it, replacing a path it
+    /// holds with another NAR (needs `d`; first push wins otherwise).
+    pub replace: bool,
 }
 
 /// Why a push could not go ahead at all (per-path failures are counted in
@@ -202,13 +205,20 @@ impl Pusher<'_> {
             closure::collect(&self.nix, roots, self.options.closure, &mut self.seen).await?;
         let (infos, upstream) = self.filter.split(infos);
         self.summary.upstream += upstream.len();
-        let (missing, present) = filter::drop_present(self.api, self.cache, infos).await?;
-        self.summary.already_present += present;
+        // Replacing must upload what the cache already has.
+        let missing = if self.options.replace {
+            infos
+        } else {
+            let (missing, present) = filter::drop_present(self.api, self.cache, infos).await?;
+            self.summary.already_present += present;
+            missing
+        };
         let uploads = closure::references_first(missing);
         let bytes = uploads.iter().map(|i| i.nar_size).sum();
         self.progress.add_work(uploads.len() as u64, bytes);
 
         let (api, nix, cache, progress) = (self.api, &self.nix, self.cache, &self.progress);
+        let replace = self.options.replace;
         let mut order = Schedule::new(&uploads);
         let mut in_flight = FuturesUnordered::new();
         loop {
@@ -217,7 +227,7 @@ impl Pusher<'_> {
                 let info = &uploads[i];
                 in_flight.push(async move {
                     let tracker = progress.start(info);
-                    let result = upload::upload(api, nix, cache, info, &tracker).await;
+                    let result = upload::upload(api, nix, cache, info, &tracker, replace).await;
                     tracker.done(&result);
                     (i, result)
                 });

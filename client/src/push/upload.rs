@@ -72,6 +72,7 @@ pub async fn upload(
     cache: &CacheName,
     info: &PathInfo,
     progress: &PathProgress,
+    replace: bool,
 ) -> Result<UploadKind, UploadError> {
     let meta = nar_info(cache, nix.store_dir(), info);
     api.retry_policy()
@@ -86,7 +87,7 @@ pub async fn upload(
                         counter.sent(bytes.len() as u64);
                     }
                 });
-                match api.upload_path(&meta, nar, info.nar_size).await {
+                match api.upload_path(&meta, nar, info.nar_size, replace).await {
                     Ok(result) => Ok(result.kind),
                     Err(e) => Err(match failure.get() {
                         Some(message) => UploadError::Dump(message.to_owned()),

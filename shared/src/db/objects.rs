@@ -52,8 +52,59 @@ fn split_words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
-/// Links a store path in a cache to a NAR, replacing an earlier push of the
-/// same path (a re-push refreshes its metadata and its push time).
+/// Whether an upload may change which NAR an existing path of the cache
+/// points at (first push wins, docs/protocol.md "Published paths").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Only the same NAR again (a refresh), or a new NAR for a path whose
+    /// stored NAR is broken (a repair).
+    Never,
+    /// Any NAR: the uploader holds the `d` permission and asked for it. The
+    /// old NAR is then released as a delete releases it (GC takes it once
+    /// no object refers to it).
+    Allowed,
+}
+
+/// Metadata columns an upload writes; the same NAR again keeps the first
+/// push's values (what hosts hold must not change under them).
+const META_COLUMNS: [&str; 7] = [
+    "store_path",
+    "refs",
+    "deriver",
+    "sigs",
+    "ca",
+    "system",
+    "created_at",
+];
+
+/// The upsert, decided in one statement so two racing uploads cannot both
+/// win: the `DO UPDATE` applies only when the NAR is the same, the old NAR
+/// is broken, or replacing is allowed (`$11`); otherwise no row comes back.
+fn upsert_sql() -> String {
+    let keep = "objects.nar_id = excluded.nar_id AND NOT $11";
+    let meta = META_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = CASE WHEN {keep} THEN objects.{c} ELSE excluded.{c} END"))
+        .collect::<Vec<_>>()
+        .join(",\n                ");
+    format!(
+        "INSERT INTO objects (cache_id, store_path_hash, store_path, nar_id, refs, deriver, sigs, ca, system, created_at, last_accessed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+         ON CONFLICT (cache_id, store_path_hash) DO UPDATE SET
+                nar_id = excluded.nar_id,
+                {meta},
+                last_accessed_at = CASE WHEN excluded.created_at > objects.last_accessed_at
+                                        THEN excluded.created_at ELSE objects.last_accessed_at END
+         WHERE objects.nar_id = excluded.nar_id OR $11
+            OR EXISTS (SELECT 1 FROM nars b WHERE b.id = objects.nar_id AND b.state = 'broken')
+         RETURNING id"
+    )
+}
+
+/// Links a store path in a cache to a NAR. A new path is inserted; the same
+/// NAR again refreshes the path's use and keeps its first metadata; another
+/// NAR replaces the old one only as `replace` and a broken old NAR allow.
+/// `None`: the path exists with another NAR, nothing changed.
 pub async fn upsert(
     raw: Raw<'_>,
     cache_id: i64,
@@ -61,19 +112,11 @@ pub async fn upsert(
     nar_id: i64,
     meta: &ObjectMeta,
     now: i64,
-) -> Result<i64, DbError> {
+    replace: Replace,
+) -> Result<Option<i64>, DbError> {
+    let sql = upsert_sql();
     on_conn!(raw, c => {
-        let row = sqlx::query(
-            "INSERT INTO objects (cache_id, store_path_hash, store_path, nar_id, refs, deriver, sigs, ca, system, created_at, last_accessed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
-             ON CONFLICT (cache_id, store_path_hash) DO UPDATE SET
-                store_path = excluded.store_path, nar_id = excluded.nar_id, refs = excluded.refs,
-                deriver = excluded.deriver, sigs = excluded.sigs, ca = excluded.ca,
-                system = excluded.system, created_at = excluded.created_at,
-                last_accessed_at = CASE WHEN excluded.created_at > objects.last_accessed_at
-                                        THEN excluded.created_at ELSE objects.last_accessed_at END
-             RETURNING id",
-        )
+        let row = sqlx::query(AssertSqlSafe(&*sql))
         .bind(cache_id)
         .bind(hash.as_str())
         .bind(&meta.store_path)
@@ -84,9 +127,10 @@ pub async fn upsert(
         .bind(meta.ca.as_deref())
         .bind(meta.system.as_deref())
         .bind(now)
-        .fetch_one(&mut *c)
+        .bind(replace == Replace::Allowed)
+        .fetch_optional(&mut *c)
         .await?;
-        row.try_get::<i64, _>("id").map_err(DbError::from)
+        row.map(|r| r.try_get::<i64, _>("id")).transpose().map_err(DbError::from)
     })
 }
 
