@@ -121,11 +121,15 @@ on_both_backends!(
     ranges_on_every_representation,
     cache_control_matrix,
     import_from_attic,
+    nar_ingested_before_layout_serves_the_same,
 );
 
 #[path = "pipeline_support/http.rs"]
 mod http;
 use http::{cache_control_matrix, ranges_on_every_representation};
+#[path = "pipeline_support/layout.rs"]
+mod layout;
+use layout::nar_ingested_before_layout_serves_the_same;
 
 // --- 1. upload, serve staged, ingest, serve chunked ---------------------------
 
