@@ -2,9 +2,13 @@
 //! the concatenated zstd frames (`.nar.zst`, no recompression) or
 //! decompressed on the fly (`.nar`).
 //!
-//! A byte range seeks by the stored per-chunk sizes ([`ChunkLayout`]), so a
-//! download resumed deep inside a large NAR reads only from the chunk that
-//! holds its first byte.
+//! A byte range seeks by the per-chunk sizes stored in the NAR's row at
+//! ingest ([`NarLayout`], migration 0007): one `nars` row read and a binary
+//! search find the chunk holding its first byte, and chunk rows are loaded
+//! only for the chunks streamed, a batch or two ahead of the data. A NAR
+//! ingested before migration 0007 has no stored layout: its chunk rows are
+//! read once to compute it (the same values ingest stores), and the result
+//! is written back, so only its first download pays for that.
 //!
 //! Chunks are fetched a few ahead for throughput, with memory bounded by the
 //! prefetch window. A storage failure or a length mismatch ends the stream
@@ -17,16 +21,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
-use sha2::{Digest, Sha256};
 
 use larder_shared::chunk;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
-use larder_shared::db::nars::NarRecord;
+use larder_shared::db::nar_layout::{ChunkSpan, NarLayout, NarLayoutBuilder};
+use larder_shared::db::nars::{self, NarRecord};
 use larder_shared::db::{Db, DbError};
 use larder_shared::storage::{ObjectKey, Storage};
 
 /// Chunks fetched ahead of the one being sent.
 const PREFETCH: usize = 8;
+
+/// Batches of chunk rows loaded ahead of the data (and, for a NAR without a
+/// stored layout, at once while computing it).
+const ROWS_AHEAD: usize = 2;
 
 /// A body stream of NAR bytes.
 pub type NarStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -44,89 +52,92 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// A ready NAR's chunk records, in NAR order: the stored sizes that let a
-/// range seek to the chunk holding its first byte.
+/// A ready NAR's chunk ids with their sizes, in NAR order: what lets a range
+/// seek to the chunk holding its first byte.
 #[derive(Debug, Clone)]
 pub struct ChunkLayout {
-    records: Vec<ChunkRecord>,
+    chunk_ids: Vec<i64>,
+    layout: NarLayout,
 }
 
-/// Batches of chunk rows loaded at once.
-const LOAD_PARALLEL: usize = 4;
-
 impl ChunkLayout {
-    /// Loads every chunk row of `nar` (metadata only, no chunk data).
+    /// The stored layout of `nar`; for a NAR ingested before migration 0007,
+    /// computed from its chunk rows (metadata only) and backfilled.
     pub async fn load(db: &Db, nar: &NarRecord) -> Result<Self, DbError> {
-        let batches: Vec<Vec<i64>> = nar.chunk_ids.chunks(BATCH).map(<[i64]>::to_vec).collect();
-        let loaded: Vec<Vec<ChunkRecord>> = stream::iter(batches)
-            .map(|ids| {
-                let db = db.clone();
-                async move {
-                    let mut conn = db.conn().await?;
-                    let found = chunks::get_many(conn.raw(), &ids).await?;
-                    ids.iter()
-                        .map(|id| {
-                            found.get(id).cloned().ok_or_else(|| DbError::Corrupt {
-                                column: "nars.chunk_list",
-                                message: format!("chunk {id} is missing"),
-                            })
-                        })
-                        .collect::<Result<Vec<ChunkRecord>, DbError>>()
-                }
-            })
-            .buffered(LOAD_PARALLEL)
-            .try_collect()
-            .await?;
-        Ok(Self {
-            records: loaded.into_iter().flatten().collect(),
-        })
+        let chunk_ids = nar.chunk_ids.clone();
+        if let Some(layout) = &nar.layout {
+            return Ok(Self {
+                chunk_ids,
+                layout: layout.clone(),
+            });
+        }
+        let layout = compute(db, &chunk_ids).await?;
+        let mut conn = db.conn().await?;
+        if let Err(e) = nars::store_layout(conn.raw(), nar.id, &chunk_ids, &layout).await {
+            // Served all the same; the next download tries again.
+            tracing::warn!(nar_id = nar.id, error = %e, "backfilling the NAR layout failed");
+        }
+        Ok(Self { chunk_ids, layout })
     }
 
     /// Length of the representation: the NAR, or its stored frames.
     pub fn len(&self, repr: Representation) -> u64 {
-        self.records.iter().map(|r| size_in(r, repr)).sum()
+        self.layout.spans.iter().map(|s| size_in(s, repr)).sum()
     }
 
-    /// Identity of the concatenated stored frames: changes whenever any
-    /// frame's bytes or location could (hash, stored size, pack position).
+    /// Identity of the concatenated stored frames ([`NarLayout::frames_digest`]).
     pub fn frames_digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for r in &self.records {
-            h.update(r.hash.as_bytes());
-            h.update(r.file_size.to_be_bytes());
-            h.update(r.pack_id.unwrap_or(-1).to_be_bytes());
-            h.update(r.pack_offset.unwrap_or(-1).to_be_bytes());
-        }
-        h.finalize().into()
+        self.layout.frames_digest
     }
 
     /// Streams bytes `range` of the representation. Only the chunks that
-    /// overlap the range are read: the first frame by a ranged storage read
-    /// (`.nar.zst`) or decompressed and skipped into (`.nar`), so nothing
-    /// before the range's chunk is fetched or decompressed.
+    /// overlap the range are read, their rows included: the first frame by
+    /// a ranged storage read (`.nar.zst`) or decompressed and skipped into
+    /// (`.nar`), so nothing before the range's chunk is fetched or
+    /// decompressed. Each row is checked against the stored sizes.
     pub fn stream(
         self,
+        db: Db,
         storage: Arc<dyn Storage>,
         repr: Representation,
         range: Range<u64>,
     ) -> NarStream {
-        let mut plan = Vec::new();
-        let mut pos = 0u64;
-        for rec in self.records {
-            let len = size_in(&rec, repr);
-            let (start, end) = (pos, pos + len);
-            pos = end;
-            if end <= range.start {
-                continue;
-            }
-            if start >= range.end {
-                break;
-            }
-            let within = range.start.saturating_sub(start)..range.end.min(end) - start;
-            plan.push((rec, within));
-        }
-        let body = stream::iter(plan)
-            .map(move |(rec, within)| {
+        // Offset where each chunk ends in the representation.
+        let ends: Vec<u64> = self
+            .layout
+            .spans
+            .iter()
+            .scan(0u64, |pos, s| {
+                *pos += size_in(s, repr);
+                Some(*pos)
+            })
+            .collect();
+        let first = ends.partition_point(|&e| e <= range.start);
+        let stop = if range.start >= range.end {
+            first
+        } else {
+            (ends.partition_point(|&e| e < range.end) + 1).min(ends.len())
+        };
+        let plan = Arc::new(Plan {
+            chunk_ids: self.chunk_ids,
+            spans: self.layout.spans,
+            ends,
+            range,
+        });
+        let batches: Vec<Range<usize>> = (first..stop)
+            .step_by(BATCH)
+            .map(|b| b..(b + BATCH).min(stop))
+            .collect();
+        let pieces = stream::iter(batches)
+            .map(move |idx| {
+                let (db, plan) = (db.clone(), plan.clone());
+                async move { plan.rows(&db, idx).await }
+            })
+            .buffered(ROWS_AHEAD)
+            .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok)))
+            .try_flatten();
+        let body = pieces
+            .map_ok(move |(rec, within)| {
                 let storage = storage.clone();
                 async move {
                     match repr {
@@ -145,15 +156,83 @@ impl ChunkLayout {
                     }
                 }
             })
-            .buffered(PREFETCH);
+            .try_buffered(PREFETCH);
         Box::pin(body)
     }
 }
 
-fn size_in(rec: &ChunkRecord, repr: Representation) -> u64 {
+/// The chunks a stream sends, and where the range falls in each.
+struct Plan {
+    chunk_ids: Vec<i64>,
+    spans: Vec<ChunkSpan>,
+    ends: Vec<u64>,
+    range: Range<u64>,
+}
+
+impl Plan {
+    /// Loads the rows of chunks `idx` (≤ [`BATCH`]), each with the part of
+    /// it the range covers.
+    async fn rows(
+        &self,
+        db: &Db,
+        idx: Range<usize>,
+    ) -> std::io::Result<Vec<(ChunkRecord, Range<u64>)>> {
+        let ids = &self.chunk_ids[idx.clone()];
+        let mut conn = db.conn().await.map_err(io_err)?;
+        let found = chunks::get_many(conn.raw(), ids).await.map_err(io_err)?;
+        drop(conn);
+        idx.map(|i| {
+            let id = self.chunk_ids[i];
+            let rec = found
+                .get(&id)
+                .ok_or_else(|| io_err(format!("chunk {id} of a ready NAR is missing")))?;
+            let span = self.spans[i];
+            if i64::from(span.chunk_size) != i64::from(rec.chunk_size)
+                || i64::from(span.file_size) != i64::from(rec.file_size)
+            {
+                return Err(io_err(format!(
+                    "chunk {id} sizes differ from the NAR's stored layout"
+                )));
+            }
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            let within =
+                self.range.start.saturating_sub(start)..self.range.end.min(self.ends[i]) - start;
+            Ok((rec.clone(), within))
+        })
+        .collect()
+    }
+}
+
+/// The layout of chunks `ids` from their rows, as ingest computes it.
+async fn compute(db: &Db, ids: &[i64]) -> Result<NarLayout, DbError> {
+    let batches: Vec<Vec<i64>> = ids.chunks(BATCH).map(<[i64]>::to_vec).collect();
+    let mut loaded = stream::iter(batches)
+        .map(|ids| {
+            let db = db.clone();
+            async move {
+                let mut conn = db.conn().await?;
+                let found = chunks::get_many(conn.raw(), &ids).await?;
+                Ok::<_, DbError>((ids, found))
+            }
+        })
+        .buffered(ROWS_AHEAD * 2);
+    let mut builder = NarLayoutBuilder::default();
+    while let Some((ids, found)) = loaded.try_next().await? {
+        for id in ids {
+            let rec = found.get(&id).ok_or_else(|| DbError::Corrupt {
+                column: "nars.chunk_list",
+                message: format!("chunk {id} is missing"),
+            })?;
+            builder.push(rec)?;
+        }
+    }
+    Ok(builder.finish())
+}
+
+fn size_in(span: &ChunkSpan, repr: Representation) -> u64 {
     match repr {
-        Representation::Plain => rec.chunk_size as u64,
-        Representation::Zstd => rec.file_size as u64,
+        Representation::Plain => u64::from(span.chunk_size),
+        Representation::Zstd => u64::from(span.file_size),
     }
 }
 

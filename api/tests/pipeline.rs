@@ -124,11 +124,15 @@ on_both_backends!(
     a_published_path_keeps_its_nar,
     a_broken_nar_may_be_replaced,
     replacing_needs_the_delete_permission,
+    nar_ingested_before_layout_serves_the_same,
 );
 
 #[path = "pipeline_support/http.rs"]
 mod http;
 use http::{cache_control_matrix, ranges_on_every_representation};
+#[path = "pipeline_support/layout.rs"]
+mod layout;
+use layout::nar_ingested_before_layout_serves_the_same;
 
 #[path = "pipeline_support/first_push.rs"]
 mod first_push;

@@ -174,6 +174,11 @@ async fn nar_stream(state: &AppState, nar: NarRecord) -> ApiResult<NarStream> {
     }
     let len = nar.nar_size as u64;
     let layout = ChunkLayout::load(&state.db, &nar).await?;
-    let stream = layout.stream(state.storage.clone(), Representation::Plain, 0..len);
+    let stream = layout.stream(
+        state.db.clone(),
+        state.storage.clone(),
+        Representation::Plain,
+        0..len,
+    );
     Ok(nar_reader::exact_length(stream, len))
 }

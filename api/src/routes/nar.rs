@@ -5,7 +5,8 @@
 //!   decompressed on the fly. Both are the NAR's bytes, so a download
 //!   resumed across an ingest splices nothing: the ETag is the NarHash.
 //! - `<narhash>.nar.zst`: the stored zstd frames concatenated; ETag from the
-//!   chunk list's hashes, stored sizes and locations.
+//!   chunk list's hashes, stored sizes and locations (digested at ingest and
+//!   kept in the `nars` row, so no chunk row is read before the first byte).
 //! - `<filehash>.nar.<ext>`: a file kept as `nix copy` uploaded it; ETag the
 //!   file hash.
 //!
@@ -298,7 +299,7 @@ async fn open(
             nar_id,
         } => {
             state.access.nar(cache.id, nar_id);
-            Ok(layout.stream(state.storage.clone(), repr, range))
+            Ok(layout.stream(state.db.clone(), state.storage.clone(), repr, range))
         }
         Source::Staged { key, nar } => {
             state.access.nar(cache.id, nar.id);
@@ -312,7 +313,12 @@ async fn open(
                         return Err(ApiError::NoSuchObject);
                     }
                     let layout = ChunkLayout::load(&state.db, &nar).await?;
-                    Ok(layout.stream(state.storage.clone(), Representation::Plain, range))
+                    Ok(layout.stream(
+                        state.db.clone(),
+                        state.storage.clone(),
+                        Representation::Plain,
+                        range,
+                    ))
                 }
                 Err(e) => Err(e.into()),
             }

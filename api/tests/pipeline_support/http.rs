@@ -22,26 +22,26 @@ type Extra = [(header::HeaderName, String)];
 /// (client, path, extra headers, status, Cache-Control, Vary: authorization)
 type Case<'a> = (&'a Client, String, &'a Extra, u16, &'a str, bool);
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
 }
 
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
+pub(crate) struct Got {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Got {
-    fn header(&self, name: header::HeaderName) -> Option<&str> {
+    pub(crate) fn header(&self, name: header::HeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
 impl Client {
-    fn new(base: &str, token: Option<String>) -> Self {
+    pub(crate) fn new(base: &str, token: Option<String>) -> Self {
         Self {
             base: base.to_owned(),
             http: reqwest::Client::new(),
@@ -49,7 +49,7 @@ impl Client {
         }
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -84,18 +84,18 @@ impl Client {
         }
     }
 
-    async fn get(&self, path: &str, extra: &[(header::HeaderName, String)]) -> Got {
+    pub(crate) async fn get(&self, path: &str, extra: &[(header::HeaderName, String)]) -> Got {
         self.send(reqwest::Method::GET, path, extra).await
     }
 
-    async fn range(&self, path: &str, range: &str) -> Got {
+    pub(crate) async fn range(&self, path: &str, range: &str) -> Got {
         self.get(path, &[(header::RANGE, range.to_owned())]).await
     }
 }
 
 /// Chunk boundaries (offsets where a chunk starts) of a ready NAR, in the
 /// plain and the compressed representation.
-async fn boundaries(app: &TestApp, nar: &TestNar) -> (Vec<u64>, Vec<u64>) {
+pub(crate) async fn boundaries(app: &TestApp, nar: &TestNar) -> (Vec<u64>, Vec<u64>) {
     let rec = app.nar_record(nar).await;
     let mut conn = app.state.db.conn().await.unwrap();
     let (mut plain, mut zst) = (vec![], vec![]);
@@ -114,7 +114,7 @@ async fn boundaries(app: &TestApp, nar: &TestNar) -> (Vec<u64>, Vec<u64>) {
 
 /// The table of ranges, each checked against the same slice of `full`;
 /// `cuts` are chunk starts, so ranges straddle chunk boundaries.
-async fn check_ranges(c: &Client, path: &str, full: &[u8], cuts: &[u64]) {
+pub(crate) async fn check_ranges(c: &Client, path: &str, full: &[u8], cuts: &[u64]) {
     let len = full.len() as u64;
     let whole = c.get(path, &[]).await;
     assert_eq!(whole.status, StatusCode::OK, "{path}");

@@ -11,6 +11,7 @@ pub mod chunk_claims;
 pub mod chunks;
 pub mod gc;
 pub mod leases;
+pub mod nar_layout;
 pub mod nars;
 pub mod objects;
 pub mod pins;

@@ -5,6 +5,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
+use super::nar_layout::{NarLayout, encode_spans};
 use super::{DbError, Raw, corrupt};
 use crate::nix::hash::NarHash;
 use crate::on_conn;
@@ -57,12 +58,15 @@ pub struct NarRecord {
     pub chunk_ids: Vec<i64>,
     /// Total compressed size, once `Ready`.
     pub file_size: Option<i64>,
+    /// Chunk sizes and `.nar.zst` digest, once `Ready`; `None` for NARs
+    /// ingested before migration 0007 until a download backfills it.
+    pub layout: Option<NarLayout>,
     /// First upload.
     pub created_at: i64,
 }
 
-const COLUMNS: &str =
-    "id, nar_hash, nar_size, state, staging_key, chunk_list, file_size, created_at";
+const COLUMNS: &str = "id, nar_hash, nar_size, state, staging_key, chunk_list, file_size, \
+     chunk_sizes, frames_digest, created_at";
 
 /// Encodes chunk ids as 8 bytes big-endian each: 8 B per chunk per NAR.
 pub fn encode_chunk_list(ids: &[i64]) -> Vec<u8> {
@@ -90,6 +94,15 @@ macro_rules! nar_from_row {
         let hash: Vec<u8> = r.try_get("nar_hash")?;
         let state: String = r.try_get("state")?;
         let list: Option<Vec<u8>> = r.try_get("chunk_list")?;
+        let sizes: Option<Vec<u8>> = r.try_get("chunk_sizes")?;
+        let digest: Option<Vec<u8>> = r.try_get("frames_digest")?;
+        let chunk_ids = list
+            .as_deref()
+            .map($crate::db::nars::decode_chunk_list)
+            .transpose()?
+            .unwrap_or_default();
+        let layout =
+            $crate::db::nar_layout::decode(sizes.as_deref(), digest.as_deref(), chunk_ids.len())?;
         Ok::<_, $crate::db::DbError>($crate::db::nars::NarRecord {
             id: r.try_get("id")?,
             nar_hash: $crate::nix::hash::NarHash::from_slice(&hash)
@@ -97,12 +110,9 @@ macro_rules! nar_from_row {
             nar_size: r.try_get("nar_size")?,
             state: $crate::db::nars::NarState::parse(&state)?,
             staging_key: r.try_get("staging_key")?,
-            chunk_ids: list
-                .as_deref()
-                .map($crate::db::nars::decode_chunk_list)
-                .transpose()?
-                .unwrap_or_default(),
+            chunk_ids,
             file_size: r.try_get("file_size")?,
+            layout,
             created_at: r.try_get("created_at")?,
         })
     }};
@@ -151,27 +161,58 @@ pub async fn insert_staged(
     })
 }
 
-/// Makes an ingested NAR live. Guarded: returns false (and changes nothing)
-/// unless the NAR is still staged, so a second run of the job is a no-op.
+/// Makes an ingested NAR live, with its `layout` (same order as
+/// `chunk_ids`). Guarded: returns false (and changes nothing) unless the NAR
+/// is still staged, so a second run of the job is a no-op.
 pub async fn mark_ready(
     raw: Raw<'_>,
     id: i64,
     chunk_ids: &[i64],
+    layout: &NarLayout,
     file_size: i64,
     now: i64,
 ) -> Result<bool, DbError> {
     let list = encode_chunk_list(chunk_ids);
+    let sizes = encode_spans(&layout.spans);
     on_conn!(raw, c => {
         let done = sqlx::query(
             "UPDATE nars SET state = 'ready', chunk_list = $2, num_chunks = $3, file_size = $4,
-                 staging_key = NULL, updated_at = $5
+                 chunk_sizes = $5, frames_digest = $6, staging_key = NULL, updated_at = $7
              WHERE id = $1 AND state = 'staged'",
         )
         .bind(id)
         .bind(&list)
         .bind(chunk_ids.len() as i64)
         .bind(file_size)
+        .bind(&sizes)
+        .bind(&layout.frames_digest[..])
         .bind(now)
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Backfills the layout of a NAR ingested before migration 0007, computed
+/// from its chunk rows by a download. Guarded by the chunk list it was
+/// computed from, so a NAR re-ingested meanwhile keeps its own.
+pub async fn store_layout(
+    raw: Raw<'_>,
+    id: i64,
+    chunk_ids: &[i64],
+    layout: &NarLayout,
+) -> Result<bool, DbError> {
+    let list = encode_chunk_list(chunk_ids);
+    let sizes = encode_spans(&layout.spans);
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "UPDATE nars SET chunk_sizes = $2, frames_digest = $3
+             WHERE id = $1 AND state = 'ready' AND chunk_sizes IS NULL AND chunk_list = $4",
+        )
+        .bind(id)
+        .bind(&sizes)
+        .bind(&layout.frames_digest[..])
+        .bind(&list)
         .execute(&mut *c)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -184,7 +225,7 @@ pub async fn restage(raw: Raw<'_>, id: i64, staging_key: &str, now: i64) -> Resu
     on_conn!(raw, c => {
         let done = sqlx::query(
             "UPDATE nars SET state = 'staged', staging_key = $2, chunk_list = NULL, num_chunks = NULL,
-                 file_size = NULL, updated_at = $3
+                 file_size = NULL, chunk_sizes = NULL, frames_digest = NULL, updated_at = $3
              WHERE id = $1 AND state = 'broken'",
         )
         .bind(id)

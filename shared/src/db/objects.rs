@@ -45,8 +45,8 @@ pub struct ObjectRecord {
     pub nar: NarRecord,
 }
 
-const NAR_COLUMNS: &str =
-    "n.id, n.nar_hash, n.nar_size, n.state, n.staging_key, n.chunk_list, n.file_size, n.created_at";
+const NAR_COLUMNS: &str = "n.id, n.nar_hash, n.nar_size, n.state, n.staging_key, n.chunk_list, \
+     n.file_size, n.chunk_sizes, n.frames_digest, n.created_at";
 
 fn split_words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()

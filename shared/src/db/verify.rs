@@ -55,7 +55,8 @@ pub async fn ready_nar_page(
 pub async fn mark_broken(raw: Raw<'_>, id: i64, now: i64) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query(
-            "UPDATE nars SET state = 'broken', chunk_list = NULL, num_chunks = NULL, file_size = NULL, updated_at = $2
+            "UPDATE nars SET state = 'broken', chunk_list = NULL, num_chunks = NULL, file_size = NULL, chunk_sizes = NULL,
+                 frames_digest = NULL, updated_at = $2
              WHERE id = $1 AND state = 'ready'",
         )
         .bind(id)

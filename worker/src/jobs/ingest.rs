@@ -9,7 +9,8 @@
 //! (all of them: a deleter that reclaimed one as stale may have deleted its
 //! object, so a shortfall rolls back), record the new chunks and add the
 //! NAR's references, record its `.ls` listing (made in the same pass) and
-//! flip the NAR to `ready` (guarded by `state = 'staged'`); (5) delete the
+//! flip the NAR to `ready` with its layout (chunk sizes and `.nar.zst`
+//! digest, what downloads seek by) (guarded by `state = 'staged'`); (5) delete the
 //! staged copy.
 //! A crash anywhere leaves either a staged NAR (served from staging, retried)
 //! or a ready one; objects written by a run that never committed keep their
@@ -35,6 +36,7 @@ use tracing::instrument;
 use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
+use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::unix_now;
 use larder_shared::db::uploads;
@@ -416,17 +418,18 @@ async fn commit(
             Slot::New(h) => ids.get(h).copied().context("new chunk has no id"),
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut file_size = 0i64;
+    // The layout the read path seeks by, from the rows as committed.
+    let (mut file_size, mut layout) = (0i64, NarLayoutBuilder::default());
     for batch in chunk_ids.chunks(BATCH) {
         let recs = chunks::get_many(tx.raw(), &dedup(batch)).await?;
         for id in batch {
-            file_size += recs
-                .get(id)
-                .map(|r| i64::from(r.file_size))
-                .context("chunk vanished")?;
+            let rec = recs.get(id).context("chunk vanished")?;
+            file_size += i64::from(rec.file_size);
+            layout.push(rec)?;
         }
     }
-    if !nars::mark_ready(tx.raw(), nar_id, &chunk_ids, file_size, unix_now()).await? {
+    let layout = layout.finish();
+    if !nars::mark_ready(tx.raw(), nar_id, &chunk_ids, &layout, file_size, unix_now()).await? {
         return Ok(false);
     }
     if let Some(listing) = listing {
