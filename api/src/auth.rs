@@ -86,6 +86,16 @@ impl Credentials {
         }
     }
 
+    /// One more permission on a cache [`Self::authorize`] already let the
+    /// caller see (`d` for a replacing upload): 403 naming it otherwise.
+    pub fn require(&self, cache: &CacheRecord, p: Permission) -> Result<(), ApiError> {
+        if self.permissions_on(&cache.name, Some(cache)).has(p) {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied(permission_name(p)))
+        }
+    }
+
     /// For creating a cache: the caller needs `cc` on the name, which must be free.
     pub async fn authorize_create(
         &self,

@@ -23,7 +23,7 @@ use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
 use larder_shared::storage::ObjectKey;
 
-use crate::auth::{self, Credentials, Need, Push};
+use crate::auth::{Credentials, Need, Push};
 use crate::error::{ApiError, ApiResult};
 use crate::record;
 use crate::staging::{self, Expected};
@@ -237,14 +237,8 @@ pub async fn upload_path(
     upload_meta::check_store_dir(&cache, &v.store_dir)?;
     let mut v = v;
     v.replace = replace_flag(&headers)?;
-    if v.replace == Replace::Allowed
-        && !credentials
-            .permissions_on(&v.cache, Some(&cache))
-            .has(Permission::Delete)
-    {
-        return Err(ApiError::PermissionDenied(auth::permission_name(
-            Permission::Delete,
-        )));
+    if v.replace == Replace::Allowed {
+        credentials.require(&cache, Permission::Delete)?;
     }
     let now = unix_now();
     refuse_early(&state, cache.id, &v).await?;
