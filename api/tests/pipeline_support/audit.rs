@@ -464,4 +464,38 @@ async fn scenario(app: &TestApp) {
         !dump.contains("aud-main:"),
         "no signing key in the log: {dump}"
     );
+
+    // Over real TCP, the connection loop supplies the peer (127.0.0.1, a
+    // trusted proxy here, so its X-Forwarded-For names the client).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(larder_api::http_server::serve(
+        listener,
+        app.router(),
+        app.state.config.http.clone(),
+        stop.clone(),
+    ));
+    let root = app.root_token();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/_api/v1/cache-config/aud-tcp"))
+        .bearer_auth(&root)
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&json!({
+            "keypair": "Generate",
+            "is_public": false,
+            "store_dir": "/nix/store",
+            "priority": 41,
+            "upstream_cache_key_names": [],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    let tcp = audit_json(app, &["--cache", "aud-tcp"]);
+    assert_eq!(kinds(&tcp), ["cache-create"]);
+    assert_eq!(tcp[0]["client_addr"], "203.0.113.9");
+    assert_eq!(tcp[0]["subject"], "pipeline-test");
 }
