@@ -5,7 +5,8 @@
 //! client address (`X-Forwarded-For` believed only from a trusted proxy);
 //! its filters select; `objects.created_by` shows in `path-info`; a token's
 //! `last_used_at` is written only by the access flusher; no token or secret
-//! key is ever in the log.
+//! key is ever in the log; over real TCP the connection loop supplies the
+//! peer; `--prune-before` deletes only older events.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -498,4 +499,17 @@ async fn scenario(app: &TestApp) {
     assert_eq!(kinds(&tcp), ["cache-create"]);
     assert_eq!(tcp[0]["client_addr"], "203.0.113.9");
     assert_eq!(tcp[0]["subject"], "pipeline-test");
+
+    // The operator's prune deletes only what is older than asked: a GC
+    // pass run as of ten days ago is the one old event.
+    gc::run(&app.services, unix_now() - 10 * 86400, "old-gc")
+        .await
+        .unwrap()
+        .expect("no other GC");
+    let before = audit_json(app, &[]).len();
+    let out = admin(app, &["audit", "--prune-before", "5d"]);
+    assert!(out.starts_with("deleted 1 audit events"), "{out}");
+    let after = audit_json(app, &[]);
+    assert_eq!(after.len(), before - 1);
+    assert!(after.iter().all(|e| e["subject"] != "old-gc"));
 }
