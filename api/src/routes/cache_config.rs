@@ -92,11 +92,14 @@ fn validate_store_dir(s: &str) -> ApiResult<()> {
         .map_err(|e| ApiError::BadRequest(format!("invalid store_dir: {e}")))
 }
 
-/// The fields a `PATCH` sent, with their new values, for the audit trail;
-/// a keypair is named, never included.
+/// The fields a `PATCH` changes, with their new values, for the audit
+/// trail (read-only fields are ignored); a keypair is named, never included.
 fn audited_changes(cfg: &CacheConfig) -> serde_json::Value {
     let mut changes = serde_json::to_value(CacheConfig {
         keypair: None,
+        public_key: None,
+        substituter_endpoint: None,
+        api_endpoint: None,
         ..cfg.clone()
     })
     .unwrap_or_else(|_| serde_json::json!({}));
