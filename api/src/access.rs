@@ -1,7 +1,8 @@
 //! Access recording without a database write per request: narinfo and NAR
 //! reads are noted in memory and written in batches every
 //! `[access] flush-interval` (and at shutdown). GC keeps paths that were
-//! read within their retention period.
+//! read within their retention period. Token use goes the same way, so a
+//! token's `last_used_at` costs at most one write per flush interval.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -10,12 +11,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use larder_shared::db::chunks::BATCH;
-use larder_shared::db::{Db, DbError, objects, unix_now};
+use larder_shared::db::{Db, DbError, objects, tokens, unix_now};
 
 #[derive(Debug, Default)]
 struct Pending {
     objects: HashSet<i64>,
     nars: HashMap<i64, HashSet<i64>>,
+    /// Token ids seen.
+    tokens: HashSet<String>,
 }
 
 /// Accesses noted since the last flush.
@@ -42,10 +45,19 @@ impl AccessLog {
         self.with(|p| p.nars.entry(cache_id).or_default().insert(nar_id));
     }
 
+    /// Notes a request carrying the token with this `jti`.
+    pub fn token(&self, jti: &str) {
+        self.with(|p| {
+            if !p.tokens.contains(jti) {
+                p.tokens.insert(jti.to_owned());
+            }
+        });
+    }
+
     /// Writes what was noted, as accessed at `at`.
     pub async fn flush(&self, db: &Db, at: i64) -> Result<(), DbError> {
         let pending = self.with(std::mem::take);
-        if pending.objects.is_empty() && pending.nars.is_empty() {
+        if pending.objects.is_empty() && pending.nars.is_empty() && pending.tokens.is_empty() {
             return Ok(());
         }
         let mut conn = db.conn().await?;
@@ -58,6 +70,10 @@ impl AccessLog {
             for batch in nars.chunks(BATCH) {
                 objects::touch_by_nar(conn.raw(), cache_id, batch, at).await?;
             }
+        }
+        let jtis: Vec<String> = pending.tokens.into_iter().collect();
+        for batch in jtis.chunks(BATCH) {
+            tokens::mark_used(conn.raw(), batch, at).await?;
         }
         Ok(())
     }

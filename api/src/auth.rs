@@ -9,13 +9,15 @@
 //! the cache exists or not: private caches reveal nothing.
 
 use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{FromRef, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
 
 use larder_shared::CacheName;
+use larder_shared::audit::Actor;
 use larder_shared::db::caches::{self, CacheRecord};
 use larder_shared::db::unix_now;
 use larder_shared::token::{CachePermissions, Claims, Permission};
@@ -28,21 +30,33 @@ use crate::state::AppState;
 /// the cache exists.
 const HIDDEN: &str = "authentication required, or no access to this cache";
 
-/// The verified caller: anonymous, or a token's claims.
+/// The verified caller: anonymous, or a token's claims; and where the
+/// request came from ([`crate::client_addr`]).
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     claims: Option<Claims>,
+    client_addr: Option<IpAddr>,
 }
 
 impl Credentials {
     /// An anonymous caller (tests, internal use).
     pub fn anonymous() -> Self {
-        Self { claims: None }
+        Self::default()
     }
 
     /// The token's subject, for logs.
     pub fn subject(&self) -> Option<&str> {
         self.claims.as_ref().map(|c| c.sub.as_str())
+    }
+
+    /// Who this is, for the audit trail: subject, `jti`, client address
+    /// (never the token itself).
+    pub fn actor(&self) -> Actor {
+        Actor {
+            subject: self.subject().map(str::to_owned),
+            jti: self.claims.as_ref().and_then(|c| c.jti.clone()),
+            client_addr: self.client_addr.map(|a| a.to_string()),
+        }
     }
 
     /// What this caller may do on `name`, public caches granting pull.
@@ -172,8 +186,20 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let client_addr = crate::client_addr::client_addr(
+            peer,
+            &parts.headers,
+            &state.config.http.trusted_proxies,
+        );
         let Some(token) = bearer_token(parts)? else {
-            return Ok(Credentials::anonymous());
+            return Ok(Credentials {
+                claims: None,
+                client_addr,
+            });
         };
         let claims = state
             .tokens
@@ -182,8 +208,12 @@ where
         if state.revocations.get().is_revoked(&claims) {
             return Err(ApiError::Unauthorized("token revoked".into()));
         }
+        if let Some(jti) = &claims.jti {
+            state.access.token(jti);
+        }
         Ok(Credentials {
             claims: Some(claims),
+            client_addr,
         })
     }
 }

@@ -18,6 +18,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -71,8 +73,9 @@ pub async fn serve(
         };
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let config = config.clone();
         tokio::spawn(async move {
-            connection(stream, router, config, shutdown).await;
+            connection(stream, peer, router, config, shutdown).await;
             tracing::debug!(%peer, "connection closed");
             drop(permit);
         });
@@ -247,6 +250,7 @@ impl AsyncWrite for Watched {
 /// shutdown (after the request in progress, if any).
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     router: Router,
     config: HttpConfig,
     shutdown: CancellationToken,
@@ -257,10 +261,12 @@ async fn connection(
         activity: activity.clone(),
     });
     let svc_activity = activity.clone();
+    let (min_rate, window) = (config.body_min_rate, config.body_rate_window.get());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = InFlight::enter(&svc_activity);
-        let window = config.body_rate_window.get();
-        let req = req.map(|b| Body::new(MinRate::new(b, config.body_min_rate, window)));
+        let mut req = req.map(|b| Body::new(MinRate::new(b, min_rate, window)));
+        // The TCP peer, for the audit trail ([`crate::client_addr`]).
+        req.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
         async move {
             let response = router.oneshot(req).await.unwrap_or_else(|e| match e {});

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body_rate;
 pub mod byte_range;
 pub mod cache_control;
+pub mod client_addr;
 pub mod error;
 pub mod extract;
 pub mod http_server;

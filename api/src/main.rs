@@ -9,9 +9,10 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use larder_shared::audit::{Actor, AuditEvent};
 use larder_shared::config::{Config, EmbeddedDefault, default_data_dir};
 use larder_shared::db::tokens::{self, TokenRecord};
-use larder_shared::db::{Db, unix_now};
+use larder_shared::db::{Db, audit, unix_now};
 use larder_shared::token::{CachePattern, ClaimsBuilder, Permission, TokenKey, mint};
 
 /// Larder HTTP server.
@@ -42,8 +43,17 @@ async fn root_token(config: &Config, db: &Db) -> anyhow::Result<String> {
         .build()?;
     let token = mint(&key, &claims)?;
     if let Some(record) = TokenRecord::from_claims(&claims) {
-        let mut conn = db.conn().await?;
-        tokens::record(conn.raw(), &record).await?;
+        let mut tx = db.begin().await?;
+        tokens::record(tx.raw(), &record).await?;
+        let event = AuditEvent::TokenMint {
+            token_subject: record.subject.clone(),
+            token_jti: record.jti.clone(),
+            expires_at: record.expires_at,
+            permissions: serde_json::from_str(&record.permissions)?,
+        };
+        let actor = Actor::process("larder-api:first-start");
+        audit::insert(tx.raw(), unix_now(), &actor, &event).await?;
+        tx.commit().await?;
     }
     Ok(token)
 }

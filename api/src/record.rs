@@ -3,11 +3,14 @@
 //! `nix copy`): the NAR row (a fresh staged copy, or a NAR already stored),
 //! the object with the uploader's metadata, and the ingest job when the
 //! staged copy is the one to ingest. The caller owns the transaction, so it
-//! can record more in it (the uploader's URL) before committing.
+//! can record more in it (the uploader's URL) before committing. A push's
+//! audit row ([`larder_shared::audit`]) goes into the same transaction.
 
-use larder_shared::db::Tx;
+use larder_shared::CacheName;
+use larder_shared::audit::{Actor, AuditEvent, PushRoute};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
+use larder_shared::db::{Tx, audit};
 use larder_shared::jobs;
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::StorePathHash;
@@ -31,6 +34,29 @@ pub struct NewPath<'a> {
     /// Whether this upload may replace another NAR of the path (first push
     /// wins otherwise).
     pub replace: Replace,
+    /// Who the path comes from.
+    pub origin: Origin<'a>,
+}
+
+/// Who a path comes from: what `objects.created_by` and the audit trail say.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A push through the API: audited (`push`, or `replace` when the path
+    /// had another NAR), created by the token's subject.
+    Push {
+        /// Who pushed.
+        actor: &'a Actor,
+        /// The cache's name, for the audit row.
+        cache: &'a CacheName,
+        /// Which route.
+        route: PushRoute,
+    },
+    /// `import-attic`: created by Attic's uploader; the import audits one
+    /// summary per cache instead of a row per path.
+    Import {
+        /// Attic's `objects.created_by`.
+        created_by: Option<&'a str>,
+    },
 }
 
 /// What [`record_staged`] did.
@@ -97,9 +123,20 @@ pub async fn link_existing(
 
 /// Links the path to `nar_id`, or [`ApiError::PathConflict`] when the cache
 /// already serves it with another NAR that this upload may not replace; the
-/// caller's transaction must then be dropped (it holds the NAR row).
+/// caller's transaction must then be dropped (it holds the NAR row). A push
+/// is audited here, in the caller's transaction. Callers have written (the
+/// NAR row) before this read, so SQLite holds the write lock already.
 async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: i64, now: i64) -> ApiResult<i64> {
-    objects::upsert(
+    let (old_nar, created_by) = match path.origin {
+        Origin::Push { actor, .. } => (
+            objects::find(tx.raw(), path.cache_id, path.hash)
+                .await?
+                .map(|o| o.nar.nar_hash),
+            actor.subject.as_deref(),
+        ),
+        Origin::Import { created_by } => (None, created_by),
+    };
+    let id = objects::upsert(
         tx.raw(),
         path.cache_id,
         path.hash,
@@ -107,10 +144,38 @@ async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: i64, now: i64) -> ApiRe
         path.meta,
         now,
         path.replace,
+        created_by,
     )
     .await?
     .ok_or_else(|| ApiError::PathConflict {
         store_path_hash: path.hash.clone(),
         nar_hash: *path.nar_hash,
-    })
+    })?;
+    if let Origin::Push {
+        actor,
+        cache,
+        route,
+    } = path.origin
+    {
+        let (cache, store_path, nar_hash) =
+            (cache.clone(), path.meta.store_path.clone(), *path.nar_hash);
+        let event = match old_nar {
+            Some(old_nar_hash) if old_nar_hash != nar_hash => AuditEvent::Replace {
+                cache,
+                store_path,
+                nar_hash,
+                old_nar_hash,
+                route,
+            },
+            _ => AuditEvent::Push {
+                cache,
+                store_path,
+                nar_hash,
+                nar_size: path.nar_size,
+                route,
+            },
+        };
+        audit::insert(tx.raw(), now, actor, &event).await?;
+    }
+    Ok(id)
 }

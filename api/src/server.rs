@@ -73,7 +73,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, embedded_workers = embedded, "larder-api listening");
-    let http = state.config.http;
+    let http = state.config.http.clone();
     let router = app::router(state);
     http_server::serve(listener, router, http, shutdown.clone())
         .await

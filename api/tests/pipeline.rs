@@ -3,7 +3,8 @@
 //! and between similar NARs; concurrent uploads; idempotent ingest; cache
 //! isolation; rejected uploads leaving nothing behind; get-missing-paths;
 //! the sweeper; byte ranges, validators, HEAD and Cache-Control over real
-//! TCP (`pipeline_support/http.rs`). Every scenario runs on SQLite and on
+//! TCP (`pipeline_support/http.rs`); the audit trail after every audited
+//! change (`pipeline_support/audit.rs`). Every scenario runs on SQLite and on
 //! PostgreSQL; those in `on_s3!` also with chunks and staging on a real S3
 //! server (issue 11).
 
@@ -133,6 +134,20 @@ use http::{cache_control_matrix, ranges_on_every_representation};
 #[path = "pipeline_support/layout.rs"]
 mod layout;
 use layout::nar_ingested_before_layout_serves_the_same;
+
+#[path = "pipeline_support/audit.rs"]
+mod audit;
+mod audit_trail {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::audit::audit_trail(crate::common::Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::audit::audit_trail(crate::common::Backend::Postgres).await
+    }
+}
 
 #[path = "pipeline_support/first_push.rs"]
 mod first_push;
@@ -1018,7 +1033,7 @@ async fn import_from_attic(app: &TestApp) {
         "{second:?}"
     );
     assert_eq!(broken(&second), want_broken, "{second:?}");
-    assert_eq!(second.created_by_dropped, 3);
+    assert_eq!(second.created_by_carried, 3);
     assert_eq!(app.drain_jobs().await, 3);
     assert_eq!(app.count("objects").await, 4);
     assert_eq!(app.count("nars").await, 3);
@@ -1055,6 +1070,8 @@ async fn import_from_attic(app: &TestApp) {
     .unwrap()
     .unwrap();
     assert_eq!((obj.created_at, obj.last_accessed_at), (created, accessed));
+    // Attic's uploader carried over (issue 19: created_by).
+    assert_eq!(obj.created_by.as_deref(), Some("alice"));
     assert_eq!(obj.meta.sigs, vec!["someone-else-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==".to_string()]);
     drop(conn);
     let token = app.root_token();

@@ -7,6 +7,7 @@
 mod duration;
 mod embedded;
 mod storage;
+mod trusted_proxy;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use crate::chunk::ChunkingParams;
 pub use duration::ConfigDuration;
 pub use embedded::{EmbeddedDefault, default_data_dir};
 pub use storage::{S3Config, S3Credentials, StorageConfig};
+pub use trusted_proxy::TrustedProxy;
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -391,7 +393,7 @@ pub struct MetricsConfig {
 /// client that stops talking (slowloris, a dead link) can hold; they are
 /// generous because honest clients push multi-GB NARs over slow links.
 /// Every key has a default, so new keys go here with a default too.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// A request's head (request line and headers) must be complete this
@@ -412,6 +414,9 @@ pub struct HttpConfig {
     /// `nix-cache-info`: the longest a delete or key rotation takes to show
     /// through them. NARs are immutable and cached for a year regardless.
     pub narinfo_max_age: ConfigDuration,
+    /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names
+    /// the client in the audit trail; empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<TrustedProxy>,
 }
 
 impl Default for HttpConfig {
@@ -423,6 +428,7 @@ impl Default for HttpConfig {
             body_rate_window: ConfigDuration::from_secs(60),
             max_connections: 512,
             narinfo_max_age: ConfigDuration::from_secs(60),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Layers depend one way: `nix` (formats) and `storage` know nothing of the
 //! database; `db` knows the formats; `config` ties settings together.
 
+pub mod audit;
 pub mod bootstrap;
 pub mod cache_name;
 pub mod chunk;

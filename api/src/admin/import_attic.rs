@@ -68,12 +68,6 @@ impl ImportAttic {
                 _ => {}
             }
         }
-        if report.created_by_dropped > 0 {
-            notes.push(format!(
-                "created_by of {} paths (Larder records no uploader per path)",
-                report.created_by_dropped
-            ));
-        }
         if !notes.is_empty() {
             println!();
             println!("# Attic settings not carried over:");

@@ -1,5 +1,6 @@
 //! `larder-admin -f CONFIG <command>`: the operator CLI.
 
+mod audit;
 mod import_attic;
 mod maintenance;
 mod make_token;
@@ -31,8 +32,12 @@ enum Command {
     MakeToken(make_token::MakeToken),
     /// Revoke one token (--jti) or every token of a subject issued until now (--sub).
     RevokeToken(tokens::RevokeToken),
-    /// List the tokens minted by larder-admin, with their status.
+    /// List the tokens minted by larder-admin, with their status and last use.
     ListTokens,
+    /// Print the audit trail (pushes, deletes, caches, pins, tokens, GC), oldest first.
+    Audit(audit::Audit),
+    /// Show one path of a cache, with who pushed it.
+    PathInfo(audit::PathInfo),
     /// Run garbage collection now and print what it freed.
     Gc,
     /// Print storage statistics, global and per cache.
@@ -67,6 +72,8 @@ async fn main() -> anyhow::Result<()> {
         Command::MakeToken(cmd) => cmd.run(&config).await,
         Command::RevokeToken(cmd) => cmd.run(&config).await,
         Command::ListTokens => tokens::list(&config).await,
+        Command::Audit(cmd) => cmd.run(&config).await,
+        Command::PathInfo(cmd) => cmd.run(&config).await,
         Command::Gc => maintenance::run_gc(&config).await,
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
         Command::ImportAttic(cmd) => {

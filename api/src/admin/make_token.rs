@@ -2,9 +2,10 @@
 
 use clap::Args;
 
+use larder_shared::audit::{Actor, AuditEvent};
 use larder_shared::config::Config;
 use larder_shared::db::tokens::{self, TokenRecord};
-use larder_shared::db::unix_now;
+use larder_shared::db::{audit, unix_now};
 use larder_shared::token::{
     CachePattern, ClaimsBuilder, Permission, TokenKey, mint, parse_validity,
 };
@@ -79,8 +80,17 @@ impl MakeToken {
         let record = TokenRecord::from_claims(&claims)
             .ok_or_else(|| anyhow::anyhow!("minted claims lack a jti"))?;
         let db = crate::open_db(config).await?;
-        let mut conn = db.conn().await?;
-        tokens::record(conn.raw(), &record).await?;
+        // The token's record and its audit row (never the token) together.
+        let mut tx = db.begin().await?;
+        tokens::record(tx.raw(), &record).await?;
+        let event = AuditEvent::TokenMint {
+            token_subject: record.subject.clone(),
+            token_jti: record.jti.clone(),
+            expires_at: record.expires_at,
+            permissions: serde_json::from_str(&record.permissions)?,
+        };
+        audit::insert(tx.raw(), unix_now(), &Actor::operator(), &event).await?;
+        tx.commit().await?;
         println!("{token}");
         Ok(())
     }

@@ -24,6 +24,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use larder_shared::CacheName;
+use larder_shared::audit::{Actor, AuditEvent, ImportSummary};
+use larder_shared::db::audit;
 use larder_shared::db::caches::{self, CacheRecord, CacheUpdate, NewCache};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
@@ -35,7 +37,7 @@ use larder_shared::storage::Storage;
 
 use self::attic_db::{AtticCache, AtticObject};
 use self::source::{AtticConfig, AtticStorage};
-use crate::record::{self, NewPath};
+use crate::record::{self, NewPath, Origin};
 use crate::routes::upload_path::staging_key;
 use crate::staging::{self, Expected};
 
@@ -89,8 +91,8 @@ pub struct Report {
     pub paths_pending: usize,
     /// NAR bytes staged.
     pub bytes_staged: u64,
-    /// Paths with an uploader (`created_by`), which Larder does not record.
-    pub created_by_dropped: usize,
+    /// Paths imported with their Attic uploader (`created_by`).
+    pub created_by_carried: usize,
     /// What failed.
     pub failures: Vec<Failure>,
     /// True when the run stopped at `limit`.
@@ -331,9 +333,36 @@ impl Pass<'_> {
     }
 
     async fn cache(&mut self, c: &AtticCache) -> anyhow::Result<()> {
+        let created_before = self.report.caches_created;
         let Some(cache_id) = self.ensure_cache(c).await? else {
             return Ok(());
         };
+        let before = (
+            self.report.paths_staged,
+            self.report.paths_linked,
+            self.report.failures.len(),
+        );
+        self.import_objects(c, cache_id).await?;
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        // One summary per cache, after its paths (each its own transaction).
+        let summary = ImportSummary {
+            cache_created: self.report.caches_created > created_before,
+            paths_staged: (self.report.paths_staged - before.0) as u64,
+            paths_linked: (self.report.paths_linked - before.1) as u64,
+            paths_failed: (self.report.failures.len() - before.2) as u64,
+        };
+        let event = AuditEvent::ImportAttic {
+            cache: parse_cache(c).map_err(anyhow::Error::msg)?.name,
+            summary,
+        };
+        let mut conn = self.target.db.conn().await?;
+        audit::insert(conn.raw(), unix_now(), &Actor::operator(), &event).await?;
+        Ok(())
+    }
+
+    async fn import_objects(&mut self, c: &AtticCache, cache_id: i64) -> anyhow::Result<()> {
         let objects = attic_db::objects(self.source, c.id)
             .await
             .with_context(|| format!("reading Attic's objects of {}", c.name))?;
@@ -406,6 +435,9 @@ impl Pass<'_> {
             nar_hash: &p.nar_hash,
             nar_size: p.nar_size,
             replace: Replace::Never,
+            origin: Origin::Import {
+                created_by: o.created_by.as_deref(),
+            },
         };
         if known.is_some() || self.would_stage.contains(&p.nar_hash) {
             if !self.opts.dry_run {
@@ -494,7 +526,7 @@ impl Pass<'_> {
     fn imported(&mut self, o: &AtticObject) {
         self.done += 1;
         if o.created_by.is_some() {
-            self.report.created_by_dropped += 1;
+            self.report.created_by_carried += 1;
         }
     }
 }

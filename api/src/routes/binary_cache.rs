@@ -6,8 +6,10 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
-use larder_shared::db::nars::NarState;
+use larder_shared::audit::AuditEvent;
+use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectRecord};
+use larder_shared::db::{audit, unix_now};
 use larder_shared::nix::narinfo::{Compression, NarInfo};
 use larder_shared::nix::signing::{SigningKey, fingerprint};
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
@@ -83,10 +85,19 @@ pub async fn delete_file(
         .ok_or(ApiError::NotFound)?
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))?;
-    let mut conn = state.db.conn().await?;
-    if !objects::delete(conn.raw(), access.cache.id, &hash).await? {
-        return Err(ApiError::NoSuchObject);
-    }
+    // The delete and its audit row commit together.
+    let mut tx = state.db.begin().await?;
+    let gone = objects::delete_returning(tx.raw(), access.cache.id, &hash)
+        .await?
+        .ok_or(ApiError::NoSuchObject)?;
+    let nar_hash = nars::get(tx.raw(), gone.nar_id).await?.map(|n| n.nar_hash);
+    let event = AuditEvent::Delete {
+        cache: access.cache.name.clone(),
+        store_path: gone.store_path,
+        nar_hash,
+    };
+    audit::insert(tx.raw(), unix_now(), &access.credentials.actor(), &event).await?;
+    tx.commit().await?;
     tracing::info!(cache = %access.cache.name, store_path_hash = %hash, subject = access.credentials.subject(), "path deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use larder_shared::CacheName;
+use larder_shared::audit::AuditEvent;
 use larder_shared::db::caches::{self, CacheUpdate, NewCache};
-use larder_shared::db::unix_now;
+use larder_shared::db::{audit, unix_now};
 use larder_shared::nix::signing::SigningKey;
 use larder_shared::nix::store_path::StoreDir;
 use larder_shared::token::Permission;
@@ -91,6 +92,27 @@ fn validate_store_dir(s: &str) -> ApiResult<()> {
         .map_err(|e| ApiError::BadRequest(format!("invalid store_dir: {e}")))
 }
 
+/// The fields a `PATCH` changes, with their new values, for the audit
+/// trail (read-only fields are ignored); a keypair is named, never included.
+fn audited_changes(cfg: &CacheConfig) -> serde_json::Value {
+    let mut changes = serde_json::to_value(CacheConfig {
+        keypair: None,
+        public_key: None,
+        substituter_endpoint: None,
+        api_endpoint: None,
+        ..cfg.clone()
+    })
+    .unwrap_or_else(|_| serde_json::json!({}));
+    if let (Some(kp), Some(map)) = (&cfg.keypair, changes.as_object_mut()) {
+        let what = match kp {
+            KeypairConfig::Generate => "Generate",
+            KeypairConfig::Keypair(_) => "imported",
+        };
+        map.insert("keypair".into(), what.into());
+    }
+    changes
+}
+
 fn api_endpoint(state: &AppState) -> String {
     state
         .config
@@ -161,9 +183,10 @@ pub async fn create(
     };
     let key = make_key(&name, kp)?;
     let secret = key.export_secret();
-    let mut conn = state.db.conn().await?;
+    let now = unix_now();
+    let mut tx = state.db.begin().await?;
     let created = caches::create(
-        conn.raw(),
+        tx.raw(),
         &NewCache {
             name: &name,
             keypair: &secret,
@@ -173,11 +196,18 @@ pub async fn create(
             upstream_cache_key_names: upstream,
             retention_period: retention,
         },
-        unix_now(),
+        now,
     )
     .await?;
     match created {
         Some(_) => {
+            let event = AuditEvent::CacheCreate {
+                cache: name.clone(),
+                is_public,
+                generated_key: matches!(kp, KeypairConfig::Generate),
+            };
+            audit::insert(tx.raw(), now, &credentials.actor(), &event).await?;
+            tx.commit().await?;
             tracing::info!(subject = credentials.subject(), "cache created");
             Ok(StatusCode::OK)
         }
@@ -221,10 +251,16 @@ pub async fn configure(
             RetentionPeriodConfig::Period(s) => Some(s as i64),
         }),
     };
-    let mut conn = state.db.conn().await?;
-    caches::update(conn.raw(), rec.id, &update)
+    let mut tx = state.db.begin().await?;
+    caches::update(tx.raw(), rec.id, &update)
         .await?
         .ok_or(ApiError::NoSuchCache)?;
+    let event = AuditEvent::CacheConfigure {
+        cache: name.clone(),
+        changes: audited_changes(&cfg),
+    };
+    audit::insert(tx.raw(), unix_now(), &credentials.actor(), &event).await?;
+    tx.commit().await?;
     tracing::info!(subject = credentials.subject(), "cache configured");
     Ok(StatusCode::OK)
 }
@@ -240,10 +276,13 @@ pub async fn destroy(
     let rec = credentials
         .authorize(&state, &name, &[Permission::DestroyCache])
         .await?;
-    let mut conn = state.db.conn().await?;
-    if !caches::delete(conn.raw(), rec.id).await? {
+    let mut tx = state.db.begin().await?;
+    if !caches::delete(tx.raw(), rec.id).await? {
         return Err(ApiError::NoSuchCache);
     }
+    let event = AuditEvent::CacheDestroy { cache: name };
+    audit::insert(tx.raw(), unix_now(), &credentials.actor(), &event).await?;
+    tx.commit().await?;
     tracing::info!(subject = credentials.subject(), "cache destroyed");
     Ok(StatusCode::OK)
 }

@@ -5,9 +5,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use larder_shared::audit::AuditEvent;
 use larder_shared::db::pins::{self, Pin};
 use larder_shared::db::stats::{self, CacheStats};
-use larder_shared::db::{caches, objects, unix_now};
+use larder_shared::db::{audit, caches, objects, unix_now};
 use larder_shared::nix::store_path::{StoreDir, StorePath};
 
 use crate::auth::{CacheAccess, Credentials, Pull, Push};
@@ -111,15 +112,27 @@ pub async fn set_pin(
     objects::find(conn.raw(), access.cache.id, &path.hash)
         .await?
         .ok_or(ApiError::NoSuchObject)?;
+    drop(conn);
+    // The pin and its audit row commit together (writes only, so SQLite
+    // takes the write lock with its first statement).
+    let now = unix_now();
+    let mut tx = state.db.begin().await?;
     pins::set(
-        conn.raw(),
+        tx.raw(),
         access.cache.id,
         &name,
         &path.hash,
         &req.store_path,
-        unix_now(),
+        now,
     )
     .await?;
+    let event = AuditEvent::PinSet {
+        cache: access.cache.name.clone(),
+        pin: name,
+        store_path: req.store_path,
+    };
+    audit::insert(tx.raw(), now, &access.credentials.actor(), &event).await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -129,10 +142,15 @@ pub async fn remove_pin(
     Path((_, name)): Path<(String, String)>,
     access: CacheAccess<Push>,
 ) -> ApiResult<StatusCode> {
-    let mut conn = state.db.conn().await?;
-    if pins::remove(conn.raw(), access.cache.id, &name).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound)
+    let mut tx = state.db.begin().await?;
+    if !pins::remove(tx.raw(), access.cache.id, &name).await? {
+        return Err(ApiError::NotFound);
     }
+    let event = AuditEvent::PinRemove {
+        cache: access.cache.name.clone(),
+        pin: name,
+    };
+    audit::insert(tx.raw(), unix_now(), &access.credentials.actor(), &event).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
 }

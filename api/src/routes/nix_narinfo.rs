@@ -16,6 +16,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use tracing::instrument;
 
+use larder_shared::audit::PushRoute;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::unix_now;
@@ -29,7 +30,7 @@ use larder_shared::storage::ObjectKey;
 
 use crate::auth::{CacheAccess, Push};
 use crate::error::{ApiError, ApiResult};
-use crate::record::{self, NewPath};
+use crate::record::{self, NewPath, Origin};
 use crate::routes::nix_upload::{own_url, read_limited};
 use crate::state::AppState;
 use crate::upload_meta;
@@ -91,6 +92,7 @@ pub async fn put(
         ca,
         system: info.system.clone(),
     };
+    let actor = access.credentials.actor();
     let path = NewPath {
         cache_id: access.cache.id,
         hash: &hash,
@@ -99,6 +101,11 @@ pub async fn put(
         nar_size: info.nar_size,
         // `nix copy` has no way to ask; replacing goes through upload-path.
         replace: Replace::Never,
+        origin: Origin::Push {
+            actor: &actor,
+            cache: &access.cache.name,
+            route: PushRoute::NixCopy,
+        },
     };
     // A concurrent narinfo may claim the pending upload first; the second
     // attempt then finds the URL it recorded.

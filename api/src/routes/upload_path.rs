@@ -3,8 +3,8 @@
 //! Metadata comes in `X-Attic-Nar-Info` or as a preamble of
 //! `X-Attic-Nar-Info-Preamble-Size` bytes; the rest of the body is the NAR.
 //! A NAR the store already has is hashed as proof of possession and linked;
-//! a new one is staged. Either way the NAR row, the object and the ingest
-//! job are recorded in one transaction.
+//! a new one is staged. Either way the NAR row, the object, its audit row
+//! and the ingest job are recorded in one transaction.
 
 use axum::Json;
 use axum::body::Body;
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use larder_shared::CacheName;
+use larder_shared::audit::{Actor, PushRoute};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::unix_now;
@@ -103,6 +104,8 @@ struct Validated {
     store_dir: StoreDir,
     /// From [`REPLACE_HEADER`], once the caller's `d` is checked.
     replace: Replace,
+    /// Who is pushing, for `created_by` and the audit trail.
+    actor: Actor,
 }
 
 fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
@@ -163,6 +166,7 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
         },
         store_dir,
         replace: Replace::Never,
+        actor: Actor::default(),
         expected: Expected {
             nar_hash,
             nar_size: info.nar_size,
@@ -226,7 +230,8 @@ pub async fn upload_path(
             "missing {NAR_INFO_HEADER} or {PREAMBLE_SIZE_HEADER} header"
         )));
     };
-    let v = validate(info)?;
+    let mut v = validate(info)?;
+    v.actor = credentials.actor();
     let span = tracing::Span::current();
     span.record("cache", v.cache.as_str());
     span.record("store_path_hash", v.hash.as_str());
@@ -235,7 +240,6 @@ pub async fn upload_path(
         .authorize(&state, &v.cache, Push::ANY_OF)
         .await?;
     upload_meta::check_store_dir(&cache, &v.store_dir)?;
-    let mut v = v;
     v.replace = replace_flag(&headers)?;
     if v.replace == Replace::Allowed {
         credentials.require(&cache, Permission::Delete)?;
@@ -356,6 +360,11 @@ impl Validated {
             nar_hash: &self.expected.nar_hash,
             nar_size: self.expected.nar_size,
             replace: self.replace,
+            origin: record::Origin::Push {
+                actor: &self.actor,
+                cache: &self.cache,
+                route: PushRoute::UploadPath,
+            },
         }
     }
 }

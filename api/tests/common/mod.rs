@@ -104,6 +104,8 @@ pub struct TestApp {
     pub state: AppState,
     /// What job handlers see (same database and storage).
     pub services: Services,
+    /// The app's config as a file, for running `larder-admin -f` on it.
+    pub config_path: PathBuf,
     router: Router,
     key: TokenKey,
     storage_root: PathBuf,
@@ -215,6 +217,16 @@ impl TestApp {
 
     /// `storage`: a `[storage]` section (S3), or `None` for a local directory.
     pub async fn with_storage(backend: Backend, storage: Option<String>) -> Self {
+        Self::with_config(backend, storage, "").await
+    }
+
+    /// A fresh app on `backend` with local storage and `extra` appended to
+    /// its config (e.g. an `[http]` section).
+    pub async fn with_extra_config(backend: Backend, extra: &str) -> Self {
+        Self::with_config(backend, None, extra).await
+    }
+
+    async fn with_config(backend: Backend, storage: Option<String>, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage_root = dir.path().join("storage");
         let store = if storage.is_some() {
@@ -242,8 +254,10 @@ impl TestApp {
                 (format!("{PG_SERVER}/{name}"), Some(name))
             }
         };
-        let config =
-            Config::parse_toml(&config_toml(&db_url, &storage)).expect("test config parses");
+        let toml = format!("{}{extra}", config_toml(&db_url, &storage));
+        let config_path = dir.path().join("larder.toml");
+        std::fs::write(&config_path, &toml).expect("writing the test config");
+        let config = Config::parse_toml(&toml).expect("test config parses");
         config.validate().expect("test config is valid");
         let config = Arc::new(config);
         let state = larder_api::server::build_state(config.clone())
@@ -263,6 +277,7 @@ impl TestApp {
             router: larder_api::app::router(state.clone()),
             state,
             services,
+            config_path,
             key,
             storage_root,
             pg_database,

@@ -70,6 +70,30 @@ fn http_section_defaults_and_overrides() {
 }
 
 #[test]
+fn trusted_proxies_default_empty_and_parse() {
+    let c = Config::parse_toml(MINIMAL).unwrap();
+    assert!(c.http.trusted_proxies.is_empty());
+    let text = format!("{MINIMAL}\n[http]\ntrusted-proxies = [\"10.0.0.0/8\", \"::1\"]\n");
+    let c = Config::parse_toml(&text).unwrap();
+    let shown: Vec<String> = c
+        .http
+        .trusted_proxies
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+    let err = Config::parse_toml(&format!(
+        "{MINIMAL}\n[http]\ntrusted-proxies = [\"proxy\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("trusted-proxies") && err.contains("proxy"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_key_is_named() {
     let text = format!("{MINIMAL}\n[chunking]\nmin-sise = 1\n");
     let err = Config::parse_toml(&text).unwrap_err().to_string();

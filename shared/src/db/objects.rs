@@ -41,6 +41,9 @@ pub struct ObjectRecord {
     pub created_at: i64,
     /// Last recorded access.
     pub last_accessed_at: i64,
+    /// Who pushed it (a token subject; Attic's uploader on import); `None`
+    /// for anonymous pushes and paths pushed before the audit trail.
+    pub created_by: Option<String>,
     /// The NAR.
     pub nar: NarRecord,
 }
@@ -67,7 +70,7 @@ pub enum Replace {
 
 /// Metadata columns an upload writes; the same NAR again keeps the first
 /// push's values (what hosts hold must not change under them).
-const META_COLUMNS: [&str; 7] = [
+const META_COLUMNS: [&str; 8] = [
     "store_path",
     "refs",
     "deriver",
@@ -75,6 +78,7 @@ const META_COLUMNS: [&str; 7] = [
     "ca",
     "system",
     "created_at",
+    "created_by",
 ];
 
 /// The upsert, decided in one statement so two racing uploads cannot both
@@ -88,8 +92,8 @@ fn upsert_sql() -> String {
         .collect::<Vec<_>>()
         .join(",\n                ");
     format!(
-        "INSERT INTO objects (cache_id, store_path_hash, store_path, nar_id, refs, deriver, sigs, ca, system, created_at, last_accessed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+        "INSERT INTO objects (cache_id, store_path_hash, store_path, nar_id, refs, deriver, sigs, ca, system, created_at, last_accessed_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $12)
          ON CONFLICT (cache_id, store_path_hash) DO UPDATE SET
                 nar_id = excluded.nar_id,
                 {meta},
@@ -104,7 +108,9 @@ fn upsert_sql() -> String {
 /// Links a store path in a cache to a NAR. A new path is inserted; the same
 /// NAR again refreshes the path's use and keeps its first metadata; another
 /// NAR replaces the old one only as `replace` and a broken old NAR allow.
+/// `created_by` (the pusher) is metadata: the first push's stays.
 /// `None`: the path exists with another NAR, nothing changed.
+#[allow(clippy::too_many_arguments)]
 pub async fn upsert(
     raw: Raw<'_>,
     cache_id: i64,
@@ -113,6 +119,7 @@ pub async fn upsert(
     meta: &ObjectMeta,
     now: i64,
     replace: Replace,
+    created_by: Option<&str>,
 ) -> Result<Option<i64>, DbError> {
     let sql = upsert_sql();
     on_conn!(raw, c => {
@@ -128,6 +135,7 @@ pub async fn upsert(
         .bind(meta.system.as_deref())
         .bind(now)
         .bind(replace == Replace::Allowed)
+        .bind(created_by)
         .fetch_optional(&mut *c)
         .await?;
         row.map(|r| r.try_get::<i64, _>("id")).transpose().map_err(DbError::from)
@@ -142,7 +150,7 @@ pub async fn find(
 ) -> Result<Option<ObjectRecord>, DbError> {
     let sql = format!(
         "SELECT o.id AS object_id, o.cache_id, o.store_path, o.refs, o.deriver, o.sigs, o.ca, o.system,
-                o.created_at AS object_created_at, o.last_accessed_at, {NAR_COLUMNS}
+                o.created_at AS object_created_at, o.last_accessed_at, o.created_by, {NAR_COLUMNS}
          FROM objects o JOIN nars n ON n.id = o.nar_id
          WHERE o.cache_id = $1 AND o.store_path_hash = $2"
     );
@@ -164,6 +172,7 @@ pub async fn find(
                 },
                 created_at: r.try_get("object_created_at")?,
                 last_accessed_at: r.try_get("last_accessed_at")?,
+                created_by: r.try_get("created_by")?,
                 nar: nar_from_row!(&r)?,
             })
         })
@@ -232,6 +241,41 @@ pub async fn delete(raw: Raw<'_>, cache_id: i64, hash: &StorePathHash) -> Result
             .execute(&mut *c)
             .await?;
         Ok(done.rows_affected() > 0)
+    })
+}
+
+/// What [`delete`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedObject {
+    /// Absolute store path.
+    pub store_path: String,
+    /// The NAR row it pointed at.
+    pub nar_id: i64,
+}
+
+/// Removes a path from a cache and says what it was (`None`: not there).
+/// Deletes before reading, so a SQLite transaction takes its write lock
+/// first.
+pub async fn delete_returning(
+    raw: Raw<'_>,
+    cache_id: i64,
+    hash: &StorePathHash,
+) -> Result<Option<DeletedObject>, DbError> {
+    on_conn!(raw, c => {
+        let row = sqlx::query(
+            "DELETE FROM objects WHERE cache_id = $1 AND store_path_hash = $2 RETURNING store_path, nar_id",
+        )
+        .bind(cache_id)
+        .bind(hash.as_str())
+        .fetch_optional(&mut *c)
+        .await?;
+        row.map(|r| {
+            Ok::<_, DbError>(DeletedObject {
+                store_path: r.try_get("store_path")?,
+                nar_id: r.try_get("nar_id")?,
+            })
+        })
+        .transpose()
     })
 }
 

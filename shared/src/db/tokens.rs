@@ -22,6 +22,8 @@ pub struct TokenRecord {
     pub issued_at: i64,
     /// Expiry (Unix seconds).
     pub expires_at: i64,
+    /// Last request seen with it, to within `[access] flush-interval`.
+    pub last_used_at: Option<i64>,
 }
 
 impl TokenRecord {
@@ -33,6 +35,7 @@ impl TokenRecord {
             permissions: serde_json::to_string(&claims.caches).ok()?,
             issued_at: claims.issued_at() as i64,
             expires_at: claims.exp as i64,
+            last_used_at: None,
         })
     }
 }
@@ -59,7 +62,7 @@ pub async fn record(raw: Raw<'_>, t: &TokenRecord) -> Result<(), DbError> {
 pub async fn list(raw: Raw<'_>) -> Result<Vec<TokenRecord>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
-            "SELECT jti, subject, permissions, issued_at, expires_at FROM tokens ORDER BY issued_at DESC, jti",
+            "SELECT jti, subject, permissions, issued_at, expires_at, last_used_at FROM tokens ORDER BY issued_at DESC, jti",
         )
         .fetch_all(&mut *c)
         .await?;
@@ -71,9 +74,30 @@ pub async fn list(raw: Raw<'_>) -> Result<Vec<TokenRecord>, DbError> {
                     permissions: r.try_get("permissions")?,
                     issued_at: r.try_get("issued_at")?,
                     expires_at: r.try_get("expires_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
                 })
             })
             .collect()
+    })
+}
+
+/// Records that tokens (by `jti`, ≤ [`super::chunks::BATCH`]) were used at
+/// `at`; a token larder-admin did not mint has no row and is skipped.
+pub async fn mark_used(raw: Raw<'_>, jtis: &[String], at: i64) -> Result<u64, DbError> {
+    if jtis.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "UPDATE tokens SET last_used_at = $1
+         WHERE (last_used_at IS NULL OR last_used_at < $1) AND jti IN ({})",
+        super::placeholders(2, jtis.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(at);
+        for j in jtis {
+            q = q.bind(j);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
     })
 }
 

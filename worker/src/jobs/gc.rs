@@ -9,9 +9,10 @@ use anyhow::Context;
 use serde::Serialize;
 use tracing::instrument;
 
+use larder_shared::audit::{Actor, AuditEvent, GcSummary};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{BATCH, ChunkRecord};
-use larder_shared::db::{caches, gc, pins};
+use larder_shared::db::{audit, caches, gc, pins};
 use larder_shared::storage::ObjectKey;
 
 pub use crate::chunk_deletion::hash_of_chunk_key;
@@ -49,15 +50,50 @@ pub async fn run(svc: &Services, now: i64, holder: &str) -> anyhow::Result<Optio
     let Some(lease) = GcLease::acquire(svc, now, holder).await? else {
         return Ok(None);
     };
-    let result = collect(svc, &lease, now).await;
+    let mut expired_by_cache = BTreeMap::new();
+    let result = match collect(svc, &lease, now, &mut expired_by_cache).await {
+        Ok(report) => audit_pass(svc, now, holder, &report, expired_by_cache)
+            .await
+            .map(|()| report),
+        Err(e) => Err(e),
+    };
     lease.release(svc, result.is_ok()).await?;
     result.map(Some)
 }
 
-async fn collect(svc: &Services, lease: &GcLease, now: i64) -> anyhow::Result<GcReport> {
+/// The pass's one audit row. GC deletes in many transactions, so the row
+/// comes after them: a crash mid-pass leaves deletions without a summary
+/// (the next pass's row covers what it finishes).
+async fn audit_pass(
+    svc: &Services,
+    now: i64,
+    holder: &str,
+    r: &GcReport,
+    expired_by_cache: BTreeMap<String, u64>,
+) -> anyhow::Result<()> {
+    let event = AuditEvent::Gc(GcSummary {
+        expired_by_cache,
+        objects_expired: r.objects_expired,
+        nars_deleted: r.nars_deleted,
+        chunks_deleted: r.chunks_deleted,
+        bytes_freed: r.bytes_freed,
+        orphan_objects_deleted: r.orphan_objects_deleted,
+    });
+    let mut conn = svc.db.conn().await?;
+    audit::insert(conn.raw(), now, &Actor::process(holder), &event)
+        .await
+        .context("recording the GC pass in the audit log")
+}
+
+async fn collect(
+    svc: &Services,
+    lease: &GcLease,
+    now: i64,
+    expired_by_cache: &mut BTreeMap<String, u64>,
+) -> anyhow::Result<GcReport> {
     let mut report = GcReport::default();
     let grace = svc.config.garbage_collection.grace_period.as_secs() as i64;
-    report.objects_expired = expire_objects(svc, now).await?;
+    report.objects_expired = expire_objects(svc, now, expired_by_cache).await?;
     lease.renew(svc).await?;
     report.nars_deleted = delete_orphan_nars(svc, now, now - grace).await?;
     lease.renew(svc).await?;
@@ -73,8 +109,12 @@ async fn collect(svc: &Services, lease: &GcLease, now: i64) -> anyhow::Result<Gc
 }
 
 /// Removes paths idle longer than their cache's retention, except pinned
-/// closures.
-async fn expire_objects(svc: &Services, now: i64) -> anyhow::Result<u64> {
+/// closures; counts them per cache name into `by_cache`.
+async fn expire_objects(
+    svc: &Services,
+    now: i64,
+    by_cache: &mut BTreeMap<String, u64>,
+) -> anyhow::Result<u64> {
     let default = svc
         .config
         .garbage_collection
@@ -107,7 +147,11 @@ async fn expire_objects(svc: &Services, now: i64) -> anyhow::Result<u64> {
                 .collect();
             for batch in ids.chunks(BATCH) {
                 let mut conn = svc.db.conn().await?;
-                expired += gc::delete_idle_objects(conn.raw(), batch, cutoff).await?;
+                let n = gc::delete_idle_objects(conn.raw(), batch, cutoff).await?;
+                expired += n;
+                if n > 0 {
+                    *by_cache.entry(cache.name.to_string()).or_default() += n;
+                }
             }
         }
     }
