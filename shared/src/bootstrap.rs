@@ -48,6 +48,17 @@ pub async fn open_db(config: &Config, max_connections: u32) -> Result<Db, DbErro
     Db::connect(config.database.url.expose(), max_connections).await
 }
 
+/// Seals the plain signing keys an upgrade left (with the config's KEK, if
+/// any: needed only when there are such keys) and clears retired secrets;
+/// every process runs it after migrating (see [`crate::signing_keys::at_rest`]).
+pub async fn prepare_signing_keys(
+    config: &Config,
+    db: &Db,
+) -> Result<crate::signing_keys::at_rest::Prepared, crate::signing_keys::KeyError> {
+    let kek = crate::signing_keys::Kek::from_config(&config.signing)?;
+    crate::signing_keys::at_rest::prepare(db, kek.as_ref(), crate::db::unix_now()).await
+}
+
 /// Everything a process opens from its config.
 #[derive(Clone)]
 pub struct Opened {

@@ -100,11 +100,20 @@ impl NixConf {
         true
     }
 
+    /// Trusts every key of a cache (`larder use`): during a rotation's
+    /// overlap the cache signs with each, and a host trusting all of them
+    /// keeps working whichever retires first.
+    pub fn add_trusted_keys(&mut self, keys: &[String]) -> bool {
+        keys.iter()
+            .fold(false, |changed, k| self.add_trusted_key(k) | changed)
+    }
+
     /// Adds public key `key` (`name:base64`) to `extra-trusted-public-keys`
     /// unless already trusted. A different key of the same name in an
     /// `extra-trusted-public-keys` line is dropped first: it is this
-    /// cache's old key (after `--regenerate-keypair` or a re-created
-    /// cache), and Nix would otherwise keep checking with it.
+    /// cache's old key (a re-created cache, or an import under an existing
+    /// name), and Nix would otherwise keep checking with it. Rotated keys
+    /// have new names (`<cache>-2`), so they add up instead.
     pub fn add_trusted_key(&mut self, key: &str) -> bool {
         const NAMES: [&str; 2] = ["trusted-public-keys", "extra-trusted-public-keys"];
         if self.values(&NAMES).any(|v| v == key) {

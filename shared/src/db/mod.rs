@@ -6,6 +6,7 @@
 //! stays inside the one function that needs it. Times are Unix seconds
 //! (`BIGINT`), so tests can inject a clock.
 
+pub mod cache_keys;
 pub mod caches;
 pub mod chunk_claims;
 pub mod chunks;
