@@ -200,6 +200,21 @@ mod tests {
     }
 
     #[test]
+    fn trusts_every_key_of_a_rotation() {
+        let mut conf = NixConf::parse("extra-trusted-public-keys = demo:OLD\n");
+        let keys = ["demo-2:NEW".to_owned(), "demo:OLD".to_owned()];
+        assert!(conf.add_trusted_keys(&keys));
+        assert_eq!(
+            conf.render(),
+            "extra-trusted-public-keys = demo:OLD\nextra-trusted-public-keys = demo-2:NEW\n"
+        );
+        assert!(
+            !conf.add_trusted_keys(&keys),
+            "a second run changes nothing"
+        );
+    }
+
+    #[test]
     fn replaces_a_stale_key_of_the_same_name() {
         let mut conf = NixConf::parse(
             "extra-trusted-public-keys = other:AAAA demo:OLD # ours\nextra-trusted-public-keys = demo:OLDER\n",

@@ -19,11 +19,14 @@ pub struct Prepared {
 
 /// Seals plain keys with `kek` (an error naming the config key and the
 /// environment variable when there are some and no KEK), clears secrets of
-/// keys retired by `now`, and purges freed pages if anything changed.
+/// keys retired by `now`, and purges freed pages if it sealed any.
 /// Idempotent, and safe when several processes start at once (a row is
 /// sealed only while it is still plain).
 pub async fn prepare(db: &Db, kek: Option<&Kek>, now: i64) -> Result<Prepared, KeyError> {
     let mut tx = db.begin().await?;
+    // The write first: SQLite then takes its write lock up front (waiting
+    // out another process's writes) instead of failing to upgrade a read.
+    let forgotten = cache_keys::forget_retired(tx.raw(), now).await?;
     let plain = cache_keys::plain(tx.raw()).await?;
     let mut sealed = 0;
     if !plain.is_empty() {
@@ -40,15 +43,16 @@ pub async fn prepare(db: &Db, kek: Option<&Kek>, now: i64) -> Result<Prepared, K
             }
         }
     }
-    let forgotten = cache_keys::forget_retired(tx.raw(), now).await?;
     tx.commit().await?;
+    // Only plain bytes warrant a rewrite: cleared secrets were sealed, and
+    // useless without the KEK.
+    if sealed > 0 && !cache_keys::purge_freed_pages(db).await? {
+        tracing::warn!(
+            "could not truncate the SQLite WAL (another connection was reading): \
+             overwritten key bytes may stay in the -wal file until SQLite reuses it"
+        );
+    }
     if sealed > 0 || forgotten > 0 {
-        if !cache_keys::purge_freed_pages(db).await? {
-            tracing::warn!(
-                "could not truncate the SQLite WAL (another connection was reading): \
-                 overwritten key bytes may stay in the -wal file until SQLite reuses it"
-            );
-        }
         tracing::info!(sealed, forgotten, "signing keys at rest updated");
     }
     Ok(Prepared { sealed, forgotten })
