@@ -416,6 +416,18 @@ async fn old_database_gets_sealed(backend: Backend) {
         ),
     )
     .expect("config");
+    // The same config naming a KEK file this host lacks (a worker host).
+    let absent = dir.path().join("absent.kek");
+    let elsewhere = dir.path().join("elsewhere.toml");
+    std::fs::write(
+        &elsewhere,
+        format!(
+            "{}[signing]\nkey-encryption-key-file = \"{}\"\n",
+            std::fs::read_to_string(&config).expect("config"),
+            absent.display()
+        ),
+    )
+    .expect("config");
     let mut logs = Vec::new();
 
     // No KEK: the server refuses to start, naming both ways to give one.
@@ -436,6 +448,14 @@ async fn old_database_gets_sealed(backend: Backend) {
     );
     logs.push(out);
 
+    let out = run("larder-admin", &elsewhere, &["list-tokens"], &[]);
+    assert_fails_with(
+        &out,
+        "larder-admin with an unreadable KEK file",
+        &["absent.kek"],
+    );
+    logs.push(out);
+
     // With the KEK the first process seals them in place.
     let out = run(
         "larder-admin",
@@ -443,6 +463,15 @@ async fn old_database_gets_sealed(backend: Backend) {
         &["list-tokens"],
         &[("LARDER_SIGNING_KEK", TEST_KEK)],
     );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    logs.push(out);
+
+    // Sealed, a process that seals nothing runs without the KEK file.
+    let out = run("larder-admin", &elsewhere, &["list-tokens"], &[]);
     assert!(
         out.status.success(),
         "{}",
