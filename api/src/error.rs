@@ -9,6 +9,7 @@ use serde::Serialize;
 use larder_shared::db::DbError;
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::StorePathHash;
+use larder_shared::signing_keys::KeyError;
 use larder_shared::storage::StorageError;
 
 /// Everything a handler can fail with.
@@ -79,6 +80,18 @@ pub enum ApiError {
     /// Anything else that is our fault.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Key names the caller chose are their mistake; everything else about
+/// signing keys (KEK, sealed rows, key files) is ours.
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::NameTaken(_) | KeyError::Name(_) => ApiError::BadRequest(e.to_string()),
+            KeyError::Db(db) => ApiError::Database(db),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
 }
 
 #[derive(Serialize)]

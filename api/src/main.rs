@@ -82,9 +82,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Arc::new(config);
     let state = larder_api::server::build_state(config.clone()).await?;
-    if !args.no_migrate {
-        state.db.migrate().await.context("applying migrations")?;
-    }
+    larder_api::server::prepare_db(&state, !args.no_migrate).await?;
     if let Some(path) = first_start {
         // Printed once, to stdout only: never through the log.
         let token = root_token(&config, &state.db)

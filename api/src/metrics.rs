@@ -189,7 +189,6 @@ mod tests {
         CacheRecord {
             id: 1,
             name: name.parse().unwrap(),
-            keypair: String::new(),
             is_public: public,
             store_dir: "/nix/store".into(),
             priority: 41,

@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use larder_shared::bootstrap;
 use larder_shared::config::Config;
+use larder_shared::db::unix_now;
+use larder_shared::signing_keys::{Kek, KeyRing};
 use larder_shared::token::{TokenKey, TokenVerifier};
 use larder_worker::Services;
 
@@ -21,6 +23,8 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         .await
         .context("opening database and storage")?;
     let key = TokenKey::from_config(&config.jwt.signing).context("loading the JWT key")?;
+    // Without the KEK the server could neither sign nor create a cache.
+    let kek = Kek::require(&config.signing).context("loading the signing key-encryption key")?;
     let tokens = TokenVerifier::new(
         key,
         config.jwt.token_bound_issuer.clone(),
@@ -35,7 +39,26 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         revocations: Arc::default(),
         access: Arc::default(),
         metrics: Arc::default(),
+        keys: Arc::new(KeyRing::new(kek)),
     })
+}
+
+/// Migrates (unless `migrate` is false), seals plain signing keys and opens
+/// every active one: a wrong KEK or a bad key file stops the start here.
+pub async fn prepare_db(state: &AppState, migrate: bool) -> anyhow::Result<()> {
+    if migrate {
+        state.db.migrate().await.context("applying migrations")?;
+    }
+    larder_shared::signing_keys::at_rest::prepare(&state.db, Some(state.keys.kek()), unix_now())
+        .await
+        .context("sealing signing keys")?;
+    let n = state
+        .keys
+        .open_all(&state.db, unix_now())
+        .await
+        .context("opening the caches' signing keys")?;
+    tracing::debug!(keys = n, "signing keys opened");
+    Ok(())
 }
 
 /// Serves until `shutdown`, running `[worker] embedded` in-process workers.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use larder_shared::config::Config;
 use larder_shared::db::Db;
+use larder_shared::signing_keys::KeyRing;
 use larder_shared::storage::Storage;
 use larder_shared::token::TokenVerifier;
 
@@ -29,4 +30,6 @@ pub struct AppState {
     pub access: Arc<AccessLog>,
     /// Prometheus counters of this replica.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The KEK and the cache signing keys opened with it.
+    pub keys: Arc<KeyRing>,
 }

@@ -973,6 +973,7 @@ async fn import_from_attic(app: &TestApp) {
     let target = Target {
         db: app.state.db.clone(),
         staging: app.state.staging.clone(),
+        kek: app.state.keys.kek().clone(),
     };
     let broken = |r: &attic_import::Report| {
         let mut v: Vec<String> = r

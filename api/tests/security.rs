@@ -11,7 +11,9 @@
 //! 4. the seed's `atticadm make-token` lines, run through the real
 //!    `larder-admin` binary, and `list-tokens` / `revoke-token`;
 //! 5. hostile input on every route answers JSON errors (`hostile_input`);
-//! 6. clients that stop talking are cut off (`slowloris`).
+//! 6. clients that stop talking are cut off (`slowloris`);
+//! 7. cache signing keys are sealed at rest and rotate with overlap
+//!    (`signing_keys`).
 //!
 //! Everything runs on SQLite; the credential table also runs on PostgreSQL.
 
@@ -19,6 +21,8 @@
 mod common;
 #[path = "security_support/hostile_input.rs"]
 mod hostile_input;
+#[path = "security_support/signing_keys.rs"]
+mod signing_keys;
 #[path = "security_support/slowloris.rs"]
 mod slowloris;
 #[path = "security_support/mod.rs"]

@@ -99,6 +99,7 @@ fn read_keypair(path: &Path) -> Result<String, CacheError> {
 pub fn configure_body(args: &ConfigureArgs) -> Result<CacheConfig, CacheError> {
     let body = CacheConfig {
         keypair: args.regenerate_keypair.then_some(KeypairConfig::Generate),
+        no_overlap: args.no_overlap.then_some(true),
         is_public: match (args.public, args.private) {
             (true, _) => Some(true),
             (_, true) => Some(false),
@@ -133,7 +134,14 @@ pub fn render_info(cache: &CacheName, cfg: &CacheConfig) -> String {
     let rows = [
         ("Cache", Some(cache.to_string())),
         ("Public", cfg.is_public.map(|p| p.to_string())),
-        ("Public Key", cfg.public_key.clone()),
+        // Every active key during a rotation's overlap, newest first.
+        (
+            "Public Key",
+            match &cfg.public_keys {
+                Some(keys) if !keys.is_empty() => Some(keys.join(" ")),
+                _ => cfg.public_key.clone(),
+            },
+        ),
         ("Substituter Endpoint", cfg.substituter_endpoint.clone()),
         ("API Endpoint", cfg.api_endpoint.clone()),
         ("Store Directory", cfg.store_dir.clone()),
@@ -337,6 +345,21 @@ mod tests {
         assert_eq!(
             v(&["demo", "--reset-retention-period", "--regenerate-keypair"]),
             serde_json::json!({"retention_period": "Global", "keypair": "Generate"})
+        );
+        assert_eq!(
+            v(&["demo", "--regenerate-keypair", "--no-overlap"]),
+            serde_json::json!({"keypair": "Generate", "no_overlap": true})
+        );
+        assert!(
+            crate::cli::Cli::try_parse_from([
+                "larder",
+                "cache",
+                "configure",
+                "demo",
+                "--no-overlap"
+            ])
+            .is_err(),
+            "--no-overlap needs --regenerate-keypair"
         );
         assert_eq!(
             v(&["demo", "--upstream-cache-key-name", "x-1"]),

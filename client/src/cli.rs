@@ -179,9 +179,13 @@ pub struct ConfigureArgs {
     /// Use the server's default retention again.
     #[arg(long)]
     pub reset_retention_period: bool,
-    /// Replace the signing key with a fresh one (clients must `larder use` again).
+    /// Add a fresh signing key (`<cache>-N`); the old one keeps signing for the
+    /// server's rotation overlap, so hosts keep working until they `larder use` again.
     #[arg(long)]
     pub regenerate_keypair: bool,
+    /// With --regenerate-keypair: the old key stops signing at once (a compromised key).
+    #[arg(long, requires = "regenerate_keypair")]
+    pub no_overlap: bool,
 }
 
 /// `larder cache destroy`.

@@ -125,8 +125,14 @@ async fn run_cache(command: CacheCommand) -> Result<(), Error> {
                 .configure_cache(&args.cache.cache, &body)
                 .await?;
             println!("Configured cache {}:{}.", session.server, args.cache.cache);
-            if args.regenerate_keypair {
-                println!("Its signing key changed: run `larder use` again where it is used.");
+            if args.regenerate_keypair && args.no_overlap {
+                println!(
+                    "Its signing key changed and the old key no longer signs: run `larder use` again where it is used."
+                );
+            } else if args.regenerate_keypair {
+                println!(
+                    "It has a new signing key; the old one keeps signing during the server's rotation overlap. Run `larder use` again where it is used."
+                );
             }
         }
         CacheCommand::Info(args) => {
@@ -152,7 +158,9 @@ async fn run_cache(command: CacheCommand) -> Result<(), Error> {
 
 fn print_use_report(cache: &str, report: &use_cache::Report, system: bool) {
     println!("Cache {cache}: substituter {}", report.substituter);
-    println!("  trusted public key {}", report.public_key);
+    for key in &report.public_keys {
+        println!("  trusted public key {key}");
+    }
     match &report.nix_conf_changed {
         Some(path) => println!("  updated {}", path.display()),
         None => println!("  nix.conf already up to date"),

@@ -48,6 +48,28 @@ pub async fn open_db(config: &Config, max_connections: u32) -> Result<Db, DbErro
     Db::connect(config.database.url.expose(), max_connections).await
 }
 
+/// Seals the plain signing keys an upgrade left (with the config's KEK, if
+/// any: needed, and read successfully, only when there are such keys) and
+/// clears retired secrets;
+/// every process runs it after migrating (see [`crate::signing_keys::at_rest`]).
+pub async fn prepare_signing_keys(
+    config: &Config,
+    db: &Db,
+) -> Result<crate::signing_keys::at_rest::Prepared, crate::signing_keys::KeyError> {
+    use crate::signing_keys::{Kek, KeyError, at_rest};
+    // A worker host may lack the KEK file its shared config names: that
+    // matters only while there are plain keys to seal, and then the
+    // reason it could not be read is the error to show.
+    let (kek, unreadable) = match Kek::from_config(&config.signing) {
+        Ok(kek) => (kek, None),
+        Err(e) => (None, Some(e)),
+    };
+    match at_rest::prepare(db, kek.as_ref(), crate::db::unix_now()).await {
+        Err(KeyError::NoKek) => Err(unreadable.unwrap_or(KeyError::NoKek)),
+        other => other,
+    }
+}
+
 /// Everything a process opens from its config.
 #[derive(Clone)]
 pub struct Opened {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkingParams;
 pub use duration::ConfigDuration;
-pub use embedded::{EmbeddedDefault, default_data_dir};
+pub use embedded::{EmbeddedDefault, default_data_dir, write_private};
 pub use storage::{S3Config, S3Credentials, StorageConfig};
 pub use trusted_proxy::TrustedProxy;
 
@@ -126,6 +126,9 @@ pub struct Config {
     /// HTTP behaviour: connection handling, and Cache-Control towards the caches in front of Larder.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Cache signing keys: the key-encryption key, rotation overlap.
+    #[serde(default)]
+    pub signing: SigningConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -433,6 +436,41 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[signing]`: how cache signing keys are kept and rotated
+/// (docs/operations.md "Signing keys").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SigningConfig {
+    /// File holding the key-encryption key (32 bytes, base64 or hex, mode
+    /// 0600) that seals every cache's secret key in the database. Keep it
+    /// out of database backups: a dump without it signs nothing.
+    #[serde(default)]
+    pub key_encryption_key_file: Option<PathBuf>,
+    /// The KEK text itself, from `LARDER_SIGNING_KEK` only (never the file,
+    /// so it does not end up in a config that gets copied around); wins
+    /// over the file.
+    #[serde(skip)]
+    pub key_encryption_key: Option<Secret>,
+    /// After a key rotation the previous keys keep signing this long, so
+    /// hosts that trust only the old key keep working while they update.
+    #[serde(default = "d_rotation_overlap")]
+    pub rotation_overlap: ConfigDuration,
+}
+
+fn d_rotation_overlap() -> ConfigDuration {
+    ConfigDuration::from_secs(30 * 86400)
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            key_encryption_key_file: None,
+            key_encryption_key: None,
+            rotation_overlap: d_rotation_overlap(),
+        }
+    }
+}
+
 impl Config {
     /// Reads a config file, then applies `LARDER_*` environment overrides, then validates.
     pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
@@ -464,6 +502,9 @@ impl Config {
         }
         if let Some(v) = get("LARDER_DATABASE_URL") {
             self.database.url = Secret::new(v);
+        }
+        if let Some(v) = get(crate::signing_keys::KEK_ENV) {
+            self.signing.key_encryption_key = Some(Secret::new(v));
         }
         let keys = [
             "LARDER_SERVER_TOKEN_RS256_SECRET_BASE64",

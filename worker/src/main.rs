@@ -40,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("opening database and storage")?;
     opened.db.migrate().await.context("applying migrations")?;
+    bootstrap::prepare_signing_keys(&config, &opened.db)
+        .await
+        .context("sealing signing keys")?;
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();

@@ -12,6 +12,7 @@ use larder_api::attic_import::source::AtticConfig;
 use larder_api::attic_import::{self, Options, Report, Target};
 use larder_shared::bootstrap;
 use larder_shared::config::Config;
+use larder_shared::signing_keys::Kek;
 
 /// `import-attic`.
 #[derive(Debug, Args)]
@@ -38,9 +39,13 @@ impl ImportAttic {
             .await
             .context("opening Larder's database and storage")?;
         opened.db.migrate().await.context("applying migrations")?;
+        larder_shared::bootstrap::prepare_signing_keys(config, &opened.db)
+            .await
+            .context("sealing signing keys")?;
         let target = Target {
             db: opened.db.clone(),
             staging: opened.staging.clone(),
+            kek: Kek::require(&config.signing)?,
         };
         let opts = Options {
             caches: self.caches,

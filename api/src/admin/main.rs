@@ -1,6 +1,7 @@
 //! `larder-admin -f CONFIG <command>`: the operator CLI.
 
 mod audit;
+mod cache_key;
 mod import_attic;
 mod maintenance;
 mod make_token;
@@ -50,6 +51,8 @@ enum Command {
     Verify(maintenance::Verify),
     /// Import caches, paths and NARs from an Attic deployment (read-only on Attic's side).
     ImportAttic(import_attic::ImportAttic),
+    /// Give a cache a new signing key: a key file on the server, or a fresh sealed one.
+    CacheKey(cache_key::CacheKey),
 }
 
 /// Opens the database (applying migrations, so a fresh install works).
@@ -58,6 +61,9 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
         .await
         .context("connecting to the database")?;
     db.migrate().await.context("applying migrations")?;
+    bootstrap::prepare_signing_keys(config, &db)
+        .await
+        .context("sealing signing keys")?;
     Ok(db)
 }
 
@@ -76,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::PathInfo(cmd) => cmd.run(&config).await,
         Command::Gc => maintenance::run_gc(&config).await,
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
+        Command::CacheKey(cmd) => cmd.run(&config).await,
         Command::ImportAttic(cmd) => {
             if !cmd.run(&config).await? {
                 std::process::exit(1);

@@ -16,6 +16,9 @@ async fn services(config: &Config) -> anyhow::Result<Services> {
         .await
         .context("opening database and storage")?;
     opened.db.migrate().await.context("applying migrations")?;
+    larder_shared::bootstrap::prepare_signing_keys(config, &opened.db)
+        .await
+        .context("sealing signing keys")?;
     Ok(Services {
         config: Arc::new(config.clone()),
         db: opened.db,

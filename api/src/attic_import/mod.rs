@@ -29,10 +29,12 @@ use larder_shared::db::audit;
 use larder_shared::db::caches::{self, CacheRecord, CacheUpdate, NewCache};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
-use larder_shared::db::{Db, unix_now};
+use larder_shared::db::{Db, cache_keys, unix_now};
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::signing::SigningKey;
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_shared::signing_keys::Kek;
+use larder_shared::signing_keys::rotation::{self, NewKey};
 use larder_shared::storage::Storage;
 
 use self::attic_db::{AtticCache, AtticObject};
@@ -59,6 +61,8 @@ pub struct Target {
     pub db: Db,
     /// Larder's staging storage.
     pub staging: Arc<dyn Storage>,
+    /// Seals the imported signing keys.
+    pub kek: Kek,
 }
 
 /// A path (or cache) that was not imported, and why.
@@ -181,12 +185,14 @@ struct Pass<'a> {
 /// An Attic cache, validated as Larder needs it.
 struct ParsedCache {
     name: CacheName,
+    key: SigningKey,
     upstream: Vec<String>,
 }
 
 fn parse_cache(c: &AtticCache) -> Result<ParsedCache, String> {
     let name: CacheName = c.name.parse().map_err(|e| format!("cache name: {e}"))?;
-    c.keypair
+    let key = c
+        .keypair
         .parse::<SigningKey>()
         .map_err(|e| format!("keypair: {e}"))?;
     c.store_dir
@@ -194,7 +200,11 @@ fn parse_cache(c: &AtticCache) -> Result<ParsedCache, String> {
         .map_err(|e| format!("store_dir: {e}"))?;
     let upstream: Vec<String> = serde_json::from_str(&c.upstream_cache_key_names)
         .map_err(|e| format!("upstream_cache_key_names: {e}"))?;
-    Ok(ParsedCache { name, upstream })
+    Ok(ParsedCache {
+        name,
+        key,
+        upstream,
+    })
 }
 
 /// An Attic object, validated as an upload would be.
@@ -294,29 +304,35 @@ impl Pass<'_> {
             }
             let new = NewCache {
                 name: &parsed.name,
-                keypair: &c.keypair,
                 is_public: c.is_public,
                 store_dir: &c.store_dir,
                 priority: c.priority,
                 upstream_cache_key_names: &parsed.upstream,
                 retention_period: c.retention_period,
             };
+            // The cache and its key (sealed with Larder's KEK) in one
+            // transaction: no cache without a key.
+            let now = unix_now();
+            let mut tx = self.target.db.begin().await?;
+            if let Some(r) = caches::create(tx.raw(), &new, now).await? {
+                let key = NewKey::Import(Box::new(parsed.key.clone()));
+                rotation::add_key(&mut tx, &self.target.kek, &parsed.name, r.id, key, now, now)
+                    .await?;
+                tx.commit().await?;
+                return Ok(Some(r.id));
+            }
+            drop(tx);
+            // Created concurrently (another import run): check it below.
             let mut conn = self.target.db.conn().await?;
-            let created = match caches::create(conn.raw(), &new, unix_now()).await? {
-                Some(r) => r,
-                // Created concurrently (another import run): use it.
-                None => caches::get_by_name(conn.raw(), &parsed.name)
-                    .await?
-                    .context("cache vanished while importing")?,
-            };
-            return Ok(Some(created.id));
+            let existing = caches::get_by_name(conn.raw(), &parsed.name)
+                .await?
+                .context("cache vanished while importing")?;
+            return Ok(self
+                .same_key(&existing, &parsed, c)
+                .await?
+                .then_some(existing.id));
         };
-        if existing.keypair != c.keypair {
-            self.report.fail(
-                &c.name,
-                None,
-                "a Larder cache of this name exists with a different signing key; not touched",
-            );
+        if !self.same_key(&existing, &parsed, c).await? {
             return Ok(None);
         }
         let update = differences(&existing, c, &parsed.upstream);
@@ -330,6 +346,28 @@ impl Pass<'_> {
             }
         }
         Ok(Some(existing.id))
+    }
+
+    /// Whether the Larder cache has Attic's key among its keys (else the
+    /// cache is reported and left alone).
+    async fn same_key(
+        &mut self,
+        existing: &CacheRecord,
+        parsed: &ParsedCache,
+        c: &AtticCache,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.target.db.conn().await?;
+        let public = parsed.key.public_key().to_string();
+        let keys = cache_keys::of_cache(conn.raw(), existing.id).await?;
+        if keys.iter().any(|k| k.public_key == public) {
+            return Ok(true);
+        }
+        self.report.fail(
+            &c.name,
+            None,
+            "a Larder cache of this name exists with a different signing key; not touched",
+        );
+        Ok(false)
     }
 
     async fn cache(&mut self, c: &AtticCache) -> anyhow::Result<()> {
@@ -533,7 +571,6 @@ impl Pass<'_> {
 
 fn differences(l: &CacheRecord, a: &AtticCache, upstream: &[String]) -> CacheUpdate {
     CacheUpdate {
-        keypair: None,
         is_public: (l.is_public != a.is_public).then_some(a.is_public),
         store_dir: (l.store_dir != a.store_dir).then(|| a.store_dir.clone()),
         priority: (l.priority != a.priority).then_some(a.priority),
@@ -544,8 +581,7 @@ fn differences(l: &CacheRecord, a: &AtticCache, upstream: &[String]) -> CacheUpd
 }
 
 fn update_is_empty(u: &CacheUpdate) -> bool {
-    u.keypair.is_none()
-        && u.is_public.is_none()
+    u.is_public.is_none()
         && u.store_dir.is_none()
         && u.priority.is_none()
         && u.upstream_cache_key_names.is_none()

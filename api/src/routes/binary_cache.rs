@@ -7,12 +7,14 @@ use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
 use larder_shared::audit::AuditEvent;
+use larder_shared::db::cache_keys;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectRecord};
 use larder_shared::db::{audit, unix_now};
 use larder_shared::nix::narinfo::{Compression, NarInfo};
-use larder_shared::nix::signing::{SigningKey, fingerprint};
+use larder_shared::nix::signing::fingerprint;
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_shared::signing_keys::CacheSigning;
 
 use crate::auth::{CacheAccess, Delete, PullOrPush};
 use crate::error::{ApiError, ApiResult};
@@ -59,11 +61,16 @@ async fn narinfo(
     let found = objects::find(conn.raw(), access.cache.id, hash)
         .await?
         .filter(|o| o.nar.state != NarState::Broken);
-    drop(conn);
     state.metrics.narinfo(&access.cache, found.is_some());
     let object = found.ok_or(ApiError::NoSuchObject)?;
+    // The rows, not the secrets: decrypted keys come from the key ring.
+    let rows = cache_keys::of_cache(conn.raw(), access.cache.id).await?;
+    drop(conn);
+    let signing = state
+        .keys
+        .signing(access.cache.name.as_str(), &rows, unix_now())?;
     state.access.object(object.id);
-    let text = render_narinfo(&access.cache.keypair, &access.cache.store_dir, &object)?;
+    let text = render_narinfo(&signing, &access.cache.store_dir, &object)?;
     let headers = [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
     if head_only {
         let len = HeaderValue::from(text.len());
@@ -102,9 +109,15 @@ pub async fn delete_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Renders and signs the narinfo of an object; the URL depends on whether
-/// the NAR is still staged (docs/protocol.md "NAR URLs").
-pub fn render_narinfo(keypair: &str, store_dir: &str, object: &ObjectRecord) -> ApiResult<String> {
+/// Renders and signs the narinfo of an object with every active key of the
+/// cache, newest first (during a rotation's overlap a host trusting either
+/// key accepts it); the URL depends on whether the NAR is still staged
+/// (docs/protocol.md "NAR URLs").
+pub fn render_narinfo(
+    signing: &CacheSigning,
+    store_dir: &str,
+    object: &ObjectRecord,
+) -> ApiResult<String> {
     let internal = |what: &str, e: String| ApiError::Internal(format!("{what}: {e}"));
     let store_dir: StoreDir = store_dir
         .parse()
@@ -144,9 +157,6 @@ pub fn render_narinfo(keypair: &str, store_dir: &str, object: &ObjectRecord) -> 
             None,
         ),
     };
-    let key = keypair
-        .parse::<SigningKey>()
-        .map_err(|e| internal("cache key", format!("{e}")))?;
     let fp = fingerprint(
         &store_dir,
         &store_path,
@@ -154,15 +164,18 @@ pub fn render_narinfo(keypair: &str, store_dir: &str, object: &ObjectRecord) -> 
         nar.nar_size as u64,
         &references,
     );
-    let mut sigs = vec![key.sign(&fp).to_string()];
-    sigs.extend(
-        object
-            .meta
-            .sigs
-            .iter()
-            .filter(|s| !s.starts_with(&format!("{}:", key.name())))
-            .cloned(),
-    );
+    let mut sigs: Vec<String> = signing
+        .active
+        .iter()
+        .map(|k| k.sign(&fp).to_string())
+        .collect();
+    // Signatures an upload carried under one of this cache's key names are
+    // ours (stale, or of a retired key): never republished.
+    let own = |s: &str| {
+        s.split_once(':')
+            .is_some_and(|(name, _)| signing.own_names.iter().any(|n| n == name))
+    };
+    sigs.extend(object.meta.sigs.iter().filter(|s| !own(s)).cloned());
     let info = NarInfo {
         store_path,
         url,

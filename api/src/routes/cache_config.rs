@@ -10,9 +10,10 @@ use tracing::instrument;
 use larder_shared::CacheName;
 use larder_shared::audit::AuditEvent;
 use larder_shared::db::caches::{self, CacheUpdate, NewCache};
-use larder_shared::db::{audit, unix_now};
+use larder_shared::db::{audit, cache_keys, unix_now};
 use larder_shared::nix::signing::SigningKey;
 use larder_shared::nix::store_path::StoreDir;
+use larder_shared::signing_keys::rotation::{self, NewKey};
 use larder_shared::token::Permission;
 
 use crate::auth::Need;
@@ -45,9 +46,17 @@ pub struct CacheConfig {
     /// Write only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keypair: Option<KeypairConfig>,
-    /// Read only.
+    /// Read only: the newest active public key (Attic clients read this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// Read only (Larder): every active public key, newest first; during a
+    /// rotation's overlap hosts should trust all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_keys: Option<Vec<String>>,
+    /// Write only (Larder), with `keypair`: retire the previous keys at once
+    /// instead of after `[signing] rotation-overlap` (a compromised key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_overlap: Option<bool>,
     /// Visibility.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_public: Option<bool>,
@@ -76,12 +85,13 @@ fn parse_name(raw: &str) -> ApiResult<CacheName> {
         .map_err(|e| ApiError::BadRequest(format!("invalid cache name: {e}")))
 }
 
-fn make_key(name: &CacheName, kp: &KeypairConfig) -> ApiResult<SigningKey> {
+/// The key a `keypair` field asks for; a bad import is the caller's error.
+fn new_key(kp: &KeypairConfig) -> ApiResult<NewKey<'static>> {
     match kp {
-        KeypairConfig::Generate => SigningKey::generate(name.as_str())
-            .map_err(|e| ApiError::Internal(format!("key generation: {e}"))),
+        KeypairConfig::Generate => Ok(NewKey::Generate),
         KeypairConfig::Keypair(s) => s
             .parse::<SigningKey>()
+            .map(|k| NewKey::Import(Box::new(k)))
             .map_err(|e| ApiError::BadRequest(format!("invalid keypair: {e}"))),
     }
 }
@@ -132,15 +142,22 @@ pub async fn get(
     let rec = credentials
         .authorize(&state, &name, PullOrPush::ANY_OF)
         .await?;
-    let key = rec
-        .keypair
-        .parse::<SigningKey>()
-        .map_err(|e| ApiError::Internal(format!("cache key: {e}")))?;
+    let mut conn = state.db.conn().await?;
+    let now = unix_now();
+    let public_keys: Vec<String> = cache_keys::of_cache(conn.raw(), rec.id)
+        .await?
+        .into_iter()
+        .filter(|k| k.is_active(now))
+        .map(|k| k.public_key)
+        .collect();
+    drop(conn);
     let endpoint = api_endpoint(&state);
     let base = endpoint.trim_end_matches('/');
     Ok(Json(CacheConfig {
         keypair: None,
-        public_key: Some(key.public_key().to_string()),
+        public_key: public_keys.first().cloned(),
+        public_keys: Some(public_keys),
+        no_overlap: None,
         is_public: Some(rec.is_public),
         store_dir: Some(rec.store_dir.clone()),
         priority: Some(rec.priority as i32),
@@ -181,15 +198,18 @@ pub async fn create(
         Some(RetentionPeriodConfig::Period(s)) => Some(s as i64),
         _ => None,
     };
-    let key = make_key(&name, kp)?;
-    let secret = key.export_secret();
+    if cfg.no_overlap.is_some() {
+        return Err(ApiError::BadRequest(
+            "no_overlap applies to a key rotation (PATCH), not to cache creation".into(),
+        ));
+    }
+    let key = new_key(kp)?;
     let now = unix_now();
     let mut tx = state.db.begin().await?;
     let created = caches::create(
         tx.raw(),
         &NewCache {
             name: &name,
-            keypair: &secret,
             is_public,
             store_dir,
             priority: priority as i64,
@@ -199,20 +219,19 @@ pub async fn create(
         now,
     )
     .await?;
-    match created {
-        Some(_) => {
-            let event = AuditEvent::CacheCreate {
-                cache: name.clone(),
-                is_public,
-                generated_key: matches!(kp, KeypairConfig::Generate),
-            };
-            audit::insert(tx.raw(), now, &credentials.actor(), &event).await?;
-            tx.commit().await?;
-            tracing::info!(subject = credentials.subject(), "cache created");
-            Ok(StatusCode::OK)
-        }
-        None => Err(ApiError::CacheAlreadyExists),
-    }
+    let Some(rec) = created else {
+        return Err(ApiError::CacheAlreadyExists);
+    };
+    rotation::add_key(&mut tx, state.keys.kek(), &name, rec.id, key, now, now).await?;
+    let event = AuditEvent::CacheCreate {
+        cache: name.clone(),
+        is_public,
+        generated_key: matches!(kp, KeypairConfig::Generate),
+    };
+    audit::insert(tx.raw(), now, &credentials.actor(), &event).await?;
+    tx.commit().await?;
+    tracing::info!(subject = credentials.subject(), "cache created");
+    Ok(StatusCode::OK)
 }
 
 /// `PATCH`: `cr` (+ `cq` when `retention_period` is sent); only given fields change.
@@ -235,13 +254,14 @@ pub async fn configure(
     if let Some(d) = &cfg.store_dir {
         validate_store_dir(d)?;
     }
-    let keypair = cfg
-        .keypair
-        .as_ref()
-        .map(|kp| make_key(&name, kp).map(|k| k.export_secret()))
-        .transpose()?;
+    let key = cfg.keypair.as_ref().map(new_key).transpose()?;
+    let no_overlap = cfg.no_overlap.unwrap_or(false);
+    if cfg.no_overlap.is_some() && key.is_none() {
+        return Err(ApiError::BadRequest(
+            "no_overlap needs keypair: it says how the previous keys retire".into(),
+        ));
+    }
     let update = CacheUpdate {
-        keypair,
         is_public: cfg.is_public,
         store_dir: cfg.store_dir.clone(),
         priority: cfg.priority.map(i64::from),
@@ -251,15 +271,40 @@ pub async fn configure(
             RetentionPeriodConfig::Period(s) => Some(s as i64),
         }),
     };
+    let now = unix_now();
     let mut tx = state.db.begin().await?;
     caches::update(tx.raw(), rec.id, &update)
         .await?
         .ok_or(ApiError::NoSuchCache)?;
+    let mut changes = audited_changes(&cfg);
+    if let Some(key) = key {
+        let overlap = state.config.signing.rotation_overlap.as_secs() as i64;
+        let retire_at = if no_overlap {
+            now
+        } else {
+            now.saturating_add(overlap)
+        };
+        let row = rotation::add_key(
+            &mut tx,
+            state.keys.kek(),
+            &name,
+            rec.id,
+            key,
+            retire_at,
+            now,
+        )
+        .await?;
+        tracing::info!(key_name = %row.key_name, retire_at, "signing key rotated");
+        if let Some(map) = changes.as_object_mut() {
+            map.insert("key_name".into(), row.key_name.clone().into());
+            map.insert("previous_keys_retire_at".into(), retire_at.into());
+        }
+    }
     let event = AuditEvent::CacheConfigure {
         cache: name.clone(),
-        changes: audited_changes(&cfg),
+        changes,
     };
-    audit::insert(tx.raw(), unix_now(), &credentials.actor(), &event).await?;
+    audit::insert(tx.raw(), now, &credentials.actor(), &event).await?;
     tx.commit().await?;
     tracing::info!(subject = credentials.subject(), "cache configured");
     Ok(StatusCode::OK)

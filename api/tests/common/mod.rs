@@ -36,9 +36,9 @@ use larder_worker::jobs::ingest::{self, Outcome};
 use self::nar::TestNar;
 
 /// PostgreSQL server for tests: trust auth on loopback.
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 /// HS256 secret of every test app (base64 of 32 bytes).
-const HS256_SECRET: &str = "bGFyZGVyLXBpcGVsaW5lLXRlc3RzLWhzMjU2LXNlY3I=";
+pub const HS256_SECRET: &str = "bGFyZGVyLXBpcGVsaW5lLXRlc3RzLWhzMjU2LXNlY3I=";
 
 /// Which metadata database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +175,16 @@ impl TestResponse {
     }
 }
 
+/// The signing keys' KEK of every test app (base64 of 32 bytes), as
+/// `LARDER_SIGNING_KEK` would give it (set on the config, not the process
+/// environment, which tests share).
+pub const TEST_KEK: &str = "dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM=";
+
+/// Sets [`TEST_KEK`] on a parsed test config.
+pub fn with_test_kek(config: &mut Config) {
+    config.signing.key_encryption_key = Some(larder_shared::config::Secret::new(TEST_KEK));
+}
+
 fn config_toml(db_url: &str, storage: &str) -> String {
     format!(
         r#"
@@ -196,7 +206,7 @@ fn local_storage_toml(root: &Path) -> String {
     )
 }
 
-async fn pg_admin() -> sqlx::PgConnection {
+pub async fn pg_admin() -> sqlx::PgConnection {
     sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres"))
         .await
         .expect("PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth)")
@@ -257,8 +267,9 @@ impl TestApp {
         let toml = format!("{}{extra}", config_toml(&db_url, &storage));
         let config_path = dir.path().join("larder.toml");
         std::fs::write(&config_path, &toml).expect("writing the test config");
-        let config = Config::parse_toml(&toml).expect("test config parses");
+        let mut config = Config::parse_toml(&toml).expect("test config parses");
         config.validate().expect("test config is valid");
+        with_test_kek(&mut config);
         let config = Arc::new(config);
         let state = larder_api::server::build_state(config.clone())
             .await

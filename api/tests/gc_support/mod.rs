@@ -44,8 +44,9 @@ pub async fn short_grace_app(backend: Backend) -> TestApp {
         &app.services.config,
         "[garbage-collection]\ngrace-period = \"1s\"\n",
     );
-    let config = Config::parse_toml(&text).expect("GC test config parses");
+    let mut config = Config::parse_toml(&text).expect("GC test config parses");
     config.validate().expect("GC test config is valid");
+    config.signing = app.services.config.signing.clone();
     assert_eq!(config.garbage_collection.grace_period.as_secs(), 1);
     app.services.config = Arc::new(config);
     app

@@ -56,6 +56,8 @@ fn admin(app: &TestApp, args: &[&str]) -> String {
         cmd.env_remove(var);
     }
     cmd.env("USER", "alice");
+    // The test config is written without the KEK (the app gets it in memory).
+    cmd.env("LARDER_SIGNING_KEK", crate::common::TEST_KEK);
     let out = cmd.output().expect("running larder-admin");
     assert!(
         out.status.success(),

@@ -24,7 +24,7 @@ use larder_shared::CacheName;
 use larder_shared::config::Config;
 use larder_shared::db::caches::{self, NewCache};
 use larder_shared::db::{tokens, unix_now};
-use larder_shared::nix::signing::SigningKey;
+use larder_shared::signing_keys::rotation::{self, NewKey};
 use larder_shared::token::{
     CachePattern, Claims, ClaimsBuilder, Permission, Revocation, TokenKey, mint,
 };
@@ -167,8 +167,9 @@ impl SecApp {
         );
         let config_path = dir.path().join("server.toml");
         std::fs::write(&config_path, &toml).expect("writing the config");
-        let config = Config::parse_toml(&toml).expect("test config parses");
+        let mut config = Config::parse_toml(&toml).expect("test config parses");
         config.validate().expect("test config is valid");
+        crate::common::with_test_kek(&mut config);
         let config = Arc::new(config);
         let state = larder_api::server::build_state(config.clone())
             .await
@@ -255,24 +256,28 @@ impl SecApp {
     /// Creates a cache straight in the database (no token needed).
     pub async fn create_cache_db(&self, name: &str, is_public: bool) {
         let name: CacheName = name.parse().expect("cache name");
-        let key = SigningKey::generate(name.as_str()).expect("signing key");
-        let mut conn = self.state.db.conn().await.expect("connection");
-        caches::create(
-            conn.raw(),
+        let now = unix_now();
+        let mut tx = self.state.db.begin().await.expect("transaction");
+        let rec = caches::create(
+            tx.raw(),
             &NewCache {
                 name: &name,
-                keypair: &key.export_secret(),
                 is_public,
                 store_dir: "/nix/store",
                 priority: 41,
                 upstream_cache_key_names: &[],
                 retention_period: None,
             },
-            unix_now(),
+            now,
         )
         .await
         .expect("creating the cache")
         .expect("cache name is free");
+        let kek = self.state.keys.kek();
+        rotation::add_key(&mut tx, kek, &name, rec.id, NewKey::Generate, now, now)
+            .await
+            .expect("signing key");
+        tx.commit().await.expect("commit");
     }
 
     /// Whether the cache exists (straight from the database).

@@ -32,6 +32,14 @@ pub struct CacheConfig {
     /// Read only: `name:base64`, for Nix's `trusted-public-keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// Read only (Larder): every active key, newest first (more than one
+    /// during a key rotation's overlap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_keys: Option<Vec<String>>,
+    /// Write only (Larder), with `keypair`: the previous keys stop signing
+    /// now rather than after the server's rotation overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_overlap: Option<bool>,
     /// Whether anyone may pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_public: Option<bool>,

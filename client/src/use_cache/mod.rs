@@ -111,8 +111,8 @@ impl Targets {
 pub struct Report {
     /// The substituter URL.
     pub substituter: String,
-    /// The public key.
-    pub public_key: String,
+    /// The public keys trusted (every active key of the cache, newest first).
+    pub public_keys: Vec<String>,
     /// The nix.conf, if it was changed.
     pub nix_conf_changed: Option<PathBuf>,
     /// The netrc, if it was changed.
@@ -130,19 +130,24 @@ pub async fn run(
     let substituter = cfg
         .substituter_endpoint
         .ok_or(UseError::Missing("substituter_endpoint"))?;
-    let key: PublicKey = cfg
-        .public_key
-        .ok_or(UseError::Missing("public_key"))?
-        .parse()?;
-    let key = key.to_string();
+    // Larder lists every active key (a rotation's overlap); Attic only one.
+    let listed = match (cfg.public_keys, cfg.public_key) {
+        (Some(keys), _) if !keys.is_empty() => keys,
+        (_, Some(key)) => vec![key],
+        _ => return Err(UseError::Missing("public_key")),
+    };
+    let keys = listed
+        .iter()
+        .map(|k| k.parse::<PublicKey>().map(|k| k.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
     let private = !cfg.is_public.unwrap_or(false);
 
     let mut conf = NixConf::parse(&files::read_or_empty(&targets.nix_conf)?);
     let mut changed = conf.add_substituter(&substituter);
-    changed |= conf.add_trusted_key(&key);
+    changed |= conf.add_trusted_keys(&keys);
     let mut report = Report {
         substituter: substituter.clone(),
-        public_key: key,
+        public_keys: keys,
         ..Report::default()
     };
     if private {
@@ -168,7 +173,8 @@ pub async fn run(
     if changed {
         let mut manual = format!(
             "extra-substituters = {}\nextra-trusted-public-keys = {}",
-            report.substituter, report.public_key
+            report.substituter,
+            report.public_keys.join(" ")
         );
         if let Some(netrc_file) = conf.get("netrc-file").filter(|_| private) {
             manual.push_str(&format!("\nnetrc-file = {netrc_file}"));

@@ -100,11 +100,20 @@ impl NixConf {
         true
     }
 
+    /// Trusts every key of a cache (`larder use`): during a rotation's
+    /// overlap the cache signs with each, and a host trusting all of them
+    /// keeps working whichever retires first.
+    pub fn add_trusted_keys(&mut self, keys: &[String]) -> bool {
+        keys.iter()
+            .fold(false, |changed, k| self.add_trusted_key(k) | changed)
+    }
+
     /// Adds public key `key` (`name:base64`) to `extra-trusted-public-keys`
     /// unless already trusted. A different key of the same name in an
     /// `extra-trusted-public-keys` line is dropped first: it is this
-    /// cache's old key (after `--regenerate-keypair` or a re-created
-    /// cache), and Nix would otherwise keep checking with it.
+    /// cache's old key (a re-created cache, or an import under an existing
+    /// name), and Nix would otherwise keep checking with it. Rotated keys
+    /// have new names (`<cache>-2`), so they add up instead.
     pub fn add_trusted_key(&mut self, key: &str) -> bool {
         const NAMES: [&str; 2] = ["trusted-public-keys", "extra-trusted-public-keys"];
         if self.values(&NAMES).any(|v| v == key) {
@@ -188,6 +197,21 @@ mod tests {
     fn commented_out_values_do_not_count() {
         let mut conf = NixConf::parse(&format!("# extra-substituters = {URL}\n"));
         assert!(conf.add_substituter(URL));
+    }
+
+    #[test]
+    fn trusts_every_key_of_a_rotation() {
+        let mut conf = NixConf::parse("extra-trusted-public-keys = demo:OLD\n");
+        let keys = ["demo-2:NEW".to_owned(), "demo:OLD".to_owned()];
+        assert!(conf.add_trusted_keys(&keys));
+        assert_eq!(
+            conf.render(),
+            "extra-trusted-public-keys = demo:OLD\nextra-trusted-public-keys = demo-2:NEW\n"
+        );
+        assert!(
+            !conf.add_trusted_keys(&keys),
+            "a second run changes nothing"
+        );
     }
 
     #[test]

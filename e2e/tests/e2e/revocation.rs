@@ -30,6 +30,7 @@ async fn rs256_key() -> anyhow::Result<String> {
 /// The production-shape config: PostgreSQL, local storage, RS256, no
 /// in-process workers, revocations reloaded every second. Mode 0600.
 fn write_config(path: &Path, db_url: &str, storage: &Path, key: &str) -> anyhow::Result<()> {
+    let kek = path.with_file_name("signing.kek");
     let text = format!(
         r#"[database]
 url = "{db_url}"
@@ -46,9 +47,16 @@ token-rs256-secret-base64 = "{key}"
 
 [worker]
 embedded = 0
+
+[signing]
+key-encryption-key-file = "{}"
 "#,
-        storage.display()
+        storage.display(),
+        kek.display()
     );
+    let kek_text = base64::engine::general_purpose::STANDARD.encode([0x42u8; 32]);
+    std::fs::write(&kek, format!("{kek_text}\n"))?;
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600))?;
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())

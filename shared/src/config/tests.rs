@@ -184,6 +184,76 @@ fn embedded_default_is_created_once_with_mode_0600() {
         first.config.jwt.signing.token_rs256_secret_base64,
         second.config.jwt.signing.token_rs256_secret_base64
     );
+    // The signing keys' KEK sits beside the config, mode 0600, and is kept.
+    let kek = first
+        .config
+        .signing
+        .key_encryption_key_file
+        .clone()
+        .unwrap();
+    assert_eq!(kek, dir.path().canonicalize().unwrap().join("signing.kek"));
+    let text = std::fs::read_to_string(&kek).unwrap();
+    crate::signing_keys::Kek::read_file(&kek).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&kek).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(std::fs::read_to_string(&kek).unwrap(), text);
+    assert_eq!(second.config.signing.key_encryption_key_file, Some(kek));
+    assert_eq!(second.config.signing.rotation_overlap.as_secs(), 30 * 86400);
+}
+
+#[test]
+fn embedded_default_from_before_sealed_keys_gets_a_kek() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedDefault::open_or_create(dir.path()).unwrap();
+    let kek = first.config.signing.key_encryption_key_file.unwrap();
+    // An older generated config: no [signing] section, no KEK file.
+    let text = std::fs::read_to_string(&first.config_path).unwrap();
+    let old: String = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with("[signing]")
+                && !l.starts_with("key-encryption-key-file")
+                && !l.starts_with("rotation-overlap")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&first.config_path, old).unwrap();
+    std::fs::remove_file(&kek).unwrap();
+    let again = EmbeddedDefault::open_or_create(dir.path()).unwrap();
+    assert_eq!(
+        again.config.signing.key_encryption_key_file,
+        Some(kek.clone())
+    );
+    crate::signing_keys::Kek::read_file(&kek).unwrap();
+}
+
+#[test]
+fn signing_section_and_kek_from_the_environment() {
+    let text = format!(
+        "{MINIMAL}[signing]\nkey-encryption-key-file = \"/etc/larder/kek\"\nrotation-overlap = \"7d\"\n"
+    );
+    let mut c = Config::parse_toml(&text).unwrap();
+    assert_eq!(c.signing.rotation_overlap.as_secs(), 7 * 86400);
+    assert!(c.signing.key_encryption_key.is_none());
+    c.apply_env(|k| (k == "LARDER_SIGNING_KEK").then(|| "a2V5".into()))
+        .unwrap();
+    assert_eq!(
+        c.signing.key_encryption_key.as_ref().unwrap().expose(),
+        "a2V5"
+    );
+    assert!(
+        !format!("{c:?}").contains("a2V5"),
+        "the KEK never shows in Debug"
+    );
+    // Only the environment gives the KEK text; the file names a path.
+    let inline = format!("{MINIMAL}[signing]\nkey-encryption-key = \"a2V5\"\n");
+    assert!(Config::parse_toml(&inline).is_err());
+    let defaults = Config::parse_toml(MINIMAL).unwrap();
+    assert_eq!(defaults.signing.rotation_overlap.as_secs(), 30 * 86400);
 }
 
 const S3_BASE: &str = r#"

@@ -1,4 +1,5 @@
-//! `caches`: tenants, each with its own signing key, visibility and retention.
+//! `caches`: tenants, each with its own visibility and retention; their
+//! signing keys are rows of `cache_keys` ([`super::cache_keys`]).
 
 use sqlx::{AssertSqlSafe, Row};
 
@@ -13,8 +14,6 @@ pub struct CacheRecord {
     pub id: i64,
     /// Validated name.
     pub name: CacheName,
-    /// Nix secret key `name:base64`; never serialised to clients.
-    pub keypair: String,
     /// Public caches grant pull to everyone.
     pub is_public: bool,
     /// Store directory advertised in `nix-cache-info`.
@@ -44,8 +43,6 @@ impl std::fmt::Debug for CacheRecord {
 pub struct NewCache<'a> {
     /// Name.
     pub name: &'a CacheName,
-    /// Secret key.
-    pub keypair: &'a str,
     /// Visibility.
     pub is_public: bool,
     /// Store dir.
@@ -61,8 +58,6 @@ pub struct NewCache<'a> {
 /// A partial update: `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct CacheUpdate {
-    /// New secret key.
-    pub keypair: Option<String>,
     /// New visibility.
     pub is_public: Option<bool>,
     /// New store dir.
@@ -75,7 +70,7 @@ pub struct CacheUpdate {
     pub retention_period: Option<Option<i64>>,
 }
 
-const COLUMNS: &str = "id, name, keypair, is_public, store_dir, priority, upstream_cache_key_names, retention_period, created_at";
+const COLUMNS: &str = "id, name, is_public, store_dir, priority, upstream_cache_key_names, retention_period, created_at";
 
 macro_rules! cache_from_row {
     ($r:expr) => {{
@@ -85,7 +80,6 @@ macro_rules! cache_from_row {
         Ok::<_, DbError>(CacheRecord {
             id: r.try_get("id")?,
             name: name.parse().map_err(|e| corrupt("caches.name", e))?,
-            keypair: r.try_get("keypair")?,
             is_public: r.try_get("is_public")?,
             store_dir: r.try_get("store_dir")?,
             priority: r.try_get("priority")?,
@@ -106,13 +100,12 @@ pub async fn create(
     let upstream =
         serde_json::to_string(new.upstream_cache_key_names).map_err(|e| corrupt("upstream", e))?;
     let sql = format!(
-        "INSERT INTO caches (name, keypair, is_public, store_dir, priority, upstream_cache_key_names, retention_period, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING RETURNING {COLUMNS}"
+        "INSERT INTO caches (name, is_public, store_dir, priority, upstream_cache_key_names, retention_period, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING {COLUMNS}"
     );
     on_conn!(raw, c => {
         let row = sqlx::query(AssertSqlSafe(&*sql))
             .bind(new.name.as_str())
-            .bind(new.keypair)
             .bind(new.is_public)
             .bind(new.store_dir)
             .bind(new.priority)
@@ -161,18 +154,16 @@ pub async fn update(
     };
     let sql = format!(
         "UPDATE caches SET
-            keypair = COALESCE($2, keypair),
-            is_public = COALESCE($3, is_public),
-            store_dir = COALESCE($4, store_dir),
-            priority = COALESCE($5, priority),
-            upstream_cache_key_names = COALESCE($6, upstream_cache_key_names),
-            retention_period = CASE WHEN $7 THEN $8 ELSE retention_period END
+            is_public = COALESCE($2, is_public),
+            store_dir = COALESCE($3, store_dir),
+            priority = COALESCE($4, priority),
+            upstream_cache_key_names = COALESCE($5, upstream_cache_key_names),
+            retention_period = CASE WHEN $6 THEN $7 ELSE retention_period END
          WHERE id = $1 RETURNING {COLUMNS}"
     );
     on_conn!(raw, c => {
         let row = sqlx::query(AssertSqlSafe(&*sql))
             .bind(id)
-            .bind(u.keypair.as_deref())
             .bind(u.is_public)
             .bind(u.store_dir.as_deref())
             .bind(u.priority)

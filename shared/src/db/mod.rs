@@ -7,6 +7,7 @@
 //! (`BIGINT`), so tests can inject a clock.
 
 pub mod audit;
+pub mod cache_keys;
 pub mod caches;
 pub mod chunk_claims;
 pub mod chunks;

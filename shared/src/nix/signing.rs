@@ -110,6 +110,21 @@ impl SigningKey {
         })
     }
 
+    /// A key from its 32-byte Ed25519 seed (what is sealed at rest; the
+    /// public half is derived from it).
+    pub fn from_seed(name: &str, seed: &[u8; SECRET_KEY_LENGTH]) -> Result<Self, SigningError> {
+        check_key_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            key: ed25519_dalek::SigningKey::from_bytes(seed),
+        })
+    }
+
+    /// The 32-byte seed: the secret itself. Only for sealing it at rest.
+    pub fn seed(&self) -> [u8; SECRET_KEY_LENGTH] {
+        self.key.to_bytes()
+    }
+
     /// The key name signatures carry.
     pub fn name(&self) -> &str {
         &self.name
