@@ -6,11 +6,14 @@
 //! can record more in it (the uploader's URL) before committing.
 
 use larder_shared::db::Tx;
+use larder_shared::db::chunks::BATCH;
 use larder_shared::db::nars::{self, NarState};
+use larder_shared::db::object_refs;
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::jobs;
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::StorePathHash;
+use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
 use crate::error::{ApiError, ApiResult};
@@ -31,6 +34,10 @@ pub struct NewPath<'a> {
     /// Whether this upload may replace another NAR of the path (first push
     /// wins otherwise).
     pub replace: Replace,
+    /// The cache's retention, to mark the paths this one references as used
+    /// before it is written ([`refresh_references`]); `None` for imports,
+    /// which keep the clocks they bring.
+    pub retention: Option<Retention>,
 }
 
 /// What [`record_staged`] did.
@@ -99,6 +106,7 @@ pub async fn link_existing(
 /// already serves it with another NAR that this upload may not replace; the
 /// caller's transaction must then be dropped (it holds the NAR row).
 async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: i64, now: i64) -> ApiResult<i64> {
+    refresh_references(tx, path, now).await?;
     objects::upsert(
         tx.raw(),
         path.cache_id,
@@ -113,4 +121,25 @@ async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: i64, now: i64) -> ApiRe
         store_path_hash: path.hash.clone(),
         nar_hash: *path.nar_hash,
     })
+}
+
+/// Marks the paths of the cache that `path` references as used at `now`
+/// (those not used in the last moments, [`Retention::refresh_before`]), in
+/// the upload's transaction and before the object is written: a new root
+/// refreshes the closure it relies on, and on PostgreSQL the touched rows
+/// stay locked until the commit, so a GC `DELETE` racing this upload waits,
+/// then re-checks and keeps them (docs/gc.md "Closures").
+async fn refresh_references(tx: &mut Tx, path: &NewPath<'_>, now: i64) -> ApiResult<()> {
+    let Some(older_than) = path.retention.and_then(|r| r.refresh_before(now)) else {
+        return Ok(());
+    };
+    let hashes = object_refs::ref_hashes(
+        path.hash.as_str(),
+        path.meta.references.iter().map(String::as_str),
+    );
+    let hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    for batch in hashes.chunks(BATCH) {
+        objects::touch_by_hashes(tx.raw(), path.cache_id, batch, now, older_than).await?;
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod jobs;
 pub mod nix;
+pub mod retention;
 pub mod storage;
 pub mod token;
 

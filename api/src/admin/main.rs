@@ -34,7 +34,14 @@ enum Command {
     /// List the tokens minted by larder-admin, with their status.
     ListTokens,
     /// Run garbage collection now and print what it freed.
-    Gc,
+    Gc {
+        /// Delete nothing: print each path that would expire, with why, and a summary.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
     /// Print storage statistics, global and per cache.
     Stats {
         /// As JSON.
@@ -67,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         Command::MakeToken(cmd) => cmd.run(&config).await,
         Command::RevokeToken(cmd) => cmd.run(&config).await,
         Command::ListTokens => tokens::list(&config).await,
-        Command::Gc => maintenance::run_gc(&config).await,
+        Command::Gc { dry_run, json } => maintenance::run_gc(&config, dry_run, json).await,
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
         Command::ImportAttic(cmd) => {
             if !cmd.run(&config).await? {

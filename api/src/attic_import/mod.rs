@@ -406,6 +406,7 @@ impl Pass<'_> {
             nar_hash: &p.nar_hash,
             nar_size: p.nar_size,
             replace: Replace::Never,
+            retention: None,
         };
         if known.is_some() || self.would_stage.contains(&p.nar_hash) {
             if !self.opts.dry_run {

@@ -25,6 +25,7 @@ use larder_shared::db::uploads::{
 use larder_shared::nix::hash::{FileHash, NarHash};
 use larder_shared::nix::narinfo::{Compression, NarInfo};
 use larder_shared::nix::store_path::{StorePath, StorePathHash};
+use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
 use crate::auth::{CacheAccess, Push};
@@ -99,6 +100,10 @@ pub async fn put(
         nar_size: info.nar_size,
         // `nix copy` has no way to ask; replacing goes through upload-path.
         replace: Replace::Never,
+        retention: Some(Retention::of(
+            &access.cache,
+            &state.config.garbage_collection,
+        )),
     };
     // A concurrent narinfo may claim the pending upload first; the second
     // attempt then finds the URL it recorded.
