@@ -25,8 +25,10 @@
 //!     root keeps its whole closure, a shared closure stays until both roots
 //!     are idle, a pin protects its closure, an unreferenced idle path goes,
 //!     uses (get-missing-paths, uploads referring to a path) refresh it, a
-//!     dry run reports exactly what a GC expires, and pushes racing GC never
-//!     leave a served path without part of its closure.
+//!     replaced NAR's references replace the old ones, a dry run reports
+//!     exactly what a GC expires, and pushes racing GC (as `larder push` and
+//!     as `nix copy` ask) never leave a served path without part of its
+//!     closure (`LARDER_CLOSURE_RACE_ROUNDS` soaks longer).
 
 #[allow(dead_code)]
 mod common;
@@ -64,8 +66,8 @@ use gc_support::clock::{
 };
 use gc_support::closure::{
     dry_run_reports_what_would_go, live_root_keeps_its_closure, pin_protects_its_closure,
-    shared_closure_survives_until_both_roots_expire, uploads_racing_gc_keep_closures,
-    uses_refresh_what_pushes_rely_on,
+    replaced_references_follow_the_new_nar, shared_closure_survives_until_both_roots_expire,
+    uploads_racing_gc_keep_closures, uses_refresh_what_pushes_rely_on,
 };
 use gc_support::http::{
     HeldUpload, assert_bytes, assert_cache_stats, assert_served, cache_stats, delete_path,
@@ -129,6 +131,7 @@ on_both_backends!(crate::gc_support::default_app =>
     pin_protects_its_closure,
     uses_refresh_what_pushes_rely_on,
     dry_run_reports_what_would_go,
+    replaced_references_follow_the_new_nar,
     uploads_racing_gc_keep_closures,
 );
 

@@ -3,8 +3,9 @@
 //! Paths are pushed through the router as `larder push` pushes them (deps
 //! before roots), then their clocks are set ([`set_path_time`]) and GC runs
 //! at an injected `now`. The race ([`uploads_racing_gc_keep_closures`])
-//! runs at real time instead: pushes (get-missing-paths, then upload-path
-//! of what is missing) interleave with repeated GCs under a 60 s retention,
+//! runs at real time instead: pushes (get-missing-paths as `larder push`
+//! asks, or narinfo GETs as `nix copy` does, then upload-path of what is
+//! missing) interleave with repeated GCs under a 60 s retention,
 //! and after each round every path the cache holds has every reference the
 //! cache ever held (`LARDER_CLOSURE_RACE_ROUNDS` soaks longer).
 
@@ -18,7 +19,7 @@ use larder_shared::token::Permission;
 use larder_worker::jobs::gc as gc_job;
 
 use super::clock::{HOLDER, gc_at, set_path_time};
-use super::http::{assert_served, missing_paths, pin, set_retention, unpin};
+use super::http::{assert_served, missing_paths, narinfo_status, pin, set_retention, unpin};
 use crate::common::TestApp;
 use crate::common::nar::{Rng, TestNar};
 use crate::common::read::assert_kind;
@@ -228,6 +229,63 @@ pub async fn uses_refresh_what_pushes_rely_on(app: &TestApp) {
     assert_served(app, &token, "cu", &[&d, &e], &[&gone, &root], "used").await;
 }
 
+/// Replacing a path's NAR (`X-Larder-Replace`, with `d`) replaces its
+/// references in the index too: the old reference is no longer kept alive,
+/// the new one is.
+pub async fn replaced_references_follow_the_new_nar(app: &TestApp) {
+    app.create_cache("cx", false).await;
+    set_retention(app, "cx", json!({ "Period": RETENTION })).await;
+    let token = app.token(&[(
+        "cx",
+        &[Permission::Pull, Permission::Push, Permission::Delete],
+    )]);
+    let old_dep = small("old-dep", 1951, &[]);
+    let new_dep = small("new-dep", 1952, &[]);
+    let v1 = small("app", 1953, &[&old_dep]);
+    let mut v2 = TestNar::files("app", 1954, &[333]);
+    v2.base_name = v1.base_name.clone();
+    v2.references = vec![new_dep.base_name.clone(), v1.base_name.clone()];
+    push(app, &token, "cx", &[&old_dep, &new_dep, &v1]).await;
+    let req = crate::common::request(
+        axum::http::Method::PUT,
+        "/_api/v1/upload-path",
+        Some(&token),
+    )
+    .header("x-attic-nar-info", v2.info("cx").to_string())
+    .header("x-larder-replace", "1")
+    .header(axum::http::header::CONTENT_TYPE, "application/x-nix-nar")
+    .body(axum::body::Body::from(v2.bytes.clone()))
+    .expect("request");
+    app.send(req)
+        .await
+        .assert_status(axum::http::StatusCode::OK);
+    let indexed = objects_of(&app.state.db, "cx").await;
+    let refs = indexed
+        .iter()
+        .find(|(h, _)| h == v1.store_hash())
+        .map(|(_, r)| r.clone())
+        .expect("app held");
+    assert!(refs.contains(&new_dep.base_name), "{refs}");
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM object_refs WHERE ref_hash = '{}'",
+            new_dep.store_hash()
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.count("object_refs").await,
+        1,
+        "old reference and self left out"
+    );
+    let t0 = unix_now() - 1000;
+    set_path_time(app, "cx", &old_dep, t0).await;
+    set_path_time(app, "cx", &new_dep, t0).await;
+    assert_eq!(gc_at(app, unix_now()).await.objects_expired, 1, "old-dep");
+    assert_served(app, &token, "cx", &[&v2, &new_dep], &[&old_dep], "replaced").await;
+}
+
 /// `gc::dry_run` (`larder-admin gc --dry-run`) reports what the next GC
 /// expires, with reasons, and deletes nothing.
 pub async fn dry_run_reports_what_would_go(app: &TestApp) {
@@ -309,7 +367,7 @@ pub async fn uploads_racing_gc_keep_closures(app: &TestApp) {
     let rounds: u64 = std::env::var("LARDER_CLOSURE_RACE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(12);
     let mut rng = Rng::new(0xc105);
     let mut seed = 20_000;
     let mut all: Vec<TestNar> = Vec::new();
@@ -357,9 +415,11 @@ pub async fn uploads_racing_gc_keep_closures(app: &TestApp) {
             order.push(root);
             closures.push(order);
         }
+        // Rounds alternate between the two ways of asking.
+        let by_narinfo = round % 2 == 1;
         let pushes = async {
             for closure in &closures {
-                larder_push(app, &token, CACHE, closure).await;
+                push_closure(app, &token, CACHE, closure, by_narinfo).await;
             }
         };
         let gcs = async {
@@ -422,10 +482,27 @@ fn depth(n: &TestNar, all: &[TestNar], extra: &[&TestNar]) -> usize {
 }
 
 /// What `larder push` does: ask which paths of the closure the cache lacks,
-/// then upload those, dependencies first.
-async fn larder_push(app: &TestApp, token: &str, cache: &str, closure: &[TestNar]) {
+/// then upload those, dependencies first. With `by_narinfo`, what `nix
+/// copy` does instead: one narinfo GET per path.
+async fn push_closure(
+    app: &TestApp,
+    token: &str,
+    cache: &str,
+    closure: &[TestNar],
+    by_narinfo: bool,
+) {
     let refs: Vec<&TestNar> = closure.iter().collect();
-    let missing = missing_paths(app, token, cache, &refs).await;
+    let missing: BTreeSet<String> = if by_narinfo {
+        let mut m = BTreeSet::new();
+        for n in &refs {
+            if narinfo_status(app, token, cache, n).await == axum::http::StatusCode::NOT_FOUND {
+                m.insert(n.store_hash().to_owned());
+            }
+        }
+        m
+    } else {
+        missing_paths(app, token, cache, &refs).await
+    };
     for n in closure.iter().filter(|n| missing.contains(n.store_hash())) {
         let resp = app.upload(token, cache, n).await;
         resp.assert_status(axum::http::StatusCode::OK);
