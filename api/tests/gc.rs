@@ -66,8 +66,9 @@ use gc_support::clock::{
 };
 use gc_support::closure::{
     dry_run_reports_what_would_go, live_root_keeps_its_closure, pin_protects_its_closure,
-    replaced_references_follow_the_new_nar, shared_closure_survives_until_both_roots_expire,
-    uploads_racing_gc_keep_closures, uses_refresh_what_pushes_rely_on,
+    reference_cycles_go_together, replaced_references_follow_the_new_nar,
+    shared_closure_survives_until_both_roots_expire, uploads_racing_gc_keep_closures,
+    uses_refresh_what_pushes_rely_on,
 };
 use gc_support::http::{
     HeldUpload, assert_bytes, assert_cache_stats, assert_served, cache_stats, delete_path,
@@ -132,6 +133,7 @@ on_both_backends!(crate::gc_support::default_app =>
     uses_refresh_what_pushes_rely_on,
     dry_run_reports_what_would_go,
     replaced_references_follow_the_new_nar,
+    reference_cycles_go_together,
     uploads_racing_gc_keep_closures,
 );
 

@@ -286,6 +286,28 @@ pub async fn replaced_references_follow_the_new_nar(app: &TestApp) {
     assert_served(app, &token, "cx", &[&v2, &new_dep], &[&old_dep], "replaced").await;
 }
 
+/// Paths whose (uploaded) metadata refer to each other in a cycle go
+/// together once idle and unreferenced, and stay while a live path refers
+/// to one of them.
+pub async fn reference_cycles_go_together(app: &TestApp) {
+    let token = short_cache(app, "cc").await;
+    let mut a = small("cyc-a", 1961, &[]);
+    let b = small("cyc-b", 1962, &[&a]);
+    a.references = vec![b.base_name.clone()];
+    let c = small("cyc-c", 1963, &[&b]);
+    let top = small("top", 1964, &[&c]);
+    push(app, &token, "cc", &[&a, &b, &c, &top]).await;
+    let t0 = unix_now() - 1000;
+    for n in [&a, &b, &c] {
+        set_path_time(app, "cc", n, t0).await;
+    }
+    set_path_time(app, "cc", &top, t0 + 30).await;
+    assert_eq!(gc_at(app, t0 + 70).await.objects_expired, 0, "top is live");
+    let report = gc_at(app, unix_now() + RETENTION + 5).await;
+    assert_eq!(report.objects_expired, 4, "top, c, then the cycle a ↔ b");
+    assert_eq!(app.count("objects").await, 0);
+}
+
 /// `gc::dry_run` (`larder-admin gc --dry-run`) reports what the next GC
 /// expires, with reasons, and deletes nothing.
 pub async fn dry_run_reports_what_would_go(app: &TestApp) {
