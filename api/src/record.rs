@@ -8,12 +8,15 @@
 
 use larder_shared::CacheName;
 use larder_shared::audit::{Actor, AuditEvent, PushRoute};
+use larder_shared::db::chunks::BATCH;
 use larder_shared::db::nars::{self, NarState};
+use larder_shared::db::object_refs;
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::{Tx, audit};
 use larder_shared::jobs;
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::StorePathHash;
+use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
 use crate::error::{ApiError, ApiResult};
@@ -36,6 +39,10 @@ pub struct NewPath<'a> {
     pub replace: Replace,
     /// Who the path comes from.
     pub origin: Origin<'a>,
+    /// The cache's retention, to mark the paths this one references as used
+    /// before it is written ([`refresh_references`]); `None` for imports,
+    /// which keep the clocks they bring.
+    pub retention: Option<Retention>,
 }
 
 /// Who a path comes from: what `objects.created_by` and the audit trail say.
@@ -127,6 +134,7 @@ pub async fn link_existing(
 /// is audited here, in the caller's transaction. Callers have written (the
 /// NAR row) before this read, so SQLite holds the write lock already.
 async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: i64, now: i64) -> ApiResult<i64> {
+    refresh_references(tx, path, now).await?;
     let (old_nar, created_by) = match path.origin {
         Origin::Push { actor, .. } => (
             objects::find(tx.raw(), path.cache_id, path.hash)
@@ -178,4 +186,25 @@ async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: i64, now: i64) -> ApiRe
         audit::insert(tx.raw(), now, actor, &event).await?;
     }
     Ok(id)
+}
+
+/// Marks the paths of the cache that `path` references as used at `now`
+/// (those not used in the last moments, [`Retention::refresh_before`]), in
+/// the upload's transaction and before the object is written: a new root
+/// refreshes the closure it relies on, and on PostgreSQL the touched rows
+/// stay locked until the commit, so a GC `DELETE` racing this upload waits,
+/// then re-checks and keeps them (docs/gc.md "Closures").
+async fn refresh_references(tx: &mut Tx, path: &NewPath<'_>, now: i64) -> ApiResult<()> {
+    let Some(older_than) = path.retention.and_then(|r| r.refresh_before(now)) else {
+        return Ok(());
+    };
+    let hashes = object_refs::ref_hashes(
+        path.hash.as_str(),
+        path.meta.references.iter().map(String::as_str),
+    );
+    let hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    for batch in hashes.chunks(BATCH) {
+        objects::touch_by_hashes(tx.raw(), path.cache_id, batch, now, older_than).await?;
+    }
+    Ok(())
 }

@@ -20,7 +20,15 @@
 //!     orphans rewritten between a deleter's choice and its delete, an
 //!     ingest stalled before its commit against the chunk phase, a killed
 //!     ingest's objects found through its intents, a GC killed holding
-//!     claims (`gc_support::claims`).
+//!     claims (`gc_support::claims`);
+//! 11. closure-aware retention (issue 19 §1, `gc_support::closure`): a live
+//!     root keeps its whole closure, a shared closure stays until both roots
+//!     are idle, a pin protects its closure, an unreferenced idle path goes,
+//!     uses (get-missing-paths, uploads referring to a path) refresh it, a
+//!     replaced NAR's references replace the old ones, a dry run reports
+//!     exactly what a GC expires, and pushes racing GC (as `larder push` and
+//!     as `nix copy` ask) never leave a served path without part of its
+//!     closure (`LARDER_CLOSURE_RACE_ROUNDS` soaks longer).
 
 #[allow(dead_code)]
 mod common;
@@ -55,6 +63,12 @@ use gc_support::claims::{
 use gc_support::clock::{
     DAY, backdate_nars, backdate_unreferenced_chunks, default_retention, gc_at, grace, poll_until,
     set_path_time,
+};
+use gc_support::closure::{
+    dry_run_reports_what_would_go, live_root_keeps_its_closure, pin_protects_its_closure,
+    reference_cycles_go_together, replaced_references_follow_the_new_nar,
+    shared_closure_survives_until_both_roots_expire, uploads_racing_gc_keep_closures,
+    uses_refresh_what_pushes_rely_on,
 };
 use gc_support::http::{
     HeldUpload, assert_bytes, assert_cache_stats, assert_served, cache_stats, delete_path,
@@ -113,6 +127,14 @@ on_both_backends!(crate::gc_support::default_app =>
     slow_ingest_against_the_chunk_phase,
     killed_ingest_objects_are_found_through_intents,
     gc_killed_holding_claims_is_finished_by_the_next,
+    live_root_keeps_its_closure,
+    shared_closure_survives_until_both_roots_expire,
+    pin_protects_its_closure,
+    uses_refresh_what_pushes_rely_on,
+    dry_run_reports_what_would_go,
+    replaced_references_follow_the_new_nar,
+    reference_cycles_go_together,
+    uploads_racing_gc_keep_closures,
 );
 
 on_both_backends!(crate::gc_support::short_grace_app =>

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod jobs;
 pub mod nix;
+pub mod retention;
 pub mod signing_keys;
 pub mod storage;
 pub mod token;

@@ -3,6 +3,7 @@
 //! `larder-api` for its in-process workers.
 
 pub mod chunk_deletion;
+pub mod closure;
 pub mod gc_lease;
 pub mod jobs;
 pub mod runner;

@@ -40,7 +40,14 @@ enum Command {
     /// Show one path of a cache, with who pushed it.
     PathInfo(audit::PathInfo),
     /// Run garbage collection now and print what it freed.
-    Gc,
+    Gc {
+        /// Delete nothing: print each path that would expire, with why, and a summary.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
     /// Print storage statistics, global and per cache.
     Stats {
         /// As JSON.
@@ -80,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         Command::ListTokens => tokens::list(&config).await,
         Command::Audit(cmd) => cmd.run(&config).await,
         Command::PathInfo(cmd) => cmd.run(&config).await,
-        Command::Gc => maintenance::run_gc(&config).await,
+        Command::Gc { dry_run, json } => maintenance::run_gc(&config, dry_run, json).await,
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
         Command::CacheKey(cmd) => cmd.run(&config).await,
         Command::ImportAttic(cmd) => {

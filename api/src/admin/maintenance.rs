@@ -31,9 +31,19 @@ fn holder() -> String {
     format!("larder-admin-{}", std::process::id())
 }
 
-/// Runs one GC now and prints what it freed.
-pub async fn run_gc(config: &Config) -> anyhow::Result<()> {
+/// Runs one GC now and prints what it freed; with `dry_run`, prints what
+/// would expire instead (text, or JSON with `json`).
+pub async fn run_gc(config: &Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let svc = services(config).await?;
+    if dry_run {
+        let report = gc::dry_run(&svc, unix_now()).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", gc::render_dry_run(&report));
+        }
+        return Ok(());
+    }
     match gc::run(&svc, unix_now(), &holder()).await? {
         Some(r) => {
             println!("expired paths:   {}", r.objects_expired);

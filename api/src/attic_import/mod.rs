@@ -476,6 +476,7 @@ impl Pass<'_> {
             origin: Origin::Import {
                 created_by: o.created_by.as_deref(),
             },
+            retention: None,
         };
         if known.is_some() || self.would_stage.contains(&p.nar_hash) {
             if !self.opts.dry_run {

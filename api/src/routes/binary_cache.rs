@@ -14,6 +14,7 @@ use larder_shared::db::{audit, unix_now};
 use larder_shared::nix::narinfo::{Compression, NarInfo};
 use larder_shared::nix::signing::fingerprint;
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_shared::retention::Retention;
 use larder_shared::signing_keys::CacheSigning;
 
 use crate::auth::{CacheAccess, Delete, PullOrPush};
@@ -58,18 +59,36 @@ async fn narinfo(
     head_only: bool,
 ) -> ApiResult<Response> {
     let mut conn = state.db.conn().await?;
-    let found = objects::find(conn.raw(), access.cache.id, hash)
+    let mut found = objects::find(conn.raw(), access.cache.id, hash)
         .await?
         .filter(|o| o.nar.state != NarState::Broken);
+    // In the second half of its retention a path read is written at once,
+    // then looked up again if that write found nothing: a client that sees
+    // the narinfo (`nix copy` checking what the cache has) may push a path
+    // referring to it next, and GC must not expire it meanwhile. Otherwise
+    // the batched access log is enough (docs/gc.md "Closures").
+    let now = unix_now();
+    let retention = Retention::of(&access.cache, &state.config.garbage_collection);
+    let mut noted = false;
+    if let Some(o) = &found
+        && retention.read_needs_sync_touch(o.last_accessed_at, now)
+    {
+        noted = objects::touch(conn.raw(), &[o.id], now).await? == 1;
+        if !noted {
+            found = objects::find(conn.raw(), access.cache.id, hash)
+                .await?
+                .filter(|o| o.nar.state != NarState::Broken);
+        }
+    }
     state.metrics.narinfo(&access.cache, found.is_some());
     let object = found.ok_or(ApiError::NoSuchObject)?;
+    if !noted {
+        state.access.object(object.id);
+    }
     // The rows, not the secrets: decrypted keys come from the key ring.
     let rows = cache_keys::of_cache(conn.raw(), access.cache.id).await?;
     drop(conn);
-    let signing = state
-        .keys
-        .signing(access.cache.name.as_str(), &rows, unix_now())?;
-    state.access.object(object.id);
+    let signing = state.keys.signing(access.cache.name.as_str(), &rows, now)?;
     let text = render_narinfo(&signing, &access.cache.store_dir, &object)?;
     let headers = [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
     if head_only {

@@ -108,7 +108,12 @@ pub async fn set_pin(
         .map_err(|e| ApiError::Internal(format!("store dir: {e}")))?;
     let path = StorePath::from_absolute_path(&store_dir, &req.store_path)
         .map_err(|e| ApiError::BadRequest(format!("invalid store_path: {e}")))?;
+    let now = unix_now();
     let mut conn = state.db.conn().await?;
+    // Marked used before it is looked up, so a GC that marked before this
+    // pin existed keeps the path (its DELETE re-checks idleness) or has
+    // already deleted it (404 here), never deletes it once pinned.
+    objects::touch_by_hashes(conn.raw(), access.cache.id, &[path.hash.as_str()], now, now).await?;
     objects::find(conn.raw(), access.cache.id, &path.hash)
         .await?
         .ok_or(ApiError::NoSuchObject)?;

@@ -5,8 +5,9 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use larder_shared::db::chunks::BATCH;
-use larder_shared::db::objects;
+use larder_shared::db::{objects, unix_now};
 use larder_shared::nix::store_path::StorePathHash;
+use larder_shared::retention::Retention;
 
 use crate::auth::{Credentials, Need, Push};
 use crate::error::{ApiError, ApiResult};
@@ -32,7 +33,8 @@ pub struct GetMissingPathsResponse {
     pub missing_paths: Vec<String>,
 }
 
-/// The handler; needs `w` (it answers a pusher's question).
+/// The handler; needs `w` (it answers a pusher's question). Paths found
+/// present are marked used.
 pub async fn get_missing_paths(
     State(state): State<AppState>,
     credentials: Credentials,
@@ -54,10 +56,17 @@ pub async fn get_missing_paths(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))?;
     let cache = credentials.authorize(&state, &name, Push::ANY_OF).await?;
+    // A path found present counts as used (synchronously, before it is
+    // reported present): the pusher is about to upload paths that refer to
+    // it, so GC must not expire it meanwhile (docs/gc.md "Closures").
+    let now = unix_now();
+    let touch = Retention::of(&cache, &state.config.garbage_collection)
+        .refresh_before(now)
+        .map(|older_than| (now, older_than));
     let mut conn = state.db.conn().await?;
     let mut missing = Vec::new();
     for batch in hashes.chunks(BATCH) {
-        missing.extend(objects::missing(conn.raw(), cache.id, batch).await?);
+        missing.extend(objects::missing(conn.raw(), cache.id, batch, touch).await?);
     }
     Ok(Json(GetMissingPathsResponse {
         missing_paths: missing.iter().map(|h| h.to_string()).collect(),

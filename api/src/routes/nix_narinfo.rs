@@ -26,6 +26,7 @@ use larder_shared::db::uploads::{
 use larder_shared::nix::hash::{FileHash, NarHash};
 use larder_shared::nix::narinfo::{Compression, NarInfo};
 use larder_shared::nix::store_path::{StorePath, StorePathHash};
+use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
 use crate::auth::{CacheAccess, Push};
@@ -106,6 +107,10 @@ pub async fn put(
             cache: &access.cache.name,
             route: PushRoute::NixCopy,
         },
+        retention: Some(Retention::of(
+            &access.cache,
+            &state.config.garbage_collection,
+        )),
     };
     // A concurrent narinfo may claim the pending upload first; the second
     // attempt then finds the URL it recorded.

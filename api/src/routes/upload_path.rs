@@ -17,11 +17,13 @@ use tracing::instrument;
 
 use larder_shared::CacheName;
 use larder_shared::audit::{Actor, PushRoute};
+use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::unix_now;
 use larder_shared::nix::hash::NarHash;
 use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
 use crate::auth::{Credentials, Need, Push};
@@ -263,7 +265,7 @@ pub async fn upload_path(
     if let Some(nar) = existing {
         staging::prove_possession(body, v.expected).await?;
         let mut tx = state.db.begin().await?;
-        record::link_existing(&mut tx, &v.path(cache.id), nar.id, now)
+        record::link_existing(&mut tx, &v.path(&state, &cache), nar.id, now)
             .await?
             .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
         tx.commit().await?;
@@ -278,7 +280,7 @@ pub async fn upload_path(
 
     let key = staging_key()?;
     staging::stage(&state.staging, &key, body, v.expected).await?;
-    let committed = record_staged(&state, cache.id, &v, &key, now).await;
+    let committed = record_staged(&state, &cache, &v, &key, now).await;
     match committed {
         Ok(true) => {}
         Ok(false) => {
@@ -340,21 +342,21 @@ pub fn staging_key() -> ApiResult<ObjectKey> {
 /// not needed).
 async fn record_staged(
     state: &AppState,
-    cache_id: i64,
+    cache: &CacheRecord,
     v: &Validated,
     key: &ObjectKey,
     now: i64,
 ) -> ApiResult<bool> {
     let mut tx = state.db.begin().await?;
-    let recorded = record::record_staged(&mut tx, &v.path(cache_id), key, now).await?;
+    let recorded = record::record_staged(&mut tx, &v.path(state, cache), key, now).await?;
     tx.commit().await?;
     Ok(recorded.used_staged_copy)
 }
 
 impl Validated {
-    fn path(&self, cache_id: i64) -> record::NewPath<'_> {
+    fn path(&self, state: &AppState, cache: &CacheRecord) -> record::NewPath<'_> {
         record::NewPath {
-            cache_id,
+            cache_id: cache.id,
             hash: &self.hash,
             meta: &self.meta,
             nar_hash: &self.expected.nar_hash,
@@ -365,6 +367,7 @@ impl Validated {
                 cache: &self.cache,
                 route: PushRoute::UploadPath,
             },
+            retention: Some(Retention::of(cache, &state.config.garbage_collection)),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod claims;
 pub mod clock;
+pub mod closure;
 pub mod http;
 pub mod invariants;
 pub mod pool;

@@ -7,6 +7,10 @@
 //! `refcount = -1`, their storage objects deleted, then their rows. Ingest
 //! never reuses a chunk at `-1`, and only adds references to chunks at `>= 0`
 //! (checking the count), so a chunk being deleted is never reused.
+//!
+//! Expiry deletes an object only while it is idle and no other object of its
+//! cache refers to it (`object_refs`), referrers first, so no served path
+//! ever loses part of its closure in the cache.
 
 use sqlx::{AssertSqlSafe, Row};
 
@@ -16,94 +20,155 @@ use super::{DbError, Raw, corrupt, placeholders};
 use crate::chunk::ChunkHash;
 use crate::on_conn;
 
-/// An object with what expiry and pin closures need.
+/// An object as GC's mark reads it.
 #[derive(Debug, Clone)]
-pub struct ObjectRef {
+pub struct ObjectNode {
     /// Row id.
     pub id: i64,
     /// Hash part of its store path.
     pub store_path_hash: String,
-    /// Reference base names.
-    pub references: Vec<String>,
+    /// Reference base names, space-separated (as stored).
+    pub refs: String,
+    /// Last push or recorded use.
+    pub last_accessed_at: i64,
 }
 
-/// An [`ObjectRef`] from a row selecting `id, store_path_hash, refs`
-/// (expanded per backend).
-macro_rules! object_ref_from_row {
-    ($r:expr) => {{
-        let r = $r;
-        let refs: String = r.try_get("refs")?;
-        Ok::<_, DbError>(ObjectRef {
-            id: r.try_get("id")?,
-            store_path_hash: r.try_get("store_path_hash")?,
-            references: refs.split_whitespace().map(str::to_owned).collect(),
-        })
-    }};
-}
-
-/// Objects of `cache_id` idle since before `cutoff` (no push or access),
-/// with id above `after` (keyset paging), at most `limit`.
-pub async fn idle_objects(
+/// The objects of `cache_id` with id above `after` (keyset paging on
+/// `objects_cache_id_idx`), at most `limit`, by id.
+pub async fn objects_page(
     raw: Raw<'_>,
     cache_id: i64,
-    cutoff: i64,
     after: i64,
     limit: i64,
-) -> Result<Vec<ObjectRef>, DbError> {
+) -> Result<Vec<ObjectNode>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
-            "SELECT id, store_path_hash, refs FROM objects
-             WHERE cache_id = $1 AND last_accessed_at < $2 AND id > $3 ORDER BY id LIMIT $4",
+            "SELECT id, store_path_hash, refs, last_accessed_at FROM objects
+             WHERE cache_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(cache_id)
-        .bind(cutoff)
         .bind(after)
         .bind(limit)
         .fetch_all(&mut *c)
         .await?;
-        rows.iter().map(|r| object_ref_from_row!(r)).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(ObjectNode {
+                    id: r.try_get("id")?,
+                    store_path_hash: r.try_get("store_path_hash")?,
+                    refs: r.try_get("refs")?,
+                    last_accessed_at: r.try_get("last_accessed_at")?,
+                })
+            })
+            .collect()
     })
 }
 
-/// Objects of a cache by store path hash (≤ [`super::chunks::BATCH`]), for pin closures.
-pub async fn objects_by_hashes(
-    raw: Raw<'_>,
-    cache_id: i64,
-    hashes: &[String],
-) -> Result<Vec<ObjectRef>, DbError> {
-    if hashes.is_empty() {
+/// Store paths of objects by id (≤ [`super::chunks::BATCH`]): what a dry run prints.
+pub async fn store_paths(raw: Raw<'_>, ids: &[i64]) -> Result<Vec<(i64, String)>, DbError> {
+    if ids.is_empty() {
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT id, store_path_hash, refs FROM objects WHERE cache_id = $1 AND store_path_hash IN ({})",
+        "SELECT id, store_path FROM objects WHERE id IN ({})",
+        placeholders(1, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("store_path")?)))
+            .collect()
+    })
+}
+
+/// The re-check of [`delete_unneeded_objects`]: still idle since before `$2`, and no
+/// other remaining object of the cache refers to it.
+const UNNEEDED: &str = "cache_id = $1 AND last_accessed_at < $2
+    AND NOT EXISTS (SELECT 1 FROM object_refs r
+                    WHERE r.cache_id = objects.cache_id AND r.ref_hash = objects.store_path_hash
+                      AND r.object_id <> objects.id)";
+
+/// Deletes the objects of `cache_id` among `ids` (≤ [`super::chunks::BATCH`])
+/// that are still unneeded: idle since before `cutoff` (a read or re-push
+/// racing the GC wins) and referenced by no other remaining object of the
+/// cache (an upload racing the GC, or a referrer the GC kept, wins). GC
+/// deletes referrers before what they refer to, so what stays keeps its
+/// closure. Returns the ids deleted.
+pub async fn delete_unneeded_objects(
+    raw: Raw<'_>,
+    cache_id: i64,
+    ids: &[i64],
+    cutoff: i64,
+) -> Result<Vec<i64>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "DELETE FROM objects WHERE {UNNEEDED} AND id IN ({}) RETURNING id",
+        placeholders(3, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id).bind(cutoff);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
+    })
+}
+
+/// For a group of objects of `cache_id` that refer to each other in a cycle
+/// (which Nix never produces, but uploaded metadata can): deletes those
+/// among `ids` (≤ [`super::chunks::BATCH`]) still idle since before
+/// `cutoff`, with no check on referrers. The caller runs this for the whole
+/// group in one transaction, then [`referred_hashes`], and commits only if
+/// every member went and nothing left refers to any of them.
+pub async fn delete_idle_objects(
+    raw: Raw<'_>,
+    cache_id: i64,
+    ids: &[i64],
+    cutoff: i64,
+) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "DELETE FROM objects WHERE cache_id = $1 AND last_accessed_at < $2 AND id IN ({})",
+        placeholders(3, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id).bind(cutoff);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
+    })
+}
+
+/// Whether any remaining object of `cache_id` refers to one of `hashes`
+/// (≤ [`super::chunks::BATCH`]).
+pub async fn referred_hashes(
+    raw: Raw<'_>,
+    cache_id: i64,
+    hashes: &[&str],
+) -> Result<bool, DbError> {
+    if hashes.is_empty() {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT 1 AS one FROM object_refs WHERE cache_id = $1 AND ref_hash IN ({}) LIMIT 1",
         placeholders(2, hashes.len())
     );
     on_conn!(raw, c => {
         let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id);
         for h in hashes {
-            q = q.bind(h);
+            q = q.bind(*h);
         }
-        let rows = q.fetch_all(&mut *c).await?;
-        rows.iter().map(|r| object_ref_from_row!(r)).collect()
-    })
-}
-
-/// Deletes objects by id (≤ [`super::chunks::BATCH`]) if still idle since before `cutoff`
-/// (an access or re-push racing the GC wins). Returns how many went.
-pub async fn delete_idle_objects(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let sql = format!(
-        "DELETE FROM objects WHERE last_accessed_at < $1 AND id IN ({})",
-        placeholders(2, ids.len())
-    );
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(cutoff);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        Ok(q.execute(&mut *c).await?.rows_affected())
+        Ok(q.fetch_optional(&mut *c).await?.is_some())
     })
 }
 

@@ -15,6 +15,7 @@ pub mod gc;
 pub mod leases;
 pub mod nar_layout;
 pub mod nars;
+pub mod object_refs;
 pub mod objects;
 pub mod pins;
 pub mod stats;
@@ -99,6 +100,17 @@ macro_rules! on_conn {
             $crate::db::Raw::Sqlite($c) => $body,
         }
     };
+}
+
+impl Raw<'_> {
+    /// The same connection for one more query function, so a function can
+    /// run several (in its caller's transaction, if any).
+    pub fn reborrow(&mut self) -> Raw<'_> {
+        match self {
+            Raw::Postgres(c) => Raw::Postgres(c),
+            Raw::Sqlite(c) => Raw::Sqlite(c),
+        }
+    }
 }
 
 impl Tx {

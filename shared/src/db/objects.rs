@@ -6,7 +6,7 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::nars::{NarRecord, nar_from_row};
-use super::{DbError, Raw, corrupt};
+use super::{DbError, Raw, corrupt, object_refs, placeholders};
 use crate::nix::hash::NarHash;
 use crate::nix::store_path::StorePathHash;
 use crate::on_conn;
@@ -101,18 +101,20 @@ fn upsert_sql() -> String {
                                         THEN excluded.created_at ELSE objects.last_accessed_at END
          WHERE objects.nar_id = excluded.nar_id OR $11
             OR EXISTS (SELECT 1 FROM nars b WHERE b.id = objects.nar_id AND b.state = 'broken')
-         RETURNING id"
+         RETURNING id, refs"
     )
 }
 
 /// Links a store path in a cache to a NAR. A new path is inserted; the same
 /// NAR again refreshes the path's use and keeps its first metadata; another
 /// NAR replaces the old one only as `replace` and a broken old NAR allow.
-/// `created_by` (the pusher) is metadata: the first push's stays.
-/// `None`: the path exists with another NAR, nothing changed.
+/// The reverse reference index ([`super::object_refs`]) is made to match
+/// the row's references in the same transaction. `created_by` (the pusher)
+/// is metadata: the first push's stays. `None`: the path exists with another
+/// NAR, nothing changed.
 #[allow(clippy::too_many_arguments)]
 pub async fn upsert(
-    raw: Raw<'_>,
+    mut raw: Raw<'_>,
     cache_id: i64,
     hash: &StorePathHash,
     nar_id: i64,
@@ -122,7 +124,7 @@ pub async fn upsert(
     created_by: Option<&str>,
 ) -> Result<Option<i64>, DbError> {
     let sql = upsert_sql();
-    on_conn!(raw, c => {
+    let written: Option<(i64, String)> = on_conn!(raw.reborrow(), c => {
         let row = sqlx::query(AssertSqlSafe(&*sql))
         .bind(cache_id)
         .bind(hash.as_str())
@@ -138,7 +140,47 @@ pub async fn upsert(
         .bind(created_by)
         .fetch_optional(&mut *c)
         .await?;
-        row.map(|r| r.try_get::<i64, _>("id")).transpose().map_err(DbError::from)
+        row.map(|r| Ok::<_, DbError>((r.try_get::<i64, _>("id")?, r.try_get::<String, _>("refs")?)))
+            .transpose()?
+    });
+    let Some((id, refs)) = written else {
+        return Ok(None);
+    };
+    let hashes = object_refs::ref_hashes(hash.as_str(), refs.split_whitespace());
+    object_refs::replace(raw, cache_id, id, &hashes).await?;
+    Ok(Some(id))
+}
+
+/// Records a use at `now` of the paths of `cache_id` among `hashes`
+/// (≤ [`super::chunks::BATCH`], sorted so concurrent callers lock rows in
+/// one order) whose last use is before `older_than` (so a path used often
+/// is written at most once per `now - older_than`).
+///
+/// Called in an upload's transaction, before the new object is written, on
+/// the paths it references: on PostgreSQL the touched rows stay locked
+/// until the upload commits, so a concurrent GC `DELETE` of one of them
+/// waits, re-checks its idleness and keeps it (docs/gc.md).
+pub async fn touch_by_hashes(
+    raw: Raw<'_>,
+    cache_id: i64,
+    hashes: &[&str],
+    now: i64,
+    older_than: i64,
+) -> Result<u64, DbError> {
+    if hashes.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "UPDATE objects SET last_accessed_at = $1
+         WHERE cache_id = $2 AND last_accessed_at < $3 AND store_path_hash IN ({})",
+        placeholders(4, hashes.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now).bind(cache_id).bind(older_than);
+        for h in hashes {
+            q = q.bind(*h);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
     })
 }
 
@@ -198,13 +240,26 @@ pub async fn nar_in_cache(
 
 /// Which of `hashes` (≤ [`super::chunks::BATCH`]) the cache lacks; a path
 /// whose NAR is broken counts as missing, so pushing it again repairs it.
+///
+/// With `touch = Some((now, older_than))`, the paths found are first marked
+/// used at `now` ([`touch_by_hashes`]), and presence is decided after that
+/// write: a path a concurrent GC deletes is either touched first (and kept:
+/// GC re-checks idleness in its `DELETE`) or already gone (and reported
+/// missing), never reported present and then deleted as idle.
 pub async fn missing(
-    raw: Raw<'_>,
+    mut raw: Raw<'_>,
     cache_id: i64,
     hashes: &[StorePathHash],
+    touch: Option<(i64, i64)>,
 ) -> Result<Vec<StorePathHash>, DbError> {
     if hashes.is_empty() {
         return Ok(Vec::new());
+    }
+    if let Some((now, older_than)) = touch {
+        let mut sorted: Vec<&str> = hashes.iter().map(StorePathHash::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        touch_by_hashes(raw.reborrow(), cache_id, &sorted, now, older_than).await?;
     }
     let marks = (2..hashes.len() + 2)
         .map(|i| format!("${i}"))

@@ -1,4 +1,4 @@
-//! Garbage collection: expire idle paths, delete orphan NARs, delete
+//! Garbage collection: expire paths no live path needs, delete orphan NARs, delete
 //! unreferenced chunks — in bounded batches, once cluster-wide (a lease),
 //! safely while uploads, ingests and downloads go on. The protocol is in
 //! `docs/gc.md` and in `larder_shared::db::gc`.
@@ -12,11 +12,13 @@ use tracing::instrument;
 use larder_shared::audit::{Actor, AuditEvent, GcSummary};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{BATCH, ChunkRecord};
-use larder_shared::db::{audit, caches, gc, pins};
+use larder_shared::db::{audit, caches, gc};
+use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
 pub use crate::chunk_deletion::hash_of_chunk_key;
 use crate::chunk_deletion::{self, Deleted, Doomed};
+use crate::closure::{Graph, Plan};
 use crate::gc_lease::GcLease;
 pub use crate::gc_lease::{LEASE, LEASE_TTL};
 use crate::services::Services;
@@ -93,7 +95,7 @@ async fn collect(
 ) -> anyhow::Result<GcReport> {
     let mut report = GcReport::default();
     let grace = svc.config.garbage_collection.grace_period.as_secs() as i64;
-    report.objects_expired = expire_objects(svc, now, expired_by_cache).await?;
+    report.objects_expired = expire_objects(svc, lease, now, expired_by_cache).await?;
     lease.renew(svc).await?;
     report.nars_deleted = delete_orphan_nars(svc, now, now - grace).await?;
     lease.renew(svc).await?;
@@ -108,82 +110,260 @@ async fn collect(
     Ok(report)
 }
 
-/// Removes paths idle longer than their cache's retention, except pinned
-/// closures; counts them per cache name into `by_cache`.
+/// Removes, per cache, the paths no live path needs (docs/gc.md "Closures"):
+/// mark from the pinned and the recently used paths, then delete the rest
+/// referrers first, each `DELETE` re-checking idleness and referrers;
+/// counts them per cache name into `by_cache`.
 async fn expire_objects(
     svc: &Services,
+    lease: &GcLease,
     now: i64,
     by_cache: &mut BTreeMap<String, u64>,
 ) -> anyhow::Result<u64> {
-    let default = svc
-        .config
-        .garbage_collection
-        .default_retention_period
-        .as_secs() as i64;
     let all = {
         let mut conn = svc.db.conn().await?;
         caches::list(conn.raw()).await?
     };
     let mut expired = 0;
     for cache in all {
-        let retention = cache.retention_period.unwrap_or(default);
-        if retention <= 0 {
+        let retention = Retention::of(&cache, &svc.config.garbage_collection);
+        let Some(cutoff) = retention.cutoff(now) else {
             continue; // 0 keeps forever
+        };
+        let graph = Graph::load(&svc.db, cache.id).await?;
+        let plan = graph.mark(cutoff);
+        let n = delete_doomed(svc, lease, cache.id, cutoff, &graph, &plan).await?;
+        expired += n;
+        if n > 0 {
+            *by_cache.entry(cache.name.to_string()).or_default() += n;
         }
-        let cutoff = now - retention;
-        let protected = pinned_closure(svc, cache.id).await?;
-        let mut after = 0;
-        loop {
-            let page = {
-                let mut conn = svc.db.conn().await?;
-                gc::idle_objects(conn.raw(), cache.id, cutoff, after, PAGE).await?
-            };
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            let ids: Vec<i64> = page
-                .iter()
-                .map(|o| o.id)
-                .filter(|id| !protected.contains(id))
-                .collect();
-            for batch in ids.chunks(BATCH) {
-                let mut conn = svc.db.conn().await?;
-                let n = gc::delete_idle_objects(conn.raw(), batch, cutoff).await?;
-                expired += n;
-                if n > 0 {
-                    *by_cache.entry(cache.name.to_string()).or_default() += n;
-                }
-            }
-        }
+        lease.renew(svc).await?;
     }
     Ok(expired)
 }
 
-/// Object ids of every pinned path of a cache and its closure in that cache.
-pub async fn pinned_closure(svc: &Services, cache_id: i64) -> anyhow::Result<HashSet<i64>> {
-    let mut conn = svc.db.conn().await?;
-    let mut frontier: Vec<String> = pins::list(conn.raw(), cache_id)
-        .await?
-        .into_iter()
-        .map(|p| p.store_path_hash)
-        .collect();
-    let mut seen_hashes: HashSet<String> = frontier.iter().cloned().collect();
-    let mut ids = HashSet::new();
-    while !frontier.is_empty() {
-        let mut next = Vec::new();
-        for batch in frontier.chunks(BATCH) {
-            for obj in gc::objects_by_hashes(conn.raw(), cache_id, batch).await? {
-                ids.insert(obj.id);
-                for r in &obj.references {
-                    let hash = r.get(..32).unwrap_or(r).to_owned();
-                    if seen_hashes.insert(hash.clone()) {
-                        next.push(hash);
+/// Deletes a cache's doomed objects layer by layer. An object a `DELETE`
+/// keeps (used or referred to since the mark) holds back its doomed
+/// referents, which would be kept anyway.
+async fn delete_doomed(
+    svc: &Services,
+    lease: &GcLease,
+    cache_id: i64,
+    cutoff: i64,
+    graph: &Graph,
+    plan: &Plan,
+) -> anyhow::Result<u64> {
+    let mut held_back = vec![false; graph.len()];
+    let mut deleted = 0u64;
+    let mut batches = 0u64;
+    for layer in &plan.layers {
+        let mut todo = Vec::with_capacity(layer.len());
+        for &s in layer {
+            if held_back[s] {
+                for t in graph.referent_slots(s) {
+                    held_back[t] = true;
+                }
+            } else {
+                todo.push(s);
+            }
+        }
+        for batch in todo.chunks(BATCH) {
+            let ids: Vec<i64> = batch.iter().map(|&s| graph.id(s)).collect();
+            let gone: HashSet<i64> = {
+                let mut conn = svc.db.conn().await?;
+                gc::delete_unneeded_objects(conn.raw(), cache_id, &ids, cutoff)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
+            deleted += gone.len() as u64;
+            for &s in batch.iter().filter(|&&s| !gone.contains(&graph.id(s))) {
+                for t in graph.referent_slots(s) {
+                    held_back[t] = true;
+                }
+            }
+            batches += 1;
+            if batches.is_multiple_of(100) {
+                lease.renew(svc).await?;
+            }
+        }
+    }
+    // A cyclic group below a kept object stays: its check finds the referrer.
+    if !plan.cyclic.is_empty() {
+        deleted += delete_cyclic(svc, cache_id, cutoff, graph, &plan.cyclic).await?;
+    }
+    Ok(deleted)
+}
+
+/// Most objects deleted together as one reference cycle group.
+const MAX_CYCLIC: usize = 10_000;
+
+/// Deletes doomed objects caught in reference cycles all together, in one
+/// transaction that commits only if every one of them was still idle and no
+/// remaining object refers to any of them.
+async fn delete_cyclic(
+    svc: &Services,
+    cache_id: i64,
+    cutoff: i64,
+    graph: &Graph,
+    slots: &[usize],
+) -> anyhow::Result<u64> {
+    if slots.len() > MAX_CYCLIC {
+        tracing::warn!(
+            cache_id,
+            paths = slots.len(),
+            "idle paths in reference cycles kept: too many to delete together"
+        );
+        return Ok(0);
+    }
+    let ids: Vec<i64> = slots.iter().map(|&s| graph.id(s)).collect();
+    let mut hashes = Vec::with_capacity(ids.len());
+    {
+        let mut conn = svc.db.conn().await?;
+        for batch in ids.chunks(BATCH) {
+            for (_, path) in gc::store_paths(conn.raw(), batch).await? {
+                let base = path.rsplit('/').next().unwrap_or_default();
+                hashes.extend(base.get(..32).map(str::to_owned));
+            }
+        }
+    }
+    let mut tx = svc.db.begin().await?;
+    let mut gone = 0u64;
+    for batch in ids.chunks(BATCH) {
+        gone += gc::delete_idle_objects(tx.raw(), cache_id, batch, cutoff).await?;
+    }
+    if gone != ids.len() as u64 {
+        return Ok(0); // dropped: rolled back
+    }
+    let refs: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    for batch in refs.chunks(BATCH) {
+        if gc::referred_hashes(tx.raw(), cache_id, batch).await? {
+            return Ok(0);
+        }
+    }
+    tx.commit().await?;
+    Ok(gone)
+}
+
+/// A path a GC would expire, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DoomedPath {
+    /// Absolute store path.
+    pub store_path: String,
+    /// Last push or recorded use (Unix seconds).
+    pub last_accessed_at: i64,
+}
+
+/// What a GC would expire in one cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheDryRun {
+    /// Cache name.
+    pub cache: String,
+    /// Retention period in seconds (0 = forever).
+    pub retention_period: i64,
+    /// Paths last used before this are idle.
+    pub idle_before: Option<i64>,
+    /// Paths in the cache.
+    pub paths: u64,
+    /// Idle paths kept because a live (pinned or recently used) path needs them.
+    pub idle_kept_by_referrers: u64,
+    /// Paths that would go: idle, and needed by no live path.
+    pub expiring: Vec<DoomedPath>,
+}
+
+/// Renders a dry run as `larder-admin gc --dry-run` prints it: per cache a
+/// header, then one line per path that would go with its reason, then a
+/// summary line.
+pub fn render_dry_run(caches: &[CacheDryRun]) -> String {
+    use std::fmt::Write as _;
+    let time = |t: i64| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+        humantime::format_rfc3339_seconds(at).to_string()
+    };
+    let mut out = String::new();
+    let (mut expiring, mut kept) = (0, 0);
+    for c in caches {
+        let Some(before) = c.idle_before else {
+            let _ = writeln!(
+                out,
+                "cache {}: retention forever; {} paths, none expire",
+                c.cache, c.paths
+            );
+            continue;
+        };
+        let retention =
+            humantime::format_duration(std::time::Duration::from_secs(c.retention_period as u64));
+        let _ = writeln!(
+            out,
+            "cache {}: retention {retention} (idle = unused since before {}); {} paths, {} would expire, {} idle kept because live paths need them",
+            c.cache,
+            time(before),
+            c.paths,
+            c.expiring.len(),
+            c.idle_kept_by_referrers,
+        );
+        for p in &c.expiring {
+            let _ = writeln!(
+                out,
+                "  expire {}: idle since {}, past retention {retention}, no live path refers to it",
+                p.store_path,
+                time(p.last_accessed_at),
+            );
+        }
+        expiring += c.expiring.len();
+        kept += c.idle_kept_by_referrers;
+    }
+    let _ = writeln!(
+        out,
+        "summary: {expiring} paths would expire; {kept} idle paths kept because live paths need them"
+    );
+    out
+}
+
+/// The same mark as [`run`], without deleting (and without the lease):
+/// what `larder-admin gc --dry-run` prints.
+pub async fn dry_run(svc: &Services, now: i64) -> anyhow::Result<Vec<CacheDryRun>> {
+    let all = {
+        let mut conn = svc.db.conn().await?;
+        caches::list(conn.raw()).await?
+    };
+    let mut out = Vec::new();
+    for cache in all {
+        let retention = Retention::of(&cache, &svc.config.garbage_collection);
+        let graph = Graph::load(&svc.db, cache.id).await?;
+        let mut report = CacheDryRun {
+            cache: cache.name.to_string(),
+            retention_period: retention.secs(),
+            idle_before: retention.cutoff(now),
+            paths: graph.len() as u64,
+            idle_kept_by_referrers: 0,
+            expiring: Vec::new(),
+        };
+        if let Some(cutoff) = retention.cutoff(now) {
+            let plan = graph.mark(cutoff);
+            report.idle_kept_by_referrers = plan.idle_kept;
+            let slots: Vec<usize> = plan.doomed().collect();
+            let mut conn = svc.db.conn().await?;
+            for batch in slots.chunks(BATCH) {
+                let ids: Vec<i64> = batch.iter().map(|&s| graph.id(s)).collect();
+                let paths: std::collections::HashMap<i64, String> =
+                    gc::store_paths(conn.raw(), &ids)
+                        .await?
+                        .into_iter()
+                        .collect();
+                for &s in batch {
+                    if let Some(p) = paths.get(&graph.id(s)) {
+                        report.expiring.push(DoomedPath {
+                            store_path: p.clone(),
+                            last_accessed_at: graph.last_used(s),
+                        });
                     }
                 }
             }
         }
-        frontier = next;
+        out.push(report);
     }
-    Ok(ids)
+    Ok(out)
 }
 
 /// Deletes NARs no object refers to that nobody touched since `cutoff`,
