@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use larder_shared::audit::{Actor, AuditEvent};
+use larder_shared::audit::Actor;
 use larder_shared::config::{Config, EmbeddedDefault, default_data_dir};
 use larder_shared::db::tokens::{self, TokenRecord};
 use larder_shared::db::{Db, audit, unix_now};
@@ -45,12 +45,7 @@ async fn root_token(config: &Config, db: &Db) -> anyhow::Result<String> {
     if let Some(record) = TokenRecord::from_claims(&claims) {
         let mut tx = db.begin().await?;
         tokens::record(tx.raw(), &record).await?;
-        let event = AuditEvent::TokenMint {
-            token_subject: record.subject.clone(),
-            token_jti: record.jti.clone(),
-            expires_at: record.expires_at,
-            permissions: serde_json::from_str(&record.permissions)?,
-        };
+        let event = record.mint_event()?;
         let actor = Actor::process("larder-api:first-start");
         audit::insert(tx.raw(), unix_now(), &actor, &event).await?;
         tx.commit().await?;

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use larder_shared::audit::{Actor, AuditEvent};
+use larder_shared::audit::Actor;
 use larder_shared::config::Config;
 use larder_shared::db::tokens::{self, TokenRecord};
 use larder_shared::db::{audit, unix_now};
@@ -83,12 +83,7 @@ impl MakeToken {
         // The token's record and its audit row (never the token) together.
         let mut tx = db.begin().await?;
         tokens::record(tx.raw(), &record).await?;
-        let event = AuditEvent::TokenMint {
-            token_subject: record.subject.clone(),
-            token_jti: record.jti.clone(),
-            expires_at: record.expires_at,
-            permissions: serde_json::from_str(&record.permissions)?,
-        };
+        let event = record.mint_event()?;
         audit::insert(tx.raw(), unix_now(), &Actor::operator(), &event).await?;
         tx.commit().await?;
         println!("{token}");

@@ -27,6 +27,17 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// The audit event of this token's mint (written beside its record by
+    /// `larder-admin make-token` and the embedded default's first start).
+    pub fn mint_event(&self) -> Result<crate::audit::AuditEvent, serde_json::Error> {
+        Ok(crate::audit::AuditEvent::TokenMint {
+            token_subject: self.subject.clone(),
+            token_jti: self.jti.clone(),
+            expires_at: self.expires_at,
+            permissions: serde_json::from_str(&self.permissions)?,
+        })
+    }
+
     /// The record of a token Larder minted (`None` without a `jti`).
     pub fn from_claims(claims: &crate::token::Claims) -> Option<Self> {
         Some(Self {
