@@ -29,7 +29,6 @@ mod slowloris;
 mod support;
 
 use std::panic::{AssertUnwindSafe, resume_unwind};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use axum::http::{StatusCode, header};
@@ -1317,32 +1316,10 @@ async fn attic_fixture_tokens_on_a_verify_only_replica() {
 
 // --- 4. the seed's make-token lines through larder-admin ----------------------
 
-/// The `larder-admin` binary next to this test's (cargo builds a package's
-/// binaries before its integration tests and names them in
-/// `CARGO_BIN_EXE_<name>`); else `target/debug/larder-admin`.
-fn admin_binary() -> PathBuf {
-    let path = option_env!("CARGO_BIN_EXE_larder-admin")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            // target/debug/deps/security-… → target/debug/larder-admin
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("target directory")
-                .join(format!("larder-admin{}", std::env::consts::EXE_SUFFIX))
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --bins` first",
-        path.display()
-    );
-    path
-}
-
 /// Runs `larder-admin -f CONFIG ARGS…` with no `LARDER_*` overrides from
 /// the environment; returns stdout, panicking with stderr on failure.
 fn admin(app: &SecApp, args: &[&str]) -> String {
-    let mut cmd = Command::new(admin_binary());
+    let mut cmd = Command::new(common::package_binary("larder-admin"));
     cmd.arg("-f").arg(&app.config_path).args(args);
     for var in [
         "LARDER_CONFIG",

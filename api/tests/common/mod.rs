@@ -185,6 +185,64 @@ pub fn with_test_kek(config: &mut Config) {
     config.signing.key_encryption_key = Some(larder_shared::config::Secret::new(TEST_KEK));
 }
 
+/// A fresh metadata database for one test: a SQLite file in `dir`, or a
+/// PostgreSQL database `larder_t_<ulid>` of its own, whose name comes back
+/// for [`drop_database`].
+pub async fn fresh_database(backend: Backend, dir: &Path) -> (String, Option<String>) {
+    match backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}?mode=rwc", dir.join("larder.db").display()),
+            None,
+        ),
+        Backend::Postgres => {
+            let name = format!("larder_t_{}", ulid::Ulid::new().to_string().to_lowercase());
+            let mut admin = pg_admin().await;
+            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .execute(&mut admin)
+                .await
+                .expect("CREATE DATABASE");
+            let _ = admin.close().await;
+            (format!("{PG_SERVER}/{name}"), Some(name))
+        }
+    }
+}
+
+/// Drops a test's PostgreSQL database (best effort: a leftover `larder_t_*`
+/// database harms nothing).
+pub async fn drop_database(name: &str) {
+    let mut admin = pg_admin().await;
+    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    if let Err(e) = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await {
+        eprintln!("could not drop test database {name}: {e}");
+    }
+    let _ = admin.close().await;
+}
+
+/// A binary of this package, as cargo built it for the integration tests
+/// (it builds a package's binaries first and names them in
+/// `CARGO_BIN_EXE_<name>`); else the one next to the test binary's
+/// directory (`target/debug/deps/…` → `target/debug/<name>`).
+pub fn package_binary(name: &str) -> PathBuf {
+    let built = match name {
+        "larder-admin" => option_env!("CARGO_BIN_EXE_larder-admin"),
+        "larder-api" => option_env!("CARGO_BIN_EXE_larder-api"),
+        _ => None,
+    };
+    let path = built.map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target directory")
+            .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+    });
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
 fn config_toml(db_url: &str, storage: &str) -> String {
     format!(
         r#"
@@ -245,25 +303,7 @@ impl TestApp {
             Store::Local
         };
         let storage = storage.unwrap_or_else(|| local_storage_toml(&storage_root));
-        let (db_url, pg_database) = match backend {
-            Backend::Sqlite => (
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("larder.db").display()
-                ),
-                None,
-            ),
-            Backend::Postgres => {
-                let name = format!("larder_t_{}", ulid::Ulid::new().to_string().to_lowercase());
-                let mut admin = pg_admin().await;
-                sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                    .execute(&mut admin)
-                    .await
-                    .expect("CREATE DATABASE");
-                let _ = admin.close().await;
-                (format!("{PG_SERVER}/{name}"), Some(name))
-            }
-        };
+        let (db_url, pg_database) = fresh_database(backend, dir.path()).await;
         let toml = format!("{}{extra}", config_toml(&db_url, &storage));
         let config_path = dir.path().join("larder.toml");
         std::fs::write(&config_path, &toml).expect("writing the test config");
@@ -301,12 +341,7 @@ impl TestApp {
     pub async fn teardown(self) {
         self.state.db.close().await;
         if let Some(name) = &self.pg_database {
-            let mut admin = pg_admin().await;
-            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-            if let Err(e) = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await {
-                eprintln!("could not drop test database {name}: {e}");
-            }
-            let _ = admin.close().await;
+            drop_database(name).await;
         }
     }
 

@@ -9,7 +9,6 @@
 //! peer; `--prune-before` deletes only older events.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use axum::body::Body;
@@ -33,24 +32,9 @@ const PROXY: &str = "127.0.0.1:40000";
 /// A client connecting directly (not a trusted proxy).
 const DIRECT: &str = "192.0.2.10:50000";
 
-/// The `larder-admin` binary cargo built for this package's tests.
-fn admin_binary() -> PathBuf {
-    let path = option_env!("CARGO_BIN_EXE_larder-admin")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("target directory")
-                .join(format!("larder-admin{}", std::env::consts::EXE_SUFFIX))
-        });
-    assert!(path.is_file(), "{} is missing", path.display());
-    path
-}
-
 /// `larder-admin -f CONFIG ARGS…` as operator `alice`; stdout.
 fn admin(app: &TestApp, args: &[&str]) -> String {
-    let mut cmd = Command::new(admin_binary());
+    let mut cmd = Command::new(crate::common::package_binary("larder-admin"));
     cmd.arg("-f").arg(&app.config_path).args(args);
     for var in ["LARDER_CONFIG", "LARDER_DATABASE_URL", "LARDER_DATA_DIR"] {
         cmd.env_remove(var);

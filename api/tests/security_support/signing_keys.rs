@@ -21,7 +21,7 @@ use axum::http::{Method, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Connection as _};
+use sqlx::AssertSqlSafe;
 
 use larder_shared::config::Config;
 use larder_shared::db::Db;
@@ -288,26 +288,11 @@ async fn rotation_overlaps_and_keys_are_sealed_postgres() {
 
 // --- a database from before migration 0010 -----------------------------------
 
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --bins` first",
-        path.display()
-    );
-    path
-}
-
 /// Runs a Larder binary on `config` with no `LARDER_*` from the test's
 /// environment except `env`; gives up (kills it) after a minute, since a
 /// server that starts instead of failing would run forever.
 fn run(name: &str, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(binary(name));
+    let mut cmd = Command::new(common::package_binary(name));
     cmd.arg("-f").arg(config).args(args);
     for (var, _) in std::env::vars() {
         if var.starts_with("LARDER_") {
@@ -372,25 +357,7 @@ async fn old_database(url: &str, dialect: &str, keys: &[(&str, &SigningKey)]) {
 
 async fn old_database_gets_sealed(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (url, pg) = match backend {
-        Backend::Sqlite => (
-            format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("larder.db").display()
-            ),
-            None,
-        ),
-        Backend::Postgres => {
-            let name = format!("larder_t_{}", ulid::Ulid::new().to_string().to_lowercase());
-            let mut admin = common::pg_admin().await;
-            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                .execute(&mut admin)
-                .await
-                .expect("CREATE DATABASE");
-            let _ = admin.close().await;
-            (format!("{}/{name}", common::PG_SERVER), Some(name))
-        }
-    };
+    let (url, pg) = common::fresh_database(backend, dir.path()).await;
     let dialect = if pg.is_some() { "postgres" } else { "sqlite" };
     let a = SigningKey::generate("old-1").expect("key");
     let b = SigningKey::generate("legacy.example.org-1").expect("key");
@@ -529,10 +496,7 @@ async fn old_database_gets_sealed(backend: Backend) {
         assert_no_secret(&out.stderr, &keys, "process log");
     }
     if let Some(name) = pg {
-        let mut admin = common::pg_admin().await;
-        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-        let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
-        let _ = admin.close().await;
+        common::drop_database(&name).await;
     }
 }
 
