@@ -113,7 +113,7 @@ pub async fn delete_file(
         .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))?;
     // The delete and its audit row commit together.
     let mut tx = state.db.begin().await?;
-    let gone = objects::delete_returning(tx.raw(), access.cache.id, &hash)
+    let gone = objects::delete(tx.raw(), access.cache.id, &hash)
         .await?
         .ok_or(ApiError::NoSuchObject)?;
     let nar_hash = nars::get(tx.raw(), gone.nar_id).await?.map(|n| n.nar_hash);

@@ -287,18 +287,6 @@ pub async fn missing(
         .collect())
 }
 
-/// Removes a path from a cache; returns whether it was there.
-pub async fn delete(raw: Raw<'_>, cache_id: i64, hash: &StorePathHash) -> Result<bool, DbError> {
-    on_conn!(raw, c => {
-        let done = sqlx::query("DELETE FROM objects WHERE cache_id = $1 AND store_path_hash = $2")
-            .bind(cache_id)
-            .bind(hash.as_str())
-            .execute(&mut *c)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    })
-}
-
 /// What [`delete`] removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletedObject {
@@ -311,7 +299,7 @@ pub struct DeletedObject {
 /// Removes a path from a cache and says what it was (`None`: not there).
 /// Deletes before reading, so a SQLite transaction takes its write lock
 /// first.
-pub async fn delete_returning(
+pub async fn delete(
     raw: Raw<'_>,
     cache_id: i64,
     hash: &StorePathHash,
