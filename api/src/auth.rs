@@ -16,7 +16,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
 
-use larder_shared::CacheName;
+use larder_core::CacheName;
 use larder_shared::audit::Actor;
 use larder_shared::db::caches::{self, CacheRecord};
 use larder_shared::db::unix_now;

@@ -6,9 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use larder_core::nix::hash::NarHash;
+use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::DbError;
-use larder_shared::nix::hash::NarHash;
-use larder_shared::nix::store_path::StorePathHash;
 use larder_shared::signing_keys::KeyError;
 use larder_shared::storage::StorageError;
 

@@ -1,5 +1,6 @@
-//! larder-api: the HTTP server. `main.rs` wires it; [`app::router`] is the
-//! route table; errors become HTTP only in [`error`].
+//! larder-api: the HTTP server as a library. [`server`] opens its state and
+//! serves it; [`app::router`] is the route table; errors become HTTP only in
+//! [`error`]. The binaries (larder-server) add in-process workers.
 
 pub mod access;
 pub mod app;

@@ -24,8 +24,8 @@ use futures::{Stream, StreamExt, stream};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use larder_shared::nix::hash::{FileHash, NarHash};
-use larder_shared::nix::nar::NarValidator;
+use larder_core::nix::hash::{FileHash, NarHash};
+use larder_core::nix::nar::NarValidator;
 use larder_shared::storage::{ObjectKey, Storage};
 
 use crate::error::ApiError;

@@ -6,7 +6,9 @@
 //! can record more in it (the uploader's URL) before committing. A push's
 //! audit row ([`larder_shared::audit`]) goes into the same transaction.
 
-use larder_shared::CacheName;
+use larder_core::CacheName;
+use larder_core::nix::hash::NarHash;
+use larder_core::nix::store_path::StorePathHash;
 use larder_shared::audit::{Actor, AuditEvent, PushRoute};
 use larder_shared::db::chunks::BATCH;
 use larder_shared::db::nars::{self, NarState};
@@ -14,8 +16,6 @@ use larder_shared::db::object_refs;
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::{Tx, audit};
 use larder_shared::jobs;
-use larder_shared::nix::hash::NarHash;
-use larder_shared::nix::store_path::StorePathHash;
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 

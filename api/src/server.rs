@@ -1,4 +1,5 @@
-//! Wiring: state from config, in-process workers, the listener, shutdown.
+//! Wiring: state from config, the listener, shutdown. In-process workers
+//! are the binary's business (larder-server), not this library's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use larder_shared::config::Config;
 use larder_shared::db::unix_now;
 use larder_shared::signing_keys::{Kek, KeyRing};
 use larder_shared::token::{TokenKey, TokenVerifier};
-use larder_worker::Services;
 
 use crate::state::AppState;
 use crate::{app, http_server};
@@ -61,7 +61,7 @@ pub async fn prepare_db(state: &AppState, migrate: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves until `shutdown`, running `[worker] embedded` in-process workers.
+/// Serves until `shutdown`.
 pub async fn serve(
     state: AppState,
     listen: SocketAddr,
@@ -82,55 +82,18 @@ pub async fn serve(
         state.config.access.flush_interval.get(),
         shutdown.clone(),
     );
-    let embedded = state.config.worker.embedded;
-    let workers = (embedded > 0).then(|| {
-        let svc = Services {
-            config: state.config.clone(),
-            db: state.db.clone(),
-            storage: state.storage.clone(),
-            staging: state.staging.clone(),
-        };
-        tokio::spawn(larder_worker::run(svc, embedded, shutdown.clone()))
-    });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, embedded_workers = embedded, "larder-api listening");
+    tracing::info!(
+        %listen,
+        embedded_workers = state.config.worker.embedded,
+        "larder-api listening"
+    );
     let http = state.config.http.clone();
     let router = app::router(state);
     http_server::serve(listener, router, http, shutdown.clone())
         .await
         .context("serving HTTP")?;
-    shutdown.cancel();
-    if let Some(w) = workers {
-        w.await.context("worker task")??;
-    }
     Ok(())
-}
-
-/// Cancels `token` on Ctrl-C or SIGTERM.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        token.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-        token.cancel();
-    });
 }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
-use larder_shared::nix::hash::NarHash;
-use larder_shared::nix::nar::NarValidator;
+use larder_core::nix::hash::NarHash;
+use larder_core::nix::nar::NarValidator;
 use larder_shared::storage::{ObjectKey, Storage};
 
 use crate::error::ApiError;

@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use bytes::Bytes;
 
-use larder_shared::nix::narinfo::Compression;
+use larder_core::nix::narinfo::Compression;
 
 /// Bytes [`detect`] needs to recognise every format: the uncompressed NAR's
 /// first string (8-byte length 13, `nix-archive-1`) is the longest magic.
@@ -207,7 +207,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use larder_shared::nix::nar::NarNode;
+    use larder_core::nix::nar::NarNode;
 
     fn nar() -> Vec<u8> {
         NarNode::directory([

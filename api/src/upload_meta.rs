@@ -4,10 +4,10 @@
 //! signs what it serves, so anything Nix would refuse is refused here, at
 //! upload, with a 400 (issue 8).
 
+use larder_core::nix::content_address::ContentAddress;
+use larder_core::nix::signing::Signature;
+use larder_core::nix::store_path::StoreDir;
 use larder_shared::db::caches::CacheRecord;
-use larder_shared::nix::content_address::ContentAddress;
-use larder_shared::nix::signing::Signature;
-use larder_shared::nix::store_path::StoreDir;
 
 use crate::error::{ApiError, ApiResult};
 

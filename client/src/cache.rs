@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use reqwest::StatusCode;
 
-use larder_shared::CacheName;
-use larder_shared::nix::signing::{SigningError, SigningKey};
+use larder_core::CacheName;
+use larder_core::nix::signing::{SigningError, SigningKey};
 
 use crate::api::types::{CacheConfig, KeypairConfig, RetentionPeriodConfig};
 use crate::api::{ApiClient, ApiError};

@@ -6,8 +6,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use larder_shared::CacheName;
-use larder_shared::cache_name::CacheNameError;
+use larder_core::CacheName;
+use larder_core::cache_name::CacheNameError;
 
 /// A cache on an optionally named server.
 #[derive(Debug, Clone, PartialEq, Eq)]

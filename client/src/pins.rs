@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use larder_shared::CacheName;
-use larder_shared::nix::store_path::StorePath;
+use larder_core::CacheName;
+use larder_core::nix::store_path::StorePath;
 use serde::Deserialize;
 
 use crate::api::{ApiClient, ApiError};

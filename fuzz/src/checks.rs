@@ -2,9 +2,9 @@
 //! replay of the checked-in corpus (`shared/tests/fuzz_corpus.rs`), so both
 //! check exactly the same thing.
 
-use larder_shared::nix::content_address::ContentAddress;
-use larder_shared::nix::nar::{NarError, NarSummary, NarValidator};
-use larder_shared::nix::narinfo::NarInfo;
+use larder_core::nix::content_address::ContentAddress;
+use larder_core::nix::nar::{NarError, NarSummary, NarValidator};
+use larder_core::nix::narinfo::NarInfo;
 
 /// Feeds `data` in pieces whose sizes come from `next_size`.
 fn feed(data: &[u8], mut next_size: impl FnMut() -> usize) -> Result<NarSummary, NarError> {

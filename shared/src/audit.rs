@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::CacheName;
-use crate::nix::hash::NarHash;
+use larder_core::CacheName;
+use larder_core::nix::hash::NarHash;
 
 /// Who caused an event: a token's subject and id and the client's address
 /// for API requests; the operator (`larder-admin:<user>`) or the process

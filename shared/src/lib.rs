@@ -1,19 +1,17 @@
-//! larder-shared: everything the API server, the workers and the CLIs agree on.
+//! larder-shared: the server side's I/O, shared by the API, the workers and
+//! `larder-admin` (configuration, tokens, chunking, storage, the database,
+//! job payloads). The formats it stores live in `larder-core`.
 //!
-//! Layers depend one way: `nix` (formats) and `storage` know nothing of the
-//! database; `db` knows the formats; `config` ties settings together.
+//! Layers depend one way: `storage` knows nothing of the database; `db`
+//! knows the formats; `config` ties settings together.
 
 pub mod audit;
 pub mod bootstrap;
-pub mod cache_name;
 pub mod chunk;
 pub mod config;
 pub mod db;
 pub mod jobs;
-pub mod nix;
 pub mod retention;
 pub mod signing_keys;
 pub mod storage;
 pub mod token;
-
-pub use cache_name::CacheName;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use larder_shared::CacheName;
+use larder_core::CacheName;
 use larder_shared::token::{
     CachePattern, ClaimsBuilder, Permission, TokenError, TokenKey, TokenVerifier,
 };

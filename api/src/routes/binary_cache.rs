@@ -6,14 +6,14 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
+use larder_core::nix::narinfo::{Compression, NarInfo};
+use larder_core::nix::signing::fingerprint;
+use larder_core::nix::store_path::{StoreDir, StorePath, StorePathHash};
 use larder_shared::audit::AuditEvent;
 use larder_shared::db::cache_keys;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectRecord};
 use larder_shared::db::{audit, unix_now};
-use larder_shared::nix::narinfo::{Compression, NarInfo};
-use larder_shared::nix::signing::fingerprint;
-use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
 use larder_shared::retention::Retention;
 use larder_shared::signing_keys::CacheSigning;
 

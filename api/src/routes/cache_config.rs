@@ -7,12 +7,12 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
-use larder_shared::CacheName;
+use larder_core::CacheName;
+use larder_core::nix::signing::SigningKey;
+use larder_core::nix::store_path::StoreDir;
 use larder_shared::audit::AuditEvent;
 use larder_shared::db::caches::{self, CacheUpdate, NewCache};
 use larder_shared::db::{audit, cache_keys, unix_now};
-use larder_shared::nix::signing::SigningKey;
-use larder_shared::nix::store_path::StoreDir;
 use larder_shared::signing_keys::rotation::{self, NewKey};
 use larder_shared::token::Permission;
 

@@ -5,11 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use larder_core::nix::store_path::{StoreDir, StorePath};
 use larder_shared::audit::AuditEvent;
 use larder_shared::db::pins::{self, Pin};
 use larder_shared::db::stats::{self, CacheStats};
 use larder_shared::db::{audit, caches, objects, unix_now};
-use larder_shared::nix::store_path::{StoreDir, StorePath};
 
 use crate::auth::{CacheAccess, Credentials, Pull, Push};
 use crate::error::{ApiError, ApiResult};

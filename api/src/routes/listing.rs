@@ -1,5 +1,5 @@
 //! `<storehash>.ls`: the JSON listing of a path's NAR, as Nix writes it with
-//! `write-nar-listing=true` (`larder_shared::nix::nar::NarListing`) and reads
+//! `write-nar-listing=true` (`larder_core::nix::nar::NarListing`) and reads
 //! it for `nix store ls` and friends.
 //!
 //! - `PUT` (`w`): kept as uploaded, per cache and path. Nix 2.8 sends it
@@ -15,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tracing::instrument;
 
+use larder_core::nix::nar::NarValidator;
+use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::objects;
 use larder_shared::db::{DbError, unix_now, uploads};
-use larder_shared::nix::nar::NarValidator;
-use larder_shared::nix::store_path::StorePathHash;
 use larder_shared::storage::{ObjectKey, StorageError};
 use larder_shared::token::Permission;
 

@@ -4,9 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
+use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::chunks::BATCH;
 use larder_shared::db::{objects, unix_now};
-use larder_shared::nix::store_path::StorePathHash;
 use larder_shared::retention::Retention;
 
 use crate::auth::{Credentials, Need, Push};

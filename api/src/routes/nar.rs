@@ -22,10 +22,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
+use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::{DbError, objects, unix_now, uploads};
-use larder_shared::nix::store_path::StorePathHash;
 use larder_shared::storage::{ObjectKey, StorageError};
 use larder_shared::token::Permission;
 
@@ -112,7 +112,7 @@ async fn find(state: &AppState, cache: &CacheRecord, file: &str) -> ApiResult<Op
     }
     if let Some((nar_hash, compression)) = nix_upload::own_url(file) {
         let repr = match compression {
-            larder_shared::nix::narinfo::Compression::Zstd => Representation::Zstd,
+            larder_core::nix::narinfo::Compression::Zstd => Representation::Zstd,
             _ => Representation::Plain,
         };
         let mut conn = state.db.conn().await?;

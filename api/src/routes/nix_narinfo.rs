@@ -16,6 +16,9 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use tracing::instrument;
 
+use larder_core::nix::hash::{FileHash, NarHash};
+use larder_core::nix::narinfo::{Compression, NarInfo};
+use larder_core::nix::store_path::{StorePath, StorePathHash};
 use larder_shared::audit::PushRoute;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
@@ -23,9 +26,6 @@ use larder_shared::db::unix_now;
 use larder_shared::db::uploads::{
     self, PendingUpload, URL_RETENTION_SECS, UploadUrl, UploadedFile,
 };
-use larder_shared::nix::hash::{FileHash, NarHash};
-use larder_shared::nix::narinfo::{Compression, NarInfo};
-use larder_shared::nix::store_path::{StorePath, StorePathHash};
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 

@@ -28,14 +28,14 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::instrument;
 
+use larder_core::nix::hash::{FileHash, NarHash};
+use larder_core::nix::narinfo::Compression;
+use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects;
 use larder_shared::db::unix_now;
 use larder_shared::db::uploads::{self, PendingUpload, UploadedFile};
-use larder_shared::nix::hash::{FileHash, NarHash};
-use larder_shared::nix::narinfo::Compression;
-use larder_shared::nix::store_path::StorePathHash;
 use larder_shared::storage::ObjectKey;
 
 use crate::auth::{CacheAccess, Push};

@@ -15,14 +15,14 @@ use futures::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
-use larder_shared::CacheName;
+use larder_core::CacheName;
+use larder_core::nix::hash::NarHash;
+use larder_core::nix::store_path::{StoreDir, StorePath, StorePathHash};
 use larder_shared::audit::{Actor, PushRoute};
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::unix_now;
-use larder_shared::nix::hash::NarHash;
-use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathHash};
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 

@@ -20,8 +20,8 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
-use larder_shared::CacheName;
-use larder_shared::nix::store_path::StorePathHash;
+use larder_core::CacheName;
+use larder_core::nix::store_path::StorePathHash;
 
 pub use error::ApiError;
 use error::Call;

@@ -20,7 +20,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
 
-use larder_shared::nix::store_path::{StoreDir, StoreDirError, StorePath};
+use larder_core::nix::store_path::{StoreDir, StoreDirError, StorePath};
 
 pub use path_info::{PathInfo, PathInfoError};
 

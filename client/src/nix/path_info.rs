@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use larder_shared::nix::hash::NarHash;
-use larder_shared::nix::store_path::{StoreDir, StorePath, StorePathError};
+use larder_core::nix::hash::NarHash;
+use larder_core::nix::store_path::{StoreDir, StorePath, StorePathError};
 
 /// Metadata of one valid store path, as Nix reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use larder_shared::nix::store_path::StorePath;
+use larder_core::nix::store_path::StorePath;
 
 use crate::nix::{Nix, NixError, PathInfo};
 
@@ -97,7 +97,7 @@ pub fn references_first(infos: Vec<PathInfo>) -> Vec<PathInfo> {
 mod tests {
     use super::*;
     use crate::nix::path_info;
-    use larder_shared::nix::store_path::StoreDir;
+    use larder_core::nix::store_path::StoreDir;
 
     /// A path named `name` (hash derived from the name) referring to `refs`.
     fn info(name: &str, refs: &[&str]) -> PathInfo {

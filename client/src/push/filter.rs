@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use larder_shared::CacheName;
-use larder_shared::nix::store_path::StorePathHash;
+use larder_core::CacheName;
+use larder_core::nix::store_path::StorePathHash;
 
 use crate::api::{ApiClient, ApiError};
 use crate::nix::PathInfo;
@@ -71,7 +71,7 @@ pub async fn drop_present(
 mod tests {
     use super::*;
     use crate::nix::path_info;
-    use larder_shared::nix::store_path::StoreDir;
+    use larder_core::nix::store_path::StoreDir;
 
     fn info(name_hash: &str, sigs: &[&str]) -> PathInfo {
         let json = format!(

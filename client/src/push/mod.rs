@@ -22,8 +22,8 @@ use std::sync::Arc;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 
-use larder_shared::CacheName;
-use larder_shared::nix::store_path::{StoreDir, StorePath};
+use larder_core::CacheName;
+use larder_core::nix::store_path::{StoreDir, StorePath};
 
 use crate::api::types::UploadKind;
 use crate::api::{ApiClient, ApiError};
@@ -336,7 +336,7 @@ mod tests {
         let path = |n: &str| StorePath::from_base_name(&format!("{:0>32}-{n}", n.len())).unwrap();
         crate::nix::PathInfo {
             path: path(name),
-            nar_hash: larder_shared::nix::hash::NarHash::digest(name.as_bytes()),
+            nar_hash: larder_core::nix::hash::NarHash::digest(name.as_bytes()),
             nar_size: 1,
             references: refs.iter().map(|r| path(r)).collect(),
             deriver: None,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use larder_shared::nix::store_path::StoreDir;
+use larder_core::nix::store_path::StoreDir;
 
 use crate::api::types::UploadKind;
 use crate::nix::PathInfo;

@@ -7,8 +7,8 @@
 
 use futures::StreamExt as _;
 
-use larder_shared::CacheName;
-use larder_shared::nix::store_path::StoreDir;
+use larder_core::CacheName;
+use larder_core::nix::store_path::StoreDir;
 
 use crate::api::retry::Transient;
 use crate::api::types::{UploadKind, UploadPathNarInfo};
@@ -134,7 +134,7 @@ mod tests {
             "{hash}"
         );
         assert_eq!(
-            hash.parse::<larder_shared::nix::hash::NarHash>().unwrap(),
+            hash.parse::<larder_core::nix::hash::NarHash>().unwrap(),
             info.nar_hash
         );
     }

@@ -14,8 +14,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use larder_shared::CacheName;
-use larder_shared::nix::signing::{PublicKey, SigningError};
+use larder_core::CacheName;
+use larder_core::nix::signing::{PublicKey, SigningError};
 
 use crate::api::{ApiClient, ApiError};
 use crate::config::{self, ConfigError};

@@ -4,8 +4,8 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{DbError, Raw, corrupt};
-use crate::CacheName;
 use crate::on_conn;
+use larder_core::CacheName;
 
 /// A cache as stored.
 #[derive(Clone)]

@@ -7,8 +7,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::nar_layout::{NarLayout, encode_spans};
 use super::{DbError, Raw, corrupt};
-use crate::nix::hash::NarHash;
 use crate::on_conn;
+use larder_core::nix::hash::NarHash;
 
 /// Where a NAR is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +105,7 @@ macro_rules! nar_from_row {
             $crate::db::nar_layout::decode(sizes.as_deref(), digest.as_deref(), chunk_ids.len())?;
         Ok::<_, $crate::db::DbError>($crate::db::nars::NarRecord {
             id: r.try_get("id")?,
-            nar_hash: $crate::nix::hash::NarHash::from_slice(&hash)
+            nar_hash: ::larder_core::nix::hash::NarHash::from_slice(&hash)
                 .map_err(|e| $crate::db::corrupt("nars.nar_hash", e))?,
             nar_size: r.try_get("nar_size")?,
             state: $crate::db::nars::NarState::parse(&state)?,

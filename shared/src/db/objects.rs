@@ -7,9 +7,9 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::nars::{NarRecord, nar_from_row};
 use super::{DbError, Raw, corrupt, object_refs, placeholders};
-use crate::nix::hash::NarHash;
-use crate::nix::store_path::StorePathHash;
 use crate::on_conn;
+use larder_core::nix::hash::NarHash;
+use larder_core::nix::store_path::StorePathHash;
 
 /// Path metadata as pushed (what narinfo serves besides the NAR fields).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 use sqlx::Row;
 
 use super::{DbError, Raw};
-use crate::nix::store_path::StorePathHash;
 use crate::on_conn;
+use larder_core::nix::store_path::StorePathHash;
 
 /// A pin as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -19,10 +19,10 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{DbError, Raw, corrupt};
-use crate::nix::hash::{FileHash, NarHash};
-use crate::nix::narinfo::Compression;
-use crate::nix::store_path::StorePathHash;
 use crate::on_conn;
+use larder_core::nix::hash::{FileHash, NarHash};
+use larder_core::nix::narinfo::Compression;
+use larder_core::nix::store_path::StorePathHash;
 
 /// How long an uploader's URL keeps answering after its (last) push: Nix 2.8
 /// caches the narinfo it uploaded for 30 days (`narinfo-cache-positive-ttl`)

@@ -6,7 +6,7 @@
 use super::{Kek, KeyError};
 use crate::db::Db;
 use crate::db::cache_keys;
-use crate::nix::signing::SigningKey;
+use larder_core::nix::signing::SigningKey;
 
 /// What [`prepare`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

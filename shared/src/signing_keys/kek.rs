@@ -19,7 +19,7 @@ use rand::RngCore as _;
 
 use super::KeyError;
 use crate::config::SigningConfig;
-use crate::nix::signing::SigningKey;
+use larder_core::nix::signing::SigningKey;
 
 /// Version prefix of sealed keys; a future format gets `v2:`.
 const SEALED_V1: &str = "v1:";

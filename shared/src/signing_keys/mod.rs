@@ -23,7 +23,7 @@ pub use kek::{KEK_ENV, KEK_FILE_KEY, Kek, default_kek_path, is_sealed, read_priv
 pub use ring::{CacheSigning, KeyRing};
 
 use crate::db::DbError;
-use crate::nix::signing::SigningError;
+use larder_core::nix::signing::SigningError;
 
 /// Why a signing key could not be stored, loaded or used.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::{Kek, KeyError, read_private};
 use crate::db::Db;
 use crate::db::cache_keys::{self, CacheKeyRecord};
-use crate::nix::signing::SigningKey;
+use larder_core::nix::signing::SigningKey;
 
 /// The KEK and the keys opened with it.
 #[derive(Debug)]

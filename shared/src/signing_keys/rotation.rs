@@ -10,10 +10,10 @@ use std::path::Path;
 
 use super::ring::read_key_file;
 use super::{Kek, KeyError};
-use crate::CacheName;
 use crate::db::Tx;
 use crate::db::cache_keys::{self, CacheKeyRecord, KeySecret};
-use crate::nix::signing::SigningKey;
+use larder_core::CacheName;
+use larder_core::nix::signing::SigningKey;
 
 /// Where the new key comes from.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::TokenError;
 use super::pattern::CachePattern;
 use super::permission::{CachePermissions, Permission};
-use crate::cache_name::CacheName;
+use larder_core::cache_name::CacheName;
 
 /// The `caches` claim: patterns with their permissions, in the token's JSON order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

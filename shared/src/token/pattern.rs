@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::cache_name::{CacheName, MAX_LEN};
+use larder_core::cache_name::{CacheName, MAX_LEN};
 
 /// A validated cache name pattern, such as `team-*` or an exact `snyssen-infra`.
 #[derive(Clone, PartialEq, Eq, Hash)]

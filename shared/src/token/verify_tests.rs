@@ -6,9 +6,9 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::cache_name::CacheName;
 use crate::token::Permission;
 use crate::token::key::tests::{PUBLIC_PEM_B64, SECRET_PEM_B64};
+use larder_core::cache_name::CacheName;
 
 const NOW: u64 = 1_700_000_000;
 const HS_SECRET_B64: &str = "c2hhcmVkLXNlY3JldC1mb3ItdGVzdHM="; // "shared-secret-for-tests"

@@ -33,6 +33,8 @@ use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 
+use larder_core::nix::hash::NarHash;
+use larder_core::nix::nar::NarValidator;
 use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
@@ -40,8 +42,6 @@ use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::unix_now;
 use larder_shared::db::uploads;
-use larder_shared::nix::hash::NarHash;
-use larder_shared::nix::nar::NarValidator;
 use larder_shared::storage::{ObjectKey, StorageError};
 
 use crate::services::Services;
