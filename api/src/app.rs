@@ -10,7 +10,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{ApiError, json_errors};
 use crate::routes::{
-    binary_cache, cache_config, caches, health, missing_paths, nar, nix_upload, upload_path,
+    binary_cache, cache_config, cache_file, caches, health, metrics, missing_paths, nar,
+    nix_upload, upload_path,
 };
 use crate::state::AppState;
 
@@ -47,7 +48,7 @@ macro_rules! route_table {
 route_table! {
     "/_health" => get health::health;
     "/_ready" => get health::ready;
-    "/metrics" => get crate::metrics::handler;
+    "/metrics" => get metrics::handler;
     "/_api/v1/upload-path" => put upload_path::upload_path;
     "/_api/v1/get-missing-paths" => post missing_paths::get_missing_paths;
     "/_api/v1/cache-config/{cache}" =>
@@ -63,14 +64,14 @@ route_table! {
         delete caches::remove_pin;
     "/{cache}/nix-cache-info" =>
         get binary_cache::nix_cache_info,
-        put nix_upload::put_nix_cache_info;
+        put cache_file::put_nix_cache_info;
     "/{cache}/nar/{file}" =>
         get nar::get,
         head nar::head,
         put nix_upload::put_nar;
     "/{cache}/{file}" =>
         get binary_cache::cache_file,
-        put nix_upload::put_cache_file,
+        put cache_file::put,
         delete binary_cache::delete_file;
 }
 

@@ -1,4 +1,4 @@
-//! A request body that fails when the client sends too slowly (issue 8):
+//! A request body that fails when the client sends too slowly (docs/operations.md "Connections and timeouts"):
 //! a stalled upload must not hold its connection and staging file forever,
 //! yet a multi-GB push over a slow link must pass. So there is no total
 //! deadline, only a minimum rate: over each window of *waiting for the

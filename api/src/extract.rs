@@ -1,6 +1,6 @@
 //! Request extractors whose rejections are [`ApiError`]s, so a bad path
 //! parameter (invalid UTF-8 included) or a bad JSON body answers the
-//! contract's JSON error like every other failure (issue 8). Handlers use
+//! contract's JSON error like every other failure (docs/protocol.md "HTTP"). Handlers use
 //! these instead of axum's own `Path` and `Json`.
 
 use axum::extract::{FromRequest, FromRequestParts};

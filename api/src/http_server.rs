@@ -1,6 +1,6 @@
 //! The HTTP/1.1 connection loop (hyper's server directly, since
 //! `axum::serve` has no timeouts): what a client that stops talking may
-//! hold, from `[http]` (issue 8).
+//! hold, from `[http]` (docs/operations.md "Connections and timeouts").
 //!
 //! - **Connections**: at most `max-connections` are served at once. Beyond
 //!   that the loop stops accepting, so new clients wait in the kernel's

@@ -23,11 +23,11 @@ use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 
 use larder_shared::chunk;
+use larder_shared::chunk_store::ChunkStore;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
 use larder_shared::db::nar_layout::{ChunkSpan, NarLayout, NarLayoutBuilder};
 use larder_shared::db::nars::{self, NarRecord};
 use larder_shared::db::{Db, DbError};
-use larder_shared::storage::{ObjectKey, Storage};
 
 /// Chunks fetched ahead of the one being sent.
 const PREFETCH: usize = 8;
@@ -98,7 +98,7 @@ impl ChunkLayout {
     pub fn stream(
         self,
         db: Db,
-        storage: Arc<dyn Storage>,
+        chunks: ChunkStore,
         repr: Representation,
         range: Range<u64>,
     ) -> NarStream {
@@ -138,13 +138,12 @@ impl ChunkLayout {
             .try_flatten();
         let body = pieces
             .map_ok(move |(rec, within)| {
-                let storage = storage.clone();
+                let chunks = chunks.clone();
                 async move {
                     match repr {
-                        Representation::Zstd => fetch_frame(&storage, &rec, within).await,
+                        Representation::Zstd => chunks.read(&rec, within).await,
                         Representation::Plain => {
-                            let whole = 0..rec.file_size as u64;
-                            let data = fetch_frame(&storage, &rec, whole).await?;
+                            let data = chunks.read_frame(&rec).await?;
                             let expected = rec.chunk_size as usize;
                             let plain = tokio::task::spawn_blocking(move || {
                                 chunk::decompress(&data, expected)
@@ -234,44 +233,6 @@ fn size_in(span: &ChunkSpan, repr: Representation) -> u64 {
         Representation::Plain => u64::from(span.chunk_size),
         Representation::Zstd => u64::from(span.file_size),
     }
-}
-
-/// Reads bytes `within` of one chunk's stored frame (its own object, or a
-/// slice of a pack).
-async fn fetch_frame(
-    storage: &Arc<dyn Storage>,
-    rec: &ChunkRecord,
-    within: Range<u64>,
-) -> std::io::Result<Bytes> {
-    let (key, base) = match (rec.pack_id, rec.pack_offset) {
-        (Some(pack), Some(off)) => (
-            ObjectKey::new(format!("packs/{pack}")).map_err(io_err)?,
-            off as u64,
-        ),
-        _ => (rec.hash.object_key(), 0),
-    };
-    let want = within.end - within.start;
-    let whole_object = base == 0 && within.start == 0 && want == rec.file_size as u64;
-    let range = (!whole_object).then(|| base + within.start..base + within.end);
-    let parts: Vec<Bytes> = storage
-        .get(&key, range)
-        .await
-        .map_err(io_err)?
-        .try_collect()
-        .await?;
-    let data = if parts.len() == 1 {
-        parts.into_iter().next().unwrap_or_default()
-    } else {
-        Bytes::from(parts.concat())
-    };
-    if data.len() as u64 != want {
-        return Err(io_err(format!(
-            "chunk {} gave {} bytes, expected {want}",
-            rec.hash,
-            data.len(),
-        )));
-    }
-    Ok(data)
 }
 
 /// Ends the stream with an error unless exactly `expected` bytes went

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use larder_shared::chunk_store::ChunkStore;
 use larder_shared::config::Config;
 use larder_shared::db::Db;
 use larder_shared::signing_keys::KeyRing;
@@ -18,7 +19,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Metadata.
     pub db: Db,
-    /// Chunk objects.
+    /// The main backend: chunk objects and uploaded NAR files. Chunk bytes
+    /// are read through [`AppState::chunks`].
     pub storage: Arc<dyn Storage>,
     /// Staged uploads (the storage backend, or `[staging] path`).
     pub staging: Arc<dyn Storage>,
@@ -32,4 +34,11 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The KEK and the cache signing keys opened with it.
     pub keys: Arc<KeyRing>,
+}
+
+impl AppState {
+    /// The chunk store on the main backend: the only way to chunk bytes.
+    pub fn chunks(&self) -> ChunkStore {
+        ChunkStore::new(self.storage.clone())
+    }
 }

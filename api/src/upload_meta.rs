@@ -2,7 +2,7 @@
 //! routes (Attic's `upload-path` and the narinfo PUT of `nix copy`): Nix
 //! refuses a whole substitution over metadata it cannot parse, and Larder
 //! signs what it serves, so anything Nix would refuse is refused here, at
-//! upload, with a 400 (issue 8).
+//! upload, with a 400 (docs/operations.md "What uploads must look like").
 
 use larder_core::nix::content_address::ContentAddress;
 use larder_core::nix::signing::Signature;

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use larder_core::CacheName;
 use larder_core::nix::store_path::StorePath;
-use serde::Deserialize;
 
+pub use crate::api::types::Pin;
 use crate::api::{ApiClient, ApiError};
 use crate::nix::{Nix, NixError};
 
@@ -19,17 +19,6 @@ pub enum PinError {
     /// The server refused or failed.
     #[error(transparent)]
     Api(#[from] ApiError),
-}
-
-/// A pin as the server lists it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Pin {
-    /// Pin name.
-    pub name: String,
-    /// Pinned store path.
-    pub store_path: String,
-    /// When it was set (Unix seconds).
-    pub created_at: i64,
 }
 
 /// Resolves `arg` (`/nix/store/…` or a link such as `./result`) to a store path.

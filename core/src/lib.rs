@@ -8,5 +8,6 @@
 
 pub mod cache_name;
 pub mod nix;
+pub mod wire;
 
 pub use cache_name::CacheName;

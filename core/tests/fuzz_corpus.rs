@@ -92,42 +92,11 @@ fn seed_corpus_has_valid_and_invalid_inputs() {
     );
 }
 
-const HELLO_NARINFO: &str = "\
-StorePath: /nix/store/xcp9cav49dmsjbwdjlmkjxj10gkpx553-hello-2.10
-URL: nar/10a83a91g1r50bdw8g4hn47m7j7m6angpabwc80l9c16nx11cw9d.nar.xz
-Compression: xz
-FileHash: sha256:10a83a91g1r50bdw8g4hn47m7j7m6angpabwc80l9c16nx11cw9d
-FileSize: 41232
-NarHash: sha256:16mvl7v0ylzcg2n3xzjn41qhzbmgcn5iyarx16nn5l2r36n2kqci
-NarSize: 206104
-References: 563528481rvhc5kxwipjmg6rqrl95mdx-glibc-2.33-56 xcp9cav49dmsjbwdjlmkjxj10gkpx553-hello-2.10
-Deriver: f8h5qy03cm8knz7xmamq8a9aqn7avxhi-hello-2.10.drv
-Sig: cache.nixos.org-1:lo9EfNIL4eGRuNh7DTbAAffWPpI2SlYC/8uP7JnhgmfRIUNGhSbFe8qEaKN0mFS02TuhPpXFPNtRkFcCp0hGAQ==
-";
+const HELLO_NARINFO: &str = include_str!("fixtures/hello.narinfo");
 
-const SOURCE_NARINFO: &str = "\
-StorePath: /nix/store/9abkjan7sjsf894nilln3ivp57yhpjwm-source
-URL: nar/1ymh908v3l1pkgvqqaj1j0inihh0srspi3jbzy68izsl70vf9z51.nar.xz
-Compression: xz
-FileHash: sha256:1ymh908v3l1pkgvqqaj1j0inihh0srspi3jbzy68izsl70vf9z51
-FileSize: 2146768
-NarHash: sha256:01kvsqjcb10fs3avcmcppbydws7hgylxhz9v8cljnccrwjd52kjr
-NarSize: 9523096
-References: 
-Deriver: za96pd44x14iq81hrccp000zqpvzhp9r-source.drv
-Sig: cache.nixos.org-1:AHPsJm1PtK2/PRBKpxT58RAy/Yq22IKfxAtSyG9khdeSjMLr1GRvP+PzdL4R2QW/S+J1+obziJ2CqffcXkHdMg==
-CA: fixed:r:sha256:19rg7ddp5fsia9ai4l875yqdzcawsz5iygpwlqs4vgn9njhmrl1y
-";
+const SOURCE_NARINFO: &str = include_str!("fixtures/source.narinfo");
 
-const STAGED_NARINFO: &str = "\
-StorePath: /nix/store/9abkjan7sjsf894nilln3ivp57yhpjwm-source
-URL: nar/01kvsqjcb10fs3avcmcppbydws7hgylxhz9v8cljnccrwjd52kjr.nar
-Compression: none
-NarHash: sha256:01kvsqjcb10fs3avcmcppbydws7hgylxhz9v8cljnccrwjd52kjr
-NarSize: 9523096
-References: 9abkjan7sjsf894nilln3ivp57yhpjwm-source
-System: x86_64-linux
-";
+const STAGED_NARINFO: &str = include_str!("fixtures/staged.narinfo");
 
 /// Rewrites `fuzz/corpus/` from the builder and known texts. Run by hand
 /// after changing the formats; the files are checked in.

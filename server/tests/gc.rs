@@ -47,6 +47,7 @@ use larder_shared::db::gc as gc_db;
 use larder_shared::db::nars::NarState;
 use larder_shared::db::{leases, stats, unix_now};
 use larder_shared::storage::ObjectKey;
+use larder_shared::storage::layout;
 use larder_shared::token::Permission;
 use larder_worker::jobs::gc::{self, GcReport};
 use larder_worker::jobs::ingest::{self, Outcome};
@@ -82,36 +83,6 @@ use gc_support::race::Race;
 const KIB: usize = 1024;
 const PULL_PUSH: &[Permission] = &[Permission::Pull, Permission::Push];
 const PULL_PUSH_DELETE: &[Permission] = &[Permission::Pull, Permission::Push, Permission::Delete];
-
-/// Runs each scenario on a fresh app per backend (made by `$make`), as
-/// `<scenario>::sqlite` and `<scenario>::postgres`. The app is torn down
-/// even when the scenario panics.
-macro_rules! on_both_backends {
-    ($make:path => $($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use futures::FutureExt as _;
-
-            async fn run(backend: crate::common::Backend) {
-                let app = $make(backend).await;
-                let outcome = std::panic::AssertUnwindSafe(super::$scenario(&app)).catch_unwind().await;
-                app.teardown().await;
-                if let Err(panic) = outcome {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(crate::common::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                run(crate::common::Backend::Postgres).await
-            }
-        }
-    )*};
-}
 
 on_both_backends!(crate::gc::gc_support::default_app =>
     idle_paths_expire_by_retention,
@@ -619,7 +590,7 @@ async fn interrupted_gc_is_finished_by_the_next(app: &TestApp) {
     assert_eq!(marked as i64, rows);
     for rec in candidates.iter().step_by(2) {
         svc.storage
-            .delete(&rec.hash.object_key())
+            .delete(&layout::chunk_key(&rec.hash))
             .await
             .expect("delete object");
     }
@@ -725,7 +696,7 @@ async fn verify_finds_orphans_and_lost_chunks(app: &TestApp) {
         .clone();
     drop(conn);
     svc.storage
-        .delete(&victim.hash.object_key())
+        .delete(&layout::chunk_key(&victim.hash))
         .await
         .expect("delete");
 

@@ -9,6 +9,42 @@
 //! - `security`: credentials, permissions, hostile input, slow clients,
 //!   signing keys at rest.
 
+/// Runs each scenario on a fresh app per backend, as `<scenario>::sqlite`
+/// and `<scenario>::postgres`: `on_both_backends!(a, b)` with
+/// [`common::TestApp::new`], `on_both_backends!(make => a, b)` with another
+/// constructor taking the backend. The app is torn down even when the
+/// scenario panics (no side effects in `Drop`). Defined before the suites so
+/// every one of them sees it.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        on_both_backends!(crate::common::TestApp::new => $($scenario),*);
+    };
+    ($make:path => $($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use futures::FutureExt as _;
+
+            async fn run(backend: crate::common::Backend) {
+                let app = $make(backend).await;
+                let outcome = std::panic::AssertUnwindSafe(super::$scenario(&app)).catch_unwind().await;
+                app.teardown().await;
+                if let Err(panic) = outcome {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(crate::common::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run(crate::common::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
 #[allow(dead_code)] // fixtures for the suites that import from Attic
 mod attic_support;
 #[allow(dead_code)] // serves every suite; no one suite uses all of it

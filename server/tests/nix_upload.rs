@@ -30,34 +30,6 @@ use common::{TestApp, TestResponse, request};
 
 const PULL_PUSH: &[Permission] = &[Permission::Pull, Permission::Push];
 
-/// Runs each scenario on a fresh app per backend (as in tests/pipeline.rs).
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use futures::FutureExt as _;
-
-            async fn run(backend: crate::common::Backend) {
-                let app = crate::common::TestApp::new(backend).await;
-                let outcome = std::panic::AssertUnwindSafe(super::$scenario(&app)).catch_unwind().await;
-                app.teardown().await;
-                if let Err(panic) = outcome {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(crate::common::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                run(crate::common::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     every_compression_round_trips,
     narinfo_without_its_nar_is_rejected,

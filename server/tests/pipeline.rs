@@ -38,36 +38,6 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 const PULL_PUSH: &[Permission] = &[Permission::Pull, Permission::Push];
 
-/// Runs each scenario on a fresh app per backend, as `<scenario>::sqlite`
-/// and `<scenario>::postgres`. The app is torn down even when the scenario
-/// panics (no side effects in `Drop`).
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use futures::FutureExt as _;
-
-            async fn run(backend: crate::common::Backend) {
-                let app = crate::common::TestApp::new(backend).await;
-                let outcome = std::panic::AssertUnwindSafe(super::$scenario(&app)).catch_unwind().await;
-                app.teardown().await;
-                if let Err(panic) = outcome {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(crate::common::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                run(crate::common::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
 /// Runs each scenario with chunks and staging on the S3 test server, on both
 /// databases, as `s3::<scenario>::sqlite` and `…::postgres`; skipped (with a
 /// message) when `LARDER_TEST_S3_ENDPOINT` is unset.

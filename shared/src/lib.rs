@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod bootstrap;
 pub mod chunk;
+pub mod chunk_store;
 pub mod config;
 pub mod db;
 pub mod jobs;

@@ -26,10 +26,12 @@
 use std::collections::HashSet;
 
 use larder_shared::chunk::ChunkHash;
+use larder_shared::chunk_store::ChunkStore;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
 use larder_shared::db::gc;
 use larder_shared::storage::ObjectKey;
+use larder_shared::storage::layout;
 
 use crate::gc_lease::GcLease;
 use crate::services::Services;
@@ -53,7 +55,7 @@ impl Doomed {
     /// (packs are freed as a whole; not written yet).
     pub fn marked(rec: &ChunkRecord) -> Option<Self> {
         rec.pack_id.is_none().then(|| Self {
-            key: rec.hash.object_key(),
+            key: ChunkStore::own_object(&rec.hash),
             hash: rec.hash,
             marked: Some(rec.id),
             file_size: rec.file_size.max(0) as u64,
@@ -63,21 +65,14 @@ impl Doomed {
     /// An object no row should name, or `None` if the key is not a chunk
     /// object's (`chunks/ab/cd/<sha256>.zst`).
     pub fn orphan(key: &str) -> Option<Self> {
-        let hash = hash_of_chunk_key(key)?;
+        let hash = layout::parse_chunk_key(key)?;
         Some(Self {
-            key: hash.object_key(),
+            key: ChunkStore::own_object(&hash),
             hash,
             marked: None,
             file_size: 0,
         })
     }
-}
-
-/// Hash of a chunk object key: parses `chunks/ab/cd/<hex>.zst`.
-pub fn hash_of_chunk_key(key: &str) -> Option<ChunkHash> {
-    let name = key.strip_prefix("chunks/")?.rsplit('/').next()?;
-    let hash: ChunkHash = name.strip_suffix(".zst")?.parse().ok()?;
-    (hash.object_key().as_str() == key).then_some(hash)
 }
 
 /// What [`delete`] did.
@@ -188,8 +183,9 @@ impl Claimed {
         }
         // A deleter that lost its lease stops here rather than delete.
         lease.renew(svc).await?;
+        let chunks = svc.chunks();
         for d in &clear {
-            svc.storage.delete(&d.key).await?;
+            chunks.delete(&d.key).await?;
         }
         let ids: Vec<i64> = clear.iter().filter_map(|d| d.marked).collect();
         let keys: Vec<ObjectKey> = clear.iter().map(|d| d.key.clone()).collect();
@@ -200,21 +196,5 @@ impl Claimed {
         done.objects = clear.len() as u64;
         done.bytes = clear.iter().map(|d| d.file_size).sum();
         Ok(done)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_canonical_chunk_keys_parse() {
-        let hash: ChunkHash = "ab".repeat(32).parse().expect("hash");
-        let key = hash.object_key();
-        assert_eq!(hash_of_chunk_key(key.as_str()), Some(hash));
-        let hex = "ab".repeat(32);
-        assert_eq!(hash_of_chunk_key(&format!("chunks/00/00/{hex}.zst")), None);
-        assert_eq!(hash_of_chunk_key(&format!("packs/ab/ab/{hex}.zst")), None);
-        assert_eq!(hash_of_chunk_key(&format!("chunks/ab/ab/{hex}")), None);
     }
 }

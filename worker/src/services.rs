@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use larder_shared::chunk_store::ChunkStore;
 use larder_shared::config::Config;
 use larder_shared::db::Db;
 use larder_shared::storage::Storage;
@@ -13,8 +14,16 @@ pub struct Services {
     pub config: Arc<Config>,
     /// Metadata.
     pub db: Db,
-    /// Chunk objects.
+    /// The main backend: chunk objects and uploaded NAR files. Chunk bytes
+    /// go through [`Services::chunks`].
     pub storage: Arc<dyn Storage>,
     /// Staged uploads (the storage backend, or `[staging] path`).
     pub staging: Arc<dyn Storage>,
+}
+
+impl Services {
+    /// The chunk store on the main backend: the only way to chunk bytes.
+    pub fn chunks(&self) -> ChunkStore {
+        ChunkStore::new(self.storage.clone())
+    }
 }

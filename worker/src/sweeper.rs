@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use larder_shared::db::{nars, tokens, unix_now};
 use larder_shared::jobs;
+use larder_shared::storage::layout;
 
 use crate::services::Services;
 
@@ -104,7 +105,7 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
     let max_age = svc.config.staging.max_age.get();
 
     let cutoff = SystemTime::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
-    let mut listing = svc.staging.list("staging/");
+    let mut listing = svc.staging.list(layout::STAGING);
     while let Some(meta) = listing.try_next().await? {
         let old = cutoff
             .duration_since(meta.last_modified)

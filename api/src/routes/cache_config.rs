@@ -4,12 +4,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use larder_core::CacheName;
 use larder_core::nix::signing::SigningKey;
 use larder_core::nix::store_path::StoreDir;
+use larder_core::wire::{CacheConfig, KeypairConfig, RetentionPeriodConfig};
 use larder_shared::audit::AuditEvent;
 use larder_shared::db::caches::{self, CacheUpdate, NewCache};
 use larder_shared::db::{audit, cache_keys, unix_now};
@@ -21,64 +21,6 @@ use crate::auth::{Credentials, PullOrPush};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Path};
 use crate::state::AppState;
-
-/// How to set a cache's signing key.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub enum KeypairConfig {
-    /// Generate a fresh ed25519 key.
-    Generate,
-    /// Import `name:base64(64 bytes)`.
-    Keypair(String),
-}
-
-/// `"Global"` or `{"Period": seconds}`.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-pub enum RetentionPeriodConfig {
-    /// Use the server's default.
-    Global,
-    /// Seconds; 0 keeps forever.
-    Period(u64),
-}
-
-/// Attic's `CacheConfig`; every field optional.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct CacheConfig {
-    /// Write only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keypair: Option<KeypairConfig>,
-    /// Read only: the newest active public key (Attic clients read this).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
-    /// Read only (Larder): every active public key, newest first; during a
-    /// rotation's overlap hosts should trust all of them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_keys: Option<Vec<String>>,
-    /// Write only (Larder), with `keypair`: retire the previous keys at once
-    /// instead of after `[signing] rotation-overlap` (a compromised key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub no_overlap: Option<bool>,
-    /// Visibility.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_public: Option<bool>,
-    /// Store directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store_dir: Option<String>,
-    /// Substituter priority.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<i32>,
-    /// Upstream key names.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_cache_key_names: Option<Vec<String>>,
-    /// Retention.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention_period: Option<RetentionPeriodConfig>,
-    /// Read only: where Nix substitutes from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub substituter_endpoint: Option<String>,
-    /// Read only: API base.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_endpoint: Option<String>,
-}
 
 fn parse_name(raw: &str) -> ApiResult<CacheName> {
     raw.parse()

@@ -19,14 +19,14 @@ use larder_core::nix::nar::NarValidator;
 use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::objects;
-use larder_shared::db::{DbError, unix_now, uploads};
+use larder_shared::db::{DbError, listings, unix_now};
 use larder_shared::storage::{ObjectKey, StorageError};
 use larder_shared::token::Permission;
 
 use crate::auth::{CacheAccess, PullOrPush, Push, permission_name};
+use crate::body::read_limited;
 use crate::error::{ApiError, ApiResult};
 use crate::nar_reader::{self, ChunkLayout, NarStream, Representation};
-use crate::routes::nix_upload::read_limited;
 use crate::state::AppState;
 
 /// Largest uploaded listing accepted (a path of 100 000 files lists in
@@ -54,7 +54,7 @@ pub async fn put(
     let nar_hash = objects::find(conn.raw(), access.cache.id, &hash)
         .await?
         .map(|o| o.nar.nar_hash);
-    uploads::put_uploaded_listing(
+    listings::put_uploaded_listing(
         conn.raw(),
         access.cache.id,
         &hash,
@@ -92,11 +92,11 @@ pub async fn get(
         .ok_or(ApiError::NoSuchObject)?;
     let cache_id = access.cache.id;
     if let Some(listing) =
-        uploads::uploaded_listing(conn.raw(), cache_id, &hash, &object.nar.nar_hash).await?
+        listings::uploaded_listing(conn.raw(), cache_id, &hash, &object.nar.nar_hash).await?
     {
         return Ok(json(listing));
     }
-    if let Some(listing) = uploads::nar_listing(conn.raw(), object.nar.id).await? {
+    if let Some(listing) = listings::nar_listing(conn.raw(), object.nar.id).await? {
         return Ok(json(listing));
     }
     drop(conn);
@@ -142,7 +142,7 @@ async fn generate(state: &AppState, nar: NarRecord) -> ApiResult<Vec<u8>> {
         .ok_or_else(|| ApiError::Internal("validator made no listing".into()))?
         .to_json();
     let mut conn = state.db.conn().await?;
-    uploads::insert_nar_listing(conn.raw(), nar_id, &listing, unix_now()).await?;
+    listings::insert_nar_listing(conn.raw(), nar_id, &listing, unix_now()).await?;
     tracing::info!(nar_id, bytes = listing.len(), "listing generated");
     Ok(listing)
 }
@@ -176,7 +176,7 @@ async fn nar_stream(state: &AppState, nar: NarRecord) -> ApiResult<NarStream> {
     let layout = ChunkLayout::load(&state.db, &nar).await?;
     let stream = layout.stream(
         state.db.clone(),
-        state.storage.clone(),
+        state.chunks(),
         Representation::Plain,
         0..len,
     );

@@ -2,9 +2,11 @@
 
 pub mod binary_cache;
 pub mod cache_config;
+pub mod cache_file;
 pub mod caches;
 pub mod health;
 pub mod listing;
+pub mod metrics;
 pub mod missing_paths;
 pub mod nar;
 pub mod nix_narinfo;

@@ -110,7 +110,7 @@ async fn find(state: &AppState, cache: &CacheRecord, file: &str) -> ApiResult<Op
             None => Ok(None),
         };
     }
-    if let Some((nar_hash, compression)) = nix_upload::own_url(file) {
+    if let Some((nar_hash, compression)) = crate::nar_url::own_url(file) {
         let repr = match compression {
             larder_core::nix::narinfo::Compression::Zstd => Representation::Zstd,
             _ => Representation::Plain,
@@ -155,7 +155,7 @@ async fn find(state: &AppState, cache: &CacheRecord, file: &str) -> ApiResult<Op
 /// so the two URL shapes cannot be confused.
 const STORE_PATH_HASH_LEN: usize = 32;
 
-/// `nar/<store-path-hash>.nar`, the URL Attic's narinfos name (issue #20):
+/// `nar/<store-path-hash>.nar`, the URL Attic's narinfos name (docs/operations.md "Moving from Attic"):
 /// hosts that cached an Attic narinfo keep fetching it after a switch.
 fn attic_shaped(file: &str) -> Option<StorePathHash> {
     let stem = file.strip_suffix(".nar")?;
@@ -299,7 +299,7 @@ async fn open(
             nar_id,
         } => {
             state.access.nar(cache.id, nar_id);
-            Ok(layout.stream(state.db.clone(), state.storage.clone(), repr, range))
+            Ok(layout.stream(state.db.clone(), state.chunks(), repr, range))
         }
         Source::Staged { key, nar } => {
             state.access.nar(cache.id, nar.id);
@@ -315,7 +315,7 @@ async fn open(
                     let layout = ChunkLayout::load(&state.db, &nar).await?;
                     Ok(layout.stream(
                         state.db.clone(),
-                        state.storage.clone(),
+                        state.chunks(),
                         Representation::Plain,
                         range,
                     ))

@@ -1,4 +1,4 @@
-//! `PUT /{cache}/{storehash}.narinfo` from stock `nix copy` (issue 4): the
+//! `PUT /{cache}/{storehash}.narinfo` from stock `nix copy` (docs/protocol.md "What real Nix clients do"): the
 //! last request of a path's push. The narinfo's `URL` names the NAR file
 //! uploaded just before (`routes::nix_upload`); the path is recorded only if
 //! that file is known in this cache and matches the narinfo (`NarHash`,
@@ -22,17 +22,18 @@ use larder_core::nix::store_path::{StorePath, StorePathHash};
 use larder_shared::audit::PushRoute;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
-use larder_shared::db::unix_now;
 use larder_shared::db::uploads::{
     self, PendingUpload, URL_RETENTION_SECS, UploadUrl, UploadedFile,
 };
+use larder_shared::db::{listings, unix_now};
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
 use crate::auth::{CacheAccess, Push};
+use crate::body::read_limited;
 use crate::error::{ApiError, ApiResult};
+use crate::nar_url::own_url;
 use crate::record::{self, NewPath, Origin};
-use crate::routes::nix_upload::{own_url, read_limited};
 use crate::state::AppState;
 use crate::upload_meta;
 
@@ -362,7 +363,7 @@ async fn record_narinfo(
         )
         .await?;
     }
-    uploads::bind_uploaded_listing(tx.raw(), cache_id, path.hash, path.nar_hash).await?;
+    listings::bind_uploaded_listing(tx.raw(), cache_id, path.hash, path.nar_hash).await?;
     tx.commit().await?;
     if let Some(key) = surplus {
         state.staging.delete(&key).await?;

@@ -1,5 +1,5 @@
 //! Uploads from stock `nix copy --to 'http://HOST/CACHE?compression=…'`
-//! (docs/protocol.md "What real Nix clients do"; issue 4).
+//! (docs/protocol.md "What real Nix clients do").
 //!
 //! Nix 2.8 pushes a path as `HEAD nar/<file>`, `PUT nar/<file>` (the
 //! compressed NAR, `<file>` = `<filehash>.nar[.xz|.zst|…]`), then
@@ -23,101 +23,27 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use serde::Serialize;
 use tracing::instrument;
 
 use larder_core::nix::hash::{FileHash, NarHash};
 use larder_core::nix::narinfo::Compression;
-use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects;
 use larder_shared::db::unix_now;
 use larder_shared::db::uploads::{self, PendingUpload, UploadedFile};
-use larder_shared::storage::ObjectKey;
+use larder_shared::storage::{ObjectKey, layout};
 
 use crate::auth::{CacheAccess, Push};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
+use crate::nar_url::{own_url, parse_file_name};
 use crate::nix_staging::{self, BodyStream};
-use crate::routes::{listing, nix_narinfo, upload_path};
 use crate::state::AppState;
 use crate::upload_decode;
 
-/// Largest `nix-cache-info` body read (and ignored).
-const MAX_CACHE_INFO: usize = 64 * 1024;
-
-/// `PUT /{cache}/nix-cache-info` (`w`): Nix 2.8 writes it when its GET of
-/// the file fails. A no-op for an existing cache; never creates one.
-pub async fn put_nix_cache_info(_access: CacheAccess<Push>, body: Body) -> ApiResult<StatusCode> {
-    read_limited(body, MAX_CACHE_INFO, "nix-cache-info").await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// `PUT /{cache}/{file}` (`w`): `<storehash>.narinfo` or `<storehash>.ls`.
-pub async fn put_cache_file(
-    State(state): State<AppState>,
-    Path((_, file)): Path<(String, String)>,
-    access: CacheAccess<Push>,
-    body: Body,
-) -> ApiResult<StatusCode> {
-    let parse = |h: &str| {
-        h.parse::<StorePathHash>()
-            .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))
-    };
-    if let Some(hash) = file.strip_suffix(".narinfo") {
-        return nix_narinfo::put(&state, &access, parse(hash)?, body).await;
-    }
-    if let Some(hash) = file.strip_suffix(".ls") {
-        return listing::put(&state, &access, parse(hash)?, body).await;
-    }
-    Err(ApiError::NotFound)
-}
-
-/// Reads a small body whole, refusing more than `limit` bytes.
-pub async fn read_limited(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
-    let mut body = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
-        if buf.len() + piece.len() > limit {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "{what} larger than {limit} bytes"
-            )));
-        }
-        buf.extend_from_slice(&piece);
-    }
-    Ok(buf.freeze())
-}
-
 // --- NAR files ----------------------------------------------------------------
-
-/// The file hash in a NAR file name as Nix 2.8 writes it:
-/// `<filehash>.nar` (none, gzip) or `<filehash>.nar.<xz|zst|bz2|br|lz4|lzip>`.
-pub fn parse_file_name(file: &str) -> Option<FileHash> {
-    let (hash, ext) = file.split_once('.')?;
-    let known = matches!(
-        ext,
-        "nar" | "nar.xz" | "nar.zst" | "nar.bz2" | "nar.br" | "nar.lz4" | "nar.lzip"
-    );
-    if !known {
-        return None;
-    }
-    FileHash::from_base32_bare(hash).ok()
-}
-
-/// Where an uploaded file is kept: content-addressed, sharded like chunks.
-fn upload_key(hash: &FileHash, compression: Compression) -> ApiResult<ObjectKey> {
-    let name = hash.to_base32();
-    let ext = match compression {
-        Compression::Gzip => ".gz",
-        other => other.file_extension(),
-    };
-    ObjectKey::new(format!("uploads/{}/{name}.nar{ext}", &name[..2]))
-        .map_err(|e| ApiError::Internal(e.to_string()))
-}
 
 /// The NAR PUT's answer (Nix ignores it; people and tests read it).
 #[derive(Debug, Serialize)]
@@ -182,13 +108,13 @@ pub async fn put_nar(
     let compression = detected.compression;
     let upload_key = match compression {
         Compression::None => None,
-        c => Some(upload_key(&file_hash, c)?),
+        c => Some(layout::upload_key(&file_hash, c)),
     };
     let write_key = match &upload_key {
         Some(key) if !fresh(&state, key).await? => Some(key),
         _ => None,
     };
-    let staging_key = upload_path::staging_key()?;
+    let staging_key = layout::new_staging_key();
     let m = nix_staging::stage(
         &state.storage,
         &state.staging,
@@ -375,58 +301,4 @@ pub async fn upload_probe(
         ],
     )
         .into_response())
-}
-
-/// Larder's own NAR URLs: `<narhash>.nar` and `<narhash>.nar.zst`.
-pub(crate) fn own_url(file: &str) -> Option<(NarHash, Compression)> {
-    let (hash, compression) = if let Some(h) = file.strip_suffix(".nar.zst") {
-        (h, Compression::Zstd)
-    } else {
-        (file.strip_suffix(".nar")?, Compression::None)
-    };
-    Some((NarHash::from_base32_bare(hash).ok()?, compression))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_names_as_nix_writes_them() {
-        let h = FileHash::digest(b"x");
-        let b = h.to_base32();
-        for ext in ["", ".xz", ".zst", ".bz2", ".br", ".lz4", ".lzip"] {
-            assert_eq!(parse_file_name(&format!("{b}.nar{ext}")), Some(h), "{ext}");
-        }
-        for bad in [
-            format!("{b}.nar.gz"),
-            format!("{b}.narinfo"),
-            b.to_string(),
-            "x.nar".into(),
-        ] {
-            assert_eq!(parse_file_name(&bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn own_urls() {
-        let h = NarHash::digest(b"x");
-        let b = h.to_base32();
-        assert_eq!(own_url(&format!("{b}.nar")), Some((h, Compression::None)));
-        assert_eq!(
-            own_url(&format!("{b}.nar.zst")),
-            Some((h, Compression::Zstd))
-        );
-        assert_eq!(own_url(&format!("{b}.nar.xz")), None);
-    }
-
-    #[test]
-    fn upload_keys_are_sharded_and_typed() {
-        let h = FileHash::digest(b"x");
-        let b = h.to_base32();
-        let key = upload_key(&h, Compression::Gzip).unwrap();
-        assert_eq!(key.as_str(), format!("uploads/{}/{b}.nar.gz", &b[..2]));
-        let key = upload_key(&h, Compression::Xz).unwrap();
-        assert!(key.as_str().ends_with(".nar.xz"));
-    }
 }

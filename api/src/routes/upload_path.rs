@@ -24,7 +24,7 @@ use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::unix_now;
 use larder_shared::retention::Retention;
-use larder_shared::storage::ObjectKey;
+use larder_shared::storage::{ObjectKey, layout};
 
 use crate::auth::{Credentials, Need, Push};
 use crate::error::{ApiError, ApiResult};
@@ -278,7 +278,7 @@ pub async fn upload_path(
         }));
     }
 
-    let key = staging_key()?;
+    let key = layout::new_staging_key();
     staging::stage(&state.staging, &key, body, v.expected).await?;
     let committed = record_staged(&state, &cache, &v, &key, now).await;
     match committed {
@@ -329,12 +329,6 @@ async fn refuse_early(state: &AppState, cache_id: i64, v: &Validated) -> ApiResu
         }
         _ => Ok(()),
     }
-}
-
-/// A fresh key under `staging/`; random, so concurrent uploads never collide.
-pub fn staging_key() -> ApiResult<ObjectKey> {
-    let id = ulid::Ulid::new().to_string().to_lowercase();
-    ObjectKey::new(format!("staging/{id}.nar")).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Records NAR, object and job in one transaction ([`record::record_staged`]).

@@ -211,7 +211,7 @@ impl ApiClient {
     }
 
     /// `GET /_api/v1/caches/{cache}/pins` (needs `r`).
-    pub async fn list_pins(&self, cache: &CacheName) -> Result<Vec<crate::pins::Pin>, ApiError> {
+    pub async fn list_pins(&self, cache: &CacheName) -> Result<Vec<types::Pin>, ApiError> {
         let path = format!("caches/{cache}/pins");
         self.run(true, Method::GET, &path, None::<&()>).await
     }

@@ -8,6 +8,7 @@
 //! private cache.
 
 pub mod closure;
+pub mod error;
 pub mod filter;
 pub mod progress;
 pub mod stdin;

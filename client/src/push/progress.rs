@@ -16,7 +16,7 @@ use larder_core::nix::store_path::StoreDir;
 use crate::api::types::UploadKind;
 use crate::nix::PathInfo;
 
-use super::upload::UploadError;
+use super::error::UploadError;
 
 const TICK: Duration = Duration::from_millis(200);
 

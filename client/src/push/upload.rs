@@ -10,42 +10,12 @@ use futures::StreamExt as _;
 use larder_core::CacheName;
 use larder_core::nix::store_path::StoreDir;
 
-use crate::api::retry::Transient;
+use crate::api::ApiClient;
 use crate::api::types::{UploadKind, UploadPathNarInfo};
-use crate::api::{ApiClient, ApiError};
-use crate::nix::{Nix, NixError, PathInfo};
+use crate::nix::{Nix, PathInfo};
 
+pub use super::error::UploadError;
 use super::progress::PathProgress;
-
-/// Why a path could not be uploaded.
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    /// `nix-store --dump` could not be started.
-    #[error(transparent)]
-    Nix(#[from] NixError),
-    /// `nix-store --dump` failed while streaming.
-    #[error("{0}")]
-    Dump(String),
-    /// The server or the network failed.
-    #[error(transparent)]
-    Api(#[from] ApiError),
-}
-
-impl Transient for UploadError {
-    fn is_transient(&self) -> bool {
-        match self {
-            UploadError::Api(e) => e.is_transient(),
-            UploadError::Nix(_) | UploadError::Dump(_) => false,
-        }
-    }
-
-    fn retry_after(&self) -> Option<std::time::Duration> {
-        match self {
-            UploadError::Api(e) => e.retry_after(),
-            _ => None,
-        }
-    }
-}
 
 /// The upload metadata for `info` (docs/protocol.md wire format): references
 /// and deriver as base names, the NAR hash as `sha256:<hex>`.

@@ -3,6 +3,7 @@
 //! paths, NAR, narinfo, signing.
 
 pub mod base32;
+pub mod compression;
 pub mod content_address;
 pub mod hash;
 pub mod nar;

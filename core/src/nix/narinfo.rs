@@ -12,94 +12,12 @@
 //! ignored. This parser is stricter where Nix would misread the text: it
 //! rejects any duplicate key and any line without `: `.
 
-use std::fmt;
-use std::str::FromStr;
-
 use thiserror::Error;
 
+pub use super::compression::{Compression, UnknownCompression};
 use super::hash::{FileHash, HashError, NarHash};
 use super::signing::fingerprint;
 use super::store_path::{StoreDir, StoreDirError, StorePath, StorePathError};
-
-/// How the file at `URL` is compressed (`Compression:`), with Nix's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Compression {
-    /// `none`.
-    None,
-    /// `xz`, Nix's default for uploads.
-    Xz,
-    /// `bzip2`, what a narinfo without `Compression` means.
-    Bzip2,
-    /// `zstd`, what Larder stores.
-    Zstd,
-    /// `gzip`.
-    Gzip,
-    /// `br`.
-    Brotli,
-    /// `lz4`.
-    Lz4,
-    /// `lzip`.
-    Lzip,
-}
-
-impl Compression {
-    /// Every variant, for exhaustive tests and CLI help.
-    pub const ALL: [Self; 8] = [
-        Self::None,
-        Self::Xz,
-        Self::Bzip2,
-        Self::Zstd,
-        Self::Gzip,
-        Self::Brotli,
-        Self::Lz4,
-        Self::Lzip,
-    ];
-
-    /// The name Nix writes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Xz => "xz",
-            Self::Bzip2 => "bzip2",
-            Self::Zstd => "zstd",
-            Self::Gzip => "gzip",
-            Self::Brotli => "br",
-            Self::Lz4 => "lz4",
-            Self::Lzip => "lzip",
-        }
-    }
-
-    /// What Nix 2.8 appends to `nar/<filehash>.nar` when uploading
-    /// (`BinaryCacheStore::addToStoreCommon`): gzip and none get nothing.
-    pub fn file_extension(self) -> &'static str {
-        match self {
-            Self::None | Self::Gzip => "",
-            Self::Xz => ".xz",
-            Self::Bzip2 => ".bz2",
-            Self::Zstd => ".zst",
-            Self::Brotli => ".br",
-            Self::Lz4 => ".lz4",
-            Self::Lzip => ".lzip",
-        }
-    }
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Compression {
-    type Err = NarInfoError;
-
-    fn from_str(s: &str) -> Result<Self, NarInfoError> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| NarInfoError::UnknownCompression(s.to_owned()))
-    }
-}
 
 /// Why a text is not a narinfo, or a [`NarInfo`] cannot be rendered.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -174,6 +92,12 @@ pub enum NarInfoError {
         /// The field.
         key: &'static str,
     },
+}
+
+impl From<UnknownCompression> for NarInfoError {
+    fn from(e: UnknownCompression) -> Self {
+        Self::UnknownCompression(e.0)
+    }
 }
 
 /// Everything a narinfo says about one store path. Paths are kept without
@@ -413,45 +337,14 @@ mod tests {
     /// `References` and `Sig` are the public vector of docs/protocol.md;
     /// `URL`, `FileHash`, `FileSize` and `Deriver` are made up in the same
     /// format (they are not signed).
-    const HELLO: &str = "\
-StorePath: /nix/store/xcp9cav49dmsjbwdjlmkjxj10gkpx553-hello-2.10
-URL: nar/10a83a91g1r50bdw8g4hn47m7j7m6angpabwc80l9c16nx11cw9d.nar.xz
-Compression: xz
-FileHash: sha256:10a83a91g1r50bdw8g4hn47m7j7m6angpabwc80l9c16nx11cw9d
-FileSize: 41232
-NarHash: sha256:16mvl7v0ylzcg2n3xzjn41qhzbmgcn5iyarx16nn5l2r36n2kqci
-NarSize: 206104
-References: 563528481rvhc5kxwipjmg6rqrl95mdx-glibc-2.33-56 xcp9cav49dmsjbwdjlmkjxj10gkpx553-hello-2.10
-Deriver: f8h5qy03cm8knz7xmamq8a9aqn7avxhi-hello-2.10.drv
-Sig: cache.nixos.org-1:lo9EfNIL4eGRuNh7DTbAAffWPpI2SlYC/8uP7JnhgmfRIUNGhSbFe8qEaKN0mFS02TuhPpXFPNtRkFcCp0hGAQ==
-";
+    const HELLO: &str = include_str!("../../tests/fixtures/hello.narinfo");
 
     /// A fixed-output source path in cache.nixos.org's format: no
     /// references, a `CA` line. All values made up.
-    const SOURCE: &str = "\
-StorePath: /nix/store/9abkjan7sjsf894nilln3ivp57yhpjwm-source
-URL: nar/1ymh908v3l1pkgvqqaj1j0inihh0srspi3jbzy68izsl70vf9z51.nar.xz
-Compression: xz
-FileHash: sha256:1ymh908v3l1pkgvqqaj1j0inihh0srspi3jbzy68izsl70vf9z51
-FileSize: 2146768
-NarHash: sha256:01kvsqjcb10fs3avcmcppbydws7hgylxhz9v8cljnccrwjd52kjr
-NarSize: 9523096
-References: 
-Deriver: za96pd44x14iq81hrccp000zqpvzhp9r-source.drv
-Sig: cache.nixos.org-1:AHPsJm1PtK2/PRBKpxT58RAy/Yq22IKfxAtSyG9khdeSjMLr1GRvP+PzdL4R2QW/S+J1+obziJ2CqffcXkHdMg==
-CA: fixed:r:sha256:19rg7ddp5fsia9ai4l875yqdzcawsz5iygpwlqs4vgn9njhmrl1y
-";
+    const SOURCE: &str = include_str!("../../tests/fixtures/source.narinfo");
 
     /// What Larder serves for a staged upload: uncompressed, no file hash.
-    const STAGED: &str = "\
-StorePath: /nix/store/9abkjan7sjsf894nilln3ivp57yhpjwm-source
-URL: nar/01kvsqjcb10fs3avcmcppbydws7hgylxhz9v8cljnccrwjd52kjr.nar
-Compression: none
-NarHash: sha256:01kvsqjcb10fs3avcmcppbydws7hgylxhz9v8cljnccrwjd52kjr
-NarSize: 9523096
-References: 9abkjan7sjsf894nilln3ivp57yhpjwm-source
-System: x86_64-linux
-";
+    const STAGED: &str = include_str!("../../tests/fixtures/staged.narinfo");
 
     fn parse(text: &str) -> NarInfo {
         NarInfo::parse(text).unwrap().0

@@ -25,7 +25,7 @@ pub struct ChunkRecord {
     pub chunk_size: i32,
     /// Compressed (stored) size.
     pub file_size: i32,
-    /// Pack holding the chunk; `None` = its own object at `hash.object_key()`.
+    /// Pack holding the chunk; `None` = its own object ([`crate::storage::layout::chunk_key`]).
     pub pack_id: Option<i64>,
     /// Offset inside the pack.
     pub pack_offset: Option<i64>,

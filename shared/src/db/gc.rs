@@ -16,8 +16,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::chunks::ChunkRecord;
 use super::nars::decode_chunk_list;
-use super::{DbError, Raw, corrupt, placeholders};
-use crate::chunk::ChunkHash;
+use super::{DbError, Raw, placeholders};
 use crate::on_conn;
 
 /// An object as GC's mark reads it.
@@ -419,32 +418,5 @@ pub async fn unmark_chunks(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<u64, D
             q = q.bind(*id);
         }
         Ok(q.execute(&mut *c).await?.rows_affected())
-    })
-}
-
-/// Which of these chunk hashes (≤ [`super::chunks::BATCH`]) the database knows.
-pub async fn known_chunk_hashes(
-    raw: Raw<'_>,
-    hashes: &[ChunkHash],
-) -> Result<Vec<ChunkHash>, DbError> {
-    if hashes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT chunk_hash FROM chunks WHERE chunk_hash IN ({})",
-        placeholders(1, hashes.len())
-    );
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql));
-        for h in hashes {
-            q = q.bind(&h.as_bytes()[..]);
-        }
-        let rows = q.fetch_all(&mut *c).await?;
-        rows.iter()
-            .map(|r| {
-                let hash: Vec<u8> = r.try_get("chunk_hash")?;
-                ChunkHash::from_slice(&hash).map_err(|e| corrupt("chunks.chunk_hash", e))
-            })
-            .collect()
     })
 }

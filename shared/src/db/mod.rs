@@ -13,6 +13,7 @@ pub mod chunk_claims;
 pub mod chunks;
 pub mod gc;
 pub mod leases;
+pub mod listings;
 pub mod nar_layout;
 pub mod nars;
 pub mod object_refs;

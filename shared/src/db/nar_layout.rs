@@ -1,6 +1,6 @@
 //! A ready NAR's layout: per-chunk sizes and the `.nar.zst` identity, kept
 //! in its `nars` row (`chunk_sizes`, `frames_digest`, migration 0007) so a
-//! download reads no chunk row before its first byte (issue 18,
+//! download reads no chunk row before its first byte (docs/measurements.md "NAR ranges",
 //! docs/measurements.md "NAR ranges").
 
 use sha2::{Digest, Sha256};
@@ -20,7 +20,7 @@ pub struct ChunkSpan {
 
 /// What serving a ready NAR needs beyond its chunk ids, kept in its row
 /// (`chunk_sizes`, `frames_digest`) so a download reads no chunk row before
-/// its first byte (issue 18). Derived from the chunk rows only, so the
+/// its first byte (docs/measurements.md "NAR ranges"). Derived from the chunk rows only, so the
 /// stored and the recomputed value of a NAR are the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarLayout {

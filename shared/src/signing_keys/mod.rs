@@ -1,4 +1,4 @@
-//! Cache signing keys at rest and their rotation (issue 19 items 4, 5;
+//! Cache signing keys at rest and their rotation (docs/operations.md "Signing keys";
 //! docs/operations.md "Signing keys").
 //!
 //! A secret key never sits in the database in a usable form: it is sealed

@@ -20,12 +20,17 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use super::{
     ByteStream, ObjectKey, ObjectMeta, ObjectMetaStream, Storage, StorageError, blocking_stream,
     validate_prefix,
 };
+
+mod file_io;
+mod walk;
+
+use self::file_io::{io_err, is_missing, sync_dir};
+use self::walk::walk;
 
 /// Name prefix of in-progress writes.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -38,24 +43,6 @@ const LIST_BUFFER: usize = 256;
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError + use<> {
-    let path = path.to_path_buf();
-    move |source| StorageError::Io { op, path, source }
-}
-
-/// True for errors meaning "no such object": the file or a parent is missing,
-/// or a parent is a file.
-fn is_missing(e: &io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
-}
-
-async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    let owned = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || fs::File::open(&owned)?.sync_all())
-        .await?
-        .map_err(io_err("fsync directory", dir))
 }
 
 impl LocalStorage {
@@ -332,80 +319,6 @@ impl Storage for LocalStorage {
 
     async fn remove_incomplete(&self, max_age: Duration) -> Result<u64, StorageError> {
         self.remove_stale_temp_files(max_age).await
-    }
-}
-
-type ListSender = mpsc::Sender<Result<ObjectMeta, StorageError>>;
-
-/// Depth-first walk from `start` (whose key prefix is `start_key`, empty or
-/// ending in `/`), sending every regular file whose name is a valid key.
-/// Returns early when the receiver is gone.
-fn walk(start: PathBuf, start_key: String, name_prefix: &str, tx: &ListSender) {
-    let fail = |op, path: &Path, e| {
-        let _ = tx.blocking_send(Err(io_err(op, path)(e)));
-    };
-    let first = match fs::read_dir(&start) {
-        Err(e) if is_missing(&e) => return,
-        Err(e) => return fail("read directory", &start, e),
-        Ok(entries) => entries,
-    };
-    // (directory, its key prefix, its entries); only the first is filtered.
-    let mut stack = vec![(start, start_key, first)];
-    loop {
-        let depth = stack.len();
-        let Some((dir, dir_key, entries)) = stack.last_mut() else {
-            return;
-        };
-        let entry = match entries.next() {
-            None => {
-                stack.pop();
-                continue;
-            }
-            Some(Err(e)) => return fail("read directory", dir, e),
-            Some(Ok(entry)) => entry,
-        };
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        // Temp files and anything else hidden are not objects.
-        if name.starts_with('.') || (depth == 1 && !name.starts_with(name_prefix)) {
-            continue;
-        }
-        let key = format!("{dir_key}{name}");
-        let path = entry.path();
-        let file_type = match entry.file_type() {
-            Err(e) if is_missing(&e) => continue,
-            Err(e) => return fail("stat", &path, e),
-            Ok(t) => t,
-        };
-        if file_type.is_dir() {
-            match fs::read_dir(&path) {
-                Err(e) if is_missing(&e) => {}
-                Err(e) => return fail("read directory", &path, e),
-                Ok(entries) => stack.push((path, format!("{key}/"), entries)),
-            }
-            continue;
-        }
-        if !file_type.is_file() {
-            continue;
-        }
-        let Ok(key) = ObjectKey::new(key) else {
-            tracing::debug!(path = %path.display(), "skipping file whose name is not a key");
-            continue;
-        };
-        let meta = match entry.metadata().and_then(|m| Ok((m.len(), m.modified()?))) {
-            Err(e) if is_missing(&e) => continue,
-            Err(e) => return fail("stat", &path, e),
-            Ok(meta) => meta,
-        };
-        let object = ObjectMeta {
-            key,
-            size: meta.0,
-            last_modified: meta.1,
-        };
-        if tx.blocking_send(Ok(object)).is_err() {
-            return;
-        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Object storage for chunks and staged uploads.
 //!
-//! One trait, [`Storage`], with object-store semantics (issue 2, "Storage"):
+//! One trait, [`Storage`], with object-store semantics (docs/architecture.md):
 //! streamed `put`, streamed `get` with an optional byte range, `head`,
 //! idempotent `delete`, `list` by key prefix, and no rename or append. These
 //! are the operations S3 offers, so an S3 backend can be added later without
@@ -9,9 +9,9 @@
 //! behaviour both must show, tested against each.
 //!
 //! Keys are [`ObjectKey`]s, validated once so that they map unchanged to S3
-//! keys and safely to relative paths. Callers choose the layout, including
-//! sharding: chunk objects live at `chunks/ab/cd/<sha256>.zst`
-//! ([`crate::chunk::ChunkHash::object_key`]).
+//! keys and safely to relative paths. Every key shape (chunks, packs,
+//! staging, uploads) is built and parsed in [`layout`] alone; chunk bytes go
+//! through [`crate::chunk_store::ChunkStore`].
 //!
 //! A chunk's location is an [`ObjectRange`] (key, offset, length) rather than a
 //! bare key, so several chunks can later be packed into one object.
@@ -20,6 +20,7 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod layout;
 pub mod local;
 pub mod requests;
 pub mod s3;

@@ -1,5 +1,5 @@
 //! Counts of requests to a remote object store, per operation and outcome,
-//! for `/metrics` (issue 11: what storage costs is requests per GB pushed).
+//! for `/metrics` (docs/operations.md "Monitoring": what storage costs is requests per GB pushed).
 //!
 //! Process-wide, like the metrics of one replica: every remote backend of
 //! the process adds to the same counters. A request retried by the client

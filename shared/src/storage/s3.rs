@@ -33,21 +33,20 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig,
+    BackoffConfig, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::requests::{self, LIST_PAGE, Op};
 use super::{ByteStream, ObjectKey, ObjectMeta, ObjectMetaStream, Storage, StorageError};
 use crate::config::S3Config;
+
+mod multipart;
 
 /// Objects up to this size are one `PUT`; larger ones are uploaded in parts
 /// of exactly this size (R2 wants equal parts; S3's minimum is 5 MiB).
@@ -125,117 +124,6 @@ impl S3Storage {
         request: impl Future<Output = object_store::Result<T>>,
     ) -> object_store::Result<T> {
         counted(&self.slots, op, request).await
-    }
-
-    /// Uploads `data` (of which `first` was already read, exactly
-    /// [`PART_SIZE`] bytes) as a multipart upload; aborts it on any failure
-    /// or when `cancel` fires.
-    async fn put_multipart(
-        self,
-        key: ObjectKey,
-        first: Vec<Bytes>,
-        data: ByteStream,
-        cancel: CancellationToken,
-    ) -> Result<u64, StorageError> {
-        let path = self.path(key.as_str());
-        let mut upload = self
-            .request(Op::CreateMultipart, self.store.put_multipart(&path))
-            .await
-            .map_err(remote("create multipart upload", key.as_str()))?;
-        let mut parts = JoinSet::new();
-        let sent = tokio::select! {
-            r = self.send_parts(&key, &mut *upload, &mut parts, first, data) => r,
-            () = cancel.cancelled() => Err(StorageError::Cancelled(key.clone())),
-        };
-        let completed = match sent {
-            Ok(n) => self
-                .request(Op::CompleteMultipart, upload.complete())
-                .await
-                .map(|_| n)
-                .map_err(remote("complete multipart upload", key.as_str())),
-            Err(e) => Err(e),
-        };
-        if completed.is_err() {
-            parts.abort_all();
-            if let Err(e) = self.request(Op::AbortMultipart, upload.abort()).await {
-                tracing::warn!(key = %key, error = %e, "could not abort multipart upload; the bucket's lifecycle rule will");
-            }
-        }
-        completed
-    }
-
-    /// Sends every part; returns the total size once all parts are stored.
-    async fn send_parts(
-        &self,
-        key: &ObjectKey,
-        upload: &mut dyn MultipartUpload,
-        parts: &mut JoinSet<object_store::Result<()>>,
-        first: Vec<Bytes>,
-        mut data: ByteStream,
-    ) -> Result<u64, StorageError> {
-        let mut total = PART_SIZE as u64;
-        self.send_part(upload, parts, first).await;
-        let mut buffer: Vec<Bytes> = Vec::new();
-        let mut buffered = 0usize;
-        loop {
-            // Reap finished parts (a failed one ends the upload); wait
-            // while too many are in flight.
-            loop {
-                let done = if parts.len() >= PARTS_IN_FLIGHT {
-                    parts.join_next().await
-                } else {
-                    parts.try_join_next()
-                };
-                match done {
-                    Some(done) => done?.map_err(remote("upload part", key.as_str()))?,
-                    None => break,
-                }
-            }
-            let Some(piece) = data.next().await else {
-                break;
-            };
-            let mut piece = piece.map_err(|source| StorageError::Input {
-                key: key.clone(),
-                source,
-            })?;
-            total += piece.len() as u64;
-            while buffered + piece.len() >= PART_SIZE {
-                let head = piece.split_to(PART_SIZE - buffered);
-                buffer.push(head);
-                buffered = 0;
-                self.send_part(upload, parts, std::mem::take(&mut buffer))
-                    .await;
-            }
-            if !piece.is_empty() {
-                buffered += piece.len();
-                buffer.push(piece);
-            }
-        }
-        if !buffer.is_empty() {
-            self.send_part(upload, parts, buffer).await;
-        }
-        while let Some(done) = parts.join_next().await {
-            done?.map_err(remote("upload part", key.as_str()))?;
-        }
-        Ok(total)
-    }
-
-    /// Starts uploading one part (in order) on its own task, in a slot.
-    async fn send_part(
-        &self,
-        upload: &mut dyn MultipartUpload,
-        parts: &mut JoinSet<object_store::Result<()>>,
-        pieces: Vec<Bytes>,
-    ) {
-        // Take the slot first: the part's number is fixed by `put_part`.
-        let slot = self.slots.clone().acquire_owned().await.ok();
-        let request = upload.put_part(PutPayload::from_iter(pieces));
-        parts.spawn(async move {
-            let r = request.await;
-            requests::record(Op::UploadPart, r.is_ok());
-            drop(slot);
-            r
-        });
     }
 
     /// Size of the object, or `NotFound`.
@@ -531,7 +419,10 @@ mod tests {
             "{err:?}"
         );
         let err = s
-            .put_bytes(&ObjectKey::new("a").unwrap(), Bytes::from_static(b"x"))
+            .put_bytes(
+                &ObjectKey::new("a").unwrap(),
+                bytes::Bytes::from_static(b"x"),
+            )
             .await
             .unwrap_err();
         let text = format!("{err}");

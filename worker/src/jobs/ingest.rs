@@ -36,12 +36,13 @@ use tracing::instrument;
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::NarValidator;
 use larder_shared::chunk::{self, Chunk, ChunkHash};
+use larder_shared::chunk_store::ChunkStore;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
+use larder_shared::db::listings;
 use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::unix_now;
-use larder_shared::db::uploads;
 use larder_shared::storage::{ObjectKey, StorageError};
 
 use crate::services::Services;
@@ -180,7 +181,7 @@ impl Writer {
             .iter()
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .map(ChunkHash::object_key)
+            .map(ChunkStore::own_object)
             .collect();
         if keys.is_empty() {
             return Ok(());
@@ -268,10 +269,10 @@ async fn run(
             }
         })
         .try_flatten();
-    let storage = svc.storage.clone();
+    let chunk_store = svc.chunks();
     let stored = looked_up
         .map_ok(move |(known, chunk): (Option<i64>, Chunk)| {
-            let storage = storage.clone();
+            let chunk_store = chunk_store.clone();
             async move {
                 if known.is_some() {
                     return Ok::<_, anyhow::Error>((known, chunk, 0u32));
@@ -280,7 +281,7 @@ async fn run(
                 let frame: Bytes =
                     tokio::task::spawn_blocking(move || chunk::compress(&data, level)).await??;
                 let len = frame.len() as u32;
-                storage.put_bytes(&chunk.hash.object_key(), frame).await?;
+                chunk_store.put(&chunk.hash, frame).await?;
                 Ok((None, chunk, len))
             }
         })
@@ -433,7 +434,7 @@ async fn commit(
         return Ok(false);
     }
     if let Some(listing) = listing {
-        uploads::insert_nar_listing(tx.raw(), nar_id, listing, unix_now()).await?;
+        listings::insert_nar_listing(tx.raw(), nar_id, listing, unix_now()).await?;
     }
     tx.commit().await?;
     Ok(true)

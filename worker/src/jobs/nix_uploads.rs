@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
-use larder_shared::db::uploads;
+use larder_shared::db::{listings, uploads};
 use larder_shared::storage::ObjectKey;
 
 use crate::services::Services;
@@ -104,7 +104,7 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<UploadSweepReport
 
     {
         let mut conn = svc.db.conn().await?;
-        report.listings_dropped = uploads::prune_uploaded_listings(conn.raw(), before).await?;
+        report.listings_dropped = listings::prune_uploaded_listings(conn.raw(), before).await?;
     }
     if report != UploadSweepReport::default() {
         tracing::info!(?report, "cleaned up after nix copy uploads");

@@ -25,10 +25,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use larder_shared::chunk::{self, ChunkHash};
-use larder_shared::db::chunks::{BATCH, ChunkRecord};
+use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
 use larder_shared::db::{gc, verify};
 
-use crate::chunk_deletion::{self, Doomed, hash_of_chunk_key};
+use crate::chunk_deletion::{self, Doomed};
 use crate::gc_lease::GcLease;
 use crate::services::Services;
 
@@ -88,24 +88,26 @@ async fn find_orphans(
     let cutoff = now - grace_secs(svc);
     let grace = svc.config.garbage_collection.grace_period.get();
     let now_t = SystemTime::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
-    let mut listing = svc.storage.list("chunks/");
+    let mut listing = std::pin::pin!(svc.chunks().list());
     let mut batch = Vec::new();
     loop {
         let next = listing.try_next().await?;
-        if let Some(meta) = &next {
-            if let Some(hash) = hash_of_chunk_key(meta.key.as_str()) {
-                batch.push((hash, meta.clone()));
+        if let Some(object) = &next {
+            if let Some(hash) = object.hash {
+                batch.push((hash, object.meta.clone()));
             } else {
-                report.orphan_objects.push(meta.key.as_str().to_owned());
+                report
+                    .orphan_objects
+                    .push(object.meta.key.as_str().to_owned());
             }
         }
         if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
             let hashes: Vec<ChunkHash> = batch.iter().map(|(h, _)| *h).collect();
             let known: HashSet<ChunkHash> = {
                 let mut conn = svc.db.conn().await?;
-                gc::known_chunk_hashes(conn.raw(), &hashes)
+                chunks::find_by_hashes(conn.raw(), &hashes)
                     .await?
-                    .into_iter()
+                    .into_keys()
                     .collect()
             };
             let mut doomed = Vec::new();
@@ -134,23 +136,12 @@ async fn find_orphans(
 }
 
 async fn check_one(svc: &Services, rec: &ChunkRecord) -> Option<String> {
-    let key = rec.hash.object_key();
-    let stream = match svc.storage.get(&key, None).await {
-        Ok(s) => s,
+    // The store checks the length: a frame shorter or longer than recorded
+    // is an error naming both sizes.
+    let data = match svc.chunks().read_frame(rec).await {
+        Ok(d) => d,
         Err(e) => return Some(format!("unreadable: {e}")),
     };
-    let parts: Vec<bytes::Bytes> = match stream.try_collect().await {
-        Ok(p) => p,
-        Err(e) => return Some(format!("read failed: {e}")),
-    };
-    let data = parts.concat();
-    if data.len() != rec.file_size as usize {
-        return Some(format!(
-            "{} bytes stored, {} recorded",
-            data.len(),
-            rec.file_size
-        ));
-    }
     let raw = match chunk::decompress(&data, rec.chunk_size as usize) {
         Ok(r) => r,
         Err(e) => return Some(format!("does not decompress: {e}")),

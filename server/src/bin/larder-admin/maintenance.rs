@@ -8,8 +8,8 @@ use clap::Args;
 use larder_shared::bootstrap;
 use larder_shared::config::Config;
 use larder_shared::db::{stats, unix_now};
-use larder_worker::Services;
 use larder_worker::jobs::{gc, verify};
+use larder_worker::{Services, gc_dry_run};
 
 async fn services(config: &Config) -> anyhow::Result<Services> {
     let opened = bootstrap::open(config, 4)
@@ -36,11 +36,11 @@ fn holder() -> String {
 pub async fn run_gc(config: &Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let svc = services(config).await?;
     if dry_run {
-        let report = gc::dry_run(&svc, unix_now()).await?;
+        let report = gc_dry_run::dry_run(&svc, unix_now()).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            print!("{}", gc::render_dry_run(&report));
+            print!("{}", gc_dry_run::render_dry_run(&report));
         }
         return Ok(());
     }

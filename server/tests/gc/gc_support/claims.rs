@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::unix_now;
 use larder_shared::storage::ObjectKey;
+use larder_shared::storage::layout;
 use larder_shared::token::Permission;
 use larder_worker::chunk_deletion::{self, Doomed};
 use larder_worker::gc_lease::{GcLease, LEASE_TTL};
@@ -37,7 +38,7 @@ async fn chunk_objects(app: &TestApp, nar: &TestNar) -> Vec<(ObjectKey, Bytes)> 
     let ids = app.nar_record(nar).await.chunk_ids;
     let mut out = Vec::new();
     for hash in chunk_hashes(app, &ids).await.into_values() {
-        let key = hash.object_key();
+        let key = layout::chunk_key(&hash);
         let parts: Vec<Bytes> = app
             .services
             .storage

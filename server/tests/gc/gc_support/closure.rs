@@ -16,6 +16,7 @@ use sqlx::AssertSqlSafe;
 
 use larder_shared::db::{Db, unix_now};
 use larder_shared::token::Permission;
+use larder_worker::gc_dry_run;
 use larder_worker::jobs::gc as gc_job;
 
 use super::clock::{HOLDER, gc_at, set_path_time};
@@ -308,7 +309,7 @@ pub async fn reference_cycles_go_together(app: &TestApp) {
     assert_eq!(app.count("objects").await, 0);
 }
 
-/// `gc::dry_run` (`larder-admin gc --dry-run`) reports what the next GC
+/// `gc_dry_run::dry_run` (`larder-admin gc --dry-run`) reports what the next GC
 /// expires, with reasons, and deletes nothing.
 pub async fn dry_run_reports_what_would_go(app: &TestApp) {
     let token = short_cache(app, "cd").await;
@@ -324,7 +325,9 @@ pub async fn dry_run_reports_what_would_go(app: &TestApp) {
     set_path_time(app, "cd", &root, t0 + 30).await;
 
     let now = t0 + 70;
-    let report = gc_job::dry_run(&app.services, now).await.expect("dry run");
+    let report = gc_dry_run::dry_run(&app.services, now)
+        .await
+        .expect("dry run");
     let cd = report
         .iter()
         .find(|c| c.cache == "cd")
@@ -334,7 +337,7 @@ pub async fn dry_run_reports_what_would_go(app: &TestApp) {
     assert_eq!((cd.paths, cd.idle_kept_by_referrers), (3, 1));
     assert_eq!(
         cd.expiring,
-        vec![gc_job::DoomedPath {
+        vec![gc_dry_run::DoomedPath {
             store_path: junk.store_path(),
             last_accessed_at: t0,
         }]
@@ -344,7 +347,7 @@ pub async fn dry_run_reports_what_would_go(app: &TestApp) {
         .find(|c| c.cache == "cd-keep")
         .expect("cd-keep");
     assert_eq!(keep.idle_before, None);
-    let text = gc_job::render_dry_run(&report);
+    let text = gc_dry_run::render_dry_run(&report);
     assert!(
         text.contains(&format!(
             "  expire {}: idle since {}, past retention 1m, no live path refers to it",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use larder_shared::chunk::ChunkHash;
 use larder_shared::db::chunks::{self, BATCH};
 use larder_shared::db::nars;
+use larder_shared::storage::layout;
 use larder_worker::Services;
 use larder_worker::jobs::ingest;
 
@@ -116,7 +117,7 @@ pub async fn assert_chunk_store_sound(app: &TestApp, ctx: &str) -> usize {
             .expect("query")
             .values()
         {
-            let key = rec.hash.object_key().as_str().to_owned();
+            let key = layout::chunk_key(&rec.hash).as_str().to_owned();
             assert!(
                 stored.contains(&key),
                 "{ctx}: chunk {} (refcount {}) has no object {key}",

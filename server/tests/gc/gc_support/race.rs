@@ -45,6 +45,7 @@ use crate::common::nar::{Rng, TestNar};
 use crate::common::read::assert_kind;
 use crate::common::{TestApp, send, upload_request};
 use larder_shared::db::chunks;
+use larder_shared::storage::layout;
 
 const CACHE: &str = "race";
 /// Pool blocks; NARs take 1–3 of them.
@@ -325,7 +326,7 @@ async fn saved_objects<'h>(
 ) -> Vec<(ObjectKey, Bytes)> {
     let mut out = Vec::new();
     for hash in hashes {
-        let key = hash.object_key();
+        let key = layout::chunk_key(hash);
         let Ok(stream) = app.services.storage.get(&key, None).await else {
             continue;
         };

@@ -1,0 +1,35 @@
+//! Why a path could not be uploaded, and which failures are worth a retry.
+
+use crate::api::ApiError;
+use crate::api::retry::Transient;
+use crate::nix::NixError;
+
+/// Why a path could not be uploaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// `nix-store --dump` could not be started.
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    /// `nix-store --dump` failed while streaming.
+    #[error("{0}")]
+    Dump(String),
+    /// The server or the network failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl Transient for UploadError {
+    fn is_transient(&self) -> bool {
+        match self {
+            UploadError::Api(e) => e.is_transient(),
+            UploadError::Nix(_) | UploadError::Dump(_) => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            UploadError::Api(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Loading: file, then `LARDER_*` environment overrides, then validation.
+
+use std::path::Path;
+
+use super::{Config, ConfigError, JwtSigningConfig, Secret};
+
+impl Config {
+    /// Reads a config file, then applies `LARDER_*` environment overrides, then validates.
+    pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without environment or validation (tests, generation).
+    pub fn parse_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Applies the environment overrides of docs/protocol.md through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("LARDER_LISTEN") {
+            self.listen = v.parse().map_err(|_| ConfigError::Env {
+                var: "LARDER_LISTEN",
+                message: format!("{v:?} is not an address like 127.0.0.1:8080"),
+            })?;
+        }
+        if let Some(v) = get("LARDER_DATABASE_URL") {
+            self.database.url = Secret::new(v);
+        }
+        if let Some(v) = get(crate::signing_keys::KEK_ENV) {
+            self.signing.key_encryption_key = Some(Secret::new(v));
+        }
+        let keys = [
+            "LARDER_SERVER_TOKEN_RS256_SECRET_BASE64",
+            "LARDER_SERVER_TOKEN_RS256_PUBKEY_BASE64",
+            "LARDER_SERVER_TOKEN_HS256_SECRET_BASE64",
+        ];
+        let given: Vec<_> = keys.iter().map(|k| get(k)).collect();
+        if given.iter().any(Option::is_some) {
+            // A key from the environment replaces the file's key entirely.
+            let mut it = given.into_iter();
+            self.jwt.signing = JwtSigningConfig {
+                token_rs256_secret_base64: it.next().flatten().map(Secret::new),
+                token_rs256_pubkey_base64: it.next().flatten().map(Secret::new),
+                token_hs256_secret_base64: it.next().flatten().map(Secret::new),
+            };
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but do not fit together; lists every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(invalid) = self.chunking.params().validate() {
+            problems.extend(invalid.0.iter().map(|p| format!("chunking: {p}")));
+        }
+        if !(1..=22).contains(&self.compression.level) {
+            problems.push(format!(
+                "compression.level: {} is outside 1..=22",
+                self.compression.level
+            ));
+        }
+        let url = self.database.url.expose();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            problems.push("database.url: must start with postgres:// or sqlite:".into());
+        }
+        let s = &self.jwt.signing;
+        let n = [
+            s.token_rs256_secret_base64.is_some(),
+            s.token_rs256_pubkey_base64.is_some(),
+            s.token_hs256_secret_base64.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if n != 1 {
+            problems.push(format!(
+                "jwt.signing: set exactly one of token-rs256-secret-base64, token-rs256-pubkey-base64, token-hs256-secret-base64 (found {n})"
+            ));
+        }
+        if self.worker.concurrency == 0 {
+            problems.push("worker.concurrency: must be at least 1".into());
+        }
+        self.storage.problems("storage", &mut problems);
+        if let Some(staging) = &self.staging.storage {
+            staging.problems("staging.storage", &mut problems);
+            if self.staging.path.is_some() {
+                problems.push("staging: set path or [staging.storage], not both".into());
+            }
+        }
+        if self.access.flush_interval.as_secs() == 0 {
+            problems.push("access.flush-interval: must be at least 1s".into());
+        }
+        let http = &self.http;
+        for (key, d) in [
+            ("header-read-timeout", http.header_read_timeout),
+            ("idle-timeout", http.idle_timeout),
+            ("body-rate-window", http.body_rate_window),
+        ] {
+            if d.get() < std::time::Duration::from_millis(10) {
+                problems.push(format!("http.{key}: must be at least 10ms"));
+            }
+        }
+        if http.max_connections == 0 {
+            problems.push("http.max-connections: must be at least 1".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
