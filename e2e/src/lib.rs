@@ -45,17 +45,21 @@ pub mod fault_proxy;
 pub mod nginx;
 pub mod nix;
 pub mod nix_client;
+pub mod path_info;
 pub mod replica;
 pub mod server;
+pub mod temp_store;
 pub mod tree;
 pub mod wait;
+pub mod worker;
 
 pub use cli::{LarderCli, PushSummary};
 pub use client::{Client, Narinfo};
 pub use nix::{Nix, PathInfo, TempStore};
 pub use nix_client::NixClient;
-pub use server::{Server, ServerOptions, Worker};
+pub use server::{Server, ServerOptions};
 pub use tree::StoreTree;
+pub use worker::Worker;
 
 use std::path::PathBuf;
 

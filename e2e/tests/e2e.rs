@@ -402,7 +402,7 @@ fn s3_storage_section(test: &str) -> Option<String> {
     ))
 }
 
-/// Chunks and staging in an S3 bucket (issue 11): uploads staged there, a
+/// Chunks and staging in an S3 bucket (docs/operations.md "S3 storage"): uploads staged there, a
 /// separate worker process ingests from and into it, and stock Nix pulls
 /// the closure, signature-checked, from the chunks; nothing touches the
 /// local storage directory.

@@ -1,5 +1,5 @@
 //! Garbage collection, retention, pins, deletion, verify and statistics
-//! (issue 5) through the router and the job handlers, every scenario on
+//! (docs/gc.md) through the router and the job handlers, every scenario on
 //! SQLite and on PostgreSQL. The clock is injected: `gc::run` takes `now`,
 //! access flushes take the access time, and tests backdate the timestamps
 //! GC compares (`gc_support::clock`) instead of waiting.
@@ -16,12 +16,12 @@
 //! 7. verify reports orphan objects and lost chunks; a re-upload repairs;
 //! 8. `DELETE /{cache}/{hash}.narinfo` needs `d` and takes effect at once;
 //! 9. statistics report dedup and compression;
-//! 10. no chunk-object deletion loses bytes a ready NAR needs (issue 8 §1):
+//! 10. no chunk-object deletion loses bytes a ready NAR needs (docs/gc.md "Who may delete an object"):
 //!     orphans rewritten between a deleter's choice and its delete, an
 //!     ingest stalled before its commit against the chunk phase, a killed
 //!     ingest's objects found through its intents, a GC killed holding
 //!     claims (`gc_support::claims`);
-//! 11. closure-aware retention (issue 19 §1, `gc_support::closure`): a live
+//! 11. closure-aware retention (docs/gc.md "Closures", `gc_support::closure`): a live
 //!     root keeps its whole closure, a shared closure stays until both roots
 //!     are idle, a pin protects its closure, an unreferenced idle path goes,
 //!     uses (get-missing-paths, uploads referring to a path) refresh it, a
@@ -42,6 +42,7 @@ use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use larder_shared::db::chunk_gc;
 use larder_shared::db::chunks;
 use larder_shared::db::gc as gc_db;
 use larder_shared::db::nars::NarState;
@@ -507,7 +508,7 @@ async fn gc_steps_interleaved_with_uploads_keep_data(app: &TestApp) {
     // GC scans unreferenced chunks; Y, sharing some, is ingested; GC's mark
     // must skip the chunks Y now references.
     let mut conn = app.state.db.conn().await.expect("connection");
-    let candidates = gc_db::unreferenced_chunks(conn.raw(), cutoff, 1000)
+    let candidates = chunk_gc::unreferenced_chunks(conn.raw(), cutoff, 1000)
         .await
         .expect("scan");
     drop(conn);
@@ -522,7 +523,7 @@ async fn gc_steps_interleaved_with_uploads_keep_data(app: &TestApp) {
     for batch in ids.chunks(chunks::BATCH) {
         let mut tx = app.state.db.begin().await.expect("transaction");
         marked.extend(
-            gc_db::mark_deleting(tx.raw(), batch, cutoff)
+            chunk_gc::mark_deleting(tx.raw(), batch, cutoff)
                 .await
                 .expect("mark"),
         );
@@ -572,7 +573,7 @@ async fn interrupted_gc_is_finished_by_the_next(app: &TestApp) {
         .await
         .expect("lease");
     assert!(took, "the lease was free");
-    let candidates = gc_db::unreferenced_chunks(conn.raw(), t2 - grace, 1000)
+    let candidates = chunk_gc::unreferenced_chunks(conn.raw(), t2 - grace, 1000)
         .await
         .expect("query");
     assert_eq!(candidates.len() as i64, rows);
@@ -581,7 +582,7 @@ async fn interrupted_gc_is_finished_by_the_next(app: &TestApp) {
     let mut marked = 0;
     for batch in ids.chunks(chunks::BATCH) {
         let mut tx = app.state.db.begin().await.expect("transaction");
-        marked += gc_db::mark_deleting(tx.raw(), batch, t2 - grace)
+        marked += chunk_gc::mark_deleting(tx.raw(), batch, t2 - grace)
             .await
             .expect("mark")
             .len();

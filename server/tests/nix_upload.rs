@@ -1,4 +1,4 @@
-//! Uploads from stock `nix copy --to http://…` (issue 4, items 4 and 5)
+//! Uploads from stock `nix copy --to http://…` (docs/protocol.md "What real Nix clients do")
 //! through the router: the request sequence Nix 2.8 sends (docs/protocol.md
 //! "What real Nix clients do") for every compression it uploads, reads back
 //! the way Nix reads, the uploader's URL kept answering in its compression,
@@ -361,7 +361,7 @@ async fn every_compression_round_trips(app: &TestApp) {
 }
 
 /// Ranges of an uploader's URL (kept in its compression) resume a download
-/// as on Larder's own URLs (issue 18).
+/// as on Larder's own URLs (docs/operations.md "Behind a reverse proxy or CDN").
 async fn assert_uploader_ranges(app: &TestApp, token: &str, uri: &str, body: &[u8]) {
     let len = body.len() as u64;
     for (range, a, b) in [
@@ -491,7 +491,7 @@ async fn narinfo_not_matching_its_nar_is_rejected(app: &TestApp) {
     let resp = put_narinfo(app, &token, "nixed", &nar, &wrong_compression).await;
     resp.assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
     assert!(resp.text().contains("Compression"), "{}", resp.text());
-    // Issue 8: a CA or Sig Nix cannot parse fails every later substitution.
+    // docs/operations.md "What uploads must look like": a CA or Sig Nix cannot parse fails every later substitution.
     let mut bad_ca = good.clone();
     bad_ca.ca = Some("definitely not a CA".into());
     let resp = put_narinfo(app, &token, "nixed", &nar, &bad_ca).await;
@@ -876,7 +876,7 @@ async fn listing_generated_for_attic_uploads(app: &TestApp) {
     .assert_error(StatusCode::NOT_FOUND, "NoSuchObject");
 }
 
-// --- first push wins (issue 19 item 2) ------------------------------------------
+// --- first push wins (docs/protocol.md) -----------------------------------------
 
 /// Another NAR under a published path: the narinfo PUT is a 409, the served
 /// narinfo stays byte-identical, and the refused NAR's staged copy goes.

@@ -1,4 +1,4 @@
-//! The core pipeline end to end through the router (issue 2): upload →
+//! The core pipeline end to end through the router (docs/architecture.md "Life of an upload"): upload →
 //! staged serving → ingest → chunked serving; deduplication across caches
 //! and between similar NARs; concurrent uploads; idempotent ingest; cache
 //! isolation; rejected uploads leaving nothing behind; get-missing-paths;
@@ -6,7 +6,7 @@
 //! TCP (`pipeline/http.rs`); the audit trail after every audited
 //! change (`pipeline/audit.rs`). Every scenario runs on SQLite and on
 //! PostgreSQL; those in `on_s3!` also with chunks and staging on a real S3
-//! server (issue 11).
+//! server (docs/operations.md "S3 storage").
 
 use crate::{attic_support, common};
 
@@ -550,7 +550,7 @@ async fn bad_uploads_leave_nothing_behind(app: &TestApp) {
             StatusCode::BAD_REQUEST,
             "BadRequest",
         ),
-        // Issue 8: metadata that Nix would refuse after the fact.
+        // docs/operations.md "What uploads must look like": metadata that Nix would refuse after the fact.
         (
             "store path in another store dir",
             with(
@@ -851,7 +851,7 @@ async fn s3_server_restarted_during_ingest() {
     }
 }
 
-// --- 10. import from Attic (issue #20) ------------------------------------------
+// --- 10. import from Attic (docs/operations.md "Moving from Attic") -------------
 
 /// An Attic with a public and a private cache sharing a NAR and a chunk,
 /// chunked and unchunked NARs in every compression Attic writes, and two
@@ -1036,7 +1036,7 @@ async fn import_from_attic(app: &TestApp) {
     .unwrap()
     .unwrap();
     assert_eq!((obj.created_at, obj.last_accessed_at), (created, accessed));
-    // Attic's uploader carried over (issue 19: created_by).
+    // Attic's uploader carried over (`created_by`).
     assert_eq!(obj.created_by.as_deref(), Some("alice"));
     assert_eq!(obj.meta.sigs, vec!["someone-else-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==".to_string()]);
     drop(conn);

@@ -1,4 +1,4 @@
-//! Authentication and authorization through the real router (issue 3):
+//! Authentication and authorization through the real router (docs/operations.md "Tokens and permissions"):
 //!
 //! 1. every bad credential, as Bearer and as Basic, against every endpoint
 //!    class is a 401 whose JSON says why; valid tokens without the needed

@@ -5,6 +5,7 @@
 //! records the work, so a crash can never separate the two. The sweeper
 //! (`larder-worker`) still re-enqueues staged NARs whose job went missing.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::db::{DbError, Raw};
@@ -22,12 +23,29 @@ pub struct IngestNar {
     pub nar_id: i64,
 }
 
+/// A queued job's payload: ids only (handlers re-read state), and the
+/// persisted name of its queue. Its handler lives in the worker crate.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+    /// Queue name as stored in the database; never change it.
+    const QUEUE: &'static str;
+}
+
+impl Job for IngestNar {
+    const QUEUE: &'static str = INGEST_QUEUE;
+}
+
 /// Enqueues ingest jobs on the caller's connection (use a transaction).
 pub async fn enqueue_ingest(raw: Raw<'_>, nar_ids: &[i64]) -> Result<(), DbError> {
-    let mut payloads = Vec::with_capacity(nar_ids.len());
-    for &nar_id in nar_ids {
-        let bytes =
-            serde_json::to_vec(&IngestNar { nar_id }).map_err(|e| DbError::Queue(e.to_string()))?;
+    let jobs: Vec<IngestNar> = nar_ids.iter().map(|&nar_id| IngestNar { nar_id }).collect();
+    enqueue(raw, &jobs).await
+}
+
+/// Enqueues `jobs` on the caller's connection (use a transaction, so the
+/// jobs exist exactly when the work they name does).
+pub async fn enqueue<J: Job>(raw: Raw<'_>, jobs: &[J]) -> Result<(), DbError> {
+    let mut payloads = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let bytes = serde_json::to_vec(job).map_err(|e| DbError::Queue(e.to_string()))?;
         payloads.push(bytes);
     }
     let build = |args: Vec<u8>| {
@@ -38,13 +56,13 @@ pub async fn enqueue_ingest(raw: Raw<'_>, nar_ids: &[i64]) -> Result<(), DbError
     match raw {
         Raw::Postgres(c) => {
             let tasks = payloads.into_iter().map(build).collect();
-            apalis_postgres::queries::push_tasks(c, INGEST_QUEUE, tasks)
+            apalis_postgres::queries::push_tasks(c, J::QUEUE, tasks)
                 .await
                 .map_err(|e| DbError::Queue(e.to_string()))
         }
         Raw::Sqlite(c) => {
             let tasks: Vec<_> = payloads.into_iter().map(build).collect();
-            apalis_sqlite::queries::push_tasks(c, INGEST_QUEUE, &tasks)
+            apalis_sqlite::queries::push_tasks(c, J::QUEUE, &tasks)
                 .await
                 .map_err(|e| DbError::Queue(e.to_string()))
         }

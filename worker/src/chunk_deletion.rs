@@ -28,8 +28,8 @@ use std::collections::HashSet;
 use larder_shared::chunk::ChunkHash;
 use larder_shared::chunk_store::ChunkStore;
 use larder_shared::db::chunk_claims;
+use larder_shared::db::chunk_gc;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
-use larder_shared::db::gc;
 use larder_shared::storage::ObjectKey;
 use larder_shared::storage::layout;
 
@@ -174,7 +174,7 @@ impl Claimed {
             let ids: Vec<i64> = kept.iter().filter_map(|d| d.marked).collect();
             let keys: Vec<ObjectKey> = kept.iter().map(|d| d.key.clone()).collect();
             let mut tx = svc.db.begin().await?;
-            gc::unmark_chunks(tx.raw(), &ids, lease.now()).await?;
+            chunk_gc::unmark_chunks(tx.raw(), &ids, lease.now()).await?;
             chunk_claims::release_claims(tx.raw(), &keys).await?;
             tx.commit().await?;
         }
@@ -190,11 +190,127 @@ impl Claimed {
         let ids: Vec<i64> = clear.iter().filter_map(|d| d.marked).collect();
         let keys: Vec<ObjectKey> = clear.iter().map(|d| d.key.clone()).collect();
         let mut tx = svc.db.begin().await?;
-        done.rows = gc::delete_marked_chunks(tx.raw(), &ids).await?;
+        done.rows = chunk_gc::delete_marked_chunks(tx.raw(), &ids).await?;
         chunk_claims::release_claims(tx.raw(), &keys).await?;
         tx.commit().await?;
         done.objects = clear.len() as u64;
         done.bytes = clear.iter().map(|d| d.file_size).sum();
         Ok(done)
     }
+}
+
+/// Finishes chunks a crashed GC (or verify) marked, then deletes chunks
+/// unreferenced since `cutoff`: mark (`refcount = -1`), then
+/// [`delete`] (claim, check, delete object, delete row).
+pub async fn delete_unreferenced(
+    svc: &Services,
+    lease: &GcLease,
+    cutoff: i64,
+) -> anyhow::Result<Deleted> {
+    let mut total = Deleted::default();
+    loop {
+        let marked = {
+            let mut conn = svc.db.conn().await?;
+            chunk_gc::deleting_chunks(conn.raw(), BATCH as i64).await?
+        };
+        if marked.is_empty() {
+            break;
+        }
+        total += delete_marked(svc, lease, &marked, cutoff).await?;
+        lease.renew(svc).await?;
+    }
+    loop {
+        let candidates = {
+            let mut conn = svc.db.conn().await?;
+            chunk_gc::unreferenced_chunks(conn.raw(), cutoff, BATCH as i64).await?
+        };
+        if candidates.is_empty() {
+            break;
+        }
+        let ids: Vec<i64> = candidates.iter().map(|c| c.id).collect();
+        let marked: HashSet<i64> = {
+            let mut tx = svc.db.begin().await?;
+            let m = chunk_gc::mark_deleting(tx.raw(), &ids, cutoff).await?;
+            tx.commit().await?;
+            m.into_iter().collect()
+        };
+        let marked: Vec<ChunkRecord> = candidates
+            .into_iter()
+            .filter(|c| marked.contains(&c.id))
+            .collect();
+        // Kept chunks restart their grace period (`unmark_chunks`), so the
+        // scan moves on.
+        total += delete_marked(svc, lease, &marked, cutoff).await?;
+        lease.renew(svc).await?;
+    }
+    Ok(total)
+}
+
+/// Deletes chunks marked `refcount = -1` (≤ [`BATCH`]): their objects and
+/// rows through [`delete`], which keeps (and unmarks) those a writer
+/// is storing again. Rows of chunks in packs go without an object.
+pub async fn delete_marked(
+    svc: &Services,
+    lease: &GcLease,
+    marked: &[ChunkRecord],
+    stale_cutoff: i64,
+) -> anyhow::Result<Deleted> {
+    let doomed: Vec<Doomed> = marked.iter().filter_map(Doomed::marked).collect();
+    let mut done = delete(svc, lease, doomed, stale_cutoff).await?;
+    let packed: Vec<i64> = marked
+        .iter()
+        .filter(|c| c.pack_id.is_some())
+        .map(|c| c.id)
+        .collect();
+    if !packed.is_empty() {
+        let mut conn = svc.db.conn().await?;
+        done.rows += chunk_gc::delete_marked_chunks(conn.raw(), &packed).await?;
+        done.bytes += marked
+            .iter()
+            .filter(|c| c.pack_id.is_some())
+            .map(|c| c.file_size.max(0) as u64)
+            .sum::<u64>();
+    }
+    Ok(done)
+}
+
+/// Deletes objects no row names, found in the database, never by listing
+/// storage: first keys a dead deleter left claimed, then keys whose
+/// intents were not refreshed since `cutoff` (their writer died before its
+/// commit).
+pub async fn delete_orphan_objects(
+    svc: &Services,
+    lease: &GcLease,
+    cutoff: i64,
+) -> anyhow::Result<Deleted> {
+    let mut total = Deleted::default();
+    for stale_intents in [false, true] {
+        let mut after = String::new();
+        loop {
+            let page = {
+                let mut conn = svc.db.conn().await?;
+                if stale_intents {
+                    chunk_claims::stale_intent_keys(conn.raw(), &after, cutoff, BATCH as i64)
+                        .await?
+                } else {
+                    chunk_claims::claims_page(conn.raw(), &after, BATCH as i64).await?
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = last.clone();
+            let doomed: Vec<Doomed> = page
+                .iter()
+                .filter_map(|k| {
+                    let d = Doomed::orphan(k);
+                    if d.is_none() {
+                        tracing::warn!(key = k, "claim or intent on a key that is no chunk's");
+                    }
+                    d
+                })
+                .collect();
+            total += delete(svc, lease, doomed, cutoff).await?;
+            lease.renew(svc).await?;
+        }
+    }
+    Ok(total)
 }

@@ -7,8 +7,9 @@ pub mod closure;
 pub mod gc_dry_run;
 pub mod gc_lease;
 pub mod jobs;
+pub mod periodic;
+pub mod queue;
 pub mod runner;
-pub mod scheduler;
 pub mod services;
 pub mod sweeper;
 

@@ -8,17 +8,18 @@
 //!   upload that died before its commit, or a copy left after ingest) is
 //!   deleted, so staging never leaks storage forever.
 //!
-//! - Hourly, temp files of writes cut short by a crash are removed.
+//! - Hourly ([`remove_incomplete`]), temp files of writes cut short by a
+//!   crash are removed.
 //!
-//! Every worker process runs it; two sweepers at once only repeat work.
+//! Every worker process runs both ([`crate::periodic::TASKS`]); two
+//! sweepers at once only repeat work.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
-use tokio_util::sync::CancellationToken;
 
-use larder_shared::db::{nars, tokens, unix_now};
+use larder_shared::db::{nars, tokens};
 use larder_shared::jobs;
 use larder_shared::storage::layout;
 
@@ -30,26 +31,6 @@ pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
 pub const INTERVAL: Duration = Duration::from_secs(60);
 /// NARs re-enqueued per sweep.
 const BATCH: i64 = 100;
-
-/// Runs sweeps until `shutdown`, the first one at once (start-up recovery).
-pub async fn run(svc: Services, shutdown: CancellationToken) {
-    let mut last_incomplete: Option<std::time::Instant> = None;
-    loop {
-        if let Err(e) = sweep(&svc, unix_now()).await {
-            tracing::warn!(error = %format!("{e:#}"), "sweep failed; retrying next interval");
-        }
-        if last_incomplete.is_none_or(|t| t.elapsed() >= INCOMPLETE_INTERVAL) {
-            last_incomplete = Some(std::time::Instant::now());
-            if let Err(e) = remove_incomplete(&svc).await {
-                tracing::warn!(error = %format!("{e:#}"), "removing interrupted writes failed");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(INTERVAL) => {}
-        }
-    }
-}
 
 /// How often the (whole-tree) scan for interrupted writes runs.
 pub const INCOMPLETE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -128,6 +109,5 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
             "deleted abandoned staging objects"
         );
     }
-    crate::jobs::nix_uploads::sweep(svc, now).await?;
     Ok(report)
 }

@@ -1,4 +1,4 @@
-//! Closure-aware retention against real Nix (issue 19 §1): dependencies
+//! Closure-aware retention against real Nix (docs/gc.md "Closures"): dependencies
 //! pushed at t0, a root referring to them pushed alone at t0 + 50 s, a GC at
 //! t0 + 70 s with a 60 s retention. The root's upload refreshes only its
 //! direct reference; the deeper dependencies are idle and stay only because

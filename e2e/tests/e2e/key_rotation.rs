@@ -1,4 +1,4 @@
-//! Key rotation with overlap (issue 19 item 5; docs/operations.md "Rotating
+//! Key rotation with overlap (docs/operations.md "Rotating
 //! a cache's key"), with real Nix 2.8 and 2.26 pulling and checking
 //! signatures: during the overlap a host that trusts only the old key and
 //! one that trusts only the new key both substitute; after a rotation with

@@ -1,4 +1,4 @@
-//! Real networks and caching proxies (issue 18).
+//! Real networks and caching proxies (docs/operations.md "Behind a reverse proxy or CDN").
 //!
 //! - A loopback proxy cuts the first response for each NAR at half its
 //!   length: stock Nix must resume every one with a `Range` request (it does

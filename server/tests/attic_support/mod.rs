@@ -1,4 +1,4 @@
-//! An Attic deployment in miniature (issue #20): Attic's current schema
+//! An Attic deployment in miniature (docs/operations.md "Moving from Attic"): Attic's current schema
 //! (zhaofengli/attic `server/src/database/migration`, written out as SQL per
 //! dialect), its local storage layout (`<root>/<c>/<cc>/<name>.chunk`, one
 //! compressed file per chunk, `VERSION` = 1) and its `server.toml`.

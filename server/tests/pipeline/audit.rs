@@ -1,4 +1,4 @@
-//! The audit trail (issue 19 item 3): after a mint, a cache create, a push
+//! The audit trail (docs/operations.md "Audit"): after a mint, a cache create, a push
 //! through upload-path, a `nix copy` narinfo PUT, a replacement, a
 //! configure, a pin set and removed, a delete, a GC, a revoke and a destroy,
 //! `larder-admin audit` shows each with its subject, token id, cache and

@@ -1,4 +1,4 @@
-//! First push wins (issue 19 item 2): a published path keeps its NAR. An
+//! First push wins (docs/protocol.md "Published paths (first push wins)"): a published path keeps its NAR. An
 //! upload of another NAR under it is a 409 that changes nothing; the same
 //! NAR again is a refresh; a broken NAR may be replaced; replacing a healthy
 //! one takes `X-Larder-Replace` and the `d` permission.

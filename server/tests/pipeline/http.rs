@@ -1,4 +1,4 @@
-//! Downloads over real TCP (issue 18): byte ranges on every NAR
+//! Downloads over real TCP (docs/operations.md "Behind a reverse proxy or CDN"): byte ranges on every NAR
 //! representation checked byte for byte against the whole body, ETags with
 //! `If-None-Match` and `If-Range`, `HEAD` = `GET` headers, and the
 //! `Cache-Control` matrix for public and private caches.

@@ -1,4 +1,4 @@
-//! Issue 8: every route of the route table ([`larder_api::app::ROUTES`]),
+//! Strict validation (docs/protocol.md "HTTP"): every route of the route table ([`larder_api::app::ROUTES`]),
 //! fed malformed input (invalid UTF-8 in each path parameter, JSON that does
 //! not parse, bodies without their `Content-Type` or over the limit),
 //! answers the contract's JSON error with the status the input deserves,

@@ -1,4 +1,4 @@
-//! Cache signing keys at rest and rotation (issue 19 items 4, 5;
+//! Cache signing keys at rest and rotation (docs/operations.md "Signing keys";
 //! docs/operations.md "Signing keys"), on SQLite and PostgreSQL:
 //!
 //! - keys made through the API are sealed: no secret byte (raw seed, its

@@ -1,4 +1,4 @@
-//! Issue 8, item 3: clients that stop talking, against the real connection
+//! Timeouts (docs/operations.md "Connections and timeouts"): clients that stop talking, against the real connection
 //! loop (`larder_api::http_server`) on 127.0.0.1 with raw sockets and short
 //! configured timeouts. Unfinished headers and idle keep-alive connections
 //! are closed; an authenticated upload that stops sending is aborted and

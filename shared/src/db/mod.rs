@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cache_keys;
 pub mod caches;
 pub mod chunk_claims;
+pub mod chunk_gc;
 pub mod chunks;
 pub mod gc;
 pub mod leases;
@@ -55,6 +56,20 @@ pub enum DbError {
     /// The URL names neither PostgreSQL nor SQLite.
     #[error("unsupported database URL (expected postgres:// or sqlite:)")]
     UnsupportedUrl,
+}
+
+impl DbError {
+    /// True for a transaction the database aborted only because it raced
+    /// another (PostgreSQL's deadlock detector, `40P01`, or a serialization
+    /// failure, `40001`): running it again is the standard remedy.
+    pub fn is_transient_conflict(&self) -> bool {
+        match self {
+            Self::Sqlx(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40P01" | "40001"))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A connection pool of either backend.

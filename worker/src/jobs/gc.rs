@@ -10,13 +10,12 @@ use serde::Serialize;
 use tracing::instrument;
 
 use larder_shared::audit::{Actor, AuditEvent, GcSummary};
-use larder_shared::db::chunk_claims;
-use larder_shared::db::chunks::{BATCH, ChunkRecord};
-use larder_shared::db::{audit, caches, gc};
+use larder_shared::db::chunks::BATCH;
+use larder_shared::db::{DbError, audit, caches, gc};
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
-use crate::chunk_deletion::{self, Deleted, Doomed};
+use crate::chunk_deletion::{self};
 use crate::closure::{Graph, Plan};
 use crate::gc_lease::GcLease;
 pub use crate::gc_lease::{LEASE, LEASE_TTL};
@@ -52,7 +51,21 @@ pub async fn run(svc: &Services, now: i64, holder: &str) -> anyhow::Result<Optio
         return Ok(None);
     };
     let mut expired_by_cache = BTreeMap::new();
-    let result = match collect(svc, &lease, now, &mut expired_by_cache).await {
+    let mut attempt = 1;
+    let collected = loop {
+        match collect(svc, &lease, now, &mut expired_by_cache).await {
+            // Every phase is bounded batches that re-check what they
+            // delete, so a pass the database aborted in a race with an
+            // ingest (a deadlock) is simply run again under the same lease.
+            Err(e) if attempt < CONFLICT_ATTEMPTS && is_transient_conflict(&e) => {
+                tracing::warn!(attempt, error = %format!("{e:#}"), "GC lost a race in the database; running the pass again");
+                attempt += 1;
+                lease.renew(svc).await?;
+            }
+            other => break other,
+        }
+    };
+    let result = match collected {
         Ok(report) => audit_pass(svc, now, holder, &report, expired_by_cache)
             .await
             .map(|()| report),
@@ -60,6 +73,15 @@ pub async fn run(svc: &Services, now: i64, holder: &str) -> anyhow::Result<Optio
     };
     lease.release(svc, result.is_ok()).await?;
     result.map(Some)
+}
+
+/// Passes run under one lease when the database aborts one for a conflict.
+const CONFLICT_ATTEMPTS: u32 = 3;
+
+fn is_transient_conflict(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<DbError>())
+        .any(DbError::is_transient_conflict)
 }
 
 /// The pass's one audit row. GC deletes in many transactions, so the row
@@ -98,11 +120,11 @@ async fn collect(
     lease.renew(svc).await?;
     report.nars_deleted = delete_orphan_nars(svc, now, now - grace).await?;
     lease.renew(svc).await?;
-    let chunks = delete_chunks(svc, lease, now - grace).await?;
+    let chunks = chunk_deletion::delete_unreferenced(svc, lease, now - grace).await?;
     report.chunks_deleted = chunks.rows;
     report.bytes_freed = chunks.bytes;
     lease.renew(svc).await?;
-    report.orphan_objects_deleted = delete_orphan_objects(svc, lease, now - grace)
+    report.orphan_objects_deleted = chunk_deletion::delete_orphan_objects(svc, lease, now - grace)
         .await?
         .objects;
     tracing::info!(?report, "garbage collection finished");
@@ -296,116 +318,4 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
         }
     }
     Ok(deleted)
-}
-
-/// Finishes chunks a crashed GC (or verify) marked, then deletes chunks
-/// unreferenced since `cutoff`: mark (`refcount = -1`), then
-/// [`chunk_deletion`] (claim, check, delete object, delete row).
-async fn delete_chunks(svc: &Services, lease: &GcLease, cutoff: i64) -> anyhow::Result<Deleted> {
-    let mut total = Deleted::default();
-    loop {
-        let marked = {
-            let mut conn = svc.db.conn().await?;
-            gc::deleting_chunks(conn.raw(), BATCH as i64).await?
-        };
-        if marked.is_empty() {
-            break;
-        }
-        total += delete_marked(svc, lease, &marked, cutoff).await?;
-        lease.renew(svc).await?;
-    }
-    loop {
-        let candidates = {
-            let mut conn = svc.db.conn().await?;
-            gc::unreferenced_chunks(conn.raw(), cutoff, BATCH as i64).await?
-        };
-        if candidates.is_empty() {
-            break;
-        }
-        let ids: Vec<i64> = candidates.iter().map(|c| c.id).collect();
-        let marked: HashSet<i64> = {
-            let mut tx = svc.db.begin().await?;
-            let m = gc::mark_deleting(tx.raw(), &ids, cutoff).await?;
-            tx.commit().await?;
-            m.into_iter().collect()
-        };
-        let marked: Vec<ChunkRecord> = candidates
-            .into_iter()
-            .filter(|c| marked.contains(&c.id))
-            .collect();
-        // Kept chunks restart their grace period (`unmark_chunks`), so the
-        // scan moves on.
-        total += delete_marked(svc, lease, &marked, cutoff).await?;
-        lease.renew(svc).await?;
-    }
-    Ok(total)
-}
-
-/// Deletes chunks marked `refcount = -1` (≤ [`BATCH`]): their objects and
-/// rows through [`chunk_deletion`], which keeps (and unmarks) those a writer
-/// is storing again. Rows of chunks in packs go without an object.
-pub(crate) async fn delete_marked(
-    svc: &Services,
-    lease: &GcLease,
-    marked: &[ChunkRecord],
-    stale_cutoff: i64,
-) -> anyhow::Result<Deleted> {
-    let doomed: Vec<Doomed> = marked.iter().filter_map(Doomed::marked).collect();
-    let mut done = chunk_deletion::delete(svc, lease, doomed, stale_cutoff).await?;
-    let packed: Vec<i64> = marked
-        .iter()
-        .filter(|c| c.pack_id.is_some())
-        .map(|c| c.id)
-        .collect();
-    if !packed.is_empty() {
-        let mut conn = svc.db.conn().await?;
-        done.rows += gc::delete_marked_chunks(conn.raw(), &packed).await?;
-        done.bytes += marked
-            .iter()
-            .filter(|c| c.pack_id.is_some())
-            .map(|c| c.file_size.max(0) as u64)
-            .sum::<u64>();
-    }
-    Ok(done)
-}
-
-/// Deletes objects no row names, found in the database, never by listing
-/// storage: first keys a dead deleter left claimed, then keys whose
-/// intents were not refreshed since `cutoff` (their writer died before its
-/// commit).
-async fn delete_orphan_objects(
-    svc: &Services,
-    lease: &GcLease,
-    cutoff: i64,
-) -> anyhow::Result<Deleted> {
-    let mut total = Deleted::default();
-    for stale_intents in [false, true] {
-        let mut after = String::new();
-        loop {
-            let page = {
-                let mut conn = svc.db.conn().await?;
-                if stale_intents {
-                    chunk_claims::stale_intent_keys(conn.raw(), &after, cutoff, BATCH as i64)
-                        .await?
-                } else {
-                    chunk_claims::claims_page(conn.raw(), &after, BATCH as i64).await?
-                }
-            };
-            let Some(last) = page.last() else { break };
-            after = last.clone();
-            let doomed: Vec<Doomed> = page
-                .iter()
-                .filter_map(|k| {
-                    let d = Doomed::orphan(k);
-                    if d.is_none() {
-                        tracing::warn!(key = k, "claim or intent on a key that is no chunk's");
-                    }
-                    d
-                })
-                .collect();
-            total += chunk_deletion::delete(svc, lease, doomed, cutoff).await?;
-            lease.renew(svc).await?;
-        }
-    }
-    Ok(total)
 }

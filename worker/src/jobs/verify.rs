@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use larder_shared::chunk::{self, ChunkHash};
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
-use larder_shared::db::{gc, verify};
+use larder_shared::db::{chunk_gc, gc, verify};
 
 use crate::chunk_deletion::{self, Doomed};
 use crate::gc_lease::GcLease;
@@ -224,11 +224,11 @@ async fn quarantine(
     // Finish them now, as GC would: a re-upload of a broken NAR must not
     // wait for the next GC to store these chunks again.
     loop {
-        let marked = gc::deleting_chunks(conn.raw(), BATCH as i64).await?;
+        let marked = chunk_gc::deleting_chunks(conn.raw(), BATCH as i64).await?;
         if marked.is_empty() {
             break;
         }
-        crate::jobs::gc::delete_marked(svc, lease, &marked, now - grace_secs(svc)).await?;
+        chunk_deletion::delete_marked(svc, lease, &marked, now - grace_secs(svc)).await?;
     }
     for batch in broken.chunks(BATCH) {
         report

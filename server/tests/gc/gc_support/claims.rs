@@ -1,4 +1,4 @@
-//! Scenarios of issue 8 §1 (`tests/gc.rs` section 10): no deletion of a
+//! Scenarios of docs/gc.md "Who may delete an object" (`tests/gc.rs` section 10): no deletion of a
 //! chunk object may lose bytes a ready NAR needs, whatever runs between a
 //! deleter's choice and its delete. Each interleaving is stepped by hand
 //! (the deleter's phases called one by one, ingest held before its commit
@@ -110,7 +110,7 @@ async fn staged(app: &TestApp) -> i64 {
     ids[0]
 }
 
-/// Issue 8 §1 exactly: orphan objects (as a killed ingest leaves them) are
+/// The deletion protocol exactly: orphan objects (as a killed ingest leaves them) are
 /// chosen for deletion from a listing; before the delete, the same NAR is
 /// pushed again and ingested. Then the two narrower orders: the deleter's
 /// claim first (the ingest backs off and retries), and the ingest's

@@ -1,4 +1,4 @@
-//! Closure-aware retention (issue 19 §1): GC never breaks a live closure.
+//! Closure-aware retention (docs/gc.md "Closures"): GC never breaks a live closure.
 //!
 //! Paths are pushed through the router as `larder push` pushes them (deps
 //! before roots), then their clocks are set ([`set_path_time`]) and GC runs

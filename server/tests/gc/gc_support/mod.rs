@@ -1,4 +1,4 @@
-//! Helpers of `tests/gc.rs` (issue 5): apps with a GC-friendly
+//! Helpers of `tests/gc.rs` (docs/gc.md): apps with a GC-friendly
 //! configuration, a test clock that backdates rows instead of waiting,
 //! the HTTP calls GC scenarios make, block-pool NARs that share chunks,
 //! and the invariants of the chunk store.
@@ -33,7 +33,7 @@ pub async fn default_app(backend: Backend) -> TestApp {
 
 /// A fresh app whose GC, ingest and verify run with `[garbage-collection]
 /// grace-period = "1s"`, so chunks zeroed a moment ago are already fair
-/// game for a concurrent GC (the race of issue 5 §5).
+/// game for a concurrent GC (the race of docs/gc.md "Races with pushes").
 ///
 /// `tests/common` takes no extra TOML, so this rebuilds the same config
 /// text (same database, storage and key) with the extra section and swaps

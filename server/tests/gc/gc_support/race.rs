@@ -1,4 +1,4 @@
-//! The GC/ingest race of issue 5 §5, one seeded round at a time.
+//! The GC/ingest race (docs/gc.md "Races with pushes, and how each is closed"), one seeded round at a time.
 //!
 //! Each round: about half the live paths expire (backdated past retention);
 //! every NAR, every unreferenced chunk and every write intent (left by
@@ -12,7 +12,7 @@
 //! every live path reads back byte-identical, expired ones are gone, and
 //! `verify --repair` finds nothing damaged.
 //!
-//! Leftovers (issue 8 §1): the objects of chunks a round's GC deletes are
+//! Leftovers (docs/gc.md "Who may delete an object"): the objects of chunks a round's GC deletes are
 //! saved, and at the next round's start about half are put back with a
 //! stale write intent, as an ingest killed before its commit leaves them.
 //! The round's GC deletes them through those intents while the round's

@@ -1,0 +1,120 @@
+//! The transaction that makes an ingested NAR ready: new chunk rows, added
+//! references, the layout downloads seek by, and the `.ls` listing.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{Context, bail};
+
+use larder_shared::chunk::ChunkHash;
+use larder_shared::db::chunk_claims;
+use larder_shared::db::chunks::{self, BATCH, NewChunk};
+use larder_shared::db::listings;
+use larder_shared::db::nar_layout::NarLayoutBuilder;
+use larder_shared::db::nars;
+use larder_shared::db::unix_now;
+
+use crate::services::Services;
+
+/// A chunk's place in the NAR: known id, or new (id assigned at flush).
+pub(super) enum Slot {
+    Known(i64),
+    New(ChunkHash),
+}
+
+/// In one transaction: removes this run's `intents` (failing if a deleter
+/// reclaimed any), records the new chunks already holding this NAR's
+/// reference (`refcount = 1`, so their rows never change an index again
+/// while referenced), adds a reference to every reused chunk (only if GC is
+/// not deleting it), and makes the NAR ready. False when another run
+/// finished first (ours then changes nothing).
+pub(super) async fn commit(
+    svc: &Services,
+    (owner, intents): (&str, u64),
+    nar_id: i64,
+    slots: &[Slot],
+    new: HashMap<ChunkHash, NewChunk>,
+    listing: Option<&[u8]>,
+) -> anyhow::Result<bool> {
+    let mut tx = svc.db.begin().await?;
+    if chunk_claims::release_intents(tx.raw(), owner).await? != intents {
+        // GC took an intent of ours for a dead writer's and may have deleted
+        // its object: roll back; the retry writes it again.
+        bail!("GC reclaimed a write intent of this ingest as stale; retrying");
+    }
+    let mut ids: HashMap<ChunkHash, i64> = HashMap::new();
+    // Chunks another ingest recorded since our lookup: reused, not inserted.
+    let mut reused: BTreeSet<i64> = slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Known(id) => Some(*id),
+            Slot::New(_) => None,
+        })
+        .collect();
+    let new: Vec<NewChunk> = new.into_values().collect();
+    for batch in new.chunks(BATCH) {
+        let inserted = chunks::insert_referenced(tx.raw(), batch).await?;
+        let rest: Vec<ChunkHash> = batch
+            .iter()
+            .map(|n| n.hash)
+            .filter(|h| !inserted.contains_key(h))
+            .collect();
+        ids.extend(inserted);
+        if !rest.is_empty() {
+            let found = chunks::find_by_hashes(tx.raw(), &rest).await?;
+            for h in rest {
+                let rec = found
+                    .get(&h)
+                    .context("a chunk row vanished during ingest; retrying")?;
+                if rec.refcount < 0 {
+                    bail!("a chunk of this NAR is being garbage-collected; retrying later");
+                }
+                ids.insert(h, rec.id);
+                reused.insert(rec.id);
+            }
+        }
+    }
+    // Sorted: concurrent commits lock shared chunk rows in the same order.
+    let reused: Vec<i64> = reused.into_iter().collect();
+    for batch in reused.chunks(BATCH) {
+        let updated = chunks::add_refs(tx.raw(), batch).await?;
+        if updated != batch.len() as u64 {
+            // GC is deleting a chunk we meant to reuse: roll back and retry;
+            // the next run will find it gone and store it again.
+            bail!("a reused chunk is being garbage-collected; retrying");
+        }
+    }
+    let chunk_ids: Vec<i64> = slots
+        .iter()
+        .map(|s| match s {
+            Slot::Known(id) => Ok(*id),
+            Slot::New(h) => ids.get(h).copied().context("new chunk has no id"),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // The layout the read path seeks by, from the rows as committed.
+    let (mut file_size, mut layout) = (0i64, NarLayoutBuilder::default());
+    for batch in chunk_ids.chunks(BATCH) {
+        let recs = chunks::get_many(tx.raw(), &dedup(batch)).await?;
+        for id in batch {
+            let rec = recs.get(id).context("chunk vanished")?;
+            file_size += i64::from(rec.file_size);
+            layout.push(rec)?;
+        }
+    }
+    let layout = layout.finish();
+    if !nars::mark_ready(tx.raw(), nar_id, &chunk_ids, &layout, file_size, unix_now()).await? {
+        return Ok(false);
+    }
+    if let Some(listing) = listing {
+        listings::insert_nar_listing(tx.raw(), nar_id, listing, unix_now()).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+fn dedup(ids: &[i64]) -> Vec<i64> {
+    ids.iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}

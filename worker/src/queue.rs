@@ -1,0 +1,131 @@
+//! Queued jobs: a payload ([`larder_shared::jobs::Job`]: ids only, a
+//! persisted queue name), a [`Handler`] here, and one registration list,
+//! [`run`]. Each job runs on apalis over the configured database
+//! (PostgreSQL or SQLite), so the queue needs nothing but the database.
+//!
+//! Work on a clock is a periodic task instead ([`crate::periodic`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use tokio_util::sync::CancellationToken;
+
+use larder_shared::db::Db;
+use larder_shared::jobs::{IngestNar, Job};
+
+use crate::jobs::ingest::{self, Outcome};
+use crate::services::Services;
+
+/// How often a worker proves it is alive; a worker silent for
+/// `HEARTBEAT × MISSED_HEARTBEATS` (killed, say) has its jobs re-enqueued.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const MISSED_HEARTBEATS: usize = 6;
+/// How often an idle worker polls for jobs.
+const POLL: Duration = Duration::from_millis(250);
+
+/// What a worker does with a job of this payload. An error makes apalis
+/// retry it (up to [`larder_shared::jobs::MAX_ATTEMPTS`]); handlers re-read
+/// state and skip work already done, so a job may run twice.
+pub trait Handler: Job {
+    /// Runs the job.
+    fn handle(self, svc: &Services) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl Handler for IngestNar {
+    async fn handle(self, svc: &Services) -> anyhow::Result<()> {
+        let nar_id = self.nar_id;
+        match ingest::ingest(svc, nar_id).await {
+            Ok(Outcome::Ingested {
+                chunks,
+                new_chunks,
+                stored_bytes,
+            }) => {
+                tracing::info!(nar_id, chunks, new_chunks, stored_bytes, "ingested NAR");
+                Ok(())
+            }
+            Ok(Outcome::Skipped) => {
+                tracing::debug!(nar_id, "ingest skipped: nothing to do");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(nar_id, error = %format!("{e:#}"), "ingest failed; will retry");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs every queued job with `concurrency` jobs of each at once, as the
+/// worker `name`, until `shutdown`. The one registration list: a new job
+/// is one more line here.
+pub async fn run(
+    svc: Services,
+    name: &str,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    work::<IngestNar>(svc, name, concurrency, shutdown).await
+}
+
+/// apalis's handler for `J`.
+async fn handle<J: Handler>(job: J, svc: Data<Services>) -> Result<(), BoxDynError> {
+    job.handle(&svc).await.map_err(Into::into)
+}
+
+/// One apalis worker for the queue of `J` on the configured backend.
+async fn work<J: Handler>(
+    svc: Services,
+    name: &str,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let concurrency = concurrency.max(1);
+    let name = name.to_owned();
+    let signal = async move {
+        shutdown.cancelled().await;
+        Ok::<(), std::io::Error>(())
+    };
+    let result = match svc.db.clone() {
+        Db::Postgres(pool) => {
+            let config = apalis_postgres::Config::default()
+                .queue(J::QUEUE)
+                .batch_size(concurrency)
+                .heartbeat_interval(HEARTBEAT)
+                .missed_heartbeats(MISSED_HEARTBEATS);
+            let backend = PostgresStorage::<J>::new(&pool)
+                .with_config(config)
+                .poll_with_interval(POLL);
+            WorkerBuilder::new(name)
+                .backend(backend)
+                .data(svc)
+                .concurrency(concurrency)
+                .build(handle::<J>)
+                .run_until(signal)
+                .await
+        }
+        Db::Sqlite(pool) => {
+            let config = apalis_sqlite::Config::default()
+                .queue(J::QUEUE)
+                .batch_size(concurrency)
+                .heartbeat_interval(HEARTBEAT)
+                .missed_heartbeats(MISSED_HEARTBEATS);
+            let backend = SqliteStorage::<J>::new(&pool)
+                .with_config(config)
+                .poll_with_interval(POLL);
+            WorkerBuilder::new(name)
+                .backend(backend)
+                .data(svc)
+                .concurrency(concurrency)
+                .build(handle::<J>)
+                .run_until(signal)
+                .await
+        }
+    };
+    result.map_err(|e| anyhow::anyhow!("{} worker stopped: {e}", J::QUEUE))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! The real queue, end to end on each database: a job enqueued in the
+//! transaction that records its NAR is picked up by [`super::run`] and its
+//! outcome lands in the database, as in production (not by calling the
+//! handler directly).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection};
+use tokio_util::sync::CancellationToken;
+
+use larder_core::nix::hash::NarHash;
+use larder_core::nix::nar::NarNode;
+use larder_shared::config::Config;
+use larder_shared::db::nars::{self, NarState};
+use larder_shared::db::{Db, unix_now};
+use larder_shared::jobs;
+use larder_shared::storage::layout;
+use larder_shared::storage::local::LocalStorage;
+use larder_shared::storage::{Storage, StorageError};
+
+use crate::services::Services;
+
+/// PostgreSQL of the test machines (trust auth).
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A scratch database on `backend`: its URL, and the PostgreSQL database
+/// to drop afterwards.
+async fn database(postgres: bool, dir: &std::path::Path) -> (String, Option<String>) {
+    if !postgres {
+        let url = format!("sqlite://{}?mode=rwc", dir.join("larder.db").display());
+        return (url, None);
+    }
+    let name = format!("larder_w_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let mut admin = sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres"))
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (user postgres)");
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
+    let _ = admin.close().await;
+    (format!("{PG_SERVER}/{name}"), Some(name))
+}
+
+async fn drop_database(name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres")).await {
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
+        let _ = admin.close().await;
+    }
+}
+
+async fn services(url: &str, dir: &std::path::Path) -> Services {
+    let storage_dir = dir.join("storage");
+    let config = Config::parse_toml(&format!(
+        r#"
+[database]
+url = "{url}"
+[storage]
+type = "local"
+path = "{}"
+[jwt.signing]
+token-hs256-secret-base64 = "c2VjcmV0"
+"#,
+        storage_dir.display()
+    ))
+    .expect("config");
+    let db = Db::connect(url, 4).await.expect("database");
+    db.migrate().await.expect("migrations");
+    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(storage_dir).expect("storage"));
+    Services {
+        config: Arc::new(config),
+        db,
+        storage: storage.clone(),
+        staging: storage,
+    }
+}
+
+/// A NAR large enough to be cut into several chunks.
+fn nar() -> Vec<u8> {
+    let mut seed = 0x5eed_u64;
+    let mut bytes = vec![0u8; 600 * 1024];
+    for b in bytes.iter_mut() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *b = (seed >> 56) as u8;
+    }
+    NarNode::directory([
+        ("data", NarNode::file(bytes)),
+        (
+            "hello",
+            NarNode::executable(b"#!/bin/sh\necho hi\n".to_vec()),
+        ),
+    ])
+    .to_bytes()
+}
+
+async fn staged_nar_is_ingested_by_a_running_worker(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, pg) = database(postgres, dir.path()).await;
+    let svc = services(&url, dir.path()).await;
+
+    let nar = nar();
+    let key = layout::new_staging_key();
+    svc.staging
+        .put_bytes(&key, nar.clone().into())
+        .await
+        .expect("staged");
+    let id = {
+        let mut tx = svc.db.begin().await.expect("begin");
+        let id = nars::insert_staged(
+            tx.raw(),
+            &NarHash::digest(&nar),
+            nar.len() as i64,
+            key.as_str(),
+            unix_now(),
+        )
+        .await
+        .expect("insert")
+        .expect("new NAR");
+        jobs::enqueue_ingest(tx.raw(), &[id])
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+        id
+    };
+
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(super::run(svc.clone(), "queue-test", 2, shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        let rec = {
+            let mut conn = svc.db.conn().await.expect("conn");
+            nars::get(conn.raw(), id).await.expect("get").expect("row")
+        };
+        if rec.state == NarState::Ready || tokio::time::Instant::now() > deadline {
+            break rec;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    shutdown.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stops cleanly");
+
+    assert_eq!(ready.state, NarState::Ready, "the worker ingested the NAR");
+    assert!(ready.staging_key.is_none());
+    assert!(
+        ready.chunk_ids.len() > 1,
+        "cut into chunks, got {}",
+        ready.chunk_ids.len()
+    );
+    let left = svc.staging.head(&key).await.expect("head");
+    assert!(left.is_none(), "the staged copy is deleted after ingest");
+    assert!(matches!(
+        svc.staging.get(&key, None).await.err(),
+        Some(StorageError::NotFound(_))
+    ));
+
+    svc.db.close().await;
+    if let Some(name) = pg {
+        drop_database(&name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_nar_is_ingested_by_a_running_worker_on_sqlite() {
+    staged_nar_is_ingested_by_a_running_worker(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_nar_is_ingested_by_a_running_worker_on_postgres() {
+    staged_nar_is_ingested_by_a_running_worker(true).await;
+}
