@@ -4,10 +4,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::store_path::StorePathHash;
+use larder_core::wire::ErrorBody;
 use larder_shared::db::DbError;
 use larder_shared::signing_keys::KeyError;
 use larder_shared::storage::StorageError;
@@ -94,13 +94,6 @@ impl From<KeyError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: u16,
-    error: &'a str,
-    message: String,
-}
-
 impl ApiError {
     /// Status and the stable error kind string clients match on.
     pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
@@ -146,9 +139,9 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let body = ErrorBody {
-            code: status.as_u16(),
-            error: kind,
-            message,
+            code: Some(status.as_u16()),
+            error: Some(kind.to_owned()),
+            message: Some(message),
         };
         let mut response = (status, Json(body)).into_response();
         if let Some(range) = unsatisfied {

@@ -9,9 +9,9 @@ use reqwest::StatusCode;
 use larder_core::CacheName;
 use larder_core::nix::signing::{SigningError, SigningKey};
 
-use crate::api::types::{CacheConfig, KeypairConfig, RetentionPeriodConfig};
-use crate::api::{ApiClient, ApiError};
+use crate::api::{ApiClient, ApiError, CacheList};
 use crate::cli::{ConfigureArgs, CreateArgs};
+use larder_core::wire::{CacheConfig, CacheSummary, KeypairConfig, RetentionPeriodConfig};
 
 /// The upstream key of a new cache when none is given: paths from
 /// cache.nixos.org need not be stored again.
@@ -164,11 +164,36 @@ pub fn render_info(cache: &CacheName, cfg: &CacheConfig) -> String {
         .collect()
 }
 
-/// `cache list` output. The contract does not fix the body yet; the
-/// server answers an array of `{"name", "is_public", "priority",
-/// "permissions"}`, which is rendered one cache per line (fields it lacks
-/// are left out), and anything unexpected is printed as JSON.
-pub fn render_list(value: &serde_json::Value) -> String {
+/// `cache list` output, one cache per line: name, visibility, priority and
+/// the caller's permissions.
+pub fn render_list(list: &CacheList) -> String {
+    match list {
+        CacheList::Summaries(caches) => render_summaries(caches),
+        CacheList::Other(value) => render_json_list(value),
+    }
+}
+
+fn render_summaries(caches: &[CacheSummary]) -> String {
+    let width = caches.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    caches
+        .iter()
+        .map(|c| {
+            let visibility = if c.is_public { "public " } else { "private" };
+            let line = format!(
+                "{:width$}  {visibility}  priority {}  permissions {}",
+                c.name,
+                c.priority,
+                c.permissions.join(",")
+            );
+            format!("{}\n", line.trim_end())
+        })
+        .collect()
+}
+
+/// A body of another shape (another server's): an array of names or of
+/// objects with some of [`CacheSummary`]'s fields (those it lacks are left
+/// out), or `{"caches": [...]}`; anything else is printed as JSON.
+fn render_json_list(value: &serde_json::Value) -> String {
     use serde_json::Value;
     let items = match value {
         Value::Array(items) => Some(items),
@@ -394,16 +419,24 @@ mod tests {
     #[test]
     fn list_shapes() {
         use serde_json::json;
-        assert_eq!(render_list(&json!(["a", "b"])), "a\nb\n");
+        let list = |v: serde_json::Value| render_list(&serde_json::from_value(v).unwrap());
         assert_eq!(
-            render_list(&json!([
+            list(json!([
+                {"name": "demo", "is_public": false, "priority": 41, "permissions": ["r", "w"]},
+                {"name": "public", "is_public": true, "priority": 30, "permissions": ["r"], "new": 1},
+            ])),
+            "demo    private  priority 41  permissions r,w\npublic  public   priority 30  permissions r\n"
+        );
+        assert_eq!(list(json!(["a", "b"])), "a\nb\n");
+        assert_eq!(
+            list(json!([
                 {"name": "demo", "is_public": false, "priority": 41, "permissions": ["r", "w"]},
                 {"name": "pub", "is_public": true},
                 {"name": "x"},
             ])),
             "demo  private  priority 41  permissions r,w\npub   public\nx\n"
         );
-        assert_eq!(render_list(&json!({"caches": ["a"]})), "a\n");
-        assert!(render_list(&json!({"weird": 1})).contains("\"weird\": 1"));
+        assert_eq!(list(json!({"caches": ["a"]})), "a\n");
+        assert!(list(json!({"weird": 1})).contains("\"weird\": 1"));
     }
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 use larder_core::CacheName;
 use larder_core::nix::store_path::StorePath;
 
-pub use crate::api::types::Pin;
 use crate::api::{ApiClient, ApiError};
 use crate::nix::{Nix, NixError};
+pub use larder_core::wire::Pin;
 
 /// Why a pin or delete command failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,7 @@ mod tests {
         let pins = vec![Pin {
             name: "release".into(),
             store_path: "/nix/store/x-a".into(),
+            store_path_hash: "x".into(),
             created_at: 0,
         }];
         assert_eq!(

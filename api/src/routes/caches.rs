@@ -3,11 +3,11 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use larder_core::nix::store_path::{StoreDir, StorePath};
+use larder_core::wire::{CacheSummary, Pin, PinRequest};
 use larder_shared::audit::AuditEvent;
-use larder_shared::db::pins::{self, Pin};
+use larder_shared::db::pins;
 use larder_shared::db::stats::{self, CacheStats};
 use larder_shared::db::{audit, caches, objects, unix_now};
 
@@ -15,19 +15,6 @@ use crate::auth::{CacheAccess, Credentials, Pull, Push};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Path};
 use crate::state::AppState;
-
-/// One entry of `GET /_api/v1/caches`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CacheSummary {
-    /// Name.
-    pub name: String,
-    /// Visibility.
-    pub is_public: bool,
-    /// Priority.
-    pub priority: i64,
-    /// Permission keys the caller holds (`r`, `w`, …).
-    pub permissions: Vec<String>,
-}
 
 /// `GET /_api/v1/caches`: caches the caller has any permission on (public
 /// caches count as `r` for everyone).
@@ -67,14 +54,18 @@ pub async fn list_pins(
     access: CacheAccess<Pull>,
 ) -> ApiResult<Json<Vec<Pin>>> {
     let mut conn = state.db.conn().await?;
-    Ok(Json(pins::list(conn.raw(), access.cache.id).await?))
+    let pins = pins::list(conn.raw(), access.cache.id).await?;
+    Ok(Json(pins.into_iter().map(pin_json).collect()))
 }
 
-/// Body of `PUT …/pins/{name}`.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct PinRequest {
-    /// Absolute store path, which must be in the cache.
-    pub store_path: String,
+/// A stored pin as the API shows it.
+fn pin_json(pin: pins::Pin) -> Pin {
+    Pin {
+        name: pin.name,
+        store_path: pin.store_path,
+        store_path_hash: pin.store_path_hash,
+        created_at: pin.created_at,
+    }
 }
 
 fn validate_pin_name(name: &str) -> ApiResult<()> {

@@ -2,9 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
 
 use larder_core::nix::store_path::StorePathHash;
+use larder_core::wire::{GetMissingPathsRequest, GetMissingPathsResponse};
 use larder_shared::db::chunks::BATCH;
 use larder_shared::db::{objects, unix_now};
 use larder_shared::retention::Retention;
@@ -16,22 +16,6 @@ use crate::state::AppState;
 
 /// Most hashes accepted per request.
 pub const MAX_HASHES: usize = 100_000;
-
-/// Request body.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct GetMissingPathsRequest {
-    /// Cache name.
-    pub cache: String,
-    /// Store path hashes.
-    pub store_path_hashes: Vec<String>,
-}
-
-/// Response body.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct GetMissingPathsResponse {
-    /// The subset the cache lacks.
-    pub missing_paths: Vec<String>,
-}
 
 /// The handler; needs `w` (it answers a pusher's question). Paths found
 /// present are marked used.

@@ -12,12 +12,12 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, stream};
-use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use larder_core::CacheName;
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_core::wire::{UploadKind, UploadPathNarInfo, UploadPathResult};
 use larder_shared::audit::{Actor, PushRoute};
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
@@ -43,58 +43,6 @@ pub const PREAMBLE_SIZE_HEADER: &str = "x-attic-nar-info-preamble-size";
 pub const REPLACE_HEADER: &str = "x-larder-replace";
 /// Largest accepted preamble.
 pub const MAX_PREAMBLE: usize = 1024 * 1024;
-
-/// Attic's `UploadPathNarInfo`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct UploadPathNarInfo {
-    /// Target cache.
-    pub cache: String,
-    /// 32-char hash part of the store path.
-    pub store_path_hash: String,
-    /// Absolute store path.
-    pub store_path: String,
-    /// Reference base names.
-    #[serde(default)]
-    pub references: Vec<String>,
-    /// System.
-    #[serde(default)]
-    pub system: Option<String>,
-    /// Deriver base name.
-    #[serde(default)]
-    pub deriver: Option<String>,
-    /// Uploader's signatures.
-    #[serde(default)]
-    pub sigs: Vec<String>,
-    /// Content address.
-    #[serde(default)]
-    pub ca: Option<String>,
-    /// `sha256:<hex or nix-base32>`.
-    pub nar_hash: String,
-    /// Uncompressed NAR size.
-    pub nar_size: u64,
-}
-
-/// Attic's `UploadPathResult`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UploadPathResult {
-    /// `Uploaded` or `Deduplicated`.
-    pub kind: UploadKind,
-    /// Bytes stored for this NAR, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_size: Option<u64>,
-    /// Share of the NAR that was already stored.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub frac_deduplicated: Option<f64>,
-}
-
-/// Outcome kinds.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum UploadKind {
-    /// The NAR was new and is now staged.
-    Uploaded,
-    /// The store already had the NAR.
-    Deduplicated,
-}
 
 /// Validated upload metadata.
 struct Validated {

@@ -9,7 +9,6 @@
 
 pub mod error;
 pub mod retry;
-pub mod types;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -18,18 +17,19 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _, stream};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use larder_core::CacheName;
 use larder_core::nix::store_path::StorePathHash;
+use larder_core::wire::{
+    CacheConfig, CacheSummary, ErrorBody, GetMissingPathsRequest, GetMissingPathsResponse, Pin,
+    PinRequest, UploadPathNarInfo, UploadPathResult,
+};
 
 pub use error::ApiError;
 use error::Call;
 use retry::RetryPolicy;
-use types::{
-    CacheConfig, ErrorBody, GetMissingPathsRequest, GetMissingPathsResponse, UploadPathNarInfo,
-    UploadPathResult,
-};
 
 /// Header carrying the upload metadata JSON.
 pub const NAR_INFO_HEADER: &str = "x-attic-nar-info";
@@ -211,7 +211,7 @@ impl ApiClient {
     }
 
     /// `GET /_api/v1/caches/{cache}/pins` (needs `r`).
-    pub async fn list_pins(&self, cache: &CacheName) -> Result<Vec<types::Pin>, ApiError> {
+    pub async fn list_pins(&self, cache: &CacheName) -> Result<Vec<Pin>, ApiError> {
         let path = format!("caches/{cache}/pins");
         self.run(true, Method::GET, &path, None::<&()>).await
     }
@@ -224,9 +224,9 @@ impl ApiClient {
         store_path: &str,
     ) -> Result<(), ApiError> {
         let (call, mut rb) = self.call(Method::PUT, &format!("caches/{cache}/pins/{name}"))?;
-        rb = rb
-            .timeout(CALL_TIMEOUT)
-            .json(&serde_json::json!({ "store_path": store_path }));
+        rb = rb.timeout(CALL_TIMEOUT).json(&PinRequest {
+            store_path: store_path.to_owned(),
+        });
         Self::send(&call, rb).await.map(drop)
     }
 
@@ -261,9 +261,9 @@ impl ApiClient {
         Self::send(&call, rb).await.map(drop)
     }
 
-    /// `GET /_api/v1/caches`. Its body shape is not fixed by the contract
-    /// yet, so it is returned as JSON for the caller to render.
-    pub async fn list_caches(&self) -> Result<serde_json::Value, ApiError> {
+    /// `GET /_api/v1/caches`: Larder's list of [`CacheSummary`], or the JSON
+    /// of a server that answers another shape, for the caller to render.
+    pub async fn list_caches(&self) -> Result<CacheList, ApiError> {
         self.run(true, Method::GET, "caches", None::<&()>).await
     }
 
@@ -277,8 +277,8 @@ impl ApiClient {
         let mut missing = Vec::new();
         for batch in hashes.chunks(MISSING_PATHS_BATCH) {
             let req = GetMissingPathsRequest {
-                cache: cache.as_str(),
-                store_path_hashes: batch.iter().map(StorePathHash::as_str).collect(),
+                cache: cache.to_string(),
+                store_path_hashes: batch.iter().map(|h| h.as_str().to_owned()).collect(),
             };
             let resp: GetMissingPathsResponse = self
                 .run(true, Method::POST, "get-missing-paths", Some(&req))
@@ -344,6 +344,18 @@ impl ApiClient {
     }
 }
 
+/// The body of `GET /_api/v1/caches`. The route is a Larder extension whose
+/// shape Attic does not fix, so a body that is not a list of summaries is
+/// kept as JSON rather than failing the command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum CacheList {
+    /// What Larder answers.
+    Summaries(Vec<CacheSummary>),
+    /// Any other JSON.
+    Other(serde_json::Value),
+}
+
 /// Builds [`ApiError::Status`] from an error response.
 async fn status_error(call: &Call, resp: Response) -> ApiError {
     let status = resp.status();
@@ -355,7 +367,7 @@ async fn status_error(call: &Call, resp: Response) -> ApiError {
         .map(Duration::from_secs);
     let body = resp.bytes().await.unwrap_or_default();
     let (kind, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(ErrorBody { error, message }) => (
+        Ok(ErrorBody { error, message, .. }) => (
             error,
             message.unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned()),
         ),

@@ -26,10 +26,10 @@ use futures::stream::FuturesUnordered;
 use larder_core::CacheName;
 use larder_core::nix::store_path::{StoreDir, StorePath};
 
-use crate::api::types::UploadKind;
 use crate::api::{ApiClient, ApiError};
 use crate::nix::{Nix, NixError};
 use filter::UpstreamFilter;
+use larder_core::wire::UploadKind;
 use progress::Progress;
 
 /// What the user asked for.

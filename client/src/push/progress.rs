@@ -13,8 +13,8 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, Prog
 
 use larder_core::nix::store_path::StoreDir;
 
-use crate::api::types::UploadKind;
 use crate::nix::PathInfo;
+use larder_core::wire::UploadKind;
 
 use super::error::UploadError;
 

@@ -11,8 +11,8 @@ use larder_core::CacheName;
 use larder_core::nix::store_path::StoreDir;
 
 use crate::api::ApiClient;
-use crate::api::types::{UploadKind, UploadPathNarInfo};
 use crate::nix::{Nix, PathInfo};
+use larder_core::wire::{UploadKind, UploadPathNarInfo};
 
 pub use super::error::UploadError;
 use super::progress::PathProgress;

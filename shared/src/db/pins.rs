@@ -6,8 +6,8 @@ use super::{DbError, Raw};
 use crate::on_conn;
 use larder_core::nix::store_path::StorePathHash;
 
-/// A pin as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A pin as stored (the API shows it as [`larder_core::wire::Pin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
     /// Pin name, unique in its cache.
     pub name: String,

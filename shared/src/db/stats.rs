@@ -7,21 +7,9 @@ use sqlx::Row;
 use super::{DbError, Raw};
 use crate::on_conn;
 
-/// Statistics of one cache.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
-pub struct CacheStats {
-    /// Store paths in the cache.
-    pub objects: i64,
-    /// Sum of the NAR sizes of its paths (what clients download uncompressed).
-    pub nar_bytes: i64,
-    /// Distinct NARs its paths refer to.
-    pub nars: i64,
-    /// Stored bytes of those NARs (compressed chunks; staged NARs count
-    /// uncompressed). Chunks shared with other NARs are counted for each.
-    pub stored_bytes: i64,
-    /// `nar_bytes / stored_bytes` (1.0 when empty).
-    pub dedup_ratio: f64,
-}
+/// Statistics of one cache: computed here, defined with the API's JSON
+/// (`GET /_api/v1/caches/{cache}/stats`) because it is exactly that body.
+pub use larder_core::wire::CacheStats;
 
 /// Statistics of the whole store.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]

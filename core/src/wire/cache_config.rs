@@ -1,7 +1,6 @@
-//! The JSON of the Attic/Larder cache-configuration API (`GET`, `POST`,
-//! `PATCH /_api/v1/cache-config/{cache}`; docs/protocol.md, "Attic wire
-//! format"), one definition for the server that answers and the `larder`
-//! client that asks, so the two cannot drift apart.
+//! `GET`, `POST`, `PATCH /_api/v1/cache-config/{cache}`: a cache's
+//! settings, read by `larder cache info` and written by `create` and
+//! `configure`.
 
 use serde::{Deserialize, Serialize};
 
