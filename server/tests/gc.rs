@@ -46,6 +46,7 @@ use larder_shared::db::chunk_gc;
 use larder_shared::db::chunks;
 use larder_shared::db::gc as gc_db;
 use larder_shared::db::nars::NarState;
+use larder_shared::db::refcounts;
 use larder_shared::db::{leases, stats, unix_now};
 use larder_shared::storage::ObjectKey;
 use larder_shared::storage::layout;
@@ -523,7 +524,7 @@ async fn gc_steps_interleaved_with_uploads_keep_data(app: &TestApp) {
     for batch in ids.chunks(chunks::BATCH) {
         let mut tx = app.state.db.begin().await.expect("transaction");
         marked.extend(
-            chunk_gc::mark_deleting(tx.raw(), batch, cutoff)
+            refcounts::mark_deleting(tx.raw(), batch, cutoff)
                 .await
                 .expect("mark"),
         );
@@ -582,7 +583,7 @@ async fn interrupted_gc_is_finished_by_the_next(app: &TestApp) {
     let mut marked = 0;
     for batch in ids.chunks(chunks::BATCH) {
         let mut tx = app.state.db.begin().await.expect("transaction");
-        marked += chunk_gc::mark_deleting(tx.raw(), batch, t2 - grace)
+        marked += refcounts::mark_deleting(tx.raw(), batch, t2 - grace)
             .await
             .expect("mark")
             .len();

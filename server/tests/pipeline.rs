@@ -811,7 +811,10 @@ async fn s3_server_restarted_during_ingest() {
         return;
     };
     let storage = common::s3_storage_toml_at(&server.endpoint(), 200);
-    let app = TestApp::with_storage(common::Backend::Sqlite, Some(storage)).await;
+    let app = TestApp::builder(common::Backend::Sqlite)
+        .storage(storage)
+        .build()
+        .await;
     let outcome = std::panic::AssertUnwindSafe(async {
         app.create_cache("fault", false).await;
         let token = app.token(&[("fault", PULL_PUSH)]);

@@ -30,6 +30,7 @@ use larder_shared::chunk_store::ChunkStore;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunk_gc;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
+use larder_shared::db::refcounts;
 use larder_shared::storage::ObjectKey;
 use larder_shared::storage::layout;
 
@@ -174,7 +175,7 @@ impl Claimed {
             let ids: Vec<i64> = kept.iter().filter_map(|d| d.marked).collect();
             let keys: Vec<ObjectKey> = kept.iter().map(|d| d.key.clone()).collect();
             let mut tx = svc.db.begin().await?;
-            chunk_gc::unmark_chunks(tx.raw(), &ids, lease.now()).await?;
+            refcounts::unmark_chunks(tx.raw(), &ids, lease.now()).await?;
             chunk_claims::release_claims(tx.raw(), &keys).await?;
             tx.commit().await?;
         }
@@ -230,7 +231,7 @@ pub async fn delete_unreferenced(
         let ids: Vec<i64> = candidates.iter().map(|c| c.id).collect();
         let marked: HashSet<i64> = {
             let mut tx = svc.db.begin().await?;
-            let m = chunk_gc::mark_deleting(tx.raw(), &ids, cutoff).await?;
+            let m = refcounts::mark_deleting(tx.raw(), &ids, cutoff).await?;
             tx.commit().await?;
             m.into_iter().collect()
         };

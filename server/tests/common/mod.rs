@@ -270,28 +270,56 @@ pub async fn pg_admin() -> sqlx::PgConnection {
         .expect("PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth)")
 }
 
+/// How a [`TestApp`] is made: the one way every suite builds its app
+/// (`TestApp::builder(backend).config("[http]…").build()`).
+pub struct TestAppBuilder {
+    backend: Backend,
+    storage: Option<String>,
+    extra: String,
+}
+
+impl TestAppBuilder {
+    /// Chunks and staging in this `[storage]` section (S3) instead of a
+    /// local directory.
+    pub fn storage(mut self, section: String) -> Self {
+        self.storage = Some(section);
+        self
+    }
+
+    /// TOML appended to the config (e.g. an `[http]` section); the router
+    /// and the job handlers both read it.
+    pub fn config(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self
+    }
+
+    /// A fresh, migrated app.
+    pub async fn build(self) -> TestApp {
+        TestApp::with_config(self.backend, self.storage, &self.extra).await
+    }
+}
+
 impl TestApp {
+    /// Starts a [`TestAppBuilder`] on `backend` (local storage, the default
+    /// config).
+    pub fn builder(backend: Backend) -> TestAppBuilder {
+        TestAppBuilder {
+            backend,
+            storage: None,
+            extra: String::new(),
+        }
+    }
+
     /// A fresh, migrated app on `backend` with local storage.
     pub async fn new(backend: Backend) -> Self {
-        Self::with_storage(backend, None).await
+        Self::builder(backend).build().await
     }
 
     /// A fresh, migrated app on `backend` whose chunks and staging are on the
     /// S3 test server; `None` (skip) when it is not configured.
     pub async fn on_s3(backend: Backend) -> Option<Self> {
         let storage = s3_storage_toml()?;
-        Some(Self::with_storage(backend, Some(storage)).await)
-    }
-
-    /// `storage`: a `[storage]` section (S3), or `None` for a local directory.
-    pub async fn with_storage(backend: Backend, storage: Option<String>) -> Self {
-        Self::with_config(backend, storage, "").await
-    }
-
-    /// A fresh app on `backend` with local storage and `extra` appended to
-    /// its config (e.g. an `[http]` section).
-    pub async fn with_extra_config(backend: Backend, extra: &str) -> Self {
-        Self::with_config(backend, None, extra).await
+        Some(Self::builder(backend).storage(storage).build().await)
     }
 
     async fn with_config(backend: Backend, storage: Option<String>, extra: &str) -> Self {

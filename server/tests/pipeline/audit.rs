@@ -143,8 +143,10 @@ async fn last_used_at(app: &TestApp, jti: &str) -> Option<i64> {
 
 /// Runs [`scenario`] on a fresh app whose proxy (127.0.0.1) is trusted.
 pub async fn audit_trail(backend: Backend) {
-    let app =
-        TestApp::with_extra_config(backend, "[http]\ntrusted-proxies = [\"127.0.0.1\"]\n").await;
+    let app = TestApp::builder(backend)
+        .config("[http]\ntrusted-proxies = [\"127.0.0.1\"]\n")
+        .build()
+        .await;
     let outcome = std::panic::AssertUnwindSafe(scenario(&app))
         .catch_unwind()
         .await;

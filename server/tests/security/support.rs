@@ -17,7 +17,6 @@ use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Connection};
 
 use larder_api::state::AppState;
 use larder_core::CacheName;
@@ -31,9 +30,6 @@ use larder_shared::token::{
 
 use crate::common::nar::TestNar;
 use crate::common::{Backend, TestResponse, send};
-
-/// PostgreSQL for tests: trust auth on loopback.
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// `shared/tests/fixtures/tokens/NAME`, trimmed.
 pub fn fixture(name: &str) -> String {
@@ -118,38 +114,11 @@ pub struct SecApp {
     _dir: tempfile::TempDir,
 }
 
-async fn pg_admin() -> sqlx::PgConnection {
-    sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres"))
-        .await
-        .expect("PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth)")
-}
-
 impl SecApp {
     /// A fresh, migrated app.
     pub async fn new(opts: Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (db_url, pg_database) = match opts.backend {
-            Backend::Sqlite => (
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("larder.db").display()
-                ),
-                None,
-            ),
-            Backend::Postgres => {
-                let name = format!(
-                    "larder_sec_{}",
-                    ulid::Ulid::new().to_string().to_lowercase()
-                );
-                let mut admin = pg_admin().await;
-                sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                    .execute(&mut admin)
-                    .await
-                    .expect("CREATE DATABASE");
-                let _ = admin.close().await;
-                (format!("{PG_SERVER}/{name}"), Some(name))
-            }
-        };
+        let (db_url, pg_database) = crate::common::fresh_database(opts.backend, dir.path()).await;
         let mut jwt = String::from("[jwt]\n");
         if let Some(iss) = &opts.bound_issuer {
             jwt += &format!("token-bound-issuer = {}\n", json!(iss));
@@ -193,12 +162,7 @@ impl SecApp {
     pub async fn teardown(self) {
         self.state.db.close().await;
         if let Some(name) = &self.pg_database {
-            let mut admin = pg_admin().await;
-            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-            if let Err(e) = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await {
-                eprintln!("could not drop test database {name}: {e}");
-            }
-            let _ = admin.close().await;
+            crate::common::drop_database(name).await;
         }
     }
 

@@ -1,8 +1,9 @@
 //! Queries of chunk deletion (docs/gc.md, "Why a chunk being deleted is
-//! never reused"): chunks at `refcount = 0` past the grace period are
-//! marked `refcount = -1`, their objects deleted, then their rows; a chunk
-//! a writer stores again is unmarked instead. Each query is bounded by
-//! [`super::chunks::BATCH`] binds or a `LIMIT`.
+//! never reused"): which chunks are unreferenced past the grace period or
+//! left marked by a dead deleter, and the deletion of marked rows. Marking
+//! and unmarking change reference counts, so they are in
+//! [`super::refcounts`]. Each query is bounded by [`super::chunks::BATCH`]
+//! binds or a `LIMIT`.
 
 use sqlx::{AssertSqlSafe, Row};
 
@@ -49,38 +50,6 @@ pub async fn unreferenced_chunks(
     })
 }
 
-/// Marks chunks (≤ [`super::chunks::BATCH`]) as being deleted, if still unreferenced since
-/// before `cutoff`. Returns the ids actually marked. (`COALESCE` keeps the
-/// planner on the primary key: with statistics stale after a large GC it
-/// would otherwise walk the whole `zero_since` index for 100 ids.)
-pub async fn mark_deleting(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<Vec<i64>, DbError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let marks = placeholders(2, ids.len());
-    let update = format!(
-        "UPDATE chunks SET refcount = -1
-         WHERE id IN ({marks}) AND refcount = 0 AND COALESCE(zero_since, 0) < $1"
-    );
-    let select = format!(
-        "SELECT id FROM chunks WHERE refcount < 0 AND id IN ({})",
-        placeholders(1, ids.len())
-    );
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*update)).bind(cutoff);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *c).await?;
-        let mut q = sqlx::query(AssertSqlSafe(&*select));
-        for id in ids {
-            q = q.bind(*id);
-        }
-        let rows = q.fetch_all(&mut *c).await?;
-        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
-    })
-}
-
 /// Deletes rows of chunks marked as being deleted (≤ [`super::chunks::BATCH`]).
 pub async fn delete_marked_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
     if ids.is_empty() {
@@ -92,28 +61,6 @@ pub async fn delete_marked_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbEr
     );
     on_conn!(raw, c => {
         let mut q = sqlx::query(AssertSqlSafe(&*sql));
-        for id in ids {
-            q = q.bind(*id);
-        }
-        Ok(q.execute(&mut *c).await?.rows_affected())
-    })
-}
-
-/// Puts chunks marked for deletion (≤ [`super::chunks::BATCH`]) back to
-/// unreferenced (`refcount = 0`, `zero_since = now`): a deleter found a
-/// writer about to store their objects again, so the objects stay, the
-/// writer's commit may reference the rows, and GC looks at them again only
-/// after another grace period.
-pub async fn unmark_chunks(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let sql = format!(
-        "UPDATE chunks SET refcount = 0, zero_since = $1 WHERE refcount < 0 AND id IN ({})",
-        placeholders(2, ids.len())
-    );
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now);
         for id in ids {
             q = q.bind(*id);
         }

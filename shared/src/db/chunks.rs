@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{DbError, Raw, corrupt, placeholders};
+use super::{DbError, Raw, placeholders};
 use crate::chunk::ChunkHash;
 use crate::on_conn;
 
@@ -111,61 +111,4 @@ pub struct NewChunk {
     pub chunk_size: i32,
     /// Stored size.
     pub file_size: i32,
-}
-
-/// Records chunks whose objects are stored (≤ [`BATCH`]) as referenced once
-/// (`refcount = 1`), in the transaction that makes their first NAR ready.
-/// Returns the ids of the rows inserted; hashes already recorded (a
-/// concurrent ingest won) are left out for the caller to reuse.
-pub async fn insert_referenced(
-    raw: Raw<'_>,
-    new: &[NewChunk],
-) -> Result<HashMap<ChunkHash, i64>, DbError> {
-    debug_assert!(new.len() <= BATCH);
-    if new.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let values = (0..new.len())
-        .map(|i| format!("(${}, ${}, ${}, 1, NULL)", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let insert = format!(
-        "INSERT INTO chunks (chunk_hash, chunk_size, file_size, refcount, zero_since)
-         VALUES {values} ON CONFLICT (chunk_hash) DO NOTHING RETURNING id, chunk_hash"
-    );
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*insert));
-        for n in new {
-            q = q.bind(&n.hash.as_bytes()[..]).bind(n.chunk_size).bind(n.file_size);
-        }
-        let rows = q.fetch_all(&mut *c).await?;
-        rows.iter()
-            .map(|r| {
-                let hash: Vec<u8> = r.try_get("chunk_hash")?;
-                let hash = ChunkHash::from_slice(&hash).map_err(|e| corrupt("chunks.chunk_hash", e))?;
-                Ok((hash, r.try_get::<i64, _>("id")?))
-            })
-            .collect()
-    })
-}
-
-/// Adds one reference from a newly ready NAR to each distinct chunk in `ids`
-/// (≤ [`BATCH`] per call). Returns how many rows were updated, so the caller
-/// can detect a chunk that vanished.
-pub async fn add_refs(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
-    debug_assert!(ids.len() <= BATCH);
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let sql = format!(
-        "UPDATE chunks SET refcount = refcount + 1, zero_since = NULL WHERE refcount >= 0 AND id IN ({})",
-        placeholders(1, ids.len())
-    );
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql));
-        for id in ids {
-            q = q.bind(*id);
-        }
-        Ok(q.execute(&mut *c).await?.rows_affected())
-    })
 }

@@ -1,12 +1,10 @@
 //! Queries of garbage collection, each bounded (at most [`super::chunks::BATCH`] binds or a
 //! `LIMIT`), so a GC over millions of rows never holds a long lock.
 //!
-//! Protocol (docs/gc.md): objects expire → NARs no object refers to (and
-//! untouched for the grace period) are deleted, releasing their chunk
-//! references → chunks at `refcount = 0` for the grace period are marked
-//! `refcount = -1`, their storage objects deleted, then their rows. Ingest
-//! never reuses a chunk at `-1`, and only adds references to chunks at `>= 0`
-//! (checking the count), so a chunk being deleted is never reused.
+//! Objects expire, then NARs no object refers to (and untouched for the
+//! grace period) are deleted, releasing their chunk references
+//! ([`super::refcounts`], where the reference protocol is stated), then
+//! unreferenced chunks go ([`super::chunk_gc`]).
 //!
 //! Expiry deletes an object only while it is idle and no other object of its
 //! cache refers to it (`object_refs`), referrers first, so no served path
@@ -272,38 +270,5 @@ pub async fn delete_orphan_nar(raw: Raw<'_>, id: i64, cutoff: i64) -> Result<boo
         .execute(&mut *c)
         .await?;
         Ok(done.rows_affected() == 1)
-    })
-}
-
-/// Releases one reference from each distinct chunk in `ids` (≤ [`super::chunks::BATCH`],
-/// sorted by the caller); chunks reaching zero record `zero_since = now`.
-pub async fn release_refs(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<(), DbError> {
-    release_refs_by(raw, ids, 1, now).await
-}
-
-/// Releases `count` references from each distinct chunk in `ids` (several
-/// deleted NARs listing the same chunk, in one statement).
-pub async fn release_refs_by(
-    raw: Raw<'_>,
-    ids: &[i64],
-    count: i64,
-    now: i64,
-) -> Result<(), DbError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "UPDATE chunks SET refcount = CASE WHEN refcount >= $2 THEN refcount - $2 ELSE 0 END,
-             zero_since = CASE WHEN refcount <= $2 THEN $1 ELSE zero_since END
-         WHERE refcount > 0 AND id IN ({})",
-        placeholders(3, ids.len())
-    );
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now).bind(count);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *c).await?;
-        Ok(())
     })
 }

@@ -20,6 +20,7 @@ pub mod nars;
 pub mod object_refs;
 pub mod objects;
 pub mod pins;
+pub mod refcounts;
 pub mod stats;
 pub mod tokens;
 pub mod uploads;

@@ -161,6 +161,21 @@ pub async fn insert_staged(
     })
 }
 
+/// Locks the NAR's row for the caller's transaction on PostgreSQL (a no-op
+/// on SQLite, which has one writer at a time). An ingest's commit takes it
+/// first, as GC's deletion of orphan NARs does, so the two lock NAR then
+/// chunk rows in the same order (docs/gc.md).
+pub async fn lock(raw: Raw<'_>, id: i64) -> Result<(), DbError> {
+    let Raw::Postgres(c) = raw else {
+        return Ok(());
+    };
+    sqlx::query("SELECT id FROM nars WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(())
+}
+
 /// Makes an ingested NAR live, with its `layout` (same order as
 /// `chunk_ids`). Guarded: returns false (and changes nothing) unless the NAR
 /// is still staged, so a second run of the job is a no-op.

@@ -67,25 +67,6 @@ pub async fn mark_broken(raw: Raw<'_>, id: i64, now: i64) -> Result<bool, DbErro
     })
 }
 
-/// Quarantines damaged chunks (≤ 100) that no NAR references any more: they
-/// are marked as being deleted, so no ingest reuses them and GC removes them.
-pub async fn quarantine_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let sql = format!(
-        "UPDATE chunks SET refcount = -1 WHERE refcount = 0 AND id IN ({})",
-        placeholders(1, ids.len())
-    );
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql));
-        for id in ids {
-            q = q.bind(*id);
-        }
-        Ok(q.execute(&mut *c).await?.rows_affected())
-    })
-}
-
 /// (cache name, store path) of every object referring to these NARs (≤ 100).
 pub async fn paths_of_nars(
     raw: Raw<'_>,

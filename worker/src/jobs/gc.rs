@@ -11,6 +11,7 @@ use tracing::instrument;
 
 use larder_shared::audit::{Actor, AuditEvent, GcSummary};
 use larder_shared::db::chunks::BATCH;
+use larder_shared::db::refcounts;
 use larder_shared::db::{DbError, audit, caches, gc};
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
@@ -300,14 +301,21 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
                 }
                 staged.extend(nar.staging_key.clone());
             }
-            // Grouped by how many references go, ids ascending (lock order).
+            // Lock every chunk released, ids ascending, before the grouped
+            // updates (which visit them count by count): the same order as
+            // an ingest's, so the two never deadlock.
+            let all: Vec<i64> = released.keys().copied().collect();
+            for batch in all.chunks(BATCH) {
+                refcounts::lock_in_order(tx.raw(), batch).await?;
+            }
+            // Grouped by how many references go.
             let mut by_count: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
             for (id, n) in released {
                 by_count.entry(n).or_default().push(id);
             }
             for (n, ids) in by_count {
                 for batch in ids.chunks(BATCH) {
-                    gc::release_refs_by(tx.raw(), batch, n, now).await?;
+                    refcounts::release_refs_by(tx.raw(), batch, n, now).await?;
                 }
             }
             tx.commit().await?;

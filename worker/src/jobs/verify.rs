@@ -26,7 +26,8 @@ use sha2::{Digest, Sha256};
 
 use larder_shared::chunk::{self, ChunkHash};
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
-use larder_shared::db::{chunk_gc, gc, verify};
+use larder_shared::db::refcounts;
+use larder_shared::db::{chunk_gc, verify};
 
 use crate::chunk_deletion::{self, Doomed};
 use crate::gc_lease::GcLease;
@@ -210,7 +211,7 @@ async fn quarantine(
             let mut tx = svc.db.begin().await?;
             if verify::mark_broken(tx.raw(), id, now).await? {
                 for batch in distinct.chunks(BATCH) {
-                    gc::release_refs(tx.raw(), batch, now).await?;
+                    refcounts::release_refs(tx.raw(), batch, now).await?;
                 }
                 tx.commit().await?;
                 broken.push(id);
@@ -219,7 +220,7 @@ async fn quarantine(
     }
     let mut conn = svc.db.conn().await?;
     for batch in damaged.chunks(BATCH) {
-        verify::quarantine_chunks(conn.raw(), batch).await?;
+        refcounts::quarantine_chunks(conn.raw(), batch).await?;
     }
     // Finish them now, as GC would: a re-upload of a broken NAR must not
     // wait for the next GC to store these chunks again.

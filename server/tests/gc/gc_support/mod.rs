@@ -14,17 +14,11 @@ pub mod invariants;
 pub mod pool;
 pub mod race;
 
-use std::sync::Arc;
-
 use sqlx::AssertSqlSafe;
 
-use larder_shared::config::{Config, StorageConfig};
 use larder_shared::db::Db;
 
 use crate::common::{Backend, TestApp};
-
-/// HS256 secret of `tests/common`'s config (the router's tokens use it).
-const HS256_SECRET: &str = "bGFyZGVyLXBpcGVsaW5lLXRlc3RzLWhzMjU2LXNlY3I=";
 
 /// A fresh app with the default configuration (30-day retention, 1-hour grace).
 pub async fn default_app(backend: Backend) -> TestApp {
@@ -34,45 +28,20 @@ pub async fn default_app(backend: Backend) -> TestApp {
 /// A fresh app whose GC, ingest and verify run with `[garbage-collection]
 /// grace-period = "1s"`, so chunks zeroed a moment ago are already fair
 /// game for a concurrent GC (the race of docs/gc.md "Races with pushes").
-///
-/// `tests/common` takes no extra TOML, so this rebuilds the same config
-/// text (same database, storage and key) with the extra section and swaps
-/// it into `services`, the configuration every job handler reads. The
-/// router keeps its own copy; no handler reads `[garbage-collection]`.
 pub async fn short_grace_app(backend: Backend) -> TestApp {
-    let mut app = TestApp::new(backend).await;
-    let text = config_toml(
-        &app.services.config,
-        "[garbage-collection]\ngrace-period = \"1s\"\n",
+    let app = TestApp::builder(backend)
+        .config("[garbage-collection]\ngrace-period = \"1s\"\n")
+        .build()
+        .await;
+    assert_eq!(
+        app.services
+            .config
+            .garbage_collection
+            .grace_period
+            .as_secs(),
+        1
     );
-    let mut config = Config::parse_toml(&text).expect("GC test config parses");
-    config.validate().expect("GC test config is valid");
-    config.signing = app.services.config.signing.clone();
-    assert_eq!(config.garbage_collection.grace_period.as_secs(), 1);
-    app.services.config = Arc::new(config);
     app
-}
-
-/// `tests/common`'s config text for the same database and storage, plus `extra`.
-fn config_toml(base: &Config, extra: &str) -> String {
-    let StorageConfig::Local { path: storage } = &base.storage else {
-        panic!("GC tests run on local storage");
-    };
-    format!(
-        r#"
-[database]
-url = "{}"
-[storage]
-type = "local"
-path = "{}"
-[jwt.signing]
-token-hs256-secret-base64 = "{HS256_SECRET}"
-[worker]
-embedded = 0
-{extra}"#,
-        base.database.url.expose(),
-        storage.display(),
-    )
 }
 
 /// Runs a statement; returns the rows it changed.

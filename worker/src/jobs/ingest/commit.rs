@@ -11,6 +11,7 @@ use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::listings;
 use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
+use larder_shared::db::refcounts;
 use larder_shared::db::unix_now;
 
 use crate::services::Services;
@@ -36,6 +37,9 @@ pub(super) async fn commit(
     listing: Option<&[u8]>,
 ) -> anyhow::Result<bool> {
     let mut tx = svc.db.begin().await?;
+    // The NAR's row before any chunk row: GC's orphan deletion locks in
+    // that order too.
+    nars::lock(tx.raw(), nar_id).await?;
     if chunk_claims::release_intents(tx.raw(), owner).await? != intents {
         // GC took an intent of ours for a dead writer's and may have deleted
         // its object: roll back; the retry writes it again.
@@ -52,7 +56,7 @@ pub(super) async fn commit(
         .collect();
     let new: Vec<NewChunk> = new.into_values().collect();
     for batch in new.chunks(BATCH) {
-        let inserted = chunks::insert_referenced(tx.raw(), batch).await?;
+        let inserted = refcounts::insert_referenced(tx.raw(), batch).await?;
         let rest: Vec<ChunkHash> = batch
             .iter()
             .map(|n| n.hash)
@@ -76,7 +80,7 @@ pub(super) async fn commit(
     // Sorted: concurrent commits lock shared chunk rows in the same order.
     let reused: Vec<i64> = reused.into_iter().collect();
     for batch in reused.chunks(BATCH) {
-        let updated = chunks::add_refs(tx.raw(), batch).await?;
+        let updated = refcounts::add_refs(tx.raw(), batch).await?;
         if updated != batch.len() as u64 {
             // GC is deleting a chunk we meant to reuse: roll back and retry;
             // the next run will find it gone and store it again.
