@@ -55,6 +55,24 @@ pub async fn lock_in_order(raw: Raw<'_>, ids: &[i64]) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Locks `ids` in order ([`lock_in_order`]), then runs `sql`, whose
+/// parameters are `leading` followed by the ids (its `IN` list starts at
+/// `$leading.len() + 1`); returns the rows it changed.
+async fn update_ids(raw: Raw<'_>, sql: &str, leading: &[i64], ids: &[i64]) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut raw = raw;
+    lock_in_order(raw.reborrow(), ids).await?;
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for v in leading.iter().chain(ids) {
+            q = q.bind(*v);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
+    })
+}
+
 /// Records chunks whose objects are stored (≤ [`BATCH`]) as referenced once
 /// (`refcount = 1`), in the transaction that makes their first NAR ready.
 /// Returns the ids of the rows inserted; hashes already recorded (a
@@ -96,22 +114,11 @@ pub async fn insert_referenced(
 /// can detect a chunk that vanished.
 pub async fn add_refs(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
     debug_assert!(ids.len() <= BATCH);
-    if ids.is_empty() {
-        return Ok(0);
-    }
     let sql = format!(
         "UPDATE chunks SET refcount = refcount + 1, zero_since = NULL WHERE refcount >= 0 AND id IN ({})",
         placeholders(1, ids.len())
     );
-    let mut raw = raw;
-    lock_in_order(raw.reborrow(), ids).await?;
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql));
-        for id in ids {
-            q = q.bind(*id);
-        }
-        Ok(q.execute(&mut *c).await?.rows_affected())
-    })
+    update_ids(raw, &sql, &[], ids).await
 }
 
 /// Releases one reference from each distinct chunk in `ids` (≤ [`super::chunks::BATCH`],
@@ -128,25 +135,13 @@ pub async fn release_refs_by(
     count: i64,
     now: i64,
 ) -> Result<(), DbError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
     let sql = format!(
         "UPDATE chunks SET refcount = CASE WHEN refcount >= $2 THEN refcount - $2 ELSE 0 END,
              zero_since = CASE WHEN refcount <= $2 THEN $1 ELSE zero_since END
          WHERE refcount > 0 AND id IN ({})",
         placeholders(3, ids.len())
     );
-    let mut raw = raw;
-    lock_in_order(raw.reborrow(), ids).await?;
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now).bind(count);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *c).await?;
-        Ok(())
-    })
+    update_ids(raw, &sql, &[now, count], ids).await.map(drop)
 }
 
 /// Marks chunks (≤ [`super::chunks::BATCH`]) as being deleted, if still unreferenced since
@@ -157,23 +152,18 @@ pub async fn mark_deleting(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<Vec
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let marks = placeholders(2, ids.len());
     let update = format!(
         "UPDATE chunks SET refcount = -1
-         WHERE id IN ({marks}) AND refcount = 0 AND COALESCE(zero_since, 0) < $1"
+         WHERE id IN ({}) AND refcount = 0 AND COALESCE(zero_since, 0) < $1",
+        placeholders(2, ids.len())
     );
     let select = format!(
         "SELECT id FROM chunks WHERE refcount < 0 AND id IN ({})",
         placeholders(1, ids.len())
     );
     let mut raw = raw;
-    lock_in_order(raw.reborrow(), ids).await?;
+    update_ids(raw.reborrow(), &update, &[cutoff], ids).await?;
     on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*update)).bind(cutoff);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *c).await?;
         let mut q = sqlx::query(AssertSqlSafe(&*select));
         for id in ids {
             q = q.bind(*id);
@@ -189,41 +179,19 @@ pub async fn mark_deleting(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<Vec
 /// writer's commit may reference the rows, and GC looks at them again only
 /// after another grace period.
 pub async fn unmark_chunks(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
     let sql = format!(
         "UPDATE chunks SET refcount = 0, zero_since = $1 WHERE refcount < 0 AND id IN ({})",
         placeholders(2, ids.len())
     );
-    let mut raw = raw;
-    lock_in_order(raw.reborrow(), ids).await?;
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        Ok(q.execute(&mut *c).await?.rows_affected())
-    })
+    update_ids(raw, &sql, &[now], ids).await
 }
 
 /// Quarantines damaged chunks (≤ 100) that no NAR references any more: they
 /// are marked as being deleted, so no ingest reuses them and GC removes them.
 pub async fn quarantine_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
     let sql = format!(
         "UPDATE chunks SET refcount = -1 WHERE refcount = 0 AND id IN ({})",
         placeholders(1, ids.len())
     );
-    let mut raw = raw;
-    lock_in_order(raw.reborrow(), ids).await?;
-    on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql));
-        for id in ids {
-            q = q.bind(*id);
-        }
-        Ok(q.execute(&mut *c).await?.rows_affected())
-    })
+    update_ids(raw, &sql, &[], ids).await
 }
