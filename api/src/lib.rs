@@ -15,7 +15,6 @@ pub mod error;
 pub mod extract;
 pub mod http_server;
 pub mod metrics;
-pub mod nar_reader;
 pub mod nar_url;
 pub mod nix_staging;
 pub mod record;

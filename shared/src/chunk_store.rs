@@ -6,6 +6,8 @@
 //! themselves. Packs (several chunks per object) change [`ChunkStore::locate`]
 //! and the writer, not the readers.
 
+pub mod nar;
+
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;

@@ -26,8 +26,8 @@ use larder_shared::token::Permission;
 use crate::auth::{CacheAccess, PullOrPush, Push, permission_name};
 use crate::body::read_limited;
 use crate::error::{ApiError, ApiResult};
-use crate::nar_reader::{self, ChunkLayout, NarStream, Representation};
 use crate::state::AppState;
+use larder_shared::chunk_store::nar::{self as nar_reader, ChunkLayout, NarStream, Representation};
 
 /// Largest uploaded listing accepted (a path of 100 000 files lists in
 /// about 10 MiB).

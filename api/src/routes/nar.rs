@@ -33,9 +33,9 @@ use crate::auth::{CacheAccess, Pull, PullOrPush};
 use crate::byte_range::{self, Decision, ETag};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
-use crate::nar_reader::{self, ChunkLayout, NarStream, Representation};
 use crate::routes::nix_upload;
 use crate::state::AppState;
+use larder_shared::chunk_store::nar::{self as nar_reader, ChunkLayout, NarStream, Representation};
 
 /// `GET /{cache}/nar/{file}` (`r`).
 #[instrument(skip_all, fields(cache = %access.cache.name, file = %file))]

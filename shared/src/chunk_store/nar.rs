@@ -1,6 +1,7 @@
-//! Streams a stored NAR back: the staged copy, or its chunks in order, as
-//! the concatenated zstd frames (`.nar.zst`, no recompression) or
-//! decompressed on the fly (`.nar`).
+//! Reads a whole ingested NAR, or a byte range of it, from its chunks in
+//! order (the chunk store's NAR-sized read), as the concatenated zstd
+//! frames (`.nar.zst`, no recompression) or decompressed on the fly
+//! (`.nar`).
 //!
 //! A byte range seeks by the per-chunk sizes stored in the NAR's row at
 //! ingest ([`NarLayout`], migration 0007): one `nars` row read and a binary
@@ -22,12 +23,12 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 
-use larder_shared::chunk;
-use larder_shared::chunk_store::ChunkStore;
-use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
-use larder_shared::db::nar_layout::{ChunkSpan, NarLayout, NarLayoutBuilder};
-use larder_shared::db::nars::{self, NarRecord};
-use larder_shared::db::{Db, DbError};
+use super::ChunkStore;
+use crate::chunk;
+use crate::db::chunks::{self, BATCH, ChunkRecord};
+use crate::db::nar_layout::{ChunkSpan, NarLayout, NarLayoutBuilder};
+use crate::db::nars::{self, NarRecord};
+use crate::db::{Db, DbError};
 
 /// Chunks fetched ahead of the one being sent.
 const PREFETCH: usize = 8;
