@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use larder_shared::db::chunks::BATCH;
-use larder_shared::db::{Db, DbError, objects, tokens, unix_now};
+use larder_shared::db::{CacheId, Db, DbError, NarId, ObjectId, objects, tokens, unix_now};
 
 #[derive(Debug, Default)]
 struct Pending {
-    objects: HashSet<i64>,
-    nars: HashMap<i64, HashSet<i64>>,
+    objects: HashSet<ObjectId>,
+    nars: HashMap<CacheId, HashSet<NarId>>,
     /// Token ids seen.
     tokens: HashSet<String>,
 }
@@ -36,12 +36,12 @@ impl AccessLog {
     }
 
     /// Notes a narinfo read of an object.
-    pub fn object(&self, object_id: i64) {
+    pub fn object(&self, object_id: ObjectId) {
         self.with(|p| p.objects.insert(object_id));
     }
 
     /// Notes a NAR read through a cache.
-    pub fn nar(&self, cache_id: i64, nar_id: i64) {
+    pub fn nar(&self, cache_id: CacheId, nar_id: NarId) {
         self.with(|p| p.nars.entry(cache_id).or_default().insert(nar_id));
     }
 
@@ -61,12 +61,12 @@ impl AccessLog {
             return Ok(());
         }
         let mut conn = db.conn().await?;
-        let ids: Vec<i64> = pending.objects.into_iter().collect();
+        let ids: Vec<ObjectId> = pending.objects.into_iter().collect();
         for batch in ids.chunks(BATCH) {
             objects::touch(conn.raw(), batch, at).await?;
         }
         for (cache_id, nars) in pending.nars {
-            let nars: Vec<i64> = nars.into_iter().collect();
+            let nars: Vec<NarId> = nars.into_iter().collect();
             for batch in nars.chunks(BATCH) {
                 objects::touch_by_nar(conn.raw(), cache_id, batch, at).await?;
             }

@@ -150,7 +150,7 @@ mod tests {
 
     fn cache(name: &str, public: bool) -> CacheRecord {
         CacheRecord {
-            id: 1,
+            id: larder_shared::db::CacheId(1),
             name: name.parse().unwrap(),
             is_public: public,
             store_dir: "/nix/store".into(),

@@ -14,7 +14,7 @@ use larder_shared::db::chunks::BATCH;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::object_refs;
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
-use larder_shared::db::{Tx, audit};
+use larder_shared::db::{CacheId, NarId, ObjectId, Tx, audit};
 use larder_shared::jobs;
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
@@ -25,7 +25,7 @@ use crate::error::{ApiError, ApiResult};
 #[derive(Debug, Clone, Copy)]
 pub struct NewPath<'a> {
     /// The cache.
-    pub cache_id: i64,
+    pub cache_id: CacheId,
     /// Hash part of the store path.
     pub hash: &'a StorePathHash,
     /// What narinfo serves besides the NAR fields (signatures included).
@@ -70,9 +70,9 @@ pub enum Origin<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
     /// The object's row id.
-    pub object_id: i64,
+    pub object_id: ObjectId,
     /// The NAR's row id.
-    pub nar_id: i64,
+    pub nar_id: NarId,
     /// False when the NAR row already existed: the caller's staged copy is
     /// surplus, to delete once the transaction has committed.
     pub used_staged_copy: bool,
@@ -118,9 +118,9 @@ pub async fn record_staged(
 pub async fn link_existing(
     tx: &mut Tx,
     path: &NewPath<'_>,
-    nar_id: i64,
+    nar_id: NarId,
     now: i64,
-) -> ApiResult<Option<i64>> {
+) -> ApiResult<Option<ObjectId>> {
     if !nars::touch(tx.raw(), nar_id, now).await? {
         return Ok(None);
     }
@@ -133,7 +133,7 @@ pub async fn link_existing(
 /// caller's transaction must then be dropped (it holds the NAR row). A push
 /// is audited here, in the caller's transaction. Callers have written (the
 /// NAR row) before this read, so SQLite holds the write lock already.
-async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: i64, now: i64) -> ApiResult<i64> {
+async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: NarId, now: i64) -> ApiResult<ObjectId> {
     refresh_references(tx, path, now).await?;
     let (old_nar, created_by) = match path.origin {
         Origin::Push { actor, .. } => (

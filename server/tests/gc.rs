@@ -47,7 +47,7 @@ use larder_shared::db::chunks;
 use larder_shared::db::gc as gc_db;
 use larder_shared::db::nars::NarState;
 use larder_shared::db::refcounts;
-use larder_shared::db::{leases, stats, unix_now};
+use larder_shared::db::{ChunkId, NarId, leases, stats, unix_now};
 use larder_shared::storage::ObjectKey;
 use larder_shared::storage::layout;
 use larder_shared::token::Permission;
@@ -480,7 +480,7 @@ async fn gc_steps_interleaved_with_uploads_keep_data(app: &TestApp) {
     // another path looks it up (touching it) before GC's delete and links
     // it after: the delete must leave it alone.
     let mut conn = app.state.db.conn().await.expect("connection");
-    let (orphans, _) = gc_db::orphan_nars(conn.raw(), 0, cutoff, 100)
+    let (orphans, _) = gc_db::orphan_nars(conn.raw(), NarId(0), cutoff, 100)
         .await
         .expect("scan");
     drop(conn);
@@ -513,13 +513,13 @@ async fn gc_steps_interleaved_with_uploads_keep_data(app: &TestApp) {
         .await
         .expect("scan");
     drop(conn);
-    let scanned: BTreeSet<i64> = candidates.iter().map(|c| c.id).collect();
+    let scanned: BTreeSet<ChunkId> = candidates.iter().map(|c| c.id).collect();
     assert_kind(&app.upload(&token, "mix", &y).await, "Uploaded");
     assert_eq!(app.drain_jobs().await, 1);
-    let y_chunks: BTreeSet<i64> = app.nar_record(&y).await.chunk_ids.into_iter().collect();
-    let shared: BTreeSet<i64> = scanned.intersection(&y_chunks).copied().collect();
+    let y_chunks: BTreeSet<ChunkId> = app.nar_record(&y).await.chunk_ids.into_iter().collect();
+    let shared: BTreeSet<ChunkId> = scanned.intersection(&y_chunks).copied().collect();
     assert!(!shared.is_empty(), "Y reuses chunks of X");
-    let ids: Vec<i64> = scanned.iter().copied().collect();
+    let ids: Vec<ChunkId> = scanned.iter().copied().collect();
     let mut marked = BTreeSet::new();
     for batch in ids.chunks(chunks::BATCH) {
         let mut tx = app.state.db.begin().await.expect("transaction");
@@ -530,7 +530,7 @@ async fn gc_steps_interleaved_with_uploads_keep_data(app: &TestApp) {
         );
         tx.commit().await.expect("commit");
     }
-    let expected: BTreeSet<i64> = scanned.difference(&shared).copied().collect();
+    let expected: BTreeSet<ChunkId> = scanned.difference(&shared).copied().collect();
     assert_eq!(marked, expected, "chunks Y references are not marked");
     // The next GC finishes the marked ones and leaves Y whole.
     let report = gc_at(app, now).await;
@@ -579,7 +579,7 @@ async fn interrupted_gc_is_finished_by_the_next(app: &TestApp) {
         .expect("query");
     assert_eq!(candidates.len() as i64, rows);
     drop(conn);
-    let ids: Vec<i64> = candidates.iter().map(|c| c.id).collect();
+    let ids: Vec<ChunkId> = candidates.iter().map(|c| c.id).collect();
     let mut marked = 0;
     for batch in ids.chunks(chunks::BATCH) {
         let mut tx = app.state.db.begin().await.expect("transaction");

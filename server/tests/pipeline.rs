@@ -257,7 +257,7 @@ async fn similar_nars_share_chunks(app: &TestApp) {
         (1..=3).contains(&new),
         "100 changed bytes made {new} new chunks"
     );
-    let old_ids: BTreeSet<i64> = app.nar_record(&v1).await.chunk_ids.into_iter().collect();
+    let old_ids: BTreeSet<_> = app.nar_record(&v1).await.chunk_ids.into_iter().collect();
     let new_ids = app.nar_record(&v2).await.chunk_ids;
     let fresh = new_ids.iter().filter(|id| !old_ids.contains(id)).count();
     assert_eq!(

@@ -135,7 +135,7 @@ mod tests {
 
     fn record(hash: ChunkHash, frame: &[u8], len: usize) -> ChunkRecord {
         ChunkRecord {
-            id: 1,
+            id: crate::db::ChunkId(1),
             hash,
             chunk_size: len as i32,
             file_size: frame.len() as i32,

@@ -8,7 +8,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{DbError, Raw};
+use crate::db::{DbError, NarId, Raw};
 
 /// Queue of [`IngestNar`]; persisted name, never change it.
 pub const INGEST_QUEUE: &str = "larder.ingest-nar";
@@ -19,8 +19,9 @@ pub const MAX_ATTEMPTS: usize = 10;
 /// Chunk, deduplicate, compress and store one staged NAR.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IngestNar {
-    /// `nars.id`.
-    pub nar_id: i64,
+    /// `nars.id`; serialized as the bare number (`{"nar_id": 5}`), as
+    /// jobs queued before the type existed were.
+    pub nar_id: NarId,
 }
 
 /// A queued job's payload: ids only (handlers re-read state), and the
@@ -35,7 +36,7 @@ impl Job for IngestNar {
 }
 
 /// Enqueues ingest jobs on the caller's connection (use a transaction).
-pub async fn enqueue_ingest(raw: Raw<'_>, nar_ids: &[i64]) -> Result<(), DbError> {
+pub async fn enqueue_ingest(raw: Raw<'_>, nar_ids: &[NarId]) -> Result<(), DbError> {
     let jobs: Vec<IngestNar> = nar_ids.iter().map(|&nar_id| IngestNar { nar_id }).collect();
     enqueue(raw, &jobs).await
 }
@@ -66,5 +67,19 @@ pub async fn enqueue<J: Job>(raw: Raw<'_>, jobs: &[J]) -> Result<(), DbError> {
                 .await
                 .map_err(|e| DbError::Queue(e.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_payload_is_the_bare_id() {
+        let job = IngestNar { nar_id: NarId(5) };
+        assert_eq!(serde_json::to_string(&job).unwrap(), r#"{"nar_id":5}"#);
+        // A job queued before the id was typed still decodes.
+        let queued: IngestNar = serde_json::from_str(r#"{"nar_id": 5}"#).unwrap();
+        assert_eq!(queued, job);
     }
 }

@@ -27,6 +27,7 @@ use std::collections::HashSet;
 
 use larder_shared::chunk::ChunkHash;
 use larder_shared::chunk_store::ChunkStore;
+use larder_shared::db::ChunkId;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunk_gc;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
@@ -46,7 +47,7 @@ pub struct Doomed {
     pub hash: ChunkHash,
     /// The row this deleter marked (`refcount = -1`), deleted with the
     /// object; `None` for an object no row should name (an orphan).
-    pub marked: Option<i64>,
+    pub marked: Option<ChunkId>,
     /// Stored bytes freed.
     pub file_size: u64,
 }
@@ -172,7 +173,7 @@ impl Claimed {
             ..Deleted::default()
         };
         if !kept.is_empty() {
-            let ids: Vec<i64> = kept.iter().filter_map(|d| d.marked).collect();
+            let ids: Vec<ChunkId> = kept.iter().filter_map(|d| d.marked).collect();
             let keys: Vec<ObjectKey> = kept.iter().map(|d| d.key.clone()).collect();
             let mut tx = svc.db.begin().await?;
             refcounts::unmark_chunks(tx.raw(), &ids, lease.now()).await?;
@@ -188,7 +189,7 @@ impl Claimed {
         for d in &clear {
             chunks.delete(&d.key).await?;
         }
-        let ids: Vec<i64> = clear.iter().filter_map(|d| d.marked).collect();
+        let ids: Vec<ChunkId> = clear.iter().filter_map(|d| d.marked).collect();
         let keys: Vec<ObjectKey> = clear.iter().map(|d| d.key.clone()).collect();
         let mut tx = svc.db.begin().await?;
         done.rows = chunk_gc::delete_marked_chunks(tx.raw(), &ids).await?;
@@ -228,8 +229,8 @@ pub async fn delete_unreferenced(
         if candidates.is_empty() {
             break;
         }
-        let ids: Vec<i64> = candidates.iter().map(|c| c.id).collect();
-        let marked: HashSet<i64> = {
+        let ids: Vec<ChunkId> = candidates.iter().map(|c| c.id).collect();
+        let marked: HashSet<ChunkId> = {
             let mut tx = svc.db.begin().await?;
             let m = refcounts::mark_deleting(tx.raw(), &ids, cutoff).await?;
             tx.commit().await?;
@@ -258,7 +259,7 @@ pub async fn delete_marked(
 ) -> anyhow::Result<Deleted> {
     let doomed: Vec<Doomed> = marked.iter().filter_map(Doomed::marked).collect();
     let mut done = delete(svc, lease, doomed, stale_cutoff).await?;
-    let packed: Vec<i64> = marked
+    let packed: Vec<ChunkId> = marked
         .iter()
         .filter(|c| c.pack_id.is_some())
         .map(|c| c.id)

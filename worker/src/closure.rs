@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use larder_shared::db::{Db, DbError, gc, pins};
+use larder_shared::db::{CacheId, Db, DbError, ObjectId, gc, pins};
 
 /// Objects read per page.
 const PAGE: i64 = 1000;
@@ -41,7 +41,7 @@ pub struct Graph {
     /// Node → object slot, or [`NONE`] for a hash the cache does not hold.
     node_object: Vec<u32>,
     /// Per object slot: row id.
-    ids: Vec<i64>,
+    ids: Vec<ObjectId>,
     /// Per object slot: last use.
     last_used: Vec<i64>,
     /// Per object slot: the start of its references in `targets` (one more
@@ -55,12 +55,12 @@ pub struct Graph {
 
 impl Graph {
     /// Reads the objects and pins of `cache_id`.
-    pub async fn load(db: &Db, cache_id: i64) -> Result<Self, DbError> {
+    pub async fn load(db: &Db, cache_id: CacheId) -> Result<Self, DbError> {
         let mut g = Graph {
             starts: vec![0],
             ..Graph::default()
         };
-        let mut after = 0;
+        let mut after = ObjectId(0);
         loop {
             let page = {
                 let mut conn = db.conn().await?;
@@ -207,7 +207,7 @@ impl Graph {
     }
 
     /// Row id of an object slot.
-    pub fn id(&self, slot: usize) -> i64 {
+    pub fn id(&self, slot: usize) -> ObjectId {
         self.ids[slot]
     }
 
@@ -253,7 +253,7 @@ mod tests {
 
     fn node(id: i64, c: char, refs: &[char], at: i64) -> gc::ObjectNode {
         gc::ObjectNode {
-            id,
+            id: ObjectId(id),
             store_path_hash: h(c),
             refs: refs
                 .iter()
@@ -280,7 +280,7 @@ mod tests {
     }
 
     fn ids(g: &Graph, slots: impl Iterator<Item = usize>) -> Vec<i64> {
-        let mut v: Vec<i64> = slots.map(|s| g.id(s)).collect();
+        let mut v: Vec<i64> = slots.map(|s| g.id(s).get()).collect();
         v.sort_unstable();
         v
     }
@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(ids(&g, plan.doomed()), vec![4, 5, 6, 7]);
         assert_eq!(plan.idle_kept, 2, "b and c");
         assert!(plan.cyclic.is_empty());
-        let first: Vec<i64> = plan.layers[0].iter().map(|&s| g.id(s)).collect();
+        let first: Vec<i64> = plan.layers[0].iter().map(|&s| g.id(s).get()).collect();
         assert_eq!(first, vec![4, 7], "d before e, g before f");
     }
 

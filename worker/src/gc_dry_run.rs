@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use larder_shared::db::chunks::BATCH;
-use larder_shared::db::{caches, gc};
+use larder_shared::db::{ObjectId, caches, gc};
 use larder_shared::retention::Retention;
 
 use crate::closure::Graph;
@@ -112,8 +112,8 @@ pub async fn dry_run(svc: &Services, now: i64) -> anyhow::Result<Vec<CacheDryRun
             let slots: Vec<usize> = plan.doomed().collect();
             let mut conn = svc.db.conn().await?;
             for batch in slots.chunks(BATCH) {
-                let ids: Vec<i64> = batch.iter().map(|&s| graph.id(s)).collect();
-                let paths: HashMap<i64, String> = gc::store_paths(conn.raw(), &ids)
+                let ids: Vec<ObjectId> = batch.iter().map(|&s| graph.id(s)).collect();
+                let paths: HashMap<ObjectId, String> = gc::store_paths(conn.raw(), &ids)
                     .await?
                     .into_iter()
                     .collect();

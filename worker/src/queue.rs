@@ -36,8 +36,8 @@ pub trait Handler: Job {
 
 impl Handler for IngestNar {
     async fn handle(self, svc: &Services) -> anyhow::Result<()> {
-        let nar_id = self.nar_id;
-        match ingest::ingest(svc, nar_id).await {
+        let nar_id = self.nar_id.get();
+        match ingest::ingest(svc, self.nar_id).await {
             Ok(Outcome::Ingested {
                 chunks,
                 new_chunks,

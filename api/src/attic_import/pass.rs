@@ -12,7 +12,7 @@ use larder_shared::db::audit;
 use larder_shared::db::caches::{self, CacheRecord, CacheUpdate, NewCache};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, Replace};
-use larder_shared::db::{Db, cache_keys, unix_now};
+use larder_shared::db::{CacheId, Db, cache_keys, unix_now};
 use larder_shared::signing_keys::rotation::{self, NewKey};
 use larder_shared::storage::layout;
 
@@ -49,7 +49,7 @@ impl Pass<'_> {
 
     /// The Larder cache for an Attic cache: created, or brought in line.
     /// `None` when it cannot be (reported).
-    async fn ensure_cache(&mut self, c: &AtticCache) -> anyhow::Result<Option<i64>> {
+    async fn ensure_cache(&mut self, c: &AtticCache) -> anyhow::Result<Option<CacheId>> {
         let parsed = match parse_cache(c) {
             Ok(p) => p,
             Err(e) => {
@@ -63,7 +63,7 @@ impl Pass<'_> {
         let Some(existing) = existing else {
             self.report.caches_created += 1;
             if self.opts.dry_run {
-                return Ok(Some(-1));
+                return Ok(Some(CacheId(-1)));
             }
             let new = NewCache {
                 name: &parsed.name,
@@ -163,7 +163,7 @@ impl Pass<'_> {
         Ok(())
     }
 
-    async fn import_objects(&mut self, c: &AtticCache, cache_id: i64) -> anyhow::Result<()> {
+    async fn import_objects(&mut self, c: &AtticCache, cache_id: CacheId) -> anyhow::Result<()> {
         let objects = attic_db::objects(self.source, c.id)
             .await
             .with_context(|| format!("reading Attic's objects of {}", c.name))?;
@@ -190,7 +190,7 @@ impl Pass<'_> {
     async fn object(
         &mut self,
         c: &AtticCache,
-        cache_id: i64,
+        cache_id: CacheId,
         o: &AtticObject,
     ) -> anyhow::Result<()> {
         if o.nar_state != "V" {
@@ -205,7 +205,7 @@ impl Pass<'_> {
             }
         };
         let mut conn = self.target.db.conn().await?;
-        let present = if cache_id < 0 {
+        let present = if cache_id.get() < 0 {
             None
         } else {
             objects::find(conn.raw(), cache_id, &p.hash).await?

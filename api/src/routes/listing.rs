@@ -143,7 +143,11 @@ async fn generate(state: &AppState, nar: NarRecord) -> ApiResult<Vec<u8>> {
         .to_json();
     let mut conn = state.db.conn().await?;
     listings::insert_nar_listing(conn.raw(), nar_id, &listing, unix_now()).await?;
-    tracing::info!(nar_id, bytes = listing.len(), "listing generated");
+    tracing::info!(
+        nar_id = nar_id.get(),
+        bytes = listing.len(),
+        "listing generated"
+    );
     Ok(listing)
 }
 

@@ -25,7 +25,7 @@ use tracing::instrument;
 use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarRecord, NarState};
-use larder_shared::db::{DbError, objects, unix_now, uploads};
+use larder_shared::db::{DbError, NarId, ObjectId, objects, unix_now, uploads};
 use larder_shared::storage::{ObjectKey, StorageError};
 use larder_shared::token::Permission;
 
@@ -90,10 +90,10 @@ enum Source {
     Chunks {
         layout: ChunkLayout,
         repr: Representation,
-        nar_id: i64,
+        nar_id: NarId,
     },
     /// A file as `nix copy` uploaded it.
-    Upload { key: ObjectKey, object_id: i64 },
+    Upload { key: ObjectKey, object_id: ObjectId },
 }
 
 /// Resolves `file` in this cache: one of Larder's own URLs for a NAR an
@@ -326,7 +326,7 @@ async fn open(
     }
 }
 
-async fn reload(state: &AppState, id: i64) -> Result<NarRecord, ApiError> {
+async fn reload(state: &AppState, id: NarId) -> Result<NarRecord, ApiError> {
     let mut conn = state.db.conn().await?;
     nars::get(conn.raw(), id)
         .await?

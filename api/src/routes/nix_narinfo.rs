@@ -25,7 +25,7 @@ use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::uploads::{
     self, PendingUpload, URL_RETENTION_SECS, UploadUrl, UploadedFile,
 };
-use larder_shared::db::{listings, unix_now};
+use larder_shared::db::{CacheId, ObjectId, listings, unix_now};
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
@@ -138,7 +138,7 @@ pub async fn put(
 /// NAR upload will never be recorded, so its staged copy goes now (the
 /// compressed upload file, shared by file hash, is left to the sweeper,
 /// which deletes it once nothing names it).
-async fn discard_pending(state: &AppState, cache_id: i64, file_name: &str) -> ApiResult<()> {
+async fn discard_pending(state: &AppState, cache_id: CacheId, file_name: &str) -> ApiResult<()> {
     let mut conn = state.db.conn().await?;
     let Some(p) = uploads::find_pending(conn.raw(), cache_id, file_name).await? else {
         return Ok(());
@@ -247,7 +247,11 @@ impl FileFacts {
 }
 
 /// Finds what `nar/<file_name>` is in this cache.
-async fn resolve(state: &AppState, cache_id: i64, file_name: &str) -> ApiResult<Option<Source>> {
+async fn resolve(
+    state: &AppState,
+    cache_id: CacheId,
+    file_name: &str,
+) -> ApiResult<Option<Source>> {
     let mut conn = state.db.conn().await?;
     if let Some(p) = uploads::find_pending(conn.raw(), cache_id, file_name).await? {
         return Ok(Some(Source::Pending(p)));
@@ -267,7 +271,7 @@ async fn resolve(state: &AppState, cache_id: i64, file_name: &str) -> ApiResult<
 
 /// The file's data is gone: forget it so the next push uploads it again
 /// (instead of being told by `HEAD` that it exists), and say so.
-async fn gone(state: &AppState, cache_id: i64, file_name: &str) -> ApiError {
+async fn gone(state: &AppState, cache_id: CacheId, file_name: &str) -> ApiError {
     if let Ok(mut conn) = state.db.conn().await {
         let _ = uploads::forget_file(conn.raw(), cache_id, file_name).await;
     }
@@ -377,7 +381,7 @@ async fn link_by_hash(
     path: &NewPath<'_>,
     nar_hash: &NarHash,
     now: i64,
-) -> ApiResult<Option<i64>> {
+) -> ApiResult<Option<ObjectId>> {
     let nar = nars::find_by_hash(tx.raw(), nar_hash)
         .await?
         .filter(|n| n.state != NarState::Broken);

@@ -31,8 +31,8 @@ use larder_core::nix::narinfo::Compression;
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects;
-use larder_shared::db::unix_now;
 use larder_shared::db::uploads::{self, PendingUpload, UploadedFile};
+use larder_shared::db::{CacheId, unix_now};
 use larder_shared::storage::{ObjectKey, layout};
 
 use crate::auth::{CacheAccess, Push};
@@ -181,7 +181,7 @@ struct Reuse {
 /// stored NAR), so the body only needs hashing.
 async fn reusable(
     state: &AppState,
-    cache_id: i64,
+    cache_id: CacheId,
     file_name: &str,
     file_hash: &FileHash,
     now: i64,

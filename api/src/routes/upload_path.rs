@@ -22,7 +22,7 @@ use larder_shared::audit::{Actor, PushRoute};
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
-use larder_shared::db::unix_now;
+use larder_shared::db::{CacheId, unix_now};
 use larder_shared::retention::Retention;
 use larder_shared::storage::{ObjectKey, layout};
 
@@ -217,7 +217,7 @@ pub async fn upload_path(
             .await?
             .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
         tx.commit().await?;
-        tracing::info!(nar_id = nar.id, "linked existing NAR");
+        tracing::info!(nar_id = nar.id.get(), "linked existing NAR");
         state.metrics.upload(&cache, true, v.expected.nar_size);
         return Ok(Json(UploadPathResult {
             kind: UploadKind::Deduplicated,
@@ -263,7 +263,7 @@ fn replace_flag(headers: &HeaderMap) -> ApiResult<Replace> {
 /// Answers 409 before the body is read when the path is already served
 /// with another, healthy NAR: the uploader need not send it. Only a
 /// shortcut; the upsert decides again ([`record`]), race-free.
-async fn refuse_early(state: &AppState, cache_id: i64, v: &Validated) -> ApiResult<()> {
+async fn refuse_early(state: &AppState, cache_id: CacheId, v: &Validated) -> ApiResult<()> {
     if v.replace == Replace::Allowed {
         return Ok(());
     }

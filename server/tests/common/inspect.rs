@@ -43,7 +43,7 @@ impl TestApp {
     }
 
     /// Ids of NARs in state `staged`.
-    pub async fn staged_nar_ids(&self) -> Vec<i64> {
+    pub async fn staged_nar_ids(&self) -> Vec<larder_shared::db::NarId> {
         let sql = "SELECT id FROM nars WHERE state = 'staged' ORDER BY id";
         match &self.state.db {
             Db::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await,

@@ -28,7 +28,7 @@ use crate::chunk;
 use crate::db::chunks::{self, BATCH, ChunkRecord};
 use crate::db::nar_layout::{ChunkSpan, NarLayout, NarLayoutBuilder};
 use crate::db::nars::{self, NarRecord};
-use crate::db::{Db, DbError};
+use crate::db::{ChunkId, Db, DbError};
 
 /// Chunks fetched ahead of the one being sent.
 const PREFETCH: usize = 8;
@@ -57,7 +57,7 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 /// seek to the chunk holding its first byte.
 #[derive(Debug, Clone)]
 pub struct ChunkLayout {
-    chunk_ids: Vec<i64>,
+    chunk_ids: Vec<ChunkId>,
     layout: NarLayout,
 }
 
@@ -76,7 +76,7 @@ impl ChunkLayout {
         let mut conn = db.conn().await?;
         if let Err(e) = nars::store_layout(conn.raw(), nar.id, &chunk_ids, &layout).await {
             // Served all the same; the next download tries again.
-            tracing::warn!(nar_id = nar.id, error = %e, "backfilling the NAR layout failed");
+            tracing::warn!(nar_id = nar.id.get(), error = %e, "backfilling the NAR layout failed");
         }
         Ok(Self { chunk_ids, layout })
     }
@@ -163,7 +163,7 @@ impl ChunkLayout {
 
 /// The chunks a stream sends, and where the range falls in each.
 struct Plan {
-    chunk_ids: Vec<i64>,
+    chunk_ids: Vec<ChunkId>,
     spans: Vec<ChunkSpan>,
     ends: Vec<u64>,
     range: Range<u64>,
@@ -204,8 +204,8 @@ impl Plan {
 }
 
 /// The layout of chunks `ids` from their rows, as ingest computes it.
-async fn compute(db: &Db, ids: &[i64]) -> Result<NarLayout, DbError> {
-    let batches: Vec<Vec<i64>> = ids.chunks(BATCH).map(<[i64]>::to_vec).collect();
+async fn compute(db: &Db, ids: &[ChunkId]) -> Result<NarLayout, DbError> {
+    let batches: Vec<Vec<ChunkId>> = ids.chunks(BATCH).map(<[ChunkId]>::to_vec).collect();
     let mut loaded = stream::iter(batches)
         .map(|ids| {
             let db = db.clone();

@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::{Db, DbError, Raw};
+use super::{CacheId, Db, DbError, Raw};
 use crate::on_conn;
 
 /// Marker of a secret the migration copied as plain text, until sealed.
@@ -17,7 +17,7 @@ pub struct CacheKeyRecord {
     /// Row id: immutable, so decrypted keys are cached under it.
     pub id: i64,
     /// The cache.
-    pub cache_id: i64,
+    pub cache_id: CacheId,
     /// Key name in signatures (`demo`, `demo-2`, …), unique per cache.
     pub key_name: String,
     /// `name:base64`, for `trusted-public-keys`.
@@ -93,7 +93,7 @@ macro_rules! key_from_row {
 /// Adds a key; `None` if the cache already has a key of that name.
 pub async fn insert(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     key_name: &str,
     public_key: &str,
     secret: KeySecret<'_>,
@@ -122,7 +122,7 @@ pub async fn insert(
 }
 
 /// Every key of a cache, retired ones included, newest first.
-pub async fn of_cache(raw: Raw<'_>, cache_id: i64) -> Result<Vec<CacheKeyRecord>, DbError> {
+pub async fn of_cache(raw: Raw<'_>, cache_id: CacheId) -> Result<Vec<CacheKeyRecord>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM cache_keys WHERE cache_id = $1 ORDER BY id DESC");
     on_conn!(raw, c => {
         let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql)).bind(cache_id).fetch_all(&mut *c).await?;
@@ -149,7 +149,7 @@ pub async fn all_active(raw: Raw<'_>, now: i64) -> Result<Vec<(String, CacheKeyR
 /// keeps an earlier retirement already set).
 pub async fn retire_older(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     newest: i64,
     at: i64,
 ) -> Result<u64, DbError> {

@@ -3,7 +3,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{DbError, Raw, corrupt};
+use super::{CacheId, DbError, Raw, corrupt};
 use crate::on_conn;
 use larder_core::CacheName;
 
@@ -11,7 +11,7 @@ use larder_core::CacheName;
 #[derive(Clone)]
 pub struct CacheRecord {
     /// Row id.
-    pub id: i64,
+    pub id: CacheId,
     /// Validated name.
     pub name: CacheName,
     /// Public caches grant pull to everyone.
@@ -139,7 +139,7 @@ pub async fn list(raw: Raw<'_>) -> Result<Vec<CacheRecord>, DbError> {
 /// Applies a partial update; returns the new record, `None` if gone.
 pub async fn update(
     raw: Raw<'_>,
-    id: i64,
+    id: CacheId,
     u: &CacheUpdate,
 ) -> Result<Option<CacheRecord>, DbError> {
     let upstream = u
@@ -178,7 +178,7 @@ pub async fn update(
 
 /// Deletes a cache and (by cascade) its objects; NARs and chunks they
 /// referenced become garbage for GC. Returns whether it existed.
-pub async fn delete(raw: Raw<'_>, id: i64) -> Result<bool, DbError> {
+pub async fn delete(raw: Raw<'_>, id: CacheId) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query("DELETE FROM caches WHERE id = $1").bind(id).execute(&mut *c).await?;
         Ok(done.rows_affected() > 0)

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::chunks::ChunkRecord;
 use super::chunks::{COLUMNS as CHUNK_COLUMNS, chunk_from_row};
-use super::{DbError, Raw, placeholders};
+use super::{ChunkId, DbError, Raw, placeholders};
 use crate::on_conn;
 
 fn chunk_query(filter: &str) -> String {
@@ -51,7 +51,7 @@ pub async fn unreferenced_chunks(
 }
 
 /// Deletes rows of chunks marked as being deleted (≤ [`super::chunks::BATCH`]).
-pub async fn delete_marked_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
+pub async fn delete_marked_chunks(raw: Raw<'_>, ids: &[ChunkId]) -> Result<u64, DbError> {
     if ids.is_empty() {
         return Ok(0);
     }

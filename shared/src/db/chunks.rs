@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{DbError, Raw, placeholders};
+use super::{ChunkId, DbError, Raw, placeholders};
 use crate::chunk::ChunkHash;
 use crate::on_conn;
 
@@ -18,7 +18,7 @@ pub const BATCH: usize = 100;
 #[derive(Debug, Clone)]
 pub struct ChunkRecord {
     /// Row id (what NAR chunk lists hold).
-    pub id: i64,
+    pub id: ChunkId,
     /// SHA-256 of the uncompressed chunk.
     pub hash: ChunkHash,
     /// Uncompressed size.
@@ -83,7 +83,10 @@ pub async fn find_by_hashes(
 }
 
 /// Loads chunks by id (≤ [`BATCH`] per call).
-pub async fn get_many(raw: Raw<'_>, ids: &[i64]) -> Result<HashMap<i64, ChunkRecord>, DbError> {
+pub async fn get_many(
+    raw: Raw<'_>,
+    ids: &[ChunkId],
+) -> Result<HashMap<ChunkId, ChunkRecord>, DbError> {
     debug_assert!(ids.len() <= BATCH);
     if ids.is_empty() {
         return Ok(HashMap::new());

@@ -13,14 +13,14 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::nars::decode_chunk_list;
-use super::{DbError, Raw, placeholders};
+use super::{CacheId, ChunkId, DbError, NarId, ObjectId, Raw, placeholders};
 use crate::on_conn;
 
 /// An object as GC's mark reads it.
 #[derive(Debug, Clone)]
 pub struct ObjectNode {
     /// Row id.
-    pub id: i64,
+    pub id: ObjectId,
     /// Hash part of its store path.
     pub store_path_hash: String,
     /// Reference base names, space-separated (as stored).
@@ -33,8 +33,8 @@ pub struct ObjectNode {
 /// `objects_cache_id_idx`), at most `limit`, by id.
 pub async fn objects_page(
     raw: Raw<'_>,
-    cache_id: i64,
-    after: i64,
+    cache_id: CacheId,
+    after: ObjectId,
     limit: i64,
 ) -> Result<Vec<ObjectNode>, DbError> {
     on_conn!(raw, c => {
@@ -61,7 +61,10 @@ pub async fn objects_page(
 }
 
 /// Store paths of objects by id (≤ [`super::chunks::BATCH`]): what a dry run prints.
-pub async fn store_paths(raw: Raw<'_>, ids: &[i64]) -> Result<Vec<(i64, String)>, DbError> {
+pub async fn store_paths(
+    raw: Raw<'_>,
+    ids: &[ObjectId],
+) -> Result<Vec<(ObjectId, String)>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -96,10 +99,10 @@ const UNNEEDED: &str = "cache_id = $1 AND last_accessed_at < $2
 /// closure. Returns the ids deleted.
 pub async fn delete_unneeded_objects(
     raw: Raw<'_>,
-    cache_id: i64,
-    ids: &[i64],
+    cache_id: CacheId,
+    ids: &[ObjectId],
     cutoff: i64,
-) -> Result<Vec<i64>, DbError> {
+) -> Result<Vec<ObjectId>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -113,7 +116,7 @@ pub async fn delete_unneeded_objects(
             q = q.bind(*id);
         }
         let rows = q.fetch_all(&mut *c).await?;
-        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
+        rows.iter().map(|r| r.try_get::<ObjectId, _>("id").map_err(DbError::from)).collect()
     })
 }
 
@@ -125,8 +128,8 @@ pub async fn delete_unneeded_objects(
 /// every member went and nothing left refers to any of them.
 pub async fn delete_idle_objects(
     raw: Raw<'_>,
-    cache_id: i64,
-    ids: &[i64],
+    cache_id: CacheId,
+    ids: &[ObjectId],
     cutoff: i64,
 ) -> Result<u64, DbError> {
     if ids.is_empty() {
@@ -149,7 +152,7 @@ pub async fn delete_idle_objects(
 /// (≤ [`super::chunks::BATCH`]).
 pub async fn referred_hashes(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hashes: &[&str],
 ) -> Result<bool, DbError> {
     if hashes.is_empty() {
@@ -172,11 +175,11 @@ pub async fn referred_hashes(
 #[derive(Debug, Clone)]
 pub struct OrphanNar {
     /// Row id.
-    pub id: i64,
+    pub id: NarId,
     /// Staging copy to delete, if still staged.
     pub staging_key: Option<String>,
     /// Chunks whose references it holds (ready NARs).
-    pub chunk_ids: Vec<i64>,
+    pub chunk_ids: Vec<ChunkId>,
     /// Whether it was ready (holds chunk references).
     pub ready: bool,
 }
@@ -188,12 +191,12 @@ pub struct OrphanNar {
 /// planner's statistics (a bulk delete leaves them stale).
 pub async fn orphan_nars(
     raw: Raw<'_>,
-    after: i64,
+    after: NarId,
     cutoff: i64,
     limit: i64,
-) -> Result<(Vec<OrphanNar>, Option<i64>), DbError> {
+) -> Result<(Vec<OrphanNar>, Option<NarId>), DbError> {
     on_conn!(raw, c => {
-        let last: Option<i64> = sqlx::query(
+        let last: Option<NarId> = sqlx::query(
             "SELECT MAX(id) AS last FROM (SELECT id FROM nars WHERE id > $1 ORDER BY id LIMIT $2) page",
         )
         .bind(after)
@@ -236,9 +239,9 @@ pub async fn orphan_nars(
 /// orphans untouched since `cutoff`, in one statement; returns their ids.
 pub async fn delete_orphan_nars(
     raw: Raw<'_>,
-    ids: &[i64],
+    ids: &[NarId],
     cutoff: i64,
-) -> Result<Vec<i64>, DbError> {
+) -> Result<Vec<NarId>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -254,12 +257,12 @@ pub async fn delete_orphan_nars(
             q = q.bind(*id);
         }
         let rows = q.fetch_all(&mut *c).await?;
-        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
+        rows.iter().map(|r| r.try_get::<NarId, _>("id").map_err(DbError::from)).collect()
     })
 }
 
 /// Deletes a NAR if it is still an orphan untouched since `cutoff`.
-pub async fn delete_orphan_nar(raw: Raw<'_>, id: i64, cutoff: i64) -> Result<bool, DbError> {
+pub async fn delete_orphan_nar(raw: Raw<'_>, id: NarId, cutoff: i64) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query(
             "DELETE FROM nars WHERE id = $1 AND updated_at < $2

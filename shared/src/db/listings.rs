@@ -7,7 +7,7 @@
 
 use sqlx::Row;
 
-use super::{DbError, Raw};
+use super::{CacheId, DbError, NarId, Raw};
 use crate::on_conn;
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::store_path::StorePathHash;
@@ -17,7 +17,7 @@ use larder_core::nix::store_path::StorePathHash;
 /// else pending until its narinfo arrives ([`bind_uploaded_listing`]).
 pub async fn put_uploaded_listing(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hash: &StorePathHash,
     nar_hash: Option<&NarHash>,
     listing: &[u8],
@@ -45,7 +45,7 @@ pub async fn put_uploaded_listing(
 /// Binds a pending uploaded listing to the NAR its path was recorded with.
 pub async fn bind_uploaded_listing(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hash: &StorePathHash,
     nar_hash: &NarHash,
 ) -> Result<(), DbError> {
@@ -66,7 +66,7 @@ pub async fn bind_uploaded_listing(
 /// The uploaded listing of a path, if it describes the NAR `nar_hash`.
 pub async fn uploaded_listing(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hash: &StorePathHash,
     nar_hash: &NarHash,
 ) -> Result<Option<Vec<u8>>, DbError> {
@@ -104,7 +104,7 @@ pub async fn prune_uploaded_listings(raw: Raw<'_>, before: i64) -> Result<u64, D
 }
 
 /// The listing Larder generated for a NAR, if any.
-pub async fn nar_listing(raw: Raw<'_>, nar_id: i64) -> Result<Option<Vec<u8>>, DbError> {
+pub async fn nar_listing(raw: Raw<'_>, nar_id: NarId) -> Result<Option<Vec<u8>>, DbError> {
     on_conn!(raw, c => {
         let row = sqlx::query("SELECT listing FROM nar_listings WHERE nar_id = $1")
             .bind(nar_id)
@@ -119,7 +119,7 @@ pub async fn nar_listing(raw: Raw<'_>, nar_id: i64) -> Result<Option<Vec<u8>>, D
 /// one was there already or the NAR is gone.
 pub async fn insert_nar_listing(
     raw: Raw<'_>,
-    nar_id: i64,
+    nar_id: NarId,
     listing: &[u8],
     now: i64,
 ) -> Result<bool, DbError> {

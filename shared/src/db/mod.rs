@@ -13,6 +13,7 @@ pub mod chunk_claims;
 pub mod chunk_gc;
 pub mod chunks;
 pub mod gc;
+pub mod ids;
 pub mod leases;
 pub mod listings;
 pub mod nar_layout;
@@ -25,6 +26,8 @@ pub mod stats;
 pub mod tokens;
 pub mod uploads;
 pub mod verify;
+
+pub use ids::{CacheId, ChunkId, NarId, ObjectId};
 
 use std::str::FromStr;
 use std::time::Duration;

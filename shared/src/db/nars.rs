@@ -6,7 +6,7 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::nar_layout::{NarLayout, encode_spans};
-use super::{DbError, Raw, corrupt};
+use super::{ChunkId, DbError, NarId, Raw, corrupt};
 use crate::on_conn;
 use larder_core::nix::hash::NarHash;
 
@@ -45,7 +45,7 @@ impl NarState {
 #[derive(Debug, Clone)]
 pub struct NarRecord {
     /// Row id.
-    pub id: i64,
+    pub id: NarId,
     /// SHA-256 of the uncompressed NAR.
     pub nar_hash: NarHash,
     /// Uncompressed size.
@@ -55,7 +55,7 @@ pub struct NarRecord {
     /// Storage key of the staged copy while `Staged`.
     pub staging_key: Option<String>,
     /// Chunk ids in NAR order, once `Ready`.
-    pub chunk_ids: Vec<i64>,
+    pub chunk_ids: Vec<ChunkId>,
     /// Total compressed size, once `Ready`.
     pub file_size: Option<i64>,
     /// Chunk sizes and `.nar.zst` digest, once `Ready`; `None` for NARs
@@ -69,12 +69,12 @@ const COLUMNS: &str = "id, nar_hash, nar_size, state, staging_key, chunk_list, f
      chunk_sizes, frames_digest, created_at";
 
 /// Encodes chunk ids as 8 bytes big-endian each: 8 B per chunk per NAR.
-pub fn encode_chunk_list(ids: &[i64]) -> Vec<u8> {
-    ids.iter().flat_map(|id| id.to_be_bytes()).collect()
+pub fn encode_chunk_list(ids: &[ChunkId]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.get().to_be_bytes()).collect()
 }
 
 /// Inverse of [`encode_chunk_list`].
-pub fn decode_chunk_list(bytes: &[u8]) -> Result<Vec<i64>, DbError> {
+pub fn decode_chunk_list(bytes: &[u8]) -> Result<Vec<ChunkId>, DbError> {
     if !bytes.len().is_multiple_of(8) {
         return Err(corrupt("nars.chunk_list", "length is not a multiple of 8"));
     }
@@ -83,7 +83,7 @@ pub fn decode_chunk_list(bytes: &[u8]) -> Result<Vec<i64>, DbError> {
         .map(|b| {
             let mut a = [0u8; 8];
             a.copy_from_slice(b);
-            i64::from_be_bytes(a)
+            ChunkId(i64::from_be_bytes(a))
         })
         .collect())
 }
@@ -129,7 +129,7 @@ pub async fn find_by_hash(raw: Raw<'_>, hash: &NarHash) -> Result<Option<NarReco
 }
 
 /// Loads a NAR by id.
-pub async fn get(raw: Raw<'_>, id: i64) -> Result<Option<NarRecord>, DbError> {
+pub async fn get(raw: Raw<'_>, id: NarId) -> Result<Option<NarRecord>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM nars WHERE id = $1");
     on_conn!(raw, c => {
         let row = sqlx::query(AssertSqlSafe(&*sql)).bind(id).fetch_optional(&mut *c).await?;
@@ -145,7 +145,7 @@ pub async fn insert_staged(
     nar_size: i64,
     staging_key: &str,
     now: i64,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<NarId>, DbError> {
     on_conn!(raw, c => {
         let row = sqlx::query(
             "INSERT INTO nars (nar_hash, nar_size, state, staging_key, created_at, updated_at)
@@ -157,7 +157,7 @@ pub async fn insert_staged(
         .bind(now)
         .fetch_optional(&mut *c)
         .await?;
-        row.map(|r| r.try_get::<i64, _>("id")).transpose().map_err(DbError::from)
+        row.map(|r| r.try_get::<NarId, _>("id")).transpose().map_err(DbError::from)
     })
 }
 
@@ -165,7 +165,7 @@ pub async fn insert_staged(
 /// on SQLite, which has one writer at a time). An ingest's commit takes it
 /// first, as GC's deletion of orphan NARs does, so the two lock NAR then
 /// chunk rows in the same order (docs/gc.md).
-pub async fn lock(raw: Raw<'_>, id: i64) -> Result<(), DbError> {
+pub async fn lock(raw: Raw<'_>, id: NarId) -> Result<(), DbError> {
     let Raw::Postgres(c) = raw else {
         return Ok(());
     };
@@ -181,8 +181,8 @@ pub async fn lock(raw: Raw<'_>, id: i64) -> Result<(), DbError> {
 /// is still staged, so a second run of the job is a no-op.
 pub async fn mark_ready(
     raw: Raw<'_>,
-    id: i64,
-    chunk_ids: &[i64],
+    id: NarId,
+    chunk_ids: &[ChunkId],
     layout: &NarLayout,
     file_size: i64,
     now: i64,
@@ -213,8 +213,8 @@ pub async fn mark_ready(
 /// computed from, so a NAR re-ingested meanwhile keeps its own.
 pub async fn store_layout(
     raw: Raw<'_>,
-    id: i64,
-    chunk_ids: &[i64],
+    id: NarId,
+    chunk_ids: &[ChunkId],
     layout: &NarLayout,
 ) -> Result<bool, DbError> {
     let list = encode_chunk_list(chunk_ids);
@@ -236,7 +236,12 @@ pub async fn store_layout(
 
 /// Gives a broken NAR a fresh staged copy (a re-upload repairs it).
 /// Guarded: false unless the NAR is broken.
-pub async fn restage(raw: Raw<'_>, id: i64, staging_key: &str, now: i64) -> Result<bool, DbError> {
+pub async fn restage(
+    raw: Raw<'_>,
+    id: NarId,
+    staging_key: &str,
+    now: i64,
+) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query(
             "UPDATE nars SET state = 'staged', staging_key = $2, chunk_list = NULL, num_chunks = NULL,
@@ -253,7 +258,7 @@ pub async fn restage(raw: Raw<'_>, id: i64, staging_key: &str, now: i64) -> Resu
 }
 
 /// Staged NARs not touched since `before`: their job may have been lost.
-pub async fn stale_staged(raw: Raw<'_>, before: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+pub async fn stale_staged(raw: Raw<'_>, before: i64, limit: i64) -> Result<Vec<NarId>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
             "SELECT id FROM nars WHERE state = 'staged' AND updated_at < $1 ORDER BY updated_at LIMIT $2",
@@ -262,7 +267,7 @@ pub async fn stale_staged(raw: Raw<'_>, before: i64, limit: i64) -> Result<Vec<i
         .bind(limit)
         .fetch_all(&mut *c)
         .await?;
-        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
+        rows.iter().map(|r| r.try_get::<NarId, _>("id").map_err(DbError::from)).collect()
     })
 }
 
@@ -270,7 +275,7 @@ pub async fn stale_staged(raw: Raw<'_>, before: i64, limit: i64) -> Result<Vec<i
 /// so the sweeper leaves it alone; any NAR about to be linked by an upload,
 /// so GC (which deletes only orphans untouched for the grace period) cannot
 /// delete it meanwhile. Returns false if the NAR is gone.
-pub async fn touch(raw: Raw<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+pub async fn touch(raw: Raw<'_>, id: NarId, now: i64) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query("UPDATE nars SET updated_at = $2 WHERE id = $1")
             .bind(id)
@@ -298,9 +303,15 @@ mod tests {
 
     #[test]
     fn chunk_list_round_trip() {
-        let ids = vec![1, 2, i64::MAX, 42];
+        let ids: Vec<ChunkId> = [1, 2, i64::MAX, 42].into_iter().map(ChunkId).collect();
         let bytes = encode_chunk_list(&ids);
         assert_eq!(bytes.len(), 32);
+        // Byte-identical to the encoding of the bare numbers.
+        let raw: Vec<u8> = [1i64, 2, i64::MAX, 42]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        assert_eq!(bytes, raw);
         assert_eq!(decode_chunk_list(&bytes).unwrap(), ids);
         assert!(decode_chunk_list(&bytes[..7]).is_err());
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::chunks::BATCH;
-use super::{DbError, Raw, placeholders};
+use super::{CacheId, DbError, ObjectId, Raw, placeholders};
 use crate::on_conn;
 
 /// Hash parts (32 characters) of an object's references, without its own,
@@ -33,8 +33,8 @@ pub fn ref_hashes<'a>(
 /// nothing.
 pub async fn replace(
     mut raw: Raw<'_>,
-    cache_id: i64,
-    object_id: i64,
+    cache_id: CacheId,
+    object_id: ObjectId,
     hashes: &BTreeSet<String>,
 ) -> Result<(), DbError> {
     let stored: BTreeSet<String> = on_conn!(raw.reborrow(), c => {

@@ -6,7 +6,7 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::nars::{NarRecord, nar_from_row};
-use super::{DbError, Raw, corrupt, object_refs, placeholders};
+use super::{CacheId, DbError, NarId, ObjectId, Raw, corrupt, object_refs, placeholders};
 use crate::on_conn;
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::store_path::StorePathHash;
@@ -32,9 +32,9 @@ pub struct ObjectMeta {
 #[derive(Debug, Clone)]
 pub struct ObjectRecord {
     /// Row id.
-    pub id: i64,
+    pub id: ObjectId,
     /// Owning cache.
-    pub cache_id: i64,
+    pub cache_id: CacheId,
     /// Metadata.
     pub meta: ObjectMeta,
     /// Pushed (or last re-pushed) at.
@@ -115,16 +115,16 @@ fn upsert_sql() -> String {
 #[allow(clippy::too_many_arguments)]
 pub async fn upsert(
     mut raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hash: &StorePathHash,
-    nar_id: i64,
+    nar_id: NarId,
     meta: &ObjectMeta,
     now: i64,
     replace: Replace,
     created_by: Option<&str>,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<ObjectId>, DbError> {
     let sql = upsert_sql();
-    let written: Option<(i64, String)> = on_conn!(raw.reborrow(), c => {
+    let written: Option<(ObjectId, String)> = on_conn!(raw.reborrow(), c => {
         let row = sqlx::query(AssertSqlSafe(&*sql))
         .bind(cache_id)
         .bind(hash.as_str())
@@ -140,7 +140,7 @@ pub async fn upsert(
         .bind(created_by)
         .fetch_optional(&mut *c)
         .await?;
-        row.map(|r| Ok::<_, DbError>((r.try_get::<i64, _>("id")?, r.try_get::<String, _>("refs")?)))
+        row.map(|r| Ok::<_, DbError>((r.try_get::<ObjectId, _>("id")?, r.try_get::<String, _>("refs")?)))
             .transpose()?
     });
     let Some((id, refs)) = written else {
@@ -162,7 +162,7 @@ pub async fn upsert(
 /// waits, re-checks its idleness and keeps it (docs/gc.md).
 pub async fn touch_by_hashes(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hashes: &[&str],
     now: i64,
     older_than: i64,
@@ -187,7 +187,7 @@ pub async fn touch_by_hashes(
 /// A store path of a cache with its NAR.
 pub async fn find(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hash: &StorePathHash,
 ) -> Result<Option<ObjectRecord>, DbError> {
     let sql = format!(
@@ -225,7 +225,7 @@ pub async fn find(
 /// The NAR with `nar_hash`, only if an object of `cache_id` refers to it.
 pub async fn nar_in_cache(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     nar_hash: &NarHash,
 ) -> Result<Option<NarRecord>, DbError> {
     let sql = format!(
@@ -248,7 +248,7 @@ pub async fn nar_in_cache(
 /// missing), never reported present and then deleted as idle.
 pub async fn missing(
     mut raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hashes: &[StorePathHash],
     touch: Option<(i64, i64)>,
 ) -> Result<Vec<StorePathHash>, DbError> {
@@ -293,7 +293,7 @@ pub struct DeletedObject {
     /// Absolute store path.
     pub store_path: String,
     /// The NAR row it pointed at.
-    pub nar_id: i64,
+    pub nar_id: NarId,
 }
 
 /// Removes a path from a cache and says what it was (`None`: not there).
@@ -301,7 +301,7 @@ pub struct DeletedObject {
 /// first.
 pub async fn delete(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     hash: &StorePathHash,
 ) -> Result<Option<DeletedObject>, DbError> {
     on_conn!(raw, c => {
@@ -323,7 +323,7 @@ pub async fn delete(
 }
 
 /// Records accesses at `at` for objects by id (≤ [`super::chunks::BATCH`]).
-pub async fn touch(raw: Raw<'_>, ids: &[i64], at: i64) -> Result<u64, DbError> {
+pub async fn touch(raw: Raw<'_>, ids: &[ObjectId], at: i64) -> Result<u64, DbError> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -347,8 +347,8 @@ pub async fn touch(raw: Raw<'_>, ids: &[i64], at: i64) -> Result<u64, DbError> {
 /// these NARs (≤ [`super::chunks::BATCH`]): a NAR download.
 pub async fn touch_by_nar(
     raw: Raw<'_>,
-    cache_id: i64,
-    nar_ids: &[i64],
+    cache_id: CacheId,
+    nar_ids: &[NarId],
     at: i64,
 ) -> Result<u64, DbError> {
     if nar_ids.is_empty() {
@@ -374,7 +374,7 @@ pub async fn touch_by_nar(
 /// clocks it had where it came from (retention counts from them).
 pub async fn set_times(
     raw: Raw<'_>,
-    id: i64,
+    id: ObjectId,
     created_at: i64,
     last_accessed_at: i64,
 ) -> Result<(), DbError> {

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{DbError, Raw};
+use super::{CacheId, DbError, Raw};
 use crate::on_conn;
 use larder_core::nix::store_path::StorePathHash;
 
@@ -22,7 +22,7 @@ pub struct Pin {
 /// Sets (or moves) a pin.
 pub async fn set(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     name: &str,
     hash: &StorePathHash,
     store_path: &str,
@@ -46,7 +46,7 @@ pub async fn set(
 }
 
 /// Removes a pin; whether it existed.
-pub async fn remove(raw: Raw<'_>, cache_id: i64, name: &str) -> Result<bool, DbError> {
+pub async fn remove(raw: Raw<'_>, cache_id: CacheId, name: &str) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query("DELETE FROM pins WHERE cache_id = $1 AND name = $2")
             .bind(cache_id)
@@ -58,7 +58,7 @@ pub async fn remove(raw: Raw<'_>, cache_id: i64, name: &str) -> Result<bool, DbE
 }
 
 /// The pins of a cache, by name.
-pub async fn list(raw: Raw<'_>, cache_id: i64) -> Result<Vec<Pin>, DbError> {
+pub async fn list(raw: Raw<'_>, cache_id: CacheId) -> Result<Vec<Pin>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
             "SELECT name, store_path, store_path_hash, created_at FROM pins WHERE cache_id = $1 ORDER BY name",

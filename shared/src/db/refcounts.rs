@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::chunks::{BATCH, NewChunk};
-use super::{DbError, Raw, corrupt, placeholders};
+use super::{ChunkId, DbError, Raw, corrupt, placeholders};
 use crate::chunk::ChunkHash;
 use crate::on_conn;
 
@@ -36,7 +36,7 @@ use crate::on_conn;
 /// caller's transaction, on PostgreSQL; a no-op on SQLite. A caller that
 /// updates several batches in one transaction calls this for all of them
 /// first, in order.
-pub async fn lock_in_order(raw: Raw<'_>, ids: &[i64]) -> Result<(), DbError> {
+pub async fn lock_in_order(raw: Raw<'_>, ids: &[ChunkId]) -> Result<(), DbError> {
     let Raw::Postgres(c) = raw else {
         return Ok(());
     };
@@ -58,7 +58,12 @@ pub async fn lock_in_order(raw: Raw<'_>, ids: &[i64]) -> Result<(), DbError> {
 /// Locks `ids` in order ([`lock_in_order`]), then runs `sql`, whose
 /// parameters are `leading` followed by the ids (its `IN` list starts at
 /// `$leading.len() + 1`); returns the rows it changed.
-async fn update_ids(raw: Raw<'_>, sql: &str, leading: &[i64], ids: &[i64]) -> Result<u64, DbError> {
+async fn update_ids(
+    raw: Raw<'_>,
+    sql: &str,
+    leading: &[i64],
+    ids: &[ChunkId],
+) -> Result<u64, DbError> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -66,8 +71,11 @@ async fn update_ids(raw: Raw<'_>, sql: &str, leading: &[i64], ids: &[i64]) -> Re
     lock_in_order(raw.reborrow(), ids).await?;
     on_conn!(raw, c => {
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for v in leading.iter().chain(ids) {
+        for v in leading {
             q = q.bind(*v);
+        }
+        for id in ids {
+            q = q.bind(*id);
         }
         Ok(q.execute(&mut *c).await?.rows_affected())
     })
@@ -80,7 +88,7 @@ async fn update_ids(raw: Raw<'_>, sql: &str, leading: &[i64], ids: &[i64]) -> Re
 pub async fn insert_referenced(
     raw: Raw<'_>,
     new: &[NewChunk],
-) -> Result<HashMap<ChunkHash, i64>, DbError> {
+) -> Result<HashMap<ChunkHash, ChunkId>, DbError> {
     debug_assert!(new.len() <= BATCH);
     if new.is_empty() {
         return Ok(HashMap::new());
@@ -103,7 +111,7 @@ pub async fn insert_referenced(
             .map(|r| {
                 let hash: Vec<u8> = r.try_get("chunk_hash")?;
                 let hash = ChunkHash::from_slice(&hash).map_err(|e| corrupt("chunks.chunk_hash", e))?;
-                Ok((hash, r.try_get::<i64, _>("id")?))
+                Ok((hash, r.try_get::<ChunkId, _>("id")?))
             })
             .collect()
     })
@@ -112,7 +120,7 @@ pub async fn insert_referenced(
 /// Adds one reference from a newly ready NAR to each distinct chunk in `ids`
 /// (≤ [`BATCH`] per call). Returns how many rows were updated, so the caller
 /// can detect a chunk that vanished.
-pub async fn add_refs(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
+pub async fn add_refs(raw: Raw<'_>, ids: &[ChunkId]) -> Result<u64, DbError> {
     debug_assert!(ids.len() <= BATCH);
     let sql = format!(
         "UPDATE chunks SET refcount = refcount + 1, zero_since = NULL WHERE refcount >= 0 AND id IN ({})",
@@ -123,7 +131,7 @@ pub async fn add_refs(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
 
 /// Releases one reference from each distinct chunk in `ids` (≤ [`super::chunks::BATCH`],
 /// sorted by the caller); chunks reaching zero record `zero_since = now`.
-pub async fn release_refs(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<(), DbError> {
+pub async fn release_refs(raw: Raw<'_>, ids: &[ChunkId], now: i64) -> Result<(), DbError> {
     release_refs_by(raw, ids, 1, now).await
 }
 
@@ -131,7 +139,7 @@ pub async fn release_refs(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<(), DbE
 /// deleted NARs listing the same chunk, in one statement).
 pub async fn release_refs_by(
     raw: Raw<'_>,
-    ids: &[i64],
+    ids: &[ChunkId],
     count: i64,
     now: i64,
 ) -> Result<(), DbError> {
@@ -148,7 +156,11 @@ pub async fn release_refs_by(
 /// before `cutoff`. Returns the ids actually marked. (`COALESCE` keeps the
 /// planner on the primary key: with statistics stale after a large GC it
 /// would otherwise walk the whole `zero_since` index for 100 ids.)
-pub async fn mark_deleting(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<Vec<i64>, DbError> {
+pub async fn mark_deleting(
+    raw: Raw<'_>,
+    ids: &[ChunkId],
+    cutoff: i64,
+) -> Result<Vec<ChunkId>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -169,7 +181,7 @@ pub async fn mark_deleting(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<Vec
             q = q.bind(*id);
         }
         let rows = q.fetch_all(&mut *c).await?;
-        rows.iter().map(|r| r.try_get::<i64, _>("id").map_err(DbError::from)).collect()
+        rows.iter().map(|r| r.try_get::<ChunkId, _>("id").map_err(DbError::from)).collect()
     })
 }
 
@@ -178,7 +190,7 @@ pub async fn mark_deleting(raw: Raw<'_>, ids: &[i64], cutoff: i64) -> Result<Vec
 /// writer about to store their objects again, so the objects stay, the
 /// writer's commit may reference the rows, and GC looks at them again only
 /// after another grace period.
-pub async fn unmark_chunks(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<u64, DbError> {
+pub async fn unmark_chunks(raw: Raw<'_>, ids: &[ChunkId], now: i64) -> Result<u64, DbError> {
     let sql = format!(
         "UPDATE chunks SET refcount = 0, zero_since = $1 WHERE refcount < 0 AND id IN ({})",
         placeholders(2, ids.len())
@@ -188,7 +200,7 @@ pub async fn unmark_chunks(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<u64, D
 
 /// Quarantines damaged chunks (≤ 100) that no NAR references any more: they
 /// are marked as being deleted, so no ingest reuses them and GC removes them.
-pub async fn quarantine_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
+pub async fn quarantine_chunks(raw: Raw<'_>, ids: &[ChunkId]) -> Result<u64, DbError> {
     let sql = format!(
         "UPDATE chunks SET refcount = -1 WHERE refcount = 0 AND id IN ({})",
         placeholders(1, ids.len())

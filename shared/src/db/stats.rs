@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{DbError, Raw};
+use super::{CacheId, DbError, Raw};
 use crate::on_conn;
 
 /// Statistics of one cache: computed here, defined with the API's JSON
@@ -43,7 +43,7 @@ fn ratio(a: i64, b: i64) -> f64 {
 }
 
 /// Statistics of one cache.
-pub async fn cache(raw: Raw<'_>, cache_id: i64) -> Result<CacheStats, DbError> {
+pub async fn cache(raw: Raw<'_>, cache_id: CacheId) -> Result<CacheStats, DbError> {
     on_conn!(raw, c => {
         let a = sqlx::query(
             "SELECT COUNT(*) AS objects, CAST(COALESCE(SUM(n.nar_size), 0) AS BIGINT) AS nar_bytes

@@ -17,7 +17,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{DbError, Raw, corrupt};
+use super::{CacheId, DbError, ObjectId, Raw, corrupt};
 use crate::on_conn;
 use larder_core::nix::hash::{FileHash, NarHash};
 use larder_core::nix::narinfo::Compression;
@@ -52,7 +52,7 @@ pub struct PendingUpload {
     /// Row id.
     pub id: i64,
     /// Cache it was uploaded to.
-    pub cache_id: i64,
+    pub cache_id: CacheId,
     /// `<filehash>.nar[.ext]`, the URL's last segment.
     pub file_name: String,
     /// What the file is.
@@ -69,7 +69,7 @@ pub struct UploadUrl {
     /// Row id.
     pub id: i64,
     /// The path it belongs to.
-    pub object_id: i64,
+    pub object_id: ObjectId,
     /// `<filehash>.nar[.ext]`.
     pub file_name: String,
     /// What the file is; `upload_key` is always set.
@@ -135,7 +135,7 @@ macro_rules! url_from_row {
 /// returns its id.
 pub async fn upsert_pending(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     file_name: &str,
     file: &UploadedFile,
     staging_key: Option<&str>,
@@ -172,7 +172,7 @@ pub async fn upsert_pending(
 /// The pending upload of `file_name` in a cache.
 pub async fn find_pending(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     file_name: &str,
 ) -> Result<Option<PendingUpload>, DbError> {
     let sql =
@@ -234,7 +234,7 @@ pub async fn known_file(
 /// still in that cache.
 pub async fn find_url(
     raw: Raw<'_>,
-    cache_id: i64,
+    cache_id: CacheId,
     file_name: &str,
     now: i64,
 ) -> Result<Option<UploadUrl>, DbError> {
@@ -259,8 +259,8 @@ pub async fn find_url(
 /// `file.upload_key` must be set.
 pub async fn upsert_url(
     raw: Raw<'_>,
-    cache_id: i64,
-    object_id: i64,
+    cache_id: CacheId,
+    object_id: ObjectId,
     file_name: &str,
     file: &UploadedFile,
     now: i64,
@@ -300,7 +300,7 @@ pub async fn upsert_url(
 
 /// Forgets `file_name` in a cache, pending or served (its data is gone:
 /// the next push must upload it again rather than be told it exists).
-pub async fn forget_file(raw: Raw<'_>, cache_id: i64, file_name: &str) -> Result<(), DbError> {
+pub async fn forget_file(raw: Raw<'_>, cache_id: CacheId, file_name: &str) -> Result<(), DbError> {
     on_conn!(raw, c => {
         sqlx::query("DELETE FROM nix_uploads WHERE cache_id = $1 AND file_name = $2")
             .bind(cache_id)

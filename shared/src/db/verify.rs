@@ -5,11 +5,15 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::chunks::{ChunkRecord, chunk_from_row};
 use super::nars::decode_chunk_list;
-use super::{DbError, Raw, placeholders};
+use super::{ChunkId, DbError, NarId, Raw, placeholders};
 use crate::on_conn;
 
 /// Live chunks with id above `after`, at most `limit`, by id.
-pub async fn chunk_page(raw: Raw<'_>, after: i64, limit: i64) -> Result<Vec<ChunkRecord>, DbError> {
+pub async fn chunk_page(
+    raw: Raw<'_>,
+    after: ChunkId,
+    limit: i64,
+) -> Result<Vec<ChunkRecord>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
             "SELECT id, chunk_hash, chunk_size, file_size, pack_id, pack_offset, refcount FROM chunks
@@ -26,9 +30,9 @@ pub async fn chunk_page(raw: Raw<'_>, after: i64, limit: i64) -> Result<Vec<Chun
 /// Ready NARs with id above `after`: (id, chunk ids), at most `limit`.
 pub async fn ready_nar_page(
     raw: Raw<'_>,
-    after: i64,
+    after: NarId,
     limit: i64,
-) -> Result<Vec<(i64, Vec<i64>)>, DbError> {
+) -> Result<Vec<(NarId, Vec<ChunkId>)>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
             "SELECT id, chunk_list FROM nars WHERE id > $1 AND state = 'ready' ORDER BY id LIMIT $2",
@@ -41,7 +45,7 @@ pub async fn ready_nar_page(
             .map(|r| {
                 let list: Option<Vec<u8>> = r.try_get("chunk_list")?;
                 Ok((
-                    r.try_get::<i64, _>("id")?,
+                    r.try_get::<NarId, _>("id")?,
                     list.as_deref().map(decode_chunk_list).transpose()?.unwrap_or_default(),
                 ))
             })
@@ -52,7 +56,7 @@ pub async fn ready_nar_page(
 /// Marks a ready NAR broken (no longer served; a re-upload repairs it) and
 /// drops its chunk list. The caller releases its chunk references in the
 /// same transaction. Guarded: false unless it was ready.
-pub async fn mark_broken(raw: Raw<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+pub async fn mark_broken(raw: Raw<'_>, id: NarId, now: i64) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query(
             "UPDATE nars SET state = 'broken', chunk_list = NULL, num_chunks = NULL, file_size = NULL, chunk_sizes = NULL,
@@ -70,7 +74,7 @@ pub async fn mark_broken(raw: Raw<'_>, id: i64, now: i64) -> Result<bool, DbErro
 /// (cache name, store path) of every object referring to these NARs (≤ 100).
 pub async fn paths_of_nars(
     raw: Raw<'_>,
-    nar_ids: &[i64],
+    nar_ids: &[NarId],
 ) -> Result<Vec<(String, String)>, DbError> {
     if nar_ids.is_empty() {
         return Ok(Vec::new());

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use super::ring::read_key_file;
 use super::{Kek, KeyError};
-use crate::db::Tx;
 use crate::db::cache_keys::{self, CacheKeyRecord, KeySecret};
+use crate::db::{CacheId, Tx};
 use larder_core::CacheName;
 use larder_core::nix::signing::SigningKey;
 
@@ -48,7 +48,7 @@ pub async fn add_key(
     tx: &mut Tx,
     kek: &Kek,
     cache: &CacheName,
-    cache_id: i64,
+    cache_id: CacheId,
     new: NewKey<'_>,
     retire_at: i64,
     now: i64,
@@ -110,7 +110,7 @@ mod tests {
     fn row(name: &str) -> CacheKeyRecord {
         CacheKeyRecord {
             id: 1,
-            cache_id: 1,
+            cache_id: CacheId(1),
             key_name: name.into(),
             public_key: String::new(),
             secret: None,

@@ -12,7 +12,7 @@ use tracing::instrument;
 use larder_shared::audit::{Actor, AuditEvent, GcSummary};
 use larder_shared::db::chunks::BATCH;
 use larder_shared::db::refcounts;
-use larder_shared::db::{DbError, audit, caches, gc};
+use larder_shared::db::{CacheId, ChunkId, DbError, NarId, ObjectId, audit, caches, gc};
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
 
@@ -170,7 +170,7 @@ async fn expire_objects(
 async fn delete_doomed(
     svc: &Services,
     lease: &GcLease,
-    cache_id: i64,
+    cache_id: CacheId,
     cutoff: i64,
     graph: &Graph,
     plan: &Plan,
@@ -190,8 +190,8 @@ async fn delete_doomed(
             }
         }
         for batch in todo.chunks(BATCH) {
-            let ids: Vec<i64> = batch.iter().map(|&s| graph.id(s)).collect();
-            let gone: HashSet<i64> = {
+            let ids: Vec<ObjectId> = batch.iter().map(|&s| graph.id(s)).collect();
+            let gone: HashSet<ObjectId> = {
                 let mut conn = svc.db.conn().await?;
                 gc::delete_unneeded_objects(conn.raw(), cache_id, &ids, cutoff)
                     .await?
@@ -225,20 +225,20 @@ const MAX_CYCLIC: usize = 10_000;
 /// remaining object refers to any of them.
 async fn delete_cyclic(
     svc: &Services,
-    cache_id: i64,
+    cache_id: CacheId,
     cutoff: i64,
     graph: &Graph,
     slots: &[usize],
 ) -> anyhow::Result<u64> {
     if slots.len() > MAX_CYCLIC {
         tracing::warn!(
-            cache_id,
+            cache_id = cache_id.get(),
             paths = slots.len(),
             "idle paths in reference cycles kept: too many to delete together"
         );
         return Ok(0);
     }
-    let ids: Vec<i64> = slots.iter().map(|&s| graph.id(s)).collect();
+    let ids: Vec<ObjectId> = slots.iter().map(|&s| graph.id(s)).collect();
     let mut hashes = Vec::with_capacity(ids.len());
     {
         let mut conn = svc.db.conn().await?;
@@ -271,7 +271,7 @@ async fn delete_cyclic(
 /// releasing their chunk references and staged copies.
 async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Result<u64> {
     let mut deleted = 0;
-    let mut after = 0;
+    let mut after = NarId(0);
     loop {
         let (page, last) = {
             let mut conn = svc.db.conn().await?;
@@ -283,10 +283,10 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
         // a GC of millions of NARs is thousands of transactions, not millions.
         for group in page.chunks(NAR_TX) {
             let mut tx = svc.db.begin().await?;
-            let mut released: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut released: BTreeMap<ChunkId, i64> = BTreeMap::new();
             let mut staged = Vec::new();
-            let ids: Vec<i64> = group.iter().map(|n| n.id).collect();
-            let gone: HashSet<i64> = gc::delete_orphan_nars(tx.raw(), &ids, cutoff)
+            let ids: Vec<NarId> = group.iter().map(|n| n.id).collect();
+            let gone: HashSet<NarId> = gc::delete_orphan_nars(tx.raw(), &ids, cutoff)
                 .await?
                 .into_iter()
                 .collect();
@@ -294,7 +294,7 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
             for nar in group.iter().filter(|n| gone.contains(&n.id)) {
                 deleted += 1;
                 if nar.ready {
-                    let distinct: BTreeSet<i64> = nar.chunk_ids.iter().copied().collect();
+                    let distinct: BTreeSet<ChunkId> = nar.chunk_ids.iter().copied().collect();
                     for id in distinct {
                         *released.entry(id).or_default() += 1;
                     }
@@ -304,12 +304,12 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
             // Lock every chunk released, ids ascending, before the grouped
             // updates (which visit them count by count): the same order as
             // an ingest's, so the two never deadlock.
-            let all: Vec<i64> = released.keys().copied().collect();
+            let all: Vec<ChunkId> = released.keys().copied().collect();
             for batch in all.chunks(BATCH) {
                 refcounts::lock_in_order(tx.raw(), batch).await?;
             }
             // Grouped by how many references go.
-            let mut by_count: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+            let mut by_count: BTreeMap<i64, Vec<ChunkId>> = BTreeMap::new();
             for (id, n) in released {
                 by_count.entry(n).or_default().push(id);
             }

@@ -39,7 +39,7 @@ use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, NewChunk};
 use larder_shared::db::nars::{self, NarState};
-use larder_shared::db::unix_now;
+use larder_shared::db::{ChunkId, NarId, unix_now};
 use larder_shared::storage::{ObjectKey, StorageError};
 
 use crate::services::Services;
@@ -71,7 +71,7 @@ pub enum Outcome {
 
 /// Runs the ingest job for one NAR.
 #[instrument(skip_all, fields(nar_id))]
-pub async fn ingest(svc: &Services, nar_id: i64) -> anyhow::Result<Outcome> {
+pub async fn ingest(svc: &Services, nar_id: NarId) -> anyhow::Result<Outcome> {
     ingest_inner(svc, nar_id, None).await
 }
 
@@ -99,7 +99,7 @@ impl BeforeCommit {
 /// [`ingest`], stopping before the commit until `pause` is resumed.
 pub async fn ingest_pausing(
     svc: &Services,
-    nar_id: i64,
+    nar_id: NarId,
     pause: &BeforeCommit,
 ) -> anyhow::Result<Outcome> {
     ingest_inner(svc, nar_id, Some(pause)).await
@@ -107,7 +107,7 @@ pub async fn ingest_pausing(
 
 async fn ingest_inner(
     svc: &Services,
-    nar_id: i64,
+    nar_id: NarId,
     pause: Option<&BeforeCommit>,
 ) -> anyhow::Result<Outcome> {
     let nar = {
@@ -166,7 +166,7 @@ async fn run(
     svc: &Services,
     writer: &Writer,
     pause: Option<&BeforeCommit>,
-    nar_id: i64,
+    nar_id: NarId,
     key: &ObjectKey,
     nar_size: u64,
     nar_hash: &NarHash,
@@ -225,7 +225,7 @@ async fn run(
         .try_flatten();
     let chunk_store = svc.chunks();
     let stored = looked_up
-        .map_ok(move |(known, chunk): (Option<i64>, Chunk)| {
+        .map_ok(move |(known, chunk): (Option<ChunkId>, Chunk)| {
             let chunk_store = chunk_store.clone();
             async move {
                 if known.is_some() {

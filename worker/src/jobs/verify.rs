@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use larder_shared::chunk::{self, ChunkHash};
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
 use larder_shared::db::refcounts;
-use larder_shared::db::{chunk_gc, verify};
+use larder_shared::db::{ChunkId, NarId, chunk_gc, verify};
 
 use crate::chunk_deletion::{self, Doomed};
 use crate::gc_lease::GcLease;
@@ -159,9 +159,9 @@ async fn check_chunks(
     svc: &Services,
     lease: &GcLease,
     report: &mut VerifyReport,
-) -> anyhow::Result<Vec<i64>> {
+) -> anyhow::Result<Vec<ChunkId>> {
     let mut damaged = Vec::new();
-    let mut after = 0;
+    let mut after = ChunkId(0);
     loop {
         let page = {
             let mut conn = svc.db.conn().await?;
@@ -186,12 +186,12 @@ async fn quarantine(
     svc: &Services,
     lease: &GcLease,
     now: i64,
-    damaged: &[i64],
+    damaged: &[ChunkId],
     report: &mut VerifyReport,
 ) -> anyhow::Result<()> {
-    let bad: HashSet<i64> = damaged.iter().copied().collect();
+    let bad: HashSet<ChunkId> = damaged.iter().copied().collect();
     let mut broken = Vec::new();
-    let mut after = 0;
+    let mut after = NarId(0);
     loop {
         let page = {
             let mut conn = svc.db.conn().await?;
@@ -203,7 +203,7 @@ async fn quarantine(
             if !chunk_ids.iter().any(|c| bad.contains(c)) {
                 continue;
             }
-            let distinct: Vec<i64> = chunk_ids
+            let distinct: Vec<ChunkId> = chunk_ids
                 .into_iter()
                 .collect::<BTreeSet<_>>()
                 .into_iter()

@@ -104,7 +104,7 @@ async fn assert_verify_clean(app: &TestApp, ctx: &str) {
 }
 
 /// The staged NAR's id (exactly one staged).
-async fn staged(app: &TestApp) -> i64 {
+async fn staged(app: &TestApp) -> larder_shared::db::NarId {
     let ids = app.staged_nar_ids().await;
     assert_eq!(ids.len(), 1, "one staged NAR");
     ids[0]

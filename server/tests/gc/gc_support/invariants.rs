@@ -7,6 +7,7 @@ use std::time::Duration;
 use larder_shared::chunk::ChunkHash;
 use larder_shared::db::chunks::{self, BATCH};
 use larder_shared::db::nars;
+use larder_shared::db::{ChunkId, NarId};
 use larder_shared::storage::layout;
 use larder_worker::Services;
 use larder_worker::jobs::ingest;
@@ -24,12 +25,15 @@ pub async fn stored_chunk_bytes(app: &TestApp) -> i64 {
 }
 
 /// Ids of staged NARs.
-pub async fn staged_nars(svc: &Services) -> Vec<i64> {
+pub async fn staged_nars(svc: &Services) -> Vec<NarId> {
     ints(
         &svc.db,
         "SELECT id FROM nars WHERE state = 'staged' ORDER BY id",
     )
     .await
+    .into_iter()
+    .map(NarId)
+    .collect()
 }
 
 /// Ingests every staged NAR, retrying failed ones (ingest fails on purpose
@@ -80,10 +84,10 @@ pub async fn assert_chunk_store_sound(app: &TestApp, ctx: &str) -> usize {
         "{ctx}: chunks left marked for deletion: {marked:?}"
     );
 
-    let mut expected: HashMap<i64, i64> = HashMap::new();
+    let mut expected: HashMap<ChunkId, i64> = HashMap::new();
     let mut conn = db.conn().await.expect("connection");
     for id in ints(db, "SELECT id FROM nars WHERE state = 'ready'").await {
-        let nar = nars::get(conn.raw(), id)
+        let nar = nars::get(conn.raw(), NarId(id))
             .await
             .expect("query")
             .expect("NAR row");
@@ -92,12 +96,12 @@ pub async fn assert_chunk_store_sound(app: &TestApp, ctx: &str) -> usize {
         }
     }
     let rows = pairs(db, "SELECT id, refcount FROM chunks ORDER BY id").await;
-    let ids: HashSet<i64> = rows.iter().map(|(id, _)| *id).collect();
+    let ids: HashSet<ChunkId> = rows.iter().map(|(id, _)| ChunkId(*id)).collect();
     for (id, refcount) in &rows {
-        let want = expected.get(id).copied().unwrap_or(0);
+        let want = expected.get(&ChunkId(*id)).copied().unwrap_or(0);
         assert_eq!(*refcount, want, "{ctx}: refcount of chunk {id}");
     }
-    let mut lost: Vec<i64> = expected
+    let mut lost: Vec<ChunkId> = expected
         .keys()
         .filter(|c| !ids.contains(c))
         .copied()
@@ -109,7 +113,7 @@ pub async fn assert_chunk_store_sound(app: &TestApp, ctx: &str) -> usize {
     );
 
     let stored: HashSet<String> = app.object_keys("chunks/").await.into_iter().collect();
-    let all: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    let all: Vec<ChunkId> = rows.iter().map(|(id, _)| ChunkId(*id)).collect();
     let mut row_keys = HashSet::new();
     for batch in all.chunks(BATCH) {
         for rec in chunks::get_many(conn.raw(), batch)
@@ -131,8 +135,12 @@ pub async fn assert_chunk_store_sound(app: &TestApp, ctx: &str) -> usize {
 }
 
 /// Hash → id of every chunk at `refcount = 0`: what the next GC may delete.
-pub async fn unreferenced_chunks(app: &TestApp) -> HashMap<ChunkHash, i64> {
-    let ids = ints(&app.state.db, "SELECT id FROM chunks WHERE refcount = 0").await;
+pub async fn unreferenced_chunks(app: &TestApp) -> HashMap<ChunkHash, ChunkId> {
+    let ids: Vec<ChunkId> = ints(&app.state.db, "SELECT id FROM chunks WHERE refcount = 0")
+        .await
+        .into_iter()
+        .map(ChunkId)
+        .collect();
     chunk_hashes(app, &ids)
         .await
         .into_iter()
@@ -141,7 +149,7 @@ pub async fn unreferenced_chunks(app: &TestApp) -> HashMap<ChunkHash, i64> {
 }
 
 /// Id → hash of the chunks `ids` that exist.
-pub async fn chunk_hashes(app: &TestApp, ids: &[i64]) -> HashMap<i64, ChunkHash> {
+pub async fn chunk_hashes(app: &TestApp, ids: &[ChunkId]) -> HashMap<ChunkId, ChunkHash> {
     let mut conn = app.state.db.conn().await.expect("connection");
     let mut out = HashMap::new();
     for batch in ids.chunks(BATCH) {

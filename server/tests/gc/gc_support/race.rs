@@ -274,7 +274,11 @@ impl<'a> Race<'a> {
     }
 
     /// Counts the contested chunks of `fresh` NARs and who won each.
-    async fn score(&mut self, fresh: &[TestNar], doomed: &HashMap<ChunkHash, i64>) {
+    async fn score(
+        &mut self,
+        fresh: &[TestNar],
+        doomed: &HashMap<ChunkHash, larder_shared::db::ChunkId>,
+    ) {
         for n in fresh {
             let ids = self.app.nar_record(n).await.chunk_ids;
             for (id, hash) in chunk_hashes(self.app, &ids).await {

@@ -12,13 +12,13 @@ use larder_shared::db::listings;
 use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
 use larder_shared::db::refcounts;
-use larder_shared::db::unix_now;
+use larder_shared::db::{ChunkId, NarId, unix_now};
 
 use crate::services::Services;
 
 /// A chunk's place in the NAR: known id, or new (id assigned at flush).
 pub(super) enum Slot {
-    Known(i64),
+    Known(ChunkId),
     New(ChunkHash),
 }
 
@@ -31,7 +31,7 @@ pub(super) enum Slot {
 pub(super) async fn commit(
     svc: &Services,
     (owner, intents): (&str, u64),
-    nar_id: i64,
+    nar_id: NarId,
     slots: &[Slot],
     new: HashMap<ChunkHash, NewChunk>,
     listing: Option<&[u8]>,
@@ -45,9 +45,9 @@ pub(super) async fn commit(
         // its object: roll back; the retry writes it again.
         bail!("GC reclaimed a write intent of this ingest as stale; retrying");
     }
-    let mut ids: HashMap<ChunkHash, i64> = HashMap::new();
+    let mut ids: HashMap<ChunkHash, ChunkId> = HashMap::new();
     // Chunks another ingest recorded since our lookup: reused, not inserted.
-    let mut reused: BTreeSet<i64> = slots
+    let mut reused: BTreeSet<ChunkId> = slots
         .iter()
         .filter_map(|s| match s {
             Slot::Known(id) => Some(*id),
@@ -78,7 +78,7 @@ pub(super) async fn commit(
         }
     }
     // Sorted: concurrent commits lock shared chunk rows in the same order.
-    let reused: Vec<i64> = reused.into_iter().collect();
+    let reused: Vec<ChunkId> = reused.into_iter().collect();
     for batch in reused.chunks(BATCH) {
         let updated = refcounts::add_refs(tx.raw(), batch).await?;
         if updated != batch.len() as u64 {
@@ -87,7 +87,7 @@ pub(super) async fn commit(
             bail!("a reused chunk is being garbage-collected; retrying");
         }
     }
-    let chunk_ids: Vec<i64> = slots
+    let chunk_ids: Vec<ChunkId> = slots
         .iter()
         .map(|s| match s {
             Slot::Known(id) => Ok(*id),
@@ -115,7 +115,7 @@ pub(super) async fn commit(
     Ok(true)
 }
 
-fn dedup(ids: &[i64]) -> Vec<i64> {
+fn dedup(ids: &[ChunkId]) -> Vec<ChunkId> {
     ids.iter()
         .copied()
         .collect::<BTreeSet<_>>()
