@@ -420,6 +420,36 @@ fn expect(
     }
 }
 
+/// One row of a permission table: endpoint, cache, path, the status
+/// expected, the reason a 401 or 403 must name, and what the row checks.
+type Row<'a> = (Endpoint, &'a str, &'a TestNar, StatusCode, &'a str, &'a str);
+
+/// Sends each row's request with `auth`, in order (rows may change state:
+/// an upload, a create), and records every row whose answer differs;
+/// `prefix` (if not empty) starts each row's name.
+async fn check_rows(
+    app: &SecApp,
+    auth: &Auth,
+    prefix: &str,
+    rows: &[Row<'_>],
+    failures: &mut Vec<String>,
+) {
+    for &(endpoint, cache, nar, status, why, what) in rows {
+        let what = if prefix.is_empty() {
+            what.to_owned()
+        } else {
+            format!("{prefix}: {what}")
+        };
+        expect(
+            &app.call(endpoint, cache, nar, auth).await,
+            status,
+            why,
+            &what,
+            failures,
+        );
+    }
+}
+
 #[tokio::test]
 async fn valid_tokens_without_the_permission_are_403() {
     let app = SecApp::new(Options::sqlite(Signing::fixture_hs256())).await;
@@ -441,134 +471,103 @@ async fn valid_tokens_without_the_permission_are_403() {
 
     // Pull-only cannot push.
     let t = Auth::Bearer(app.token("puller", &[(PRIV, &[R])]));
-    expect(
-        &app.call(Endpoint::Upload, PRIV, &p2, &t).await,
-        denied,
-        "push (w)",
-        "r: upload",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::MissingPaths, PRIV, &p2, &t).await,
-        denied,
-        "push (w)",
-        "r: missing",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Narinfo, PRIV, &p1, &t).await,
-        ok,
+    check_rows(
+        &app,
+        &t,
         "",
-        "r: narinfo",
+        &[
+            (Endpoint::Upload, PRIV, &p2, denied, "push (w)", "r: upload"),
+            (
+                Endpoint::MissingPaths,
+                PRIV,
+                &p2,
+                denied,
+                "push (w)",
+                "r: missing",
+            ),
+            (Endpoint::Narinfo, PRIV, &p1, ok, "", "r: narinfo"),
+            (Endpoint::Nar, PRIV, &p1, ok, "", "r: nar"),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Nar, PRIV, &p1, &t).await,
-        ok,
-        "",
-        "r: nar",
-        &mut f,
-    );
+    )
+    .await;
 
     // Push-only pushes to a private cache and checks existence, but cannot read NARs.
     for t in Auth::both(&app.token("pusher", &[(PRIV, &[W])])) {
         let s = t.scheme();
-        expect(
-            &app.call(Endpoint::Upload, PRIV, &p2, &t).await,
-            ok,
-            "",
-            &format!("w/{s}: upload"),
+        check_rows(
+            &app,
+            &t,
+            &format!("w/{s}"),
+            &[
+                (Endpoint::Upload, PRIV, &p2, ok, "", "upload"),
+                (Endpoint::MissingPaths, PRIV, &p2, ok, "", "missing"),
+                (Endpoint::NixCacheInfo, PRIV, &p1, ok, "", "nix-cache-info"),
+                (Endpoint::Narinfo, PRIV, &p1, ok, "", "narinfo"),
+                (Endpoint::NarinfoHead, PRIV, &p2, ok, "", "HEAD narinfo"),
+                (Endpoint::CacheConfigGet, PRIV, &p1, ok, "", "cache-config"),
+                (Endpoint::Nar, PRIV, &p1, denied, "pull (r)", "nar"),
+                (Endpoint::Nar, PRIV, &p2, denied, "pull (r)", "own nar"),
+            ],
             &mut f,
-        );
-        expect(
-            &app.call(Endpoint::MissingPaths, PRIV, &p2, &t).await,
-            ok,
-            "",
-            &format!("w/{s}: missing"),
-            &mut f,
-        );
-        expect(
-            &app.call(Endpoint::NixCacheInfo, PRIV, &p1, &t).await,
-            ok,
-            "",
-            &format!("w/{s}: nix-cache-info"),
-            &mut f,
-        );
-        expect(
-            &app.call(Endpoint::Narinfo, PRIV, &p1, &t).await,
-            ok,
-            "",
-            &format!("w/{s}: narinfo"),
-            &mut f,
-        );
-        expect(
-            &app.call(Endpoint::NarinfoHead, PRIV, &p2, &t).await,
-            ok,
-            "",
-            &format!("w/{s}: HEAD narinfo"),
-            &mut f,
-        );
-        expect(
-            &app.call(Endpoint::CacheConfigGet, PRIV, &p1, &t).await,
-            ok,
-            "",
-            &format!("w/{s}: cache-config"),
-            &mut f,
-        );
-        expect(
-            &app.call(Endpoint::Nar, PRIV, &p1, &t).await,
-            denied,
-            "pull (r)",
-            &format!("w/{s}: nar"),
-            &mut f,
-        );
-        expect(
-            &app.call(Endpoint::Nar, PRIV, &p2, &t).await,
-            denied,
-            "pull (r)",
-            &format!("w/{s}: own nar"),
-            &mut f,
-        );
+        )
+        .await;
     }
 
     // Configure without cr; retention without cq; destroy without cd; create without cc.
     let t = Auth::Bearer(app.token("no-cr", &[("sec-*", &everything_but(Cr))]));
-    expect(
-        &app.call(Endpoint::Configure, PRIV, &p1, &t).await,
-        denied,
-        "configure cache (cr)",
-        "no cr: configure",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::ConfigureRetention, PRIV, &p1, &t).await,
-        denied,
-        "configure cache (cr)",
-        "no cr: retention",
-        &mut f,
-    );
-    let t = Auth::Bearer(app.token("cr-only", &[("sec-*", &[Cr])]));
-    expect(
-        &app.call(Endpoint::Configure, PRIV, &p1, &t).await,
-        ok,
+    check_rows(
+        &app,
+        &t,
         "",
-        "cr: configure",
+        &[
+            (
+                Endpoint::Configure,
+                PRIV,
+                &p1,
+                denied,
+                "configure cache (cr)",
+                "no cr: configure",
+            ),
+            (
+                Endpoint::ConfigureRetention,
+                PRIV,
+                &p1,
+                denied,
+                "configure cache (cr)",
+                "no cr: retention",
+            ),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::ConfigureRetention, PRIV, &p1, &t).await,
-        denied,
-        "retention (cq)",
-        "cr: retention",
+    )
+    .await;
+    let t = Auth::Bearer(app.token("cr-only", &[("sec-*", &[Cr])]));
+    check_rows(
+        &app,
+        &t,
+        "",
+        &[
+            (Endpoint::Configure, PRIV, &p1, ok, "", "cr: configure"),
+            (
+                Endpoint::ConfigureRetention,
+                PRIV,
+                &p1,
+                denied,
+                "retention (cq)",
+                "cr: retention",
+            ),
+            (
+                Endpoint::Narinfo,
+                PRIV,
+                &p1,
+                denied,
+                "pull (r)",
+                "cr: narinfo",
+            ),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Narinfo, PRIV, &p1, &t).await,
-        denied,
-        "pull (r)",
-        "cr: narinfo",
-        &mut f,
-    );
+    )
+    .await;
     let t = Auth::Bearer(app.token("cq-only", &[("sec-*", &[Cq])]));
     expect(
         &app.call(Endpoint::ConfigureRetention, PRIV, &p1, &t).await,
@@ -602,20 +601,24 @@ async fn valid_tokens_without_the_permission_are_403() {
         &mut f,
     );
     let t = Auth::Bearer(app.token("d-only", &[(PRIV, &[D])]));
-    expect(
-        &app.call(Endpoint::Narinfo, PRIV, &p1, &t).await,
-        denied,
-        "pull (r)",
-        "d: narinfo",
+    check_rows(
+        &app,
+        &t,
+        "",
+        &[
+            (
+                Endpoint::Narinfo,
+                PRIV,
+                &p1,
+                denied,
+                "pull (r)",
+                "d: narinfo",
+            ),
+            (Endpoint::Upload, PRIV, &p3, denied, "push (w)", "d: upload"),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Upload, PRIV, &p3, &t).await,
-        denied,
-        "push (w)",
-        "d: upload",
-        &mut f,
-    );
+    )
+    .await;
     let t = Auth::Bearer(app.token("elsewhere", &[("other-*", &Permission::ALL)]));
     expect(
         &app.call(Endpoint::Create, NEW, &p1, &t).await,
@@ -626,20 +629,24 @@ async fn valid_tokens_without_the_permission_are_403() {
     );
     assert!(app.cache_exists(PRIV).await && !app.cache_exists(NEW).await);
     let t = Auth::Bearer(app.token("cc-only", &[(NEW, &[Cc])]));
-    expect(
-        &app.call(Endpoint::Create, NEW, &p1, &t).await,
-        ok,
+    check_rows(
+        &app,
+        &t,
         "",
-        "cc: create",
+        &[
+            (Endpoint::Create, NEW, &p1, ok, "", "cc: create"),
+            (
+                Endpoint::Create,
+                NEW,
+                &p1,
+                StatusCode::CONFLICT,
+                "",
+                "cc: create again",
+            ),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Create, NEW, &p1, &t).await,
-        StatusCode::CONFLICT,
-        "",
-        "cc: create again",
-        &mut f,
-    );
+    )
+    .await;
     let t = Auth::Bearer(app.token("cd-only", &[(NEW, &[Cd])]));
     expect(
         &app.call(Endpoint::Destroy, NEW, &p1, &t).await,
@@ -651,73 +658,88 @@ async fn valid_tokens_without_the_permission_are_403() {
 
     // An exact name wins over an earlier glob.
     let t = Auth::Bearer(app.token("exact", &[("sec-*", &[R]), (PRIV, &[W])]));
-    expect(
-        &app.call(Endpoint::Upload, PRIV, &p3, &t).await,
-        ok,
+    check_rows(
+        &app,
+        &t,
         "",
-        "exact wins: upload",
+        &[
+            (Endpoint::Upload, PRIV, &p3, ok, "", "exact wins: upload"),
+            (
+                Endpoint::Nar,
+                PRIV,
+                &p1,
+                denied,
+                "pull (r)",
+                "exact wins: nar",
+            ),
+            (
+                Endpoint::Nar,
+                "sec-other",
+                &p1,
+                ok,
+                "",
+                "glob elsewhere: nar",
+            ),
+            (
+                Endpoint::Upload,
+                "sec-other",
+                &p3,
+                denied,
+                "push (w)",
+                "glob elsewhere: upload",
+            ),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Nar, PRIV, &p1, &t).await,
-        denied,
-        "pull (r)",
-        "exact wins: nar",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Nar, "sec-other", &p1, &t).await,
-        ok,
-        "",
-        "glob elsewhere: nar",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Upload, "sec-other", &p3, &t).await,
-        denied,
-        "push (w)",
-        "glob elsewhere: upload",
-        &mut f,
-    );
+    )
+    .await;
 
     // The first matching glob wins, in the token's JSON order.
     let t = Auth::Bearer(app.token("first-glob", &[("sec-p*", &[W]), ("sec-*", &[R, W])]));
-    expect(
-        &app.call(Endpoint::Nar, PRIV, &p1, &t).await,
-        denied,
-        "pull (r)",
-        "first glob (w): nar",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Upload, PRIV, &p3, &t).await,
-        ok,
+    check_rows(
+        &app,
+        &t,
         "",
-        "first glob (w): upload",
+        &[
+            (
+                Endpoint::Nar,
+                PRIV,
+                &p1,
+                denied,
+                "pull (r)",
+                "first glob (w): nar",
+            ),
+            (
+                Endpoint::Upload,
+                PRIV,
+                &p3,
+                ok,
+                "",
+                "first glob (w): upload",
+            ),
+            (Endpoint::Nar, "sec-other", &p1, ok, "", "second glob: nar"),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Nar, "sec-other", &p1, &t).await,
-        ok,
-        "",
-        "second glob: nar",
-        &mut f,
-    );
+    )
+    .await;
     let t = Auth::Bearer(app.token("first-glob-2", &[("sec-*", &[R]), ("sec-p*", &[W])]));
-    expect(
-        &app.call(Endpoint::Nar, PRIV, &p1, &t).await,
-        ok,
+    check_rows(
+        &app,
+        &t,
         "",
-        "first glob (r): nar",
+        &[
+            (Endpoint::Nar, PRIV, &p1, ok, "", "first glob (r): nar"),
+            (
+                Endpoint::Upload,
+                PRIV,
+                &p3,
+                denied,
+                "push (w)",
+                "first glob (r): upload",
+            ),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Upload, PRIV, &p3, &t).await,
-        denied,
-        "push (w)",
-        "first glob (r): upload",
-        &mut f,
-    );
+    )
+    .await;
 
     // Permissions of different matching patterns are not merged.
     let t = Auth::Bearer(app.token(
@@ -729,56 +751,67 @@ async fn valid_tokens_without_the_permission_are_403() {
             (PRIV, &[Cr]),
         ],
     ));
-    expect(
-        &app.call(Endpoint::Nar, PRIV, &p1, &t).await,
-        denied,
-        "pull (r)",
-        "no merge: exact entry has no r",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Configure, PRIV, &p1, &t).await,
-        ok,
+    check_rows(
+        &app,
+        &t,
         "",
-        "no merge: exact cr",
+        &[
+            (
+                Endpoint::Nar,
+                PRIV,
+                &p1,
+                denied,
+                "pull (r)",
+                "no merge: exact entry has no r",
+            ),
+            (Endpoint::Configure, PRIV, &p1, ok, "", "no merge: exact cr"),
+            (
+                Endpoint::Upload,
+                "sec-other",
+                &p3,
+                denied,
+                "push (w)",
+                "no merge: upload",
+            ),
+            (
+                Endpoint::Create,
+                NEW,
+                &p1,
+                denied,
+                "create cache (cc)",
+                "no merge: create",
+            ),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Upload, "sec-other", &p3, &t).await,
-        denied,
-        "push (w)",
-        "no merge: upload",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Create, NEW, &p1, &t).await,
-        denied,
-        "create cache (cc)",
-        "no merge: create",
-        &mut f,
-    );
+    )
+    .await;
     let t = Auth::Bearer(app.token("no-merge-2", &[("sec-*", &[R]), ("*-priv", &[W])]));
-    expect(
-        &app.call(Endpoint::Nar, PRIV, &p1, &t).await,
-        ok,
+    check_rows(
+        &app,
+        &t,
         "",
-        "no merge 2: nar",
+        &[
+            (Endpoint::Nar, PRIV, &p1, ok, "", "no merge 2: nar"),
+            (
+                Endpoint::Upload,
+                PRIV,
+                &p3,
+                denied,
+                "push (w)",
+                "no merge 2: upload",
+            ),
+            (
+                Endpoint::MissingPaths,
+                PRIV,
+                &p3,
+                denied,
+                "push (w)",
+                "no merge 2: missing",
+            ),
+        ],
         &mut f,
-    );
-    expect(
-        &app.call(Endpoint::Upload, PRIV, &p3, &t).await,
-        denied,
-        "push (w)",
-        "no merge 2: upload",
-        &mut f,
-    );
-    expect(
-        &app.call(Endpoint::MissingPaths, PRIV, &p3, &t).await,
-        denied,
-        "push (w)",
-        "no merge 2: missing",
-        &mut f,
-    );
+    )
+    .await;
 
     assert_no_failures("permissions", &f);
     assert!(app.cache_exists(PRIV).await && !app.cache_exists(NEW).await);
@@ -967,20 +1000,31 @@ async fn public_cache_grants_pull_to_anyone_and_push_to_pushers_only() {
             &format!("{who}: missing"),
             &mut f,
         );
-        expect(
-            &app.call(Endpoint::Configure, PUB, &new_path, &auth).await,
-            StatusCode::FORBIDDEN,
-            "configure cache (cr)",
-            &format!("{who}: configure"),
+        check_rows(
+            &app,
+            &auth,
+            who,
+            &[
+                (
+                    Endpoint::Configure,
+                    PUB,
+                    &new_path,
+                    StatusCode::FORBIDDEN,
+                    "configure cache (cr)",
+                    "configure",
+                ),
+                (
+                    Endpoint::Destroy,
+                    PUB,
+                    &new_path,
+                    StatusCode::FORBIDDEN,
+                    "destroy cache (cd)",
+                    "destroy",
+                ),
+            ],
             &mut f,
-        );
-        expect(
-            &app.call(Endpoint::Destroy, PUB, &new_path, &auth).await,
-            StatusCode::FORBIDDEN,
-            "destroy cache (cd)",
-            &format!("{who}: destroy"),
-            &mut f,
-        );
+        )
+        .await;
     }
     expect(
         &app.call(
