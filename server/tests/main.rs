@@ -21,15 +21,8 @@ macro_rules! on_both_backends {
     };
     ($make:path => $($scenario:ident),* $(,)?) => {$(
         mod $scenario {
-            use futures::FutureExt as _;
-
             async fn run(backend: crate::common::Backend) {
-                let app = $make(backend).await;
-                let outcome = std::panic::AssertUnwindSafe(super::$scenario(&app)).catch_unwind().await;
-                app.teardown().await;
-                if let Err(panic) = outcome {
-                    std::panic::resume_unwind(panic);
-                }
+                $make(backend).await.run(super::$scenario).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

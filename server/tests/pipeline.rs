@@ -45,16 +45,9 @@ macro_rules! on_s3 {
     ($($scenario:ident),* $(,)?) => {
         mod s3 {$(
             mod $scenario {
-                use futures::FutureExt as _;
-
                 async fn run(backend: crate::common::Backend) {
-                    let Some(app) = crate::common::TestApp::on_s3(backend).await else {
-                        return;
-                    };
-                    let outcome = std::panic::AssertUnwindSafe(super::super::$scenario(&app)).catch_unwind().await;
-                    app.teardown().await;
-                    if let Err(panic) = outcome {
-                        std::panic::resume_unwind(panic);
+                    if let Some(app) = crate::common::TestApp::on_s3(backend).await {
+                        app.run(super::super::$scenario).await
                     }
                 }
 

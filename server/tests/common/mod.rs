@@ -364,6 +364,20 @@ impl TestApp {
         }
     }
 
+    /// Runs `scenario` on this app, then tears the app down even when the
+    /// scenario panicked (no side effects in `Drop`), then re-raises the
+    /// panic.
+    pub async fn run(self, scenario: impl AsyncFnOnce(&TestApp)) {
+        use futures::FutureExt as _;
+        let outcome = std::panic::AssertUnwindSafe(scenario(&self))
+            .catch_unwind()
+            .await;
+        self.teardown().await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     /// Closes the pool and drops the PostgreSQL database (best effort: a
     /// leftover `larder_t_*` database harms nothing).
     pub async fn teardown(self) {

@@ -15,7 +15,6 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
-use futures::FutureExt as _;
 use serde_json::{Value, json};
 
 use larder_core::nix::hash::FileHash;
@@ -143,17 +142,12 @@ async fn last_used_at(app: &TestApp, jti: &str) -> Option<i64> {
 
 /// Runs [`scenario`] on a fresh app whose proxy (127.0.0.1) is trusted.
 pub async fn audit_trail(backend: Backend) {
-    let app = TestApp::builder(backend)
+    TestApp::builder(backend)
         .config("[http]\ntrusted-proxies = [\"127.0.0.1\"]\n")
         .build()
-        .await;
-    let outcome = std::panic::AssertUnwindSafe(scenario(&app))
-        .catch_unwind()
-        .await;
-    app.teardown().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+        .await
+        .run(scenario)
+        .await
 }
 
 async fn scenario(app: &TestApp) {

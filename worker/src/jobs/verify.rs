@@ -22,7 +22,6 @@ use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use larder_shared::chunk::{self, ChunkHash};
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
@@ -147,7 +146,7 @@ async fn check_one(svc: &Services, rec: &ChunkRecord) -> Option<String> {
         Ok(r) => r,
         Err(e) => return Some(format!("does not decompress: {e}")),
     };
-    let actual = ChunkHash::from_slice(&Sha256::digest(&raw)).ok()?;
+    let actual = ChunkHash::of(&raw);
     (actual != rec.hash).then(|| format!("content hashes to {actual}"))
 }
 
