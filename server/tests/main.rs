@@ -12,7 +12,9 @@
 /// Runs each scenario on a fresh app per backend, as `<scenario>::sqlite`
 /// and `<scenario>::postgres`: `on_both_backends!(a, b)` with
 /// [`common::TestApp::new`], `on_both_backends!(make => a, b)` with another
-/// constructor taking the backend. The app is torn down even when the
+/// constructor taking the backend (one returning `Option<TestApp>` skips
+/// the scenario on `None`, as `TestApp::on_s3` does without an S3 server).
+/// The app is torn down even when the
 /// scenario panics (no side effects in `Drop`). Defined before the suites so
 /// every one of them sees it.
 macro_rules! on_both_backends {
@@ -22,7 +24,11 @@ macro_rules! on_both_backends {
     ($make:path => $($scenario:ident),* $(,)?) => {$(
         mod $scenario {
             async fn run(backend: crate::common::Backend) {
-                $make(backend).await.run(super::$scenario).await
+                // A constructor may return `Option<TestApp>`: `None` skips.
+                let app: Option<crate::common::TestApp> = $make(backend).await.into();
+                if let Some(app) = app {
+                    app.run(super::$scenario).await
+                }
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,38 +38,18 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 const PULL_PUSH: &[Permission] = &[Permission::Pull, Permission::Push];
 
-/// Runs each scenario with chunks and staging on the S3 test server, on both
-/// databases, as `s3::<scenario>::sqlite` and `…::postgres`; skipped (with a
-/// message) when `LARDER_TEST_S3_ENDPOINT` is unset.
-macro_rules! on_s3 {
-    ($($scenario:ident),* $(,)?) => {
-        mod s3 {$(
-            mod $scenario {
-                async fn run(backend: crate::common::Backend) {
-                    if let Some(app) = crate::common::TestApp::on_s3(backend).await {
-                        app.run(super::super::$scenario).await
-                    }
-                }
+/// The scenarios again with chunks and staging on the S3 test server, on
+/// both databases, as `s3::<scenario>::sqlite` and `…::postgres`; skipped
+/// (with a message) when `LARDER_TEST_S3_ENDPOINT` is unset.
+mod s3 {
+    use super::*;
 
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    run(crate::common::Backend::Sqlite).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    run(crate::common::Backend::Postgres).await
-                }
-            }
-        )*}
-    };
-}
-
-on_s3!(
+    on_both_backends!(crate::common::TestApp::on_s3 =>
     upload_serve_ingest_serve,
     concurrent_uploads_of_one_nar,
     bad_uploads_leave_nothing_behind,
-);
+    );
+}
 
 on_both_backends!(
     upload_serve_ingest_serve,
