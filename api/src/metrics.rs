@@ -121,7 +121,31 @@ impl Metrics {
             }
         }
         render_storage_requests(&mut out);
+        render_packs(&mut out);
         out
+    }
+}
+
+/// Packs this process sealed (its in-process workers'; a `larder-worker`
+/// logs its own), and their bytes.
+fn render_packs(out: &mut String) {
+    let (packs, bytes) = larder_shared::chunk_store::pack_writer::sealed_totals();
+    for (name, help, v) in [
+        (
+            "larder_packs_written_total",
+            "Chunk packs sealed by this process.",
+            packs,
+        ),
+        (
+            "larder_pack_bytes_written_total",
+            "Bytes of chunk packs sealed by this process.",
+            bytes,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     }
 }
 

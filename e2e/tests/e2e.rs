@@ -467,13 +467,15 @@ async fn worker_killed_mid_ingest_recovers() -> anyhow::Result<()> {
         .await?;
     let infos = client.upload_closure(&nix, cache, &tops).await?;
     check_narinfos(&client, cache, &infos, false).await?;
-    let chunks_dir = server.storage_dir().join("chunks");
-    assert_eq!(count_chunks(&chunks_dir), 0, "chunks before any worker ran");
+    // Chunks go into packs of 32 MiB (the default): the first pack is
+    // sealed, visible and durable about halfway through this 64 MiB NAR.
+    let chunks_dir = server.storage_dir().join("packs");
+    assert_eq!(count_chunks(&chunks_dir), 0, "packs before any worker ran");
 
     // Kill -9 as soon as the ingest has stored some, but not all, chunks.
     let first = Worker::start(&server)?;
     let seen = wait::until(
-        "the ingest to store its first chunks",
+        "the ingest to seal its first pack",
         INGEST_LIMIT,
         Duration::from_millis(10),
         || async {
@@ -489,7 +491,7 @@ async fn worker_killed_mid_ingest_recovers() -> anyhow::Result<()> {
     assert_eq!(
         ni.compression(),
         "none",
-        "the ingest finished before the kill (make the path larger); {after_kill} chunks:\n{}",
+        "the ingest finished before the kill (make the path larger); {after_kill} packs:\n{}",
         ni.text
     );
 
@@ -500,7 +502,7 @@ async fn worker_killed_mid_ingest_recovers() -> anyhow::Result<()> {
     check_narinfos(&client, cache, &infos, true).await?;
     check_nar_downloads(&client, cache, &infos, true).await?;
     eprintln!(
-        "worker killed with {after_kill} chunks stored; recovered with {} chunks",
+        "worker killed with {after_kill} packs stored; recovered with {} packs",
         count_chunks(&chunks_dir)
     );
 

@@ -19,12 +19,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let embedded = state.config.worker.embedded;
     let workers = (embedded > 0).then(|| {
-        let svc = Services {
-            config: state.config.clone(),
-            db: state.db.clone(),
-            storage: state.storage.clone(),
-            staging: state.staging.clone(),
-        };
+        let svc = Services::new(
+            state.config.clone(),
+            state.db.clone(),
+            state.storage.clone(),
+            state.staging.clone(),
+        );
         tokio::spawn(larder_worker::run(svc, embedded, shutdown.clone()))
     });
     let served = larder_api::server::serve(state, listen, shutdown.clone()).await;

@@ -6,6 +6,8 @@
 //!   caching headers, the audit trail, first push wins, import from Attic;
 //! - `nix_upload`: what stock `nix copy --to http://…` sends;
 //! - `gc`: retention, closures, pins, chunk deletion and its races;
+//! - `packs`: chunks packed many per object: group commit, runs, GC of
+//!   packs, a killed writer's pack, the pack index, verify;
 //! - `security`: credentials, permissions, hostile input, slow clients,
 //!   signing keys at rest.
 
@@ -51,5 +53,6 @@ mod common;
 
 mod gc;
 mod nix_upload;
+mod packs;
 mod pipeline;
 mod security;

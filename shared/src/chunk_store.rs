@@ -7,6 +7,9 @@
 //! and the writer, not the readers.
 
 pub mod nar;
+pub mod pack_writer;
+pub mod packer;
+mod reads;
 
 use std::io;
 use std::ops::Range;
@@ -17,6 +20,7 @@ use futures::{Stream, TryStreamExt};
 
 use crate::chunk::ChunkHash;
 use crate::db::chunks::ChunkRecord;
+use crate::pack::{self, PackEntry};
 use crate::storage::layout::{self, CHUNKS};
 use crate::storage::{ObjectKey, ObjectMeta, ObjectRange, Storage, StorageError};
 
@@ -24,6 +28,17 @@ use crate::storage::{ObjectKey, ObjectMeta, ObjectRange, Storage, StorageError};
 #[derive(Clone)]
 pub struct ChunkStore {
     storage: Arc<dyn Storage>,
+}
+
+/// Why a pack's index could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PackIndexError {
+    /// Reading the pack failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The pack does not parse.
+    #[error(transparent)]
+    Format(#[from] pack::PackError),
 }
 
 /// An object found under the chunk prefix, by [`ChunkStore::list`].
@@ -82,7 +97,9 @@ impl ChunkStore {
             )));
         }
         let want = within.end - within.start;
-        let whole_object = at.offset == 0 && within.start == 0 && want == at.length;
+        // A chunk stored on its own is the whole object; a packed one is
+        // always a range, also at offset 0.
+        let whole_object = rec.pack_id.is_none() && within.start == 0 && want == at.length;
         let range = (!whole_object).then(|| at.offset + within.start..at.offset + within.end);
         let parts: Vec<Bytes> = self
             .storage
@@ -115,6 +132,64 @@ impl ChunkStore {
     /// under the protocol of docs/gc.md.
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.storage.delete(key).await
+    }
+
+    /// Streams bytes `range` of object `key` (a run of frames, see [`reads`]).
+    pub async fn read_object(
+        &self,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<crate::storage::ByteStream, StorageError> {
+        self.storage.get(key, Some(range)).await
+    }
+
+    /// Opens a new pack for writing (see [`pack_writer`]); `id` from
+    /// `db::packs::next_id`, its write intent committed by the caller.
+    pub fn open_pack(&self, id: i64) -> pack_writer::PackWriter {
+        pack_writer::PackWriter::open(self.storage.clone(), id)
+    }
+
+    /// The index a pack carries at its end: what it holds, from the pack
+    /// alone (what `verify` rebuilds locations from).
+    pub async fn read_pack_index(&self, id: i64) -> Result<Vec<PackEntry>, PackIndexError> {
+        let key = layout::pack_key(id);
+        let size = self
+            .storage
+            .head(&key)
+            .await?
+            .ok_or_else(|| StorageError::NotFound(key.clone()))?
+            .size;
+        let tail_at = size
+            .checked_sub(pack::TRAILER_LEN as u64)
+            .ok_or(pack::PackError::NoTrailer)?;
+        let tail = self.read_range(&key, tail_at..size).await?;
+        let trailer = pack::decode_trailer(&tail, size)?;
+        let at = trailer.index_offset;
+        let index = self.read_range(&key, at..at + trailer.index_len()).await?;
+        Ok(pack::decode_index(&index, &trailer)?)
+    }
+
+    async fn read_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let parts: Vec<Bytes> = self
+            .storage
+            .get(key, Some(range))
+            .await?
+            .try_collect()
+            .await
+            .map_err(|source| StorageError::Input {
+                key: key.clone(),
+                source,
+            })?;
+        Ok(Bytes::from(parts.concat()))
+    }
+
+    /// Every pack object (what `verify` compares with the `packs` rows).
+    pub fn list_packs(
+        &self,
+    ) -> impl Stream<Item = Result<(Option<i64>, ObjectMeta), StorageError>> + Send + use<> {
+        self.storage
+            .list(layout::PACKS)
+            .map_ok(|meta| (layout::parse_pack_key(meta.key.as_str()), meta))
     }
 
     /// Every object under the chunk prefix, each with the chunk its key
@@ -170,7 +245,7 @@ mod tests {
         rec.pack_id = Some(9);
         rec.pack_offset = Some(4096);
         let at = ChunkStore::locate(&rec);
-        assert_eq!(at.key.as_str(), "packs/9");
+        assert_eq!(at.key.as_str(), "packs/09/9.pack");
         assert_eq!(at.range(), 4096..4101);
     }
 }

@@ -25,7 +25,7 @@ pub use sections::{
     HttpConfig, JwtConfig, JwtSigningConfig, MetricsConfig, SigningConfig, StagingConfig,
     WorkerConfig,
 };
-pub use storage::{S3Config, S3Credentials, StorageConfig};
+pub use storage::{DEFAULT_PACK_SIZE, MainStorageConfig, S3Config, S3Credentials, StorageConfig};
 pub use trusted_proxy::TrustedProxy;
 
 /// Why configuration could not be loaded.
@@ -84,7 +84,7 @@ pub struct Config {
     /// Where metadata lives.
     pub database: DatabaseConfig,
     /// Where chunk objects (and by default staged uploads) live.
-    pub storage: StorageConfig,
+    pub storage: MainStorageConfig,
     /// Content-defined chunking parameters.
     #[serde(default)]
     pub chunking: ChunkingConfig,

@@ -31,6 +31,7 @@ use larder_shared::db::ChunkId;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunk_gc;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
+use larder_shared::db::packs;
 use larder_shared::db::refcounts;
 use larder_shared::storage::ObjectKey;
 use larder_shared::storage::layout;
@@ -38,42 +39,65 @@ use larder_shared::storage::layout;
 use crate::gc_lease::GcLease;
 use crate::services::Services;
 
-/// A chunk object to delete.
+/// What a doomed object holds, and so which rows would name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// One chunk stored as its own object: named by that chunk's row.
+    Chunk(ChunkHash),
+    /// A pack: named by every chunk row located in it.
+    Pack(i64),
+}
+
+/// An object to delete.
 #[derive(Debug, Clone)]
 pub struct Doomed {
     /// Its storage key.
     pub key: ObjectKey,
-    /// The chunk whose row would name it.
-    pub hash: ChunkHash,
+    /// What it holds.
+    pub holds: Holds,
     /// The row this deleter marked (`refcount = -1`), deleted with the
-    /// object; `None` for an object no row should name (an orphan).
+    /// object; `None` for an object no row should name (an orphan, or a
+    /// pack whose chunks are all gone).
     pub marked: Option<ChunkId>,
     /// Stored bytes freed.
     pub file_size: u64,
 }
 
 impl Doomed {
-    /// A chunk marked for deletion, or `None` if its object is a pack's
-    /// (packs are freed as a whole; not written yet).
+    /// A chunk marked for deletion, or `None` if it lives in a pack (its
+    /// row goes alone; the pack is freed when empty, [`delete_empty_packs`]).
     pub fn marked(rec: &ChunkRecord) -> Option<Self> {
         rec.pack_id.is_none().then(|| Self {
             key: ChunkStore::own_object(&rec.hash),
-            hash: rec.hash,
+            holds: Holds::Chunk(rec.hash),
             marked: Some(rec.id),
             file_size: rec.file_size.max(0) as u64,
         })
     }
 
-    /// An object no row should name, or `None` if the key is not a chunk
-    /// object's (`chunks/ab/cd/<sha256>.zst`).
+    /// An object no row should name, or `None` if the key is neither a
+    /// chunk object's (`chunks/ab/cd/<sha256>.zst`) nor a pack's.
     pub fn orphan(key: &str) -> Option<Self> {
+        if let Some(id) = layout::parse_pack_key(key) {
+            return Some(Self::pack(id, 0));
+        }
         let hash = layout::parse_chunk_key(key)?;
         Some(Self {
             key: ChunkStore::own_object(&hash),
-            hash,
+            holds: Holds::Chunk(hash),
             marked: None,
             file_size: 0,
         })
+    }
+
+    /// A pack of `size` bytes no chunk row should locate a frame in.
+    pub fn pack(id: i64, size: u64) -> Self {
+        Self {
+            key: layout::pack_key(id),
+            holds: Holds::Pack(id),
+            marked: None,
+            file_size: size,
+        }
     }
 }
 
@@ -149,8 +173,8 @@ impl Claimed {
         stale_cutoff: i64,
     ) -> anyhow::Result<Deleted> {
         let keys: Vec<ObjectKey> = self.doomed.iter().map(|d| d.key.clone()).collect();
-        let hashes: Vec<ChunkHash> = self.doomed.iter().map(|d| d.hash).collect();
-        let (intended, rows) = {
+        let (hashes, pack_ids) = split_holds(&self.doomed);
+        let (intended, rows, named_packs) = {
             let mut conn = svc.db.conn().await?;
             chunk_claims::reclaim_stale(conn.raw(), &keys, stale_cutoff).await?;
             // Intents first, then rows (module doc).
@@ -159,12 +183,16 @@ impl Claimed {
                 .into_iter()
                 .collect();
             let rows = chunks::find_by_hashes(conn.raw(), &hashes).await?;
-            (intended, rows)
+            let named_packs = packs::named_by_chunks(conn.raw(), &pack_ids).await?;
+            (intended, rows, named_packs)
         };
         let (clear, kept): (Vec<Doomed>, Vec<Doomed>) = self.doomed.into_iter().partition(|d| {
-            let needed = match rows.get(&d.hash) {
-                None => false,
-                Some(row) => d.marked != Some(row.id) || row.refcount >= 0,
+            let needed = match d.holds {
+                Holds::Chunk(hash) => match rows.get(&hash) {
+                    None => false,
+                    Some(row) => d.marked != Some(row.id) || row.refcount >= 0,
+                },
+                Holds::Pack(id) => named_packs.contains(&id),
             };
             !needed && !intended.contains(d.key.as_str())
         });
@@ -191,8 +219,10 @@ impl Claimed {
         }
         let ids: Vec<ChunkId> = clear.iter().filter_map(|d| d.marked).collect();
         let keys: Vec<ObjectKey> = clear.iter().map(|d| d.key.clone()).collect();
+        let (_, packs_gone) = split_holds(&clear);
         let mut tx = svc.db.begin().await?;
         done.rows = chunk_gc::delete_marked_chunks(tx.raw(), &ids).await?;
+        packs::delete(tx.raw(), &packs_gone).await?;
         chunk_claims::release_claims(tx.raw(), &keys).await?;
         tx.commit().await?;
         done.objects = clear.len() as u64;
@@ -265,15 +295,56 @@ pub async fn delete_marked(
         .map(|c| c.id)
         .collect();
     if !packed.is_empty() {
-        let mut conn = svc.db.conn().await?;
-        done.rows += chunk_gc::delete_marked_chunks(conn.raw(), &packed).await?;
-        done.bytes += marked
-            .iter()
-            .filter(|c| c.pack_id.is_some())
-            .map(|c| c.file_size.max(0) as u64)
-            .sum::<u64>();
+        // The rows and their packs' live counts in one transaction; the
+        // frames stay as dead space until the pack is empty or compacted.
+        let mut tx = svc.db.begin().await?;
+        let gone = chunk_gc::delete_marked_packed(tx.raw(), &packed).await?;
+        packs::remove_live(tx.raw(), &packs::by_pack(gone.iter().copied())).await?;
+        tx.commit().await?;
+        done.rows += gone.len() as u64;
     }
     Ok(done)
+}
+
+/// Deletes packs no chunk row locates a frame in any more (every chunk in
+/// them died), through [`delete`]: a pack a writer still holds an intent on
+/// (a shared pack other ingests are committing into) or that a row names
+/// again is kept.
+pub async fn delete_empty_packs(
+    svc: &Services,
+    lease: &GcLease,
+    stale_cutoff: i64,
+) -> anyhow::Result<Deleted> {
+    let mut total = Deleted::default();
+    let mut after = 0i64;
+    loop {
+        let page = {
+            let mut conn = svc.db.conn().await?;
+            packs::empty(conn.raw(), after, BATCH as i64).await?
+        };
+        let Some(&(last, _)) = page.last() else { break };
+        after = last;
+        let doomed = page
+            .into_iter()
+            .map(|(id, size)| Doomed::pack(id, size))
+            .collect();
+        total += delete(svc, lease, doomed, stale_cutoff).await?;
+        lease.renew(svc).await?;
+    }
+    Ok(total)
+}
+
+/// The chunk hashes and the pack ids `doomed` objects hold.
+fn split_holds(doomed: &[Doomed]) -> (Vec<ChunkHash>, Vec<i64>) {
+    let mut hashes = Vec::new();
+    let mut pack_ids = Vec::new();
+    for d in doomed {
+        match d.holds {
+            Holds::Chunk(h) => hashes.push(h),
+            Holds::Pack(id) => pack_ids.push(id),
+        }
+    }
+    (hashes, pack_ids)
 }
 
 /// Deletes objects no row names, found in the database, never by listing
@@ -305,7 +376,10 @@ pub async fn delete_orphan_objects(
                 .filter_map(|k| {
                     let d = Doomed::orphan(k);
                     if d.is_none() {
-                        tracing::warn!(key = k, "claim or intent on a key that is no chunk's");
+                        tracing::warn!(
+                            key = k,
+                            "claim or intent on a key that is no chunk's or pack's"
+                        );
                     }
                     d
                 })

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use larder_shared::chunk_store::ChunkStore;
+use larder_shared::chunk_store::packer::Packer;
 use larder_shared::config::Config;
 use larder_shared::db::Db;
 use larder_shared::storage::Storage;
@@ -19,9 +20,28 @@ pub struct Services {
     pub storage: Arc<dyn Storage>,
     /// Staged uploads (the storage backend, or `[staging] path`).
     pub staging: Arc<dyn Storage>,
+    /// The process's shared pack, which small ingests join.
+    pub packer: Arc<Packer>,
 }
 
 impl Services {
+    /// The handles of one process (its shared pack included).
+    pub fn new(
+        config: Arc<Config>,
+        db: Db,
+        storage: Arc<dyn Storage>,
+        staging: Arc<dyn Storage>,
+    ) -> Self {
+        let packer = Packer::new(storage.clone(), db.clone(), config.storage.pack_size);
+        Self {
+            config,
+            db,
+            storage,
+            staging,
+            packer,
+        }
+    }
+
     /// The chunk store on the main backend: the only way to chunk bytes.
     pub fn chunks(&self) -> ChunkStore {
         ChunkStore::new(self.storage.clone())

@@ -53,11 +53,6 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     tracing::info!(concurrency, "larder-worker started");
-    let svc = Services {
-        config,
-        db: opened.db,
-        storage: opened.storage,
-        staging: opened.staging,
-    };
+    let svc = Services::new(config, opened.db, opened.storage, opened.staging);
     larder_worker::run(svc, concurrency, shutdown).await
 }

@@ -148,6 +148,11 @@ impl TestApp {
         out
     }
 
+    /// The file of an object of the local storage backend.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.storage_root.join(key)
+    }
+
     /// Sets an object's modification time `age` into the past.
     pub fn age_object(&self, key: &str, age: Duration) {
         let file = std::fs::File::options()
@@ -176,16 +181,43 @@ impl TestApp {
         assert!(left.is_empty(), "staging is not empty: {left:?}");
     }
 
-    /// Asserts the chunk store holds each chunk once: one object per row,
-    /// no two rows with one hash. Returns the number of chunks.
+    /// Asserts the chunk store holds each chunk once and every row's bytes
+    /// exist: one object per chunk stored on its own, one pack object per
+    /// `packs` row, each packed row's pack recorded, and every pack's live
+    /// counts equal to the rows located in it. Returns the number of chunks.
     pub async fn assert_chunk_store_consistent(&self) -> i64 {
         let rows = self.count("chunks").await;
+        let own = self
+            .scalar("SELECT COUNT(*) FROM chunks WHERE pack_id IS NULL")
+            .await;
         let objects = self.object_keys("chunks/").await;
-        assert_eq!(objects.len() as i64, rows, "chunk objects vs chunk rows");
+        assert_eq!(
+            objects.len() as i64,
+            own,
+            "chunk objects vs unpacked chunk rows"
+        );
         let dups = self
             .scalar("SELECT COUNT(*) FROM (SELECT chunk_hash FROM chunks GROUP BY chunk_hash HAVING COUNT(*) > 1) d")
             .await;
         assert_eq!(dups, 0, "duplicate chunk rows");
+        let homeless = self
+            .scalar("SELECT COUNT(*) FROM chunks c WHERE c.pack_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM packs p WHERE p.id = c.pack_id)")
+            .await;
+        assert_eq!(homeless, 0, "packed chunk rows whose pack has no row");
+        let drifted = self
+            .scalar(
+                "SELECT COUNT(*) FROM packs p WHERE p.live_chunks <> (SELECT COUNT(*) FROM chunks c WHERE c.pack_id = p.id)
+                 OR p.live_bytes <> (SELECT COALESCE(SUM(c.file_size), 0) FROM chunks c WHERE c.pack_id = p.id)",
+            )
+            .await;
+        assert_eq!(drifted, 0, "packs whose live counts differ from their rows");
+        let pack_objects = self.object_keys("packs/").await;
+        let pack_rows = self.count("packs").await;
+        assert!(
+            pack_objects.len() as i64 >= pack_rows,
+            "{pack_rows} pack rows but {} pack objects",
+            pack_objects.len()
+        );
         rows
     }
 }

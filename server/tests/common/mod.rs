@@ -275,6 +275,7 @@ pub async fn pg_admin() -> sqlx::PgConnection {
 pub struct TestAppBuilder {
     backend: Backend,
     storage: Option<String>,
+    pack_size: Option<u64>,
     extra: String,
 }
 
@@ -283,6 +284,13 @@ impl TestAppBuilder {
     /// local directory.
     pub fn storage(mut self, section: String) -> Self {
         self.storage = Some(section);
+        self
+    }
+
+    /// `[storage] pack-size`: 0 stores each chunk as its own object (the
+    /// layout before packs, which old stores still hold).
+    pub fn pack_size(mut self, bytes: u64) -> Self {
+        self.pack_size = Some(bytes);
         self
     }
 
@@ -295,7 +303,7 @@ impl TestAppBuilder {
 
     /// A fresh, migrated app.
     pub async fn build(self) -> TestApp {
-        TestApp::with_config(self.backend, self.storage, &self.extra).await
+        TestApp::with_config(self.backend, self.storage, self.pack_size, &self.extra).await
     }
 }
 
@@ -306,6 +314,7 @@ impl TestApp {
         TestAppBuilder {
             backend,
             storage: None,
+            pack_size: None,
             extra: String::new(),
         }
     }
@@ -322,7 +331,12 @@ impl TestApp {
         Some(Self::builder(backend).storage(storage).build().await)
     }
 
-    async fn with_config(backend: Backend, storage: Option<String>, extra: &str) -> Self {
+    async fn with_config(
+        backend: Backend,
+        storage: Option<String>,
+        pack_size: Option<u64>,
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage_root = dir.path().join("storage");
         let store = if storage.is_some() {
@@ -330,7 +344,14 @@ impl TestApp {
         } else {
             Store::Local
         };
-        let storage = storage.unwrap_or_else(|| local_storage_toml(&storage_root));
+        let mut storage = storage.unwrap_or_else(|| local_storage_toml(&storage_root));
+        if let Some(size) = pack_size {
+            storage = storage.replacen(
+                "[storage]\n",
+                &format!("[storage]\npack-size = {size}\n"),
+                1,
+            );
+        }
         let (db_url, pg_database) = fresh_database(backend, dir.path()).await;
         let toml = format!("{}{extra}", config_toml(&db_url, &storage));
         let config_path = dir.path().join("larder.toml");
@@ -344,12 +365,12 @@ impl TestApp {
             .expect("opening database and storage");
         state.db.migrate().await.expect("migrations");
         let key = TokenKey::from_config(&config.jwt.signing).expect("HS256 key");
-        let services = Services {
+        let services = Services::new(
             config,
-            db: state.db.clone(),
-            storage: state.storage.clone(),
-            staging: state.staging.clone(),
-        };
+            state.db.clone(),
+            state.storage.clone(),
+            state.staging.clone(),
+        );
         Self {
             backend,
             store,

@@ -523,7 +523,8 @@ async fn a_cache_key_can_live_in_a_file() {
         .await
         .assert_status(StatusCode::OK);
     let dir = tempfile::tempdir().expect("temp dir");
-    let larder_shared::config::StorageConfig::Local { path: storage } = &app.state.config.storage
+    let larder_shared::config::StorageConfig::Local { path: storage } =
+        &app.state.config.storage.backend
     else {
         panic!("local storage");
     };

@@ -11,8 +11,9 @@
 //! read once to compute it (the same values ingest stores), and the result
 //! is written back, so only its first download pays for that.
 //!
-//! Chunks are fetched a few ahead for throughput, with memory bounded by the
-//! prefetch window. A storage failure or a length mismatch ends the stream
+//! Frames are fetched by coalesced, pipelined reads ([`super::reads`]): one
+//! ranged read per run of frames stored back to back, started ahead of
+//! the data, with memory bounded by the pipeline. A storage failure or a length mismatch ends the stream
 //! with an error, which breaks the connection: a 200 never ends early as if
 //! complete.
 
@@ -23,15 +24,11 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 
-use super::ChunkStore;
-use crate::chunk;
+use super::{ChunkStore, reads};
 use crate::db::chunks::{self, BATCH, ChunkRecord};
 use crate::db::nar_layout::{ChunkSpan, NarLayout, NarLayoutBuilder};
 use crate::db::nars::{self, NarRecord};
 use crate::db::{ChunkId, Db, DbError};
-
-/// Chunks fetched ahead of the one being sent.
-const PREFETCH: usize = 8;
 
 /// Batches of chunk rows loaded ahead of the data (and, for a NAR without a
 /// stored layout, at once while computing it).
@@ -129,35 +126,15 @@ impl ChunkLayout {
             .step_by(BATCH)
             .map(|b| b..(b + BATCH).min(stop))
             .collect();
-        let pieces = stream::iter(batches)
+        let parts = stream::iter(batches)
             .map(move |idx| {
                 let (db, plan) = (db.clone(), plan.clone());
                 async move { plan.rows(&db, idx).await }
             })
             .buffered(ROWS_AHEAD)
-            .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok)))
+            .map_ok(|parts| stream::iter(parts.into_iter().map(Ok)))
             .try_flatten();
-        let body = pieces
-            .map_ok(move |(rec, within)| {
-                let chunks = chunks.clone();
-                async move {
-                    match repr {
-                        Representation::Zstd => chunks.read(&rec, within).await,
-                        Representation::Plain => {
-                            let data = chunks.read_frame(&rec).await?;
-                            let expected = rec.chunk_size as usize;
-                            let plain = tokio::task::spawn_blocking(move || {
-                                chunk::decompress(&data, expected)
-                            })
-                            .await
-                            .map_err(io_err)??;
-                            Ok(plain.slice(within.start as usize..within.end as usize))
-                        }
-                    }
-                }
-            })
-            .try_buffered(PREFETCH);
-        Box::pin(body)
+        reads::stream(chunks, Box::pin(parts), repr)
     }
 }
 

@@ -11,7 +11,60 @@ use serde::{Deserialize, Serialize};
 use super::{ConfigDuration, Secret};
 use crate::storage::validate_prefix;
 
-/// `[storage]`: a tagged choice of backend.
+/// `[storage]`: the backend chunks live in, and how they are packed.
+///
+/// The backend's keys sit beside `pack-size` in the same table (as in
+/// Attic's `server.toml`), hence the flattened enum.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MainStorageConfig {
+    /// Target size of a chunk pack in bytes (docs/architecture.md "Packs"):
+    /// an ingest seals a pack once it holds this much. `0` stores every
+    /// chunk as its own object, as Larder did before packs.
+    #[serde(default = "d_pack_size")]
+    pub pack_size: u64,
+    /// The backend.
+    #[serde(flatten)]
+    pub backend: StorageConfig,
+}
+
+/// Default [`MainStorageConfig::pack_size`]: 32 MiB keeps an S3 PUT per
+/// 32 MiB of new chunks and objects far above the 16 MiB mean the storage
+/// bill wants, while an open pack streams and needs no buffer
+/// (docs/measurements.md "Packs").
+pub const DEFAULT_PACK_SIZE: u64 = 32 * 1024 * 1024;
+
+fn d_pack_size() -> u64 {
+    DEFAULT_PACK_SIZE
+}
+
+/// Smallest accepted non-zero pack size.
+const MIN_PACK_SIZE: u64 = 1024 * 1024;
+/// Largest accepted pack size (a chunk row stores offsets as i64, S3 caps
+/// multipart objects far above this).
+const MAX_PACK_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+
+impl std::ops::Deref for MainStorageConfig {
+    type Target = StorageConfig;
+    fn deref(&self) -> &StorageConfig {
+        &self.backend
+    }
+}
+
+impl MainStorageConfig {
+    /// Problems of this section, each prefixed with `section`.
+    pub(super) fn problems(&self, section: &str, out: &mut Vec<String>) {
+        self.backend.problems(section, out);
+        if self.pack_size != 0 && !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&self.pack_size) {
+            out.push(format!(
+                "{section}.pack-size: {} must be 0 (no packs) or between 1 MiB and 4 GiB",
+                self.pack_size
+            ));
+        }
+    }
+}
+
+/// `[storage]`'s backend (and `[staging.storage]`): a tagged choice.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum StorageConfig {

@@ -287,7 +287,7 @@ path = "/var/lib/larder/staging"
         );
         let c = Config::parse_toml(&text).unwrap();
         c.validate().unwrap();
-        let StorageConfig::S3(s3) = &c.storage else {
+        let StorageConfig::S3(s3) = &c.storage.backend else {
             panic!("not s3: {:?}", c.storage)
         };
         assert_eq!(s3.bucket, "nix");
@@ -310,7 +310,7 @@ fn s3_defaults_and_problems() {
     let aws = format!("{S3_BASE}\n[storage]\ntype = \"s3\"\nbucket = \"nix\"\n");
     let c = Config::parse_toml(&aws).unwrap();
     c.validate().unwrap();
-    let StorageConfig::S3(s3) = &c.storage else {
+    let StorageConfig::S3(s3) = &c.storage.backend else {
         panic!()
     };
     assert!(!s3.path_style() && s3.credentials.is_none() && s3.prefix().is_none());
@@ -336,4 +336,28 @@ fn s3_defaults_and_problems() {
     ] {
         assert!(err.contains(needle), "{needle} in {err}");
     }
+}
+
+#[test]
+fn pack_size_sits_beside_the_backend_keys() {
+    let c = Config::parse_toml(MINIMAL).unwrap();
+    assert_eq!(c.storage.pack_size, DEFAULT_PACK_SIZE);
+    let with = MINIMAL.replace("[storage]\n", "[storage]\npack-size = 8388608\n");
+    let c = Config::parse_toml(&with).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.storage.pack_size, 8 * 1024 * 1024);
+    assert!(matches!(c.storage.backend, StorageConfig::Local { .. }));
+    let legacy = MINIMAL.replace("[storage]\n", "[storage]\npack-size = 0\n");
+    Config::parse_toml(&legacy).unwrap().validate().unwrap();
+    let tiny = MINIMAL.replace("[storage]\n", "[storage]\npack-size = 1000\n");
+    let err = Config::parse_toml(&tiny)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("storage.pack-size"), "{err}");
+    // The backend's own keys stay strict beside it.
+    let typo = MINIMAL.replace("[storage]\n", "[storage]\npack-size = 0\npaht = \"/x\"\n");
+    let err = Config::parse_toml(&typo).unwrap_err().to_string();
+    assert!(err.contains("paht"), "{err}");
 }

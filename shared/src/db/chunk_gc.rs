@@ -67,3 +67,34 @@ pub async fn delete_marked_chunks(raw: Raw<'_>, ids: &[ChunkId]) -> Result<u64, 
         Ok(q.execute(&mut *c).await?.rows_affected())
     })
 }
+
+/// Deletes rows of marked chunks stored in packs (≤
+/// [`super::chunks::BATCH`]); returns each deleted row's `(pack, stored
+/// bytes)`, what its pack's live counts lose in the same transaction.
+pub async fn delete_marked_packed(
+    raw: Raw<'_>,
+    ids: &[ChunkId],
+) -> Result<Vec<(i64, i64)>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "DELETE FROM chunks WHERE refcount < 0 AND pack_id IS NOT NULL AND id IN ({})
+         RETURNING pack_id, file_size",
+        placeholders(1, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| {
+                let pack: i64 = r.try_get("pack_id")?;
+                let size: i32 = r.try_get("file_size")?;
+                Ok((pack, i64::from(size)))
+            })
+            .collect()
+    })
+}

@@ -114,4 +114,7 @@ pub struct NewChunk {
     pub chunk_size: i32,
     /// Stored size.
     pub file_size: i32,
+    /// `(pack id, offset)` of its frame; `None` for a chunk stored as its
+    /// own object (`[storage] pack-size = 0`).
+    pub pack: Option<(i64, i64)>,
 }

@@ -20,6 +20,7 @@ pub mod nar_layout;
 pub mod nars;
 pub mod object_refs;
 pub mod objects;
+pub mod packs;
 pub mod pins;
 pub mod refcounts;
 pub mod stats;

@@ -94,17 +94,25 @@ pub async fn insert_referenced(
         return Ok(HashMap::new());
     }
     let values = (0..new.len())
-        .map(|i| format!("(${}, ${}, ${}, 1, NULL)", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .map(|i| {
+            let p: Vec<String> = (1..=5).map(|k| format!("${}", 5 * i + k)).collect();
+            format!("({}, 1, NULL)", p.join(", "))
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let insert = format!(
-        "INSERT INTO chunks (chunk_hash, chunk_size, file_size, refcount, zero_since)
+        "INSERT INTO chunks (chunk_hash, chunk_size, file_size, pack_id, pack_offset, refcount, zero_since)
          VALUES {values} ON CONFLICT (chunk_hash) DO NOTHING RETURNING id, chunk_hash"
     );
     on_conn!(raw, c => {
         let mut q = sqlx::query(AssertSqlSafe(&*insert));
         for n in new {
-            q = q.bind(&n.hash.as_bytes()[..]).bind(n.chunk_size).bind(n.file_size);
+            q = q
+                .bind(&n.hash.as_bytes()[..])
+                .bind(n.chunk_size)
+                .bind(n.file_size)
+                .bind(n.pack.map(|p| p.0))
+                .bind(n.pack.map(|p| p.1));
         }
         let rows = q.fetch_all(&mut *c).await?;
         rows.iter()

@@ -36,6 +36,15 @@ pub struct GlobalStats {
     pub staged_bytes: i64,
     /// `nar_bytes / stored_bytes`: what dedup and compression save together.
     pub dedup_ratio: f64,
+    /// Pack objects.
+    pub packs: i64,
+    /// Their bytes in storage (live frames, dead frames and indexes).
+    pub pack_bytes: i64,
+    /// Bytes in packs no chunk row uses any more: space GC has released
+    /// but storage still holds until the pack empties or is compacted.
+    pub pack_dead_bytes: i64,
+    /// Chunks stored one per object (the layout before packs).
+    pub unpacked_chunks: i64,
 }
 
 fn ratio(a: i64, b: i64) -> f64 {
@@ -96,6 +105,19 @@ pub async fn global(raw: Raw<'_>) -> Result<GlobalStats, DbError> {
         )
         .fetch_one(&mut *c)
         .await?;
+        let p = sqlx::query(
+            "SELECT COUNT(*) AS packs, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes,
+                    CAST(COALESCE(SUM(live_bytes), 0) AS BIGINT) AS live
+             FROM packs",
+        )
+        .fetch_one(&mut *c)
+        .await?;
+        let unpacked: i64 = sqlx::query("SELECT COUNT(*) AS n FROM chunks WHERE pack_id IS NULL")
+            .fetch_one(&mut *c)
+            .await?
+            .try_get("n")?;
+        let pack_bytes: i64 = p.try_get("bytes")?;
+        let pack_live: i64 = p.try_get("live")?;
         let nar_bytes: i64 = o.try_get("nar_bytes")?;
         let staged_bytes: i64 = n.try_get("staged_bytes")?;
         let stored: i64 = k.try_get("stored")?;
@@ -111,6 +133,10 @@ pub async fn global(raw: Raw<'_>) -> Result<GlobalStats, DbError> {
             staged_nars: n.try_get("staged")?,
             staged_bytes,
             dedup_ratio: ratio(nar_bytes, stored + staged_bytes),
+            packs: p.try_get("packs")?,
+            pack_bytes,
+            pack_dead_bytes: (pack_bytes - pack_live).max(0),
+            unpacked_chunks: unpacked,
         })
     })
 }

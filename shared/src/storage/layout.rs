@@ -31,9 +31,21 @@ pub fn parse_chunk_key(key: &str) -> Option<ChunkHash> {
     (chunk_key(&hash).as_str() == key).then_some(hash)
 }
 
-/// The object of pack `id` (many chunks' frames back to back).
+/// Prefix of chunk packs.
+pub const PACKS: &str = "packs/";
+
+/// The object of pack `id` (many chunks' frames back to back, see
+/// [`crate::pack`]): `packs/<id mod 256, hex>/<id>.pack`, sharded so no
+/// local directory holds more than a few thousand packs per TiB.
 pub fn pack_key(id: i64) -> ObjectKey {
-    ObjectKey::from_trusted(format!("packs/{id}"))
+    ObjectKey::from_trusted(format!("{PACKS}{:02x}/{id}.pack", id & 0xff))
+}
+
+/// The pack a key written by [`pack_key`] names; `None` for any other key.
+pub fn parse_pack_key(key: &str) -> Option<i64> {
+    let name = key.strip_prefix(PACKS)?.rsplit('/').next()?;
+    let id: i64 = name.strip_suffix(".pack")?.parse().ok()?;
+    (id >= 0 && pack_key(id).as_str() == key).then_some(id)
 }
 
 /// A fresh key under `staging/`; random, so concurrent uploads never collide.
@@ -107,5 +119,21 @@ mod tests {
         );
         assert!(upload_key(&h, Compression::None).as_str().ends_with(".nar"));
         assert!(ObjectKey::new(pack_key(7).as_str().to_owned()).is_ok());
+    }
+
+    #[test]
+    fn pack_keys_round_trip_and_nothing_else_parses() {
+        assert_eq!(pack_key(7).as_str(), "packs/07/7.pack");
+        assert_eq!(pack_key(0x1ff).as_str(), "packs/ff/511.pack");
+        assert_eq!(parse_pack_key("packs/ff/511.pack"), Some(511));
+        for bad in [
+            "packs/fe/511.pack",
+            "packs/ff/0511.pack",
+            "packs/ff/511",
+            "chunks/ff/511.pack",
+            "packs/ff/-1.pack",
+        ] {
+            assert_eq!(parse_pack_key(bad), None, "{bad}");
+        }
     }
 }

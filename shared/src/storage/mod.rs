@@ -317,6 +317,15 @@ pub enum StorageError {
     /// The caller dropped a `put` before it completed; it was rolled back.
     #[error("put of {0} was cancelled")]
     Cancelled(ObjectKey),
+    /// A pack's streamed put broke off or wrote another size than its
+    /// frames and index (the pack is not stored).
+    #[error("writing pack {id} failed: {message}")]
+    Pack {
+        /// The pack.
+        id: i64,
+        /// What went wrong.
+        message: String,
+    },
     /// A blocking helper task died (panic or runtime shutdown).
     #[error("storage task failed")]
     Task(#[from] tokio::task::JoinError),

@@ -42,6 +42,9 @@ pub struct GcReport {
     /// their intents, older than the grace period) or of deletions a dead
     /// GC left claimed, deleted.
     pub orphan_objects_deleted: u64,
+    /// Packs deleted because every chunk in them died (their bytes are in
+    /// `bytes_freed`; a packed chunk's own bytes are freed only with its pack).
+    pub packs_deleted: u64,
 }
 
 /// Runs one GC at time `now` (Unix seconds; injectable for tests) if no
@@ -124,6 +127,10 @@ async fn collect(
     let chunks = chunk_deletion::delete_unreferenced(svc, lease, now - grace).await?;
     report.chunks_deleted = chunks.rows;
     report.bytes_freed = chunks.bytes;
+    lease.renew(svc).await?;
+    let packs = chunk_deletion::delete_empty_packs(svc, lease, now - grace).await?;
+    report.packs_deleted = packs.objects;
+    report.bytes_freed += packs.bytes;
     lease.renew(svc).await?;
     report.orphan_objects_deleted = chunk_deletion::delete_orphan_objects(svc, lease, now - grace)
         .await?

@@ -45,9 +45,11 @@ use larder_shared::storage::{ObjectKey, StorageError};
 use crate::services::Services;
 
 mod commit;
+mod placer;
 mod write_intents;
 
 use self::commit::{Slot, commit};
+use self::placer::{Placed, Placer};
 use self::write_intents::Writer;
 
 /// How often a running ingest marks its NAR as alive for the sweeper.
@@ -173,6 +175,8 @@ async fn run(
 ) -> anyhow::Result<Outcome> {
     let params = svc.config.chunking.params();
     let level = svc.config.compression.level;
+    let pack_size = svc.config.storage.pack_size;
+    let packed = pack_size > 0;
     let parallelism = NonZeroUsize::new(num_cpus::get().max(1) * 2).unwrap_or(NonZeroUsize::MIN);
 
     let input = match svc.staging.get(key, None).await {
@@ -214,7 +218,9 @@ async fn run(
                     .into_iter()
                     .filter(|h| !known.contains_key(h))
                     .collect();
-                writer.intend(&db, &unknown).await?;
+                if !packed {
+                    writer.intend(&db, &unknown).await?;
+                }
                 Ok::<_, anyhow::Error>(futures::stream::iter(
                     batch
                         .into_iter()
@@ -229,14 +235,15 @@ async fn run(
             let chunk_store = chunk_store.clone();
             async move {
                 if known.is_some() {
-                    return Ok::<_, anyhow::Error>((known, chunk, 0u32));
+                    return Ok::<_, anyhow::Error>((known, chunk, Bytes::new()));
                 }
                 let data = chunk.data.clone();
                 let frame: Bytes =
                     tokio::task::spawn_blocking(move || chunk::compress(&data, level)).await??;
-                let len = frame.len() as u32;
-                chunk_store.put(&chunk.hash, frame).await?;
-                Ok((None, chunk, len))
+                if !packed {
+                    chunk_store.put(&chunk.hash, frame.clone()).await?;
+                }
+                Ok((None, chunk, frame))
             }
         })
         .try_buffered(parallelism.get());
@@ -250,7 +257,9 @@ async fn run(
     // New chunks, by hash (a chunk repeated in the NAR is recorded once).
     let mut new: HashMap<ChunkHash, NewChunk> = HashMap::new();
     let (mut new_chunks, mut stored_bytes) = (0usize, 0u64);
-    while let Some((known, chunk, file_size)) = stored.try_next().await? {
+    let small = nar_size <= pack_size / 4;
+    let mut placer = packed.then(|| Placer::new(svc, writer, pack_size, small));
+    while let Some((known, chunk, frame)) = stored.try_next().await? {
         hasher.update(&chunk.data);
         lister
             .update(&chunk.data)
@@ -261,12 +270,18 @@ async fn run(
                 slots.push(Slot::New(chunk.hash));
                 if let std::collections::hash_map::Entry::Vacant(e) = new.entry(chunk.hash) {
                     new_chunks += 1;
-                    stored_bytes += u64::from(file_size);
+                    stored_bytes += frame.len() as u64;
                     e.insert(NewChunk {
                         hash: chunk.hash,
                         chunk_size: chunk.data.len() as i32,
-                        file_size: file_size as i32,
+                        file_size: frame.len() as i32,
+                        pack: None,
                     });
+                    if let Some(placer) = placer.as_mut() {
+                        placer
+                            .push(chunk.hash, chunk.data.len() as u32, frame)
+                            .await?;
+                    }
                 }
             }
         }
@@ -280,6 +295,16 @@ async fn run(
         .context("staged NAR does not parse: staging copy corrupt")?
         .listing
         .map(|l| l.to_json());
+    let placed = match placer {
+        Some(placer) => placer.finish().await?,
+        None => Placed::default(),
+    };
+    for (hash, n) in new.iter_mut() {
+        n.pack = placed.locations.get(hash).copied();
+        if packed && n.pack.is_none() {
+            bail!("new chunk {hash} was placed in no pack");
+        }
+    }
     if let Some(pause) = pause {
         pause.reached.notify_one();
         pause.resume.notified().await;
@@ -291,6 +316,7 @@ async fn run(
         nar_id,
         &slots,
         new,
+        &placed.packs,
         listing.as_deref(),
     )
     .await?

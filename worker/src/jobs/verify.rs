@@ -3,7 +3,7 @@
 //! Verify holds the GC lease while it runs (every chunk-object deletion
 //! does, docs/gc.md), so it waits for no GC and no GC runs meanwhile.
 //!
-//! 1. Storage objects under `chunks/` the database does not know are listed
+//! 1. Storage objects under `chunks/` and `packs/` the database does not know are listed
 //!    (the one place storage is listed: objects left by versions before
 //!    write intents); with `--repair` those older than the grace period are
 //!    deleted through [`crate::chunk_deletion`], which keeps any an ingest
@@ -25,8 +25,9 @@ use serde::Serialize;
 
 use larder_shared::chunk::{self, ChunkHash};
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
-use larder_shared::db::refcounts;
 use larder_shared::db::{ChunkId, NarId, chunk_gc, verify};
+use larder_shared::db::{packs, refcounts};
+use larder_shared::storage::{ObjectMeta, StorageError};
 
 use crate::chunk_deletion::{self, Doomed};
 use crate::gc_lease::GcLease;
@@ -76,8 +77,9 @@ async fn verify(
     Ok(report)
 }
 
-/// Lists chunk objects the database does not know; with `repair`, deletes
-/// those older than the grace period (unless an ingest is writing them).
+/// Lists chunk objects and packs the database does not know; with
+/// `repair`, deletes those older than the grace period (unless an ingest is
+/// writing them).
 async fn find_orphans(
     svc: &Services,
     lease: &GcLease,
@@ -85,54 +87,90 @@ async fn find_orphans(
     repair: bool,
     report: &mut VerifyReport,
 ) -> anyhow::Result<()> {
-    let cutoff = now - grace_secs(svc);
-    let grace = svc.config.garbage_collection.grace_period.get();
-    let now_t = SystemTime::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
-    let mut listing = std::pin::pin!(svc.chunks().list());
-    let mut batch = Vec::new();
-    loop {
-        let next = listing.try_next().await?;
-        if let Some(object) = &next {
-            if let Some(hash) = object.hash {
-                batch.push((hash, object.meta.clone()));
-            } else {
-                report
-                    .orphan_objects
-                    .push(object.meta.key.as_str().to_owned());
+    let sweep = Sweep {
+        svc,
+        lease,
+        now,
+        repair,
+    };
+    let chunk_objects = svc.chunks().list().map_ok(|o| (o.hash, o.meta));
+    let known_chunks = async |hashes: Vec<ChunkHash>| {
+        let mut conn = svc.db.conn().await?;
+        let found = chunks::find_by_hashes(conn.raw(), &hashes).await?;
+        Ok(found.into_keys().collect())
+    };
+    let orphan_chunk = |_: ChunkHash, meta: &ObjectMeta| Doomed::orphan(meta.key.as_str());
+    sweep
+        .run(chunk_objects, known_chunks, orphan_chunk, report)
+        .await?;
+    let known_packs = async |ids: Vec<i64>| {
+        let mut conn = svc.db.conn().await?;
+        Ok(packs::existing(conn.raw(), &ids).await?)
+    };
+    let orphan_pack = |id: i64, meta: &ObjectMeta| Some(Doomed::pack(id, meta.size));
+    sweep
+        .run(svc.chunks().list_packs(), known_packs, orphan_pack, report)
+        .await
+}
+
+/// One listing of storage compared with the database.
+#[derive(Clone, Copy)]
+struct Sweep<'a> {
+    svc: &'a Services,
+    lease: &'a GcLease,
+    now: i64,
+    repair: bool,
+}
+
+impl Sweep<'_> {
+    /// Reports every listed object whose key names nothing (`None`) or
+    /// something `known` does not find, in batches; with `repair`, deletes
+    /// those older than the grace period through the deletion protocol.
+    async fn run<K: Copy + Eq + std::hash::Hash>(
+        self,
+        listing: impl futures::Stream<Item = Result<(Option<K>, ObjectMeta), StorageError>>,
+        known: impl AsyncFn(Vec<K>) -> anyhow::Result<HashSet<K>>,
+        doomed: impl Fn(K, &ObjectMeta) -> Option<Doomed>,
+        report: &mut VerifyReport,
+    ) -> anyhow::Result<()> {
+        let cutoff = self.now - grace_secs(self.svc);
+        let grace = self.svc.config.garbage_collection.grace_period.get();
+        let now_t = SystemTime::UNIX_EPOCH + Duration::from_secs(self.now.max(0) as u64);
+        let mut listing = std::pin::pin!(listing);
+        let mut batch: Vec<(K, ObjectMeta)> = Vec::new();
+        loop {
+            let next = listing.try_next().await?;
+            match &next {
+                Some((Some(k), meta)) => batch.push((*k, meta.clone())),
+                Some((None, meta)) => report.orphan_objects.push(meta.key.as_str().to_owned()),
+                None => {}
             }
-        }
-        if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
-            let hashes: Vec<ChunkHash> = batch.iter().map(|(h, _)| *h).collect();
-            let known: HashSet<ChunkHash> = {
-                let mut conn = svc.db.conn().await?;
-                chunks::find_by_hashes(conn.raw(), &hashes)
-                    .await?
-                    .into_keys()
-                    .collect()
-            };
-            let mut doomed = Vec::new();
-            for (hash, meta) in batch.drain(..) {
-                if known.contains(&hash) {
-                    continue;
+            if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
+                let found = known(batch.iter().map(|(k, _)| *k).collect()).await?;
+                let mut delete = Vec::new();
+                for (k, meta) in batch.drain(..) {
+                    if found.contains(&k) {
+                        continue;
+                    }
+                    report.orphan_objects.push(meta.key.as_str().to_owned());
+                    let old = now_t
+                        .duration_since(meta.last_modified)
+                        .is_ok_and(|age| age > grace);
+                    if self.repair && old {
+                        delete.extend(doomed(k, &meta));
+                    }
                 }
-                report.orphan_objects.push(meta.key.as_str().to_owned());
-                let old = now_t
-                    .duration_since(meta.last_modified)
-                    .is_ok_and(|age| age > grace);
-                if repair && old {
-                    doomed.extend(Doomed::orphan(meta.key.as_str()));
-                }
+                report.orphans_deleted +=
+                    chunk_deletion::delete(self.svc, self.lease, delete, cutoff)
+                        .await?
+                        .objects;
+                self.lease.renew(self.svc).await?;
             }
-            report.orphans_deleted += chunk_deletion::delete(svc, lease, doomed, cutoff)
-                .await?
-                .objects;
-            lease.renew(svc).await?;
-        }
-        if next.is_none() {
-            break;
+            if next.is_none() {
+                return Ok(());
+            }
         }
     }
-    Ok(())
 }
 
 async fn check_one(svc: &Services, rec: &ChunkRecord) -> Option<String> {
@@ -168,7 +206,7 @@ async fn check_chunks(
         };
         let Some(last) = page.last() else { break };
         after = last.id;
-        for rec in page.iter().filter(|r| r.pack_id.is_none()) {
+        for rec in &page {
             report.chunks_checked += 1;
             if let Some(problem) = check_one(svc, rec).await {
                 tracing::warn!(chunk = %rec.hash, problem, "damaged chunk");

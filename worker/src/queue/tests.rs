@@ -69,12 +69,7 @@ token-hs256-secret-base64 = "c2VjcmV0"
     let db = Db::connect(url, 4).await.expect("database");
     db.migrate().await.expect("migrations");
     let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(storage_dir).expect("storage"));
-    Services {
-        config: Arc::new(config),
-        db,
-        storage: storage.clone(),
-        staging: storage,
-    }
+    Services::new(Arc::new(config), db, storage.clone(), storage)
 }
 
 /// A NAR large enough to be cut into several chunks.

@@ -19,12 +19,12 @@ async fn services(config: &Config) -> anyhow::Result<Services> {
     larder_shared::bootstrap::prepare_signing_keys(config, &opened.db)
         .await
         .context("sealing signing keys")?;
-    Ok(Services {
-        config: Arc::new(config.clone()),
-        db: opened.db,
-        storage: opened.storage,
-        staging: opened.staging,
-    })
+    Ok(Services::new(
+        Arc::new(config.clone()),
+        opened.db,
+        opened.storage,
+        opened.staging,
+    ))
 }
 
 fn holder() -> String {
@@ -100,6 +100,13 @@ pub async fn run_stats(config: &Config, json: bool) -> anyhow::Result<()> {
         g.stored_bytes,
         human_bytes(g.stored_bytes as u64)
     );
+    println!(
+        "packs:             {} ({}, of which {} dead: the compaction backlog)",
+        g.packs,
+        human_bytes(g.pack_bytes as u64),
+        human_bytes(g.pack_dead_bytes as u64)
+    );
+    println!("unpacked chunks:   {} (one object each)", g.unpacked_chunks);
     println!(
         "staged:            {} NARs ({})",
         g.staged_nars,

@@ -5,10 +5,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use larder_shared::chunk::ChunkHash;
+use larder_shared::chunk_store::ChunkStore;
 use larder_shared::db::chunks::{self, BATCH};
 use larder_shared::db::nars;
 use larder_shared::db::{ChunkId, NarId};
-use larder_shared::storage::layout;
 use larder_worker::Services;
 use larder_worker::jobs::ingest;
 
@@ -18,10 +18,18 @@ use crate::common::TestApp;
 /// Pause between passes of [`ingest_until_done`] after a failed one.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
-/// Σ `file_size` over chunk rows: the bytes a full GC frees.
+/// Bytes of the objects chunk rows live in (packs whole, as recorded, and
+/// chunks stored on their own): what a GC deleting every chunk frees.
 pub async fn stored_chunk_bytes(app: &TestApp) -> i64 {
-    app.scalar("SELECT CAST(COALESCE(SUM(file_size), 0) AS BIGINT) FROM chunks")
-        .await
+    let own = app
+        .scalar(
+            "SELECT CAST(COALESCE(SUM(file_size), 0) AS BIGINT) FROM chunks WHERE pack_id IS NULL",
+        )
+        .await;
+    let packs = app
+        .scalar("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM packs")
+        .await;
+    own + packs
 }
 
 /// Ids of staged NARs.
@@ -72,10 +80,11 @@ pub async fn ingest_until_done(svc: &Services, passes: usize) -> Result<Vec<Stri
 /// - no chunk is left marked as being deleted (`refcount < 0`);
 /// - every chunk's `refcount` is the number of ready NARs listing it, and
 ///   every chunk a ready NAR lists has a row;
-/// - every chunk row's object is in storage.
+/// - every chunk row's object (its own, or its pack) is in storage.
 ///
-/// Returns the number of chunk objects without a row (left by ingests that
-/// failed after storing; `verify --repair` removes them).
+/// Returns the number of chunk and pack objects no row locates a frame in
+/// (left by ingests that failed after storing, or packs whose chunks all
+/// died; GC or `verify --repair` removes them).
 pub async fn assert_chunk_store_sound(app: &TestApp, ctx: &str) -> usize {
     let db = &app.state.db;
     let marked = ints(db, "SELECT id FROM chunks WHERE refcount < 0").await;
@@ -112,7 +121,8 @@ pub async fn assert_chunk_store_sound(app: &TestApp, ctx: &str) -> usize {
         "{ctx}: ready NARs list chunks without rows: {lost:?}"
     );
 
-    let stored: HashSet<String> = app.object_keys("chunks/").await.into_iter().collect();
+    let mut stored: HashSet<String> = app.object_keys("chunks/").await.into_iter().collect();
+    stored.extend(app.object_keys("packs/").await);
     let all: Vec<ChunkId> = rows.iter().map(|(id, _)| ChunkId(*id)).collect();
     let mut row_keys = HashSet::new();
     for batch in all.chunks(BATCH) {
@@ -121,7 +131,7 @@ pub async fn assert_chunk_store_sound(app: &TestApp, ctx: &str) -> usize {
             .expect("query")
             .values()
         {
-            let key = layout::chunk_key(&rec.hash).as_str().to_owned();
+            let key = ChunkStore::locate(rec).key.as_str().to_owned();
             assert!(
                 stored.contains(&key),
                 "{ctx}: chunk {} (refcount {}) has no object {key}",

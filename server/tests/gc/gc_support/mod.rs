@@ -25,11 +25,28 @@ pub async fn default_app(backend: Backend) -> TestApp {
     TestApp::new(backend).await
 }
 
+/// A fresh app storing each chunk as its own object (`[storage] pack-size
+/// = 0`, the layout before packs): the deletion protocol's per-chunk
+/// interleavings, and stores written before packs.
+pub async fn legacy_app(backend: Backend) -> TestApp {
+    TestApp::builder(backend).pack_size(0).build().await
+}
+
 /// A fresh app whose GC, ingest and verify run with `[garbage-collection]
 /// grace-period = "1s"`, so chunks zeroed a moment ago are already fair
 /// game for a concurrent GC (the race of docs/gc.md "Races with pushes").
 pub async fn short_grace_app(backend: Backend) -> TestApp {
-    let app = TestApp::builder(backend)
+    short_grace(TestApp::builder(backend)).await
+}
+
+/// [`short_grace_app`] with each chunk its own object, so the race also
+/// puts back a dead ingest's leftover objects.
+pub async fn short_grace_legacy_app(backend: Backend) -> TestApp {
+    short_grace(TestApp::builder(backend).pack_size(0)).await
+}
+
+async fn short_grace(builder: crate::common::TestAppBuilder) -> TestApp {
+    let app = builder
         .config("[garbage-collection]\ngrace-period = \"1s\"\n")
         .build()
         .await;

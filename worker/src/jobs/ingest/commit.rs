@@ -6,11 +6,13 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::{Context, bail};
 
 use larder_shared::chunk::ChunkHash;
+use larder_shared::chunk_store::pack_writer::SealedPack;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::listings;
 use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
+use larder_shared::db::packs;
 use larder_shared::db::refcounts;
 use larder_shared::db::{ChunkId, NarId, unix_now};
 
@@ -34,6 +36,7 @@ pub(super) async fn commit(
     nar_id: NarId,
     slots: &[Slot],
     new: HashMap<ChunkHash, NewChunk>,
+    sealed: &HashMap<i64, SealedPack>,
     listing: Option<&[u8]>,
 ) -> anyhow::Result<bool> {
     let mut tx = svc.db.begin().await?;
@@ -55,8 +58,16 @@ pub(super) async fn commit(
         })
         .collect();
     let new: Vec<NewChunk> = new.into_values().collect();
+    // Frames of the rows this commit inserts, by pack: the packs' live counts.
+    let mut live: Vec<(i64, i64)> = Vec::new();
     for batch in new.chunks(BATCH) {
         let inserted = refcounts::insert_referenced(tx.raw(), batch).await?;
+        live.extend(batch.iter().filter_map(|n| {
+            let (pack, _) = n.pack?;
+            inserted
+                .contains_key(&n.hash)
+                .then_some((pack, i64::from(n.file_size)))
+        }));
         let rest: Vec<ChunkHash> = batch
             .iter()
             .map(|n| n.hash)
@@ -94,6 +105,21 @@ pub(super) async fn commit(
             Slot::New(h) => ids.get(h).copied().context("new chunk has no id"),
         })
         .collect::<anyhow::Result<_>>()?;
+    // After the chunk rows, ascending (the lock order of docs/gc.md). Every
+    // pack the run wrote gets its row, also one none of whose frames became
+    // a row here (a concurrent ingest stored those chunks first): once this
+    // commit releases the run's intents, the row is what GC finds it by.
+    let deltas = packs::by_pack(live);
+    if let Some(pack) = deltas.keys().find(|p| !sealed.contains_key(p)) {
+        bail!("a new chunk names pack {pack}, which this run did not seal");
+    }
+    let mut ids: Vec<&i64> = sealed.keys().collect();
+    ids.sort();
+    for id in ids {
+        let s = &sealed[id];
+        let delta = deltas.get(id).copied().unwrap_or_default();
+        packs::add_live(tx.raw(), (s.id, s.size, s.chunks), delta, unix_now()).await?;
+    }
     // The layout the read path seeks by, from the rows as committed.
     let (mut file_size, mut layout) = (0i64, NarLayoutBuilder::default());
     for batch in chunk_ids.chunks(BATCH) {

@@ -35,6 +35,18 @@ impl Writer {
             .into_iter()
             .map(ChunkStore::own_object)
             .collect();
+        self.intend_keys(db, &keys).await
+    }
+
+    /// Records intents on object `keys` (a batch's chunk objects, or a pack),
+    /// then checks that no deleter claimed them; only then may they be
+    /// written.
+    pub(super) async fn intend_keys(
+        &self,
+        db: &larder_shared::db::Db,
+        keys: &[ObjectKey],
+    ) -> anyhow::Result<()> {
+        let keys = keys.to_vec();
         if keys.is_empty() {
             return Ok(());
         }

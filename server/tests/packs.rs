@@ -1,0 +1,444 @@
+//! Chunk packs (docs/architecture.md "Packs", docs/gc.md "Packs"): many
+//! chunks' frames per storage object, every scenario on SQLite and
+//! PostgreSQL.
+//!
+//! 1. small NARs ingested together share one pack (group commit);
+//! 2. a NAR larger than a pack spans several, its new chunks contiguous in
+//!    NAR order, and every range reads right across pack boundaries;
+//! 3. chunks deduplicate across packs and across the layout before packs
+//!    (one object per chunk), which stays readable beside packs;
+//! 4. GC keeps a pack while any chunk in it lives (its dead bytes counted),
+//!    and deletes it with its last chunk;
+//! 5. a pack an ingest sealed but never committed (killed) is found through
+//!    its write intent and deleted after the grace period;
+//! 6. each pack's own index names exactly the chunk rows located in it;
+//! 7. verify reads packed chunks back, marks a NAR whose pack bytes are
+//!    damaged broken (a re-push repairs it), and removes orphan packs.
+
+use crate::common;
+use crate::gc::gc_support::clock::{backdate_intents, gc_at, grace};
+use crate::gc::gc_support::http::{assert_bytes, delete_path};
+use crate::gc::gc_support::invariants::assert_chunk_store_sound;
+use crate::gc::gc_support::pool::BlockPool;
+use crate::pipeline::http::{Client, boundaries, check_ranges};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+
+use larder_shared::config::Config;
+use larder_shared::db::chunks::{self, BATCH};
+use larder_shared::db::nars::NarState;
+use larder_shared::db::unix_now;
+use larder_shared::storage::{ObjectKey, layout};
+use larder_shared::token::Permission;
+use larder_worker::Services;
+use larder_worker::jobs::ingest::{self, BeforeCommit, Outcome};
+use larder_worker::jobs::verify;
+
+use common::nar::TestNar;
+use common::read::{assert_kind, fetch};
+use common::{Backend, TestApp};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const PULL_PUSH_DELETE: &[Permission] = &[Permission::Pull, Permission::Push, Permission::Delete];
+
+/// The smallest pack size, so a few MiB of NAR fill several packs.
+async fn small_packs_app(backend: Backend) -> TestApp {
+    TestApp::builder(backend)
+        .pack_size(MIB as u64)
+        .build()
+        .await
+}
+
+on_both_backends!(small_nars_share_a_pack, pack_index_names_the_rows,);
+
+on_both_backends!(crate::packs::small_packs_app =>
+    a_nar_spans_several_packs,
+    gc_keeps_a_pack_while_a_chunk_lives,
+    killed_ingest_pack_is_collected,
+    verify_reads_packs,
+);
+
+on_both_backends!(crate::gc::gc_support::legacy_app =>
+    dedup_across_packs_and_the_old_layout,
+);
+
+/// Ingests every staged NAR at once, as a worker running that many jobs
+/// would.
+async fn ingest_concurrently(svc: &Services, app: &TestApp) -> usize {
+    let ids = app.staged_nar_ids().await;
+    let runs = ids.into_iter().map(|id| {
+        let svc = svc.clone();
+        tokio::spawn(async move { ingest::ingest(&svc, id).await })
+    });
+    let mut done = 0;
+    for run in futures::future::join_all(runs).await {
+        match run.expect("task").expect("ingest") {
+            Outcome::Ingested { .. } => done += 1,
+            Outcome::Skipped => {}
+        }
+    }
+    done
+}
+
+// --- 1. group commit ----------------------------------------------------------------
+
+async fn small_nars_share_a_pack(app: &TestApp) {
+    app.create_cache("small", false).await;
+    let token = app.token(&[("small", PULL_PUSH_DELETE)]);
+    let nars: Vec<TestNar> = (0..8)
+        .map(|i| TestNar::files(&format!("small-{i}"), 900 + i, &[3 * KIB, 20 * KIB]))
+        .collect();
+    for n in &nars {
+        assert_kind(&app.upload(&token, "small", n).await, "Uploaded");
+    }
+    assert_eq!(ingest_concurrently(&app.services, app).await, nars.len());
+    let packs = app.count("packs").await;
+    assert!(
+        (1..nars.len() as i64).contains(&packs),
+        "{} small NARs ingested together made {packs} packs",
+        nars.len()
+    );
+    assert_eq!(app.object_keys("packs/").await.len() as i64, packs);
+    assert_eq!(
+        app.object_keys("chunks/").await.len(),
+        0,
+        "nothing unpacked"
+    );
+    for n in &nars {
+        assert_bytes(app, &token, "small", n, "grouped").await;
+    }
+    app.assert_chunk_store_consistent().await;
+    assert_chunk_store_sound(app, "grouped").await;
+}
+
+// --- 2. a NAR over several packs ------------------------------------------------------
+
+async fn a_nar_spans_several_packs(app: &TestApp) {
+    app.create_cache("big", true).await;
+    let token = app.token(&[("big", PULL_PUSH_DELETE)]);
+    let nar = TestNar::files("big-1.0", 77, &[1536 * KIB, 1536 * KIB, 700 * KIB]);
+    assert_kind(&app.upload(&token, "big", &nar).await, "Uploaded");
+    app.drain_jobs().await;
+    let packs = app.count("packs").await;
+    assert!(
+        packs >= 3,
+        "3.7 MiB of random data in 1 MiB packs: {packs} packs"
+    );
+
+    // In NAR order, each pack's frames follow one another without a gap:
+    // the NAR's new chunks are contiguous, so a download reads runs.
+    let rec = app.nar_record(&nar).await;
+    let mut conn = app.state.db.conn().await.expect("connection");
+    let mut prev: Option<(i64, i64)> = None;
+    let mut switches = 0;
+    for ids in rec.chunk_ids.chunks(BATCH) {
+        let found = chunks::get_many(conn.raw(), ids).await.expect("query");
+        for id in ids {
+            let c = &found[id];
+            let (pack, offset) = (c.pack_id.expect("packed"), c.pack_offset.expect("offset"));
+            match prev {
+                Some((p, end)) if p == pack => assert_eq!(offset, end, "chunk {id} follows"),
+                _ => switches += 1,
+            }
+            prev = Some((pack, offset + i64::from(c.file_size)));
+        }
+    }
+    drop(conn);
+    assert_eq!(switches, packs, "each pack is one run of the NAR");
+
+    let base = app.serve().await;
+    let client = Client::new(&base, None);
+    let (plain_cuts, zst_cuts) = boundaries(app, &nar).await;
+    let url = |ext: &str| format!("/big/nar/{}.{ext}", nar.url_hash());
+    check_ranges(&client, &url("nar"), &nar.bytes, &plain_cuts).await;
+    let zst = client.get(&url("nar.zst"), &[]).await.body;
+    check_ranges(&client, &url("nar.zst"), &zst, &zst_cuts).await;
+    app.assert_chunk_store_consistent().await;
+}
+
+// --- 3. dedup across packs and layouts -------------------------------------------------
+
+async fn dedup_across_packs_and_the_old_layout(app: &TestApp) {
+    app.create_cache("mixed", false).await;
+    let token = app.token(&[("mixed", PULL_PUSH_DELETE)]);
+    let pool = BlockPool::new(0xdd, 4, 256 * KIB);
+    let old = pool.nar("old", 1, &[0, 1]);
+    assert_kind(&app.upload(&token, "mixed", &old).await, "Uploaded");
+    app.drain_jobs().await;
+    assert_eq!(app.count("packs").await, 0, "stored one object per chunk");
+    let own_objects = app.object_keys("chunks/").await.len();
+    assert!(own_objects > 0);
+
+    // The same store after an upgrade: packs on, old chunks untouched.
+    let packed = with_packs(app, MIB as u64);
+    let new = pool.nar("new", 2, &[1, 2]);
+    let newer = pool.nar("newer", 3, &[2, 3]);
+    for n in [&new, &newer] {
+        assert_kind(&app.upload(&token, "mixed", n).await, "Uploaded");
+        for id in app.staged_nar_ids().await {
+            ingest::ingest(&packed, id).await.expect("ingest");
+        }
+    }
+    let packs = app.count("packs").await;
+    assert!(packs >= 2, "{packs} packs");
+    assert_eq!(app.object_keys("chunks/").await.len(), own_objects);
+    let shared = app
+        .scalar("SELECT COUNT(*) FROM chunks WHERE refcount > 1")
+        .await;
+    assert!(
+        shared > 0,
+        "block 1 and 2 chunks are reused, not stored again"
+    );
+    for n in [&old, &new, &newer] {
+        assert_bytes(app, &token, "mixed", n, "mixed layouts").await;
+    }
+
+    // Deleting everything frees both layouts.
+    for n in [&old, &new, &newer] {
+        delete_path(app, &token, "mixed", n)
+            .await
+            .assert_status(StatusCode::NO_CONTENT);
+    }
+    let t1 = unix_now() + grace(app) + 60;
+    gc_at(app, t1).await;
+    let report = gc_at(app, t1 + grace(app) + 60).await;
+    assert_eq!(report.packs_deleted, packs as u64);
+    assert_eq!(app.count("chunks").await, 0);
+    assert!(app.object_keys("chunks/").await.is_empty());
+    assert!(app.object_keys("packs/").await.is_empty());
+}
+
+/// The app's services with `[storage] pack-size = size`.
+fn with_packs(app: &TestApp, size: u64) -> Services {
+    let mut config: Config = (*app.services.config).clone();
+    config.storage.pack_size = size;
+    Services::new(
+        Arc::new(config),
+        app.state.db.clone(),
+        app.state.storage.clone(),
+        app.state.staging.clone(),
+    )
+}
+
+// --- 4. GC and dead space --------------------------------------------------------------
+
+async fn gc_keeps_a_pack_while_a_chunk_lives(app: &TestApp) {
+    app.create_cache("dead", false).await;
+    let token = app.token(&[("dead", PULL_PUSH_DELETE)]);
+    let pool = BlockPool::new(0xde, 3, 700 * KIB);
+    // `a` stores blocks 0 and 1 in its packs; `b` reuses block 1 and adds 2.
+    let a = pool.nar("a", 10, &[0, 1]);
+    let b = pool.nar("b", 11, &[1, 2]);
+    for n in [&a, &b] {
+        assert_kind(&app.upload(&token, "dead", n).await, "Uploaded");
+        app.drain_jobs().await;
+    }
+    let live_before = app
+        .scalar("SELECT CAST(SUM(live_bytes) AS BIGINT) FROM packs")
+        .await;
+    let packs_before = app.count("packs").await;
+
+    delete_path(app, &token, "dead", &a)
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
+    let t1 = unix_now() + grace(app) + 60;
+    gc_at(app, t1).await;
+    let report = gc_at(app, t1 + grace(app) + 60).await;
+    assert!(report.chunks_deleted > 0, "{report:?}");
+    // Block 0's chunks are dead space now; a pack that held only them went.
+    let live_after = app
+        .scalar("SELECT CAST(SUM(live_bytes) AS BIGINT) FROM packs")
+        .await;
+    assert!(live_after < live_before, "{live_after} < {live_before}");
+    let dead = app
+        .scalar("SELECT CAST(SUM(size - live_bytes) AS BIGINT) FROM packs")
+        .await;
+    assert!(
+        dead > 0,
+        "the pack shared by blocks 0 and 1 keeps block 0 as dead bytes"
+    );
+    assert!(app.count("packs").await <= packs_before);
+    assert_eq!(
+        app.count("packs").await + report.packs_deleted as i64,
+        packs_before
+    );
+    assert_bytes(app, &token, "dead", &b, "after GC").await;
+    app.assert_chunk_store_consistent().await;
+    assert_chunk_store_sound(app, "after GC").await;
+}
+
+// --- 5. a killed ingest's pack -----------------------------------------------------------
+
+async fn killed_ingest_pack_is_collected(app: &TestApp) {
+    app.create_cache("killed", false).await;
+    let token = app.token(&[("killed", PULL_PUSH_DELETE)]);
+    let nar = TestNar::files("killed-1.0", 55, &[2 * MIB]);
+    assert_kind(&app.upload(&token, "killed", &nar).await, "Uploaded");
+    let id = app.staged_nar_ids().await[0];
+    let pause = BeforeCommit::default();
+    let held = {
+        let (svc, pause) = (app.services.clone(), pause.clone());
+        tokio::spawn(async move { ingest::ingest_pausing(&svc, id, &pause).await })
+    };
+    pause.reached().await;
+    // Killed between sealing its packs and committing.
+    held.abort();
+    let _ = held.await;
+    let written = app.object_keys("packs/").await;
+    assert!(
+        !written.is_empty(),
+        "the packs were sealed before the commit"
+    );
+    assert_eq!(app.count("packs").await, 0, "no commit, no pack rows");
+    assert!(app.count("chunk_intents").await >= written.len() as i64);
+
+    // Within the grace period the intents protect the packs.
+    let now = unix_now();
+    assert_eq!(gc_at(app, now).await.orphan_objects_deleted, 0);
+    assert_eq!(app.object_keys("packs/").await, written);
+    // A dead writer's intents age; then GC deletes what it wrote.
+    backdate_intents(app, grace(app) + 60).await;
+    let report = gc_at(app, now).await;
+    assert_eq!(report.orphan_objects_deleted, written.len() as u64);
+    assert!(app.object_keys("packs/").await.is_empty());
+    assert_eq!(app.count("chunk_intents").await, 0);
+
+    // The NAR is still staged and served; its job's retry stores it again.
+    let staged = fetch(
+        app,
+        &token,
+        "killed",
+        &format!("nar/{}.nar", nar.url_hash()),
+    )
+    .await;
+    assert!(staged == nar.bytes, "served from staging meanwhile");
+    assert_eq!(app.drain_jobs().await, 1);
+    assert_bytes(app, &token, "killed", &nar, "ingested again").await;
+    app.assert_chunk_store_consistent().await;
+}
+
+// --- 6. the index in every pack -------------------------------------------------------------
+
+async fn pack_index_names_the_rows(app: &TestApp) {
+    app.create_cache("idx", false).await;
+    let token = app.token(&[("idx", PULL_PUSH_DELETE)]);
+    let pool = BlockPool::new(0x1d, 3, 300 * KIB);
+    for (i, picks) in [[0, 1], [1, 2]].iter().enumerate() {
+        let n = pool.nar(&format!("idx-{i}"), 20 + i as u64, picks);
+        assert_kind(&app.upload(&token, "idx", &n).await, "Uploaded");
+    }
+    app.drain_jobs().await;
+    let store = app.services.chunks();
+    let mut located: HashMap<i64, Vec<(String, i64, i32, i32)>> = HashMap::new();
+    let mut conn = app.state.db.conn().await.expect("connection");
+    let rows =
+        larder_shared::db::verify::chunk_page(conn.raw(), larder_shared::db::ChunkId(0), 10_000)
+            .await
+            .expect("chunks");
+    drop(conn);
+    for r in rows {
+        let pack = r.pack_id.expect("packed");
+        let entry = (
+            r.hash.to_string(),
+            r.pack_offset.expect("offset"),
+            r.file_size,
+            r.chunk_size,
+        );
+        located.entry(pack).or_default().push(entry);
+    }
+    assert!(!located.is_empty());
+    for (pack, mut want) in located {
+        let index = store.read_pack_index(pack).await.expect("index");
+        let mut got: Vec<(String, i64, i32, i32)> = index
+            .iter()
+            .map(|e| {
+                (
+                    e.hash.to_string(),
+                    e.offset as i64,
+                    e.length as i32,
+                    e.chunk_size as i32,
+                )
+            })
+            .collect();
+        want.sort();
+        got.sort();
+        // Every row is in its pack's index; the index may hold more (frames
+        // whose rows a concurrent ingest inserted first: dead space).
+        for w in &want {
+            assert!(got.contains(w), "pack {pack}: {w:?} missing from {got:?}");
+        }
+    }
+}
+
+// --- 7. verify -------------------------------------------------------------------------------
+
+async fn verify_reads_packs(app: &TestApp) {
+    app.create_cache("vp", false).await;
+    let token = app.token(&[("vp", PULL_PUSH_DELETE)]);
+    let damaged = TestNar::files("damaged-2.0", 60, &[1536 * KIB]);
+    let fine = TestNar::files("fine-2.0", 61, &[100 * KIB]);
+    for n in [&damaged, &fine] {
+        assert_kind(&app.upload(&token, "vp", n).await, "Uploaded");
+        app.drain_jobs().await;
+    }
+    let svc = &app.services;
+    let chunk_rows = app.count("chunks").await as u64;
+    let report = verify::run(svc, unix_now(), false).await.expect("verify");
+    assert_eq!(report.chunks_checked, chunk_rows);
+    assert!(report.damaged_chunks.is_empty(), "{report:?}");
+    assert!(report.orphan_objects.is_empty(), "{report:?}");
+
+    // An orphan pack (no row, no intent), older than the grace period.
+    let orphan = layout::pack_key(999_999);
+    svc.storage
+        .put_bytes(&orphan, Bytes::from_static(b"not a pack"))
+        .await
+        .expect("put");
+    app.age_object(
+        orphan.as_str(),
+        Duration::from_secs(grace(app) as u64 + 3600),
+    );
+
+    // Flip a byte inside one of `damaged`'s frames.
+    let rec = app.nar_record(&damaged).await;
+    let victim = rec.chunk_ids[rec.chunk_ids.len() / 2];
+    let mut conn = app.state.db.conn().await.expect("connection");
+    let victim = chunks::get_many(conn.raw(), &[victim])
+        .await
+        .expect("query")[&victim]
+        .clone();
+    drop(conn);
+    let key = layout::pack_key(victim.pack_id.expect("packed"));
+    let path = app.object_path(key.as_str());
+    let mut bytes = std::fs::read(&path).expect("pack file");
+    let at = victim.pack_offset.expect("offset") as usize + victim.file_size as usize / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("damage the pack");
+
+    let report = verify::run(svc, unix_now(), true).await.expect("verify");
+    assert_eq!(report.orphan_objects, vec![orphan.as_str().to_owned()]);
+    assert_eq!(report.orphans_deleted, 1);
+    assert!(
+        report
+            .damaged_chunks
+            .iter()
+            .any(|(h, _)| *h == victim.hash.to_string()),
+        "{report:?}"
+    );
+    assert_eq!(app.nar_record(&damaged).await.state, NarState::Broken);
+    assert_bytes(app, &token, "vp", &fine, "after verify").await;
+    let missing = ObjectKey::new(orphan.as_str().to_owned()).expect("key");
+    assert!(svc.storage.head(&missing).await.expect("head").is_none());
+
+    // A re-push repairs it, into a new pack.
+    assert_kind(&app.upload(&token, "vp", &damaged).await, "Uploaded");
+    assert_eq!(app.drain_jobs().await, 1);
+    assert_bytes(app, &token, "vp", &damaged, "repaired").await;
+    assert_chunk_store_sound(app, "repaired").await;
+}

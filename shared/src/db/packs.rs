@@ -1,0 +1,198 @@
+//! `packs` and `pack_ids`: chunk packs and their live bytes
+//! (docs/architecture.md "Packs", docs/gc.md "Packs").
+//!
+//! A pack gets its row in the first transaction that makes a chunk in it
+//! live; its `live_chunks`/`live_bytes` change only in the transactions
+//! that insert, delete or move the chunk rows located in it, so they cannot
+//! drift by a crash. Rows are changed in ascending id order, after chunk
+//! rows (the lock order of docs/gc.md).
+
+use std::collections::{BTreeMap, HashSet};
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{DbError, Raw, placeholders};
+use crate::on_conn;
+
+/// A new pack id, never handed out before (cluster-wide).
+pub async fn next_id(raw: Raw<'_>, now: i64) -> Result<i64, DbError> {
+    on_conn!(raw, c => {
+        let row = sqlx::query("INSERT INTO pack_ids (created_at) VALUES ($1) RETURNING id")
+            .bind(now)
+            .fetch_one(&mut *c)
+            .await?;
+        Ok(row.try_get::<i64, _>("id")?)
+    })
+}
+
+/// Live chunks and bytes a transaction adds to (or, negative, takes from)
+/// one pack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveDelta {
+    /// Chunk rows.
+    pub chunks: i64,
+    /// Their stored bytes.
+    pub bytes: i64,
+}
+
+/// Sums per-chunk deltas by pack, in ascending pack order.
+pub fn by_pack(items: impl IntoIterator<Item = (i64, i64)>) -> BTreeMap<i64, LiveDelta> {
+    let mut out: BTreeMap<i64, LiveDelta> = BTreeMap::new();
+    for (pack, bytes) in items {
+        let d = out.entry(pack).or_default();
+        d.chunks += 1;
+        d.bytes += bytes;
+    }
+    out
+}
+
+/// Records a sealed pack (if this is its first commit) and adds `delta` to
+/// its live counts, in the transaction that inserts the chunk rows.
+pub async fn add_live(
+    raw: Raw<'_>,
+    (id, size, chunks): (i64, u64, u64),
+    delta: LiveDelta,
+    now: i64,
+) -> Result<(), DbError> {
+    on_conn!(raw, c => {
+        sqlx::query(
+            "INSERT INTO packs (id, size, chunks, live_chunks, live_bytes, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET
+                 live_chunks = packs.live_chunks + excluded.live_chunks,
+                 live_bytes = packs.live_bytes + excluded.live_bytes",
+        )
+        .bind(id)
+        .bind(size as i64)
+        .bind(chunks as i64)
+        .bind(delta.chunks)
+        .bind(delta.bytes)
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+        Ok(())
+    })
+}
+
+/// Takes deleted or moved chunk rows off their packs' live counts, in the
+/// transaction that deletes or moves them (ascending pack order).
+pub async fn remove_live(
+    mut raw: Raw<'_>,
+    deltas: &BTreeMap<i64, LiveDelta>,
+) -> Result<(), DbError> {
+    for (id, d) in deltas {
+        on_conn!(raw.reborrow(), c => {
+            sqlx::query(
+                "UPDATE packs SET live_chunks = live_chunks - $2, live_bytes = live_bytes - $3
+                 WHERE id = $1",
+            )
+            .bind(*id)
+            .bind(d.chunks)
+            .bind(d.bytes)
+            .execute(&mut *c)
+            .await?;
+        });
+    }
+    Ok(())
+}
+
+/// Packs with no live chunk left (after `after`, by id), with their sizes:
+/// their objects are garbage once the deletion protocol agrees.
+pub async fn empty(raw: Raw<'_>, after: i64, limit: i64) -> Result<Vec<(i64, u64)>, DbError> {
+    on_conn!(raw, c => {
+        let rows = sqlx::query(
+            "SELECT id, size FROM packs WHERE live_chunks <= 0 AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let size: i64 = r.try_get("size")?;
+                Ok((r.try_get::<i64, _>("id")?, size.max(0) as u64))
+            })
+            .collect()
+    })
+}
+
+/// Which of `ids` (≤ [`super::chunks::BATCH`]) some chunk row still
+/// locates a frame in: a deleter keeps those.
+pub async fn named_by_chunks(raw: Raw<'_>, ids: &[i64]) -> Result<HashSet<i64>, DbError> {
+    ids_found(
+        raw,
+        "SELECT DISTINCT pack_id AS id FROM chunks WHERE pack_id",
+        ids,
+    )
+    .await
+}
+
+/// Which of `ids` (≤ [`super::chunks::BATCH`]) have a row.
+pub async fn existing(raw: Raw<'_>, ids: &[i64]) -> Result<HashSet<i64>, DbError> {
+    ids_found(raw, "SELECT id FROM packs WHERE id", ids).await
+}
+
+/// The `id` column of `select … IN (ids)` (`select` ends with the column
+/// the list applies to).
+async fn ids_found(raw: Raw<'_>, select: &str, ids: &[i64]) -> Result<HashSet<i64>, DbError> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let sql = format!("{select} IN ({})", placeholders(1, ids.len()));
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut *c).await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>("id").map_err(DbError::from))
+            .collect()
+    })
+}
+
+/// Deletes the rows of packs whose objects were deleted.
+pub async fn delete(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "DELETE FROM packs WHERE id IN ({})",
+        placeholders(1, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
+    })
+}
+
+/// Totals over every pack, for `stats` and `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PackTotals {
+    /// Packs.
+    pub packs: i64,
+    /// Their object bytes.
+    pub bytes: i64,
+    /// Bytes of live chunks in them.
+    pub live_bytes: i64,
+}
+
+/// [`PackTotals`] now.
+pub async fn totals(raw: Raw<'_>) -> Result<PackTotals, DbError> {
+    on_conn!(raw, c => {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS packs, COALESCE(SUM(size), 0) AS bytes,
+                    COALESCE(SUM(live_bytes), 0) AS live_bytes FROM packs",
+        )
+        .fetch_one(&mut *c)
+        .await?;
+        Ok(PackTotals {
+            packs: r.try_get("packs")?,
+            bytes: r.try_get("bytes")?,
+            live_bytes: r.try_get("live_bytes")?,
+        })
+    })
+}
