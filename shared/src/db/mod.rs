@@ -283,6 +283,17 @@ pub(crate) fn placeholders(start: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// A storage key column (staging and upload files), validated as an
+/// [`ObjectKey`] when the row is read rather than where the key is used.
+pub(crate) fn key_column(
+    column: &'static str,
+    key: Option<String>,
+) -> Result<Option<crate::storage::ObjectKey>, DbError> {
+    key.map(crate::storage::ObjectKey::new)
+        .transpose()
+        .map_err(|e| corrupt(column, e))
+}
+
 /// Maps a column decode failure to [`DbError::Corrupt`].
 pub(crate) fn corrupt(column: &'static str, e: impl std::fmt::Display) -> DbError {
     DbError::Corrupt {
