@@ -18,7 +18,7 @@ use tracing::instrument;
 
 use larder_core::nix::hash::{FileHash, NarHash};
 use larder_core::nix::narinfo::{Compression, NarInfo};
-use larder_core::nix::store_path::{StorePath, StorePathHash};
+use larder_core::nix::store_path::{AbsoluteStorePath, StorePathHash};
 use larder_shared::audit::PushRoute;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
@@ -86,9 +86,9 @@ pub async fn put(
             ))
         })?;
     let meta = ObjectMeta {
-        store_path: info.store_path.to_absolute(&store_dir),
-        references: info.references.iter().map(StorePath::base_name).collect(),
-        deriver: info.deriver.as_ref().map(StorePath::base_name),
+        store_path: AbsoluteStorePath::new(store_dir, info.store_path.clone()),
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
         sigs: info.sigs.clone(),
         ca,
         system: info.system.clone(),

@@ -18,6 +18,7 @@ pub mod leases;
 pub mod listings;
 pub mod nar_layout;
 pub mod nars;
+mod object_meta;
 pub mod object_refs;
 pub mod objects;
 pub mod pins;
