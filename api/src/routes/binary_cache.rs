@@ -87,7 +87,7 @@ async fn narinfo(
     // The rows, not the secrets: decrypted keys come from the key ring.
     let rows = cache_keys::of_cache(conn.raw(), access.cache.id).await?;
     drop(conn);
-    let signing = state.keys.signing(access.cache.name.as_str(), &rows, now)?;
+    let signing = state.keys.signing(access.cache.name.as_str(), rows, now)?;
     let text = render_narinfo(&signing, &access.cache.store_dir, &object);
     let headers = [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
     if head_only {
