@@ -285,7 +285,8 @@ pub(crate) fn placeholders(start: usize, n: usize) -> String {
 }
 
 /// A storage key column (staging and upload files), validated as an
-/// [`ObjectKey`] when the row is read rather than where the key is used.
+/// [`crate::storage::ObjectKey`] when the row is read rather than where the
+/// key is used.
 pub(crate) fn key_column(
     column: &'static str,
     key: Option<String>,
