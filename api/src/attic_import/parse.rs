@@ -50,11 +50,13 @@ pub(super) fn parse_object(o: &AtticObject) -> Result<ParsedObject, String> {
         .store_path_hash
         .parse()
         .map_err(|e| format!("store_path_hash: {e}"))?;
-    let store_path: AbsoluteStorePath = o
+    let (dir, base) = o
         .store_path
-        .parse()
-        .map_err(|e| format!("store path {:?}: {e}", o.store_path))?;
-    if store_path.path.hash != hash {
+        .rsplit_once('/')
+        .ok_or_else(|| format!("store path {:?} is not absolute", o.store_path))?;
+    let dir: StoreDir = dir.parse().map_err(|e| format!("store dir: {e}"))?;
+    let path = StorePath::from_base_name(base).map_err(|e| format!("store path: {e}"))?;
+    if path.hash != hash {
         return Err("store_path_hash does not match store_path".into());
     }
     let references: Vec<String> =
@@ -93,7 +95,7 @@ pub(super) fn parse_object(o: &AtticObject) -> Result<ParsedObject, String> {
     Ok(ParsedObject {
         hash,
         meta: ObjectMeta {
-            store_path,
+            store_path: AbsoluteStorePath::new(dir, path),
             references,
             deriver,
             sigs,
