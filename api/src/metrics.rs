@@ -177,7 +177,7 @@ mod tests {
             id: larder_shared::db::CacheId(1),
             name: name.parse().unwrap(),
             is_public: public,
-            store_dir: "/nix/store".into(),
+            store_dir: Default::default(),
             priority: 41,
             upstream_cache_key_names: vec![],
             retention_period: None,

@@ -165,8 +165,11 @@ async fn upsert(tx: &mut Tx, path: &NewPath<'_>, nar_id: NarId, now: i64) -> Api
         route,
     } = path.origin
     {
-        let (cache, store_path, nar_hash) =
-            (cache.clone(), path.meta.store_path.clone(), *path.nar_hash);
+        let (cache, store_path, nar_hash) = (
+            cache.clone(),
+            path.meta.store_path.to_string(),
+            *path.nar_hash,
+        );
         let event = match old_nar {
             Some(old_nar_hash) if old_nar_hash != nar_hash => AuditEvent::Replace {
                 cache,
@@ -200,7 +203,7 @@ async fn refresh_references(tx: &mut Tx, path: &NewPath<'_>, now: i64) -> ApiRes
     };
     let hashes = object_refs::ref_hashes(
         path.hash.as_str(),
-        path.meta.references.iter().map(String::as_str),
+        path.meta.references.iter().map(|r| r.hash.as_str()),
     );
     let hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
     for batch in hashes.chunks(BATCH) {

@@ -11,19 +11,11 @@ use larder_shared::db::caches::CacheRecord;
 
 use crate::error::{ApiError, ApiResult};
 
-/// The cache's store directory, parsed.
-pub fn cache_store_dir(cache: &CacheRecord) -> ApiResult<StoreDir> {
-    cache
-        .store_dir
-        .parse()
-        .map_err(|e| ApiError::Internal(format!("cache store dir: {e}")))
-}
-
 /// A path must live in the cache's store directory: Larder serves and signs
 /// it as a path of that store.
 pub fn check_store_dir(cache: &CacheRecord, dir: &StoreDir) -> ApiResult<()> {
-    let cache_dir = cache_store_dir(cache)?;
-    if *dir != cache_dir {
+    let cache_dir = &cache.store_dir;
+    if dir != cache_dir {
         return Err(ApiError::BadRequest(format!(
             "store path is in {dir}, but this cache's store is {cache_dir}"
         )));

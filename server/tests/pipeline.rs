@@ -68,6 +68,8 @@ on_both_backends!(
     a_broken_nar_may_be_replaced,
     replacing_needs_the_delete_permission,
     nar_ingested_before_layout_serves_the_same,
+    a_corrupt_object_row_is_a_server_error,
+    a_path_keeps_the_directory_it_was_pushed_under,
 );
 
 pub(crate) mod http;
@@ -88,6 +90,10 @@ mod audit_trail {
     }
 }
 
+mod typed_rows;
+use typed_rows::{
+    a_corrupt_object_row_is_a_server_error, a_path_keeps_the_directory_it_was_pushed_under,
+};
 mod first_push;
 use first_push::{
     a_broken_nar_may_be_replaced, a_published_path_keeps_its_nar,

@@ -4,7 +4,7 @@
 use larder_core::CacheName;
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::signing::SigningKey;
-use larder_core::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_core::nix::store_path::{AbsoluteStorePath, StoreDir, StorePath, StorePathHash};
 use larder_shared::db::objects::ObjectMeta;
 
 use super::attic_db::{AtticCache, AtticObject};
@@ -13,6 +13,7 @@ use super::attic_db::{AtticCache, AtticObject};
 pub(super) struct ParsedCache {
     pub(super) name: CacheName,
     pub(super) key: SigningKey,
+    pub(super) store_dir: StoreDir,
     pub(super) upstream: Vec<String>,
 }
 
@@ -22,7 +23,8 @@ pub(super) fn parse_cache(c: &AtticCache) -> Result<ParsedCache, String> {
         .keypair
         .parse::<SigningKey>()
         .map_err(|e| format!("keypair: {e}"))?;
-    c.store_dir
+    let store_dir = c
+        .store_dir
         .parse::<StoreDir>()
         .map_err(|e| format!("store_dir: {e}"))?;
     let upstream: Vec<String> = serde_json::from_str(&c.upstream_cache_key_names)
@@ -30,6 +32,7 @@ pub(super) fn parse_cache(c: &AtticCache) -> Result<ParsedCache, String> {
     Ok(ParsedCache {
         name,
         key,
+        store_dir,
         upstream,
     })
 }
@@ -58,9 +61,10 @@ pub(super) fn parse_object(o: &AtticObject) -> Result<ParsedObject, String> {
     }
     let references: Vec<String> =
         serde_json::from_str(&o.references).map_err(|e| format!("references: {e}"))?;
-    for r in &references {
-        StorePath::from_base_name(r).map_err(|e| format!("reference {r:?}: {e}"))?;
-    }
+    let references = references
+        .iter()
+        .map(|r| StorePath::from_base_name(r).map_err(|e| format!("reference {r:?}: {e}")))
+        .collect::<Result<_, _>>()?;
     let sigs: Vec<String> = serde_json::from_str(&o.sigs).map_err(|e| format!("sigs: {e}"))?;
     if sigs
         .iter()
@@ -73,10 +77,11 @@ pub(super) fn parse_object(o: &AtticObject) -> Result<ParsedObject, String> {
         .deriver
         .as_deref()
         .filter(|d| !d.is_empty())
-        .map(|d| d.rsplit('/').next().unwrap_or(d).to_owned());
-    if let Some(d) = &deriver {
-        StorePath::from_base_name(d).map_err(|e| format!("deriver {d:?}: {e}"))?;
-    }
+        .map(|d| {
+            let base = d.rsplit('/').next().unwrap_or(d);
+            StorePath::from_base_name(base).map_err(|e| format!("deriver {base:?}: {e}"))
+        })
+        .transpose()?;
     for (field, v) in [("system", &o.system), ("ca", &o.ca)] {
         if v.as_deref().is_some_and(|v| v.contains(['\n', '\r'])) {
             return Err(format!("{field} contains a line break"));
@@ -90,7 +95,7 @@ pub(super) fn parse_object(o: &AtticObject) -> Result<ParsedObject, String> {
     Ok(ParsedObject {
         hash,
         meta: ObjectMeta {
-            store_path: path.to_absolute(&dir),
+            store_path: AbsoluteStorePath::new(dir, path),
             references,
             deriver,
             sigs,

@@ -68,7 +68,7 @@ impl Pass<'_> {
             let new = NewCache {
                 name: &parsed.name,
                 is_public: c.is_public,
-                store_dir: &c.store_dir,
+                store_dir: &parsed.store_dir,
                 priority: c.priority,
                 upstream_cache_key_names: &parsed.upstream,
                 retention_period: c.retention_period,
@@ -98,7 +98,7 @@ impl Pass<'_> {
         if !self.same_key(&existing, &parsed, c).await? {
             return Ok(None);
         }
-        let update = differences(&existing, c, &parsed.upstream);
+        let update = differences(&existing, c, &parsed);
         if update_is_empty(&update) {
             self.report.caches_unchanged += 1;
         } else {
@@ -333,12 +333,13 @@ impl Pass<'_> {
     }
 }
 
-fn differences(l: &CacheRecord, a: &AtticCache, upstream: &[String]) -> CacheUpdate {
+fn differences(l: &CacheRecord, a: &AtticCache, parsed: &ParsedCache) -> CacheUpdate {
+    let upstream = &parsed.upstream;
     CacheUpdate {
         is_public: (l.is_public != a.is_public).then_some(a.is_public),
-        store_dir: (l.store_dir != a.store_dir).then(|| a.store_dir.clone()),
+        store_dir: (l.store_dir != parsed.store_dir).then(|| parsed.store_dir.clone()),
         priority: (l.priority != a.priority).then_some(a.priority),
-        upstream_cache_key_names: (l.upstream_cache_key_names != upstream)
+        upstream_cache_key_names: (l.upstream_cache_key_names != *upstream)
             .then(|| upstream.to_vec()),
         retention_period: (l.retention_period != a.retention_period).then_some(a.retention_period),
     }

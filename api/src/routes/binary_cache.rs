@@ -7,8 +7,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
 use larder_core::nix::narinfo::{Compression, NarInfo};
-use larder_core::nix::signing::fingerprint;
-use larder_core::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_core::nix::store_path::{StoreDir, StorePathHash};
 use larder_shared::audit::AuditEvent;
 use larder_shared::db::cache_keys;
 use larder_shared::db::nars::{self, NarState};
@@ -88,8 +87,8 @@ async fn narinfo(
     // The rows, not the secrets: decrypted keys come from the key ring.
     let rows = cache_keys::of_cache(conn.raw(), access.cache.id).await?;
     drop(conn);
-    let signing = state.keys.signing(access.cache.name.as_str(), &rows, now)?;
-    let text = render_narinfo(&signing, &access.cache.store_dir, &object)?;
+    let signing = state.keys.signing(access.cache.name.as_str(), rows, now)?;
+    let text = render_narinfo(&signing, &access.cache.store_dir, &object);
     let headers = [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
     if head_only {
         let len = HeaderValue::from(text.len());
@@ -119,7 +118,7 @@ pub async fn delete_file(
     let nar_hash = nars::get(tx.raw(), gone.nar_id).await?.map(|n| n.nar_hash);
     let event = AuditEvent::Delete {
         cache: access.cache.name.clone(),
-        store_path: gone.store_path,
+        store_path: gone.store_path.to_string(),
         nar_hash,
     };
     audit::insert(tx.raw(), unix_now(), &access.credentials.actor(), &event).await?;
@@ -134,35 +133,11 @@ pub async fn delete_file(
 /// (docs/protocol.md "NAR URLs").
 pub fn render_narinfo(
     signing: &CacheSigning,
-    store_dir: &str,
+    store_dir: &StoreDir,
     object: &ObjectRecord,
-) -> ApiResult<String> {
-    let internal = |what: &str, e: String| ApiError::Internal(format!("{what}: {e}"));
-    let store_dir: StoreDir = store_dir
-        .parse()
-        .map_err(|e| internal("store dir", format!("{e}")))?;
-    let base = object
-        .meta
-        .store_path
-        .rsplit('/')
-        .next()
-        .unwrap_or_default();
-    let store_path =
-        StorePath::from_base_name(base).map_err(|e| internal("store path", format!("{e}")))?;
-    let references = object
-        .meta
-        .references
-        .iter()
-        .map(|r| StorePath::from_base_name(r))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| internal("reference", format!("{e}")))?;
-    let deriver = object
-        .meta
-        .deriver
-        .as_deref()
-        .map(StorePath::from_base_name)
-        .transpose()
-        .map_err(|e| internal("deriver", format!("{e}")))?;
+) -> String {
+    // Served under the cache's store directory, as it always was; the row
+    // keeps the directory the path was pushed under (for the audit trail).
     let nar = &object.nar;
     let (url, compression, file_size) = match nar.state {
         NarState::Ready => (
@@ -176,13 +151,21 @@ pub fn render_narinfo(
             None,
         ),
     };
-    let fp = fingerprint(
-        &store_dir,
-        &store_path,
-        &nar.nar_hash,
-        nar.nar_size as u64,
-        &references,
-    );
+    let mut info = NarInfo {
+        store_path: object.meta.store_path.path.clone(),
+        url,
+        compression,
+        file_hash: None,
+        file_size,
+        nar_hash: nar.nar_hash,
+        nar_size: nar.nar_size as u64,
+        references: object.meta.references.clone(),
+        deriver: object.meta.deriver.clone(),
+        system: object.meta.system.clone(),
+        sigs: Vec::new(),
+        ca: object.meta.ca.clone(),
+    };
+    let fp = info.fingerprint(store_dir);
     let mut sigs: Vec<String> = signing
         .active
         .iter()
@@ -195,19 +178,6 @@ pub fn render_narinfo(
             .is_some_and(|(name, _)| signing.own_names.iter().any(|n| n == name))
     };
     sigs.extend(object.meta.sigs.iter().filter(|s| !own(s)).cloned());
-    let info = NarInfo {
-        store_path,
-        url,
-        compression,
-        file_hash: None,
-        file_size,
-        nar_hash: nar.nar_hash,
-        nar_size: nar.nar_size as u64,
-        references,
-        deriver,
-        system: object.meta.system.clone(),
-        sigs,
-        ca: object.meta.ca.clone(),
-    };
-    Ok(info.render(&store_dir))
+    info.sigs = sigs;
+    info.render(store_dir)
 }

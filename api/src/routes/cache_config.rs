@@ -38,9 +38,8 @@ fn new_key(kp: &KeypairConfig) -> ApiResult<NewKey<'static>> {
     }
 }
 
-fn validate_store_dir(s: &str) -> ApiResult<()> {
+fn parse_store_dir(s: &str) -> ApiResult<StoreDir> {
     s.parse::<StoreDir>()
-        .map(|_| ())
         .map_err(|e| ApiError::BadRequest(format!("invalid store_dir: {e}")))
 }
 
@@ -101,7 +100,7 @@ pub async fn get(
         public_keys: Some(public_keys),
         no_overlap: None,
         is_public: Some(rec.is_public),
-        store_dir: Some(rec.store_dir.clone()),
+        store_dir: Some(rec.store_dir.to_string()),
         priority: Some(rec.priority as i32),
         upstream_cache_key_names: Some(rec.upstream_cache_key_names.clone()),
         retention_period: Some(match rec.retention_period {
@@ -135,7 +134,7 @@ pub async fn create(
         .upstream_cache_key_names
         .as_ref()
         .ok_or_else(|| missing("upstream_cache_key_names"))?;
-    validate_store_dir(store_dir)?;
+    let store_dir = parse_store_dir(store_dir)?;
     let retention = match cfg.retention_period {
         Some(RetentionPeriodConfig::Period(s)) => Some(s as i64),
         _ => None,
@@ -153,7 +152,7 @@ pub async fn create(
         &NewCache {
             name: &name,
             is_public,
-            store_dir,
+            store_dir: &store_dir,
             priority: priority as i64,
             upstream_cache_key_names: upstream,
             retention_period: retention,
@@ -193,9 +192,7 @@ pub async fn configure(
             .authorize(&state, &name, &[Permission::ConfigureCacheRetention])
             .await?;
     }
-    if let Some(d) = &cfg.store_dir {
-        validate_store_dir(d)?;
-    }
+    let store_dir = cfg.store_dir.as_deref().map(parse_store_dir).transpose()?;
     let key = cfg.keypair.as_ref().map(new_key).transpose()?;
     let no_overlap = cfg.no_overlap.unwrap_or(false);
     if cfg.no_overlap.is_some() && key.is_none() {
@@ -205,7 +202,7 @@ pub async fn configure(
     }
     let update = CacheUpdate {
         is_public: cfg.is_public,
-        store_dir: cfg.store_dir.clone(),
+        store_dir,
         priority: cfg.priority.map(i64::from),
         upstream_cache_key_names: cfg.upstream_cache_key_names.clone(),
         retention_period: cfg.retention_period.map(|r| match r {

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 
-use larder_core::nix::store_path::{StoreDir, StorePath};
+use larder_core::nix::store_path::StorePath;
 use larder_core::wire::{CacheSummary, Pin, PinRequest};
 use larder_shared::audit::AuditEvent;
 use larder_shared::db::pins;
@@ -92,12 +92,7 @@ pub async fn set_pin(
     JsonBody(req): JsonBody<PinRequest>,
 ) -> ApiResult<StatusCode> {
     validate_pin_name(&name)?;
-    let store_dir: StoreDir = access
-        .cache
-        .store_dir
-        .parse()
-        .map_err(|e| ApiError::Internal(format!("store dir: {e}")))?;
-    let path = StorePath::from_absolute_path(&store_dir, &req.store_path)
+    let path = StorePath::from_absolute_path(&access.cache.store_dir, &req.store_path)
         .map_err(|e| ApiError::BadRequest(format!("invalid store_path: {e}")))?;
     let now = unix_now();
     let mut conn = state.db.conn().await?;

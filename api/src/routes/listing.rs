@@ -20,7 +20,7 @@ use larder_core::nix::store_path::StorePathHash;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::objects;
 use larder_shared::db::{DbError, listings, unix_now};
-use larder_shared::storage::{ObjectKey, StorageError};
+use larder_shared::storage::StorageError;
 use larder_shared::token::Permission;
 
 use crate::auth::{CacheAccess, PullOrPush, Push, permission_name};
@@ -155,8 +155,7 @@ async fn generate(state: &AppState, nar: NarRecord) -> ApiResult<Vec<u8>> {
 async fn nar_stream(state: &AppState, nar: NarRecord) -> ApiResult<NarStream> {
     let nar = match (nar.state, &nar.staging_key) {
         (NarState::Staged, Some(key)) => {
-            let key = ObjectKey::new(key.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
-            match state.staging.get(&key, None).await {
+            match state.staging.get(key, None).await {
                 Ok(s) => return Ok(nar_reader::exact_length(s, nar.nar_size as u64)),
                 // Ingest finished meanwhile: read the chunks instead.
                 Err(StorageError::NotFound(_)) => {

@@ -135,10 +135,6 @@ async fn find(state: &AppState, cache: &CacheRecord, file: &str) -> ApiResult<Op
     let key = url
         .file
         .upload_key
-        .as_deref()
-        .map(ObjectKey::new)
-        .transpose()
-        .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| ApiError::Internal("uploader URL without a file".into()))?;
     Ok(Some(Found {
         source: Source::Upload {
@@ -178,7 +174,6 @@ async fn own_nar(
             let Some(key) = nar.staging_key.clone() else {
                 return Ok(None);
             };
-            let key = ObjectKey::new(key).map_err(|e| ApiError::Internal(e.to_string()))?;
             Ok(Some(Found {
                 len: nar.nar_size as u64,
                 etag: ETag::strong(nar.nar_hash.to_base32()),

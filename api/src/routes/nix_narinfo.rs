@@ -18,7 +18,7 @@ use tracing::instrument;
 
 use larder_core::nix::hash::{FileHash, NarHash};
 use larder_core::nix::narinfo::{Compression, NarInfo};
-use larder_core::nix::store_path::{StorePath, StorePathHash};
+use larder_core::nix::store_path::{AbsoluteStorePath, StorePathHash};
 use larder_shared::audit::PushRoute;
 use larder_shared::db::nars::{self, NarRecord, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
@@ -27,7 +27,6 @@ use larder_shared::db::uploads::{
 };
 use larder_shared::db::{CacheId, ObjectId, listings, unix_now};
 use larder_shared::retention::Retention;
-use larder_shared::storage::ObjectKey;
 
 use crate::auth::{CacheAccess, Push};
 use crate::body::read_limited;
@@ -87,9 +86,9 @@ pub async fn put(
             ))
         })?;
     let meta = ObjectMeta {
-        store_path: info.store_path.to_absolute(&store_dir),
-        references: info.references.iter().map(StorePath::base_name).collect(),
-        deriver: info.deriver.as_ref().map(StorePath::base_name),
+        store_path: AbsoluteStorePath::new(store_dir, info.store_path.clone()),
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
         sigs: info.sigs.clone(),
         ca,
         system: info.system.clone(),
@@ -148,7 +147,6 @@ async fn discard_pending(state: &AppState, cache_id: CacheId, file_name: &str) -
     };
     drop(conn);
     if let Some(key) = p.staging_key {
-        let key = ObjectKey::new(key).map_err(|e| ApiError::Internal(e.to_string()))?;
         state.staging.delete(&key).await?;
     }
     Ok(())
@@ -304,11 +302,9 @@ async fn record_narinfo(
         staging_key: Some(key),
         ..
     }) = &source
+        && state.staging.head(key).await?.is_none()
     {
-        let key = ObjectKey::new(key.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
-        if state.staging.head(&key).await?.is_none() {
-            return Err(gone(state, cache_id, file_name).await);
-        }
+        return Err(gone(state, cache_id, file_name).await);
     }
 
     let mut tx = state.db.begin().await?;
@@ -322,11 +318,9 @@ async fn record_narinfo(
             check(info, &p.file, file_name)?;
             match &p.staging_key {
                 Some(key) => {
-                    let key = ObjectKey::new(key.clone())
-                        .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    let r = record::record_staged(&mut tx, path, &key, now).await?;
+                    let r = record::record_staged(&mut tx, path, key, now).await?;
                     if !r.used_staged_copy {
-                        surplus = Some(key);
+                        surplus = Some(key.clone());
                     }
                     (r.object_id, Some(p.file))
                 }

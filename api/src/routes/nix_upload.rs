@@ -95,7 +95,7 @@ pub async fn put_nar(
             cache_id,
             &file,
             &reuse.file,
-            reuse.staging_key.as_deref(),
+            reuse.staging_key.as_ref(),
             now,
         )
         .await?;
@@ -131,7 +131,7 @@ pub async fn put_nar(
         compression,
         nar_hash: m.nar_hash,
         nar_size: m.nar_size as i64,
-        upload_key: upload_key.map(|k| k.as_str().to_owned()),
+        upload_key,
     };
     // A NAR the store already has needs no second staged copy.
     let keep = match nar_stored(&state, &m.nar_hash, now).await {
@@ -146,7 +146,7 @@ pub async fn put_nar(
     }
     let recorded = async {
         let mut conn = state.db.conn().await?;
-        let key = keep.then_some(staging_key.as_str());
+        let key = keep.then_some(&staging_key);
         uploads::upsert_pending(conn.raw(), cache_id, &file, &file_entry, key, now).await
     }
     .await;
@@ -170,7 +170,7 @@ pub async fn put_nar(
 struct Reuse {
     file: UploadedFile,
     /// The pending upload's staged copy, still there.
-    staging_key: Option<String>,
+    staging_key: Option<ObjectKey>,
     /// Store the file again: missing, or old enough that the sweeper might
     /// delete it before our row names it.
     rewrite: Option<ObjectKey>,
@@ -203,8 +203,7 @@ async fn reusable(
             }),
             _,
         ) => {
-            let k = ObjectKey::new(key.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
-            if state.staging.head(&k).await?.is_none() {
+            if state.staging.head(&key).await?.is_none() {
                 return Ok(None);
             }
             (file, Some(key))
@@ -219,10 +218,7 @@ async fn reusable(
     };
     let rewrite = match &file.upload_key {
         None => None,
-        Some(key) => {
-            let key = ObjectKey::new(key.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
-            (!fresh(state, &key).await?).then_some(key)
-        }
+        Some(key) => (!fresh(state, key).await?).then(|| key.clone()),
     };
     Ok(Some(Reuse {
         file,

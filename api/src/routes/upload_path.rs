@@ -16,7 +16,7 @@ use tracing::instrument;
 
 use larder_core::CacheName;
 use larder_core::nix::hash::NarHash;
-use larder_core::nix::store_path::{StoreDir, StorePath, StorePathHash};
+use larder_core::nix::store_path::{AbsoluteStorePath, StoreDir, StorePath, StorePathHash};
 use larder_core::wire::{UploadKind, UploadPathNarInfo, UploadPathResult};
 use larder_shared::audit::{Actor, PushRoute};
 use larder_shared::db::caches::CacheRecord;
@@ -48,10 +48,10 @@ pub const MAX_PREAMBLE: usize = 1024 * 1024;
 struct Validated {
     cache: CacheName,
     hash: StorePathHash,
+    /// Its store directory is checked against the cache's once the cache
+    /// is known.
     meta: ObjectMeta,
     expected: Expected,
-    /// Checked against the cache's once the cache is known.
-    store_dir: StoreDir,
     /// From [`REPLACE_HEADER`], once the caller's `d` is checked.
     replace: Replace,
     /// Who is pushing, for `created_by` and the audit trail.
@@ -80,12 +80,20 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
     if path.hash != hash {
         return Err(bad("store_path_hash does not match store_path".into()));
     }
-    for r in &info.references {
-        StorePath::from_base_name(r).map_err(|e| bad(format!("invalid reference {r:?}: {e}")))?;
-    }
-    if let Some(d) = &info.deriver {
-        StorePath::from_base_name(d).map_err(|e| bad(format!("invalid deriver {d:?}: {e}")))?;
-    }
+    let references = info
+        .references
+        .iter()
+        .map(|r| {
+            StorePath::from_base_name(r).map_err(|e| bad(format!("invalid reference {r:?}: {e}")))
+        })
+        .collect::<ApiResult<_>>()?;
+    let deriver = info
+        .deriver
+        .as_deref()
+        .map(|d| {
+            StorePath::from_base_name(d).map_err(|e| bad(format!("invalid deriver {d:?}: {e}")))
+        })
+        .transpose()?;
     let nar_hash: NarHash = info
         .nar_hash
         .parse()
@@ -107,14 +115,13 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
         cache,
         hash,
         meta: ObjectMeta {
-            store_path: path.to_absolute(&store_dir),
-            references: info.references,
-            deriver: info.deriver,
+            store_path: AbsoluteStorePath::new(store_dir, path),
+            references,
+            deriver,
             sigs: info.sigs,
             ca,
             system: info.system,
         },
-        store_dir,
         replace: Replace::Never,
         actor: Actor::default(),
         expected: Expected {
@@ -189,7 +196,7 @@ pub async fn upload_path(
     let cache = credentials
         .authorize(&state, &v.cache, Push::ANY_OF)
         .await?;
-    upload_meta::check_store_dir(&cache, &v.store_dir)?;
+    upload_meta::check_store_dir(&cache, &v.meta.store_path.store_dir)?;
     v.replace = replace_flag(&headers)?;
     if v.replace == Replace::Allowed {
         credentials.require(&cache, Permission::Delete)?;

@@ -56,6 +56,9 @@ pub enum StorePathError {
         /// Byte index in the name.
         position: usize,
     },
+    /// The directory of an absolute store path is not a store directory.
+    #[error("invalid store directory: {0}")]
+    StoreDir(#[from] StoreDirError),
     /// An absolute path not directly inside the store directory.
     #[error("`{path}` is not a path directly inside store directory `{store_dir}`")]
     NotInStore {
@@ -274,6 +277,48 @@ impl FromStr for StorePath {
     }
 }
 
+/// A store path with the directory it was pushed under,
+/// `<store dir>/<hash>-<name>`. A cache's store directory can change after
+/// paths were pushed, so a path that was stored keeps its own directory
+/// rather than borrowing the cache's current one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AbsoluteStorePath {
+    /// The directory it is in.
+    pub store_dir: StoreDir,
+    /// The path without its directory.
+    pub path: StorePath,
+}
+
+impl AbsoluteStorePath {
+    /// The path `path` in `store_dir`.
+    pub fn new(store_dir: StoreDir, path: StorePath) -> Self {
+        Self { store_dir, path }
+    }
+}
+
+/// `<store dir>/<hash>-<name>`.
+impl fmt::Display for AbsoluteStorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.store_dir, self.path)
+    }
+}
+
+/// Splits at the last `/`: the directory before it must be a store
+/// directory, the rest a base name.
+impl FromStr for AbsoluteStorePath {
+    type Err = StorePathError;
+
+    fn from_str(s: &str) -> Result<Self, StorePathError> {
+        let (dir, base) = s
+            .rsplit_once('/')
+            .ok_or_else(|| StoreDirError::NotAbsolute(s.to_owned()))?;
+        Ok(Self {
+            store_dir: dir.parse()?,
+            path: base.parse()?,
+        })
+    }
+}
+
 /// Serde as the `Display` string, parsed back with `FromStr`.
 macro_rules! serde_as_string {
     ($($ty:ty),*) => {$(
@@ -292,7 +337,13 @@ macro_rules! serde_as_string {
     )*};
 }
 
-serde_as_string!(StorePathHash, StorePathName, StoreDir, StorePath);
+serde_as_string!(
+    StorePathHash,
+    StorePathName,
+    StoreDir,
+    StorePath,
+    AbsoluteStorePath
+);
 
 #[cfg(test)]
 mod tests {
@@ -322,6 +373,29 @@ mod tests {
         assert_eq!(abs, format!("/var/lib/my store/{HELLO}"));
         assert_eq!(StorePath::from_absolute_path(&dir, &abs).unwrap(), p);
         assert!(StorePath::from_absolute_path(&StoreDir::default(), &abs).is_err());
+    }
+
+    #[test]
+    fn absolute_paths_keep_their_directory() {
+        for text in [
+            format!("/nix/store/{HELLO}"),
+            format!("/var/lib/my store/{HELLO}"),
+        ] {
+            let p: AbsoluteStorePath = text.parse().unwrap();
+            assert_eq!(p.path.to_string(), HELLO);
+            assert_eq!(p.to_string(), text);
+        }
+        let err = |s: &str| s.parse::<AbsoluteStorePath>().unwrap_err();
+        assert!(matches!(err(HELLO), StorePathError::StoreDir(_)));
+        assert!(matches!(
+            err(&format!("nix/store/{HELLO}")),
+            StorePathError::StoreDir(StoreDirError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            err(&format!("/{HELLO}")),
+            StorePathError::StoreDir(_)
+        ));
+        assert_eq!(err("/nix/store/x"), StorePathError::TooShort { len: 1 });
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl SecApp {
             &NewCache {
                 name: &name,
                 is_public,
-                store_dir: "/nix/store",
+                store_dir: &Default::default(),
                 priority: 41,
                 upstream_cache_key_names: &[],
                 retention_period: None,

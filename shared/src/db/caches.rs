@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{CacheId, DbError, Raw, corrupt};
 use crate::on_conn;
 use larder_core::CacheName;
+use larder_core::nix::store_path::StoreDir;
 
 /// A cache as stored.
 #[derive(Clone)]
@@ -16,8 +17,9 @@ pub struct CacheRecord {
     pub name: CacheName,
     /// Public caches grant pull to everyone.
     pub is_public: bool,
-    /// Store directory advertised in `nix-cache-info`.
-    pub store_dir: String,
+    /// Store directory advertised in `nix-cache-info`, and the one narinfos
+    /// are served under.
+    pub store_dir: StoreDir,
     /// Substituter priority advertised in `nix-cache-info`.
     pub priority: i64,
     /// Key names whose signatures mark paths as upstream (skipped by `push`).
@@ -46,7 +48,7 @@ pub struct NewCache<'a> {
     /// Visibility.
     pub is_public: bool,
     /// Store dir.
-    pub store_dir: &'a str,
+    pub store_dir: &'a StoreDir,
     /// Priority.
     pub priority: i64,
     /// Upstream key names.
@@ -61,7 +63,7 @@ pub struct CacheUpdate {
     /// New visibility.
     pub is_public: Option<bool>,
     /// New store dir.
-    pub store_dir: Option<String>,
+    pub store_dir: Option<StoreDir>,
     /// New priority.
     pub priority: Option<i64>,
     /// New upstream key names.
@@ -76,12 +78,15 @@ macro_rules! cache_from_row {
     ($r:expr) => {{
         let r = $r;
         let name: String = r.try_get("name")?;
+        let store_dir: String = r.try_get("store_dir")?;
         let upstream: String = r.try_get("upstream_cache_key_names")?;
         Ok::<_, DbError>(CacheRecord {
             id: r.try_get("id")?,
             name: name.parse().map_err(|e| corrupt("caches.name", e))?,
             is_public: r.try_get("is_public")?,
-            store_dir: r.try_get("store_dir")?,
+            store_dir: store_dir
+                .parse()
+                .map_err(|e| corrupt("caches.store_dir", e))?,
             priority: r.try_get("priority")?,
             upstream_cache_key_names: serde_json::from_str(&upstream)
                 .map_err(|e| corrupt("caches.upstream_cache_key_names", e))?,
@@ -107,7 +112,7 @@ pub async fn create(
         let row = sqlx::query(AssertSqlSafe(&*sql))
             .bind(new.name.as_str())
             .bind(new.is_public)
-            .bind(new.store_dir)
+            .bind(new.store_dir.as_str())
             .bind(new.priority)
             .bind(&upstream)
             .bind(new.retention_period)
@@ -165,7 +170,7 @@ pub async fn update(
         let row = sqlx::query(AssertSqlSafe(&*sql))
             .bind(id)
             .bind(u.is_public)
-            .bind(u.store_dir.as_deref())
+            .bind(u.store_dir.as_ref().map(StoreDir::as_str))
             .bind(u.priority)
             .bind(upstream.as_deref())
             .bind(set_retention)

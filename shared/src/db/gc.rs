@@ -13,8 +13,9 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::nars::decode_chunk_list;
-use super::{CacheId, ChunkId, DbError, NarId, ObjectId, Raw, placeholders};
+use super::{CacheId, ChunkId, DbError, NarId, ObjectId, Raw, key_column, placeholders};
 use crate::on_conn;
+use crate::storage::ObjectKey;
 
 /// An object as GC's mark reads it.
 #[derive(Debug, Clone)]
@@ -177,7 +178,7 @@ pub struct OrphanNar {
     /// Row id.
     pub id: NarId,
     /// Staging copy to delete, if still staged.
-    pub staging_key: Option<String>,
+    pub staging_key: Option<ObjectKey>,
     /// Chunks whose references it holds (ready NARs).
     pub chunk_ids: Vec<ChunkId>,
     /// Whether it was ready (holds chunk references).
@@ -225,7 +226,7 @@ pub async fn orphan_nars(
                 let list: Option<Vec<u8>> = r.try_get("chunk_list")?;
                 Ok(OrphanNar {
                     id: r.try_get("id")?,
-                    staging_key: r.try_get("staging_key")?,
+                    staging_key: key_column("nars.staging_key", r.try_get("staging_key")?)?,
                     chunk_ids: list.as_deref().map(decode_chunk_list).transpose()?.unwrap_or_default(),
                     ready: state == "ready",
                 })

@@ -18,6 +18,7 @@ pub mod leases;
 pub mod listings;
 pub mod nar_layout;
 pub mod nars;
+mod object_meta;
 pub mod object_refs;
 pub mod objects;
 pub mod packs;
@@ -282,6 +283,18 @@ pub(crate) fn placeholders(start: usize, n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A storage key column (staging and upload files), validated as an
+/// [`crate::storage::ObjectKey`] when the row is read rather than where the
+/// key is used.
+pub(crate) fn key_column(
+    column: &'static str,
+    key: Option<String>,
+) -> Result<Option<crate::storage::ObjectKey>, DbError> {
+    key.map(crate::storage::ObjectKey::new)
+        .transpose()
+        .map_err(|e| corrupt(column, e))
 }
 
 /// Maps a column decode failure to [`DbError::Corrupt`].

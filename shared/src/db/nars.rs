@@ -53,7 +53,7 @@ pub struct NarRecord {
     /// Life-cycle state.
     pub state: NarState,
     /// Storage key of the staged copy while `Staged`.
-    pub staging_key: Option<String>,
+    pub staging_key: Option<crate::storage::ObjectKey>,
     /// Chunk ids in NAR order, once `Ready`.
     pub chunk_ids: Vec<ChunkId>,
     /// Total compressed size, once `Ready`.
@@ -109,7 +109,7 @@ macro_rules! nar_from_row {
                 .map_err(|e| $crate::db::corrupt("nars.nar_hash", e))?,
             nar_size: r.try_get("nar_size")?,
             state: $crate::db::nars::NarState::parse(&state)?,
-            staging_key: r.try_get("staging_key")?,
+            staging_key: $crate::db::key_column("nars.staging_key", r.try_get("staging_key")?)?,
             chunk_ids,
             file_size: r.try_get("file_size")?,
             layout,

@@ -6,27 +6,13 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::nars::{NarRecord, nar_from_row};
+use super::object_meta::{meta_from_row, refs_column};
 use super::{CacheId, DbError, NarId, ObjectId, Raw, corrupt, object_refs, placeholders};
 use crate::on_conn;
 use larder_core::nix::hash::NarHash;
-use larder_core::nix::store_path::StorePathHash;
+use larder_core::nix::store_path::{AbsoluteStorePath, StorePath, StorePathHash};
 
-/// Path metadata as pushed (what narinfo serves besides the NAR fields).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectMeta {
-    /// Absolute store path.
-    pub store_path: String,
-    /// Reference base names.
-    pub references: Vec<String>,
-    /// Deriver base name.
-    pub deriver: Option<String>,
-    /// Uploader's signatures.
-    pub sigs: Vec<String>,
-    /// Content address.
-    pub ca: Option<String>,
-    /// System.
-    pub system: Option<String>,
-}
+pub use super::object_meta::ObjectMeta;
 
 /// An object with its NAR.
 #[derive(Debug, Clone)]
@@ -50,10 +36,6 @@ pub struct ObjectRecord {
 
 const NAR_COLUMNS: &str = "n.id, n.nar_hash, n.nar_size, n.state, n.staging_key, n.chunk_list, \
      n.file_size, n.chunk_sizes, n.frames_digest, n.created_at";
-
-fn split_words(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_owned).collect()
-}
 
 /// Whether an upload may change which NAR an existing path of the cache
 /// points at (first push wins, docs/protocol.md "Published paths").
@@ -128,10 +110,10 @@ pub async fn upsert(
         let row = sqlx::query(AssertSqlSafe(&*sql))
         .bind(cache_id)
         .bind(hash.as_str())
-        .bind(&meta.store_path)
+        .bind(meta.store_path.to_string())
         .bind(nar_id)
-        .bind(meta.references.join(" "))
-        .bind(meta.deriver.as_deref())
+        .bind(refs_column(&meta.references))
+        .bind(meta.deriver.as_ref().map(StorePath::base_name))
         .bind(meta.sigs.join("\n"))
         .bind(meta.ca.as_deref())
         .bind(meta.system.as_deref())
@@ -199,19 +181,10 @@ pub async fn find(
     on_conn!(raw, c => {
         let row = sqlx::query(AssertSqlSafe(&*sql)).bind(cache_id).bind(hash.as_str()).fetch_optional(&mut *c).await?;
         row.map(|r| {
-            let refs: String = r.try_get("refs")?;
-            let sigs: String = r.try_get("sigs")?;
             Ok::<_, DbError>(ObjectRecord {
                 id: r.try_get("object_id")?,
                 cache_id: r.try_get("cache_id")?,
-                meta: ObjectMeta {
-                    store_path: r.try_get("store_path")?,
-                    references: split_words(&refs),
-                    deriver: r.try_get("deriver")?,
-                    sigs: split_words(&sigs),
-                    ca: r.try_get("ca")?,
-                    system: r.try_get("system")?,
-                },
+                meta: meta_from_row!(&r)?,
                 created_at: r.try_get("object_created_at")?,
                 last_accessed_at: r.try_get("last_accessed_at")?,
                 created_by: r.try_get("created_by")?,
@@ -290,8 +263,8 @@ pub async fn missing(
 /// What [`delete`] removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletedObject {
-    /// Absolute store path.
-    pub store_path: String,
+    /// The store path, in the directory it was pushed under.
+    pub store_path: AbsoluteStorePath,
     /// The NAR row it pointed at.
     pub nar_id: NarId,
 }
@@ -313,8 +286,9 @@ pub async fn delete(
         .fetch_optional(&mut *c)
         .await?;
         row.map(|r| {
+            let store_path: String = r.try_get("store_path")?;
             Ok::<_, DbError>(DeletedObject {
-                store_path: r.try_get("store_path")?,
+                store_path: store_path.parse().map_err(|e| corrupt("objects.store_path", e))?,
                 nar_id: r.try_get("nar_id")?,
             })
         })

@@ -17,8 +17,9 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{CacheId, DbError, ObjectId, Raw, corrupt};
+use super::{CacheId, DbError, ObjectId, Raw, corrupt, key_column};
 use crate::on_conn;
+use crate::storage::ObjectKey;
 use larder_core::nix::hash::{FileHash, NarHash};
 use larder_core::nix::narinfo::Compression;
 
@@ -43,7 +44,7 @@ pub struct UploadedFile {
     pub nar_size: i64,
     /// Storage key of the file as uploaded; `None` for `none`, whose bytes
     /// are the NAR itself.
-    pub upload_key: Option<String>,
+    pub upload_key: Option<ObjectKey>,
 }
 
 /// A pending upload: a NAR file waiting for its narinfo.
@@ -58,7 +59,7 @@ pub struct PendingUpload {
     /// What the file is.
     pub file: UploadedFile,
     /// Decompressed copy in staging; `None` when the NAR was already stored.
-    pub staging_key: Option<String>,
+    pub staging_key: Option<ObjectKey>,
     /// Upload time.
     pub created_at: i64,
 }
@@ -95,7 +96,7 @@ macro_rules! file_from_row {
             compression: compression.parse().map_err(|e| corrupt("compression", e))?,
             nar_hash: NarHash::from_slice(&nar_hash).map_err(|e| corrupt("nar_hash", e))?,
             nar_size: r.try_get("nar_size")?,
-            upload_key: r.try_get("upload_key")?,
+            upload_key: key_column("upload_key", r.try_get("upload_key")?)?,
         })
     }};
 }
@@ -108,7 +109,7 @@ macro_rules! pending_from_row {
             cache_id: r.try_get("cache_id")?,
             file_name: r.try_get("file_name")?,
             file: file_from_row!(r)?,
-            staging_key: r.try_get("staging_key")?,
+            staging_key: key_column("nix_uploads.staging_key", r.try_get("staging_key")?)?,
             created_at: r.try_get("created_at")?,
         })
     }};
@@ -138,7 +139,7 @@ pub async fn upsert_pending(
     cache_id: CacheId,
     file_name: &str,
     file: &UploadedFile,
-    staging_key: Option<&str>,
+    staging_key: Option<&ObjectKey>,
     now: i64,
 ) -> Result<i64, DbError> {
     on_conn!(raw, c => {
@@ -160,8 +161,8 @@ pub async fn upsert_pending(
         .bind(file.compression.as_str())
         .bind(&file.nar_hash.as_bytes()[..])
         .bind(file.nar_size)
-        .bind(staging_key)
-        .bind(file.upload_key.as_deref())
+        .bind(staging_key.map(ObjectKey::as_str))
+        .bind(file.upload_key.as_ref().map(ObjectKey::as_str))
         .bind(now)
         .fetch_one(&mut *c)
         .await?;
@@ -268,7 +269,7 @@ pub async fn upsert_url(
 ) -> Result<(), DbError> {
     let key = file
         .upload_key
-        .as_deref()
+        .as_ref()
         .ok_or_else(|| corrupt("nix_upload_urls.upload_key", "no upload file to serve"))?;
     on_conn!(raw, c => {
         sqlx::query(
@@ -289,7 +290,7 @@ pub async fn upsert_url(
         .bind(file.compression.as_str())
         .bind(&file.nar_hash.as_bytes()[..])
         .bind(file.nar_size)
-        .bind(key)
+        .bind(key.as_str())
         .bind(now)
         .bind(expires_at)
         .execute(&mut *c)
@@ -320,9 +321,9 @@ pub async fn forget_file(raw: Raw<'_>, cache_id: CacheId, file_name: &str) -> Re
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReleasedKeys {
     /// Decompressed copies in staging.
-    pub staging_keys: Vec<String>,
+    pub staging_keys: Vec<ObjectKey>,
     /// Upload files, possibly still named by other rows.
-    pub upload_keys: Vec<String>,
+    pub upload_keys: Vec<ObjectKey>,
 }
 
 /// Deletes up to `limit` pending uploads made before `before` (their
@@ -344,8 +345,8 @@ pub async fn take_stale_pending(
         .await?;
         let mut out = ReleasedKeys::default();
         for r in &rows {
-            out.staging_keys.extend(r.try_get::<Option<String>, _>("staging_key")?);
-            out.upload_keys.extend(r.try_get::<Option<String>, _>("upload_key")?);
+            out.staging_keys.extend(key_column("nix_uploads.staging_key", r.try_get("staging_key")?)?);
+            out.upload_keys.extend(key_column("nix_uploads.upload_key", r.try_get("upload_key")?)?);
         }
         Ok(out)
     })
@@ -361,7 +362,7 @@ pub async fn take_dead_urls(
     now: i64,
     before: i64,
     limit: i64,
-) -> Result<Vec<String>, DbError> {
+) -> Result<Vec<ObjectKey>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
             "DELETE FROM nix_upload_urls WHERE id IN
@@ -375,20 +376,22 @@ pub async fn take_dead_urls(
         .bind(limit)
         .fetch_all(&mut *c)
         .await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("upload_key").map_err(DbError::from))
-            .collect()
+        let mut keys = Vec::new();
+        for r in &rows {
+            keys.extend(key_column("nix_upload_urls.upload_key", r.try_get("upload_key")?)?);
+        }
+        Ok(keys)
     })
 }
 
 /// Whether any pending upload or uploader URL still names this file.
-pub async fn upload_key_in_use(raw: Raw<'_>, key: &str) -> Result<bool, DbError> {
+pub async fn upload_key_in_use(raw: Raw<'_>, key: &ObjectKey) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let row = sqlx::query(
             "SELECT 1 AS one FROM nix_upload_urls WHERE upload_key = $1
              UNION ALL SELECT 1 AS one FROM nix_uploads WHERE upload_key = $1 LIMIT 1",
         )
-        .bind(key)
+        .bind(key.as_str())
         .fetch_optional(&mut *c)
         .await?;
         Ok(row.is_some())

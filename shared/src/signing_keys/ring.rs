@@ -56,11 +56,13 @@ impl KeyRing {
     }
 
     /// The keys that sign for a cache at `now`, from its rows (newest first,
-    /// as [`cache_keys::of_cache`] returns them).
+    /// as [`cache_keys::of_cache`] returns them). Takes the rows so their
+    /// names move into [`CacheSigning::own_names`] instead of being copied
+    /// for every narinfo.
     pub fn signing(
         &self,
         cache: &str,
-        rows: &[CacheKeyRecord],
+        rows: Vec<CacheKeyRecord>,
         now: i64,
     ) -> Result<CacheSigning, KeyError> {
         let active = rows
@@ -70,7 +72,7 @@ impl KeyRing {
             .collect::<Result<_, _>>()?;
         Ok(CacheSigning {
             active,
-            own_names: rows.iter().map(|r| r.key_name.clone()).collect(),
+            own_names: rows.into_iter().map(|r| r.key_name).collect(),
         })
     }
 

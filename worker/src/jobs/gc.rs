@@ -14,7 +14,6 @@ use larder_shared::db::chunks::BATCH;
 use larder_shared::db::refcounts;
 use larder_shared::db::{CacheId, ChunkId, DbError, NarId, ObjectId, audit, caches, gc};
 use larder_shared::retention::Retention;
-use larder_shared::storage::ObjectKey;
 
 use crate::chunk_deletion::{self};
 use crate::closure::{Graph, Plan};
@@ -327,7 +326,6 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
             }
             tx.commit().await?;
             for key in staged {
-                let key = ObjectKey::new(key).context("staging key in the database")?;
                 svc.staging.delete(&key).await?;
             }
         }

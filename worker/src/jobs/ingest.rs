@@ -123,7 +123,6 @@ async fn ingest_inner(
         .staging_key
         .clone()
         .context("staged NAR has no staging key")?;
-    let key = ObjectKey::new(key)?;
     // Owner of this run's write intents: one per run, so an overlapping run
     // of the same NAR counts its own.
     let writer = Writer {

@@ -18,10 +18,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
-
 use larder_shared::db::{listings, uploads};
-use larder_shared::storage::ObjectKey;
 
 use crate::services::Services;
 
@@ -57,8 +54,7 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<UploadSweepReport
         };
         let n = released.staging_keys.len().max(released.upload_keys.len());
         for key in &released.staging_keys {
-            let key = ObjectKey::new(key.clone()).context("staging key of a pending upload")?;
-            svc.staging.delete(&key).await?;
+            svc.staging.delete(key).await?;
         }
         report.pending_dropped += n;
         candidates.extend(released.upload_keys);
@@ -89,7 +85,6 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<UploadSweepReport
         if in_use {
             continue;
         }
-        let key = ObjectKey::new(key).context("upload file key")?;
         let Some(meta) = svc.storage.head(&key).await? else {
             continue;
         };

@@ -174,7 +174,8 @@ impl PathInfo {
             o.created_by.as_deref().unwrap_or("(not recorded)")
         );
         println!("last accessed:  {}", fmt_time(o.last_accessed_at));
-        println!("references:     {}", o.meta.references.join(" "));
+        let references: Vec<String> = o.meta.references.iter().map(|r| r.to_string()).collect();
+        println!("references:     {}", references.join(" "));
         Ok(())
     }
 }
