@@ -13,7 +13,10 @@
 //!    its write intent and deleted after the grace period;
 //! 6. each pack's own index names exactly the chunk rows located in it;
 //! 7. verify reads packed chunks back, marks a NAR whose pack bytes are
-//!    damaged broken (a re-push repairs it), and removes orphan packs.
+//!    damaged broken (a re-push repairs it), and removes orphan packs;
+//! 8. compaction rewrites a mostly dead pack while a download that resolved
+//!    the old locations is under way; the old pack goes a grace period
+//!    later, and every NAR reads the same bytes throughout.
 
 use crate::common;
 use crate::gc::gc_support::clock::{backdate_intents, gc_at, grace};
@@ -28,6 +31,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
 
 use larder_shared::config::Config;
 use larder_shared::db::chunks::{self, BATCH};
@@ -57,9 +62,22 @@ async fn small_packs_app(backend: Backend) -> TestApp {
 
 on_both_backends!(small_nars_share_a_pack, pack_index_names_the_rows,);
 
+/// [`small_packs_app`] whose GC never compacts, so dead space stays.
+async fn uncompacted_app(backend: Backend) -> TestApp {
+    TestApp::builder(backend)
+        .pack_size(MIB as u64)
+        .compaction_threshold(0.0)
+        .build()
+        .await
+}
+
+on_both_backends!(crate::packs::uncompacted_app =>
+    gc_keeps_a_pack_while_a_chunk_lives,
+);
+
 on_both_backends!(crate::packs::small_packs_app =>
     a_nar_spans_several_packs,
-    gc_keeps_a_pack_while_a_chunk_lives,
+    compaction_reclaims_dead_space,
     killed_ingest_pack_is_collected,
     verify_reads_packs,
 );
@@ -441,4 +459,114 @@ async fn verify_reads_packs(app: &TestApp) {
     assert_eq!(app.drain_jobs().await, 1);
     assert_bytes(app, &token, "vp", &damaged, "repaired").await;
     assert_chunk_store_sound(app, "repaired").await;
+}
+
+// --- 8. compaction -------------------------------------------------------------------------
+
+async fn compaction_reclaims_dead_space(app: &TestApp) {
+    app.create_cache("cmp", false).await;
+    let token = app.token(&[("cmp", PULL_PUSH_DELETE)]);
+    let pool = BlockPool::new(0xc0, 4, 400 * KIB);
+    // `x` fills a 1 MiB pack with blocks 0, 1 and the start of 2; `y` keeps
+    // block 2 alive. Once `x` goes, that pack is about a fifth live.
+    let x = pool.nar("x", 30, &[0, 1, 2]);
+    let y = pool.nar("y", 31, &[2, 3]);
+    for n in [&x, &y] {
+        assert_kind(&app.upload(&token, "cmp", n).await, "Uploaded");
+        app.drain_jobs().await;
+    }
+    delete_path(app, &token, "cmp", &x)
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
+    let grace = grace(app);
+    let t1 = unix_now() + grace + 60;
+    assert_eq!(
+        gc_at(app, t1).await.compaction,
+        Default::default(),
+        "nothing dead yet"
+    );
+
+    // A download of `y` that resolved its chunks' locations before the move.
+    let mut body = app
+        .router()
+        .oneshot(
+            common::request(
+                axum::http::Method::GET,
+                &format!("/cmp/nar/{}.nar", y.url_hash()),
+                Some(&token),
+            )
+            .body(axum::body::Body::empty())
+            .expect("request"),
+        )
+        .await
+        .expect("router")
+        .into_body();
+    let first = body.frame().await.expect("a first frame").expect("ok");
+    let mut got = first.into_data().expect("data").to_vec();
+
+    let t2 = t1 + grace + 60;
+    let before = app.object_keys("packs/").await;
+    let report = gc_at(app, t2).await;
+    assert!(report.chunks_deleted > 0, "{report:?}");
+    let c = report.compaction;
+    assert!(c.packs_retired >= 1 && c.chunks_moved > 0, "{report:?}");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM packs WHERE retired_at IS NOT NULL")
+            .await as u64,
+        c.packs_retired
+    );
+    // Retired packs stay a grace period: the download in flight finishes.
+    for key in &before {
+        let packed = larder_shared::storage::layout::parse_pack_key(key).expect("pack key");
+        let retired = app
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM packs WHERE id = {packed} AND retired_at IS NOT NULL"
+            ))
+            .await;
+        if retired == 1 {
+            assert!(
+                app.object_keys(key).await.len() == 1,
+                "{key} kept for the grace period"
+            );
+        }
+    }
+    while let Some(frame) = body.frame().await {
+        got.extend_from_slice(&frame.expect("frame").into_data().expect("data"));
+    }
+    assert!(
+        got == y.bytes,
+        "a download across the move reads the same bytes"
+    );
+    assert_bytes(app, &token, "cmp", &y, "after compaction").await;
+    app.assert_chunk_store_consistent().await;
+
+    // A grace period later the retired packs are deleted.
+    let t3 = t2 + grace + 60;
+    let report = gc_at(app, t3).await;
+    assert!(report.packs_deleted >= c.packs_retired, "{report:?}");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM packs WHERE retired_at IS NOT NULL")
+            .await,
+        0
+    );
+    let dead = app
+        .scalar("SELECT CAST(COALESCE(SUM(size - live_bytes), 0) AS BIGINT) FROM packs")
+        .await;
+    let live = app
+        .scalar("SELECT CAST(COALESCE(SUM(live_bytes), 0) AS BIGINT) FROM packs")
+        .await;
+    assert!(
+        dead * 4 < live,
+        "dead space reclaimed: {dead} dead, {live} live"
+    );
+    assert_bytes(app, &token, "cmp", &y, "after the old packs went").await;
+    app.assert_chunk_store_consistent().await;
+    assert_chunk_store_sound(app, "compacted").await;
+    let report = verify::run(&app.services, unix_now(), false)
+        .await
+        .expect("verify");
+    assert!(
+        report.damaged_chunks.is_empty() && report.orphan_objects.is_empty(),
+        "{report:?}"
+    );
 }

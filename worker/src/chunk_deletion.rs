@@ -320,7 +320,7 @@ pub async fn delete_empty_packs(
     loop {
         let page = {
             let mut conn = svc.db.conn().await?;
-            packs::empty(conn.raw(), after, BATCH as i64).await?
+            packs::empty(conn.raw(), after, stale_cutoff, BATCH as i64).await?
         };
         let Some(&(last, _)) = page.last() else { break };
         after = last;

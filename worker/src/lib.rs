@@ -4,6 +4,7 @@
 
 pub mod chunk_deletion;
 pub mod closure;
+pub mod compaction;
 pub mod gc_dry_run;
 pub mod gc_lease;
 pub mod jobs;

@@ -275,7 +275,8 @@ pub async fn pg_admin() -> sqlx::PgConnection {
 pub struct TestAppBuilder {
     backend: Backend,
     storage: Option<String>,
-    pack_size: Option<u64>,
+    /// Keys added to the `[storage]` section.
+    storage_keys: Vec<String>,
     extra: String,
 }
 
@@ -290,7 +291,14 @@ impl TestAppBuilder {
     /// `[storage] pack-size`: 0 stores each chunk as its own object (the
     /// layout before packs, which old stores still hold).
     pub fn pack_size(mut self, bytes: u64) -> Self {
-        self.pack_size = Some(bytes);
+        self.storage_keys.push(format!("pack-size = {bytes}"));
+        self
+    }
+
+    /// `[storage] compaction-threshold` (0: GC never compacts).
+    pub fn compaction_threshold(mut self, fraction: f64) -> Self {
+        self.storage_keys
+            .push(format!("compaction-threshold = {fraction:?}"));
         self
     }
 
@@ -303,7 +311,7 @@ impl TestAppBuilder {
 
     /// A fresh, migrated app.
     pub async fn build(self) -> TestApp {
-        TestApp::with_config(self.backend, self.storage, self.pack_size, &self.extra).await
+        TestApp::with_config(self.backend, self.storage, &self.storage_keys, &self.extra).await
     }
 }
 
@@ -314,7 +322,7 @@ impl TestApp {
         TestAppBuilder {
             backend,
             storage: None,
-            pack_size: None,
+            storage_keys: Vec::new(),
             extra: String::new(),
         }
     }
@@ -334,7 +342,7 @@ impl TestApp {
     async fn with_config(
         backend: Backend,
         storage: Option<String>,
-        pack_size: Option<u64>,
+        storage_keys: &[String],
         extra: &str,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -345,12 +353,8 @@ impl TestApp {
             Store::Local
         };
         let mut storage = storage.unwrap_or_else(|| local_storage_toml(&storage_root));
-        if let Some(size) = pack_size {
-            storage = storage.replacen(
-                "[storage]\n",
-                &format!("[storage]\npack-size = {size}\n"),
-                1,
-            );
+        for key in storage_keys {
+            storage = storage.replacen("[storage]\n", &format!("[storage]\n{key}\n"), 1);
         }
         let (db_url, pg_database) = fresh_database(backend, dir.path()).await;
         let toml = format!("{}{extra}", config_toml(&db_url, &storage));

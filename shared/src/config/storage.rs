@@ -23,6 +23,11 @@ pub struct MainStorageConfig {
     /// chunk as its own object, as Larder did before packs.
     #[serde(default = "d_pack_size")]
     pub pack_size: u64,
+    /// Compaction rewrites a pack once less than this fraction of its bytes
+    /// is live (chunks still used), and merges packs smaller than a quarter
+    /// of `pack-size` (docs/gc.md "Compaction"). `0` never compacts.
+    #[serde(default = "d_compaction_threshold")]
+    pub compaction_threshold: f64,
     /// The backend.
     #[serde(flatten)]
     pub backend: StorageConfig,
@@ -36,6 +41,10 @@ pub const DEFAULT_PACK_SIZE: u64 = 32 * 1024 * 1024;
 
 fn d_pack_size() -> u64 {
     DEFAULT_PACK_SIZE
+}
+
+fn d_compaction_threshold() -> f64 {
+    0.5
 }
 
 /// Smallest accepted non-zero pack size.
@@ -59,6 +68,12 @@ impl MainStorageConfig {
             out.push(format!(
                 "{section}.pack-size: {} must be 0 (no packs) or between 1 MiB and 4 GiB",
                 self.pack_size
+            ));
+        }
+        if !(0.0..1.0).contains(&self.compaction_threshold) {
+            out.push(format!(
+                "{section}.compaction-threshold: {} must be at least 0 (never) and below 1",
+                self.compaction_threshold
             ));
         }
     }

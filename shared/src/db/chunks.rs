@@ -118,3 +118,13 @@ pub struct NewChunk {
     /// own object (`[storage] pack-size = 0`).
     pub pack: Option<(i64, i64)>,
 }
+
+/// The chunk rows located in pack `pack`, in the order of their frames
+/// (what compaction copies).
+pub async fn in_pack(raw: Raw<'_>, pack: i64) -> Result<Vec<ChunkRecord>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM chunks WHERE pack_id = $1 ORDER BY pack_offset");
+    on_conn!(raw, c => {
+        let rows = sqlx::query(AssertSqlSafe(&*sql)).bind(pack).fetch_all(&mut *c).await?;
+        rows.iter().map(|r| chunk_from_row!(r)).collect()
+    })
+}

@@ -97,13 +97,24 @@ pub async fn remove_live(
 }
 
 /// Packs with no live chunk left (after `after`, by id), with their sizes:
-/// their objects are garbage once the deletion protocol agrees.
-pub async fn empty(raw: Raw<'_>, after: i64, limit: i64) -> Result<Vec<(i64, u64)>, DbError> {
+/// their objects are garbage once the deletion protocol agrees. A pack
+/// compaction emptied counts only once it was retired before
+/// `retired_before`, so a download that resolved a chunk's old location a
+/// moment earlier still finds it.
+pub async fn empty(
+    raw: Raw<'_>,
+    after: i64,
+    retired_before: i64,
+    limit: i64,
+) -> Result<Vec<(i64, u64)>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
-            "SELECT id, size FROM packs WHERE live_chunks <= 0 AND id > $1 ORDER BY id LIMIT $2",
+            "SELECT id, size FROM packs
+             WHERE live_chunks <= 0 AND id > $1 AND (retired_at IS NULL OR retired_at < $2)
+             ORDER BY id LIMIT $3",
         )
         .bind(after)
+        .bind(retired_before)
         .bind(limit)
         .fetch_all(&mut *c)
         .await?;
@@ -113,6 +124,98 @@ pub async fn empty(raw: Raw<'_>, after: i64, limit: i64) -> Result<Vec<(i64, u64
                 Ok((r.try_get::<i64, _>("id")?, size.max(0) as u64))
             })
             .collect()
+    })
+}
+
+/// A pack as compaction weighs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackUse {
+    /// Pack id.
+    pub id: i64,
+    /// Object bytes.
+    pub size: i64,
+    /// Live chunk rows located in it.
+    pub live_chunks: i64,
+    /// Their stored bytes.
+    pub live_bytes: i64,
+}
+
+/// Packs worth rewriting, oldest first: created before `created_before`,
+/// not retired, still holding live chunks, and either less than
+/// `threshold` live or smaller than `small_below` bytes.
+pub async fn compaction_candidates(
+    raw: Raw<'_>,
+    threshold: f64,
+    small_below: i64,
+    created_before: i64,
+    limit: i64,
+) -> Result<Vec<PackUse>, DbError> {
+    on_conn!(raw, c => {
+        let rows = sqlx::query(
+            "SELECT id, size, live_chunks, live_bytes FROM packs
+             WHERE retired_at IS NULL AND live_chunks > 0 AND created_at < $1
+               AND (CAST(live_bytes AS DOUBLE PRECISION) < CAST(size AS DOUBLE PRECISION) * $2 OR size < $3)
+             ORDER BY id LIMIT $4",
+        )
+        .bind(created_before)
+        .bind(threshold)
+        .bind(small_below)
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PackUse {
+                    id: r.try_get("id")?,
+                    size: r.try_get("size")?,
+                    live_chunks: r.try_get("live_chunks")?,
+                    live_bytes: r.try_get("live_bytes")?,
+                })
+            })
+            .collect()
+    })
+}
+
+/// Moves a chunk row's location from pack `from` to `(to, offset)`, if it
+/// is still in `from` (a row GC deleted meanwhile is not moved). Returns
+/// whether it moved.
+pub async fn move_chunk(
+    raw: Raw<'_>,
+    id: super::ChunkId,
+    from: i64,
+    (to, offset): (i64, i64),
+) -> Result<bool, DbError> {
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "UPDATE chunks SET pack_id = $3, pack_offset = $4 WHERE id = $1 AND pack_id = $2",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .bind(offset)
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Marks packs compaction emptied as retired at `now` (deleted a grace
+/// period later, see [`empty`]).
+pub async fn retire(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "UPDATE packs SET retired_at = $1
+         WHERE live_chunks <= 0 AND retired_at IS NULL AND id IN ({})",
+        placeholders(2, ids.len())
+    );
+    on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(now);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected())
     })
 }
 

@@ -17,6 +17,7 @@ use larder_shared::retention::Retention;
 
 use crate::chunk_deletion::{self};
 use crate::closure::{Graph, Plan};
+use crate::compaction::{self, Compacted};
 use crate::gc_lease::GcLease;
 pub use crate::gc_lease::{LEASE, LEASE_TTL};
 use crate::services::Services;
@@ -44,6 +45,8 @@ pub struct GcReport {
     /// Packs deleted because every chunk in them died (their bytes are in
     /// `bytes_freed`; a packed chunk's own bytes are freed only with its pack).
     pub packs_deleted: u64,
+    /// What compaction rewrote (docs/gc.md "Compaction").
+    pub compaction: Compacted,
 }
 
 /// Runs one GC at time `now` (Unix seconds; injectable for tests) if no
@@ -130,6 +133,8 @@ async fn collect(
     let packs = chunk_deletion::delete_empty_packs(svc, lease, now - grace).await?;
     report.packs_deleted = packs.objects;
     report.bytes_freed += packs.bytes;
+    lease.renew(svc).await?;
+    report.compaction = compaction::compact(svc, lease, now).await?;
     lease.renew(svc).await?;
     report.orphan_objects_deleted = chunk_deletion::delete_orphan_objects(svc, lease, now - grace)
         .await?
