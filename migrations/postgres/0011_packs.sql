@@ -33,3 +33,11 @@ CREATE TABLE pack_ids (
     id BIGSERIAL PRIMARY KEY,
     created_at BIGINT NOT NULL
 );
+
+-- Chunk objects `larder-admin repack` moved into packs: no row names them
+-- any more, and GC deletes them (through the deletion protocol) once older
+-- than the grace period, so downloads that read the old location finish.
+CREATE TABLE retired_objects (
+    object_key TEXT PRIMARY KEY,
+    retired_at BIGINT NOT NULL
+);

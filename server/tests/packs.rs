@@ -16,7 +16,11 @@
 //!    damaged broken (a re-push repairs it), and removes orphan packs;
 //! 8. compaction rewrites a mostly dead pack while a download that resolved
 //!    the old locations is under way; the old pack goes a grace period
-//!    later, and every NAR reads the same bytes throughout.
+//!    later, and every NAR reads the same bytes throughout; a compaction
+//!    killed after sealing its new pack, before moving rows, loses nothing
+//!    and leaks nothing;
+//! 9. `larder-admin repack` moves chunks stored one per object into packs
+//!    online; GC deletes the old objects a grace period later.
 
 use crate::common;
 use crate::gc::gc_support::clock::{backdate_intents, gc_at, grace};
@@ -78,12 +82,14 @@ on_both_backends!(crate::packs::uncompacted_app =>
 on_both_backends!(crate::packs::small_packs_app =>
     a_nar_spans_several_packs,
     compaction_reclaims_dead_space,
+    killed_compaction_loses_nothing,
     killed_ingest_pack_is_collected,
     verify_reads_packs,
 );
 
 on_both_backends!(crate::gc::gc_support::legacy_app =>
     dedup_across_packs_and_the_old_layout,
+    repack_moves_old_chunks_into_packs,
 );
 
 /// Ingests every staged NAR at once, as a worker running that many jobs
@@ -563,6 +569,156 @@ async fn compaction_reclaims_dead_space(app: &TestApp) {
     app.assert_chunk_store_consistent().await;
     assert_chunk_store_sound(app, "compacted").await;
     let report = verify::run(&app.services, unix_now(), false)
+        .await
+        .expect("verify");
+    assert!(
+        report.damaged_chunks.is_empty() && report.orphan_objects.is_empty(),
+        "{report:?}"
+    );
+}
+
+/// Two NARs sharing block 2, one of them deleted and collected, so the pack
+/// holding blocks 0–2 is mostly dead: (the survivor, the time of the GC
+/// that made the dead space).
+async fn mostly_dead_pack(app: &TestApp, token: &str, cache: &str) -> (TestNar, i64) {
+    let pool = BlockPool::new(0xc1, 4, 400 * KIB);
+    let x = pool.nar("x", 40, &[0, 1, 2]);
+    let y = pool.nar("y", 41, &[2, 3]);
+    for n in [&x, &y] {
+        assert_kind(&app.upload(token, cache, n).await, "Uploaded");
+        app.drain_jobs().await;
+    }
+    delete_path(app, token, cache, &x)
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
+    let t1 = unix_now() + grace(app) + 60;
+    gc_at(app, t1).await;
+    (y, t1)
+}
+
+async fn killed_compaction_loses_nothing(app: &TestApp) {
+    app.create_cache("kc", false).await;
+    let token = app.token(&[("kc", PULL_PUSH_DELETE)]);
+    let (y, t1) = mostly_dead_pack(app, &token, "kc").await;
+    let t2 = t1 + grace(app) + 60;
+    // The chunk phase first, with compaction off: the dead space is there.
+    let mut config = (*app.services.config).clone();
+    config.storage.compaction_threshold = 0.0;
+    let no_compaction = Services::new(
+        Arc::new(config),
+        app.state.db.clone(),
+        app.state.storage.clone(),
+        app.state.staging.clone(),
+    );
+    larder_worker::jobs::gc::run(&no_compaction, t2, "gc-test")
+        .await
+        .expect("GC")
+        .expect("lease");
+    let packs_before = app.object_keys("packs/").await;
+
+    // A compaction killed between sealing its new pack and moving rows.
+    let lease = larder_worker::gc_lease::GcLease::acquire(&app.services, t2, "compactor")
+        .await
+        .expect("lease")
+        .expect("free");
+    let pause = BeforeCommit::default();
+    let held = {
+        let (svc, pause) = (app.services.clone(), pause.clone());
+        tokio::spawn(async move {
+            larder_worker::compaction::compact_pausing(&svc, &lease, t2, &pause).await
+        })
+    };
+    pause.reached().await;
+    held.abort();
+    let _ = held.await;
+    // The dead holder's lease, released (it would lapse after its TTL).
+    larder_worker::gc_lease::GcLease::acquire(&app.services, t2, "compactor")
+        .await
+        .expect("lease")
+        .expect("ours")
+        .release(&app.services, false)
+        .await
+        .expect("release");
+    let after = app.object_keys("packs/").await;
+    assert!(after.len() > packs_before.len(), "the new pack was sealed");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM packs WHERE retired_at IS NOT NULL")
+            .await,
+        0,
+        "no row moved"
+    );
+    assert_bytes(app, &token, "kc", &y, "after the killed compaction").await;
+    app.assert_chunk_store_consistent().await;
+
+    // Its intent ages; the next GC deletes the new pack and compacts again.
+    backdate_intents(app, grace(app) + 60).await;
+    let report = gc_at(app, t2).await;
+    assert!(report.orphan_objects_deleted >= 1, "{report:?}");
+    assert!(report.compaction.chunks_moved > 0, "{report:?}");
+    assert_bytes(app, &token, "kc", &y, "compacted after the crash").await;
+    gc_at(app, t2 + grace(app) + 60).await;
+    assert_bytes(app, &token, "kc", &y, "old packs gone").await;
+    app.assert_chunk_store_consistent().await;
+    assert_chunk_store_sound(app, "after the killed compaction").await;
+    let report = verify::run(&app.services, unix_now(), false)
+        .await
+        .expect("verify");
+    assert!(
+        report.damaged_chunks.is_empty() && report.orphan_objects.is_empty(),
+        "{report:?}"
+    );
+}
+
+// --- 9. repack ------------------------------------------------------------------------------
+
+async fn repack_moves_old_chunks_into_packs(app: &TestApp) {
+    app.create_cache("rp", false).await;
+    let token = app.token(&[("rp", PULL_PUSH_DELETE)]);
+    let pool = BlockPool::new(0x9e, 3, 300 * KIB);
+    let nars = [pool.nar("r0", 50, &[0, 1]), pool.nar("r1", 51, &[1, 2])];
+    for n in &nars {
+        assert_kind(&app.upload(&token, "rp", n).await, "Uploaded");
+    }
+    app.drain_jobs().await;
+    let rows = app.count("chunks").await;
+    let own = app.object_keys("chunks/").await.len() as u64;
+    assert_eq!(own as i64, rows, "stored one object per chunk");
+
+    let packed = with_packs(app, MIB as u64);
+    let moved = larder_worker::repack::run(&packed, unix_now())
+        .await
+        .expect("repack");
+    assert_eq!((moved.chunks_moved, moved.objects_retired), (own, own));
+    assert!(moved.packs_written >= 1);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM chunks WHERE pack_id IS NULL")
+            .await,
+        0
+    );
+    // The old objects stay a grace period, for downloads under way.
+    assert_eq!(app.object_keys("chunks/").await.len() as u64, own);
+    for n in &nars {
+        assert_bytes(app, &token, "rp", n, "repacked").await;
+    }
+    assert_eq!(
+        larder_worker::repack::run(&packed, unix_now())
+            .await
+            .expect("again")
+            .chunks_moved,
+        0,
+        "nothing left to repack"
+    );
+
+    let report = gc_at(app, unix_now() + grace(app) + 60).await;
+    assert_eq!(report.orphan_objects_deleted, own, "{report:?}");
+    assert!(app.object_keys("chunks/").await.is_empty());
+    assert_eq!(app.count("retired_objects").await, 0);
+    for n in &nars {
+        assert_bytes(app, &token, "rp", n, "old objects gone").await;
+    }
+    app.assert_chunk_store_consistent().await;
+    assert_chunk_store_sound(app, "repacked").await;
+    let report = verify::run(&packed, unix_now(), false)
         .await
         .expect("verify");
     assert!(

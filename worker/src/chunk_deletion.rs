@@ -31,13 +31,16 @@ use larder_shared::db::ChunkId;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunk_gc;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
-use larder_shared::db::packs;
 use larder_shared::db::refcounts;
+use larder_shared::db::{packs, retired_objects};
 use larder_shared::storage::ObjectKey;
 use larder_shared::storage::layout;
 
 use crate::gc_lease::GcLease;
+
+mod orphans;
 use crate::services::Services;
+pub use orphans::{delete_empty_packs, delete_orphan_objects, delete_retired_objects};
 
 /// What a doomed object holds, and so which rows would name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,9 +191,13 @@ impl Claimed {
         };
         let (clear, kept): (Vec<Doomed>, Vec<Doomed>) = self.doomed.into_iter().partition(|d| {
             let needed = match d.holds {
+                // A row names a chunk's own object only while the chunk is
+                // not packed (repack moves rows into packs).
                 Holds::Chunk(hash) => match rows.get(&hash) {
-                    None => false,
-                    Some(row) => d.marked != Some(row.id) || row.refcount >= 0,
+                    Some(row) if row.pack_id.is_none() => {
+                        d.marked != Some(row.id) || row.refcount >= 0
+                    }
+                    _ => false,
                 },
                 Holds::Pack(id) => named_packs.contains(&id),
             };
@@ -206,6 +213,7 @@ impl Claimed {
             let mut tx = svc.db.begin().await?;
             refcounts::unmark_chunks(tx.raw(), &ids, lease.now()).await?;
             chunk_claims::release_claims(tx.raw(), &keys).await?;
+            retired_objects::forget(tx.raw(), &keys).await?;
             tx.commit().await?;
         }
         if clear.is_empty() {
@@ -224,6 +232,7 @@ impl Claimed {
         done.rows = chunk_gc::delete_marked_chunks(tx.raw(), &ids).await?;
         packs::delete(tx.raw(), &packs_gone).await?;
         chunk_claims::release_claims(tx.raw(), &keys).await?;
+        retired_objects::forget(tx.raw(), &keys).await?;
         tx.commit().await?;
         done.objects = clear.len() as u64;
         done.bytes = clear.iter().map(|d| d.file_size).sum();
@@ -306,34 +315,6 @@ pub async fn delete_marked(
     Ok(done)
 }
 
-/// Deletes packs no chunk row locates a frame in any more (every chunk in
-/// them died), through [`delete`]: a pack a writer still holds an intent on
-/// (a shared pack other ingests are committing into) or that a row names
-/// again is kept.
-pub async fn delete_empty_packs(
-    svc: &Services,
-    lease: &GcLease,
-    stale_cutoff: i64,
-) -> anyhow::Result<Deleted> {
-    let mut total = Deleted::default();
-    let mut after = 0i64;
-    loop {
-        let page = {
-            let mut conn = svc.db.conn().await?;
-            packs::empty(conn.raw(), after, stale_cutoff, BATCH as i64).await?
-        };
-        let Some(&(last, _)) = page.last() else { break };
-        after = last;
-        let doomed = page
-            .into_iter()
-            .map(|(id, size)| Doomed::pack(id, size))
-            .collect();
-        total += delete(svc, lease, doomed, stale_cutoff).await?;
-        lease.renew(svc).await?;
-    }
-    Ok(total)
-}
-
 /// The chunk hashes and the pack ids `doomed` objects hold.
 fn split_holds(doomed: &[Doomed]) -> (Vec<ChunkHash>, Vec<i64>) {
     let mut hashes = Vec::new();
@@ -345,48 +326,4 @@ fn split_holds(doomed: &[Doomed]) -> (Vec<ChunkHash>, Vec<i64>) {
         }
     }
     (hashes, pack_ids)
-}
-
-/// Deletes objects no row names, found in the database, never by listing
-/// storage: first keys a dead deleter left claimed, then keys whose
-/// intents were not refreshed since `cutoff` (their writer died before its
-/// commit).
-pub async fn delete_orphan_objects(
-    svc: &Services,
-    lease: &GcLease,
-    cutoff: i64,
-) -> anyhow::Result<Deleted> {
-    let mut total = Deleted::default();
-    for stale_intents in [false, true] {
-        let mut after = String::new();
-        loop {
-            let page = {
-                let mut conn = svc.db.conn().await?;
-                if stale_intents {
-                    chunk_claims::stale_intent_keys(conn.raw(), &after, cutoff, BATCH as i64)
-                        .await?
-                } else {
-                    chunk_claims::claims_page(conn.raw(), &after, BATCH as i64).await?
-                }
-            };
-            let Some(last) = page.last() else { break };
-            after = last.clone();
-            let doomed: Vec<Doomed> = page
-                .iter()
-                .filter_map(|k| {
-                    let d = Doomed::orphan(k);
-                    if d.is_none() {
-                        tracing::warn!(
-                            key = k,
-                            "claim or intent on a key that is no chunk's or pack's"
-                        );
-                    }
-                    d
-                })
-                .collect();
-            total += delete(svc, lease, doomed, cutoff).await?;
-            lease.renew(svc).await?;
-        }
-    }
-    Ok(total)
 }

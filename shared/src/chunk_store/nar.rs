@@ -20,8 +20,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::stream::{self, BoxStream};
+use futures::stream;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{ChunkStore, reads};
@@ -34,17 +33,7 @@ use crate::db::{ChunkId, Db, DbError};
 /// stored layout, at once while computing it).
 const ROWS_AHEAD: usize = 2;
 
-/// A body stream of NAR bytes.
-pub type NarStream = BoxStream<'static, std::io::Result<Bytes>>;
-
-/// Which representation to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Representation {
-    /// Uncompressed NAR.
-    Plain,
-    /// Concatenated zstd frames.
-    Zstd,
-}
+pub use super::reads::{NarStream, Representation};
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())

@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::ChunkStore;
-use super::nar::{NarStream, Representation};
 use crate::chunk;
 use crate::db::chunks::{BATCH, ChunkRecord};
 use crate::storage::{ByteStream, ObjectKey, StorageError};
@@ -35,6 +34,18 @@ const RUNS_AHEAD: usize = 1;
 const PIECES_AHEAD: usize = 16;
 /// Frames decompressed in parallel for `.nar`.
 const DECODE_AHEAD: usize = 8;
+
+/// A body stream of NAR bytes.
+pub type NarStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// Which representation to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Representation {
+    /// Uncompressed NAR.
+    Plain,
+    /// Concatenated zstd frames.
+    Zstd,
+}
 
 /// A chunk to send: its row, and the part of it (in the representation)
 /// the requested range covers.

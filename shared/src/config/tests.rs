@@ -360,7 +360,11 @@ fn pack_size_sits_beside_the_backend_keys() {
     let never = MINIMAL.replace("[storage]\n", "[storage]\ncompaction-threshold = 0\n");
     Config::parse_toml(&never).unwrap().validate().unwrap();
     let always = MINIMAL.replace("[storage]\n", "[storage]\ncompaction-threshold = 1.0\n");
-    let err = Config::parse_toml(&always).unwrap().validate().unwrap_err().to_string();
+    let err = Config::parse_toml(&always)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("storage.compaction-threshold"), "{err}");
     // The backend's own keys stay strict beside it.
     let typo = MINIMAL.replace("[storage]\n", "[storage]\npack-size = 0\npaht = \"/x\"\n");

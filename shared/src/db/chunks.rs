@@ -128,3 +128,24 @@ pub async fn in_pack(raw: Raw<'_>, pack: i64) -> Result<Vec<ChunkRecord>, DbErro
         rows.iter().map(|r| chunk_from_row!(r)).collect()
     })
 }
+
+/// Referenced chunks stored as their own objects, after `after` by id (a
+/// page of what `larder-admin repack` moves into packs).
+pub async fn unpacked_page(
+    raw: Raw<'_>,
+    after: ChunkId,
+    limit: i64,
+) -> Result<Vec<ChunkRecord>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM chunks WHERE pack_id IS NULL AND refcount > 0 AND id > $1
+         ORDER BY id LIMIT $2"
+    );
+    on_conn!(raw, c => {
+        let rows = sqlx::query(AssertSqlSafe(&*sql))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?;
+        rows.iter().map(|r| chunk_from_row!(r)).collect()
+    })
+}

@@ -176,30 +176,31 @@ pub async fn compaction_candidates(
     })
 }
 
-/// Moves a chunk row's location from pack `from` to `(to, offset)`, if it
-/// is still in `from` (a row GC deleted meanwhile is not moved). Returns
-/// whether it moved.
+/// Moves a chunk row's location from `from` (a pack, or `None` for its own
+/// object) to `(to, offset)`, if it is still there (a row GC deleted
+/// meanwhile is not moved). Returns whether it moved.
 pub async fn move_chunk(
     raw: Raw<'_>,
     id: super::ChunkId,
-    from: i64,
+    from: Option<i64>,
     (to, offset): (i64, i64),
 ) -> Result<bool, DbError> {
+    let still_there = match from {
+        Some(_) => "pack_id = $4",
+        None => "pack_id IS NULL",
+    };
+    let sql =
+        format!("UPDATE chunks SET pack_id = $2, pack_offset = $3 WHERE id = $1 AND {still_there}");
     on_conn!(raw, c => {
-        let done = sqlx::query(
-            "UPDATE chunks SET pack_id = $3, pack_offset = $4 WHERE id = $1 AND pack_id = $2",
-        )
-        .bind(id)
-        .bind(from)
-        .bind(to)
-        .bind(offset)
-        .execute(&mut *c)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(id).bind(to).bind(offset);
+        if let Some(from) = from {
+            q = q.bind(from);
+        }
+        Ok(q.execute(&mut *c).await?.rows_affected() == 1)
     })
 }
 
-/// Marks packs compaction emptied as retired at `now` (deleted a grace
+/// Marks packs a move emptied as retired at `now` (deleted a grace
 /// period later, see [`empty`]).
 pub async fn retire(raw: Raw<'_>, ids: &[i64], now: i64) -> Result<u64, DbError> {
     if ids.is_empty() {

@@ -17,9 +17,10 @@ use larder_shared::retention::Retention;
 
 use crate::chunk_deletion::{self};
 use crate::closure::{Graph, Plan};
-use crate::compaction::{self, Compacted};
+use crate::compaction;
 use crate::gc_lease::GcLease;
 pub use crate::gc_lease::{LEASE, LEASE_TTL};
+use crate::pack_mover::Moved;
 use crate::services::Services;
 
 /// Rows read per page.
@@ -46,7 +47,7 @@ pub struct GcReport {
     /// `bytes_freed`; a packed chunk's own bytes are freed only with its pack).
     pub packs_deleted: u64,
     /// What compaction rewrote (docs/gc.md "Compaction").
-    pub compaction: Compacted,
+    pub compaction: Moved,
 }
 
 /// Runs one GC at time `now` (Unix seconds; injectable for tests) if no
@@ -134,9 +135,14 @@ async fn collect(
     report.packs_deleted = packs.objects;
     report.bytes_freed += packs.bytes;
     lease.renew(svc).await?;
+    report.orphan_objects_deleted +=
+        chunk_deletion::delete_retired_objects(svc, lease, now - grace)
+            .await?
+            .objects;
+    lease.renew(svc).await?;
     report.compaction = compaction::compact(svc, lease, now).await?;
     lease.renew(svc).await?;
-    report.orphan_objects_deleted = chunk_deletion::delete_orphan_objects(svc, lease, now - grace)
+    report.orphan_objects_deleted += chunk_deletion::delete_orphan_objects(svc, lease, now - grace)
         .await?
         .objects;
     tracing::info!(?report, "garbage collection finished");

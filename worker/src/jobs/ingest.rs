@@ -96,6 +96,13 @@ impl BeforeCommit {
     pub fn resume(&self) {
         self.resume.notify_one();
     }
+
+    /// Called by the paused side: signals [`Self::reached`], then waits for
+    /// [`Self::resume`].
+    pub(crate) async fn hold(&self) {
+        self.reached.notify_one();
+        self.resume.notified().await;
+    }
 }
 
 /// [`ingest`], stopping before the commit until `pause` is resumed.
@@ -305,8 +312,7 @@ async fn run(
         }
     }
     if let Some(pause) = pause {
-        pause.reached.notify_one();
-        pause.resume.notified().await;
+        pause.hold().await;
     }
     let intents = writer.intents.load(Ordering::SeqCst);
     if !commit(

@@ -56,6 +56,8 @@ enum Command {
     },
     /// Reconcile storage with the database (exit status 1 if anything is wrong).
     Verify(maintenance::Verify),
+    /// Move chunks stored one per object (before packs) into packs, online.
+    Repack,
     /// Import caches, paths and NARs from an Attic deployment (read-only on Attic's side).
     ImportAttic(import_attic::ImportAttic),
     /// Give a cache a new signing key: a key file on the server, or a fresh sealed one.
@@ -89,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         Command::PathInfo(cmd) => cmd.run(&config).await,
         Command::Gc { dry_run, json } => maintenance::run_gc(&config, dry_run, json).await,
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
+        Command::Repack => maintenance::run_repack(&config).await,
         Command::CacheKey(cmd) => cmd.run(&config).await,
         Command::ImportAttic(cmd) => {
             if !cmd.run(&config).await? {

@@ -1,4 +1,4 @@
-//! `gc`, `stats`, `verify`: maintenance run from the operator's shell.
+//! `gc`, `stats`, `verify`, `repack`: maintenance run from the operator's shell.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use larder_shared::bootstrap;
 use larder_shared::config::Config;
 use larder_shared::db::{stats, unix_now};
 use larder_worker::jobs::{gc, verify};
+use larder_worker::repack;
 use larder_worker::{Services, gc_dry_run};
 
 async fn services(config: &Config) -> anyhow::Result<Services> {
@@ -122,6 +123,24 @@ pub async fn run_stats(config: &Config, json: bool) -> anyhow::Result<()> {
             s.dedup_ratio
         );
     }
+    Ok(())
+}
+
+/// `repack`: moves chunks stored one per object into packs and prints
+/// what it moved.
+pub async fn run_repack(config: &Config) -> anyhow::Result<()> {
+    let svc = services(config).await?;
+    let r = repack::run(&svc, unix_now()).await?;
+    println!(
+        "chunks moved:     {} ({}) into {} packs",
+        r.chunks_moved,
+        human_bytes(r.bytes_moved),
+        r.packs_written
+    );
+    println!(
+        "objects retired:  {} (GC deletes them once the grace period has passed)",
+        r.objects_retired
+    );
     Ok(())
 }
 
