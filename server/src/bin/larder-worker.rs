@@ -19,7 +19,7 @@ struct Args {
     /// Config file (else $LARDER_CONFIG).
     #[arg(short = 'f', long = "config", env = "LARDER_CONFIG")]
     config: PathBuf,
-    /// Jobs run at once (default: `[worker] concurrency`, else the core count).
+    /// Jobs run at once (default: `[worker] concurrency`, else 4 per core).
     #[arg(long)]
     concurrency: Option<usize>,
 }
