@@ -15,7 +15,7 @@
 //! 7. verify reads packed chunks back, marks a NAR whose pack bytes are
 //!    damaged broken (a re-push repairs it), and removes orphan packs;
 //! 8. compaction rewrites a mostly dead pack while a download that resolved
-//!    the old locations is under way; the old pack goes a grace period
+//!    the old locations is under way and an ingest reuses the chunks it moves; the old pack goes a grace period
 //!    later, and every NAR reads the same bytes throughout; a compaction
 //!    killed after sealing its new pack, before moving rows, loses nothing
 //!    and leaks nothing;
@@ -512,7 +512,18 @@ async fn compaction_reclaims_dead_space(app: &TestApp) {
 
     let t2 = t1 + grace + 60;
     let before = app.object_keys("packs/").await;
+    // An ingest reusing the chunks compaction moves, running with the GC.
+    let z = pool.nar("z", 32, &[2, 3]);
+    assert_kind(&app.upload(&token, "cmp", &z).await, "Uploaded");
+    let z_id = app.staged_nar_ids().await[0];
+    let svc = app.services.clone();
+    let ingesting = tokio::spawn(async move { ingest::ingest(&svc, z_id).await });
     let report = gc_at(app, t2).await;
+    ingesting
+        .await
+        .expect("task")
+        .expect("ingest beside compaction");
+    assert_bytes(app, &token, "cmp", &z, "ingested beside compaction").await;
     assert!(report.chunks_deleted > 0, "{report:?}");
     let c = report.compaction;
     assert!(c.packs_retired >= 1 && c.chunks_moved > 0, "{report:?}");
