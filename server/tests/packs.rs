@@ -240,8 +240,14 @@ async fn dedup_across_packs_and_the_old_layout(app: &TestApp) {
 
 /// The app's services with `[storage] pack-size = size`.
 fn with_packs(app: &TestApp, size: u64) -> Services {
+    with_config(app, |c| c.storage.pack_size = size)
+}
+
+/// The app's services with its configuration changed by `edit` (another
+/// worker process of the same deployment).
+fn with_config(app: &TestApp, edit: impl FnOnce(&mut Config)) -> Services {
     let mut config: Config = (*app.services.config).clone();
-    config.storage.pack_size = size;
+    edit(&mut config);
     Services::new(
         Arc::new(config),
         app.state.db.clone(),
@@ -613,14 +619,7 @@ async fn killed_compaction_loses_nothing(app: &TestApp) {
     let (y, t1) = mostly_dead_pack(app, &token, "kc").await;
     let t2 = t1 + grace(app) + 60;
     // The chunk phase first, with compaction off: the dead space is there.
-    let mut config = (*app.services.config).clone();
-    config.storage.compaction_threshold = 0.0;
-    let no_compaction = Services::new(
-        Arc::new(config),
-        app.state.db.clone(),
-        app.state.storage.clone(),
-        app.state.staging.clone(),
-    );
+    let no_compaction = with_config(app, |c| c.storage.compaction_threshold = 0.0);
     larder_worker::jobs::gc::run(&no_compaction, t2, "gc-test")
         .await
         .expect("GC")
