@@ -33,9 +33,12 @@ pub struct ChunkStore {
 /// Why a pack's index could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PackIndexError {
-    /// Reading the pack failed.
+    /// The pack is missing, or its size unknown.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Reading the pack failed.
+    #[error(transparent)]
+    Read(#[from] io::Error),
     /// The pack does not parse.
     #[error(transparent)]
     Format(#[from] pack::PackError),
@@ -101,18 +104,7 @@ impl ChunkStore {
         // always a range, also at offset 0.
         let whole_object = rec.pack_id.is_none() && within.start == 0 && want == at.length;
         let range = (!whole_object).then(|| at.offset + within.start..at.offset + within.end);
-        let parts: Vec<Bytes> = self
-            .storage
-            .get(&at.key, range)
-            .await
-            .map_err(io::Error::other)?
-            .try_collect()
-            .await?;
-        let data = if parts.len() == 1 {
-            parts.into_iter().next().unwrap_or_default()
-        } else {
-            Bytes::from(parts.concat())
-        };
+        let data = self.read_bytes(&at.key, range).await?;
         if data.len() as u64 != want {
             return Err(io::Error::other(format!(
                 "chunk {} gave {} bytes, expected {want}",
@@ -162,25 +154,34 @@ impl ChunkStore {
         let tail_at = size
             .checked_sub(pack::TRAILER_LEN as u64)
             .ok_or(pack::PackError::NoTrailer)?;
-        let tail = self.read_range(&key, tail_at..size).await?;
+        let tail = self.read_bytes(&key, Some(tail_at..size)).await?;
         let trailer = pack::decode_trailer(&tail, size)?;
         let at = trailer.index_offset;
-        let index = self.read_range(&key, at..at + trailer.index_len()).await?;
+        let index = self
+            .read_bytes(&key, Some(at..at + trailer.index_len()))
+            .await?;
         Ok(pack::decode_index(&index, &trailer)?)
     }
 
-    async fn read_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+    /// Bytes `range` of object `key` (all of it for `None`) in memory: for
+    /// reads bounded by a frame, an index or a compaction window.
+    pub async fn read_bytes(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+    ) -> io::Result<Bytes> {
         let parts: Vec<Bytes> = self
             .storage
-            .get(key, Some(range))
-            .await?
-            .try_collect()
+            .get(key, range)
             .await
-            .map_err(|source| StorageError::Input {
-                key: key.clone(),
-                source,
-            })?;
-        Ok(Bytes::from(parts.concat()))
+            .map_err(io::Error::other)?
+            .try_collect()
+            .await?;
+        Ok(if parts.len() == 1 {
+            parts.into_iter().next().unwrap_or_default()
+        } else {
+            Bytes::from(parts.concat())
+        })
     }
 
     /// Every pack object (what `verify` compares with the `packs` rows).

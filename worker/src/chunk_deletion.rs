@@ -31,8 +31,8 @@ use larder_shared::db::ChunkId;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunk_gc;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
+use larder_shared::db::packs;
 use larder_shared::db::refcounts;
-use larder_shared::db::{packs, retired_objects};
 use larder_shared::storage::ObjectKey;
 use larder_shared::storage::layout;
 
@@ -213,7 +213,7 @@ impl Claimed {
             let mut tx = svc.db.begin().await?;
             refcounts::unmark_chunks(tx.raw(), &ids, lease.now()).await?;
             chunk_claims::release_claims(tx.raw(), &keys).await?;
-            retired_objects::forget(tx.raw(), &keys).await?;
+            chunk_claims::forget_retired(tx.raw(), &keys).await?;
             tx.commit().await?;
         }
         if clear.is_empty() {
@@ -232,7 +232,7 @@ impl Claimed {
         done.rows = chunk_gc::delete_marked_chunks(tx.raw(), &ids).await?;
         packs::delete(tx.raw(), &packs_gone).await?;
         chunk_claims::release_claims(tx.raw(), &keys).await?;
-        retired_objects::forget(tx.raw(), &keys).await?;
+        chunk_claims::forget_retired(tx.raw(), &keys).await?;
         tx.commit().await?;
         done.objects = clear.len() as u64;
         done.bytes = clear.iter().map(|d| d.file_size).sum();

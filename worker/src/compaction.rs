@@ -119,10 +119,8 @@ async fn read_live_frames(
     let (start, end) = (at(first), at(last) + last.file_size.max(0) as u64);
     let span = svc
         .chunks()
-        .read_object(&pack_writer::key(pack), start..end)
+        .read_bytes(&pack_writer::key(pack), Some(start..end))
         .await?;
-    let parts: Vec<Bytes> = futures::TryStreamExt::try_collect(span).await?;
-    let span = Bytes::from(parts.concat());
     rows.iter()
         .map(|r| {
             let (from, len) = ((at(r) - start) as usize, r.file_size.max(0) as usize);

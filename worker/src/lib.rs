@@ -15,6 +15,7 @@ pub mod repack;
 pub mod runner;
 pub mod services;
 pub mod sweeper;
+mod write_intents;
 
 pub use runner::run;
 pub use services::Services;

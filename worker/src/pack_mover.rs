@@ -14,6 +14,8 @@
 //! chunk's old location just before the move still finds it. Frames are
 //! copied byte for byte: NAR bytes, sizes and ETags never change.
 
+use std::sync::atomic::Ordering;
+
 use anyhow::bail;
 use bytes::Bytes;
 
@@ -21,12 +23,13 @@ use larder_shared::chunk_store::ChunkStore;
 use larder_shared::chunk_store::pack_writer::{self, PackWriter, SealedPack};
 use larder_shared::db::chunks::{BATCH, ChunkRecord};
 use larder_shared::db::packs::{self, LiveDelta};
-use larder_shared::db::{ChunkId, chunk_claims, refcounts, retired_objects, unix_now};
+use larder_shared::db::{ChunkId, chunk_claims, refcounts};
 use larder_shared::storage::ObjectKey;
 
 use crate::gc_lease::GcLease;
 use crate::jobs::ingest::BeforeCommit;
 use crate::services::Services;
+use crate::write_intents::Writer;
 
 /// What a mover did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -65,7 +68,7 @@ struct Move {
 pub struct Mover<'a> {
     svc: &'a Services,
     lease: &'a GcLease,
-    owner: String,
+    writer: Writer,
     now: i64,
     pause: Option<&'a BeforeCommit>,
     out: Option<PackWriter>,
@@ -86,7 +89,7 @@ impl<'a> Mover<'a> {
         Self {
             svc,
             lease,
-            owner: format!("{kind}-{}", ulid::Ulid::new()),
+            writer: Writer::new(kind),
             now,
             pause,
             out: None,
@@ -99,7 +102,7 @@ impl<'a> Mover<'a> {
     pub async fn push(&mut self, rec: &ChunkRecord, frame: Bytes) -> anyhow::Result<()> {
         let writer = match self.out.as_mut() {
             Some(w) => w,
-            None => self.out.insert(open(self.svc, &self.owner).await?),
+            None => self.out.insert(self.writer.open_pack(self.svc).await?),
         };
         let entry = writer
             .append(rec.hash, rec.chunk_size.max(0) as u32, frame)
@@ -130,27 +133,15 @@ impl<'a> Mover<'a> {
             p.hold().await;
         }
         let moves = std::mem::take(&mut self.moves);
-        self.done += commit(self.svc, &self.owner, &sealed, moves, self.now).await?;
+        self.done += commit(self.svc, &self.writer, &sealed, moves, self.now).await?;
         Ok(())
     }
-}
-
-/// A new pack with `owner`'s intent committed on its key.
-async fn open(svc: &Services, owner: &str) -> anyhow::Result<PackWriter> {
-    let mut conn = svc.db.conn().await?;
-    let id = packs::next_id(conn.raw(), unix_now()).await?;
-    let key = [pack_writer::key(id)];
-    chunk_claims::insert_intents(conn.raw(), owner, &key, unix_now()).await?;
-    if !chunk_claims::claimed(conn.raw(), &key).await?.is_empty() {
-        bail!("a fresh pack key is claimed for deletion; stopping");
-    }
-    Ok(svc.chunks().open_pack(id))
 }
 
 /// Moves `moves` into `sealed` in one transaction (module doc).
 async fn commit(
     svc: &Services,
-    owner: &str,
+    writer: &Writer,
     sealed: &SealedPack,
     moves: Vec<Move>,
     now: i64,
@@ -188,16 +179,17 @@ async fn commit(
     let from: Vec<i64> = gone.keys().copied().collect();
     let packs_retired = packs::retire(tx.raw(), &from, now).await?;
     for batch in left_objects.chunks(BATCH) {
-        retired_objects::insert(tx.raw(), batch, now).await?;
+        chunk_claims::retire(tx.raw(), batch, now).await?;
     }
     let key: [ObjectKey; 1] = [pack_writer::key(sealed.id)];
-    if chunk_claims::drop_intents(tx.raw(), owner, &key).await? != 1 {
+    if chunk_claims::drop_intents(tx.raw(), &writer.owner, &key).await? != 1 {
         bail!(
             "GC reclaimed the write intent on pack {} as stale",
             sealed.id
         );
     }
     tx.commit().await?;
+    writer.intents.fetch_sub(1, Ordering::SeqCst);
     Ok(Moved {
         packs_retired,
         objects_retired: left_objects.len() as u64,

@@ -209,7 +209,7 @@ impl Reservation {
             .packer
             .take()
             .ok_or(PackerError::Seal("no packer".into()))?;
-        let mut waiting = {
+        let (mut waiting, entries) = {
             let mut open = packer.open.lock().await;
             if let Some(mut j) = joined {
                 j.leave();
@@ -220,37 +220,30 @@ impl Reservation {
                 .ok_or(PackerError::Seal("the reserved pack was sealed".into()))?;
             o.reserved -= 1;
             let mut entries = Vec::with_capacity(frames.len());
-            let mut failed = None;
             for (hash, size, frame) in frames {
                 match o.writer.append(hash, size, frame).await {
                     Ok(e) => entries.push(e),
                     Err(e) => {
-                        failed = Some(e);
-                        break;
+                        // The put is broken: drop the pack (its put fails;
+                        // joiners waiting on it see the error).
+                        if let Some(o) = open.take() {
+                            o.sealed.send_replace(Some(Err(Arc::from(e.to_string()))));
+                        }
+                        return Err(e.into());
                     }
                 }
-            }
-            if let Some(e) = failed {
-                // The put is broken: drop the pack (its put fails; joiners
-                // waiting on it see the error).
-                let o = open.take();
-                if let Some(o) = o {
-                    o.sealed.send_replace(Some(Err(Arc::from(e.to_string()))));
-                }
-                return Err(e.into());
             }
             let waiting = o.sealed.subscribe();
             packer.seal_if_idle(&mut open);
             (waiting, entries)
         };
         let sealed = waiting
-            .0
             .wait_for(Option::is_some)
             .await
             .map_err(|_| PackerError::Seal("the pack was dropped".into()))?
             .clone();
         match sealed {
-            Some(Ok(pack)) => Ok((pack, std::mem::take(&mut waiting.1))),
+            Some(Ok(pack)) => Ok((pack, entries)),
             Some(Err(e)) => Err(PackerError::Seal(e)),
             None => Err(PackerError::Seal("unreachable: no seal result".into())),
         }

@@ -1,5 +1,6 @@
 //! `chunk_intents` and `chunk_deletions`: who may write, and who may delete,
-//! a storage object (docs/gc.md, "Who may delete an object").
+//! a storage object (docs/gc.md, "Who may delete an object"); and
+//! `retired_objects`, objects whose bytes moved elsewhere, for GC to delete.
 //!
 //! A writer commits an *intent* on the key before it writes the object and
 //! then looks for a deletion *claim*; a deleter commits a claim before it
@@ -52,6 +53,9 @@ macro_rules! key_exec {
         })
     }};
 }
+
+/// No keys, for statements whose binds are all scalars.
+const NO_KEYS: &[ObjectKey] = &[];
 
 // --- writers ------------------------------------------------------------------------
 
@@ -229,35 +233,83 @@ pub async fn stale_intent_keys(
     cutoff: i64,
     limit: i64,
 ) -> Result<Vec<String>, DbError> {
-    on_conn!(raw, c => {
-        let rows = sqlx::query(
-            "SELECT DISTINCT object_key FROM chunk_intents
-             WHERE updated_at < $1 AND object_key > $2 ORDER BY object_key LIMIT $3",
-        )
-        .bind(cutoff)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *c)
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("object_key").map_err(DbError::from))
-            .collect()
-    })
+    key_rows!(
+        raw,
+        "SELECT DISTINCT object_key FROM chunk_intents
+         WHERE updated_at < $1 AND object_key > $2 ORDER BY object_key LIMIT $3"
+            .to_owned(),
+        [cutoff, after, limit],
+        NO_KEYS
+    )
 }
 
 /// Claimed keys above `after`, by key, at most `limit`: claims a deleter
 /// left when it died, for the next GC to finish.
 pub async fn claims_page(raw: Raw<'_>, after: &str, limit: i64) -> Result<Vec<String>, DbError> {
-    on_conn!(raw, c => {
-        let rows = sqlx::query(
-            "SELECT object_key FROM chunk_deletions WHERE object_key > $1 ORDER BY object_key LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *c)
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("object_key").map_err(DbError::from))
-            .collect()
-    })
+    key_rows!(
+        raw,
+        "SELECT object_key FROM chunk_deletions WHERE object_key > $1 ORDER BY object_key LIMIT $2"
+            .to_owned(),
+        [after, limit],
+        NO_KEYS
+    )
+}
+
+// --- retired objects -------------------------------------------------------------------
+
+/// Records `keys` (≤ [`super::chunks::BATCH`]) as retired at `now`: objects
+/// whose bytes moved elsewhere (`larder-admin repack` moved their chunk into
+/// a pack), in the transaction that moved their rows away. GC deletes them
+/// through the deletion protocol a grace period later.
+pub async fn retire(raw: Raw<'_>, keys: &[ObjectKey], now: i64) -> Result<u64, DbError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let values = (0..keys.len())
+        .map(|i| format!("(${}, $1)", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    key_exec!(
+        raw,
+        format!(
+            "INSERT INTO retired_objects (object_key, retired_at) VALUES {values}
+             ON CONFLICT (object_key) DO NOTHING"
+        ),
+        [now],
+        keys
+    )
+}
+
+/// Keys retired before `before` and above `after`, by key, at most `limit`.
+pub async fn retired_before(
+    raw: Raw<'_>,
+    before: i64,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<String>, DbError> {
+    key_rows!(
+        raw,
+        "SELECT object_key FROM retired_objects
+         WHERE retired_at < $1 AND object_key > $2 ORDER BY object_key LIMIT $3"
+            .to_owned(),
+        [before, after, limit],
+        NO_KEYS
+    )
+}
+
+/// Forgets retired `keys` (≤ [`super::chunks::BATCH`]): deleted, or needed
+/// again.
+pub async fn forget_retired(raw: Raw<'_>, keys: &[ObjectKey]) -> Result<u64, DbError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    key_exec!(
+        raw,
+        format!(
+            "DELETE FROM retired_objects WHERE object_key IN ({})",
+            placeholders(1, keys.len())
+        ),
+        [],
+        keys
+    )
 }

@@ -24,7 +24,6 @@ pub mod objects;
 pub mod packs;
 pub mod pins;
 pub mod refcounts;
-pub mod retired_objects;
 pub mod stats;
 pub mod tokens;
 pub mod uploads;

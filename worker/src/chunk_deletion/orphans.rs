@@ -4,7 +4,7 @@
 //! a dead deleter left claimed or a dead writer left intended.
 
 use larder_shared::db::chunks::BATCH;
-use larder_shared::db::{chunk_claims, packs, retired_objects};
+use larder_shared::db::{chunk_claims, packs};
 
 use super::{Deleted, Doomed, delete};
 use crate::gc_lease::GcLease;
@@ -50,7 +50,7 @@ pub async fn delete_retired_objects(
     loop {
         let page = {
             let mut conn = svc.db.conn().await?;
-            retired_objects::due(conn.raw(), cutoff, &after, BATCH as i64).await?
+            chunk_claims::retired_before(conn.raw(), cutoff, &after, BATCH as i64).await?
         };
         let Some(last) = page.last() else { break };
         after = last.clone();

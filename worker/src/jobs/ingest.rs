@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -46,11 +46,10 @@ use crate::services::Services;
 
 mod commit;
 mod placer;
-mod write_intents;
 
 use self::commit::{Slot, commit};
 use self::placer::{Placed, Placer};
-use self::write_intents::Writer;
+use crate::write_intents::Writer;
 
 /// How often a running ingest marks its NAR as alive for the sweeper.
 pub const HEARTBEAT: Duration = Duration::from_secs(60);
@@ -130,12 +129,7 @@ async fn ingest_inner(
         .staging_key
         .clone()
         .context("staged NAR has no staging key")?;
-    // Owner of this run's write intents: one per run, so an overlapping run
-    // of the same NAR counts its own.
-    let writer = Writer {
-        owner: Arc::from(format!("ingest-{}", ulid::Ulid::new())),
-        intents: Arc::new(AtomicU64::new(0)),
-    };
+    let writer = Writer::new("ingest");
 
     // Polled with the run in the same task, so it stops with it, however
     // the run ends (a dropped future included).

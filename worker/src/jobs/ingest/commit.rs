@@ -1,7 +1,7 @@
 //! The transaction that makes an ingested NAR ready: new chunk rows, added
 //! references, the layout downloads seek by, and the `.ls` listing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Context, bail};
 
@@ -36,7 +36,7 @@ pub(super) async fn commit(
     nar_id: NarId,
     slots: &[Slot],
     new: HashMap<ChunkHash, NewChunk>,
-    sealed: &HashMap<i64, SealedPack>,
+    sealed: &BTreeMap<i64, SealedPack>,
     listing: Option<&[u8]>,
 ) -> anyhow::Result<bool> {
     let mut tx = svc.db.begin().await?;
@@ -113,10 +113,7 @@ pub(super) async fn commit(
     if let Some(pack) = deltas.keys().find(|p| !sealed.contains_key(p)) {
         bail!("a new chunk names pack {pack}, which this run did not seal");
     }
-    let mut ids: Vec<&i64> = sealed.keys().collect();
-    ids.sort();
-    for id in ids {
-        let s = &sealed[id];
+    for (id, s) in sealed {
         let delta = deltas.get(id).copied().unwrap_or_default();
         packs::add_live(tx.raw(), (s.id, s.size, s.chunks), delta, unix_now()).await?;
     }

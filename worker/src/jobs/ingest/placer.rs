@@ -12,7 +12,7 @@
 //! goes into it (docs/gc.md, "Who may delete an object"): a pack the run
 //! never commits is found through those intents and deleted by GC.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -20,18 +20,18 @@ use bytes::Bytes;
 use larder_shared::chunk::ChunkHash;
 use larder_shared::chunk_store::pack_writer::{self, PackWriter, SealedPack};
 use larder_shared::chunk_store::packer::{Frame, Joined};
-use larder_shared::db::{packs, unix_now};
 
-use super::write_intents::Writer;
 use crate::services::Services;
+use crate::write_intents::Writer;
 
 /// New chunks placed in packs: where each frame lies, and the packs sealed.
 #[derive(Default)]
 pub(super) struct Placed {
     /// `(pack id, offset)` of each new chunk's frame.
     pub(super) locations: HashMap<ChunkHash, (i64, i64)>,
-    /// The packs holding them, sealed and durable.
-    pub(super) packs: HashMap<i64, SealedPack>,
+    /// The packs holding them, sealed and durable, by id (ascending: the
+    /// order their rows are locked in).
+    pub(super) packs: BTreeMap<i64, SealedPack>,
 }
 
 pub(super) struct Placer<'a> {
@@ -86,17 +86,12 @@ impl<'a> Placer<'a> {
         self.held_bytes += frame.len() as u64;
         self.held.push((hash, chunk_size, frame));
         if self.held_bytes > self.hold_limit() {
-            let id = {
-                let mut conn = self.svc.db.conn().await?;
-                packs::next_id(conn.raw(), unix_now()).await?
-            };
-            self.writer
-                .intend_keys(&self.svc.db, &[pack_writer::key(id)])
-                .await?;
-            let mut own = self.svc.chunks().open_pack(id);
+            let mut own = self.writer.open_pack(self.svc).await?;
             for (hash, size, frame) in std::mem::take(&mut self.held) {
                 let e = own.append(hash, size, frame).await?;
-                self.placed.locations.insert(hash, (id, e.offset as i64));
+                self.placed
+                    .locations
+                    .insert(hash, (own.id(), e.offset as i64));
             }
             self.held_bytes = 0;
             self.own = Some(own);
