@@ -472,7 +472,7 @@ async fn gc_racing_ingest_loses_nothing(app: &TestApp) {
     );
     // Leftover objects of dead ingests are chunk objects; packs leave none
     // to put back (a dead writer's pack is never sealed, or is a pack GC
-    // finds through its intents, `gc::packs`).
+    // finds through its intents, `packs::killed_ingest_pack_is_collected`).
     if app.services.config.storage.pack_size == 0 {
         assert!(c.leftovers > 0, "seed {seed}: no leftovers put back: {c:?}");
     }

@@ -478,25 +478,8 @@ async fn verify_reads_packs(app: &TestApp) {
 async fn compaction_reclaims_dead_space(app: &TestApp) {
     app.create_cache("cmp", false).await;
     let token = app.token(&[("cmp", PULL_PUSH_DELETE)]);
-    let pool = BlockPool::new(0xc0, 4, 400 * KIB);
-    // `x` fills a 1 MiB pack with blocks 0, 1 and the start of 2; `y` keeps
-    // block 2 alive. Once `x` goes, that pack is about a fifth live.
-    let x = pool.nar("x", 30, &[0, 1, 2]);
-    let y = pool.nar("y", 31, &[2, 3]);
-    for n in [&x, &y] {
-        assert_kind(&app.upload(&token, "cmp", n).await, "Uploaded");
-        app.drain_jobs().await;
-    }
-    delete_path(app, &token, "cmp", &x)
-        .await
-        .assert_status(StatusCode::NO_CONTENT);
+    let (pool, y, t1) = mostly_dead_pack(app, &token, "cmp").await;
     let grace = grace(app);
-    let t1 = unix_now() + grace + 60;
-    assert_eq!(
-        gc_at(app, t1).await.compaction,
-        Default::default(),
-        "nothing dead yet"
-    );
 
     // A download of `y` that resolved its chunks' locations before the move.
     let mut body = app
@@ -583,21 +566,14 @@ async fn compaction_reclaims_dead_space(app: &TestApp) {
         "dead space reclaimed: {dead} dead, {live} live"
     );
     assert_bytes(app, &token, "cmp", &y, "after the old packs went").await;
-    app.assert_chunk_store_consistent().await;
-    assert_chunk_store_sound(app, "compacted").await;
-    let report = verify::run(&app.services, unix_now(), false)
-        .await
-        .expect("verify");
-    assert!(
-        report.damaged_chunks.is_empty() && report.orphan_objects.is_empty(),
-        "{report:?}"
-    );
+    assert_store_clean(app, "compacted").await;
 }
 
-/// Two NARs sharing block 2, one of them deleted and collected, so the pack
-/// holding blocks 0–2 is mostly dead: (the survivor, the time of the GC
-/// that made the dead space).
-async fn mostly_dead_pack(app: &TestApp, token: &str, cache: &str) -> (TestNar, i64) {
+/// Two NARs sharing block 2, one of them deleted and its NAR collected, so
+/// once its chunks go the 1 MiB pack holding blocks 0, 1 and the start of 2
+/// is about a fifth live: (the block pool, the survivor, the time of that
+/// GC).
+async fn mostly_dead_pack(app: &TestApp, token: &str, cache: &str) -> (BlockPool, TestNar, i64) {
     let pool = BlockPool::new(0xc1, 4, 400 * KIB);
     let x = pool.nar("x", 40, &[0, 1, 2]);
     let y = pool.nar("y", 41, &[2, 3]);
@@ -609,14 +585,32 @@ async fn mostly_dead_pack(app: &TestApp, token: &str, cache: &str) -> (TestNar, 
         .await
         .assert_status(StatusCode::NO_CONTENT);
     let t1 = unix_now() + grace(app) + 60;
-    gc_at(app, t1).await;
-    (y, t1)
+    assert_eq!(
+        gc_at(app, t1).await.compaction,
+        Default::default(),
+        "nothing dead yet"
+    );
+    (pool, y, t1)
+}
+
+/// A consistent store whose every object a row needs is there, and that
+/// `verify` finds nothing wrong with.
+async fn assert_store_clean(app: &TestApp, ctx: &str) {
+    app.assert_chunk_store_consistent().await;
+    assert_chunk_store_sound(app, ctx).await;
+    let report = verify::run(&app.services, unix_now(), false)
+        .await
+        .expect("verify");
+    assert!(
+        report.damaged_chunks.is_empty() && report.orphan_objects.is_empty(),
+        "{ctx}: {report:?}"
+    );
 }
 
 async fn killed_compaction_loses_nothing(app: &TestApp) {
     app.create_cache("kc", false).await;
     let token = app.token(&[("kc", PULL_PUSH_DELETE)]);
-    let (y, t1) = mostly_dead_pack(app, &token, "kc").await;
+    let (_, y, t1) = mostly_dead_pack(app, &token, "kc").await;
     let t2 = t1 + grace(app) + 60;
     // The chunk phase first, with compaction off: the dead space is there.
     let no_compaction = with_config(app, |c| c.storage.compaction_threshold = 0.0);
@@ -668,15 +662,7 @@ async fn killed_compaction_loses_nothing(app: &TestApp) {
     assert_bytes(app, &token, "kc", &y, "compacted after the crash").await;
     gc_at(app, t2 + grace(app) + 60).await;
     assert_bytes(app, &token, "kc", &y, "old packs gone").await;
-    app.assert_chunk_store_consistent().await;
-    assert_chunk_store_sound(app, "after the killed compaction").await;
-    let report = verify::run(&app.services, unix_now(), false)
-        .await
-        .expect("verify");
-    assert!(
-        report.damaged_chunks.is_empty() && report.orphan_objects.is_empty(),
-        "{report:?}"
-    );
+    assert_store_clean(app, "after the killed compaction").await;
 }
 
 // --- 9. repack ------------------------------------------------------------------------------
@@ -726,13 +712,5 @@ async fn repack_moves_old_chunks_into_packs(app: &TestApp) {
     for n in &nars {
         assert_bytes(app, &token, "rp", n, "old objects gone").await;
     }
-    app.assert_chunk_store_consistent().await;
-    assert_chunk_store_sound(app, "repacked").await;
-    let report = verify::run(&packed, unix_now(), false)
-        .await
-        .expect("verify");
-    assert!(
-        report.damaged_chunks.is_empty() && report.orphan_objects.is_empty(),
-        "{report:?}"
-    );
+    assert_store_clean(app, "repacked").await;
 }
