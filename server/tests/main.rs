@@ -8,6 +8,7 @@
 //! - `gc`: retention, closures, pins, chunk deletion and its races;
 //! - `packs`: chunks packed many per object: group commit, runs, GC of
 //!   packs, a killed writer's pack, the pack index, verify;
+//! - `recompression`: cold packs rewritten at the archive level;
 //! - `security`: credentials, permissions, hostile input, slow clients,
 //!   signing keys at rest.
 
@@ -55,4 +56,5 @@ mod gc;
 mod nix_upload;
 mod packs;
 mod pipeline;
+mod recompression;
 mod security;

@@ -245,7 +245,7 @@ fn with_packs(app: &TestApp, size: u64) -> Services {
 
 /// The app's services with its configuration changed by `edit` (another
 /// worker process of the same deployment).
-fn with_config(app: &TestApp, edit: impl FnOnce(&mut Config)) -> Services {
+pub(crate) fn with_config(app: &TestApp, edit: impl FnOnce(&mut Config)) -> Services {
     let mut config: Config = (*app.services.config).clone();
     edit(&mut config);
     Services::new(
@@ -595,7 +595,7 @@ async fn mostly_dead_pack(app: &TestApp, token: &str, cache: &str) -> (BlockPool
 
 /// A consistent store whose every object a row needs is there, and that
 /// `verify` finds nothing wrong with.
-async fn assert_store_clean(app: &TestApp, ctx: &str) {
+pub(crate) async fn assert_store_clean(app: &TestApp, ctx: &str) {
     app.assert_chunk_store_consistent().await;
     assert_chunk_store_sound(app, ctx).await;
     let report = verify::run(&app.services, unix_now(), false)
@@ -621,28 +621,7 @@ async fn killed_compaction_loses_nothing(app: &TestApp) {
     let packs_before = app.object_keys("packs/").await;
 
     // A compaction killed between sealing its new pack and moving rows.
-    let lease = larder_worker::gc_lease::GcLease::acquire(&app.services, t2, "compactor")
-        .await
-        .expect("lease")
-        .expect("free");
-    let pause = BeforeCommit::default();
-    let held = {
-        let (svc, pause) = (app.services.clone(), pause.clone());
-        tokio::spawn(async move {
-            larder_worker::compaction::compact_pausing(&svc, &lease, t2, &pause).await
-        })
-    };
-    pause.reached().await;
-    held.abort();
-    let _ = held.await;
-    // The dead holder's lease, released (it would lapse after its TTL).
-    larder_worker::gc_lease::GcLease::acquire(&app.services, t2, "compactor")
-        .await
-        .expect("lease")
-        .expect("ours")
-        .release(&app.services, false)
-        .await
-        .expect("release");
+    kill_compaction_before_commit(app, t2).await;
     let after = app.object_keys("packs/").await;
     assert!(after.len() > packs_before.len(), "the new pack was sealed");
     assert_eq!(
@@ -665,6 +644,33 @@ async fn killed_compaction_loses_nothing(app: &TestApp) {
     assert_store_clean(app, "after the killed compaction").await;
 }
 
+/// Runs a compaction at `now` until it has sealed its first new pack, kills
+/// it there (before its commit), and releases the dead holder's GC lease
+/// (it would lapse after its TTL).
+pub(crate) async fn kill_compaction_before_commit(app: &TestApp, now: i64) {
+    let lease = larder_worker::gc_lease::GcLease::acquire(&app.services, now, "compactor")
+        .await
+        .expect("lease")
+        .expect("free");
+    let pause = BeforeCommit::default();
+    let held = {
+        let (svc, pause) = (app.services.clone(), pause.clone());
+        tokio::spawn(async move {
+            larder_worker::compaction::compact_pausing(&svc, &lease, now, &pause).await
+        })
+    };
+    pause.reached().await;
+    held.abort();
+    let _ = held.await;
+    larder_worker::gc_lease::GcLease::acquire(&app.services, now, "compactor")
+        .await
+        .expect("lease")
+        .expect("ours")
+        .release(&app.services, false)
+        .await
+        .expect("release");
+}
+
 // --- 9. repack ------------------------------------------------------------------------------
 
 async fn repack_moves_old_chunks_into_packs(app: &TestApp) {
@@ -681,7 +687,7 @@ async fn repack_moves_old_chunks_into_packs(app: &TestApp) {
     assert_eq!(own as i64, rows, "stored one object per chunk");
 
     let packed = with_packs(app, MIB as u64);
-    let moved = larder_worker::repack::run(&packed, unix_now())
+    let moved = larder_worker::repack::run(&packed, unix_now(), false)
         .await
         .expect("repack");
     assert_eq!((moved.chunks_moved, moved.objects_retired), (own, own));
@@ -697,7 +703,7 @@ async fn repack_moves_old_chunks_into_packs(app: &TestApp) {
         assert_bytes(app, &token, "rp", n, "repacked").await;
     }
     assert_eq!(
-        larder_worker::repack::run(&packed, unix_now())
+        larder_worker::repack::run(&packed, unix_now(), false)
             .await
             .expect("again")
             .chunks_moved,

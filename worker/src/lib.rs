@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod pack_mover;
 pub mod periodic;
 pub mod queue;
+pub mod recompress;
 pub mod repack;
 pub mod runner;
 pub mod services;

@@ -11,9 +11,16 @@
 //! own objects left unnamed as retired objects, and removes the intent
 //! (rolling back if a deleter reclaimed it as stale). Retired packs and
 //! objects are deleted by GC a grace period later, so a download that read a
-//! chunk's old location just before the move still finds it. Frames are
-//! copied byte for byte: NAR bytes, sizes and ETags never change.
+//! chunk's old location just before the move still finds it.
+//!
+//! Frames are copied byte for byte (NAR bytes, sizes and ETags never
+//! change), unless the caller hands in a recompressed frame: then the same
+//! transaction records the previous frame ([`replaced_frames`]: downloads
+//! that promised its size read it there) and starts a new layout epoch
+//! ([`layout_epoch`]: stored NAR layouts are recomputed). Each pack holds
+//! frames of one zstd level, recorded in its row.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use anyhow::bail;
@@ -23,7 +30,8 @@ use larder_shared::chunk_store::ChunkStore;
 use larder_shared::chunk_store::pack_writer::{self, PackWriter, SealedPack};
 use larder_shared::db::chunks::{BATCH, ChunkRecord};
 use larder_shared::db::packs::{self, LiveDelta};
-use larder_shared::db::{ChunkId, chunk_claims, refcounts};
+use larder_shared::db::replaced_frames::{self, ReplacedFrame};
+use larder_shared::db::{ChunkId, chunk_claims, layout_epoch, refcounts};
 use larder_shared::storage::ObjectKey;
 
 use crate::gc_lease::GcLease;
@@ -43,8 +51,12 @@ pub struct Moved {
     pub packs_written: u64,
     /// Chunk rows moved.
     pub chunks_moved: u64,
-    /// Stored bytes moved.
+    /// Stored bytes moved (as they were before the move).
     pub bytes_moved: u64,
+    /// Chunks whose frame was recompressed smaller.
+    pub chunks_recompressed: u64,
+    /// Stored bytes those frames shed.
+    pub bytes_saved: u64,
 }
 
 impl std::ops::AddAssign for Moved {
@@ -54,25 +66,34 @@ impl std::ops::AddAssign for Moved {
         self.packs_written += o.packs_written;
         self.chunks_moved += o.chunks_moved;
         self.bytes_moved += o.bytes_moved;
+        self.chunks_recompressed += o.chunks_recompressed;
+        self.bytes_saved += o.bytes_saved;
     }
 }
 
-/// One chunk's copy: its row, where it was, and where it went.
+/// One chunk's copy: its row (where it was), where it went, and its stored
+/// size there.
 struct Move {
     rec: ChunkRecord,
     offset: i64,
+    file_size: i32,
 }
 
-/// Copies frames into new packs of `[storage] pack-size`, committing each
-/// pack's moves once it is sealed.
+/// A pack being filled with frames of one level.
+struct Output {
+    pack: PackWriter,
+    moves: Vec<Move>,
+}
+
+/// Copies frames into new packs of `[storage] pack-size`, one open pack per
+/// zstd level, committing each pack's moves once it is sealed.
 pub struct Mover<'a> {
     svc: &'a Services,
     lease: &'a GcLease,
     writer: Writer,
     now: i64,
     pause: Option<&'a BeforeCommit>,
-    out: Option<PackWriter>,
-    moves: Vec<Move>,
+    outs: BTreeMap<i32, Output>,
     done: Moved,
 }
 
@@ -92,57 +113,79 @@ impl<'a> Mover<'a> {
             writer: Writer::new(kind),
             now,
             pause,
-            out: None,
-            moves: Vec::new(),
+            outs: BTreeMap::new(),
             done: Moved::default(),
         }
     }
 
-    /// Copies `rec`'s stored `frame` into the open pack.
-    pub async fn push(&mut self, rec: &ChunkRecord, frame: Bytes) -> anyhow::Result<()> {
-        let writer = match self.out.as_mut() {
-            Some(w) => w,
-            None => self.out.insert(self.writer.open_pack(self.svc).await?),
+    /// Copies `frame`, the frame of `rec` compressed at `level` (its stored
+    /// frame, or that recompressed), into the open pack of that level.
+    pub async fn push(
+        &mut self,
+        rec: &ChunkRecord,
+        frame: Bytes,
+        level: i32,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            frame.len() as u64 == rec.file_size.max(0) as u64 || rec.pack_id.is_some(),
+            "only packed chunks are recompressed"
+        );
+        let file_size = i32::try_from(frame.len())?;
+        let out = match self.outs.get_mut(&level) {
+            Some(o) => o,
+            None => {
+                let pack = self.writer.open_pack(self.svc).await?;
+                self.outs.entry(level).or_insert(Output {
+                    pack,
+                    moves: Vec::new(),
+                })
+            }
         };
-        let entry = writer
+        let entry = out
+            .pack
             .append(rec.hash, rec.chunk_size.max(0) as u32, frame)
             .await?;
-        self.moves.push(Move {
+        out.moves.push(Move {
             rec: rec.clone(),
             offset: entry.offset as i64,
+            file_size,
         });
-        if writer.len() >= self.svc.config.storage.pack_size {
-            self.seal_and_commit().await?;
+        if out.pack.len() >= self.svc.config.storage.pack_size {
+            self.seal_and_commit(level).await?;
             self.lease.renew(self.svc).await?;
         }
         Ok(())
     }
 
-    /// Seals the open pack, commits its moves, and reports the total.
+    /// Seals the open packs, commits their moves, and reports the total.
     pub async fn finish(mut self) -> anyhow::Result<Moved> {
-        self.seal_and_commit().await?;
+        let levels: Vec<i32> = self.outs.keys().copied().collect();
+        for level in levels {
+            self.seal_and_commit(level).await?;
+        }
         Ok(self.done)
     }
 
-    async fn seal_and_commit(&mut self) -> anyhow::Result<()> {
-        let Some(full) = self.out.take() else {
+    async fn seal_and_commit(&mut self, level: i32) -> anyhow::Result<()> {
+        let Some(full) = self.outs.remove(&level) else {
             return Ok(());
         };
-        let sealed = full.seal().await?;
+        let sealed = full.pack.seal().await?;
         if let Some(p) = self.pause {
             p.hold().await;
         }
-        let moves = std::mem::take(&mut self.moves);
-        self.done += commit(self.svc, &self.writer, &sealed, moves, self.now).await?;
+        let into = (&sealed, level);
+        self.done += commit(self.svc, &self.writer, into, full.moves, self.now).await?;
         Ok(())
     }
 }
 
-/// Moves `moves` into `sealed` in one transaction (module doc).
+/// Moves `moves` into `sealed` (frames of `level`) in one transaction
+/// (module doc).
 async fn commit(
     svc: &Services,
     writer: &Writer,
-    sealed: &SealedPack,
+    (sealed, level): (&SealedPack, i32),
     moves: Vec<Move>,
     now: i64,
 ) -> anyhow::Result<Moved> {
@@ -154,30 +197,45 @@ async fn commit(
     }
     let (mut left_packs, mut left_objects) = (Vec::new(), Vec::new());
     let mut arrived = LiveDelta::default();
+    let mut done = Moved {
+        packs_written: 1,
+        ..Moved::default()
+    };
     for m in &moves {
-        let to = (sealed.id, m.offset);
+        let to = (sealed.id, m.offset, m.file_size);
         if !packs::move_chunk(tx.raw(), m.rec.id, m.rec.pack_id, to).await? {
             continue;
         }
         arrived.chunks += 1;
-        arrived.bytes += i64::from(m.rec.file_size);
-        match m.rec.pack_id {
-            Some(from) => left_packs.push((from, i64::from(m.rec.file_size))),
-            None => left_objects.push(ChunkStore::own_object(&m.rec.hash)),
+        arrived.bytes += i64::from(m.file_size);
+        done.bytes_moved += m.rec.file_size.max(0) as u64;
+        match (m.rec.pack_id, m.rec.pack_offset) {
+            (Some(from), Some(offset)) => {
+                left_packs.push((from, i64::from(m.rec.file_size)));
+                if m.file_size != m.rec.file_size {
+                    let previous = ReplacedFrame {
+                        pack_id: from,
+                        pack_offset: offset,
+                        file_size: m.rec.file_size,
+                    };
+                    replaced_frames::insert(tx.raw(), m.rec.id, previous, now).await?;
+                    done.chunks_recompressed += 1;
+                    done.bytes_saved += i64::from(m.rec.file_size - m.file_size).max(0) as u64;
+                }
+            }
+            _ => left_objects.push(ChunkStore::own_object(&m.rec.hash)),
         }
+    }
+    if done.chunks_recompressed > 0 {
+        layout_epoch::bump(tx.raw()).await?;
     }
     let gone = packs::by_pack(left_packs);
     // Old packs have smaller ids than the new one: ascending lock order.
     packs::remove_live(tx.raw(), &gone).await?;
-    packs::add_live(
-        tx.raw(),
-        (sealed.id, sealed.size, sealed.chunks),
-        arrived,
-        now,
-    )
-    .await?;
+    let row = (sealed.id, sealed.size, sealed.chunks);
+    packs::add_live(tx.raw(), row, level, arrived, now).await?;
     let from: Vec<i64> = gone.keys().copied().collect();
-    let packs_retired = packs::retire(tx.raw(), &from, now).await?;
+    done.packs_retired = packs::retire(tx.raw(), &from, now).await?;
     for batch in left_objects.chunks(BATCH) {
         chunk_claims::retire(tx.raw(), batch, now).await?;
     }
@@ -190,11 +248,7 @@ async fn commit(
     }
     tx.commit().await?;
     writer.intents.fetch_sub(1, Ordering::SeqCst);
-    Ok(Moved {
-        packs_retired,
-        objects_retired: left_objects.len() as u64,
-        packs_written: 1,
-        chunks_moved: arrived.chunks as u64,
-        bytes_moved: arrived.bytes as u64,
-    })
+    done.objects_retired = left_objects.len() as u64;
+    done.chunks_moved = arrived.chunks as u64;
+    Ok(done)
 }

@@ -189,6 +189,12 @@ async fn own_nar(
                     Some(nar.nar_size as u64),
                     ETag::strong(nar.nar_hash.to_base32()),
                 ),
+                // A layout just recomputed (stale after a recompression,
+                // docs/gc.md "Recompression") replaces the recorded size.
+                Representation::Zstd if nar.layout.is_none() => (
+                    Some(len),
+                    ETag::strong(format!("zst-{}", hex(&layout.frames_digest()))),
+                ),
                 Representation::Zstd => (
                     nar.file_size.map(|s| s as u64),
                     ETag::strong(format!("zst-{}", hex(&layout.frames_digest()))),

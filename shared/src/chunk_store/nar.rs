@@ -17,6 +17,7 @@
 //! with an error, which breaks the connection: a 200 never ends early as if
 //! complete.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ use super::{ChunkStore, reads};
 use crate::db::chunks::{self, BATCH, ChunkRecord};
 use crate::db::nar_layout::{ChunkSpan, NarLayout, NarLayoutBuilder};
 use crate::db::nars::{self, NarRecord};
-use crate::db::{ChunkId, Db, DbError};
+use crate::db::{ChunkId, Db, DbError, replaced_frames};
 
 /// Batches of chunk rows loaded ahead of the data (and, for a NAR without a
 /// stored layout, at once while computing it).
@@ -49,7 +50,9 @@ pub struct ChunkLayout {
 
 impl ChunkLayout {
     /// The stored layout of `nar`; for a NAR ingested before migration 0007,
-    /// computed from its chunk rows (metadata only) and backfilled.
+    /// or one whose layout a recompression made stale
+    /// ([`crate::db::layout_epoch`]), computed from its chunk rows (metadata
+    /// only) and stored.
     pub async fn load(db: &Db, nar: &NarRecord) -> Result<Self, DbError> {
         let chunk_ids = nar.chunk_ids.clone();
         if let Some(layout) = &nar.layout {
@@ -60,9 +63,11 @@ impl ChunkLayout {
         }
         let layout = compute(db, &chunk_ids).await?;
         let mut conn = db.conn().await?;
-        if let Err(e) = nars::store_layout(conn.raw(), nar.id, &chunk_ids, &layout).await {
+        if let Err(e) =
+            nars::store_layout(conn.raw(), nar.id, &chunk_ids, (&layout, nar.epoch)).await
+        {
             // Served all the same; the next download tries again.
-            tracing::warn!(nar_id = nar.id.get(), error = %e, "backfilling the NAR layout failed");
+            tracing::warn!(nar_id = nar.id.get(), error = %e, "storing the NAR layout failed");
         }
         Ok(Self { chunk_ids, layout })
     }
@@ -106,6 +111,7 @@ impl ChunkLayout {
             (ends.partition_point(|&e| e < range.end) + 1).min(ends.len())
         };
         let plan = Arc::new(Plan {
+            repr,
             chunk_ids: self.chunk_ids,
             spans: self.layout.spans,
             ends,
@@ -129,6 +135,7 @@ impl ChunkLayout {
 
 /// The chunks a stream sends, and where the range falls in each.
 struct Plan {
+    repr: Representation,
     chunk_ids: Vec<ChunkId>,
     spans: Vec<ChunkSpan>,
     ends: Vec<u64>,
@@ -137,7 +144,10 @@ struct Plan {
 
 impl Plan {
     /// Loads the rows of chunks `idx` (≤ [`BATCH`]), each with the part of
-    /// it the range covers.
+    /// it the range covers. A chunk recompressed since the layout was
+    /// computed (its stored size differs) is read from its previous frame
+    /// for `.nar.zst`, whose length the response has promised, and from its
+    /// new one for `.nar` (the same bytes decompressed).
     async fn rows(
         &self,
         db: &Db,
@@ -145,7 +155,31 @@ impl Plan {
     ) -> std::io::Result<Vec<(ChunkRecord, Range<u64>)>> {
         let ids = &self.chunk_ids[idx.clone()];
         let mut conn = db.conn().await.map_err(io_err)?;
-        let found = chunks::get_many(conn.raw(), ids).await.map_err(io_err)?;
+        let mut found = chunks::get_many(conn.raw(), ids).await.map_err(io_err)?;
+        let zstd = self.repr == Representation::Zstd;
+        let moved: Vec<(ChunkId, i32)> = idx
+            .clone()
+            .filter(|_| zstd)
+            .filter_map(|i| {
+                let rec = found.get(&self.chunk_ids[i])?;
+                let want = i32::try_from(self.spans[i].file_size).ok()?;
+                (rec.file_size != want).then_some((rec.id, want))
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !moved.is_empty() {
+            let previous = replaced_frames::find(conn.raw(), &moved)
+                .await
+                .map_err(io_err)?;
+            for (id, frame) in previous {
+                if let Some(rec) = found.get_mut(&id) {
+                    rec.pack_id = Some(frame.pack_id);
+                    rec.pack_offset = Some(frame.pack_offset);
+                    rec.file_size = frame.file_size;
+                }
+            }
+        }
         drop(conn);
         idx.map(|i| {
             let id = self.chunk_ids[i];
@@ -154,7 +188,7 @@ impl Plan {
                 .ok_or_else(|| io_err(format!("chunk {id} of a ready NAR is missing")))?;
             let span = self.spans[i];
             if i64::from(span.chunk_size) != i64::from(rec.chunk_size)
-                || i64::from(span.file_size) != i64::from(rec.file_size)
+                || (zstd && i64::from(span.file_size) != i64::from(rec.file_size))
             {
                 return Err(io_err(format!(
                     "chunk {id} sizes differ from the NAR's stored layout"

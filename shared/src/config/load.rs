@@ -69,6 +69,12 @@ impl Config {
                 self.compression.level
             ));
         }
+        if !(0..=22).contains(&self.compression.archive_level) {
+            problems.push(format!(
+                "compression.archive-level: {} is outside 0..=22 (0 = never recompress)",
+                self.compression.archive_level
+            ));
+        }
         let url = self.database.url.expose();
         if !(url.starts_with("postgres://")
             || url.starts_with("postgresql://")

@@ -59,14 +59,20 @@ pub struct NarRecord {
     /// Total compressed size, once `Ready`.
     pub file_size: Option<i64>,
     /// Chunk sizes and `.nar.zst` digest, once `Ready`; `None` for NARs
-    /// ingested before migration 0007 until a download backfills it.
+    /// ingested before migration 0007 until a download backfills it, and
+    /// while stale (computed before the current [`Self::epoch`]).
     pub layout: Option<NarLayout>,
+    /// The layout epoch current when the row was read
+    /// ([`super::layout_epoch`]): what a layout computed from chunk rows
+    /// read after it is stored with.
+    pub epoch: i64,
     /// First upload.
     pub created_at: i64,
 }
 
 const COLUMNS: &str = "id, nar_hash, nar_size, state, staging_key, chunk_list, file_size, \
-     chunk_sizes, frames_digest, created_at";
+     chunk_sizes, frames_digest, created_at, layout_epoch, \
+     (SELECT epoch FROM layout_epoch WHERE id = 1) AS epoch_now";
 
 /// Encodes chunk ids as 8 bytes big-endian each: 8 B per chunk per NAR.
 pub fn encode_chunk_list(ids: &[ChunkId]) -> Vec<u8> {
@@ -101,8 +107,11 @@ macro_rules! nar_from_row {
             .map($crate::db::nars::decode_chunk_list)
             .transpose()?
             .unwrap_or_default();
+        let epoch: i64 = r.try_get("epoch_now")?;
+        let current = r.try_get::<i64, _>("layout_epoch")? >= epoch;
         let layout =
-            $crate::db::nar_layout::decode(sizes.as_deref(), digest.as_deref(), chunk_ids.len())?;
+            $crate::db::nar_layout::decode(sizes.as_deref(), digest.as_deref(), chunk_ids.len())?
+                .filter(|_| current);
         Ok::<_, $crate::db::DbError>($crate::db::nars::NarRecord {
             id: r.try_get("id")?,
             nar_hash: ::larder_core::nix::hash::NarHash::from_slice(&hash)
@@ -113,6 +122,7 @@ macro_rules! nar_from_row {
             chunk_ids,
             file_size: r.try_get("file_size")?,
             layout,
+            epoch,
             created_at: r.try_get("created_at")?,
         })
     }};
@@ -177,13 +187,14 @@ pub async fn lock(raw: Raw<'_>, id: NarId) -> Result<(), DbError> {
 }
 
 /// Makes an ingested NAR live, with its `layout` (same order as
-/// `chunk_ids`). Guarded: returns false (and changes nothing) unless the NAR
-/// is still staged, so a second run of the job is a no-op.
+/// `chunk_ids`), computed at layout `epoch`. Guarded: returns false (and
+/// changes nothing) unless the NAR is still staged, so a second run of the
+/// job is a no-op.
 pub async fn mark_ready(
     raw: Raw<'_>,
     id: NarId,
     chunk_ids: &[ChunkId],
-    layout: &NarLayout,
+    (layout, epoch): (&NarLayout, i64),
     file_size: i64,
     now: i64,
 ) -> Result<bool, DbError> {
@@ -192,7 +203,8 @@ pub async fn mark_ready(
     on_conn!(raw, c => {
         let done = sqlx::query(
             "UPDATE nars SET state = 'ready', chunk_list = $2, num_chunks = $3, file_size = $4,
-                 chunk_sizes = $5, frames_digest = $6, staging_key = NULL, updated_at = $7
+                 chunk_sizes = $5, frames_digest = $6, staging_key = NULL, updated_at = $7,
+                 layout_epoch = $8
              WHERE id = $1 AND state = 'staged'",
         )
         .bind(id)
@@ -202,32 +214,40 @@ pub async fn mark_ready(
         .bind(&sizes)
         .bind(&layout.frames_digest[..])
         .bind(now)
+        .bind(epoch)
         .execute(&mut *c)
         .await?;
         Ok(done.rows_affected() == 1)
     })
 }
 
-/// Backfills the layout of a NAR ingested before migration 0007, computed
-/// from its chunk rows by a download. Guarded by the chunk list it was
-/// computed from, so a NAR re-ingested meanwhile keeps its own.
+/// Stores the layout a download computed from chunk rows read after layout
+/// `epoch` began: a NAR ingested before migration 0007, or one whose layout
+/// a recompression made stale (its `file_size` with it). Guarded by the
+/// chunk list it was computed from, so a NAR re-ingested meanwhile keeps
+/// its own, and by the epoch, so a newer layout is never replaced.
 pub async fn store_layout(
     raw: Raw<'_>,
     id: NarId,
     chunk_ids: &[ChunkId],
-    layout: &NarLayout,
+    (layout, epoch): (&NarLayout, i64),
 ) -> Result<bool, DbError> {
     let list = encode_chunk_list(chunk_ids);
     let sizes = encode_spans(&layout.spans);
+    let file_size: i64 = layout.spans.iter().map(|s| i64::from(s.file_size)).sum();
     on_conn!(raw, c => {
         let done = sqlx::query(
-            "UPDATE nars SET chunk_sizes = $2, frames_digest = $3
-             WHERE id = $1 AND state = 'ready' AND chunk_sizes IS NULL AND chunk_list = $4",
+            "UPDATE nars SET chunk_sizes = $2, frames_digest = $3, layout_epoch = $5,
+                 file_size = $6
+             WHERE id = $1 AND state = 'ready' AND chunk_list = $4
+               AND (chunk_sizes IS NULL OR layout_epoch < $5)",
         )
         .bind(id)
         .bind(&sizes)
         .bind(&layout.frames_digest[..])
         .bind(&list)
+        .bind(epoch)
+        .bind(file_size)
         .execute(&mut *c)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -51,13 +51,14 @@ pub fn by_pack(items: impl IntoIterator<Item = (i64, i64)>) -> BTreeMap<i64, Liv
 pub async fn add_live(
     raw: Raw<'_>,
     (id, size, chunks): (i64, u64, u64),
+    level: i32,
     delta: LiveDelta,
     now: i64,
 ) -> Result<(), DbError> {
     on_conn!(raw, c => {
         sqlx::query(
-            "INSERT INTO packs (id, size, chunks, live_chunks, live_bytes, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO packs (id, size, chunks, live_chunks, live_bytes, created_at, level)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO UPDATE SET
                  live_chunks = packs.live_chunks + excluded.live_chunks,
                  live_bytes = packs.live_bytes + excluded.live_bytes",
@@ -68,6 +69,7 @@ pub async fn add_live(
         .bind(delta.chunks)
         .bind(delta.bytes)
         .bind(now)
+        .bind(level)
         .execute(&mut *c)
         .await?;
         Ok(())
@@ -100,7 +102,8 @@ pub async fn remove_live(
 /// their objects are garbage once the deletion protocol agrees. A pack
 /// compaction emptied counts only once it was retired before
 /// `retired_before`, so a download that resolved a chunk's old location a
-/// moment earlier still finds it.
+/// moment earlier still finds it; likewise a pack holding a frame
+/// recompressed since then ([`super::replaced_frames`]).
 pub async fn empty(
     raw: Raw<'_>,
     after: i64,
@@ -111,6 +114,8 @@ pub async fn empty(
         let rows = sqlx::query(
             "SELECT id, size FROM packs
              WHERE live_chunks <= 0 AND id > $1 AND (retired_at IS NULL OR retired_at < $2)
+               AND NOT EXISTS (SELECT 1 FROM replaced_frames f
+                               WHERE f.pack_id = packs.id AND f.replaced_at >= $2)
              ORDER BY id LIMIT $3",
         )
         .bind(after)
@@ -138,6 +143,32 @@ pub struct PackUse {
     pub live_chunks: i64,
     /// Their stored bytes.
     pub live_bytes: i64,
+    /// When it was written.
+    pub created_at: i64,
+    /// zstd level of its frames; `None` for packs written before migration
+    /// 0013 (at the ingest level).
+    pub level: Option<i32>,
+}
+
+/// Columns a [`PackUse`] is read from.
+const USE_COLUMNS: &str = "id, size, live_chunks, live_bytes, created_at, level";
+
+macro_rules! pack_uses {
+    ($rows:expr) => {
+        $rows
+            .iter()
+            .map(|r| {
+                Ok(PackUse {
+                    id: r.try_get("id")?,
+                    size: r.try_get("size")?,
+                    live_chunks: r.try_get("live_chunks")?,
+                    live_bytes: r.try_get("live_bytes")?,
+                    created_at: r.try_get("created_at")?,
+                    level: r.try_get::<Option<i16>, _>("level")?.map(i32::from),
+                })
+            })
+            .collect()
+    };
 }
 
 /// Packs worth rewriting, oldest first: created before `created_before`,
@@ -150,49 +181,73 @@ pub async fn compaction_candidates(
     created_before: i64,
     limit: i64,
 ) -> Result<Vec<PackUse>, DbError> {
+    let sql = format!(
+        "SELECT {USE_COLUMNS} FROM packs
+         WHERE retired_at IS NULL AND live_chunks > 0 AND created_at < $1
+           AND (CAST(live_bytes AS DOUBLE PRECISION) < CAST(size AS DOUBLE PRECISION) * $2 OR size < $3)
+         ORDER BY id LIMIT $4"
+    );
     on_conn!(raw, c => {
-        let rows = sqlx::query(
-            "SELECT id, size, live_chunks, live_bytes FROM packs
-             WHERE retired_at IS NULL AND live_chunks > 0 AND created_at < $1
-               AND (CAST(live_bytes AS DOUBLE PRECISION) < CAST(size AS DOUBLE PRECISION) * $2 OR size < $3)
-             ORDER BY id LIMIT $4",
-        )
-        .bind(created_before)
-        .bind(threshold)
-        .bind(small_below)
-        .bind(limit)
-        .fetch_all(&mut *c)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PackUse {
-                    id: r.try_get("id")?,
-                    size: r.try_get("size")?,
-                    live_chunks: r.try_get("live_chunks")?,
-                    live_bytes: r.try_get("live_bytes")?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(AssertSqlSafe(&*sql))
+            .bind(created_before)
+            .bind(threshold)
+            .bind(small_below)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?;
+        pack_uses!(rows)
+    })
+}
+
+/// Cold packs to recompress, oldest first: written before
+/// `created_before`, not retired, holding live chunks, at a level below
+/// `level` (packs from before migration 0013 count as below).
+pub async fn recompression_candidates(
+    raw: Raw<'_>,
+    level: i32,
+    created_before: i64,
+    limit: i64,
+) -> Result<Vec<PackUse>, DbError> {
+    let sql = format!(
+        "SELECT {USE_COLUMNS} FROM packs
+         WHERE retired_at IS NULL AND live_chunks > 0 AND created_at < $1
+           AND COALESCE(level, 0) < $2
+         ORDER BY id LIMIT $3"
+    );
+    on_conn!(raw, c => {
+        let rows = sqlx::query(AssertSqlSafe(&*sql))
+            .bind(created_before)
+            .bind(level)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?;
+        pack_uses!(rows)
     })
 }
 
 /// Moves a chunk row's location from `from` (a pack, or `None` for its own
-/// object) to `(to, offset)`, if it is still there (a row GC deleted
+/// object) to `(to, offset)` with stored size `file_size` (changed only by
+/// recompression), if it is still there (a row GC deleted
 /// meanwhile is not moved). Returns whether it moved.
 pub async fn move_chunk(
     raw: Raw<'_>,
     id: super::ChunkId,
     from: Option<i64>,
-    (to, offset): (i64, i64),
+    (to, offset, file_size): (i64, i64, i32),
 ) -> Result<bool, DbError> {
     let still_there = match from {
-        Some(_) => "pack_id = $4",
+        Some(_) => "pack_id = $5",
         None => "pack_id IS NULL",
     };
-    let sql =
-        format!("UPDATE chunks SET pack_id = $2, pack_offset = $3 WHERE id = $1 AND {still_there}");
+    let sql = format!(
+        "UPDATE chunks SET pack_id = $2, pack_offset = $3, file_size = $4 WHERE id = $1 AND {still_there}"
+    );
     on_conn!(raw, c => {
-        let mut q = sqlx::query(AssertSqlSafe(&*sql)).bind(id).bind(to).bind(offset);
+        let mut q = sqlx::query(AssertSqlSafe(&*sql))
+            .bind(id)
+            .bind(to)
+            .bind(offset)
+            .bind(file_size);
         if let Some(from) = from {
             q = q.bind(from);
         }

@@ -12,7 +12,9 @@ use tracing::instrument;
 use larder_shared::audit::{Actor, AuditEvent, GcSummary};
 use larder_shared::db::chunks::BATCH;
 use larder_shared::db::refcounts;
-use larder_shared::db::{CacheId, ChunkId, DbError, NarId, ObjectId, audit, caches, gc};
+use larder_shared::db::{
+    CacheId, ChunkId, DbError, NarId, ObjectId, audit, caches, gc, replaced_frames,
+};
 use larder_shared::retention::Retention;
 
 use crate::chunk_deletion::{self};
@@ -134,6 +136,11 @@ async fn collect(
     let packs = chunk_deletion::delete_empty_packs(svc, lease, now - grace).await?;
     report.packs_deleted = packs.objects;
     report.bytes_freed += packs.bytes;
+    {
+        // Their packs could go from here on (the packs query waits for them).
+        let mut conn = svc.db.conn().await?;
+        replaced_frames::forget_before(conn.raw(), now - grace).await?;
+    }
     lease.renew(svc).await?;
     report.orphan_objects_deleted +=
         chunk_deletion::delete_retired_objects(svc, lease, now - grace)

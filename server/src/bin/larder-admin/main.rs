@@ -57,7 +57,13 @@ enum Command {
     /// Reconcile storage with the database (exit status 1 if anything is wrong).
     Verify(maintenance::Verify),
     /// Move chunks stored one per object (before packs) into packs, online.
-    Repack,
+    Repack {
+        /// Also recompress every pack below `[compression] archive-level`
+        /// now, however recently written (GC otherwise does it to packs
+        /// older than `archive-after`, a budget per pass).
+        #[arg(long)]
+        archive: bool,
+    },
     /// Import caches, paths and NARs from an Attic deployment (read-only on Attic's side).
     ImportAttic(import_attic::ImportAttic),
     /// Give a cache a new signing key: a key file on the server, or a fresh sealed one.
@@ -91,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Command::PathInfo(cmd) => cmd.run(&config).await,
         Command::Gc { dry_run, json } => maintenance::run_gc(&config, dry_run, json).await,
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
-        Command::Repack => maintenance::run_repack(&config).await,
+        Command::Repack { archive } => maintenance::run_repack(&config, archive).await,
         Command::CacheKey(cmd) => cmd.run(&config).await,
         Command::ImportAttic(cmd) => {
             if !cmd.run(&config).await? {

@@ -126,11 +126,11 @@ pub async fn run_stats(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `repack`: moves chunks stored one per object into packs and prints
-/// what it moved.
-pub async fn run_repack(config: &Config) -> anyhow::Result<()> {
+/// `repack [--archive]`: moves chunks stored one per object into packs (and
+/// recompresses packs below the archive level) and prints what it did.
+pub async fn run_repack(config: &Config, archive: bool) -> anyhow::Result<()> {
     let svc = services(config).await?;
-    let r = repack::run(&svc, unix_now()).await?;
+    let r = repack::run(&svc, unix_now(), archive).await?;
     println!(
         "chunks moved:     {} ({}) into {} packs",
         r.chunks_moved,
@@ -141,6 +141,13 @@ pub async fn run_repack(config: &Config) -> anyhow::Result<()> {
         "objects retired:  {} (GC deletes them once the grace period has passed)",
         r.objects_retired
     );
+    if archive {
+        println!(
+            "recompressed:     {} chunks, {} smaller",
+            r.chunks_recompressed,
+            human_bytes(r.bytes_saved)
+        );
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use larder_shared::chunk::ChunkHash;
 use larder_shared::chunk_store::pack_writer::SealedPack;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
+use larder_shared::db::layout_epoch;
 use larder_shared::db::listings;
 use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
@@ -48,6 +49,9 @@ pub(super) async fn commit(
         // its object: roll back; the retry writes it again.
         bail!("GC reclaimed a write intent of this ingest as stale; retrying");
     }
+    // Before any chunk row the layout is computed from (db::layout_epoch);
+    // after a write, so SQLite's transaction holds the write lock already.
+    let epoch = layout_epoch::current(tx.raw()).await?;
     let mut ids: HashMap<ChunkHash, ChunkId> = HashMap::new();
     // Chunks another ingest recorded since our lookup: reused, not inserted.
     let mut reused: BTreeSet<ChunkId> = slots
@@ -115,7 +119,8 @@ pub(super) async fn commit(
     }
     for (id, s) in sealed {
         let delta = deltas.get(id).copied().unwrap_or_default();
-        packs::add_live(tx.raw(), (s.id, s.size, s.chunks), delta, unix_now()).await?;
+        let level = svc.config.compression.level;
+        packs::add_live(tx.raw(), (s.id, s.size, s.chunks), level, delta, unix_now()).await?;
     }
     // The layout the read path seeks by, from the rows as committed.
     let (mut file_size, mut layout) = (0i64, NarLayoutBuilder::default());
@@ -128,7 +133,16 @@ pub(super) async fn commit(
         }
     }
     let layout = layout.finish();
-    if !nars::mark_ready(tx.raw(), nar_id, &chunk_ids, &layout, file_size, unix_now()).await? {
+    if !nars::mark_ready(
+        tx.raw(),
+        nar_id,
+        &chunk_ids,
+        (&layout, epoch),
+        file_size,
+        unix_now(),
+    )
+    .await?
+    {
         return Ok(false);
     }
     if let Some(listing) = listing {
