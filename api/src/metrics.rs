@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use larder_shared::db::caches::CacheRecord;
+use larder_shared::db::packs::PackTotals;
 use larder_shared::storage::requests;
 
 /// Counter names and help texts.
@@ -123,6 +124,46 @@ impl Metrics {
         render_storage_requests(&mut out);
         render_packs(&mut out);
         out
+    }
+}
+
+/// Cluster-wide pack gauges from the database (every replica reports the
+/// same values): compaction and recompression progress is these backlogs
+/// shrinking, whichever worker runs the GC.
+pub fn render_pack_totals(out: &mut String, t: &PackTotals) {
+    for (name, help, v) in [
+        ("larder_packs", "Chunk packs in storage.", t.packs),
+        (
+            "larder_pack_bytes",
+            "Bytes of chunk packs in storage.",
+            t.bytes,
+        ),
+        (
+            "larder_pack_dead_bytes",
+            "Bytes in packs no chunk uses any more: the compaction backlog.",
+            t.bytes - t.live_bytes,
+        ),
+        (
+            "larder_packs_retired",
+            "Packs compaction emptied, deleted after the grace period.",
+            t.retired,
+        ),
+        (
+            "larder_cold_packs",
+            "Packs older than archive-after below archive-level: the recompression backlog.",
+            t.cold_packs,
+        ),
+        (
+            "larder_cold_pack_bytes",
+            "Bytes of the packs awaiting recompression.",
+            t.cold_bytes,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+            v.max(0)
+        );
     }
 }
 

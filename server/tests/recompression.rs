@@ -114,6 +114,14 @@ async fn warm_packs(app: &TestApp) -> i64 {
     .await
 }
 
+/// A gauge's value in `/metrics`.
+async fn gauge(app: &TestApp, name: &str) -> i64 {
+    let text = app.get("/metrics", None).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics:\n{text}"))
+}
+
 async fn etag(app: &TestApp, token: &str, url: &str) -> String {
     let resp = app.get(url, Some(token)).await;
     let tag = resp.headers.get(header::ETAG).expect("ETag");
@@ -157,6 +165,9 @@ async fn cold_packs_are_recompressed(app: &TestApp) {
     let etag_before = etag(app, &token, &zst_url).await;
     let stored_before = stored_bytes(app).await;
     assert!(warm_packs(app).await > 0);
+    let packs = app.count("packs").await;
+    assert_eq!(gauge(app, "larder_packs").await, packs);
+    assert_eq!(gauge(app, "larder_cold_packs").await, 0, "a week to go");
     // A download that has laid `a` out (its Content-Length is sent).
     let in_flight = layout_now(app, &a).await;
     assert_eq!(in_flight.len(Representation::Zstd), zst_before.len() as u64);
@@ -171,6 +182,7 @@ async fn cold_packs_are_recompressed(app: &TestApp) {
     let stored_after = stored_bytes(app).await;
     assert_eq!(stored_before - stored_after, c.bytes_saved as i64);
     assert_eq!(warm_packs(app).await, 0, "every cold pack recompressed");
+    assert!(gauge(app, "larder_packs_retired").await >= 1);
     app.assert_chunk_store_consistent().await;
 
     // The download under way reads the old frames, byte for byte.

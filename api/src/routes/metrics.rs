@@ -5,7 +5,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
+use larder_shared::db::packs::{self, PackTotals};
+use larder_shared::db::{DbError, unix_now};
+
 use crate::error::ApiError;
+use crate::metrics;
 use crate::state::AppState;
 
 /// `GET /metrics`.
@@ -27,11 +31,20 @@ pub async fn handler(
             true
         }
     };
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(reveal),
-    )
-        .into_response())
+    let mut text = state.metrics.render(reveal);
+    match pack_totals(&state).await {
+        Ok(t) => metrics::render_pack_totals(&mut text, &t),
+        // The counters still answer; the gauges come back with the database.
+        Err(e) => tracing::warn!(error = %e, "reading pack totals for /metrics"),
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn pack_totals(state: &AppState) -> Result<PackTotals, DbError> {
+    let c = &state.config.compression;
+    let cold_before = unix_now() - c.archive_after.as_secs() as i64;
+    let mut conn = state.db.conn().await?;
+    packs::totals(conn.raw(), c.archive(), cold_before).await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

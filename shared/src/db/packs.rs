@@ -328,30 +328,55 @@ pub async fn delete(raw: Raw<'_>, ids: &[i64]) -> Result<u64, DbError> {
     })
 }
 
-/// Totals over every pack, for `stats` and `/metrics`.
+/// Totals over every pack: what `/metrics` reports cluster-wide, so
+/// compaction and recompression progress shows as backlogs shrinking.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PackTotals {
     /// Packs.
     pub packs: i64,
     /// Their object bytes.
     pub bytes: i64,
-    /// Bytes of live chunks in them.
+    /// Bytes of live chunks in them (the rest is dead space: the
+    /// compaction backlog).
     pub live_bytes: i64,
+    /// Packs compaction emptied, awaiting deletion after the grace period.
+    pub retired: i64,
+    /// Live packs below the archive level written before the cutoff: the
+    /// recompression backlog, and their bytes.
+    pub cold_packs: i64,
+    /// Bytes of those.
+    pub cold_bytes: i64,
 }
 
-/// [`PackTotals`] now.
-pub async fn totals(raw: Raw<'_>) -> Result<PackTotals, DbError> {
+/// [`PackTotals`] now; cold means below `archive_level`, written before
+/// `cold_before` (nothing is cold when `archive_level` is `None`).
+pub async fn totals(
+    raw: Raw<'_>,
+    archive_level: Option<i32>,
+    cold_before: i64,
+) -> Result<PackTotals, DbError> {
     on_conn!(raw, c => {
         let r = sqlx::query(
-            "SELECT COUNT(*) AS packs, COALESCE(SUM(size), 0) AS bytes,
-                    COALESCE(SUM(live_bytes), 0) AS live_bytes FROM packs",
+            "SELECT COUNT(*) AS packs,
+                    CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes,
+                    CAST(COALESCE(SUM(live_bytes), 0) AS BIGINT) AS live_bytes,
+                    COUNT(retired_at) AS retired,
+                    COALESCE(SUM(CASE WHEN cold THEN 1 ELSE 0 END), 0) AS cold_packs,
+                    CAST(COALESCE(SUM(CASE WHEN cold THEN size ELSE 0 END), 0) AS BIGINT) AS cold_bytes
+             FROM (SELECT *, (retired_at IS NULL AND live_chunks > 0 AND created_at < $1
+                              AND COALESCE(level, 0) < $2) AS cold FROM packs) p",
         )
+        .bind(cold_before)
+        .bind(archive_level.unwrap_or(0))
         .fetch_one(&mut *c)
         .await?;
         Ok(PackTotals {
             packs: r.try_get("packs")?,
             bytes: r.try_get("bytes")?,
             live_bytes: r.try_get("live_bytes")?,
+            retired: r.try_get("retired")?,
+            cold_packs: r.try_get("cold_packs")?,
+            cold_bytes: r.try_get("cold_bytes")?,
         })
     })
 }
