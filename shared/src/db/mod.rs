@@ -24,6 +24,7 @@ pub mod objects;
 pub mod packs;
 pub mod pins;
 pub mod refcounts;
+pub mod staging_intents;
 pub mod stats;
 pub mod tokens;
 pub mod uploads;
