@@ -72,6 +72,7 @@ on_both_backends!(
     a_path_keeps_the_directory_it_was_pushed_under,
 );
 
+mod s3_upload_fault;
 mod staging;
 use staging::{
     a_released_copy_is_deleted_at_once, abandoned_uploads_are_found_through_the_database,
