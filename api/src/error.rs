@@ -59,6 +59,13 @@ pub enum ApiError {
     /// The client stopped sending (a stalled upload).
     #[error("{0}")]
     RequestTimeout(String),
+    /// A staged upload was taken as abandoned (older than `[staging]
+    /// max-age`) before its commit: its copy is gone, nothing was recorded.
+    #[error(
+        "the staged upload was older than [staging] max-age when it was to be recorded \
+         and has been removed; push the path again"
+    )]
+    StagedCopyExpired,
     /// A `Range` that no byte of the representation satisfies.
     #[error("range not satisfiable: the file has {len} bytes")]
     RangeNotSatisfiable {
@@ -110,7 +117,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
-            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
+            ApiError::RequestTimeout(_) | ApiError::StagedCopyExpired => {
+                (StatusCode::REQUEST_TIMEOUT, "RequestTimeout")
+            }
             ApiError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "RangeNotSatisfiable")
             }

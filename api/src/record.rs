@@ -14,7 +14,7 @@ use larder_shared::db::chunks::BATCH;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::object_refs;
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
-use larder_shared::db::{CacheId, NarId, ObjectId, Tx, audit};
+use larder_shared::db::{CacheId, NarId, ObjectId, Tx, audit, staging_intents};
 use larder_shared::jobs;
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
@@ -81,6 +81,9 @@ pub struct Recorded {
 /// Records the path with a freshly staged, verified copy of its NAR at `key`:
 /// a new NAR row and its ingest job, or, when another upload of the same NAR
 /// won, a link to that row (a broken NAR is repaired by the fresh copy).
+/// A NAR row naming `key` takes it over from its staging intent
+/// ([`staging_intents::adopt`]); [`ApiError::StagedCopyExpired`] if the
+/// sweeper took the intent first, and the caller must drop the transaction.
 pub async fn record_staged(
     tx: &mut Tx,
     path: &NewPath<'_>,
@@ -101,6 +104,9 @@ pub async fn record_staged(
                 (nar.id, repaired)
             }
         };
+    if used && !staging_intents::adopt(tx.raw(), key).await? {
+        return Err(ApiError::StagedCopyExpired);
+    }
     let object_id = upsert(tx, path, nar_id, now).await?;
     if used {
         jobs::enqueue_ingest(tx.raw(), &[nar_id]).await?;

@@ -2,6 +2,11 @@
 //! full NAR parse, all on the fly. Nothing is held whole in memory, and a
 //! failed upload leaves no object behind (the storage backend only makes an
 //! object appear when its stream ends without error).
+//!
+//! Every staging key comes from [`reserve`], which commits its staging
+//! intent before the first byte is written (docs/gc.md "Staging objects"):
+//! the sweeper finds an abandoned upload's object through it, never by
+//! listing. A copy that will not be recorded goes through [`discard`].
 
 use std::sync::{Arc, Mutex};
 
@@ -11,9 +16,28 @@ use sha2::{Digest, Sha256};
 
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::NarValidator;
-use larder_shared::storage::{ObjectKey, Storage};
+use larder_shared::db::{Db, staging_intents, unix_now};
+use larder_shared::storage::{ObjectKey, Storage, layout};
 
 use crate::error::ApiError;
+
+/// A fresh staging key, its intent committed: call before writing a byte.
+pub async fn reserve(db: &Db) -> Result<ObjectKey, ApiError> {
+    let key = layout::new_staging_key();
+    let mut conn = db.conn().await?;
+    staging_intents::insert(conn.raw(), &key, unix_now()).await?;
+    Ok(key)
+}
+
+/// Deletes a staged copy that will not be recorded (a failed upload, a
+/// surplus copy), then its intent. If this fails half-way, the intent is
+/// left for the sweeper.
+pub async fn discard(db: &Db, staging: &Arc<dyn Storage>, key: &ObjectKey) -> Result<(), ApiError> {
+    staging.delete(key).await?;
+    let mut conn = db.conn().await?;
+    staging_intents::remove(conn.raw(), key).await?;
+    Ok(())
+}
 
 /// What the uploader claims about the NAR.
 #[derive(Debug, Clone, Copy)]

@@ -400,7 +400,7 @@ async fn deleting_everything_empties_storage(app: &TestApp) {
         }
     );
     assert_eq!(app.count("nars").await, 0);
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
     let zero = app
         .scalar(&format!(
             "SELECT COUNT(*) FROM chunks WHERE refcount = 0 AND zero_since = {t1}"
@@ -822,7 +822,7 @@ async fn deleting_a_path_hides_it_at_once(app: &TestApp) {
     );
     let report = gc_at(app, unix_now() + grace(app) + 60).await;
     assert_eq!(report.nars_deleted, 1, "only the staged orphan");
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
     assert_bytes(app, &rw, "del-twin", &secret, "after GC").await;
 }
 

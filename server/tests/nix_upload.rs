@@ -41,6 +41,7 @@ on_both_backends!(
     listing_put_then_get,
     listing_generated_for_attic_uploads,
     a_published_path_keeps_its_nar,
+    a_narinfo_late_for_its_staged_copy_is_refused,
 );
 
 // --- helpers --------------------------------------------------------------------
@@ -353,7 +354,7 @@ async fn every_compression_round_trips(app: &TestApp) {
     };
     check(false).await;
     assert_eq!(app.drain_jobs().await, ALL.len());
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
     check(true).await;
     // `none`'s URL is Larder's own `.nar` URL: no second copy kept.
     let kept = app.object_keys("uploads/").await;
@@ -577,7 +578,7 @@ async fn bad_nar_files_are_rejected(app: &TestApp) {
 
     assert_eq!(app.count("nix_uploads").await, 0);
     assert!(app.object_keys("uploads/").await.is_empty());
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
     let left = app.files_on_disk("uploads");
     assert!(left.is_empty(), "temp files left: {left:?}");
 }
@@ -640,7 +641,7 @@ async fn pushing_again_costs_almost_nothing(app: &TestApp) {
     assert_eq!(app.count("nars").await, staged_before);
 
     app.drain_jobs().await;
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
     for (cache, f) in [("nixed", &file), ("second", &file), ("second", &zst)] {
         let got = fetch(app, &token, cache, &f.url()).await;
         assert!(got == f.body, "{cache}: {}", f.name);
@@ -719,7 +720,7 @@ async fn uploader_urls_expire_and_are_cleaned_up(app: &TestApp) {
     let got = fetch(app, &token, "nixed", &kept_file.url()).await;
     assert!(got == kept_file.body);
     assert_eq!(app.count("nix_uploads").await, 0);
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
     assert_eq!(app.object_keys("uploads/").await.len(), 1);
 
     // Past its retention it goes, and its file with it.
@@ -888,7 +889,7 @@ async fn a_published_path_keeps_its_nar(app: &TestApp) {
     let file = NarFile::new(Compression::Zstd, &nar);
     nix_push(app, &token, "nixed", &nar, &file, &uploader).await;
     app.drain_jobs().await;
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
     let (before, _) = narinfo(app, &token, "nixed", &nar).await;
     let rows = (app.count("objects").await, app.count("nars").await);
 
@@ -917,7 +918,7 @@ async fn a_published_path_keeps_its_nar(app: &TestApp) {
         "no rows added"
     );
     assert_eq!(app.count("nix_uploads").await, 0, "no pending upload left");
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
 
     // The same NAR again: a 204 that changes nothing.
     put_narinfo(
@@ -931,4 +932,62 @@ async fn a_published_path_keeps_its_nar(app: &TestApp) {
     .assert_status(StatusCode::NO_CONTENT);
     let (again, _) = narinfo(app, &token, "nixed", &nar).await;
     assert_eq!(before, again);
+}
+
+// --- staging intents ------------------------------------------------------------------------
+
+/// The sweeper claimed a pending upload's staging intent (older than
+/// `[staging] max-age`) before its narinfo came: the narinfo's commit cannot
+/// take the copy over, so it is refused and the file forgotten, the sweeper
+/// deletes copy and intent, and pushing again works.
+async fn a_narinfo_late_for_its_staged_copy_is_refused(app: &TestApp) {
+    use larder_shared::db::staging_intents;
+    use larder_worker::sweeper;
+
+    app.create_cache("late", false).await;
+    let token = app.token(&[("late", PULL_PUSH)]);
+    let uploader = SigningKey::generate("uploader-1").unwrap();
+    let nar = test_path("late", 40);
+    let file = NarFile::new(Compression::Xz, &nar);
+    put_nar(app, &token, "late", &file)
+        .await
+        .assert_status(StatusCode::OK);
+    assert_eq!(
+        app.count("staging_intents").await,
+        1,
+        "pending: still an intent"
+    );
+
+    let max_age = app.services.config.staging.max_age.as_secs() as i64;
+    let later = unix_now() + max_age + 60;
+    {
+        let mut conn = app.state.db.conn().await.unwrap();
+        let claimed = staging_intents::claim_abandoned(conn.raw(), later - max_age, later, 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed, 1);
+    }
+    let resp = put_narinfo(
+        app,
+        &token,
+        "late",
+        &nar,
+        &nix_narinfo(&nar, &file, Some(&uploader)),
+    )
+    .await;
+    resp.assert_status(StatusCode::BAD_REQUEST);
+    assert!(resp.text().contains("no longer stored"), "{}", resp.text());
+    head(app, &token, &format!("/late/{}", file.url()))
+        .await
+        .assert_status(StatusCode::NOT_FOUND);
+    let report = sweeper::sweep(&app.services, later).await.unwrap();
+    assert_eq!(report.staging_deleted, 1);
+    app.assert_staging_empty().await;
+
+    nix_push(app, &token, "late", &nar, &file, &uploader).await;
+    assert_eq!(app.drain_jobs().await, 1);
+    app.assert_staging_empty().await;
+    let (_, info) = narinfo(app, &token, "late", &nar).await;
+    let body = fetch(app, &token, "late", &info.url).await;
+    assert!(unzstd(&body) == nar.bytes);
 }

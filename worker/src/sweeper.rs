@@ -4,9 +4,12 @@
 //!   attempt failed) gets a fresh ingest job. Running ingests heartbeat, so
 //!   they are never considered stale.
 //! - Revocations of tokens that have expired anyway are dropped.
-//! - A staging object older than `[staging] max-age` that no NAR names (an
-//!   upload that died before its commit, or a copy left after ingest) is
-//!   deleted, so staging never leaks storage forever.
+//! - Abandoned staging objects are deleted, found through their staging
+//!   intents (docs/gc.md "Staging objects"), never by listing storage: an
+//!   upload's intent older than `[staging] max-age` (it died before its
+//!   commit) is claimed, and every claimed or released intent (a copy an
+//!   ingest or GC let go, and crashed before deleting) has its object
+//!   deleted, then goes itself. So staging never leaks storage.
 //!
 //! - Hourly ([`remove_incomplete`]), temp files of writes cut short by a
 //!   crash are removed.
@@ -15,13 +18,10 @@
 //! sweepers at once only repeat work.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use futures::TryStreamExt;
-
-use larder_shared::db::{nars, tokens};
+use larder_shared::db::{nars, staging_intents, tokens};
 use larder_shared::jobs;
-use larder_shared::storage::layout;
 
 use crate::services::Services;
 
@@ -29,8 +29,10 @@ use crate::services::Services;
 pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Pause between sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(60);
-/// NARs re-enqueued per sweep.
+/// NARs re-enqueued, and staging intents claimed or deleted, per batch.
 const BATCH: i64 = 100;
+/// Batches of staging deletions per sweep (bounds one sweep's work).
+const MAX_BATCHES: usize = 20;
 
 /// How often the (whole-tree) scan for interrupted writes runs.
 pub const INCOMPLETE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -83,26 +85,7 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
         tokens::prune_revocations(conn.raw(), now).await?;
     }
 
-    let max_age = svc.config.staging.max_age.get();
-
-    let cutoff = SystemTime::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
-    let mut listing = svc.staging.list(layout::STAGING);
-    while let Some(meta) = listing.try_next().await? {
-        let old = cutoff
-            .duration_since(meta.last_modified)
-            .is_ok_and(|age| age > max_age);
-        if !old {
-            continue;
-        }
-        let referenced = {
-            let mut conn = svc.db.conn().await?;
-            nars::staging_key_exists(conn.raw(), meta.key.as_str()).await?
-        };
-        if !referenced {
-            svc.staging.delete(&meta.key).await?;
-            report.staging_deleted += 1;
-        }
-    }
+    report.staging_deleted = delete_abandoned_staging(svc, now).await?;
     if report.staging_deleted > 0 {
         tracing::info!(
             count = report.staging_deleted,
@@ -110,4 +93,37 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
         );
     }
     Ok(report)
+}
+
+/// Claims the intents of uploads started more than `[staging] max-age`
+/// before `now`, then deletes the objects of claimed and released intents,
+/// each followed by its intent. A key a `nars` row names (which no intent
+/// should outlive) keeps its object; only the intent goes. Returns how many
+/// objects were deleted.
+async fn delete_abandoned_staging(svc: &Services, now: i64) -> anyhow::Result<usize> {
+    let before = now - svc.config.staging.max_age.get().as_secs() as i64;
+    let mut deleted = 0;
+    for _ in 0..MAX_BATCHES {
+        let (claimed, keys) = {
+            let mut conn = svc.db.conn().await?;
+            let claimed = staging_intents::claim_abandoned(conn.raw(), before, now, BATCH).await?;
+            (claimed, staging_intents::deleting(conn.raw(), BATCH).await?)
+        };
+        for key in &keys {
+            let named = {
+                let mut conn = svc.db.conn().await?;
+                nars::staging_key_exists(conn.raw(), key.as_str()).await?
+            };
+            if !named {
+                svc.staging.delete(key).await?;
+                deleted += 1;
+            }
+            let mut conn = svc.db.conn().await?;
+            staging_intents::remove(conn.raw(), key).await?;
+        }
+        if (keys.len() as i64) < BATCH && (claimed as i64) < BATCH {
+            break;
+        }
+    }
+    Ok(deleted)
 }

@@ -14,7 +14,6 @@ use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, Replace};
 use larder_shared::db::{CacheId, Db, cache_keys, unix_now};
 use larder_shared::signing_keys::rotation::{self, NewKey};
-use larder_shared::storage::layout;
 
 use super::attic_db::{AtticCache, AtticObject};
 use crate::record::{self, NewPath, Origin};
@@ -283,7 +282,7 @@ impl Pass<'_> {
             self.imported(o);
             return Ok(());
         }
-        let key = layout::new_staging_key();
+        let key = staging::reserve(&self.target.db).await?;
         let expected = Expected {
             nar_hash: p.nar_hash,
             nar_size: p.nar_size,
@@ -296,6 +295,7 @@ impl Pass<'_> {
         )
         .await
         {
+            let _ = staging::discard(&self.target.db, &self.target.staging, &key).await;
             self.report.fail(
                 &c.name,
                 Some(&o.store_path),
@@ -313,9 +313,9 @@ impl Pass<'_> {
         .await;
         match recorded {
             Ok(r) if r.used_staged_copy => {}
-            Ok(_) => self.target.staging.delete(&key).await?,
+            Ok(_) => staging::discard(&self.target.db, &self.target.staging, &key).await?,
             Err(e) => {
-                let _ = self.target.staging.delete(&key).await;
+                let _ = staging::discard(&self.target.db, &self.target.staging, &key).await;
                 return Err(e);
             }
         }

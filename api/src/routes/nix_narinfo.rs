@@ -33,6 +33,7 @@ use crate::body::read_limited;
 use crate::error::{ApiError, ApiResult};
 use crate::nar_url::own_url;
 use crate::record::{self, NewPath, Origin};
+use crate::staging;
 use crate::state::AppState;
 use crate::upload_meta;
 
@@ -147,7 +148,7 @@ async fn discard_pending(state: &AppState, cache_id: CacheId, file_name: &str) -
     };
     drop(conn);
     if let Some(key) = p.staging_key {
-        state.staging.delete(&key).await?;
+        staging::discard(&state.db, &state.staging, &key).await?;
     }
     Ok(())
 }
@@ -318,7 +319,13 @@ async fn record_narinfo(
             check(info, &p.file, file_name)?;
             match &p.staging_key {
                 Some(key) => {
-                    let r = record::record_staged(&mut tx, path, key, now).await?;
+                    let r = match record::record_staged(&mut tx, path, key, now).await {
+                        Err(ApiError::StagedCopyExpired) => {
+                            drop(tx);
+                            return Err(gone(state, cache_id, file_name).await);
+                        }
+                        r => r?,
+                    };
                     if !r.used_staged_copy {
                         surplus = Some(key.clone());
                     }
@@ -364,7 +371,7 @@ async fn record_narinfo(
     listings::bind_uploaded_listing(tx.raw(), cache_id, path.hash, path.nar_hash).await?;
     tx.commit().await?;
     if let Some(key) = surplus {
-        state.staging.delete(&key).await?;
+        staging::discard(&state.db, &state.staging, &key).await?;
     }
     Ok(true)
 }

@@ -5,7 +5,8 @@
 //! compressed NAR, `<file>` = `<filehash>.nar[.xz|.zst|…]`), then
 //! `PUT <storehash>.narinfo` naming that file in its `URL`. The NAR PUT
 //! decompresses while staging ([`crate::nix_staging`]) and records a pending
-//! upload; the narinfo PUT ([`super::nix_narinfo`]) checks it against the
+//! upload (its staged copy keeps its staging intent until a NAR row takes
+//! it over, docs/gc.md "Staging objects"); the narinfo PUT ([`super::nix_narinfo`]) checks it against the
 //! pending upload and records the path as Attic's `upload-path` does.
 //!
 //! The uploader's URL keeps answering in its compression for 31 days
@@ -40,6 +41,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
 use crate::nar_url::{own_url, parse_file_name};
 use crate::nix_staging::{self, BodyStream};
+use crate::staging;
 use crate::state::AppState;
 use crate::upload_decode;
 
@@ -114,8 +116,8 @@ pub async fn put_nar(
         Some(key) if !fresh(&state, key).await? => Some(key),
         _ => None,
     };
-    let staging_key = layout::new_staging_key();
-    let m = nix_staging::stage(
+    let staging_key = staging::reserve(&state.db).await?;
+    let staged = nix_staging::stage(
         &state.storage,
         &state.staging,
         body,
@@ -124,7 +126,14 @@ pub async fn put_nar(
         &staging_key,
         write_key,
     )
-    .await?;
+    .await;
+    let m = match staged {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = staging::discard(&state.db, &state.staging, &staging_key).await;
+            return Err(e);
+        }
+    };
     let file_entry = UploadedFile {
         file_hash: m.file_hash,
         file_size: m.file_size as i64,
@@ -137,12 +146,12 @@ pub async fn put_nar(
     let keep = match nar_stored(&state, &m.nar_hash, now).await {
         Ok(stored) => !stored,
         Err(e) => {
-            let _ = state.staging.delete(&staging_key).await;
+            let _ = staging::discard(&state.db, &state.staging, &staging_key).await;
             return Err(e);
         }
     };
     if !keep {
-        state.staging.delete(&staging_key).await?;
+        staging::discard(&state.db, &state.staging, &staging_key).await?;
     }
     let recorded = async {
         let mut conn = state.db.conn().await?;
@@ -152,7 +161,7 @@ pub async fn put_nar(
     .await;
     if let Err(e) = recorded {
         if keep {
-            let _ = state.staging.delete(&staging_key).await;
+            let _ = staging::discard(&state.db, &state.staging, &staging_key).await;
         }
         return Err(e.into());
     }

@@ -24,7 +24,7 @@ use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
 use larder_shared::db::{CacheId, unix_now};
 use larder_shared::retention::Retention;
-use larder_shared::storage::{ObjectKey, layout};
+use larder_shared::storage::ObjectKey;
 
 use crate::auth::{Credentials, Need, Push};
 use crate::error::{ApiError, ApiResult};
@@ -233,17 +233,19 @@ pub async fn upload_path(
         }));
     }
 
-    let key = layout::new_staging_key();
-    staging::stage(&state.staging, &key, body, v.expected).await?;
-    let committed = record_staged(&state, &cache, &v, &key, now).await;
+    let key = staging::reserve(&state.db).await?;
+    let committed = match staging::stage(&state.staging, &key, body, v.expected).await {
+        Ok(()) => record_staged(&state, &cache, &v, &key, now).await,
+        Err(e) => Err(e),
+    };
     match committed {
         Ok(true) => {}
         Ok(false) => {
             // A concurrent upload of the same NAR won; ours is surplus.
-            state.staging.delete(&key).await?;
+            staging::discard(&state.db, &state.staging, &key).await?;
         }
         Err(e) => {
-            let _ = state.staging.delete(&key).await;
+            let _ = staging::discard(&state.db, &state.staging, &key).await;
             return Err(e);
         }
     }

@@ -163,22 +163,21 @@ impl TestApp {
             .expect("set mtime");
     }
 
-    /// Asserts no staged copy, finished or half-written, is left. On S3,
-    /// where nothing half-written is visible, lists `staging/` (needs the
-    /// multi-threaded runtime every test here uses).
-    #[track_caller]
-    pub fn assert_staging_empty(&self) {
+    /// Asserts no staged copy, finished or half-written, is left, and no
+    /// staging intent (docs/gc.md "Staging objects"). On S3, where nothing
+    /// half-written is visible, lists `staging/`.
+    pub async fn assert_staging_empty(&self) {
         let left: Vec<String> = match self.store {
             Store::Local => self
                 .files_on_disk("staging")
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect(),
-            Store::S3 => tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(self.object_keys("staging/"))
-            }),
+            Store::S3 => self.object_keys("staging/").await,
         };
         assert!(left.is_empty(), "staging is not empty: {left:?}");
+        let intents = self.count("staging_intents").await;
+        assert_eq!(intents, 0, "staging intents are left");
     }
 
     /// Asserts the chunk store holds each chunk once and every row's bytes

@@ -6,6 +6,7 @@
 //! [`TestApp::drain_jobs`], which runs the ingest handler for every staged
 //! NAR right away, so nothing ever waits on a timer.
 
+pub mod counting;
 pub mod inspect;
 pub mod nar;
 pub mod read;

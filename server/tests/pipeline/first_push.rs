@@ -84,7 +84,7 @@ pub async fn a_published_path_keeps_its_nar(app: &TestApp) {
     }
 
     // The same NAR again: idempotent, and it counts as a use.
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
     app.execute("UPDATE objects SET last_accessed_at = 1").await;
     assert_kind(&app.upload(&token, "trusted", &nar).await, "Deduplicated");
     assert!(last_accessed_at(app, &nar).await > 1, "use refreshed");
@@ -132,7 +132,7 @@ pub async fn replacing_needs_the_delete_permission(app: &TestApp) {
         .assert_error(StatusCode::FORBIDDEN, "PermissionDenied");
     let (after, _) = narinfo(app, &pusher, "trusted", &nar).await;
     assert_eq!(before, after);
-    app.assert_staging_empty();
+    app.assert_staging_empty().await;
 
     // Without the flag, `d` alone does not replace.
     app.upload(&admin, "trusted", &impostor)

@@ -230,7 +230,7 @@ async fn stalled_uploads_are_aborted(backend: Backend) {
             sent.is_empty() || status.starts_with("HTTP/1.1 4"),
             "{what}: {status}"
         );
-        app.assert_staging_empty();
+        app.assert_staging_empty().await;
         for table in ["nars", "objects", "nix_uploads"] {
             assert_eq!(app.count(table).await, 0, "{what}: rows in {table}");
         }

@@ -26,6 +26,7 @@ pub mod packs;
 pub mod pins;
 pub mod refcounts;
 pub mod replaced_frames;
+pub mod staging_intents;
 pub mod stats;
 pub mod tokens;
 pub mod uploads;

@@ -306,7 +306,8 @@ pub async fn touch(raw: Raw<'_>, id: NarId, now: i64) -> Result<bool, DbError> {
     })
 }
 
-/// Every staging key still referenced, for the staging sweeper.
+/// Whether a `nars` row names this staging key (what the sweeper checks
+/// before deleting the object of a staging intent).
 pub async fn staging_key_exists(raw: Raw<'_>, key: &str) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let row = sqlx::query("SELECT 1 AS one FROM nars WHERE staging_key = $1 LIMIT 1")

@@ -13,7 +13,7 @@ use larder_shared::audit::{Actor, AuditEvent, GcSummary};
 use larder_shared::db::chunks::BATCH;
 use larder_shared::db::refcounts;
 use larder_shared::db::{
-    CacheId, ChunkId, DbError, NarId, ObjectId, audit, caches, gc, replaced_frames,
+    CacheId, ChunkId, DbError, NarId, ObjectId, audit, caches, gc, replaced_frames, staging_intents,
 };
 use larder_shared::retention::Retention;
 
@@ -342,9 +342,16 @@ async fn delete_orphan_nars(svc: &Services, now: i64, cutoff: i64) -> anyhow::Re
                     refcounts::release_refs_by(tx.raw(), batch, n, now).await?;
                 }
             }
+            // Their staged copies pass to staging intents, so a crash
+            // before they are deleted leaves them to the sweeper.
+            for key in &staged {
+                staging_intents::release(tx.raw(), key, now).await?;
+            }
             tx.commit().await?;
             for key in staged {
                 svc.staging.delete(&key).await?;
+                let mut conn = svc.db.conn().await?;
+                staging_intents::remove(conn.raw(), &key).await?;
             }
         }
     }

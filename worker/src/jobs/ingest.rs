@@ -39,7 +39,7 @@ use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, NewChunk};
 use larder_shared::db::nars::{self, NarState};
-use larder_shared::db::{ChunkId, NarId, unix_now};
+use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
 use larder_shared::storage::{ObjectKey, StorageError};
 
 use crate::services::Services;
@@ -157,9 +157,11 @@ async fn ingest_inner(
     };
     let outcome = result?;
     if matches!(outcome, Outcome::Ingested { .. }) {
-        // After the commit: a crash here leaves an orphan staging object,
-        // which the sweeper removes once no NAR names it.
+        // The commit handed the staged copy to a staging intent: a crash
+        // before the intent goes leaves it to the next sweep.
         svc.staging.delete(&key).await?;
+        let mut conn = svc.db.conn().await?;
+        staging_intents::remove(conn.raw(), &key).await?;
     }
     Ok(outcome)
 }
@@ -312,7 +314,7 @@ async fn run(
     if !commit(
         svc,
         (&writer.owner, intents),
-        nar_id,
+        (nar_id, key),
         &slots,
         new,
         &placed.packs,

@@ -2,7 +2,8 @@
 //! run by the sweeper:
 //!
 //! - pending uploads older than `[staging] max-age` (their narinfo never
-//!   came) go, with their staged copies;
+//!   came) go, with their staged copies and those copies' staging intents
+//!   (which the sweeper would otherwise finish);
 //! - uploader URLs that expired go, and those whose path left its cache once
 //!   they are `max-age` old (so is their file then, unless a newer upload
 //!   wrote it again and has a row of its own);
@@ -18,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use larder_shared::db::{listings, uploads};
+use larder_shared::db::{listings, staging_intents, uploads};
 
 use crate::services::Services;
 
@@ -54,7 +55,10 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<UploadSweepReport
         };
         let n = released.staging_keys.len().max(released.upload_keys.len());
         for key in &released.staging_keys {
+            // Its staging intent held it while the upload was pending.
             svc.staging.delete(key).await?;
+            let mut conn = svc.db.conn().await?;
+            staging_intents::remove(conn.raw(), key).await?;
         }
         report.pending_dropped += n;
         candidates.extend(released.upload_keys);

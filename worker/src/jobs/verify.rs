@@ -7,7 +7,9 @@
 //!    (the one place storage is listed: objects left by versions before
 //!    write intents); with `--repair` those older than the grace period are
 //!    deleted through [`crate::chunk_deletion`], which keeps any an ingest
-//!    is writing.
+//!    is writing. Objects under `staging/` that nothing names are listed
+//!    too ([`staging`]); with `--repair` those older than `[staging]
+//!    max-age` are deleted.
 //! 2. Every chunk is read back: a missing object, a wrong length or a hash
 //!    mismatch makes it damaged.
 //! 3. Ready NARs listing a damaged chunk are marked broken (no longer served;
@@ -29,6 +31,8 @@ use larder_shared::db::{ChunkId, NarId, chunk_gc, verify};
 use larder_shared::db::{packs, refcounts};
 use larder_shared::storage::{ObjectMeta, StorageError};
 
+mod staging;
+
 use crate::chunk_deletion::{self, Doomed};
 use crate::gc_lease::GcLease;
 use crate::services::Services;
@@ -40,6 +44,10 @@ pub struct VerifyReport {
     pub orphan_objects: Vec<String>,
     /// Of those, how many were deleted (`--repair`, older than the grace period).
     pub orphans_deleted: u64,
+    /// Staging objects no intent, NAR or pending upload names.
+    pub orphan_staging: Vec<String>,
+    /// Of those, how many were deleted (`--repair`, older than `[staging] max-age`).
+    pub orphan_staging_deleted: u64,
     /// Chunks checked.
     pub chunks_checked: u64,
     /// Chunks missing or corrupt: (hash, problem).
@@ -70,6 +78,7 @@ async fn verify(
 ) -> anyhow::Result<VerifyReport> {
     let mut report = VerifyReport::default();
     find_orphans(svc, lease, now, repair, &mut report).await?;
+    staging::find_orphans(svc, now, repair, &mut report).await?;
     let damaged = check_chunks(svc, lease, &mut report).await?;
     if !damaged.is_empty() {
         quarantine(svc, lease, now, &damaged, &mut report).await?;

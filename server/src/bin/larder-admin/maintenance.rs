@@ -154,7 +154,8 @@ pub async fn run_repack(config: &Config, archive: bool) -> anyhow::Result<()> {
 /// `verify [--repair]`.
 #[derive(Debug, Args)]
 pub struct Verify {
-    /// Delete storage objects the database does not know (older than the grace period).
+    /// Delete storage objects the database does not know (chunks and packs
+    /// older than the grace period, staging objects older than `[staging] max-age`).
     #[arg(long)]
     repair: bool,
 }
@@ -172,6 +173,13 @@ impl Verify {
         if self.repair {
             println!("orphans deleted:      {}", r.orphans_deleted);
         }
+        println!("orphan staging:       {}", r.orphan_staging.len());
+        for k in &r.orphan_staging {
+            println!("  {k}");
+        }
+        if self.repair {
+            println!("staging deleted:      {}", r.orphan_staging_deleted);
+        }
         println!("damaged chunks:       {}", r.damaged_chunks.len());
         for (h, p) in &r.damaged_chunks {
             println!("  {h}: {p}");
@@ -180,7 +188,9 @@ impl Verify {
         for (cache, path) in &r.affected_paths {
             println!("  {cache}: {path} (push it again to repair)");
         }
-        Ok(r.orphan_objects.is_empty() && r.damaged_chunks.is_empty())
+        Ok(r.orphan_objects.is_empty()
+            && r.orphan_staging.is_empty()
+            && r.damaged_chunks.is_empty())
     }
 }
 

@@ -319,7 +319,7 @@ impl<'a> Race<'a> {
         assert_eq!(report.orphans_deleted as usize, left, "{ctx}");
         assert!(report.damaged_chunks.is_empty(), "{ctx}: {report:?}");
         assert!(app.files_on_disk("chunks").is_empty(), "{ctx}");
-        app.assert_staging_empty();
+        app.assert_staging_empty().await;
     }
 }
 

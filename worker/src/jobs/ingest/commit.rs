@@ -15,7 +15,8 @@ use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
 use larder_shared::db::packs;
 use larder_shared::db::refcounts;
-use larder_shared::db::{ChunkId, NarId, unix_now};
+use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
+use larder_shared::storage::ObjectKey;
 
 use crate::services::Services;
 
@@ -29,12 +30,13 @@ pub(super) enum Slot {
 /// reclaimed any), records the new chunks already holding this NAR's
 /// reference (`refcount = 1`, so their rows never change an index again
 /// while referenced), adds a reference to every reused chunk (only if GC is
-/// not deleting it), and makes the NAR ready. False when another run
-/// finished first (ours then changes nothing).
+/// not deleting it), and makes the NAR ready, handing its staged copy at
+/// `staged` to a staging intent for deletion (docs/gc.md "Staging objects").
+/// False when another run finished first (ours then changes nothing).
 pub(super) async fn commit(
     svc: &Services,
     (owner, intents): (&str, u64),
-    nar_id: NarId,
+    (nar_id, staged): (NarId, &ObjectKey),
     slots: &[Slot],
     new: HashMap<ChunkHash, NewChunk>,
     sealed: &BTreeMap<i64, SealedPack>,
@@ -145,6 +147,7 @@ pub(super) async fn commit(
     {
         return Ok(false);
     }
+    staging_intents::release(tx.raw(), staged, unix_now()).await?;
     if let Some(listing) = listing {
         listings::insert_nar_listing(tx.raw(), nar_id, listing, unix_now()).await?;
     }

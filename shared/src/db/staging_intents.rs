@@ -1,0 +1,143 @@
+//! `staging_intents`: staging objects no row holds (docs/gc.md "Staging
+//! objects"), so abandoned ones are found through the database and nothing
+//! periodic lists `staging/`.
+//!
+//! A staging object is held by exactly one of: its intent here (an upload
+//! writing it, or a deleter removing it), or the `nars` row naming it. The
+//! handover is one transaction each way: [`adopt`] in the one inserting the
+//! `nars` row, [`release`] in the one clearing or deleting it. A writer
+//! commits [`insert`] before the object's first byte, so a crash at any
+//! point leaves either a row or an intent.
+//!
+//! The sweeper takes an intent older than `[staging] max-age` as abandoned
+//! ([`claim_abandoned`]); [`adopt`] skips a claimed one, so of an upload
+//! committing and the sweeper claiming, exactly one wins (on PostgreSQL they
+//! meet on the intent's row lock; SQLite runs one writer at a time).
+
+use sqlx::Row;
+
+use super::{DbError, Raw, key_column};
+use crate::on_conn;
+use crate::storage::ObjectKey;
+
+/// Records that an upload is about to write `key`. Must be committed before
+/// the object's first byte is written.
+pub async fn insert(raw: Raw<'_>, key: &ObjectKey, now: i64) -> Result<(), DbError> {
+    on_conn!(raw, c => {
+        sqlx::query("INSERT INTO staging_intents (object_key, created_at) VALUES ($1, $2)")
+            .bind(key.as_str())
+            .bind(now)
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    })
+}
+
+/// Removes the intent on `key` in the transaction that commits the `nars`
+/// row naming it, so the row keeps the object from then on. False when the
+/// sweeper has taken it as abandoned (the object may be gone): the caller
+/// must roll back.
+pub async fn adopt(raw: Raw<'_>, key: &ObjectKey) -> Result<bool, DbError> {
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "DELETE FROM staging_intents WHERE object_key = $1 AND deleting_at IS NULL",
+        )
+        .bind(key.as_str())
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Records `key` as being deleted, in the transaction where the last row
+/// naming it stops doing so (an ingest done with its staged copy, GC
+/// deleting a staged NAR). The caller deletes the object after the commit,
+/// then [`remove`]s the intent; if it dies between, the next sweep does.
+pub async fn release(raw: Raw<'_>, key: &ObjectKey, now: i64) -> Result<(), DbError> {
+    on_conn!(raw, c => {
+        sqlx::query(
+            "INSERT INTO staging_intents (object_key, created_at, deleting_at) VALUES ($1, $2, $2)
+             ON CONFLICT (object_key) DO UPDATE
+                 SET deleting_at = COALESCE(staging_intents.deleting_at, excluded.deleting_at)",
+        )
+        .bind(key.as_str())
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+        Ok(())
+    })
+}
+
+/// Forgets the intent on `key` once its object is deleted (or was never
+/// written).
+pub async fn remove(raw: Raw<'_>, key: &ObjectKey) -> Result<(), DbError> {
+    on_conn!(raw, c => {
+        sqlx::query("DELETE FROM staging_intents WHERE object_key = $1")
+            .bind(key.as_str())
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    })
+}
+
+/// Marks up to `limit` intents of uploads started before `before` (that
+/// never committed: abandoned) as being deleted at `now`; returns how many.
+pub async fn claim_abandoned(
+    raw: Raw<'_>,
+    before: i64,
+    now: i64,
+    limit: i64,
+) -> Result<u64, DbError> {
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "UPDATE staging_intents SET deleting_at = $1
+             WHERE deleting_at IS NULL AND object_key IN
+                 (SELECT object_key FROM staging_intents
+                  WHERE deleting_at IS NULL AND created_at < $2
+                  ORDER BY created_at LIMIT $3)",
+        )
+        .bind(now)
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected())
+    })
+}
+
+/// Up to `limit` keys being deleted (claimed or released), oldest first:
+/// what the sweeper deletes, including those a dead deleter left.
+pub async fn deleting(raw: Raw<'_>, limit: i64) -> Result<Vec<ObjectKey>, DbError> {
+    on_conn!(raw, c => {
+        let rows = sqlx::query(
+            "SELECT object_key FROM staging_intents WHERE deleting_at IS NOT NULL
+             ORDER BY deleting_at, object_key LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for r in &rows {
+            keys.extend(key_column("staging_intents.object_key", r.try_get("object_key")?)?);
+        }
+        Ok(keys)
+    })
+}
+
+/// Whether an intent, a `nars` row or a pending `nix copy` upload names
+/// `key`, in one statement (so a handover between them is never missed):
+/// what `verify` asks of each staging object it lists.
+pub async fn is_known(raw: Raw<'_>, key: &ObjectKey) -> Result<bool, DbError> {
+    on_conn!(raw, c => {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM staging_intents WHERE object_key = $1
+             UNION ALL SELECT 1 AS one FROM nars WHERE staging_key = $1
+             UNION ALL SELECT 1 AS one FROM nix_uploads WHERE staging_key = $1
+             LIMIT 1",
+        )
+        .bind(key.as_str())
+        .fetch_optional(&mut *c)
+        .await?;
+        Ok(row.is_some())
+    })
+}
