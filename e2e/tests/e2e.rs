@@ -450,6 +450,63 @@ async fn substitute_from_s3_storage() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stock `nix copy --to http://…` onto a server whose chunks and staging
+/// are in an S3 bucket: Nix's uploads are staged in the bucket, served from
+/// there before ingest (substituted by a fresh Nix), ingested by a separate
+/// worker into packs in the bucket, and substituted again from the chunks;
+/// nothing touches the local storage directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nix_copy_to_s3_storage() -> anyhow::Result<()> {
+    if !nix_available("nix_copy_to_s3_storage") {
+        return Ok(());
+    }
+    let Some(section) = s3_storage_section("nix_copy_to_s3_storage") else {
+        return Ok(());
+    };
+    let mut server = Server::start_embedded(ServerOptions::without_workers()).await?;
+    server.switch_storage(&section).await?;
+    let client = server.client();
+    let cache = "e2e-s3-copy";
+    client.create_cache(cache).await?;
+    let public_key = client.public_key(cache).await?;
+    let cache_url = format!("{}/{cache}", server.url());
+
+    let nix = Nix::new()?;
+    let tops = StoreTree::binary_tree(random_seed(), 4).build(&nix).await?;
+    let closure = nix.closure(&tops).await?;
+    let netrc = nix.write_netrc("127.0.0.1", server.token())?;
+    nix.copy_to(&format!("{cache_url}?compression=zstd"), &netrc, &tops)
+        .await
+        .map_err(|e| e.context(server.log()))?;
+
+    // Staged in the bucket: a fresh Nix substitutes the closure already.
+    let substitute = || async {
+        let fresh = Nix::new()?;
+        let netrc = fresh.write_netrc("127.0.0.1", server.token())?;
+        let sub = Substituter {
+            public_key: &public_key,
+            netrc: &netrc,
+        };
+        let store = fresh.copy_from(&cache_url, &sub, &tops).await?;
+        fresh.verify(&store, &public_key, &closure).await?;
+        anyhow::Ok(())
+    };
+    substitute().await.map_err(|e| e.context("staged"))?;
+
+    let worker = Worker::start(&server)?;
+    let infos = nix.path_info(&closure).await?;
+    wait_ingested(&client, cache, &infos, &worker, INGEST_LIMIT).await?;
+    check_nar_downloads(&client, cache, &infos, true).await?;
+    substitute().await.map_err(|e| e.context("ingested"))?;
+    assert_eq!(
+        count_chunks(&server.storage_dir()),
+        0,
+        "objects in the local storage directory"
+    );
+    nix.delete(&closure).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_ingest_recovers() -> anyhow::Result<()> {
     if !nix_available("worker_killed_mid_ingest_recovers") {
