@@ -70,13 +70,16 @@ on_both_backends!(
     nar_ingested_before_layout_serves_the_same,
     a_corrupt_object_row_is_a_server_error,
     a_path_keeps_the_directory_it_was_pushed_under,
+    local_store_moves_to_s3,
 );
 
 mod s3_upload_fault;
 mod staging;
+mod to_s3;
 use staging::{
     a_released_copy_is_deleted_at_once, abandoned_uploads_are_found_through_the_database,
 };
+use to_s3::local_store_moves_to_s3;
 pub(crate) mod http;
 use http::{cache_control_matrix, ranges_on_every_representation};
 mod layout;

@@ -390,6 +390,39 @@ impl TestApp {
         }
     }
 
+    /// The same deployment (database, tokens, keys) restarted with its
+    /// `[storage]` replaced by `section`: what an operator's config change
+    /// looks like. Its teardown leaves the database to this app's.
+    pub async fn with_storage(&self, section: &str) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let parsed = Config::parse_toml(&config_toml("sqlite::memory:", section))
+            .expect("storage section parses");
+        let mut config: Config = (*self.services.config).clone();
+        config.storage = parsed.storage;
+        let config = Arc::new(config);
+        let state = larder_api::server::build_state(config.clone())
+            .await
+            .expect("opening database and storage");
+        let services = Services::new(
+            config,
+            state.db.clone(),
+            state.storage.clone(),
+            state.staging.clone(),
+        );
+        Self {
+            backend: self.backend,
+            store: Store::S3,
+            router: larder_api::app::router(state.clone()),
+            state,
+            services,
+            config_path: self.config_path.clone(),
+            key: TokenKey::from_config(&self.services.config.jwt.signing).expect("HS256 key"),
+            storage_root: dir.path().join("storage"),
+            pg_database: None,
+            _dir: dir,
+        }
+    }
+
     /// Runs `scenario` on this app, then tears the app down even when the
     /// scenario panicked (no side effects in `Drop`), then re-raises the
     /// panic.
