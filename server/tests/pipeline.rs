@@ -4,7 +4,8 @@
 //! isolation; rejected uploads leaving nothing behind; get-missing-paths;
 //! the sweeper; byte ranges, validators, HEAD and Cache-Control over real
 //! TCP (`pipeline/http.rs`); the audit trail after every audited
-//! change (`pipeline/audit.rs`). Every scenario runs on SQLite and on
+//! change (`pipeline/audit.rs`); a real `larder-worker` process serving
+//! its `/metrics` (`pipeline/worker_metrics.rs`). Every scenario runs on SQLite and on
 //! PostgreSQL; those in `on_s3!` also with chunks and staging on a real S3
 //! server (docs/operations.md "S3 storage").
 
@@ -46,6 +47,7 @@ mod s3 {
     upload_serve_ingest_serve,
     concurrent_uploads_of_one_nar,
     bad_uploads_leave_nothing_behind,
+    a_worker_process_serves_its_metrics,
     );
 }
 
@@ -70,9 +72,12 @@ on_both_backends!(
     nar_ingested_before_layout_serves_the_same,
     a_corrupt_object_row_is_a_server_error,
     a_path_keeps_the_directory_it_was_pushed_under,
+    a_worker_process_serves_its_metrics,
 );
 
 mod s3_upload_fault;
+mod worker_metrics;
+use worker_metrics::a_worker_process_serves_its_metrics;
 mod staging;
 use staging::{
     a_released_copy_is_deleted_at_once, abandoned_uploads_are_found_through_the_database,
