@@ -11,7 +11,6 @@ use std::sync::Mutex;
 
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::packs::PackTotals;
-use larder_shared::storage::requests;
 
 /// Counter names and help texts.
 const HELP: &[(&str, &str)] = &[
@@ -121,8 +120,9 @@ impl Metrics {
                 }
             }
         }
-        render_storage_requests(&mut out);
-        render_packs(&mut out);
+        // Storage requests, packs, moves and jobs: process-wide, so the
+        // in-process workers' show here once, beside the API's own.
+        larder_shared::metrics::render_process(&mut out);
         out
     }
 }
@@ -167,48 +167,6 @@ pub fn render_pack_totals(out: &mut String, t: &PackTotals) {
     }
 }
 
-/// Packs this process sealed (its in-process workers'; a `larder-worker`
-/// logs its own), and their bytes.
-fn render_packs(out: &mut String) {
-    let (packs, bytes) = larder_shared::chunk_store::pack_writer::sealed_totals();
-    for (name, help, v) in [
-        (
-            "larder_packs_written_total",
-            "Chunk packs sealed by this process.",
-            packs,
-        ),
-        (
-            "larder_pack_bytes_written_total",
-            "Bytes of chunk packs sealed by this process.",
-            bytes,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    }
-}
-
-/// `larder_storage_requests_total{op,result}`: requests this process sent to
-/// a remote object store (shared::storage::requests), however they failed.
-fn render_storage_requests(out: &mut String) {
-    let name = "larder_storage_requests_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Requests to remote object storage (S3), by operation and result (ok, error); a retried request counts once.\n# TYPE {name} counter"
-    );
-    for c in requests::snapshot() {
-        let result = if c.ok { "ok" } else { "error" };
-        let _ = writeln!(
-            out,
-            "{name}{{op=\"{}\",result=\"{result}\"}} {}",
-            c.op.label(),
-            c.count
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,14 +202,17 @@ mod tests {
         assert!(full.contains("larder_upload_bytes_total{cache=\"secret-a\"} 100"));
     }
 
+    /// The API's counters and the process-wide ones, each family once.
     #[test]
-    fn storage_requests_are_counted_by_operation() {
-        requests::record(requests::Op::UploadPart, false);
-        let text = Metrics::default().render(false);
+    fn every_family_is_rendered_once() {
+        let text = Metrics::default().render(true);
+        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        let mut unique = types.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len(), "{text}");
+        assert!(text.contains("# TYPE larder_uploads_total counter"));
         assert!(text.contains("# TYPE larder_storage_requests_total counter"));
-        assert!(
-            text.contains("larder_storage_requests_total{op=\"upload_part\",result=\"error\"} "),
-            "{text}"
-        );
+        assert!(text.contains("# TYPE larder_jobs_total counter"));
     }
 }

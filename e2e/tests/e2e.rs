@@ -623,6 +623,38 @@ async fn embedded_default_restart_reuses_state() -> anyhow::Result<()> {
         }
     }
 
+    // One process, API and in-process workers: /metrics shows the
+    // workers' counters (their start-up sweep) beside the API's, each
+    // family once.
+    let metrics_url = format!("{}/metrics", server.url());
+    let text = wait::until(
+        "the in-process workers' sweep in /metrics",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let text = reqwest::get(&metrics_url).await?.text().await?;
+            Ok(text
+                .contains("larder_jobs_total{kind=\"sweep\",outcome=\"ok\"}")
+                .then_some(text))
+        },
+    )
+    .await?;
+    let mut families: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let n = families.len();
+    families.sort_unstable();
+    families.dedup();
+    assert_eq!(families.len(), n, "a family twice:\n{text}");
+    for family in [
+        "larder_storage_requests_total",
+        "larder_uploads_total",
+        "larder_packs",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family}:\n{text}"
+        );
+    }
+
     // Same state (cache and key), and the first start's token still works.
     let client = Client::new(&server.url(), &token);
     assert_eq!(client.public_key(cache).await?, key_before);

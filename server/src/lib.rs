@@ -8,3 +8,4 @@
 
 pub mod api_node;
 pub mod shutdown;
+pub mod worker_metrics;

@@ -4,7 +4,8 @@
 //! isolation; rejected uploads leaving nothing behind; get-missing-paths;
 //! the sweeper; byte ranges, validators, HEAD and Cache-Control over real
 //! TCP (`pipeline/http.rs`); the audit trail after every audited
-//! change (`pipeline/audit.rs`). Every scenario runs on SQLite and on
+//! change (`pipeline/audit.rs`); a real `larder-worker` process serving
+//! its `/metrics` (`pipeline/worker_metrics.rs`). Every scenario runs on SQLite and on
 //! PostgreSQL; those in `on_s3!` also with chunks and staging on a real S3
 //! server (docs/operations.md "S3 storage").
 
@@ -46,6 +47,7 @@ mod s3 {
     upload_serve_ingest_serve,
     concurrent_uploads_of_one_nar,
     bad_uploads_leave_nothing_behind,
+    a_worker_process_serves_its_metrics,
     );
 }
 
@@ -71,9 +73,12 @@ on_both_backends!(
     a_corrupt_object_row_is_a_server_error,
     a_path_keeps_the_directory_it_was_pushed_under,
     local_store_moves_to_s3,
+    a_worker_process_serves_its_metrics,
 );
 
 mod s3_upload_fault;
+mod worker_metrics;
+use worker_metrics::a_worker_process_serves_its_metrics;
 mod staging;
 mod to_s3;
 use staging::{

@@ -23,6 +23,7 @@ use larder_core::nix::nar::NarNode;
 use larder_shared::chunk_store::nar::{ChunkLayout, Representation};
 use larder_shared::db::nars;
 use larder_shared::db::unix_now;
+use larder_shared::metrics::moves;
 use larder_shared::token::Permission;
 use larder_worker::Services;
 use larder_worker::jobs::ingest;
@@ -173,12 +174,20 @@ async fn cold_packs_are_recompressed(app: &TestApp) {
     assert_eq!(in_flight.len(Representation::Zstd), zst_before.len() as u64);
 
     let t = cold(app);
+    let counted = moves::totals();
     let report = gc_at(app, t).await;
     let c = report.compaction;
     assert!(
         c.chunks_recompressed > 100 && c.bytes_saved > 0,
         "{report:?}"
     );
+    // The process-wide counters of `/metrics` saw it (other tests of this
+    // binary may add to them meanwhile, hence at least).
+    let now = moves::totals();
+    assert!(now.chunks_recompressed - counted.chunks_recompressed >= c.chunks_recompressed);
+    assert!(now.bytes_saved - counted.bytes_saved >= c.bytes_saved);
+    assert!(now.chunks_moved - counted.chunks_moved >= c.chunks_moved);
+    assert!(now.bytes_moved - counted.bytes_moved >= c.bytes_moved);
     let stored_after = stored_bytes(app).await;
     assert_eq!(stored_before - stored_after, c.bytes_saved as i64);
     assert_eq!(warm_packs(app).await, 0, "every cold pack recompressed");

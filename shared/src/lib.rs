@@ -12,6 +12,7 @@ pub mod chunk_store;
 pub mod config;
 pub mod db;
 pub mod jobs;
+pub mod metrics;
 pub mod pack;
 pub mod retention;
 pub mod signing_keys;

@@ -32,6 +32,7 @@ use larder_shared::db::chunks::{BATCH, ChunkRecord};
 use larder_shared::db::packs::{self, LiveDelta};
 use larder_shared::db::replaced_frames::{self, ReplacedFrame};
 use larder_shared::db::{ChunkId, chunk_claims, layout_epoch, refcounts};
+use larder_shared::metrics::moves::{self, MoveCounts};
 use larder_shared::storage::ObjectKey;
 
 use crate::gc_lease::GcLease;
@@ -250,5 +251,12 @@ async fn commit(
     writer.intents.fetch_sub(1, Ordering::SeqCst);
     done.objects_retired = left_objects.len() as u64;
     done.chunks_moved = arrived.chunks as u64;
+    // Committed: progress an operator can watch (`/metrics`).
+    moves::record(MoveCounts {
+        chunks_moved: done.chunks_moved,
+        bytes_moved: done.bytes_moved,
+        chunks_recompressed: done.chunks_recompressed,
+        bytes_saved: done.bytes_saved,
+    });
     Ok(done)
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use larder_shared::config::Config;
 use larder_shared::db::{leases, unix_now};
+use larder_shared::metrics::jobs::{self as job_runs, Outcome};
 
 use crate::jobs::{gc, nix_uploads};
 use crate::services::Services;
@@ -129,7 +130,8 @@ async fn run_task(task: &Periodic, svc: Services, holder: String, shutdown: Canc
 
 /// Runs `task` at `now` if it is due: always for a task without a lease
 /// (its loop keeps the interval), and for a leased one once its interval
-/// has passed since the last run finished anywhere. True if it ran.
+/// has passed since the last run finished anywhere. True if it ran; a run
+/// counts in `larder_jobs_total` under the task's name.
 pub async fn tick(task: &Periodic, svc: &Services, holder: &str, now: i64) -> anyhow::Result<bool> {
     if let Some(lease) = task.lease {
         let interval = (task.interval)(&svc.config).as_secs() as i64;
@@ -141,6 +143,12 @@ pub async fn tick(task: &Periodic, svc: &Services, holder: &str, now: i64) -> an
             return Ok(false);
         }
     }
-    (task.run)(svc, holder, now).await?;
-    Ok(true)
+    let ran = (task.run)(svc, holder, now).await;
+    let outcome = if ran.is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Error
+    };
+    job_runs::record(task.name, outcome);
+    ran.map(|()| true)
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use larder_shared::db::Db;
 use larder_shared::jobs::{IngestNar, Job};
+use larder_shared::metrics::jobs::{self as job_runs, Outcome as Run};
 
 use crate::jobs::ingest::{self, Outcome};
 use crate::services::Services;
@@ -34,6 +35,9 @@ pub trait Handler: Job {
     fn handle(self, svc: &Services) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
+/// `kind` of ingests in `larder_jobs_total`.
+const J_INGEST: &str = "ingest";
+
 impl Handler for IngestNar {
     async fn handle(self, svc: &Services) -> anyhow::Result<()> {
         let nar_id = self.nar_id.get();
@@ -44,14 +48,17 @@ impl Handler for IngestNar {
                 stored_bytes,
             }) => {
                 tracing::info!(nar_id, chunks, new_chunks, stored_bytes, "ingested NAR");
+                job_runs::record(J_INGEST, Run::Ok);
                 Ok(())
             }
             Ok(Outcome::Skipped) => {
                 tracing::debug!(nar_id, "ingest skipped: nothing to do");
+                job_runs::record(J_INGEST, Run::Skipped);
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(nar_id, error = %format!("{e:#}"), "ingest failed; will retry");
+                job_runs::record(J_INGEST, Run::Error);
                 Err(e)
             }
         }

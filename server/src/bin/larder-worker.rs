@@ -1,5 +1,6 @@
 //! `larder-worker -f CONFIG [--concurrency N]`: a job worker. Any number may
-//! run against the same database and storage.
+//! run against the same database and storage. With `[worker]
+//! metrics-listen` it also serves `GET /metrics`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,7 +53,17 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         });
     }
+    let metrics = larder_server::worker_metrics::spawn(&config, shutdown.clone()).await?;
     tracing::info!(concurrency, "larder-worker started");
     let svc = Services::new(config, opened.db, opened.storage, opened.staging);
-    larder_worker::run(svc, concurrency, shutdown).await
+    let result = larder_worker::run(svc, concurrency, shutdown.clone()).await;
+    // The worker stopped (signal or error): so does its metrics endpoint.
+    shutdown.cancel();
+    if let Some((listen, served)) = metrics {
+        served
+            .await
+            .context("metrics task")?
+            .with_context(|| format!("serving /metrics on {listen}"))?;
+    }
+    result
 }

@@ -227,6 +227,7 @@ pub fn package_binary(name: &str) -> PathBuf {
     let built = match name {
         "larder-admin" => option_env!("CARGO_BIN_EXE_larder-admin"),
         "larder-api" => option_env!("CARGO_BIN_EXE_larder-api"),
+        "larder-worker" => option_env!("CARGO_BIN_EXE_larder-worker"),
         _ => None,
     };
     let path = built.map(PathBuf::from).unwrap_or_else(|| {

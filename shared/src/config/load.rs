@@ -99,6 +99,16 @@ impl Config {
         if self.worker.concurrency == 0 {
             problems.push("worker.concurrency: must be at least 1".into());
         }
+        if let Some(addr) = self.worker.metrics_listen {
+            if addr.port() == 0 {
+                problems.push("worker.metrics-listen: needs a fixed port to be scraped".into());
+            }
+            if addr == self.listen {
+                problems.push(format!(
+                    "worker.metrics-listen: {addr} is also `listen`: a worker beside an API node could not bind it"
+                ));
+            }
+        }
         self.storage.problems("storage", &mut problems);
         if let Some(staging) = &self.staging.storage {
             staging.problems("staging.storage", &mut problems);

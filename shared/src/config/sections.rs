@@ -1,6 +1,7 @@
 //! The `[section]` tables of the configuration file, one struct each, with
 //! their defaults (docs/protocol.md lists every key).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -236,6 +237,13 @@ pub struct WorkerConfig {
     /// Jobs one worker process runs at once.
     #[serde(default = "d_concurrency")]
     pub concurrency: usize,
+    /// Where `larder-worker` serves `GET /metrics` (guarded by `[metrics]
+    /// token`). Unset by default: a worker opened no port before this key
+    /// existed, several workers on one host each need a port of their own,
+    /// and an API node's `/metrics` already covers its in-process workers
+    /// (`larder-api` ignores this key).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Four jobs per core: an ingest spends much of its time waiting (staging
@@ -257,6 +265,7 @@ impl Default for WorkerConfig {
         Self {
             embedded: 0,
             concurrency: d_concurrency(),
+            metrics_listen: None,
         }
     }
 }

@@ -371,3 +371,26 @@ fn pack_size_sits_beside_the_backend_keys() {
     let err = Config::parse_toml(&typo).unwrap_err().to_string();
     assert!(err.contains("paht"), "{err}");
 }
+
+#[test]
+fn worker_metrics_listen_is_off_by_default_and_needs_its_own_port() {
+    let c = Config::parse_toml(MINIMAL).unwrap();
+    assert_eq!(c.worker.metrics_listen, None);
+    let text = format!("{MINIMAL}\n[worker]\nmetrics-listen = \"127.0.0.1:9101\"\n");
+    let c = Config::parse_toml(&text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        c.worker.metrics_listen,
+        Some("127.0.0.1:9101".parse().unwrap())
+    );
+    for bad in ["127.0.0.1:0", "127.0.0.1:8080"] {
+        let text = format!("{MINIMAL}\n[worker]\nmetrics-listen = \"{bad}\"\n");
+        match Config::parse_toml(&text).unwrap().validate() {
+            Err(ConfigError::Invalid(p)) => {
+                assert_eq!(p.len(), 1, "{p:?}");
+                assert!(p[0].starts_with("worker.metrics-listen"), "{p:?}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
