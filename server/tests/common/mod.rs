@@ -259,6 +259,21 @@ embedded = 0
     )
 }
 
+/// The API's state and the job handlers' services for `config`, sharing
+/// its database and storage.
+async fn open(config: Arc<Config>) -> (AppState, Services) {
+    let state = larder_api::server::build_state(config.clone())
+        .await
+        .expect("opening database and storage");
+    let services = Services::new(
+        config,
+        state.db.clone(),
+        state.storage.clone(),
+        state.staging.clone(),
+    );
+    (state, services)
+}
+
 fn local_storage_toml(root: &Path) -> String {
     format!(
         "[storage]\ntype = \"local\"\npath = \"{}\"\n",
@@ -366,17 +381,9 @@ impl TestApp {
         config.validate().expect("test config is valid");
         with_test_kek(&mut config);
         let config = Arc::new(config);
-        let state = larder_api::server::build_state(config.clone())
-            .await
-            .expect("opening database and storage");
-        state.db.migrate().await.expect("migrations");
         let key = TokenKey::from_config(&config.jwt.signing).expect("HS256 key");
-        let services = Services::new(
-            config,
-            state.db.clone(),
-            state.storage.clone(),
-            state.staging.clone(),
-        );
+        let (state, services) = open(config).await;
+        state.db.migrate().await.expect("migrations");
         Self {
             backend,
             store,
@@ -400,16 +407,7 @@ impl TestApp {
             .expect("storage section parses");
         let mut config: Config = (*self.services.config).clone();
         config.storage = parsed.storage;
-        let config = Arc::new(config);
-        let state = larder_api::server::build_state(config.clone())
-            .await
-            .expect("opening database and storage");
-        let services = Services::new(
-            config,
-            state.db.clone(),
-            state.storage.clone(),
-            state.staging.clone(),
-        );
+        let (state, services) = open(Arc::new(config)).await;
         Self {
             backend: self.backend,
             store: Store::S3,
