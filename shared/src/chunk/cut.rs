@@ -173,8 +173,10 @@ impl<R: Read> Iterator for ChunkIter<R> {
 }
 
 /// Chunks handed from the chunking thread to the async consumer ahead of
-/// demand; bounds memory together with the window.
-const CHUNK_CHANNEL_DEPTH: usize = 2;
+/// demand; bounds memory together with the window. Deep enough that the
+/// chunker keeps cutting while a batch of chunks is looked up (at most
+/// 16 × `max_size`, 4 MiB with the default chunking).
+const CHUNK_CHANNEL_DEPTH: usize = 16;
 
 /// Chunks an async reader on a blocking thread (cut points and SHA-256 stay
 /// off the async runtime). See [`ChunkIter`] for the contract.

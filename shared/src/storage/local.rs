@@ -36,6 +36,8 @@ use self::walk::walk;
 const TEMP_PREFIX: &str = ".tmp-";
 /// Largest piece a `get` stream yields.
 const READ_PIECE: usize = 128 * 1024;
+/// Bytes gathered before one write to a temp file.
+const WRITE_BUFFER: usize = 512 * 1024;
 /// Listed objects buffered ahead of the consumer.
 const LIST_BUFFER: usize = 256;
 
@@ -88,12 +90,15 @@ impl LocalStorage {
         tmp: &Path,
         mut data: ByteStream,
     ) -> Result<u64, StorageError> {
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(tmp)
             .await
             .map_err(io_err("create", tmp))?;
+        // Packs arrive a frame (tens of KiB) at a time, and each write of a
+        // tokio file is a handoff to a blocking thread: gather them.
+        let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
         let mut written = 0u64;
         while let Some(piece) = data.next().await {
             let piece = piece.map_err(|source| StorageError::Input {
@@ -104,7 +109,10 @@ impl LocalStorage {
             written += piece.len() as u64;
         }
         file.flush().await.map_err(io_err("write", tmp))?;
-        file.sync_all().await.map_err(io_err("fsync", tmp))?;
+        file.get_ref()
+            .sync_all()
+            .await
+            .map_err(io_err("fsync", tmp))?;
         Ok(written)
     }
 

@@ -30,11 +30,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::TryStreamExt;
-use sha2::{Digest, Sha256};
 use tracing::instrument;
 
 use larder_core::nix::hash::NarHash;
-use larder_core::nix::nar::NarValidator;
 use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, NewChunk};
@@ -45,9 +43,11 @@ use larder_shared::storage::{ObjectKey, StorageError};
 use crate::services::Services;
 
 mod commit;
+mod nar_check;
 mod placer;
 
 use self::commit::{Slot, commit};
+use self::nar_check::NarCheck;
 use self::placer::{Placed, Placer};
 use crate::write_intents::Writer;
 
@@ -179,7 +179,7 @@ async fn run(
     let level = svc.config.compression.level;
     let pack_size = svc.config.storage.pack_size;
     let packed = pack_size > 0;
-    let parallelism = NonZeroUsize::new(num_cpus::get().max(1) * 2).unwrap_or(NonZeroUsize::MIN);
+    let parallelism = NonZeroUsize::new(num_cpus::get() + 1).unwrap_or(NonZeroUsize::MIN);
 
     let input = match svc.staging.get(key, None).await {
         Ok(input) => input,
@@ -194,109 +194,69 @@ async fn run(
         }
         Err(e) => return Err(e.into()),
     };
+    let (check, input) = NarCheck::tap(input);
     let chunks = chunk::chunk_stream(input, nar_size, &params)?;
 
-    // Dedup lookup per batch, then compress + store new chunks in parallel.
-    let db = svc.db.clone();
-    let intents = writer.clone();
-    let looked_up = chunks
+    // Batches are looked up and compressed `parallelism` at a time, each on
+    // one blocking thread (a handoff per batch, not per chunk), and come
+    // out in NAR order.
+    let prepare = Prepare {
+        svc: svc.clone(),
+        writer: writer.clone(),
+        level,
+        packed,
+    };
+    let batches = chunks
         .map_err(anyhow::Error::from)
-        .try_chunks(32)
+        .try_chunks(LOOKUP_BATCH)
         .map_err(|e| e.1)
-        .and_then(move |batch: Vec<Chunk>| {
-            let db = db.clone();
-            let writer = intents.clone();
-            async move {
-                let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.hash).collect();
-                let mut conn = db.conn().await?;
-                let known = chunks::find_by_hashes(conn.raw(), &hashes).await?;
-                if known.values().any(|r| r.refcount < 0) {
-                    // GC is deleting one of them: storing it again now could
-                    // race the deletion of its object. Retry once GC is done.
-                    bail!("a chunk of this NAR is being garbage-collected; retrying later");
-                }
-                drop(conn);
-                let unknown: Vec<ChunkHash> = hashes
-                    .into_iter()
-                    .filter(|h| !known.contains_key(h))
-                    .collect();
-                if !packed {
-                    writer.intend(&db, &unknown).await?;
-                }
-                Ok::<_, anyhow::Error>(futures::stream::iter(
-                    batch
-                        .into_iter()
-                        .map(move |c| Ok((known.get(&c.hash).map(|r| r.id), c))),
-                ))
-            }
-        })
-        .try_flatten();
-    let chunk_store = svc.chunks();
-    let stored = looked_up
-        .map_ok(move |(known, chunk): (Option<ChunkId>, Chunk)| {
-            let chunk_store = chunk_store.clone();
-            async move {
-                if known.is_some() {
-                    return Ok::<_, anyhow::Error>((known, chunk, Bytes::new()));
-                }
-                let data = chunk.data.clone();
-                let frame: Bytes =
-                    tokio::task::spawn_blocking(move || chunk::compress(&data, level)).await??;
-                if !packed {
-                    chunk_store.put(&chunk.hash, frame.clone()).await?;
-                }
-                Ok((None, chunk, frame))
-            }
-        })
+        .map_ok(move |batch| prepare.clone().run(batch))
         .try_buffered(parallelism.get());
-    let mut stored = std::pin::pin!(stored);
+    let mut batches = std::pin::pin!(batches);
 
-    let mut hasher = Sha256::new();
-    // The `.ls` listing comes from the same pass (Nix's write-nar-listing
-    // format), so paths pushed without one get it here.
-    let mut lister = NarValidator::with_listing();
     let mut slots: Vec<Slot> = Vec::new();
     // New chunks, by hash (a chunk repeated in the NAR is recorded once).
     let mut new: HashMap<ChunkHash, NewChunk> = HashMap::new();
     let (mut new_chunks, mut stored_bytes) = (0usize, 0u64);
     let small = nar_size <= pack_size / 4;
     let mut placer = packed.then(|| Placer::new(svc, writer, pack_size, small));
-    while let Some((known, chunk, frame)) = stored.try_next().await? {
-        hasher.update(&chunk.data);
-        lister
-            .update(&chunk.data)
-            .context("staged NAR does not parse: staging copy corrupt")?;
-        match known {
-            Some(id) => slots.push(Slot::Known(id)),
-            None => {
-                slots.push(Slot::New(chunk.hash));
-                if let std::collections::hash_map::Entry::Vacant(e) = new.entry(chunk.hash) {
-                    new_chunks += 1;
-                    stored_bytes += frame.len() as u64;
-                    e.insert(NewChunk {
-                        hash: chunk.hash,
-                        chunk_size: chunk.data.len() as i32,
-                        file_size: frame.len() as i32,
-                        pack: None,
-                    });
-                    if let Some(placer) = placer.as_mut() {
-                        placer
-                            .push(chunk.hash, chunk.data.len() as u32, frame)
-                            .await?;
-                    }
+    loop {
+        let batch = match batches.try_next().await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(e) => match check.failure() {
+                Some(reason) => bail!("staged NAR does not parse: staging copy corrupt: {reason}"),
+                None => return Err(e),
+            },
+        };
+        for Prepared {
+            known,
+            hash,
+            chunk_size,
+            frame,
+        } in batch
+        {
+            if let Some(id) = known {
+                slots.push(Slot::Known(id));
+                continue;
+            }
+            slots.push(Slot::New(hash));
+            if let std::collections::hash_map::Entry::Vacant(e) = new.entry(hash) {
+                new_chunks += 1;
+                stored_bytes += frame.len() as u64;
+                e.insert(NewChunk {
+                    hash,
+                    chunk_size: chunk_size as i32,
+                    file_size: frame.len() as i32,
+                    pack: None,
+                });
+                if let Some(placer) = placer.as_mut() {
+                    placer.push(hash, chunk_size, frame).await?;
                 }
             }
         }
     }
-    let actual = NarHash::from_bytes(hasher.finalize().into());
-    if &actual != nar_hash {
-        bail!("staged NAR hashes to {actual}, expected {nar_hash}: staging copy corrupt");
-    }
-    let listing = lister
-        .finish()
-        .context("staged NAR does not parse: staging copy corrupt")?
-        .listing
-        .map(|l| l.to_json());
+    let listing = check.finish(nar_hash)?;
     let placed = match placer {
         Some(placer) => placer.finish().await?,
         None => Placed::default(),
@@ -329,4 +289,77 @@ async fn run(
         new_chunks,
         stored_bytes,
     })
+}
+
+/// Chunks looked up (and, for the unknown ones, compressed) together.
+const LOOKUP_BATCH: usize = 32;
+
+/// One chunk of a prepared batch.
+struct Prepared {
+    /// The chunk's row, if the store has it already.
+    known: Option<ChunkId>,
+    hash: ChunkHash,
+    chunk_size: u32,
+    /// The compressed frame of a new chunk; empty for a known one.
+    frame: Bytes,
+}
+
+/// What preparing a batch needs, cloned into each batch's future.
+#[derive(Clone)]
+struct Prepare {
+    svc: Services,
+    writer: Writer,
+    level: i32,
+    packed: bool,
+}
+
+impl Prepare {
+    /// Looks the batch up, then compresses its new chunks on one blocking
+    /// thread (and, without packs, stores each as its own object).
+    async fn run(self, batch: Vec<Chunk>) -> anyhow::Result<Vec<Prepared>> {
+        let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.hash).collect();
+        let known = {
+            let mut conn = self.svc.db.conn().await?;
+            chunks::find_by_hashes(conn.raw(), &hashes).await?
+        };
+        if known.values().any(|r| r.refcount < 0) {
+            // GC is deleting one of them: storing it again now could race
+            // the deletion of its object. Retry once GC is done.
+            bail!("a chunk of this NAR is being garbage-collected; retrying later");
+        }
+        if !self.packed {
+            let unknown: Vec<ChunkHash> = hashes
+                .into_iter()
+                .filter(|h| !known.contains_key(h))
+                .collect();
+            self.writer.intend(&self.svc.db, &unknown).await?;
+        }
+        let level = self.level;
+        let prepared = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|c| {
+                    let known = known.get(&c.hash).map(|r| r.id);
+                    let frame = match known {
+                        Some(_) => Bytes::new(),
+                        None => chunk::compress(&c.data, level)?,
+                    };
+                    Ok(Prepared {
+                        known,
+                        hash: c.hash,
+                        chunk_size: c.data.len() as u32,
+                        frame,
+                    })
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .await??;
+        if !self.packed {
+            let chunk_store = self.svc.chunks();
+            for p in prepared.iter().filter(|p| p.known.is_none()) {
+                chunk_store.put(&p.hash, p.frame.clone()).await?;
+            }
+        }
+        Ok(prepared)
+    }
 }
