@@ -3,9 +3,10 @@
 //! Metadata comes in `X-Attic-Nar-Info` or as a preamble of
 //! `X-Attic-Nar-Info-Preamble-Size` bytes; the rest of the body is the NAR.
 //! A NAR the store already has is hashed as proof of possession and linked;
-//! a new one is staged, unless the staging quota is reached (503 with
-//! `Retry-After`, before the body is read). Either way the NAR row, the object, its audit row
-//! and the ingest job are recorded in one transaction.
+//! a new one is staged. Either way the NAR row, the object, its audit row
+//! and the ingest job are recorded in one transaction. While the staging
+//! quota is reached, a new NAR is refused (503 with `Retry-After`) before
+//! its body is read.
 
 use axum::Json;
 use axum::body::Body;
