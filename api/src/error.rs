@@ -66,6 +66,22 @@ pub enum ApiError {
          and has been removed; push the path again"
     )]
     StagedCopyExpired,
+    /// The staging quota is reached (`[staging] max-bytes`, `max-nars`):
+    /// workers are behind, the client should retry after `retry_after`
+    /// seconds. A 503 that is not a failure: not logged as one, and its
+    /// message is shown.
+    #[error(
+        "staging is full: {staged_nars} NARs ({staged_bytes} bytes) are waiting for ingest; \
+         retry in {retry_after} s"
+    )]
+    StagingFull {
+        /// NARs staged and not yet ingested.
+        staged_nars: u64,
+        /// Their bytes.
+        staged_bytes: u64,
+        /// Seconds, sent as `Retry-After`.
+        retry_after: u64,
+    },
     /// A `Range` that no byte of the representation satisfies.
     #[error("range not satisfiable: the file has {len} bytes")]
     RangeNotSatisfiable {
@@ -123,6 +139,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "RangeNotSatisfiable")
             }
+            ApiError::StagingFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "StagingFull"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DatabaseError"),
@@ -141,7 +158,11 @@ impl IntoResponse for ApiError {
             }
             _ => None,
         };
-        let message = if status.is_server_error() {
+        let retry_after = match self {
+            ApiError::StagingFull { retry_after, .. } => Some(retry_after),
+            _ => None,
+        };
+        let message = if status.is_server_error() && retry_after.is_none() {
             tracing::error!(error = %ErrorChain(&self), kind, "request failed");
             "internal server error; see the server log".to_owned()
         } else {
@@ -157,6 +178,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::CONTENT_RANGE, range);
+        }
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 9110 requires a challenge; Basic lets netrc-based clients answer it.

@@ -22,6 +22,7 @@ pub mod revocations;
 pub mod routes;
 pub mod server;
 pub mod staging;
+pub mod staging_quota;
 pub mod state;
 pub mod upload_decode;
 pub mod upload_meta;

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use larder_shared::db::caches::CacheRecord;
+use larder_shared::db::nars::StagedTotals;
 use larder_shared::db::packs::PackTotals;
 
 /// Counter names and help texts.
@@ -21,6 +22,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "larder_upload_bytes_total",
         "Uncompressed NAR bytes of accepted uploads.",
+    ),
+    (
+        "larder_uploads_refused_total",
+        "Uploads refused before their body was read, by cache and reason (staging_full: the staging quota).",
     ),
     (
         "larder_narinfo_requests_total",
@@ -67,6 +72,11 @@ impl Metrics {
         self.add("larder_upload_bytes_total", cache, "", nar_size);
     }
 
+    /// An upload refused because the staging quota was reached.
+    pub fn staging_full(&self, cache: &CacheRecord) {
+        self.add("larder_uploads_refused_total", cache, "staging_full", 1);
+    }
+
     /// A narinfo lookup.
     pub fn narinfo(&self, cache: &CacheRecord, hit: bool) {
         self.add(
@@ -109,6 +119,7 @@ impl Metrics {
             for ((n, cache, kind), v) in folded.iter().filter(|((n, _, _), _)| n == name) {
                 let key = match *n {
                     "larder_uploads_total" => "kind",
+                    "larder_uploads_refused_total" => "reason",
                     "larder_narinfo_requests_total" => "result",
                     "larder_nar_requests_total" => "representation",
                     _ => "",
@@ -167,6 +178,69 @@ pub fn render_pack_totals(out: &mut String, t: &PackTotals) {
     }
 }
 
+/// Cluster-wide backlog gauges from the database (every replica reports
+/// the same values): what tells an operator to add workers
+/// (docs/operations.md "Scaling").
+pub fn render_backlog(out: &mut String, b: &Backlog) {
+    let name = "larder_queue_pending_jobs";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Queued jobs waiting for a worker, by queue.\n# TYPE {name} gauge"
+    );
+    for (queue, n) in &b.pending_jobs {
+        let _ = writeln!(out, "{name}{{queue=\"{queue}\"}} {}", (*n).max(0));
+    }
+    let lag = b.staged.oldest_created_at.map_or(0, |t| (b.now - t).max(0));
+    for (name, help, v) in [
+        (
+            "larder_staged_nars",
+            "NARs staged and not yet ingested.",
+            b.staged.nars,
+        ),
+        (
+            "larder_staged_bytes",
+            "Uncompressed bytes of the NARs staged and not yet ingested.",
+            b.staged.bytes,
+        ),
+        (
+            "larder_ingest_lag_seconds",
+            "Age of the oldest NAR staged and not yet ingested (0 when none is).",
+            lag,
+        ),
+        (
+            "larder_staging_quota_nars",
+            "[staging] max-nars: staged NARs past which Attic-API uploads get 503 (0: no limit).",
+            b.quota_nars as i64,
+        ),
+        (
+            "larder_staging_quota_bytes",
+            "[staging] max-bytes: staged bytes past which Attic-API uploads get 503 (0: no limit).",
+            b.quota_bytes as i64,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+            v.max(0)
+        );
+    }
+}
+
+/// What [`render_backlog`] shows.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    /// `(queue, waiting jobs)`; every queue Larder has, 0 included.
+    pub pending_jobs: Vec<(String, i64)>,
+    /// The staged NARs.
+    pub staged: StagedTotals,
+    /// `[staging] max-nars`.
+    pub quota_nars: u64,
+    /// `[staging] max-bytes`.
+    pub quota_bytes: u64,
+    /// Unix seconds, for the lag.
+    pub now: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +274,30 @@ mod tests {
         let full = m.render(true);
         assert!(full.contains("cache=\"secret-a\",result=\"miss\"} 1"));
         assert!(full.contains("larder_upload_bytes_total{cache=\"secret-a\"} 100"));
+    }
+
+    #[test]
+    fn backlog_gauges() {
+        let mut out = String::new();
+        let b = Backlog {
+            pending_jobs: vec![("larder.ingest-nar".into(), 3)],
+            staged: StagedTotals {
+                nars: 3,
+                bytes: 4096,
+                oldest_created_at: Some(1000),
+            },
+            quota_nars: 10,
+            quota_bytes: 0,
+            now: 1042,
+        };
+        render_backlog(&mut out, &b);
+        assert!(out.contains("larder_queue_pending_jobs{queue=\"larder.ingest-nar\"} 3\n"));
+        assert!(out.contains("\nlarder_staged_bytes 4096\n"), "{out}");
+        assert!(out.contains("\nlarder_ingest_lag_seconds 42\n"), "{out}");
+        assert!(out.contains("\nlarder_staging_quota_nars 10\n"), "{out}");
+        let mut idle = String::new();
+        render_backlog(&mut idle, &Backlog::default());
+        assert!(idle.contains("\nlarder_ingest_lag_seconds 0\n"), "{idle}");
     }
 
     /// The API's counters and the process-wide ones, each family once.

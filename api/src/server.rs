@@ -13,6 +13,7 @@ use larder_shared::db::unix_now;
 use larder_shared::signing_keys::{Kek, KeyRing};
 use larder_shared::token::{TokenKey, TokenVerifier};
 
+use crate::staging_quota::StagingQuota;
 use crate::state::AppState;
 use crate::{app, http_server};
 
@@ -30,6 +31,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         config.jwt.token_bound_issuer.clone(),
         config.jwt.token_bound_audiences.clone(),
     );
+    let staging_quota = Arc::new(StagingQuota::new(&config.staging));
     Ok(AppState {
         config,
         db: opened.db,
@@ -40,6 +42,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         access: Arc::default(),
         metrics: Arc::default(),
         keys: Arc::new(KeyRing::new(kek)),
+        staging_quota,
     })
 }
 

@@ -34,6 +34,9 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The KEK and the cache signing keys opened with it.
     pub keys: Arc<KeyRing>,
+    /// `[staging] max-bytes`, `max-nars`, with this replica's last reading
+    /// of the staged totals.
+    pub staging_quota: Arc<crate::staging_quota::StagingQuota>,
 }
 
 impl AppState {

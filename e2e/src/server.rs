@@ -34,6 +34,8 @@ pub struct ServerOptions {
     /// Sets `[http] narinfo-max-age` (seconds) in the generated config, the
     /// same way (tests of caching proxies use a short one).
     pub narinfo_max_age: Option<u64>,
+    /// Sets `[staging] max-nars` (the staging quota) the same way.
+    pub staging_max_nars: Option<u64>,
 }
 
 impl ServerOptions {
@@ -42,6 +44,7 @@ impl ServerOptions {
         Self {
             embedded_workers: Some(0),
             narinfo_max_age: None,
+            staging_max_nars: None,
         }
     }
 }
@@ -86,17 +89,23 @@ impl Server {
                 first.stdout
             )
         })?;
-        if opts.embedded_workers.is_some() || opts.narinfo_max_age.is_some() {
+        let extra = [
+            opts.narinfo_max_age
+                .map(|s| format!("\n[http]\nnarinfo-max-age = {s}\n")),
+            opts.staging_max_nars
+                .map(|n| format!("\n[staging]\nmax-nars = {n}\n")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<String>();
+        if opts.embedded_workers.is_some() || !extra.is_empty() {
             server.stop().await?;
             if let Some(n) = opts.embedded_workers {
                 server.set_embedded_workers(n)?;
             }
-            if let Some(secs) = opts.narinfo_max_age {
-                let path = server.config_path();
-                let mut text = std::fs::read_to_string(&path)?;
-                text.push_str(&format!("\n[http]\nnarinfo-max-age = {secs}\n"));
-                std::fs::write(&path, text)?;
-            }
+            let path = server.config_path();
+            let text = std::fs::read_to_string(&path)? + &extra;
+            std::fs::write(&path, text)?;
             let second = server.launch().await?;
             anyhow::ensure!(
                 second.token.is_none(),

@@ -1,5 +1,6 @@
 //! `larder-worker`'s `GET /metrics` on `[worker] metrics-listen`: the
-//! process-wide counters (storage requests, packs, moves, jobs) that an
+//! process-wide counters (storage requests, packs, moves, jobs) and gauges
+//! (jobs in flight, job slots) that an
 //! API node shows for its in-process workers, for the workers that run
 //! apart from any API (docs/operations.md "Monitoring").
 

@@ -44,6 +44,8 @@ on_both_backends!(
     a_narinfo_late_for_its_staged_copy_is_refused,
 );
 
+on_both_backends!(crate::pipeline::staging_quota::with_quota => the_staging_quota_lets_nix_copy_through);
+
 // --- helpers --------------------------------------------------------------------
 
 /// A store path with a NAR that compresses somewhat (text) and somewhat not
@@ -990,4 +992,35 @@ async fn a_narinfo_late_for_its_staged_copy_is_refused(app: &TestApp) {
     let (_, info) = narinfo(app, &token, "late", &nar).await;
     let body = fetch(app, &token, "late", &info.url).await;
     assert!(unzstd(&body) == nar.bytes);
+}
+
+// --- the staging quota -------------------------------------------------------------
+
+/// Stock `nix copy` is never refused by the staging quota (docs/protocol.md
+/// "Staging quota"): Nix retries a 503, 429 or 408 on a PUT, and 2.8 then
+/// hangs, while any other refusal fails the push. Its NARs count towards
+/// the quota, so Attic-API uploads wait for them.
+async fn the_staging_quota_lets_nix_copy_through(app: &TestApp) {
+    app.create_cache("nq", false).await;
+    let token = app.token(&[("nq", PULL_PUSH)]);
+    let uploader = SigningKey::generate("uploader-1").unwrap();
+    for i in 0..2 {
+        let nar = test_path(&format!("attic-{i}"), 700 + i);
+        common::read::assert_kind(&app.upload(&token, "nq", &nar).await, "Uploaded");
+    }
+    let refused = app.upload(&token, "nq", &test_path("attic-2", 702)).await;
+    refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "StagingFull");
+
+    for (i, c) in [Compression::Zstd, Compression::Xz].into_iter().enumerate() {
+        let nar = test_path(&format!("copied-{i}"), 710 + i as u64);
+        nix_push(app, &token, "nq", &nar, &NarFile::new(c, &nar), &uploader).await;
+    }
+    assert_eq!(
+        app.staged_nar_ids().await.len(),
+        4,
+        "nix copy staged its NARs"
+    );
+    let text = app.get("/metrics", None).await.text();
+    assert!(text.contains("\nlarder_staged_nars 4\n"), "{text}");
+    assert_eq!(app.drain_jobs().await, 4);
 }

@@ -77,6 +77,7 @@ on_both_backends!(
 );
 
 mod s3_upload_fault;
+pub(crate) mod staging_quota;
 mod worker_metrics;
 use worker_metrics::a_worker_process_serves_its_metrics;
 mod staging;

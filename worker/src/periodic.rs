@@ -143,7 +143,9 @@ pub async fn tick(task: &Periodic, svc: &Services, holder: &str, now: i64) -> an
             return Ok(false);
         }
     }
+    let running = job_runs::start(task.name);
     let ran = (task.run)(svc, holder, now).await;
+    drop(running);
     let outcome = if ran.is_ok() {
         Outcome::Ok
     } else {

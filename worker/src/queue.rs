@@ -41,6 +41,7 @@ const J_INGEST: &str = "ingest";
 impl Handler for IngestNar {
     async fn handle(self, svc: &Services) -> anyhow::Result<()> {
         let nar_id = self.nar_id.get();
+        let _running = job_runs::start(J_INGEST);
         match ingest::ingest(svc, self.nar_id).await {
             Ok(Outcome::Ingested {
                 chunks,
@@ -74,6 +75,7 @@ pub async fn run(
     concurrency: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    job_runs::set_slots(J_INGEST, concurrency.max(1) as u64);
     work::<IngestNar>(svc, name, concurrency, shutdown).await
 }
 

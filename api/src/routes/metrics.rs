@@ -1,5 +1,6 @@
-//! `GET /metrics`: the Prometheus text of [`crate::metrics::Metrics`] and
-//! the process-wide counters ([`larder_shared::metrics`]), guarded by
+//! `GET /metrics`: the Prometheus text of [`crate::metrics::Metrics`], the
+//! process-wide counters ([`larder_shared::metrics`]) and the cluster's
+//! pack and backlog gauges, guarded by
 //! `[metrics] token` when one is set; and the same endpoint, process-wide
 //! counters only, for `larder-worker` ([`worker_router`]).
 
@@ -12,6 +13,8 @@ use axum::routing::get;
 use larder_shared::config::Secret;
 use larder_shared::db::packs::{self, PackTotals};
 use larder_shared::db::{DbError, unix_now};
+use larder_shared::db::{nars, queue};
+use larder_shared::jobs::INGEST_QUEUE;
 use larder_shared::metrics::{self as process, access::Access};
 
 use crate::error::{ApiError, json_errors};
@@ -44,7 +47,30 @@ pub async fn handler(
         // The counters still answer; the gauges come back with the database.
         Err(e) => tracing::warn!(error = %e, "reading pack totals for /metrics"),
     }
+    match backlog(&state).await {
+        Ok(b) => metrics::render_backlog(&mut text, &b),
+        Err(e) => tracing::warn!(error = %e, "reading the ingest backlog for /metrics"),
+    }
     Ok(prometheus(text))
+}
+
+/// Queue depth and staged NARs: two cheap reads (a partial index each on
+/// PostgreSQL).
+async fn backlog(state: &AppState) -> Result<metrics::Backlog, DbError> {
+    let mut conn = state.db.conn().await?;
+    let mut pending_jobs = queue::pending_jobs(conn.raw()).await?;
+    if !pending_jobs.iter().any(|(q, _)| q == INGEST_QUEUE) {
+        pending_jobs.push((INGEST_QUEUE.to_owned(), 0));
+        pending_jobs.sort();
+    }
+    let staged = nars::staged_totals(conn.raw()).await?;
+    Ok(metrics::Backlog {
+        pending_jobs,
+        staged,
+        quota_nars: state.config.staging.max_nars,
+        quota_bytes: state.config.staging.max_bytes,
+        now: unix_now(),
+    })
 }
 
 async fn pack_totals(state: &AppState) -> Result<PackTotals, DbError> {
@@ -61,7 +87,8 @@ fn prometheus(text: String) -> Response {
 /// The router of a process that serves only `GET /metrics` with the
 /// process-wide counters (`larder-worker`, `[worker] metrics-listen`):
 /// the same token check and JSON errors as the API's. The cluster-wide
-/// pack gauges stay with the API, which every deployment runs.
+/// gauges read from the database (packs, the ingest backlog) stay with the
+/// API, which every deployment runs.
 pub fn worker_router(token: Option<Secret>) -> Router {
     Router::new()
         .route(

@@ -4,7 +4,9 @@
 //! `X-Attic-Nar-Info-Preamble-Size` bytes; the rest of the body is the NAR.
 //! A NAR the store already has is hashed as proof of possession and linked;
 //! a new one is staged. Either way the NAR row, the object, its audit row
-//! and the ingest job are recorded in one transaction.
+//! and the ingest job are recorded in one transaction. While the staging
+//! quota is reached, a new NAR is refused (503 with `Retry-After`) before
+//! its body is read.
 
 use axum::Json;
 use axum::body::Body;
@@ -233,13 +235,22 @@ pub async fn upload_path(
         }));
     }
 
+    // Only a NAR that would be staged waits for the backlog: a known one
+    // stores nothing new.
+    if let Err(e) = state.staging_quota.admit(&state.db).await {
+        if matches!(e, ApiError::StagingFull { .. }) {
+            state.metrics.staging_full(&cache);
+            tracing::info!("staging quota reached; upload refused with 503");
+        }
+        return Err(e);
+    }
     let key = staging::reserve(&state.db).await?;
     let committed = match staging::stage(&state.staging, &key, body, v.expected).await {
         Ok(()) => record_staged(&state, &cache, &v, &key, now).await,
         Err(e) => Err(e),
     };
     match committed {
-        Ok(true) => {}
+        Ok(true) => state.staging_quota.note_staged(v.expected.nar_size),
         Ok(false) => {
             // A concurrent upload of the same NAR won; ours is surplus.
             staging::discard(&state.db, &state.staging, &key).await?;

@@ -90,10 +90,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl ApiError {
     /// Whether trying again may help: no answer at all, a 5xx, 408 or 429.
-    /// Everything else (4xx, a body we cannot read) would fail again.
+    /// Everything else (4xx, a body we cannot read) would fail again. A
+    /// full staging area is not a failure to retry a few times but a
+    /// backlog to wait out ([`Self::is_staging_full`]).
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport { source, .. } => !source.is_builder() && !source.is_decode(),
+            ApiError::Status { .. } if self.is_staging_full() => false,
             ApiError::Status { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::TOO_MANY_REQUESTS
@@ -101,6 +104,16 @@ impl ApiError {
             }
             ApiError::Decode { .. } | ApiError::Url { .. } | ApiError::Client(_) => false,
         }
+    }
+
+    /// The server's staging quota is reached (`503` `StagingFull`): its
+    /// workers are behind, and an upload succeeds once they catch up.
+    pub fn is_staging_full(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Status { status, kind: Some(kind), .. }
+                if *status == StatusCode::SERVICE_UNAVAILABLE && kind == "StagingFull"
+        )
     }
 
     /// How long the server asked us to wait, if it did.

@@ -92,6 +92,57 @@ impl RetryPolicy {
     }
 }
 
+/// How a push waits while the server's staging is full (503
+/// `StagingFull`, docs/protocol.md "Staging quota"). Not a failure: the
+/// backlog drains at the pace of the server's workers, so this waits far
+/// longer than [`RetryPolicy`], and with jitter, so that the many uploads
+/// a crowd of clients holds back do not all return in the same second.
+#[derive(Debug, Clone, Copy)]
+pub struct StagingWait {
+    /// Longest time one upload waits in all before it fails.
+    pub limit: Duration,
+    /// Wait when the server sends no `Retry-After`.
+    pub default_wait: Duration,
+    /// Upper bound of one wait, before jitter.
+    pub max_wait: Duration,
+}
+
+impl Default for StagingWait {
+    /// An hour per path, waking every `Retry-After` (5 s from Larder) to
+    /// 60 s: a CI push outlasts a burst from other pushers, yet a server
+    /// whose workers are down fails it in bounded time.
+    fn default() -> Self {
+        Self {
+            limit: Duration::from_secs(3600),
+            default_wait: Duration::from_secs(10),
+            max_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StagingWait {
+    /// The wait before the next try: the server's `Retry-After` (or the
+    /// default), capped, stretched by `jitter` (in `[0, 1)`) up to half
+    /// again.
+    pub fn delay(&self, requested: Option<Duration>, jitter: f64) -> Duration {
+        let base = requested
+            .unwrap_or(self.default_wait)
+            .min(self.max_wait)
+            .max(Duration::from_millis(100));
+        base.mul_f64(1.0 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// A number in `[0, 1)` that differs between calls and processes: enough
+/// to spread retries, with no random-number crate (std's hasher keys are
+/// seeded randomly per process and advance with every `RandomState`).
+pub fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +219,22 @@ mod tests {
             .await;
         assert_eq!(out, Err(Fail(false)));
         assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn staging_waits_follow_retry_after_with_jitter() {
+        let w = StagingWait::default();
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(w.delay(five, 0.0), Duration::from_secs(5));
+        assert_eq!(w.delay(five, 0.999_999).as_secs(), 7);
+        assert_eq!(w.delay(None, 0.0), Duration::from_secs(10));
+        assert_eq!(
+            w.delay(Some(Duration::from_secs(3600)), 0.0),
+            Duration::from_secs(60)
+        );
+        let spread: std::collections::HashSet<u64> = (0..20).map(|_| jitter().to_bits()).collect();
+        assert!(spread.len() > 1, "jitter does not vary");
+        assert!((0..100).map(|_| jitter()).all(|j| (0.0..1.0).contains(&j)));
     }
 
     #[test]

@@ -16,13 +16,24 @@ pub enum UploadError {
     /// The server or the network failed.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The server's staging stayed full for as long as a push waits.
+    #[error(
+        "gave up after waiting {} for the server's staging to drain: {last}",
+        humantime::format_duration(std::time::Duration::from_secs(waited.as_secs()))
+    )]
+    StagingFull {
+        /// How long this upload waited.
+        waited: std::time::Duration,
+        /// The last refusal.
+        last: ApiError,
+    },
 }
 
 impl Transient for UploadError {
     fn is_transient(&self) -> bool {
         match self {
             UploadError::Api(e) => e.is_transient(),
-            UploadError::Nix(_) | UploadError::Dump(_) => false,
+            UploadError::Nix(_) | UploadError::Dump(_) | UploadError::StagingFull { .. } => false,
         }
     }
 

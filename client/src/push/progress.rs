@@ -176,6 +176,20 @@ impl PathProgress {
         ));
     }
 
+    /// The server's staging is full: the upload waits `wait`, then tries
+    /// again.
+    pub fn waiting(&self, refusal: &crate::api::ApiError, wait: Duration) {
+        let message = match refusal {
+            crate::api::ApiError::Status { message, .. } => message.as_str(),
+            _ => "staging is full",
+        };
+        self.inner.progress.warn(&format!(
+            "waiting {} for the server to ingest its backlog before uploading {} ({message})",
+            humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))),
+            self.inner.path,
+        ));
+    }
+
     /// The upload ended: counts it and, without bars, prints its line.
     pub fn done(&self, result: &Result<UploadKind, UploadError>) {
         let s = &self.inner;

@@ -3,7 +3,10 @@
 //!
 //! The NAR is never held in memory: the dump's stdout is the request body.
 //! A retry runs a fresh `nix-store --dump`, since the first stream is spent.
-//! A dump that fails is a local problem and is not retried.
+//! A dump that fails is a local problem and is not retried. A server whose
+//! staging is full (503 `StagingFull`) is waited for, then tried again.
+
+use std::time::Instant;
 
 use futures::StreamExt as _;
 
@@ -11,6 +14,7 @@ use larder_core::CacheName;
 use larder_core::nix::store_path::StoreDir;
 
 use crate::api::ApiClient;
+use crate::api::retry::{StagingWait, jitter};
 use crate::nix::{Nix, PathInfo};
 use larder_core::wire::{UploadKind, UploadPathNarInfo};
 
@@ -35,8 +39,38 @@ pub fn nar_info(cache: &CacheName, store_dir: &StoreDir, info: &PathInfo) -> Upl
 }
 
 /// Uploads one path, retrying transient failures with the client's
-/// policy. Progress hears every byte sent and every retry.
+/// policy, and waiting (bounded, with jitter) while the server's staging
+/// is full. Progress hears every byte sent, every retry and every wait.
 pub async fn upload(
+    api: &ApiClient,
+    nix: &Nix,
+    cache: &CacheName,
+    info: &PathInfo,
+    progress: &PathProgress,
+    replace: bool,
+) -> Result<UploadKind, UploadError> {
+    let patience = StagingWait::default();
+    let started = Instant::now();
+    loop {
+        match attempt(api, nix, cache, info, progress, replace).await {
+            Err(UploadError::Api(e)) if e.is_staging_full() => {
+                let wait = patience.delay(e.retry_after(), jitter());
+                if started.elapsed() + wait > patience.limit {
+                    return Err(UploadError::StagingFull {
+                        waited: started.elapsed(),
+                        last: e,
+                    });
+                }
+                progress.waiting(&e, wait);
+                tokio::time::sleep(wait).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// One upload with the client's retries of transient failures.
+async fn attempt(
     api: &ApiClient,
     nix: &Nix,
     cache: &CacheName,

@@ -1,6 +1,7 @@
 //! `larder push` (the real CLI) against the embedded default: a push-only
 //! CI token on a private cache, re-runs, `--no-closure`, `--stdin`,
-//! failures, and a server killed in the middle of a push.
+//! failures, a server killed in the middle of a push, and a push that
+//! waits while the server's staging quota is reached.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -11,7 +12,8 @@ use larder_e2e::cli::{self, CliOutput, jwt_claims, make_token};
 use larder_e2e::nix::Substituter;
 use larder_e2e::tree::random_seed;
 use larder_e2e::{
-    Client, LarderCli, Nix, PushSummary, Server, ServerOptions, StoreTree, nix_available, wait,
+    Client, LarderCli, Nix, PushSummary, Server, ServerOptions, StoreTree, Worker, nix_available,
+    wait,
 };
 
 /// Requires `larder push`'s summary to be exactly `want`.
@@ -428,5 +430,84 @@ async fn push_interrupted_then_rerun_completes() -> anyhow::Result<()> {
         .await?;
     fresh.verify(&store, &public_key, &all).await?;
     nix.delete(&all).await?;
+    Ok(())
+}
+
+/// `[staging] max-nars = 1` and no worker: the first path stages, the
+/// next gets 503 `StagingFull`, and `larder push` says it is waiting and
+/// retries instead of failing; once a `larder-worker` ingests the backlog
+/// the push completes, and every path substitutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_waits_while_staging_is_full() -> anyhow::Result<()> {
+    if !nix_available("push_waits_while_staging_is_full") {
+        return Ok(());
+    }
+    let server = Server::start_embedded(ServerOptions {
+        staging_max_nars: Some(1),
+        ..ServerOptions::without_workers()
+    })
+    .await?;
+    let cache = "e2e-quota";
+    let root = server.client();
+    root.create_cache(cache).await?;
+    let public_key = root.public_key(cache).await?;
+    let user = LarderCli::new()?;
+    user.login("e2e", &server.url(), server.token()).await?;
+    let target = format!("e2e:{cache}");
+    let nix = Nix::new()?;
+    // The second path is refused while its 8 MiB body is still being sent.
+    let tops = StoreTree::chain(random_seed(), "larder-e2e-quota", &[8192, 8 << 20, 8192])
+        .build(&nix)
+        .await?;
+    let closure = nix.closure(&tops).await?;
+    assert_eq!(closure.len(), 3);
+
+    let push = tokio::spawn(cli::output(user.command(&push_args(
+        &["-j", "1"],
+        &target,
+        &tops,
+    ))?));
+    // Until the server has refused an upload for the quota.
+    let metrics = root.url("/metrics");
+    wait::until(
+        "an upload refused with StagingFull",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let text = reqwest::get(&metrics).await?.text().await?;
+            let refused = text.lines().any(|l| {
+                l.starts_with("larder_uploads_refused_total{")
+                    && l.contains("reason=\"staging_full\"")
+                    && !l.ends_with(" 0")
+            });
+            Ok(refused.then_some(()))
+        },
+    )
+    .await?;
+    anyhow::ensure!(!push.is_finished(), "the push ended instead of waiting");
+    let worker = Worker::start(&server)?;
+    let out = push.await??;
+    worker.ensure_running()?;
+    let out = out.success()?;
+    expect_summary(
+        &out,
+        PushSummary {
+            pushed: 3,
+            ..PushSummary::default()
+        },
+    )?;
+    anyhow::ensure!(
+        out.stderr.contains("waiting") && out.stderr.contains("staging is full"),
+        "the push did not say it was waiting:\n{out}"
+    );
+    // A refusal before the body was read is an answer, not a broken
+    // connection: no retries of transport errors.
+    anyhow::ensure!(
+        !out.stderr.contains("retrying"),
+        "the push saw failures besides the quota:\n{out}"
+    );
+    eprintln!("push that waited for the staging quota:\n{}", out.stderr);
+    substitute_and_verify(&server, cache, &public_key, server.token(), &tops, &closure).await?;
+    nix.delete(&closure).await?;
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! an upload the router staged, and its `GET /metrics` shows the ingest,
 //! the pack it sealed, its periodic tasks and (on S3) its storage requests;
 //! without the `[metrics] token` it answers the contract's 401 JSON error.
-//! The API's own `/metrics` renders every family once.
+//! Its job slots and jobs in flight are gauges. The API's own `/metrics`
+//! renders every family once, with the backlog (queue depth, staged NARs,
+//! ingest lag) before and after the worker drains it.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -95,6 +97,22 @@ pub(super) async fn a_worker_process_serves_its_metrics(app: &TestApp) {
     let token = app.token(&[("metered", PULL_PUSH)]);
     let nar = TestNar::files("metered-1.0", 71, &[300 * 1024, 2 * MIB]);
     assert_kind(&app.upload(&token, "metered", &nar).await, "Uploaded");
+    // The API's backlog gauges: one NAR staged, its job waiting.
+    let backlog = app.get("/metrics", None).await.text();
+    assert_eq!(
+        sample(
+            &backlog,
+            "larder_queue_pending_jobs{queue=\"larder.ingest-nar\"}"
+        ),
+        Some(1),
+        "{backlog}"
+    );
+    assert_eq!(sample(&backlog, "larder_staged_nars"), Some(1));
+    assert_eq!(
+        sample(&backlog, "larder_staged_bytes"),
+        Some(nar.nar_size())
+    );
+    assert!(sample(&backlog, "larder_ingest_lag_seconds").is_some());
 
     let port = free_port();
     let config = worker_config(app, port);
@@ -123,13 +141,22 @@ pub(super) async fn a_worker_process_serves_its_metrics(app: &TestApp) {
                 sample(&text, "larder_jobs_total{kind=\"ingest\",outcome=\"ok\"}") == Some(1);
             let swept = sample(&text, "larder_jobs_total{kind=\"sweep\",outcome=\"ok\"}")
                 .is_some_and(|n| n >= 1);
-            if ingested && swept {
+            // The ingest's run is counted just before it stops counting
+            // as in flight.
+            let idle = sample(&text, "larder_jobs_in_flight{kind=\"ingest\"}") == Some(0);
+            if ingested && swept && idle {
                 break text;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(app.staged_nar_ids().await.is_empty(), "counted before done");
+    assert_eq!(
+        sample(&text, "larder_job_slots{kind=\"ingest\"}"),
+        Some(2),
+        "--concurrency 2: {text}"
+    );
+    assert!(text.contains("# TYPE larder_jobs_in_flight gauge\n"));
     assert!(
         sample(&text, "larder_packs_written_total").is_some_and(|n| n >= 1),
         "{text}"
@@ -200,6 +227,17 @@ pub(super) async fn a_worker_process_serves_its_metrics(app: &TestApp) {
     );
     assert!(
         text.contains("# TYPE larder_pack_dead_bytes gauge\n"),
+        "{text}"
+    );
+    // The backlog is gone.
+    assert_eq!(sample(&text, "larder_staged_nars"), Some(0), "{text}");
+    assert_eq!(sample(&text, "larder_ingest_lag_seconds"), Some(0));
+    assert_eq!(
+        sample(
+            &text,
+            "larder_queue_pending_jobs{queue=\"larder.ingest-nar\"}"
+        ),
+        Some(0),
         "{text}"
     );
     worker.ensure_running();

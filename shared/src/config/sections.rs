@@ -215,6 +215,13 @@ pub struct StagingConfig {
     pub storage: Option<StorageConfig>,
     /// Uploads abandoned longer than this are removed.
     pub max_age: ConfigDuration,
+    /// Staging quota in uncompressed NAR bytes staged and not yet ingested
+    /// (`0`, the default: unlimited). Past it, Attic-API uploads get `503`
+    /// with `Retry-After` until workers catch up, so a backlog cannot fill
+    /// the staging disk (docs/operations.md "Scaling").
+    pub max_bytes: u64,
+    /// The same quota counted in staged NARs (`0`: unlimited).
+    pub max_nars: u64,
 }
 
 impl Default for StagingConfig {
@@ -223,6 +230,8 @@ impl Default for StagingConfig {
             path: None,
             storage: None,
             max_age: ConfigDuration::from_secs(24 * 3600),
+            max_bytes: 0,
+            max_nars: 0,
         }
     }
 }

@@ -41,6 +41,24 @@ fn minimal_config_gets_contract_defaults() {
 }
 
 #[test]
+fn staging_quota_is_off_unless_set() {
+    let c = Config::parse_toml(MINIMAL).unwrap();
+    assert_eq!((c.staging.max_bytes, c.staging.max_nars), (0, 0));
+    let text = format!("{MINIMAL}\n[staging]\nmax-bytes = 10737418240\nmax-nars = 5000\n");
+    let c = Config::parse_toml(&text).unwrap();
+    c.validate().unwrap();
+    assert_eq!((c.staging.max_bytes, c.staging.max_nars), (10 << 30, 5000));
+    assert_eq!(
+        c.staging.max_age.as_secs(),
+        86400,
+        "other keys keep defaults"
+    );
+    let typo = format!("{MINIMAL}\n[staging]\nmax-nar = 1\n");
+    let err = Config::parse_toml(&typo).unwrap_err().to_string();
+    assert!(err.contains("max-nar"), "{err}");
+}
+
+#[test]
 fn http_section_defaults_and_overrides() {
     let c = Config::parse_toml(MINIMAL).unwrap();
     assert_eq!(c.http.header_read_timeout.as_secs(), 30);

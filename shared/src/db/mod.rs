@@ -24,6 +24,7 @@ pub mod object_refs;
 pub mod objects;
 pub mod packs;
 pub mod pins;
+pub mod queue;
 pub mod refcounts;
 pub mod replaced_frames;
 pub mod staging_intents;

@@ -291,6 +291,40 @@ pub async fn stale_staged(raw: Raw<'_>, before: i64, limit: i64) -> Result<Vec<N
     })
 }
 
+/// The ingest backlog: NARs staged and not yet ingested.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StagedTotals {
+    /// Staged NARs.
+    pub nars: i64,
+    /// Their uncompressed bytes (what staging holds for them).
+    pub bytes: i64,
+    /// `created_at` of the oldest: its age is the ingest lag. A broken NAR
+    /// restaged by a re-upload keeps its first upload's time, so it counts
+    /// as old until ingested (rare, and ingested at once).
+    pub oldest_created_at: Option<i64>,
+}
+
+/// Totals of the staged NARs: what the staging quota and the `/metrics`
+/// backlog gauges read. `state <> 'ready'` restates the partial index
+/// `nars_unfinished_idx`'s predicate so PostgreSQL reads only unfinished
+/// rows, however many NARs are ready.
+pub async fn staged_totals(raw: Raw<'_>) -> Result<StagedTotals, DbError> {
+    on_conn!(raw, c => {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS nars, CAST(COALESCE(SUM(nar_size), 0) AS BIGINT) AS bytes,
+                    MIN(created_at) AS oldest
+             FROM nars WHERE state <> 'ready' AND state = 'staged'",
+        )
+        .fetch_one(&mut *c)
+        .await?;
+        Ok(StagedTotals {
+            nars: row.try_get("nars")?,
+            bytes: row.try_get("bytes")?,
+            oldest_created_at: row.try_get("oldest")?,
+        })
+    })
+}
+
 /// Marks a NAR as in use now: a staged NAR (re-)enqueued or being ingested,
 /// so the sweeper leaves it alone; any NAR about to be linked by an upload,
 /// so GC (which deletes only orphans untouched for the grace period) cannot

@@ -11,7 +11,8 @@ use super::{jobs, moves};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// Appends every process-wide counter: storage requests, packs sealed,
-/// chunks moved by compaction and recompression, jobs run.
+/// chunks moved by compaction and recompression, jobs run; and the gauges
+/// of jobs running now.
 pub fn render_process(out: &mut String) {
     storage_requests(out);
     let (packs, bytes) = pack_writer::sealed_totals();
@@ -54,6 +55,7 @@ pub fn render_process(out: &mut String) {
         );
     }
     jobs_run(out);
+    jobs_running(out);
 }
 
 /// `larder_storage_requests_total{op,result}`: requests this process sent to
@@ -88,6 +90,28 @@ fn jobs_run(out: &mut String) {
             "{name}{{kind=\"{kind}\",outcome=\"{}\"}} {n}",
             outcome.label()
         );
+    }
+}
+
+/// `larder_jobs_in_flight{kind}` and `larder_job_slots{kind}`: in flight
+/// near the slots, all the time, means this worker is saturated.
+fn jobs_running(out: &mut String) {
+    for (name, help, samples) in [
+        (
+            "larder_jobs_in_flight",
+            "Jobs and periodic tasks running in this process now, by kind.",
+            jobs::in_flight(),
+        ),
+        (
+            "larder_job_slots",
+            "Queued jobs of each kind this process runs at once (its worker concurrency).",
+            jobs::slots(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (kind, n) in samples {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
+        }
     }
 }
 
@@ -162,6 +186,6 @@ mod tests {
                 assert_eq!(families.last(), Some(&name), "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 8, "{text}");
+        assert_eq!(families.len(), 10, "{text}");
     }
 }
