@@ -7,5 +7,6 @@
 //! router and the worker together.
 
 pub mod api_node;
+pub mod config_check;
 pub mod shutdown;
 pub mod worker_metrics;

@@ -2,10 +2,12 @@
 //!
 //! Keys follow Attic's `server.toml` where the concept is the same (docs/protocol.md),
 //! so an operator's muscle memory carries over. Unknown keys are errors that name
-//! the key. Environment variables override the file (`LARDER_*`).
+//! the key. Environment variables override the file (`LARDER_*`); secrets
+//! may come from files named by `*_FILE` variables ([`env`]).
 
 mod duration;
 mod embedded;
+pub mod env;
 mod load;
 mod secret;
 mod sections;
@@ -54,6 +56,16 @@ pub enum ConfigError {
         var: &'static str,
         /// What is wrong.
         message: String,
+    },
+    /// A secret's `*_FILE` variable names a file that cannot be read.
+    #[error("cannot read {var}_FILE {path}: {source}")]
+    SecretFile {
+        /// The secret variable (without `_FILE`).
+        var: &'static str,
+        /// The file it names.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// Values that parse but do not make sense together; every problem is listed.
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]

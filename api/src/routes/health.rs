@@ -1,9 +1,14 @@
 //! `/_health` (liveness) and `/_ready` (database and storage reachable).
+//! `larder-worker` serves the same two on `[worker] metrics-listen`
+//! ([`readiness`] with its own database and storage).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+
+use larder_shared::db::Db;
+use larder_shared::storage::Storage;
 
 use crate::state::AppState;
 
@@ -14,8 +19,14 @@ pub async fn health() -> Json<Value> {
 
 /// Readiness: one database round trip and one storage probe.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let db = state.db.ping().await;
-    let storage = state.storage.check().await;
+    readiness(&state.db, state.storage.as_ref()).await
+}
+
+/// What `/_ready` answers for a process with `db` and `storage`: 200 when
+/// both are reachable, else 503; the body says which one is not.
+pub async fn readiness(db: &Db, storage: &dyn Storage) -> (StatusCode, Json<Value>) {
+    let db = db.ping().await;
+    let storage = storage.check().await;
     let ok = db.is_ok() && storage.is_ok();
     if let Err(e) = &db {
         tracing::warn!(error = %e, "readiness: database unreachable");

@@ -1,4 +1,4 @@
-//! `larder-api [-f CONFIG] [--listen ADDR] [--no-migrate]`: the HTTP server.
+//! `larder-api [-f CONFIG] [--listen ADDR] [--no-migrate] [--check-config]`: the HTTP server.
 //! Without a config it runs the embedded default (docs/protocol.md).
 
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use larder_server::config_check::{Needs, check};
 use larder_shared::audit::Actor;
 use larder_shared::config::{Config, EmbeddedDefault, default_data_dir};
 use larder_shared::db::tokens::{self, TokenRecord};
@@ -28,6 +29,9 @@ struct Args {
     /// Do not apply database migrations on start.
     #[arg(long)]
     no_migrate: bool,
+    /// Load and check the config (file, environment, secret files, keys), print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 /// Root token validity for the embedded default.
@@ -63,6 +67,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.check_config {
+        let summary = check(args.config.as_deref(), Needs::Kek)?;
+        println!("{summary}");
+        return Ok(());
+    }
     let (mut config, first_start) = match &args.config {
         Some(path) => (Config::load_file(path)?, None),
         None => {

@@ -1,6 +1,6 @@
-//! `larder-worker -f CONFIG [--concurrency N]`: a job worker. Any number may
+//! `larder-worker -f CONFIG [--concurrency N] [--check-config]`: a job worker. Any number may
 //! run against the same database and storage. With `[worker]
-//! metrics-listen` it also serves `GET /metrics`.
+//! metrics-listen` it also serves `GET /metrics`, `/_health` and `/_ready`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use larder_server::config_check::{Needs, check};
 use larder_shared::bootstrap;
 use larder_shared::config::Config;
 use larder_worker::Services;
@@ -23,6 +24,9 @@ struct Args {
     /// Jobs run at once (default: `[worker] concurrency`, else 4 per core).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Load and check the config (file, environment, secret files, keys), print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -35,6 +39,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.check_config {
+        let summary = check(Some(&args.config), Needs::Nothing)?;
+        println!("{summary}");
+        return Ok(());
+    }
     let config = Arc::new(Config::load_file(&args.config)?);
     let concurrency = args.concurrency.unwrap_or(config.worker.concurrency);
     let opened = bootstrap::open(&config, (concurrency as u32 + 4).max(8))
@@ -53,7 +62,11 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         });
     }
-    let metrics = larder_server::worker_metrics::spawn(&config, shutdown.clone()).await?;
+    let probes = larder_server::worker_metrics::Probes {
+        db: opened.db.clone(),
+        storage: opened.storage.clone(),
+    };
+    let metrics = larder_server::worker_metrics::spawn(&config, probes, shutdown.clone()).await?;
     tracing::info!(concurrency, "larder-worker started");
     let svc = Services::new(config, opened.db, opened.storage, opened.staging);
     let result = larder_worker::run(svc, concurrency, shutdown.clone()).await;

@@ -1,10 +1,11 @@
 //! A real `larder-worker` process with `[worker] metrics-listen`: it ingests
 //! an upload the router staged, and its `GET /metrics` shows the ingest,
 //! the pack it sealed, its periodic tasks and (on S3) its storage requests;
-//! without the `[metrics] token` it answers the contract's 401 JSON error.
-//! Its job slots and jobs in flight are gauges. The API's own `/metrics`
-//! renders every family once, with the backlog (queue depth, staged NARs,
-//! ingest lag) before and after the worker drains it.
+//! without the `[metrics] token` it answers the contract's 401 JSON error;
+//! `/_health` and `/_ready` answer without it. Its job slots and jobs in
+//! flight are gauges. The API's own `/metrics` renders every family once,
+//! with the backlog (queue depth, staged NARs, ingest lag) before and after
+//! the worker drains it.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -211,6 +212,24 @@ pub(super) async fn a_worker_process_serves_its_metrics(app: &TestApp) {
         assert_eq!(body["code"], 401, "{body}");
         assert_eq!(body["error"], "Unauthorized", "{body}");
     }
+
+    // Health for container healthchecks (compose.yaml's worker): open to
+    // all even with a metrics token; ready = database and storage reachable.
+    let base = format!("http://127.0.0.1:{port}");
+    let health = http
+        .get(format!("{base}/_health"))
+        .send()
+        .await
+        .expect("/_health");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    let ready = http
+        .get(format!("{base}/_ready"))
+        .send()
+        .await
+        .expect("/_ready");
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    let body: serde_json::Value = ready.json().await.expect("/_ready JSON");
+    assert_eq!(body, serde_json::json!({"database": true, "storage": true}));
 
     // The API (no token configured here) renders every family once.
     let api = app.get("/metrics", None).await;

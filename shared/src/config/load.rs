@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError, JwtSigningConfig, Secret};
+use super::env::{AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, secret_value};
+use super::{Config, ConfigError, JwtSigningConfig, S3Credentials, Secret, StorageConfig};
 
 impl Config {
     /// Reads a config file, then applies `LARDER_*` environment overrides, then validates.
@@ -26,6 +27,7 @@ impl Config {
     }
 
     /// Applies the environment overrides of docs/protocol.md through `get`.
+    /// Every secret may come from a file instead (`X_FILE`, see [`super::env`]).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("LARDER_LISTEN") {
             self.listen = v.parse().map_err(|_| ConfigError::Env {
@@ -33,10 +35,10 @@ impl Config {
                 message: format!("{v:?} is not an address like 127.0.0.1:8080"),
             })?;
         }
-        if let Some(v) = get("LARDER_DATABASE_URL") {
+        if let Some(v) = secret_value("LARDER_DATABASE_URL", &get)? {
             self.database.url = Secret::new(v);
         }
-        if let Some(v) = get(crate::signing_keys::KEK_ENV) {
+        if let Some(v) = secret_value(crate::signing_keys::KEK_ENV, &get)? {
             self.signing.key_encryption_key = Some(Secret::new(v));
         }
         let keys = [
@@ -44,7 +46,10 @@ impl Config {
             "LARDER_SERVER_TOKEN_RS256_PUBKEY_BASE64",
             "LARDER_SERVER_TOKEN_HS256_SECRET_BASE64",
         ];
-        let given: Vec<_> = keys.iter().map(|k| get(k)).collect();
+        let mut given = Vec::with_capacity(keys.len());
+        for key in keys {
+            given.push(secret_value(key, &get)?);
+        }
         if given.iter().any(Option::is_some) {
             // A key from the environment replaces the file's key entirely.
             let mut it = given.into_iter();
@@ -53,6 +58,16 @@ impl Config {
                 token_rs256_pubkey_base64: it.next().flatten().map(Secret::new),
                 token_hs256_secret_base64: it.next().flatten().map(Secret::new),
             };
+        }
+        if let Some(credentials) = s3_credentials_from_files(&get)? {
+            for backend in [
+                Some(&mut self.storage.backend),
+                self.staging.storage.as_mut(),
+            ] {
+                if let Some(StorageConfig::S3(s3)) = backend {
+                    s3.credentials = Some(credentials.clone());
+                }
+            }
         }
         Ok(())
     }
@@ -138,4 +153,30 @@ impl Config {
             Err(ConfigError::Invalid(problems))
         }
     }
+}
+
+/// Static S3 credentials when `AWS_ACCESS_KEY_ID_FILE` or
+/// `AWS_SECRET_ACCESS_KEY_FILE` is set. The S3 client reads the plain
+/// `AWS_*` variables itself, but not files: these become the
+/// `[storage.credentials]` of every S3 backend (environment over file).
+fn s3_credentials_from_files(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<S3Credentials>, ConfigError> {
+    let file = |var: &str| get(&format!("{var}{}", super::env::FILE_SUFFIX)).is_some();
+    if !(file(AWS_ACCESS_KEY_ID) || file(AWS_SECRET_ACCESS_KEY)) {
+        return Ok(None);
+    }
+    let id = secret_value(AWS_ACCESS_KEY_ID, get)?;
+    let key = secret_value(AWS_SECRET_ACCESS_KEY, get)?;
+    let (Some(id), Some(key)) = (id, key) else {
+        return Err(ConfigError::Env {
+            var: AWS_ACCESS_KEY_ID,
+            message: "AWS_ACCESS_KEY_ID(_FILE) and AWS_SECRET_ACCESS_KEY(_FILE) go together".into(),
+        });
+    };
+    Ok(Some(S3Credentials {
+        access_key_id: Secret::new(id),
+        secret_access_key: Secret::new(key),
+        session_token: secret_value(AWS_SESSION_TOKEN, get)?.map(Secret::new),
+    }))
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use larder_server::config_check::{Needs, check};
 use larder_shared::bootstrap;
 use larder_shared::config::Config;
 use larder_shared::db::Db;
@@ -23,6 +24,9 @@ struct Args {
     /// Server config file (else $LARDER_CONFIG).
     #[arg(short = 'f', long = "config", env = "LARDER_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Load and check the config (file, environment, secret files, keys), print a summary and exit without running the command.
+    #[arg(long, global = true)]
+    check_config: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +70,8 @@ enum Command {
     },
     /// Import caches, paths and NARs from an Attic deployment (read-only on Attic's side).
     ImportAttic(import_attic::ImportAttic),
+    /// Apply database migrations (and seal plain signing keys) and exit: the compose stack's one-shot service.
+    Migrate,
     /// Give a cache a new signing key: a key file on the server, or a fresh sealed one.
     CacheKey(cache_key::CacheKey),
 }
@@ -85,6 +91,11 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.check_config {
+        let summary = check(args.config.as_deref(), Needs::Nothing)?;
+        println!("{summary}");
+        return Ok(());
+    }
     let path = args
         .config
         .ok_or_else(|| anyhow::anyhow!("no config: pass -f CONFIG or set LARDER_CONFIG"))?;
@@ -99,6 +110,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
         Command::Repack { archive } => maintenance::run_repack(&config, archive).await,
         Command::CacheKey(cmd) => cmd.run(&config).await,
+        Command::Migrate => {
+            open_db(&config).await?;
+            println!("database migrated");
+            Ok(())
+        }
         Command::ImportAttic(cmd) => {
             if !cmd.run(&config).await? {
                 std::process::exit(1);
