@@ -32,6 +32,8 @@ const REFRESH_SLACK: Duration = Duration::from_secs(2);
 /// re-enqueued after 30 s of missed heartbeats).
 const INGEST_LIMIT: Duration = Duration::from_secs(180);
 const CACHE: &str = "cluster-cache";
+/// Bound on the workers' first scheduled GC check (a minute after start).
+const SCHEDULED_GC_LIMIT: Duration = Duration::from_secs(120);
 /// What `larder-admin gc` says when another GC holds the lease.
 const GC_BUSY: &str = "another garbage collection is running";
 
@@ -165,6 +167,7 @@ async fn scenario(cluster: &mut Cluster, db: &PgDatabase) -> anyhow::Result<()> 
     }
 
     revocation_reaches_both(cluster).await?;
+    scheduled_gc_runs_once(cluster).await?;
     gc_runs_once(cluster, db).await?;
 
     // A fresh store pulls each tree through the replica it was not pushed
@@ -192,8 +195,7 @@ async fn scenario(cluster: &mut Cluster, db: &PgDatabase) -> anyhow::Result<()> 
         }
     }
 
-    let verify = admin(&operator, &["verify"]).await?;
-    eprintln!("larder-admin verify:\n{verify}");
+    verify_clean(cluster, db).await?;
 
     let mut both = trees.copied_closure.clone();
     both.extend(trees.pushed_closure.iter().cloned());
@@ -372,6 +374,58 @@ async fn push_while_killing(
     Ok(())
 }
 
+/// `larder-admin verify` (on worker-2's host) finds no damaged chunk, no
+/// broken NAR and no orphan staging object. The one kind of orphan object
+/// it may list is a pack or chunk a killed ingest wrote before its commit:
+/// its write intent is still recorded, and GC deletes it once the intent
+/// is older than the grace period (docs/gc.md, "Crash safety"); verify
+/// lists it all the same, and so exits 1.
+async fn verify_clean(cluster: &Cluster, db: &PgDatabase) -> anyhow::Result<()> {
+    let out = cluster.workers[1].admin(&["verify"]).await?;
+    let count = |label: &str| -> anyhow::Result<usize> {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .with_context(|| format!("no `{label}` line:\n{out}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("`{label}` line:\n{out}"))
+    };
+    for label in ["orphan staging:", "damaged chunks:", "NARs marked broken:"] {
+        anyhow::ensure!(count(label)? == 0, "{label} not 0:\n{out}");
+    }
+    let orphans: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("orphan objects:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    anyhow::ensure!(orphans.len() == count("orphan objects:")?, "{out}");
+    for key in &orphans {
+        let intents: u64 = db
+            .query(&format!(
+                "SELECT count(*) FROM chunk_intents WHERE object_key = '{}'",
+                key.replace('\'', "")
+            ))
+            .await?
+            .trim()
+            .parse()?;
+        anyhow::ensure!(
+            intents > 0,
+            "orphan object {key} has no write intent (not a killed writer's):\n{out}"
+        );
+    }
+    anyhow::ensure!(out.status.success() || !orphans.is_empty(), "{out}");
+    eprintln!(
+        "larder-admin verify: {} chunks checked; {} orphan object(s), each a killed ingest's (write intent kept, GC's after the grace period): {orphans:?}",
+        count("chunks checked:")?,
+        orphans.len()
+    );
+    Ok(())
+}
+
 /// The paths of `paths` whose narinfo the replica serves.
 async fn present(client: &Client, paths: &[String]) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
@@ -440,10 +494,61 @@ async fn revocation_reaches_both(cluster: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The workers' scheduler: every worker checks a minute after its start
+/// whether GC is due (no pass yet: it is), and worker-2 and worker-3 check
+/// at about the same moment; one pass runs (one audit row), the others
+/// find the lease taken or the pass just finished.
+async fn scheduled_gc_runs_once(cluster: &Cluster) -> anyhow::Result<()> {
+    let waiting = Instant::now();
+    let passes = wait::until(
+        "a worker's scheduled GC pass in the audit trail",
+        SCHEDULED_GC_LIMIT,
+        Duration::from_millis(500),
+        || async {
+            let passes = gc_passes(cluster).await?;
+            Ok(passes
+                .iter()
+                .any(|s| s.starts_with("worker-"))
+                .then_some(passes))
+        },
+    )
+    .await?;
+    // Two passes back to back would mean a worker read "no pass yet",
+    // then took the lease the first pass had just released: the due check
+    // and the lease are separate statements (`periodic::tick`).
+    anyhow::ensure!(
+        passes.len() == 1,
+        "scheduled GC ran more than once: {passes:?}"
+    );
+    // Workers that found the lease taken count a run too; those that found
+    // the pass finished do not.
+    let mut attempts = 0;
+    for worker in &cluster.workers {
+        attempts += gc_runs_metric(&worker.metrics().await?);
+    }
+    eprintln!(
+        "scheduled gc: one pass ({}) after another {:?}; {attempts} worker(s) tried to take the lease",
+        passes[0],
+        waiting.elapsed()
+    );
+    Ok(())
+}
+
+/// Sum of `larder_jobs_total{kind="garbage-collection",…}` in a worker's
+/// `/metrics`.
+fn gc_runs_metric(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("larder_jobs_total{") && l.contains("kind=\"garbage-collection\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// GC is one pass at a time cluster-wide. While the lease is held (here by
 /// a stand-in holder), `larder-admin gc` on every worker host is refused;
 /// then three at once: each either runs a pass (one audit row) or is
-/// refused. Workers' own scheduled passes (12 h interval) number at most one.
+/// refused. The workers' scheduled pass stays the only one (12 h interval).
 async fn gc_runs_once(cluster: &Cluster, db: &PgDatabase) -> anyhow::Result<()> {
     let holder = "e2e-stand-in";
     db.query(&format!(
@@ -482,7 +587,7 @@ async fn gc_runs_once(cluster: &Cluster, db: &PgDatabase) -> anyhow::Result<()> 
         .count();
     let by_workers = passes.iter().filter(|s| s.starts_with("worker-")).count();
     anyhow::ensure!(
-        by_admin == ran && by_admin + by_workers == passes.len() && by_workers <= 1,
+        by_admin == ran && by_admin + by_workers == passes.len() && by_workers == 1,
         "gc audit rows {passes:?}; {ran} larder-admin gc succeeded"
     );
     eprintln!(
