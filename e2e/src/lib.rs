@@ -40,7 +40,8 @@
 //! - [`nginx`]: Debian's nginx with `proxy_cache` in front of Larder.
 //! - [`cluster`]: the compose topology as processes: two replicas and three
 //!   workers, each on a host of its own ([`netns`]: a network namespace
-//!   and veth pair), PostgreSQL and S3 relayed to them by [`tcp_forward`].
+//!   and veth pair), PostgreSQL and S3 relayed to them by [`tcp_forward`],
+//!   each configured by [`node_config`].
 //! - [`wait`]: bounded polling, the only way tests wait.
 
 pub mod cli;
@@ -51,6 +52,7 @@ pub mod netns;
 pub mod nginx;
 pub mod nix;
 pub mod nix_client;
+pub mod node_config;
 pub mod path_info;
 pub mod replica;
 pub mod server;
