@@ -41,7 +41,9 @@
 //! - [`cluster`]: the compose topology as processes: two replicas and three
 //!   workers, each on a host of its own ([`netns`]: a network namespace
 //!   and veth pair), PostgreSQL and S3 relayed to them by [`tcp_forward`],
-//!   each configured by [`node_config`].
+//!   each configured by [`node_config`]. Needs root for the namespaces;
+//!   without them (or with `LARDER_E2E_NO_NETNS=1`) the nodes run as plain
+//!   loopback processes.
 //! - [`wait`]: bounded polling, the only way tests wait.
 
 pub mod cli;
