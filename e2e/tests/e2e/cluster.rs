@@ -225,7 +225,7 @@ async fn build_trees() -> anyhow::Result<Trees> {
 
 /// `nix copy --to` replica A and `larder push -j 1` to replica B at once;
 /// once B has acknowledged a path and the push is still running, SIGKILLs
-/// B, and once worker-1 holds an ingest job, SIGKILLs it; each restarts
+/// B, and once worker-1 is running an ingest job, SIGKILLs it; each restarts
 /// on the same address. Then checks that
 /// every path acknowledged before the kill, and every path either push
 /// reported, is there; a push the kill failed is re-run, and must find
@@ -288,18 +288,18 @@ async fn push_while_killing(
         );
         anyhow::Ok(acked)
     };
-    // The worker dies holding ingest jobs: they are re-enqueued once its
-    // heartbeats are missed, and another worker finishes them.
+    // The worker dies in the middle of ingest jobs: they are re-enqueued
+    // once its heartbeats are missed, and a worker finishes them.
     let kill_worker = async {
         let held = wait::until(
-            "worker-1 to take an ingest job",
+            "worker-1 to be running an ingest job",
             Duration::from_secs(60),
             Duration::from_millis(20),
             || async {
                 let n: u64 = db
                     .query(
                         "SELECT count(*) FROM apalis.jobs WHERE lock_by LIKE 'worker-1-%' \
-                         AND status IN ('Queued', 'Running')",
+                         AND status = 'Running'",
                     )
                     .await?
                     .trim()
@@ -310,7 +310,7 @@ async fn push_while_killing(
         .await?;
         worker.kill_9()?;
         worker.start().await?;
-        eprintln!("killed worker-1 holding {held} ingest job(s); restarted");
+        eprintln!("killed worker-1 in the middle of {held} ingest job(s); restarted");
         anyhow::Ok(())
     };
     let kill = async {
