@@ -167,7 +167,7 @@ async fn scenario(cluster: &mut Cluster, db: &PgDatabase) -> anyhow::Result<()> 
     }
 
     revocation_reaches_both(cluster).await?;
-    scheduled_gc_runs_once(cluster).await?;
+    scheduled_gc_runs_once(cluster, db).await?;
     gc_runs_once(cluster, db).await?;
 
     // A fresh store pulls each tree through the replica it was not pushed
@@ -498,27 +498,32 @@ async fn revocation_reaches_both(cluster: &Cluster) -> anyhow::Result<()> {
 /// whether GC is due (no pass yet: it is), and worker-2 and worker-3 check
 /// at about the same moment; one pass runs (one audit row), the others
 /// find the lease taken or the pass just finished.
-async fn scheduled_gc_runs_once(cluster: &Cluster) -> anyhow::Result<()> {
+async fn scheduled_gc_runs_once(cluster: &Cluster, db: &PgDatabase) -> anyhow::Result<()> {
     let waiting = Instant::now();
-    let passes = wait::until(
-        "a worker's scheduled GC pass in the audit trail",
+    // A finished pass sets last_finished_at as it gives the lease up (its
+    // audit row is written just before).
+    wait::until(
+        "a worker's scheduled GC pass to finish",
         SCHEDULED_GC_LIMIT,
-        Duration::from_millis(500),
+        Duration::from_millis(250),
         || async {
-            let passes = gc_passes(cluster).await?;
-            Ok(passes
-                .iter()
-                .any(|s| s.starts_with("worker-"))
-                .then_some(passes))
+            let done = db
+                .query(
+                    "SELECT count(*) FROM leases WHERE name = 'gc' \
+                     AND holder IS NULL AND last_finished_at IS NOT NULL",
+                )
+                .await?;
+            Ok((done.trim() == "1").then_some(()))
         },
     )
     .await?;
+    let passes = gc_passes(cluster).await?;
     // Two passes back to back would mean a worker read "no pass yet",
     // then took the lease the first pass had just released: the due check
     // and the lease are separate statements (`periodic::tick`).
     anyhow::ensure!(
-        passes.len() == 1,
-        "scheduled GC ran more than once: {passes:?}"
+        passes.len() == 1 && passes[0].starts_with("worker-"),
+        "want one scheduled GC pass by a worker: {passes:?}"
     );
     // Workers that found the lease taken count a run too; those that found
     // the pass finished do not.
