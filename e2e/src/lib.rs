@@ -1,6 +1,7 @@
 //! End-to-end harness: the real `larder-api` and `larder-worker` binaries on a
 //! free loopback port, and the real Nix CLI (2.8 or later) building,
-//! dumping, copying and verifying real store paths. Loopback only.
+//! dumping, copying and verifying real store paths. Loopback only, or
+//! network namespaces a test creates itself ([`netns`]).
 //!
 //! # Running
 //!
@@ -37,17 +38,27 @@
 //! - [`fault_proxy`]: a loopback proxy cutting each NAR's first response
 //!   at half its length, recording what it saw (resumed downloads).
 //! - [`nginx`]: Debian's nginx with `proxy_cache` in front of Larder.
+//! - [`cluster`]: the compose topology as processes: two replicas and three
+//!   workers, each on a host of its own ([`netns`]: a network namespace
+//!   and veth pair), PostgreSQL and S3 relayed to them by [`tcp_forward`],
+//!   each configured by [`node_config`]. Needs root for the namespaces;
+//!   without them (or with `LARDER_E2E_NO_NETNS=1`) the nodes run as plain
+//!   loopback processes.
 //! - [`wait`]: bounded polling, the only way tests wait.
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod fault_proxy;
+pub mod netns;
 pub mod nginx;
 pub mod nix;
 pub mod nix_client;
+pub mod node_config;
 pub mod path_info;
 pub mod replica;
 pub mod server;
+pub mod tcp_forward;
 pub mod temp_store;
 pub mod tree;
 pub mod wait;

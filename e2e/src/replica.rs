@@ -51,6 +51,17 @@ impl PgDatabase {
         format!("{PG_SERVER}/{}", self.name)
     }
 
+    /// Runs `sql` in this database; its rows, unaligned (`psql -At`).
+    pub async fn query(&self, sql: &str) -> anyhow::Result<String> {
+        let mut cmd = tokio::process::Command::new("psql");
+        cmd.args(["-h", "127.0.0.1", "-U", "postgres", "-d", &self.name])
+            .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        crate::nix::run(cmd).await
+    }
+
     /// `DROP DATABASE … WITH (FORCE)` (connections of killed replicas may
     /// linger a moment).
     pub async fn drop_now(mut self) -> anyhow::Result<()> {

@@ -15,10 +15,10 @@ use larder_e2e::replica::{ApiReplica, PgDatabase};
 use larder_e2e::{Client, wait};
 
 /// Bound on a revocation reaching a replica (refresh is 1 s here).
-const REVOCATION_LIMIT: Duration = Duration::from_secs(20);
+pub(crate) const REVOCATION_LIMIT: Duration = Duration::from_secs(20);
 
 /// A fresh 2048-bit RSA key as `openssl genrsa 2048 | base64 -w0`.
-async fn rs256_key() -> anyhow::Result<String> {
+pub(crate) async fn rs256_key() -> anyhow::Result<String> {
     let mut cmd = tokio::process::Command::new("openssl");
     cmd.args(["genrsa", "2048"]).kill_on_drop(true);
     let pem = larder_e2e::nix::run(cmd)
@@ -62,13 +62,14 @@ key-encryption-key-file = "{}"
     Ok(())
 }
 
-/// `GET /_api/v1/cache-config/<cache>` with `token`: the status and body.
-async fn cache_config(
-    replica: &ApiReplica,
+/// `GET /_api/v1/cache-config/<cache>` with `token` from the replica at
+/// `replica` (its base URL): the status and body.
+pub(crate) async fn cache_config(
+    replica: &str,
     token: &str,
     cache: &str,
 ) -> anyhow::Result<(reqwest::StatusCode, String)> {
-    let resp = Client::new(&replica.url(), token)
+    let resp = Client::new(replica, token)
         .request(
             reqwest::Method::GET,
             &format!("/_api/v1/cache-config/{cache}"),
@@ -80,11 +81,11 @@ async fn cache_config(
     Ok((status, resp.text().await?))
 }
 
-/// Polls `replica` until it answers 401 "…revoked…" for `token`; returns
-/// the time since `since`.
-async fn wait_refused(
+/// Polls the replica at `replica` (its base URL) until it answers 401
+/// "…revoked…" for `token`; returns the time since `since`.
+pub(crate) async fn wait_refused(
     name: &str,
-    replica: &ApiReplica,
+    replica: &str,
     token: &str,
     cache: &str,
     since: Instant,
@@ -166,7 +167,7 @@ async fn run_revocation(db: &PgDatabase) -> anyhow::Result<()> {
         .map_err(logs)?;
     for (name, replica) in [("a", &a), ("b", &b)] {
         for t in [&token, &sibling] {
-            let (status, body) = cache_config(replica, t, cache).await?;
+            let (status, body) = cache_config(&replica.url(), t, cache).await?;
             assert_eq!(
                 status,
                 reqwest::StatusCode::OK,
@@ -177,21 +178,22 @@ async fn run_revocation(db: &PgDatabase) -> anyhow::Result<()> {
 
     let revoking = Instant::now();
     let out = admin(&config, &["revoke-token", "--jti", &jti]).await?;
+    let (a_url, b_url) = (a.url(), b.url());
     let (lat_a, lat_b) = tokio::try_join!(
-        wait_refused("a", &a, &token, cache, revoking),
-        wait_refused("b", &b, &token, cache, revoking),
+        wait_refused("a", &a_url, &token, cache, revoking),
+        wait_refused("b", &b_url, &token, cache, revoking),
     )
     .map_err(logs)?;
     // The other token of the same subject still works everywhere, and the
     // revoked one stays refused.
     for (name, replica) in [("a", &a), ("b", &b)] {
-        let (status, body) = cache_config(replica, &sibling, cache).await?;
+        let (status, body) = cache_config(&replica.url(), &sibling, cache).await?;
         assert_eq!(
             status,
             reqwest::StatusCode::OK,
             "replica {name}: revoking one jti refused another token: {body}"
         );
-        let (status, _) = cache_config(replica, &token, cache).await?;
+        let (status, _) = cache_config(&replica.url(), &token, cache).await?;
         assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "replica {name}");
     }
     let listed = admin(&config, &["list-tokens"]).await?;
