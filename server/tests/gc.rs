@@ -13,6 +13,7 @@
 //!    `LARDER_GC_RACE_ROUNDS` soaks longer), and its two critical
 //!    interleavings, stepped by hand, keep data on every run;
 //! 6. a GC killed mid-run is finished by the next, after its lease lapses;
+//!    workers that find a scheduled GC due at the same moment run it once;
 //! 7. verify reports orphan objects and lost chunks; a re-upload repairs;
 //! 8. `DELETE /{cache}/{hash}.narinfo` needs `d` and takes effect at once;
 //! 9. statistics report dedup and compression;
@@ -92,6 +93,7 @@ on_both_backends!(crate::gc::gc_support::default_app =>
     pins_protect_closures,
     deleting_everything_empties_storage,
     interrupted_gc_is_finished_by_the_next,
+    scheduled_gc_runs_once_however_many_find_it_due,
     deleting_a_path_hides_it_at_once,
     stats_report_dedup_and_compression,
     gc_steps_interleaved_with_uploads_keep_data,
@@ -903,4 +905,31 @@ async fn stats_report_dedup_and_compression(app: &TestApp) {
         size + size_a,
         file + file_a,
     );
+}
+
+/// Three workers whose schedulers all found GC due at `now`: the first
+/// runs it, the others find a run finished since and skip; an interval
+/// later it is due again. (`larder-admin gc` runs whenever the lease is
+/// free.)
+async fn scheduled_gc_runs_once_however_many_find_it_due(app: &TestApp) {
+    let svc = &app.services;
+    let interval = 3600;
+    let now = unix_now();
+    let ran: Vec<bool> = futures::future::join_all(
+        ["w1", "w2", "w3"].map(|w| gc::run_scheduled(svc, now, w, interval)),
+    )
+    .await
+    .into_iter()
+    .map(|r| r.expect("GC").is_some())
+    .collect();
+    assert_eq!(ran.iter().filter(|r| **r).count(), 1, "{ran:?}");
+    for w in ["w2", "w3"] {
+        let again = gc::run_scheduled(svc, now + 5, w, interval).await.expect("GC");
+        assert!(again.is_none(), "a GC finished within the interval");
+    }
+    assert!(gc::run(svc, now + 5, "admin").await.expect("GC").is_some());
+    let due = gc::run_scheduled(svc, now + 5 + interval, "w2", interval)
+        .await
+        .expect("GC");
+    assert!(due.is_some(), "due again an interval after the last run");
 }

@@ -26,8 +26,21 @@ pub struct GcLease {
 impl GcLease {
     /// Takes the lease at `now` for `holder` if it is free, expired or ours.
     pub async fn acquire(svc: &Services, now: i64, holder: &str) -> anyhow::Result<Option<Self>> {
+        Self::acquire_if_due(svc, now, holder, None).await
+    }
+
+    /// [`Self::acquire`] for a scheduled run: only if no run finished at or
+    /// after `finished_before` (checked in the same statement).
+    pub async fn acquire_if_due(
+        svc: &Services,
+        now: i64,
+        holder: &str,
+        finished_before: Option<i64>,
+    ) -> anyhow::Result<Option<Self>> {
         let mut conn = svc.db.conn().await?;
-        if !leases::try_acquire(conn.raw(), LEASE, holder, now, LEASE_TTL).await? {
+        if !leases::try_acquire_if_due(conn.raw(), LEASE, holder, now, LEASE_TTL, finished_before)
+            .await?
+        {
             return Ok(None);
         }
         Ok(Some(Self {

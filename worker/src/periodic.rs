@@ -93,7 +93,12 @@ fn collect_garbage<'a>(
     holder: &'a str,
     now: i64,
 ) -> BoxFuture<'a, anyhow::Result<()>> {
-    Box::pin(async move { gc::run(svc, now, holder).await.map(drop) })
+    let interval = svc.config.garbage_collection.interval.get().as_secs() as i64;
+    Box::pin(async move {
+        gc::run_scheduled(svc, now, holder, interval)
+            .await
+            .map(drop)
+    })
 }
 
 /// Runs every task of [`TASKS`] until `shutdown`; `holder` names this

@@ -176,7 +176,7 @@ impl<R: Read> Iterator for ChunkIter<R> {
 /// demand; bounds memory together with the window. Deep enough that the
 /// chunker keeps cutting while a batch of chunks is looked up (at most
 /// 16 × `max_size`, 4 MiB with the default chunking).
-const CHUNK_CHANNEL_DEPTH: usize = 16;
+const CHUNK_CHANNEL_DEPTH: usize = 32;
 
 /// Chunks an async reader on a blocking thread (cut points and SHA-256 stay
 /// off the async runtime). See [`ChunkIter`] for the contract.

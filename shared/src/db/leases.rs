@@ -16,16 +16,32 @@ pub async fn try_acquire(
     now: i64,
     ttl: i64,
 ) -> Result<bool, DbError> {
+    try_acquire_if_due(raw, name, holder, now, ttl, None).await
+}
+
+/// [`try_acquire`], and only if no run finished after `finished_before`
+/// (when given): the check and the take are one statement, so workers that
+/// all found a scheduled run due at once run it once, not one after another.
+pub async fn try_acquire_if_due(
+    raw: Raw<'_>,
+    name: &str,
+    holder: &str,
+    now: i64,
+    ttl: i64,
+    finished_before: Option<i64>,
+) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query(
             "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-             WHERE leases.expires_at < $4 OR leases.holder = excluded.holder OR leases.holder IS NULL",
+             WHERE (leases.expires_at < $4 OR leases.holder = excluded.holder OR leases.holder IS NULL)
+               AND ($5 IS NULL OR leases.last_finished_at IS NULL OR leases.last_finished_at < $5)",
         )
         .bind(name)
         .bind(holder)
         .bind(now + ttl)
         .bind(now)
+        .bind(finished_before)
         .execute(&mut *c)
         .await?;
         Ok(done.rows_affected() == 1)

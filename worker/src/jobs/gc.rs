@@ -54,9 +54,30 @@ pub struct GcReport {
 
 /// Runs one GC at time `now` (Unix seconds; injectable for tests) if no
 /// other GC holds the lease. `None` means another GC is running.
-#[instrument(skip_all, fields(holder))]
 pub async fn run(svc: &Services, now: i64, holder: &str) -> anyhow::Result<Option<GcReport>> {
-    let Some(lease) = GcLease::acquire(svc, now, holder).await? else {
+    run_unless_recent(svc, now, holder, None).await
+}
+
+/// The scheduler's GC: [`run`], but only if no GC finished in the last
+/// `interval` seconds, checked as the lease is taken. Several workers that
+/// found GC due at the same moment then run one pass between them.
+pub async fn run_scheduled(
+    svc: &Services,
+    now: i64,
+    holder: &str,
+    interval: i64,
+) -> anyhow::Result<Option<GcReport>> {
+    run_unless_recent(svc, now, holder, Some(now - interval + 1)).await
+}
+
+#[instrument(skip_all, fields(holder))]
+async fn run_unless_recent(
+    svc: &Services,
+    now: i64,
+    holder: &str,
+    finished_before: Option<i64>,
+) -> anyhow::Result<Option<GcReport>> {
+    let Some(lease) = GcLease::acquire_if_due(svc, now, holder, finished_before).await? else {
         return Ok(None);
     };
     let mut expired_by_cache = BTreeMap::new();

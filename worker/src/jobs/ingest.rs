@@ -179,7 +179,7 @@ async fn run(
     let level = svc.config.compression.level;
     let pack_size = svc.config.storage.pack_size;
     let packed = pack_size > 0;
-    let parallelism = NonZeroUsize::new(num_cpus::get() + 1).unwrap_or(NonZeroUsize::MIN);
+    let parallelism = NonZeroUsize::new(num_cpus::get() * 2 + 2).unwrap_or(NonZeroUsize::MIN);
 
     let input = match svc.staging.get(key, None).await {
         Ok(input) => input,
@@ -292,7 +292,7 @@ async fn run(
 }
 
 /// Chunks looked up (and, for the unknown ones, compressed) together.
-const LOOKUP_BATCH: usize = 32;
+const LOOKUP_BATCH: usize = 16;
 
 /// One chunk of a prepared batch.
 struct Prepared {
