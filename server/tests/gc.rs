@@ -924,7 +924,9 @@ async fn scheduled_gc_runs_once_however_many_find_it_due(app: &TestApp) {
     .collect();
     assert_eq!(ran.iter().filter(|r| **r).count(), 1, "{ran:?}");
     for w in ["w2", "w3"] {
-        let again = gc::run_scheduled(svc, now + 5, w, interval).await.expect("GC");
+        let again = gc::run_scheduled(svc, now + 5, w, interval)
+            .await
+            .expect("GC");
         assert!(again.is_none(), "a GC finished within the interval");
     }
     assert!(gc::run(svc, now + 5, "admin").await.expect("GC").is_some());

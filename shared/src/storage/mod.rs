@@ -331,6 +331,27 @@ pub enum StorageError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Reads `input` up to `pieces` pieces ahead of its consumer, on a task of
+/// its own. For a consumer on a blocking thread (the chunker), whose every
+/// read would otherwise wait for the async read to be scheduled; errors
+/// pass through in order. Dropping the stream stops the task at its next
+/// piece. Must be called within a Tokio runtime.
+pub fn read_ahead(mut input: ByteStream, pieces: usize) -> ByteStream {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(pieces.max(1));
+    tokio::spawn(async move {
+        while let Some(piece) = input.next().await {
+            let failed = piece.is_err();
+            if tx.send(piece).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    }))
+}
+
 /// Runs `produce` on the blocking pool and streams what it sends.
 ///
 /// The channel holds at most `capacity` items, which bounds memory; when the

@@ -30,6 +30,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::TryStreamExt;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::instrument;
 
 use larder_core::nix::hash::NarHash;
@@ -38,7 +39,7 @@ use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, NewChunk};
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
-use larder_shared::storage::{ObjectKey, StorageError};
+use larder_shared::storage::{self, ObjectKey, StorageError};
 
 use crate::services::Services;
 
@@ -194,12 +195,12 @@ async fn run(
         }
         Err(e) => return Err(e.into()),
     };
-    let (check, input) = NarCheck::tap(input);
+    let (check, input) = NarCheck::tap(storage::read_ahead(input, READ_AHEAD), nar_size);
     let chunks = chunk::chunk_stream(input, nar_size, &params)?;
 
-    // Batches are looked up and compressed `parallelism` at a time, each on
-    // one blocking thread (a handoff per batch, not per chunk), and come
-    // out in NAR order.
+    // Batches are looked up and compressed `parallelism` at a time, each
+    // compressed on one blocking thread (a handoff per batch, not per
+    // chunk), and come out in NAR order.
     let prepare = Prepare {
         svc: svc.clone(),
         writer: writer.clone(),
@@ -210,7 +211,12 @@ async fn run(
         .map_err(anyhow::Error::from)
         .try_chunks(LOOKUP_BATCH)
         .map_err(|e| e.1)
-        .map_ok(move |batch| prepare.clone().run(batch))
+        .map_ok(move |batch| {
+            // A task of its own, so a batch's lookup and compression go on
+            // while the loop below places the frames of earlier ones.
+            let task = AbortOnDropHandle::new(tokio::spawn(prepare.clone().run(batch)));
+            async move { task.await? }
+        })
         .try_buffered(parallelism.get());
     let mut batches = std::pin::pin!(batches);
 
@@ -256,7 +262,7 @@ async fn run(
             }
         }
     }
-    let listing = check.finish(nar_hash)?;
+    let listing = check.finish(nar_hash).await?;
     let placed = match placer {
         Some(placer) => placer.finish().await?,
         None => Placed::default(),
@@ -290,6 +296,11 @@ async fn run(
         stored_bytes,
     })
 }
+
+/// Pieces of the staged copy read ahead of the chunker (128 KiB each from
+/// local storage): with every core compressing, a read the chunker waited
+/// for would wait for a thread to be scheduled, once per piece.
+const READ_AHEAD: usize = 16;
 
 /// Chunks looked up (and, for the unknown ones, compressed) together.
 const LOOKUP_BATCH: usize = 16;

@@ -1,95 +1,120 @@
 //! The whole-NAR checks of an ingest (NarHash, grammar, `.ls` listing),
 //! made while the staged copy is read, before it is chunked.
 //!
-//! The checks tap the staged byte stream, which the chunker polls from its
-//! blocking thread (`SyncIoBridge`): they run there, beside cut points and
-//! chunk hashes, instead of on the task that places frames. The ingest task
-//! then only moves frames, which keeps every core busy compressing.
+//! The checks tap the staged byte stream and run on a blocking thread of
+//! their own: the chunker's thread (cut points and chunk hashes) is the
+//! ingest's one serial stage, and every core it does not need compresses.
+//! A grammar error ends the tapped stream soon after the checker finds it.
 
 use std::io;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
 
 use larder_core::nix::hash::NarHash;
-use larder_core::nix::nar::{NarError, NarValidator};
+use larder_core::nix::nar::{NarSummary, NarValidator};
 
-/// Running checks over one staged NAR.
-struct Checks {
-    hasher: Sha256,
-    /// Makes the `.ls` listing too (Nix's write-nar-listing format), so
-    /// paths pushed without one get it here.
-    validator: NarValidator,
-    /// The first grammar error, kept for the ingest's message.
-    failed: Option<NarError>,
+/// Pieces queued for the checker (128 KiB each from local storage).
+const DEPTH: usize = 32;
+
+/// The first grammar error, shared with the tap so the stream stops.
+type Failure = Arc<Mutex<Option<String>>>;
+
+/// The checks of one ingest: the checker thread, and its first failure.
+pub(super) struct NarCheck {
+    checker: JoinHandle<Result<(NarHash, NarSummary), String>>,
+    failed: Failure,
 }
 
-/// The checks of one ingest, shared between the tapped stream and the
-/// ingest that reads the verdict once the stream has ended.
-#[derive(Clone)]
-pub(super) struct NarCheck(Arc<Mutex<Checks>>);
-
 impl NarCheck {
-    /// Taps `input`: every piece read is hashed and parsed on the way to
-    /// the chunker. A piece that breaks the NAR grammar ends the stream
-    /// with an error.
-    pub(super) fn tap<S>(input: S) -> (Self, impl Stream<Item = io::Result<Bytes>> + Send + Unpin)
+    /// Taps `input`: every piece read also goes to the checker, which
+    /// stops after `nar_size` bytes (the size the database knows; a longer
+    /// input fails the chunker). Once the checker finds the grammar broken,
+    /// the stream ends with an error.
+    pub(super) fn tap<S>(
+        input: S,
+        nar_size: u64,
+    ) -> (Self, impl Stream<Item = io::Result<Bytes>> + Send + Unpin)
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
-        let check = Self(Arc::new(Mutex::new(Checks {
-            hasher: Sha256::new(),
-            validator: NarValidator::with_listing(),
-            failed: None,
-        })));
-        let tap = check.clone();
-        let tapped = input.and_then(move |piece| {
-            let verdict = tap.update(&piece);
-            futures::future::ready(verdict.map(|()| piece))
-        });
-        (check, tapped)
+        let (tx, rx) = sync_channel(DEPTH);
+        let failed = Failure::default();
+        let checker = {
+            let failed = failed.clone();
+            tokio::task::spawn_blocking(move || check(&rx, nar_size, &failed))
+        };
+        let stop = failed.clone();
+        let tapped =
+            input.and_then(move |piece| futures::future::ready(forward(&tx, &stop, piece)));
+        (Self { checker, failed }, tapped)
     }
 
-    fn update(&self, piece: &[u8]) -> io::Result<()> {
-        let mut checks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        checks.hasher.update(piece);
-        if let Err(e) = checks.validator.update(piece) {
-            let message = e.to_string();
-            checks.failed.get_or_insert(e);
-            return Err(io::Error::new(io::ErrorKind::InvalidData, message));
-        }
-        Ok(())
-    }
-
-    /// The grammar error that ended the stream, if one did: the reason to
-    /// give instead of the chunker's read error.
+    /// The grammar error the checker found, if any: the reason to give
+    /// instead of the chunker's read error.
     pub(super) fn failure(&self) -> Option<String> {
-        let checks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        checks.failed.as_ref().map(ToString::to_string)
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// After the whole NAR went through: checks it hashes to `expected` and
     /// ends well-formed; returns its listing as JSON.
-    pub(super) fn finish(&self, expected: &NarHash) -> anyhow::Result<Option<Vec<u8>>> {
-        let (hasher, validator) = {
-            let mut checks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            (
-                std::mem::take(&mut checks.hasher),
-                std::mem::replace(&mut checks.validator, NarValidator::new()),
-            )
+    pub(super) async fn finish(self, expected: &NarHash) -> anyhow::Result<Option<Vec<u8>>> {
+        let (actual, summary) = match self.checker.await.context("NAR checker")? {
+            Ok(checked) => checked,
+            Err(reason) => bail!("staged NAR does not parse: staging copy corrupt: {reason}"),
         };
-        let actual = NarHash::from_bytes(hasher.finalize().into());
         if &actual != expected {
             bail!("staged NAR hashes to {actual}, expected {expected}: staging copy corrupt");
         }
-        let summary = validator
-            .finish()
-            .context("staged NAR does not parse: staging copy corrupt")?;
         Ok(summary.listing.map(|l| l.to_json()))
     }
+}
+
+/// Hands `piece` to the checker, unless it has failed already.
+fn forward(tx: &SyncSender<Bytes>, failed: &Failure, piece: Bytes) -> io::Result<Bytes> {
+    if let Some(reason) = failed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+    {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, reason.clone()));
+    }
+    // A checker that stopped (enough bytes, or an error) no longer reads:
+    // what it would say is in its result.
+    let _ = tx.send(piece.clone());
+    Ok(piece)
+}
+
+/// The checker thread: hashes and parses up to `nar_size` bytes.
+fn check(
+    rx: &Receiver<Bytes>,
+    nar_size: u64,
+    failed: &Failure,
+) -> Result<(NarHash, NarSummary), String> {
+    let mut hasher = Sha256::new();
+    let mut validator = NarValidator::with_listing();
+    let mut seen = 0u64;
+    while seen < nar_size {
+        let Ok(piece) = rx.recv() else { break };
+        let piece = &piece[..piece.len().min((nar_size - seen) as usize)];
+        seen += piece.len() as u64;
+        hasher.update(piece);
+        if let Err(e) = validator.update(piece) {
+            let reason = e.to_string();
+            *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+            return Err(reason);
+        }
+    }
+    let summary = validator.finish().map_err(|e| e.to_string())?;
+    Ok((NarHash::from_bytes(hasher.finalize().into()), summary))
 }
 
 #[cfg(test)]
@@ -120,13 +145,19 @@ mod tests {
         nar
     }
 
-    async fn read_all(nar: &[u8], piece: usize) -> (NarCheck, io::Result<()>) {
+    /// Reads `nar` through the tap in pieces, as the chunker would (on a
+    /// blocking thread), announcing `size` bytes.
+    async fn read_all(nar: &[u8], piece: usize, size: u64) -> (NarCheck, io::Result<()>) {
         let pieces: Vec<io::Result<Bytes>> = nar
             .chunks(piece)
             .map(|p| Ok(Bytes::copy_from_slice(p)))
             .collect();
-        let (check, tapped) = NarCheck::tap(futures::stream::iter(pieces));
-        let read = tapped.try_for_each(|_| async { Ok(()) }).await;
+        let (check, tapped) = NarCheck::tap(futures::stream::iter(pieces), size);
+        let read = tokio::task::spawn_blocking(move || {
+            futures::executor::block_on(tapped.try_for_each(|_| async { Ok(()) }))
+        })
+        .await
+        .unwrap();
         (check, read)
     }
 
@@ -137,37 +168,36 @@ mod tests {
     #[tokio::test]
     async fn a_whole_nar_in_pieces_passes_with_its_listing() {
         let nar = nar_of(&[7u8; 1000]);
-        let (check, read) = read_all(&nar, 5).await;
+        let (check, read) = read_all(&nar, 5, nar.len() as u64).await;
         read.unwrap();
         assert_eq!(check.failure(), None);
-        let listing = check.finish(&hash(&nar)).unwrap().expect("a listing");
+        let listing = check.finish(&hash(&nar)).await.unwrap().expect("a listing");
         assert!(String::from_utf8(listing).unwrap().contains("\"regular\""));
     }
 
     #[tokio::test]
     async fn another_hash_is_refused() {
         let nar = nar_of(b"hello");
-        let (check, read) = read_all(&nar, 64).await;
+        let (check, read) = read_all(&nar, 64, nar.len() as u64).await;
         read.unwrap();
-        let err = check.finish(&hash(b"other")).unwrap_err().to_string();
+        let err = check.finish(&hash(b"other")).await.unwrap_err().to_string();
         assert!(err.contains("staging copy corrupt"), "{err}");
     }
 
     #[tokio::test]
-    async fn a_broken_grammar_ends_the_stream_and_says_why() {
-        let mut nar = nar_of(b"hello");
+    async fn a_broken_grammar_is_refused_and_says_why() {
+        let mut nar = nar_of(&[1u8; 4096]);
         nar[8] = b'X'; // the magic
-        let (check, read) = read_all(&nar, 16).await;
-        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
-        assert!(check.failure().is_some());
-        assert!(check.finish(&hash(&nar)).is_err());
+        let (check, _read) = read_all(&nar, 16, nar.len() as u64).await;
+        let err = check.finish(&hash(&nar)).await.unwrap_err().to_string();
+        assert!(err.contains("does not parse"), "{err}");
     }
 
     #[tokio::test]
     async fn a_truncated_nar_does_not_finish() {
         let nar = nar_of(b"hello");
-        let (check, read) = read_all(&nar[..nar.len() - 8], 16).await;
+        let (check, read) = read_all(&nar[..nar.len() - 8], 16, nar.len() as u64).await;
         read.unwrap();
-        assert!(check.finish(&hash(&nar[..nar.len() - 8])).is_err());
+        assert!(check.finish(&hash(&nar[..nar.len() - 8])).await.is_err());
     }
 }
