@@ -328,8 +328,16 @@ async fn killed_ingest_pack_is_collected(app: &TestApp) {
     assert_eq!(app.count("packs").await, 0, "no commit, no pack rows");
     assert!(app.count("chunk_intents").await >= written.len() as i64);
 
-    // Within the grace period the intents protect the packs.
+    // Within the grace period the intents protect the packs, and verify
+    // reports them as pending writes, not as orphans.
     let now = unix_now();
+    let report = verify::run(&app.services, now, false)
+        .await
+        .expect("verify");
+    assert!(report.orphan_objects.is_empty(), "{report:?}");
+    let mut pending = report.pending_writes.clone();
+    pending.sort();
+    assert_eq!(pending, written, "{report:?}");
     assert_eq!(gc_at(app, now).await.orphan_objects_deleted, 0);
     assert_eq!(app.object_keys("packs/").await, written);
     // A dead writer's intents age; then GC deletes what it wrote.

@@ -374,13 +374,12 @@ async fn push_while_killing(
     Ok(())
 }
 
-/// `larder-admin verify` (on worker-2's host) finds no damaged chunk, no
-/// broken NAR and no orphan staging object. The one kind of orphan object
-/// it may list is a pack or chunk a killed ingest wrote before its commit:
-/// its write intent is still recorded, and GC deletes it once the intent
-/// is older than the grace period (docs/gc.md, "Crash safety"); verify
-/// lists it all the same, and so exits 1.
-async fn verify_clean(cluster: &Cluster, db: &PgDatabase) -> anyhow::Result<()> {
+/// `larder-admin verify` (on worker-2's host) finds no orphan object, no
+/// orphan staging object, no damaged chunk and no broken NAR, and exits 0.
+/// A pack or chunk a killed ingest wrote before its commit is listed under
+/// "pending writes": its write intent is still recorded, and GC deletes it
+/// once the intent is older than the grace period (docs/gc.md).
+async fn verify_clean(cluster: &Cluster, _db: &PgDatabase) -> anyhow::Result<()> {
     let out = cluster.workers[1].admin(&["verify"]).await?;
     let count = |label: &str| -> anyhow::Result<usize> {
         out.stdout
@@ -391,37 +390,19 @@ async fn verify_clean(cluster: &Cluster, db: &PgDatabase) -> anyhow::Result<()> 
             .parse()
             .with_context(|| format!("`{label}` line:\n{out}"))
     };
-    for label in ["orphan staging:", "damaged chunks:", "NARs marked broken:"] {
+    for label in [
+        "orphan objects:",
+        "orphan staging:",
+        "damaged chunks:",
+        "NARs marked broken:",
+    ] {
         anyhow::ensure!(count(label)? == 0, "{label} not 0:\n{out}");
     }
-    let orphans: Vec<&str> = out
-        .stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("orphan objects:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .map(str::trim)
-        .collect();
-    anyhow::ensure!(orphans.len() == count("orphan objects:")?, "{out}");
-    for key in &orphans {
-        let intents: u64 = db
-            .query(&format!(
-                "SELECT count(*) FROM chunk_intents WHERE object_key = '{}'",
-                key.replace('\'', "")
-            ))
-            .await?
-            .trim()
-            .parse()?;
-        anyhow::ensure!(
-            intents > 0,
-            "orphan object {key} has no write intent (not a killed writer's):\n{out}"
-        );
-    }
-    anyhow::ensure!(out.status.success() || !orphans.is_empty(), "{out}");
+    anyhow::ensure!(out.status.success(), "{out}");
     eprintln!(
-        "larder-admin verify: {} chunks checked; {} orphan object(s), each a killed ingest's (write intent kept, GC's after the grace period): {orphans:?}",
+        "larder-admin verify: {} chunks checked; {} pending write(s) of a killed ingest (GC's after the grace period)",
         count("chunks checked:")?,
-        orphans.len()
+        count("pending writes:")?
     );
     Ok(())
 }

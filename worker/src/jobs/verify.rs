@@ -28,7 +28,7 @@ use serde::Serialize;
 use larder_shared::chunk::{self, ChunkHash};
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
 use larder_shared::db::{ChunkId, NarId, chunk_gc, verify};
-use larder_shared::db::{packs, refcounts};
+use larder_shared::db::{chunk_claims, packs, refcounts};
 use larder_shared::storage::{ObjectMeta, StorageError};
 
 mod staging;
@@ -44,6 +44,9 @@ pub struct VerifyReport {
     pub orphan_objects: Vec<String>,
     /// Of those, how many were deleted (`--repair`, older than the grace period).
     pub orphans_deleted: u64,
+    /// Objects the database does not know yet that a write intent names
+    /// (being written, or left by a killed writer for GC to delete).
+    pub pending_writes: Vec<String>,
     /// Staging objects no intent, NAR or pending upload names.
     pub orphan_staging: Vec<String>,
     /// Of those, how many were deleted (`--repair`, older than `[staging] max-age`).
@@ -156,12 +159,15 @@ impl Sweep<'_> {
             }
             if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
                 let found = known(batch.iter().map(|(k, _)| *k).collect()).await?;
+                batch.retain(|(k, _)| !found.contains(k));
+                let pending = self.intended(&batch).await?;
                 let mut delete = Vec::new();
                 for (k, meta) in batch.drain(..) {
-                    if found.contains(&k) {
-                        continue;
+                    if pending.contains(meta.key.as_str()) {
+                        report.pending_writes.push(meta.key.as_str().to_owned());
+                    } else {
+                        report.orphan_objects.push(meta.key.as_str().to_owned());
                     }
-                    report.orphan_objects.push(meta.key.as_str().to_owned());
                     let old = now_t
                         .duration_since(meta.last_modified)
                         .is_ok_and(|age| age > grace);
@@ -179,6 +185,21 @@ impl Sweep<'_> {
                 return Ok(());
             }
         }
+    }
+}
+
+impl Sweep<'_> {
+    /// Which of the listed objects a writer's intent names: an ingest or a
+    /// compaction still writing them, or one killed before its commit,
+    /// whose objects GC deletes once the intent is older than the grace
+    /// period (docs/gc.md). Not orphans: nothing is wrong.
+    async fn intended<K>(self, batch: &[(K, ObjectMeta)]) -> anyhow::Result<HashSet<String>> {
+        let keys: Vec<_> = batch.iter().map(|(_, meta)| meta.key.clone()).collect();
+        let mut conn = self.svc.db.conn().await?;
+        Ok(chunk_claims::intended(conn.raw(), &keys)
+            .await?
+            .into_iter()
+            .collect())
     }
 }
 

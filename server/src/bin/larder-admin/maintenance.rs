@@ -173,6 +173,13 @@ impl Verify {
         if self.repair {
             println!("orphans deleted:      {}", r.orphans_deleted);
         }
+        // Not a fault: a writer's intent names them (docs/gc.md).
+        println!("pending writes:       {}", r.pending_writes.len());
+        for k in &r.pending_writes {
+            println!(
+                "  {k} (being written, or left by a killed writer: GC deletes it after the grace period)"
+            );
+        }
         println!("orphan staging:       {}", r.orphan_staging.len());
         for k in &r.orphan_staging {
             println!("  {k}");
