@@ -54,14 +54,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("sealing signing keys")?;
     let shutdown = CancellationToken::new();
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-            shutdown.cancel();
-        });
-    }
+    // SIGTERM too: what `docker stop` and Kubernetes send before SIGKILL.
+    larder_server::shutdown::cancel_on_signal(shutdown.clone());
     let probes = larder_server::worker_metrics::Probes {
         db: opened.db.clone(),
         storage: opened.storage.clone(),

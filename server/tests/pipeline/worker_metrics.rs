@@ -2,7 +2,7 @@
 //! an upload the router staged, and its `GET /metrics` shows the ingest,
 //! the pack it sealed, its periodic tasks and (on S3) its storage requests;
 //! without the `[metrics] token` it answers the contract's 401 JSON error;
-//! `/_health` and `/_ready` answer without it. Its job slots and jobs in
+//! `/_health` and `/_ready` answer without it; SIGTERM stops it with exit 0. Its job slots and jobs in
 //! flight are gauges. The API's own `/metrics` renders every family once,
 //! with the backlog (queue depth, staged NARs, ingest lag) before and after
 //! the worker drains it.
@@ -51,6 +51,26 @@ impl WorkerProcess {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("larder-worker exited ({status}):\n{}", self.log_text());
         }
+    }
+
+    /// Sends SIGTERM (what `docker stop` sends) and waits for the exit.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM failed");
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "larder-worker ignored SIGTERM for 30 s:\n{}",
+            self.log_text()
+        );
     }
 
     fn log_text(&self) -> String {
@@ -260,4 +280,7 @@ pub(super) async fn a_worker_process_serves_its_metrics(app: &TestApp) {
         "{text}"
     );
     worker.ensure_running();
+    // SIGTERM stops it cleanly (exit 0), as Ctrl-C does.
+    let status = worker.terminate().await;
+    assert!(status.success(), "{status}:\n{}", worker.log_text());
 }
