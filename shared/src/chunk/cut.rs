@@ -175,7 +175,7 @@ impl<R: Read> Iterator for ChunkIter<R> {
 /// Chunks handed from the chunking thread to the async consumer ahead of
 /// demand; bounds memory together with the window. Deep enough that the
 /// chunker keeps cutting while a batch of chunks is looked up (at most
-/// 16 × `max_size`, 4 MiB with the default chunking).
+/// 32 × `max_size`, 8 MiB with the default chunking).
 const CHUNK_CHANNEL_DEPTH: usize = 32;
 
 /// Chunks an async reader on a blocking thread (cut points and SHA-256 stay

@@ -186,9 +186,7 @@ impl Sweep<'_> {
             }
         }
     }
-}
 
-impl Sweep<'_> {
     /// Which of the listed objects a writer's intent names: an ingest or a
     /// compaction still writing them, or one killed before its commit,
     /// whose objects GC deletes once the intent is older than the grace

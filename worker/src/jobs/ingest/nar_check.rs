@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -22,8 +22,9 @@ use larder_core::nix::nar::{NarSummary, NarValidator};
 /// Pieces queued for the checker (128 KiB each from local storage).
 const DEPTH: usize = 32;
 
-/// The first grammar error, shared with the tap so the stream stops.
-type Failure = Arc<Mutex<Option<String>>>;
+/// The first grammar error, set once by the checker and read by the tap
+/// (so the stream stops) and by the ingest (for its message).
+type Failure = Arc<OnceLock<String>>;
 
 /// The checks of one ingest: the checker thread, and its first failure.
 pub(super) struct NarCheck {
@@ -58,10 +59,7 @@ impl NarCheck {
     /// The grammar error the checker found, if any: the reason to give
     /// instead of the chunker's read error.
     pub(super) fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.failed.get().cloned()
     }
 
     /// After the whole NAR went through: checks it hashes to `expected` and
@@ -80,11 +78,7 @@ impl NarCheck {
 
 /// Hands `piece` to the checker, unless it has failed already.
 fn forward(tx: &SyncSender<Bytes>, failed: &Failure, piece: Bytes) -> io::Result<Bytes> {
-    if let Some(reason) = failed
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-    {
+    if let Some(reason) = failed.get() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, reason.clone()));
     }
     // A checker that stopped (enough bytes, or an error) no longer reads:
@@ -109,7 +103,7 @@ fn check(
         hasher.update(piece);
         if let Err(e) = validator.update(piece) {
             let reason = e.to_string();
-            *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+            let _ = failed.set(reason.clone());
             return Err(reason);
         }
     }
