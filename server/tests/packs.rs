@@ -20,7 +20,10 @@
 //!    killed after sealing its new pack, before moving rows, loses nothing
 //!    and leaks nothing;
 //! 9. `larder-admin repack` moves chunks stored one per object into packs
-//!    online; GC deletes the old objects a grace period later.
+//!    online; GC deletes the old objects a grace period later;
+//! 10. a NAR that repeats its own chunks costs one storage read per pack,
+//!     the repeats sent again from memory, and reads the same bytes whole
+//!     and in every range.
 
 use crate::common;
 use crate::gc::gc_support::clock::{backdate_intents, gc_at, grace};
@@ -29,7 +32,7 @@ use crate::gc::gc_support::invariants::assert_chunk_store_sound;
 use crate::gc::gc_support::pool::BlockPool;
 use crate::pipeline::http::{Client, boundaries, check_ranges};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +41,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use futures::TryStreamExt;
+use larder_shared::chunk_store::ChunkStore;
+use larder_shared::chunk_store::nar::{ChunkLayout, Representation};
 use larder_shared::config::Config;
 use larder_shared::db::chunks::{self, BATCH};
 use larder_shared::db::nars::NarState;
@@ -48,8 +54,9 @@ use larder_worker::Services;
 use larder_worker::jobs::ingest::{self, BeforeCommit, Outcome};
 use larder_worker::jobs::verify;
 
+use common::counting::Counting;
 use common::nar::TestNar;
-use common::read::{assert_kind, fetch};
+use common::read::{assert_kind, fetch, unzstd};
 use common::{Backend, TestApp};
 
 const KIB: usize = 1024;
@@ -85,6 +92,7 @@ on_both_backends!(crate::packs::small_packs_app =>
     killed_compaction_loses_nothing,
     killed_ingest_pack_is_collected,
     verify_reads_packs,
+    repeated_chunks_are_read_once,
 );
 
 on_both_backends!(crate::gc::gc_support::legacy_app =>
@@ -727,4 +735,69 @@ async fn repack_moves_old_chunks_into_packs(app: &TestApp) {
         assert_bytes(app, &token, "rp", n, "old objects gone").await;
     }
     assert_store_clean(app, "repacked").await;
+}
+
+// --- 10. a NAR that repeats its own chunks ---------------------------------------------
+
+async fn repeated_chunks_are_read_once(app: &TestApp) {
+    app.create_cache("rep", true).await;
+    let token = app.token(&[("rep", PULL_PUSH_DELETE)]);
+    // Blocks several times the average chunk, repeated: their interior
+    // chunks repeat, each frame stored once.
+    let pool = BlockPool::new(0x7e9, 3, 256 * KIB);
+    let nar = pool.nar("rep-1.0", 31, &[0, 1, 0, 2, 1, 0, 0, 2]);
+    assert_kind(&app.upload(&token, "rep", &nar).await, "Uploaded");
+    app.drain_jobs().await;
+
+    let rec = app.nar_record(&nar).await;
+    let (mut packs, mut seen, mut repeats) = (HashSet::new(), HashSet::new(), 0);
+    let mut conn = app.state.db.conn().await.expect("connection");
+    for ids in rec.chunk_ids.chunks(BATCH) {
+        let found = chunks::get_many(conn.raw(), ids).await.expect("query");
+        for id in ids {
+            packs.insert(found[id].pack_id.expect("packed"));
+            repeats += usize::from(!seen.insert(*id));
+        }
+    }
+    drop(conn);
+    assert!(repeats >= 6, "the NAR repeats {repeats} of its chunks");
+
+    let layout = ChunkLayout::load(&app.state.db, &rec)
+        .await
+        .expect("layout");
+    for repr in [Representation::Plain, Representation::Zstd] {
+        let counted = Counting::wrap(app.state.storage.clone());
+        let len = layout.len(repr);
+        let pieces: Vec<Bytes> = layout
+            .clone()
+            .stream(
+                app.state.db.clone(),
+                ChunkStore::new(counted.clone()),
+                repr,
+                0..len,
+            )
+            .try_collect()
+            .await
+            .expect("stream");
+        let body = pieces.concat();
+        assert_eq!(body.len() as u64, len, "{repr:?}");
+        let plain = match repr {
+            Representation::Plain => body,
+            Representation::Zstd => unzstd(&body),
+        };
+        assert!(plain == nar.bytes, "{repr:?}: the NAR's bytes");
+        assert_eq!(
+            counted.gets(),
+            packs.len(),
+            "{repr:?}: one read per pack ({repeats} repeats)"
+        );
+    }
+
+    let base = app.serve().await;
+    let client = Client::new(&base, None);
+    let (plain_cuts, zst_cuts) = boundaries(app, &nar).await;
+    let url = |ext: &str| format!("/rep/nar/{}.{ext}", nar.url_hash());
+    check_ranges(&client, &url("nar"), &nar.bytes, &plain_cuts).await;
+    let zst = client.get(&url("nar.zst"), &[]).await.body;
+    check_ranges(&client, &url("nar.zst"), &zst, &zst_cuts).await;
 }

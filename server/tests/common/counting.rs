@@ -1,5 +1,6 @@
-//! A storage that counts the listings asked of it and passes every call on
-//! to a real backend: how a test shows that a periodic task never lists.
+//! A storage that counts the listings and reads asked of it and passes
+//! every call on to a real backend: how a test shows that a periodic task
+//! never lists, or how many requests a download costs.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -13,18 +14,20 @@ use larder_shared::storage::{
     ByteStream, ObjectKey, ObjectMeta, ObjectMetaStream, Storage, StorageError,
 };
 
-/// A real backend, its `list` calls counted.
-pub struct ListCounting {
+/// A real backend, its `list` and `get` calls counted.
+pub struct Counting {
     inner: Arc<dyn Storage>,
     lists: AtomicUsize,
+    gets: AtomicUsize,
 }
 
-impl ListCounting {
+impl Counting {
     /// Wraps `inner`.
     pub fn wrap(inner: Arc<dyn Storage>) -> Arc<Self> {
         Arc::new(Self {
             inner,
             lists: AtomicUsize::new(0),
+            gets: AtomicUsize::new(0),
         })
     }
 
@@ -32,10 +35,15 @@ impl ListCounting {
     pub fn lists(&self) -> usize {
         self.lists.load(Ordering::SeqCst)
     }
+
+    /// How many reads were started.
+    pub fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
-impl Storage for ListCounting {
+impl Storage for Counting {
     async fn put(&self, key: &ObjectKey, data: ByteStream) -> Result<u64, StorageError> {
         self.inner.put(key, data).await
     }
@@ -49,6 +57,7 @@ impl Storage for ListCounting {
         key: &ObjectKey,
         range: Option<Range<u64>>,
     ) -> Result<ByteStream, StorageError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(key, range).await
     }
 

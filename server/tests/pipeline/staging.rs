@@ -20,14 +20,14 @@ use larder_worker::sweeper;
 
 use super::{KIB, PULL_PUSH};
 use crate::common::TestApp;
-use crate::common::counting::ListCounting;
+use crate::common::counting::Counting;
 use crate::common::nar::TestNar;
 use crate::common::read::assert_ready_readable;
 
 /// The app's services with staging and chunk storage behind one
-/// [`ListCounting`], to show what lists.
-fn counted(app: &TestApp) -> (Services, Arc<ListCounting>) {
-    let counter = ListCounting::wrap(app.state.staging.clone());
+/// [`Counting`], to show what lists.
+fn counted(app: &TestApp) -> (Services, Arc<Counting>) {
+    let counter = Counting::wrap(app.state.staging.clone());
     let svc = Services::new(
         app.services.config.clone(),
         app.state.db.clone(),

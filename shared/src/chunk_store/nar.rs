@@ -17,7 +17,7 @@
 //! with an error, which breaks the connection: a 200 never ends early as if
 //! complete.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -110,6 +110,7 @@ impl ChunkLayout {
         } else {
             (ends.partition_point(|&e| e < range.end) + 1).min(ends.len())
         };
+        let repeats = repeats(&self.chunk_ids[first..stop]);
         let plan = Arc::new(Plan {
             repr,
             chunk_ids: self.chunk_ids,
@@ -129,8 +130,19 @@ impl ChunkLayout {
             .buffered(ROWS_AHEAD)
             .map_ok(|parts| stream::iter(parts.into_iter().map(Ok)))
             .try_flatten();
-        reads::stream(chunks, Box::pin(parts), repr)
+        reads::stream(chunks, Box::pin(parts), repeats, repr)
     }
+}
+
+/// The chunks of `ids` that occur more than once, with their counts: what
+/// lets a download read a repeated chunk's frame once.
+fn repeats(ids: &[ChunkId]) -> reads::Repeats {
+    let mut counts: reads::Repeats = HashMap::new();
+    for id in ids {
+        *counts.entry(*id).or_default() += 1;
+    }
+    counts.retain(|_, n| *n > 1);
+    counts
 }
 
 /// The chunks a stream sends, and where the range falls in each.
