@@ -1,7 +1,8 @@
 //! What newer Nix and Lix clients send that no packaged client here does
 //! yet (docs/protocol.md "Build logs and realisations", "Compressed
 //! metadata"): build logs, realisations, `Content-Encoding` on metadata
-//! PUTs, several `Sig:` lines, multi-frame and large-window zstd.
+//! PUTs, several `Sig:` lines, multi-frame and large-window zstd, and Nix
+//! 2.35's upload order (every NAR first, in parallel; narinfos after).
 
 use super::*;
 
@@ -15,6 +16,7 @@ on_both_backends!(
     metadata_puts_are_decoded,
     every_uploader_signature_is_kept,
     zstd_frames_and_windows,
+    nars_come_before_their_references,
 );
 
 on_both_backends!(crate::nix_upload::newer_clients::small_logs => a_log_over_max_log_size_is_refused);
@@ -412,4 +414,31 @@ async fn zstd_frames_and_windows(app: &TestApp) {
     let r = put_nar(app, &token, "zst", &file).await;
     r.assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
     assert!(r.text().contains("max-zstd-window-log"), "{}", r.text());
+}
+
+/// Nix 2.35: the NARs of a closure are uploaded first, in parallel and
+/// largest first, before any narinfo; only the narinfos keep dependency
+/// order. Nothing is checked on the NAR PUT, so this just works.
+async fn nars_come_before_their_references(app: &TestApp) {
+    app.create_cache("order", false).await;
+    let token = app.token(&[("order", PULL_PUSH)]);
+    let dep = test_path("order-dep", 900);
+    let mut top = test_path("order-top", 901);
+    top.references = vec![dep.base_name.clone(), top.base_name.clone()];
+    let dep_file = NarFile::new(Compression::Zstd, &dep);
+    let top_file = NarFile::new(Compression::Zstd, &top);
+    let (a, b) = tokio::join!(
+        put_nar(app, &token, "order", &top_file),
+        put_nar(app, &token, "order", &dep_file),
+    );
+    a.assert_status(StatusCode::OK);
+    b.assert_status(StatusCode::OK);
+    for (nar, file) in [(&dep, &dep_file), (&top, &top_file)] {
+        put_narinfo(app, &token, "order", nar, &nix_narinfo(nar, file, None))
+            .await
+            .assert_status(StatusCode::NO_CONTENT);
+    }
+    let (_, info) = narinfo(app, &token, "order", &top).await;
+    assert_eq!(info.references.len(), 2);
+    narinfo(app, &token, "order", &dep).await;
 }
