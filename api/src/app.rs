@@ -10,8 +10,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{ApiError, json_errors};
 use crate::routes::{
-    binary_cache, cache_config, cache_file, caches, health, metrics, missing_paths, nar,
-    nix_upload, upload_path,
+    binary_cache, build_log, cache_config, cache_file, caches, health, metrics, missing_paths, nar,
+    nix_upload, realisation, upload_path,
 };
 use crate::state::AppState;
 
@@ -69,6 +69,15 @@ route_table! {
         get nar::get,
         head nar::head,
         put nix_upload::put_nar;
+    "/{cache}/log/{drv}" =>
+        get build_log::get,
+        put build_log::put;
+    "/{cache}/realisations/{file}" =>
+        get realisation::get_legacy,
+        put realisation::put_legacy;
+    "/{cache}/build-trace-v2/{drv}/{file}" =>
+        get realisation::get_trace,
+        put realisation::put_trace;
     "/{cache}/{file}" =>
         get binary_cache::cache_file,
         put cache_file::put,

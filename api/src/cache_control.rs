@@ -60,7 +60,13 @@ fn classify(method: &Method, route: Option<&str>) -> Resource {
     }
     match route {
         Some("/{cache}/nar/{file}") => Resource::Nar,
-        Some("/{cache}/nix-cache-info" | "/{cache}/{file}") => Resource::Metadata,
+        Some(
+            "/{cache}/nix-cache-info"
+            | "/{cache}/{file}"
+            | "/{cache}/log/{drv}"
+            | "/{cache}/realisations/{file}"
+            | "/{cache}/build-trace-v2/{drv}/{file}",
+        ) => Resource::Metadata,
         _ => Resource::Uncacheable,
     }
 }

@@ -64,6 +64,16 @@ pub fn detect(head: &[u8]) -> Detected {
     }
 }
 
+/// How to decode a file: its format, and the decoder's memory bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoding {
+    /// What the first bytes (or `Content-Encoding`) say.
+    pub detected: Detected,
+    /// A zstd frame's window may be at most `2^window_log_max` bytes
+    /// (`[http] max-zstd-window-log`).
+    pub window_log_max: u32,
+}
+
 /// Why a file could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -81,6 +91,16 @@ pub enum DecodeError {
         /// The decoder's complaint.
         message: String,
     },
+    /// A zstd frame asks for a larger window than `[http]
+    /// max-zstd-window-log` allows: refused before its window is allocated.
+    #[error(
+        "zstd frame needs a window larger than 2^{limit_log} bytes ([http] max-zstd-window-log); \
+         compress with a smaller window (no --long, or --long={limit_log} or less)"
+    )]
+    WindowTooLarge {
+        /// The configured limit (log2 bytes).
+        limit_log: u32,
+    },
     /// Bytes after the end of the compressed stream.
     #[error("{compression} data is followed by {extra} bytes of trailing garbage")]
     TrailingData {
@@ -97,14 +117,23 @@ pub enum DecodeError {
 /// Decodes `input` as `detected` says, handing decompressed pieces to `sink`,
 /// then reads `input` to its end (so a producer feeding it never blocks) and
 /// rejects trailing bytes the decoder did not consume.
-pub fn decode<R, F>(detected: Detected, input: &mut R, mut sink: F) -> Result<(), DecodeError>
+pub fn decode<R, F>(decoding: Decoding, input: &mut R, mut sink: F) -> Result<(), DecodeError>
 where
     R: Read,
     F: FnMut(Bytes) -> io::Result<()>,
 {
+    let Decoding {
+        detected,
+        window_log_max,
+    } = decoding;
     let compression = detected.compression;
     let corrupt = |e: io::Error| {
-        if compression == Compression::Brotli && !detected.by_magic {
+        // libzstd's only word for ZSTD_error_frameParameter_windowTooLarge.
+        if compression == Compression::Zstd && e.to_string().contains("too much memory") {
+            DecodeError::WindowTooLarge {
+                limit_log: window_log_max,
+            }
+        } else if compression == Compression::Brotli && !detected.by_magic {
             DecodeError::Unrecognised
         } else {
             DecodeError::Corrupt {
@@ -119,7 +148,7 @@ where
         sink(Bytes::copy_from_slice(piece)).map_err(DecodeError::Sink)
     };
     {
-        let mut decoder = decoder(compression, &mut *input).map_err(corrupt)?;
+        let mut decoder = decoder(compression, window_log_max, &mut *input).map_err(corrupt)?;
         let mut buf = vec![0u8; OUT_PIECE];
         loop {
             let n = match decoder.read(&mut buf) {
@@ -143,7 +172,11 @@ where
 }
 
 /// A reader of the decompressed bytes.
-fn decoder<'a, R: Read + 'a>(compression: Compression, input: R) -> io::Result<Box<dyn Read + 'a>> {
+fn decoder<'a, R: Read + 'a>(
+    compression: Compression,
+    window_log_max: u32,
+    input: R,
+) -> io::Result<Box<dyn Read + 'a>> {
     let lzma = |e: liblzma::stream::Error| io::Error::other(e.to_string());
     Ok(match compression {
         Compression::None => Box::new(input),
@@ -169,7 +202,12 @@ fn decoder<'a, R: Read + 'a>(compression: Compression, input: R) -> io::Result<B
                 stream,
             ))
         }
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+        Compression::Zstd => {
+            // Decodes concatenated frames (Nix 2.35 writes 16 MiB ones).
+            let mut d = zstd::stream::read::Decoder::new(input)?;
+            d.window_log_max(window_log_max)?;
+            Box::new(d)
+        }
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
         Compression::Lz4 => Box::new(Lz4Frames::new(input)),
@@ -221,7 +259,11 @@ mod tests {
         let detected = detect(&data[..data.len().min(DETECT_LEN)]);
         let mut out = Vec::new();
         let mut input = data;
-        decode(detected, &mut input, |b| {
+        let decoding = Decoding {
+            detected,
+            window_log_max: 27,
+        };
+        decode(decoding, &mut input, |b| {
             out.extend_from_slice(&b);
             Ok(())
         })?;
@@ -309,6 +351,28 @@ mod tests {
         let mut zst = compress(Compression::Zstd, &nar());
         zst.extend_from_slice(b"junk");
         assert!(decode_all(&zst).is_err());
+    }
+
+    #[test]
+    fn a_zstd_window_past_the_limit_is_refused() {
+        let data = nar();
+        let mut e = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        e.window_log(28).unwrap();
+        e.long_distance_matching(true).unwrap();
+        e.write_all(&data).unwrap();
+        let zst = e.finish().unwrap();
+        let run = |window_log_max| {
+            let decoding = Decoding {
+                detected: detect(&zst[..DETECT_LEN]),
+                window_log_max,
+            };
+            decode(decoding, &mut &zst[..], |_| Ok(()))
+        };
+        assert!(matches!(
+            run(27),
+            Err(DecodeError::WindowTooLarge { limit_log: 27 })
+        ));
+        assert!(run(28).is_ok());
     }
 
     #[test]

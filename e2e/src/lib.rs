@@ -54,6 +54,7 @@ pub mod netns;
 pub mod nginx;
 pub mod nix;
 pub mod nix_client;
+pub mod nix_log;
 pub mod node_config;
 pub mod path_info;
 pub mod replica;

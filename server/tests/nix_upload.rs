@@ -7,6 +7,8 @@
 
 use crate::common;
 
+mod newer_clients;
+
 use std::io::Write;
 
 use axum::body::Body;
@@ -152,7 +154,11 @@ struct NarFile {
 
 impl NarFile {
     fn new(c: Compression, nar: &TestNar) -> Self {
-        let body = compress(c, &nar.bytes);
+        Self::from_body(c, compress(c, &nar.bytes))
+    }
+
+    /// A file of compressed bytes made some other way than [`compress`].
+    fn from_body(c: Compression, body: Vec<u8>) -> Self {
         let hash = FileHash::digest(&body);
         Self {
             name: format!("{}.nar{}", hash.to_base32(), c.file_extension()),

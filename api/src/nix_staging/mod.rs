@@ -31,7 +31,7 @@ use crate::error::ApiError;
 mod pipes;
 
 use self::pipes::{ChannelReader, metered, verdict_gated};
-use crate::upload_decode::{self, DETECT_LEN, DecodeError, Detected};
+use crate::upload_decode::{self, DETECT_LEN, DecodeError, Decoding};
 
 /// A request body as a stream of pieces.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send>>;
@@ -228,7 +228,7 @@ fn decode_error(e: DecodeError) -> ApiError {
     }
 }
 
-/// Stages an uploaded file: decompresses it as `detected` says into
+/// Stages an uploaded file: decompresses it as `decoding` says into
 /// `staging_key` (in `staging`), and, if `upload_key` is given, stores the
 /// file itself there (in `storage`). The body must hash to `named`.
 /// On error nothing new is stored.
@@ -236,7 +236,7 @@ pub async fn stage(
     storage: &Arc<dyn Storage>,
     staging: &Arc<dyn Storage>,
     body: BodyStream,
-    detected: Detected,
+    decoding: Decoding,
     named: FileHash,
     staging_key: &ObjectKey,
     upload_key: Option<&ObjectKey>,
@@ -259,7 +259,7 @@ pub async fn stage(
             rx: dec_rx,
             current: Bytes::new(),
         };
-        let result = upload_decode::decode(detected, &mut input, |piece| {
+        let result = upload_decode::decode(decoding, &mut input, |piece| {
             nar_tx
                 .blocking_send(Ok(piece))
                 .map_err(|_| io::Error::other("staging stopped"))

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 
 use larder_core::nix::store_path::StorePathHash;
 
@@ -24,11 +24,13 @@ pub async fn put_nix_cache_info(_access: CacheAccess<Push>, body: Body) -> ApiRe
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PUT /{cache}/{file}` (`w`): `<storehash>.narinfo` or `<storehash>.ls`.
+/// `PUT /{cache}/{file}` (`w`): `<storehash>.narinfo` or `<storehash>.ls`,
+/// decoded as their `Content-Encoding` says.
 pub async fn put(
     State(state): State<AppState>,
     Path((_, file)): Path<(String, String)>,
     access: CacheAccess<Push>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
     let parse = |h: &str| {
@@ -36,10 +38,10 @@ pub async fn put(
             .map_err(|e| ApiError::BadRequest(format!("invalid store path hash: {e}")))
     };
     if let Some(hash) = file.strip_suffix(".narinfo") {
-        return nix_narinfo::put(&state, &access, parse(hash)?, body).await;
+        return nix_narinfo::put(&state, &access, parse(hash)?, &headers, body).await;
     }
     if let Some(hash) = file.strip_suffix(".ls") {
-        return listing::put(&state, &access, parse(hash)?, body).await;
+        return listing::put(&state, &access, parse(hash)?, &headers, body).await;
     }
     Err(ApiError::NotFound)
 }

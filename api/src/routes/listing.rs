@@ -10,7 +10,7 @@
 //!   deleted with it).
 
 use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tracing::instrument;
@@ -24,7 +24,7 @@ use larder_shared::storage::StorageError;
 use larder_shared::token::Permission;
 
 use crate::auth::{CacheAccess, PullOrPush, Push, permission_name};
-use crate::body::read_limited;
+use crate::content_encoding::read_decoded;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use larder_shared::chunk_store::nar::{self as nar_reader, ChunkLayout, NarStream, Representation};
@@ -39,9 +39,11 @@ pub async fn put(
     state: &AppState,
     access: &CacheAccess<Push>,
     hash: StorePathHash,
+    headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let listing = read_limited(body, MAX_LISTING, "listing").await?;
+    let window = state.config.http.max_zstd_window_log;
+    let listing = read_decoded(headers, body, MAX_LISTING, "listing", window).await?;
     // Names are raw bytes in Nix's JSON (not always UTF-8): check the shape only.
     let trimmed = listing.trim_ascii();
     if !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {

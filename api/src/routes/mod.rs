@@ -1,6 +1,7 @@
 //! Handlers, one file per area; the route table is in `app.rs`.
 
 pub mod binary_cache;
+pub mod build_log;
 pub mod cache_config;
 pub mod cache_file;
 pub mod caches;
@@ -11,4 +12,5 @@ pub mod missing_paths;
 pub mod nar;
 pub mod nix_narinfo;
 pub mod nix_upload;
+pub mod realisation;
 pub mod upload_path;

@@ -13,7 +13,7 @@
 //! one of Larder's own URLs (`nar/<narhash>.nar`, `.nar.zst`).
 
 use axum::body::Body;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use tracing::instrument;
 
 use larder_core::nix::hash::{FileHash, NarHash};
@@ -29,7 +29,7 @@ use larder_shared::db::{CacheId, ObjectId, listings, unix_now};
 use larder_shared::retention::Retention;
 
 use crate::auth::{CacheAccess, Push};
-use crate::body::read_limited;
+use crate::content_encoding::read_decoded;
 use crate::error::{ApiError, ApiResult};
 use crate::nar_url::own_url;
 use crate::record::{self, NewPath, Origin};
@@ -57,9 +57,11 @@ pub async fn put(
     state: &AppState,
     access: &CacheAccess<Push>,
     hash: StorePathHash,
+    headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let text = read_limited(body, MAX_NARINFO, "narinfo").await?;
+    let window = state.config.http.max_zstd_window_log;
+    let text = read_decoded(headers, body, MAX_NARINFO, "narinfo", window).await?;
     let text = std::str::from_utf8(&text)
         .map_err(|_| ApiError::BadRequest("narinfo is not UTF-8".into()))?;
     let bad = |m: String| ApiError::BadRequest(m);

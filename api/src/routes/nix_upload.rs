@@ -43,7 +43,7 @@ use crate::nar_url::{own_url, parse_file_name};
 use crate::nix_staging::{self, BodyStream};
 use crate::staging;
 use crate::state::AppState;
-use crate::upload_decode;
+use crate::upload_decode::{self, Decoding};
 
 // --- NAR files ----------------------------------------------------------------
 
@@ -121,7 +121,10 @@ pub async fn put_nar(
         &state.storage,
         &state.staging,
         body,
-        detected,
+        Decoding {
+            detected,
+            window_log_max: state.config.http.max_zstd_window_log,
+        },
         file_hash,
         &staging_key,
         write_key,

@@ -30,6 +30,15 @@ pub struct CacheStats {
     pub stored_bytes: i64,
     /// `nar_bytes / stored_bytes` (1.0 when empty).
     pub dedup_ratio: f64,
+    /// Build logs stored (`PUT /{cache}/log/<drv>`); absent from older servers.
+    #[serde(default)]
+    pub build_logs: i64,
+    /// Their stored (zstd-compressed) bytes, not part of `stored_bytes`.
+    #[serde(default)]
+    pub build_log_bytes: i64,
+    /// Realisation documents stored (`realisations/`, `build-trace-v2/`).
+    #[serde(default)]
+    pub realisations: i64,
 }
 
 /// One entry of `GET /_api/v1/caches/{cache}/pins`: a path that, with its
@@ -82,10 +91,13 @@ mod tests {
             nars: 2,
             stored_bytes: 100,
             dedup_ratio: 3.0,
+            build_logs: 1,
+            build_log_bytes: 40,
+            realisations: 0,
         };
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
-            r#"{"objects":2,"nar_bytes":300,"nars":2,"stored_bytes":100,"dedup_ratio":3.0}"#
+            r#"{"objects":2,"nar_bytes":300,"nars":2,"stored_bytes":100,"dedup_ratio":3.0,"build_logs":1,"build_log_bytes":40,"realisations":0}"#
         );
     }
 

@@ -41,6 +41,7 @@ fn valid(param: &str) -> String {
         "cache" => "walk".into(),
         "file" => "00000000000000000000000000000000.narinfo".into(),
         "name" => "pin".into(),
+        "drv" => "00000000000000000000000000000000-walk.drv".into(),
         other => panic!("no valid value for {{{other}}}: extend the walk"),
     }
 }

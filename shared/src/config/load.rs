@@ -111,6 +111,10 @@ impl Config {
                 "jwt.signing: set exactly one of token-rs256-secret-base64, token-rs256-pubkey-base64, token-hs256-secret-base64 (found {n})"
             ));
         }
+        // zstd decodes windows from 2^10 to 2^31 bytes.
+        if !(10..=31).contains(&self.http.max_zstd_window_log) {
+            problems.push("http.max-zstd-window-log: must be between 10 and 31".into());
+        }
         if self.worker.concurrency == 0 {
             problems.push("worker.concurrency: must be at least 1".into());
         }

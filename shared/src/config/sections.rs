@@ -339,6 +339,12 @@ pub struct HttpConfig {
     /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names
     /// the client in the audit trail; empty: the TCP peer is the client.
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// Largest build log accepted (`PUT /{cache}/log/<drv>`), in bytes
+    /// once decoded; larger ones are a 413. Logs live in the database.
+    pub max_log_size: u64,
+    /// Largest zstd window (log2 bytes) a NAR or metadata upload may ask
+    /// the decoder for; a frame wanting more is refused, not allocated.
+    pub max_zstd_window_log: u32,
 }
 
 impl Default for HttpConfig {
@@ -351,6 +357,8 @@ impl Default for HttpConfig {
             max_connections: 512,
             narinfo_max_age: ConfigDuration::from_secs(60),
             trusted_proxies: Vec::new(),
+            max_log_size: 16 * 1024 * 1024,
+            max_zstd_window_log: 27,
         }
     }
 }

@@ -88,6 +88,25 @@ fn http_section_defaults_and_overrides() {
 }
 
 #[test]
+fn log_size_and_zstd_window_limits() {
+    let c = Config::parse_toml(MINIMAL).unwrap();
+    assert_eq!(c.http.max_log_size, 16 << 20);
+    assert_eq!(c.http.max_zstd_window_log, 27);
+    let text = format!("{MINIMAL}\n[http]\nmax-log-size = 1024\nmax-zstd-window-log = 31\n");
+    let c = Config::parse_toml(&text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        (c.http.max_log_size, c.http.max_zstd_window_log),
+        (1024, 31)
+    );
+    let text = format!("{MINIMAL}\n[http]\nmax-zstd-window-log = 32\n");
+    match Config::parse_toml(&text).unwrap().validate() {
+        Err(ConfigError::Invalid(p)) => assert!(p[0].contains("max-zstd-window-log"), "{p:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn trusted_proxies_default_empty_and_parse() {
     let c = Config::parse_toml(MINIMAL).unwrap();
     assert!(c.http.trusted_proxies.is_empty());

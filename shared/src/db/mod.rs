@@ -7,6 +7,7 @@
 //! (`BIGINT`), so tests can inject a clock.
 
 pub mod audit;
+pub mod build_logs;
 pub mod cache_keys;
 pub mod caches;
 pub mod chunk_claims;
@@ -25,6 +26,7 @@ pub mod objects;
 pub mod packs;
 pub mod pins;
 pub mod queue;
+pub mod realisations;
 pub mod refcounts;
 pub mod replaced_frames;
 pub mod staging_intents;

@@ -68,9 +68,20 @@ pub async fn cache(raw: Raw<'_>, cache_id: CacheId) -> Result<CacheStats, DbErro
         .bind(cache_id)
         .fetch_one(&mut *c)
         .await?;
+        let l = sqlx::query(
+            "SELECT COUNT(*) AS logs, CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) AS bytes,
+                    (SELECT COUNT(*) FROM realisations WHERE cache_id = $1) AS realisations
+             FROM build_logs WHERE cache_id = $1",
+        )
+        .bind(cache_id)
+        .fetch_one(&mut *c)
+        .await?;
         let nar_bytes: i64 = a.try_get("nar_bytes")?;
         let stored: i64 = b.try_get("stored")?;
         Ok(CacheStats {
+            build_logs: l.try_get("logs")?,
+            build_log_bytes: l.try_get("bytes")?,
+            realisations: l.try_get("realisations")?,
             objects: a.try_get("objects")?,
             nar_bytes,
             nars: b.try_get("nars")?,

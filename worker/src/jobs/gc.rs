@@ -25,6 +25,8 @@ pub use crate::gc_lease::{LEASE, LEASE_TTL};
 use crate::pack_mover::Moved;
 use crate::services::Services;
 
+mod documents;
+
 /// Rows read per page.
 const PAGE: i64 = 1000;
 /// Orphan NARs deleted per transaction.
@@ -50,6 +52,10 @@ pub struct GcReport {
     pub packs_deleted: u64,
     /// What compaction rewrote (docs/gc.md "Compaction").
     pub compaction: Moved,
+    /// Build logs not uploaded or read within their cache's retention.
+    pub build_logs_expired: u64,
+    /// Realisations not uploaded or read within their cache's retention.
+    pub realisations_expired: u64,
 }
 
 /// Runs one GC at time `now` (Unix seconds; injectable for tests) if no
@@ -147,6 +153,7 @@ async fn collect(
     let mut report = GcReport::default();
     let grace = svc.config.garbage_collection.grace_period.as_secs() as i64;
     report.objects_expired = expire_objects(svc, lease, now, expired_by_cache).await?;
+    documents::expire(svc, now, &mut report).await?;
     lease.renew(svc).await?;
     report.nars_deleted = delete_orphan_nars(svc, now, now - grace).await?;
     lease.renew(svc).await?;
