@@ -102,6 +102,9 @@ impl Codec {
     }
 }
 
+/// Attic's bucket and the chunk keys written to it so far.
+type AtticBucket = (Arc<dyn Storage>, Mutex<Vec<ObjectKey>>);
+
 /// An Attic database and storage directory.
 pub struct AtticFixture {
     /// Which dialect.
@@ -112,8 +115,8 @@ pub struct AtticFixture {
     pub storage: PathBuf,
     /// Attic's server.toml.
     pub config_path: PathBuf,
-    /// The bucket, when Attic's storage is S3 (chunk keys written so far).
-    s3: Option<(Arc<dyn Storage>, Mutex<Vec<ObjectKey>>)>,
+    /// The bucket, when Attic's storage is S3.
+    s3: Option<AtticBucket>,
     pg_database: Option<String>,
     sqlite_path: Option<PathBuf>,
     _dir: tempfile::TempDir,
