@@ -131,11 +131,21 @@ pub(super) async fn import_attic_survives_kill_9(app: &TestApp) {
         .await;
     assert_eq!(dup_nars, 0, "a NAR recorded twice");
     app.assert_chunk_store_consistent().await;
-    // The killed pass's staging copy (if it was mid-NAR) is the sweeper's.
+    // What the killed pass left in staging is the worker's to remove once
+    // older than `[staging] max-age`: its staging intent and object (the
+    // sweeper), and the temp file of a write it cut short (the hourly
+    // `remove_incomplete`, here with the age already passed).
     let max_age = app.services.config.staging.max_age.as_secs() as i64;
     sweeper::sweep(&app.services, unix_now() + max_age + 60)
         .await
         .expect("sweep");
+    let cut_short = app
+        .state
+        .staging
+        .remove_incomplete(Duration::ZERO)
+        .await
+        .expect("remove_incomplete");
+    assert!(cut_short <= 1, "{cut_short} interrupted writes");
     app.assert_staging_empty().await;
     let token = app.root_token();
     for (i, nar) in nars.iter().enumerate().step_by(5) {
