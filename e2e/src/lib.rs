@@ -31,6 +31,9 @@
 //! - [`tree`]: [`StoreTree`], real derivation trees built without nixpkgs.
 //! - [`client`]: the HTTP side: cache creation, Attic `upload-path` streamed
 //!   from `nix-store --dump`, narinfo reads.
+//! - [`attic`]: an Attic deployment (PostgreSQL in Attic's schema, chunk
+//!   files, `server.toml`, tokens as `atticadm` mints them) for
+//!   `larder-admin import-attic`.
 //! - [`cli`]: the `larder` CLI as one user (own `XDG_CONFIG_HOME` and
 //!   `XDG_CACHE_HOME`), `larder-admin`, push summaries.
 //! - [`replica`]: the production shape: a fresh PostgreSQL database and
@@ -46,6 +49,7 @@
 //!   loopback processes.
 //! - [`wait`]: bounded polling, the only way tests wait.
 
+pub mod attic;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -26,6 +26,8 @@ use larder_e2e::{
 use sha2::{Digest, Sha256};
 
 // More tests, by area (kept in one test binary: each links the whole graph).
+#[path = "e2e/attic_import.rs"]
+mod attic_import;
 #[path = "e2e/build_logs.rs"]
 mod build_logs;
 #[path = "e2e/cluster.rs"]

@@ -48,6 +48,7 @@ mod s3 {
     concurrent_uploads_of_one_nar,
     bad_uploads_leave_nothing_behind,
     a_worker_process_serves_its_metrics,
+    import_from_attic_on_s3,
     );
 }
 
@@ -66,6 +67,7 @@ on_both_backends!(
     ranges_on_every_representation,
     cache_control_matrix,
     import_from_attic,
+    import_attic_survives_kill_9,
     a_published_path_keeps_its_nar,
     a_broken_nar_may_be_replaced,
     replacing_needs_the_delete_permission,
@@ -76,6 +78,8 @@ on_both_backends!(
     a_worker_process_serves_its_metrics,
 );
 
+mod attic_kill;
+use attic_kill::import_attic_survives_kill_9;
 mod s3_upload_fault;
 pub(crate) mod staging_quota;
 mod worker_metrics;
@@ -833,20 +837,28 @@ async fn s3_server_restarted_during_ingest() {
 
 // --- 10. import from Attic (docs/operations.md "Moving from Attic") -------------
 
-/// An Attic with a public and a private cache sharing a NAR and a chunk,
+/// An Attic (local storage) with a public and a private cache sharing a NAR and a chunk,
 /// chunked and unchunked NARs in every compression Attic writes, and two
 /// broken NARs (a chunk row gone, a chunk file gone), imported in two
 /// passes (the first interrupted after one path), then once more.
 async fn import_from_attic(app: &TestApp) {
+    import_from(app, attic_support::AtticFixture::new(app.backend).await).await
+}
+
+/// [`import_from_attic`] with Attic's chunks in the S3 test server's bucket.
+async fn import_from_attic_on_s3(app: &TestApp) {
+    import_from(app, attic_support::AtticFixture::on_s3(app.backend).await).await
+}
+
+async fn import_from(app: &TestApp, attic: attic_support::AtticFixture) {
     use larder_api::attic_import::source::AtticConfig;
     use larder_api::attic_import::{self, Options, Target};
     use larder_core::nix::signing::SigningKey;
     use larder_core::nix::store_path::StorePathHash;
     use larder_shared::db::{caches, objects};
 
-    use attic_support::{AtticFixture, Codec};
+    use attic_support::Codec;
 
-    let attic = AtticFixture::new(app.backend).await;
     let pub_key = SigningKey::generate("attic-pub-1").unwrap();
     let priv_key = SigningKey::generate("attic-priv-1").unwrap();
     attic
@@ -897,7 +909,7 @@ async fn import_from_attic(app: &TestApp) {
     attic.nar(3, &b, &[Some(2), Some(5)]).await;
     attic.nar(4, &d, &[None]).await;
     attic.nar(5, &e, &[Some(7)]).await;
-    std::fs::remove_file(attic.chunk_file(7).await).unwrap();
+    attic.lose_chunk(7).await;
     let now = unix_now();
     let (created, accessed) = (now - 5 * 86400, now - 86400);
     attic.object(1, 1, &c, created, accessed).await;

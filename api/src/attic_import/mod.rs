@@ -1,6 +1,6 @@
 //! `larder-admin import-attic`: moves a running Attic deployment into
-//! Larder (docs/operations.md "Moving from Attic"). Attic's config names its database and storage; its
-//! database is read through its own schema, read-only ([`attic_db`]); each
+//! Larder (docs/operations.md "Moving from Attic"). Attic's config names its database and storage
+//! (local or S3); its database is read through its own schema, read-only ([`attic_db`]); each
 //! NAR is reassembled from Attic's chunk files ([`nar_source`]) and goes the
 //! way an upload goes: streamed into staging while its NarHash, size and
 //! NAR syntax are verified ([`crate::staging::stage`]), then recorded with
@@ -20,10 +20,14 @@ mod report;
 pub mod source;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 
+use larder_shared::storage::s3::S3Storage;
+
+use self::nar_source::ChunkSource;
 use self::source::{AtticConfig, AtticStorage};
 
 pub use self::options::{Options, Target};
@@ -33,17 +37,21 @@ pub use self::report::{Failure, Report};
 /// Runs one import pass.
 pub async fn run(attic: &AtticConfig, target: &Target, opts: &Options) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let root = match &attic.storage {
-        AtticStorage::Local(p) => p.clone(),
+    let source = match &attic.storage {
+        AtticStorage::Local(p) => ChunkSource::Local(p.clone()),
+        AtticStorage::S3(s3) => ChunkSource::S3 {
+            bucket: s3.bucket.clone(),
+            storage: Arc::new(S3Storage::new(s3).context("Attic's S3 storage")?),
+        },
         AtticStorage::Unsupported(kind) => {
-            anyhow::bail!("Attic's storage is {kind:?}; only local storage can be imported so far")
+            anyhow::bail!("Attic's storage is {kind:?}; only local and S3 storage can be imported")
         }
     };
-    let source = attic_db::open(&attic.database_url)
+    let db = attic_db::open(&attic.database_url)
         .await
         .context("opening Attic's database read-only")?;
     let mut report = Report::default();
-    let all = attic_db::caches(&source)
+    let all = attic_db::caches(&db)
         .await
         .context("reading Attic's caches")?;
     for wanted in &opts.caches {
@@ -52,9 +60,9 @@ pub async fn run(attic: &AtticConfig, target: &Target, opts: &Options) -> anyhow
         }
     }
     let mut pass = Pass {
-        source: &source,
+        db: &db,
         target,
-        root,
+        source,
         opts,
         report,
         would_stage: HashSet::new(),
@@ -77,7 +85,7 @@ pub async fn run(attic: &AtticConfig, target: &Target, opts: &Options) -> anyhow
         }
         pass.cache(cache).await?;
     }
-    source.close().await;
+    db.close().await;
     let mut report = pass.report;
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)

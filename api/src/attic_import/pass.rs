@@ -1,7 +1,6 @@
 //! One import pass over Attic's caches and objects.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,9 +25,9 @@ use super::parse::{ParsedCache, parse_cache, parse_object};
 use super::report::Report;
 
 pub(super) struct Pass<'a> {
-    pub(super) source: &'a Db,
+    pub(super) db: &'a Db,
     pub(super) target: &'a Target,
-    pub(super) root: PathBuf,
+    pub(super) source: nar_source::ChunkSource,
     pub(super) opts: &'a Options,
     pub(super) report: Report,
     /// Dry run: NARs a real run would stage (a later path links to them).
@@ -163,7 +162,7 @@ impl Pass<'_> {
     }
 
     async fn import_objects(&mut self, c: &AtticCache, cache_id: CacheId) -> anyhow::Result<()> {
-        let objects = attic_db::objects(self.source, c.id)
+        let objects = attic_db::objects(self.db, c.id)
             .await
             .with_context(|| format!("reading Attic's objects of {}", c.name))?;
         let total: u64 = objects.iter().map(|o| o.nar_size.max(0) as u64).sum();
@@ -263,8 +262,8 @@ impl Pass<'_> {
             self.imported(o);
             return Ok(());
         }
-        let chunks = attic_db::chunks(self.source, o.nar_id).await?;
-        let files = match nar_source::plan(&self.root, &chunks, o.num_chunks) {
+        let chunks = attic_db::chunks(self.db, o.nar_id).await?;
+        let files = match nar_source::plan(&self.source, &chunks, o.num_chunks) {
             Ok(f) => f,
             Err(e) => {
                 self.report.fail(
@@ -276,6 +275,11 @@ impl Pass<'_> {
             }
         };
         if self.opts.dry_run {
+            if let Err(e) = nar_source::first_missing(&self.source, &files).await {
+                let reason = format!("broken in Attic: {e}");
+                self.report.fail(&c.name, Some(&o.store_path), reason);
+                return Ok(());
+            }
             self.would_stage.insert(p.nar_hash);
             self.report.paths_staged += 1;
             self.report.bytes_staged += p.nar_size;
@@ -290,7 +294,7 @@ impl Pass<'_> {
         if let Err(e) = staging::stage(
             &self.target.staging,
             &key,
-            nar_source::stream(files),
+            nar_source::stream(&self.source, files),
             expected,
         )
         .await

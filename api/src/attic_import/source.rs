@@ -1,11 +1,13 @@
 //! Attic's own `server.toml`, read for what the import needs: the database
-//! URL, local storage path and JWT settings, plus a list of what Larder
+//! URL, storage (a local path, or an S3 bucket with its region, endpoint and
+//! credentials) and JWT settings, plus a list of what Larder
 //! cannot carry over. Attic's keys (zhaofengli/attic `server/src/config.rs`)
 //! are read loosely, as TOML values: its format is not ours to validate, and
 //! an unknown Attic key is something to report, not an error.
 
 use std::path::{Path, PathBuf};
 
+use larder_shared::config::S3Config;
 use toml::Value;
 
 /// Why Attic's config is unusable for an import.
@@ -33,11 +35,15 @@ pub enum SourceError {
 }
 
 /// Where Attic keeps chunk files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AtticStorage {
     /// `[storage] type = "local"`: files under `path`.
     Local(PathBuf),
-    /// Anything else (S3): not importable yet; the type name.
+    /// `[storage] type = "s3"`: objects in a bucket, keyed by chunk file
+    /// name (no prefix: Attic has none). Credentials unset in Attic's file
+    /// come from the `AWS_*` variables, as they do for Attic.
+    S3(Box<S3Config>),
+    /// Any other type: not importable; the type name.
     Unsupported(String),
 }
 
@@ -76,6 +82,11 @@ const CARRIED: &[&str] = &[
     "database.url",
     "storage.type",
     "storage.path",
+    "storage.region",
+    "storage.bucket",
+    "storage.endpoint",
+    "storage.credentials.access_key_id",
+    "storage.credentials.secret_access_key",
     "jwt.token-bound-issuer",
     "jwt.token-bound-audiences",
     "jwt.signing.token-rs256-secret-base64",
@@ -145,6 +156,7 @@ impl AtticConfig {
                 };
                 AtticStorage::Local(p)
             }
+            Some("s3") => AtticStorage::S3(Box::new(s3_config(&root)?)),
             Some(other) => AtticStorage::Unsupported(other.to_owned()),
             None => return Err(SourceError::Missing("no [storage] type".into())),
         };
@@ -185,8 +197,8 @@ impl AtticConfig {
             if key.starts_with("storage.") && matches!(storage, AtticStorage::Local(_)) {
                 not_carried.push(format!("{key} = {value} (Larder's [storage] is its own)"));
             } else if key.starts_with("storage.") {
-                // S3 credentials are secrets: never echo them.
-                not_carried.push(format!("{key} (S3 storage is not imported yet)"));
+                // S3 settings may be secrets: never echo them.
+                not_carried.push(format!("{key} (not read by the import)"));
             } else if SAME_NAME.contains(&key.as_str()) {
                 not_carried.push(format!(
                     "{key} = {value} (same key in larder.toml: set it there to keep it)"
@@ -228,6 +240,32 @@ impl AtticJwt {
         }
         out
     }
+}
+
+/// Attic's `[storage]` S3 keys (zhaofengli/attic `server/src/storage/s3.rs`)
+/// as Larder's S3 client settings; path-style when an endpoint is set, as
+/// for Larder's own buckets.
+fn s3_config(root: &Value) -> Result<S3Config, SourceError> {
+    let mut table = toml::Table::new();
+    for key in ["bucket", "region", "endpoint"] {
+        if let Some(v) = lookup(root, &format!("storage.{key}")) {
+            table.insert(key.to_owned(), v.clone());
+        }
+    }
+    if let Some(Value::Table(c)) = lookup(root, "storage.credentials") {
+        let mut creds = toml::Table::new();
+        for key in ["access_key_id", "secret_access_key"] {
+            if let Some(v) = c.get(key) {
+                creds.insert(key.to_owned(), v.clone());
+            }
+        }
+        table.insert("credentials".to_owned(), Value::Table(creds));
+    }
+    Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            SourceError::Missing(format!("[storage] type = \"s3\": {}", e.message()))
+        })
 }
 
 fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
@@ -284,7 +322,9 @@ token-rs256-secret-base64 = "c2VjcmV0"
     fn reads_the_seed_config() {
         let c = AtticConfig::parse(SEED, Path::new("/attic/attic.toml"), |_| None).unwrap();
         assert_eq!(c.database_url, "postgresql://attic:pw@postgres:5432/attic");
-        assert_eq!(c.storage, AtticStorage::Local("/attic/storage".into()));
+        assert!(
+            matches!(&c.storage, AtticStorage::Local(p) if p.as_path() == Path::new("/attic/storage"))
+        );
         assert_eq!(c.jwt.rs256_secret.as_deref(), Some("c2VjcmV0"));
         assert_eq!(c.default_retention_period.as_deref(), Some("30 days"));
         let toml = c.jwt.larder_toml();
@@ -314,7 +354,7 @@ token-rs256-secret-base64 = "c2VjcmV0"
 
     #[test]
     fn env_fills_what_the_file_leaves_out() {
-        let text = "[storage]\ntype = \"s3\"\nbucket = \"b\"\n[storage.credentials]\nsecret_access_key = \"hidden\"\n";
+        let text = "[storage]\ntype = \"s3\"\nbucket = \"b\"\nregion = \"eu-1\"\nendpoint = \"http://s3:9000\"\n[storage.credentials]\naccess_key_id = \"id\"\nsecret_access_key = \"hidden\"\n";
         let c = AtticConfig::parse(text, Path::new("x.toml"), |k| match k {
             "ATTIC_SERVER_DATABASE_URL" => Some("sqlite:///a.db".into()),
             "ATTIC_SERVER_TOKEN_HS256_SECRET_BASE64" => Some("aGs=".into()),
@@ -322,7 +362,20 @@ token-rs256-secret-base64 = "c2VjcmV0"
         })
         .unwrap();
         assert_eq!(c.database_url, "sqlite:///a.db");
-        assert_eq!(c.storage, AtticStorage::Unsupported("s3".into()));
+        let AtticStorage::S3(s3) = &c.storage else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(
+            (
+                s3.bucket.as_str(),
+                s3.region.as_deref(),
+                s3.endpoint.as_deref()
+            ),
+            ("b", Some("eu-1"), Some("http://s3:9000"))
+        );
+        let creds = s3.credentials.as_ref().unwrap();
+        assert_eq!(creds.secret_access_key.expose(), "hidden");
+        assert!(!format!("{:?}", c.storage).contains("hidden"));
         assert_eq!(c.jwt.hs256_secret.as_deref(), Some("aGs="));
         assert!(!c.not_carried.iter().any(|l| l.contains("hidden")));
     }

@@ -1,10 +1,18 @@
 //! An Attic deployment in miniature (docs/operations.md "Moving from Attic"): Attic's current schema
 //! (zhaofengli/attic `server/src/database/migration`, written out as SQL per
 //! dialect), its local storage layout (`<root>/<c>/<cc>/<name>.chunk`, one
-//! compressed file per chunk, `VERSION` = 1) and its `server.toml`.
+//! compressed file per chunk, `VERSION` = 1) or S3 storage (one object per
+//! chunk, keyed by its name, in the test bucket) and its `server.toml`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use larder_shared::config::S3Config;
+use larder_shared::storage::s3::S3Storage;
+use larder_shared::storage::{ObjectKey, Storage};
 
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, Connection};
@@ -14,42 +22,8 @@ use crate::common::nar::TestNar;
 
 const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
-const SCHEMA_PG: &str = r#"
-CREATE TABLE cache (
-  id BIGSERIAL PRIMARY KEY, name VARCHAR(50) NOT NULL UNIQUE, keypair VARCHAR NOT NULL,
-  is_public BOOLEAN NOT NULL, store_dir VARCHAR NOT NULL, priority INTEGER NOT NULL,
-  upstream_cache_key_names VARCHAR NOT NULL, created_at TIMESTAMP WITH TIME ZONE NOT NULL,
-  deleted_at TIMESTAMP WITH TIME ZONE NULL, retention_period INTEGER NULL);
-CREATE INDEX "idx-cache-name" ON cache (name);
-CREATE TABLE nar (
-  id BIGSERIAL PRIMARY KEY, state CHAR(1) NOT NULL, nar_hash VARCHAR NOT NULL,
-  nar_size BIGINT NOT NULL, compression VARCHAR NOT NULL, num_chunks INTEGER NOT NULL,
-  completeness_hint BOOLEAN NOT NULL DEFAULT TRUE, holders_count INTEGER NOT NULL DEFAULT 0,
-  created_at TIMESTAMP WITH TIME ZONE NOT NULL);
-CREATE INDEX "idx-nar-nar-hash" ON nar (nar_hash);
-CREATE TABLE object (
-  id BIGSERIAL PRIMARY KEY,
-  cache_id BIGINT NOT NULL REFERENCES cache (id) ON DELETE CASCADE,
-  nar_id BIGINT NOT NULL REFERENCES nar (id) ON DELETE CASCADE,
-  store_path_hash VARCHAR(32) NOT NULL, store_path VARCHAR NOT NULL, "references" VARCHAR NOT NULL,
-  system VARCHAR, deriver VARCHAR, sigs VARCHAR NOT NULL, ca VARCHAR,
-  created_at TIMESTAMP WITH TIME ZONE NOT NULL, last_accessed_at TIMESTAMP WITH TIME ZONE NULL,
-  created_by VARCHAR NULL);
-CREATE UNIQUE INDEX "idx-object-cache-hash" ON object (cache_id, store_path_hash);
-CREATE TABLE chunk (
-  id BIGSERIAL PRIMARY KEY, state CHAR(1) NOT NULL, chunk_hash VARCHAR NOT NULL,
-  chunk_size BIGINT NOT NULL, file_hash VARCHAR NULL, file_size BIGINT NULL,
-  compression VARCHAR NOT NULL, remote_file VARCHAR NOT NULL, remote_file_id VARCHAR NOT NULL UNIQUE,
-  holders_count INTEGER NOT NULL DEFAULT 0, created_at TIMESTAMP WITH TIME ZONE NOT NULL);
-CREATE INDEX "idx-chunk-chunk-hash" ON chunk (chunk_hash);
-CREATE TABLE chunkref (
-  id BIGSERIAL PRIMARY KEY,
-  nar_id BIGINT NOT NULL REFERENCES nar (id) ON DELETE CASCADE,
-  seq INTEGER NOT NULL,
-  chunk_id BIGINT NULL REFERENCES chunk (id) ON DELETE SET NULL,
-  chunk_hash VARCHAR NOT NULL, compression VARCHAR NOT NULL);
-CREATE INDEX "idx-chunkref-nar-id" ON chunkref (nar_id);
-"#;
+/// Attic's schema on PostgreSQL (also the e2e crate's).
+const SCHEMA_PG: &str = include_str!("schema-postgres.sql");
 
 const SCHEMA_SQLITE: &str = r#"
 CREATE TABLE cache (
@@ -128,6 +102,9 @@ impl Codec {
     }
 }
 
+/// Attic's bucket and the chunk keys written to it so far.
+type AtticBucket = (Arc<dyn Storage>, Mutex<Vec<ObjectKey>>);
+
 /// An Attic database and storage directory.
 pub struct AtticFixture {
     /// Which dialect.
@@ -138,6 +115,8 @@ pub struct AtticFixture {
     pub storage: PathBuf,
     /// Attic's server.toml.
     pub config_path: PathBuf,
+    /// The bucket, when Attic's storage is S3.
+    s3: Option<AtticBucket>,
     pg_database: Option<String>,
     sqlite_path: Option<PathBuf>,
     _dir: tempfile::TempDir,
@@ -148,8 +127,18 @@ fn hex_sha256(data: &[u8]) -> String {
 }
 
 impl AtticFixture {
-    /// An empty Attic (schema only) on `backend`.
+    /// An empty Attic (schema only) on `backend` with local storage.
     pub async fn new(backend: Backend) -> Self {
+        Self::create(backend, false).await
+    }
+
+    /// An empty Attic whose storage is the S3 test server's bucket
+    /// (`LARDER_TEST_S3_*`, which must be set).
+    pub async fn on_s3(backend: Backend) -> Self {
+        Self::create(backend, true).await
+    }
+
+    async fn create(backend: Backend, on_s3: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("storage dir");
@@ -173,15 +162,40 @@ impl AtticFixture {
             }
         };
         let config_path = dir.path().join("server.toml");
+        let (storage_toml, s3) = if on_s3 {
+            let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set"));
+            let json = serde_json::json!({
+                "bucket": var("LARDER_TEST_S3_BUCKET"),
+                "region": "us-east-1",
+                "endpoint": var("LARDER_TEST_S3_ENDPOINT"),
+                "credentials": {
+                    "access_key_id": var("LARDER_TEST_S3_ACCESS_KEY_ID"),
+                    "secret_access_key": var("LARDER_TEST_S3_SECRET_ACCESS_KEY"),
+                },
+            });
+            let toml = format!(
+                "type = \"s3\"\nregion = \"us-east-1\"\nbucket = {}\nendpoint = {}\n[storage.credentials]\naccess_key_id = {}\nsecret_access_key = {}\n",
+                json["bucket"],
+                json["endpoint"],
+                json["credentials"]["access_key_id"],
+                json["credentials"]["secret_access_key"]
+            );
+            let config: S3Config = serde_json::from_value(json).expect("S3 config");
+            let storage: Arc<dyn Storage> = Arc::new(S3Storage::new(&config).expect("S3 client"));
+            (toml, Some((storage, Mutex::new(Vec::new()))))
+        } else {
+            (
+                format!("type = \"local\"\npath = \"{}\"\n", storage.display()),
+                None,
+            )
+        };
         let config = format!(
             r#"listen = "[::]:8080"
 soft-delete-caches = false
 [database]
 url = "{url}"
 [storage]
-type = "local"
-path = "{}"
-[chunking]
+{storage_toml}[chunking]
 nar-size-threshold = 65536
 min-size = 16384
 avg-size = 65536
@@ -192,8 +206,7 @@ default-retention-period = "30 days"
 token-bound-issuer = "attic-test"
 [jwt.signing]
 token-hs256-secret-base64 = "YXR0aWMtdGVzdC1zZWNyZXQtMzItYnl0ZXMtbG9uZyE="
-"#,
-            storage.display()
+"#
         );
         std::fs::write(&config_path, config).expect("server.toml");
         let f = Self {
@@ -201,6 +214,7 @@ token-hs256-secret-base64 = "YXR0aWMtdGVzdC1zZWNyZXQtMzItYnl0ZXMtbG9uZyE="
             url,
             storage,
             config_path,
+            s3,
             pg_database,
             sqlite_path,
             _dir: dir,
@@ -274,10 +288,25 @@ token-hs256-secret-base64 = "YXR0aWMtdGVzdC1zZWNyZXQtMzItYnl0ZXMtbG9uZyE="
     pub async fn chunk(&self, id: i64, data: &[u8], codec: Codec) {
         let file = codec.compress(data);
         let name = format!("{}.chunk", ulid::Ulid::new().to_string().to_lowercase());
-        let dir = self.storage.join(&name[0..1]).join(&name[0..2]);
-        std::fs::create_dir_all(&dir).expect("chunk dir");
-        std::fs::write(dir.join(&name), &file).expect("chunk file");
-        let remote = serde_json::json!({"Local": {"name": name}}).to_string();
+        let remote = match &self.s3 {
+            Some((storage, keys)) => {
+                let key: ObjectKey = name.parse().expect("key");
+                storage
+                    .put_bytes(&key, Bytes::from(file.clone()))
+                    .await
+                    .expect("chunk object");
+                keys.lock().expect("keys").push(key);
+                let bucket = std::env::var("LARDER_TEST_S3_BUCKET").expect("bucket");
+                serde_json::json!({"S3": {"region": "us-east-1", "bucket": bucket, "key": name}})
+                    .to_string()
+            }
+            None => {
+                let dir = self.storage.join(&name[0..1]).join(&name[0..2]);
+                std::fs::create_dir_all(&dir).expect("chunk dir");
+                std::fs::write(dir.join(&name), &file).expect("chunk file");
+                serde_json::json!({"Local": {"name": name}}).to_string()
+            }
+        };
         self.exec(&format!(
             "INSERT INTO chunk (id, state, chunk_hash, chunk_size, file_hash, file_size, compression, remote_file, remote_file_id, holders_count, created_at)
              VALUES ({id}, 'V', 'sha256:{}', {}, 'sha256:{}', {}, '{}', '{remote}', 'local:{name}', 0, {})",
@@ -291,8 +320,25 @@ token-hs256-secret-base64 = "YXR0aWMtdGVzdC1zZWNyZXQtMzItYnl0ZXMtbG9uZyE="
         .await;
     }
 
-    /// Path of a chunk's file (to delete it: a chunk lost from storage).
-    pub async fn chunk_file(&self, id: i64) -> PathBuf {
+    /// Deletes a chunk's file or object: a chunk lost from Attic's storage.
+    pub async fn lose_chunk(&self, id: i64) {
+        match &self.s3 {
+            Some((storage, keys)) => {
+                let name = self.chunk_name(id, "S3", "key").await;
+                let key: ObjectKey = name.parse().expect("key");
+                storage.delete(&key).await.expect("delete");
+                keys.lock().expect("keys").retain(|k| k != &key);
+            }
+            None => {
+                let name = self.chunk_name(id, "Local", "name").await;
+                let path = self.storage.join(&name[0..1]).join(&name[0..2]).join(name);
+                std::fs::remove_file(path).expect("chunk file");
+            }
+        }
+    }
+
+    /// The file name or key a chunk row's `remote_file` names.
+    async fn chunk_name(&self, id: i64, kind: &str, field: &str) -> String {
         let sql = format!("SELECT remote_file FROM chunk WHERE id = {id}");
         let json: String = match self.backend {
             Backend::Sqlite => {
@@ -313,8 +359,7 @@ token-hs256-secret-base64 = "YXR0aWMtdGVzdC1zZWNyZXQtMzItYnl0ZXMtbG9uZyE="
             }
         };
         let v: serde_json::Value = serde_json::from_str(&json).expect("json");
-        let name = v["Local"]["name"].as_str().expect("local name").to_owned();
-        self.storage.join(&name[0..1]).join(&name[0..2]).join(name)
+        v[kind][field].as_str().expect("chunk name").to_owned()
     }
 
     /// A valid NAR row listing `chunks` (chunk ids; `None` = chunk row gone).
@@ -400,6 +445,14 @@ token-hs256-secret-base64 = "YXR0aWMtdGVzdC1zZWNyZXQtMzItYnl0ZXMtbG9uZyE="
                 (p, data)
             })
             .collect();
+        if let Some((storage, keys)) = &self.s3 {
+            let keys = keys.lock().expect("keys").clone();
+            for key in keys {
+                let body = storage.get(&key, None).await.expect("chunk object");
+                let parts: Vec<Bytes> = body.try_collect().await.expect("chunk body");
+                files.push((PathBuf::from(key.as_str()), parts.concat()));
+            }
+        }
         files.sort();
         for (p, data) in files {
             h.update(p.to_string_lossy().as_bytes());
