@@ -2,8 +2,9 @@
 //! /{cache}/realisations/<drvhash>!<output>.doi` (Nix ≤ 2.34) and
 //! `/{cache}/build-trace-v2/<drv>/<output>.doi` (Nix 2.35). Larder keeps
 //! each document opaque (checked to be JSON, signed by its uploader or
-//! not) under the path it was uploaded to, with the retention of build logs
-//! (docs/protocol.md "Build logs and realisations").
+//! not) under the path it was uploaded to, as long as the cache keeps the
+//! output its `outPath` names (docs/protocol.md "Build logs and
+//! realisations").
 
 use axum::body::Body;
 use axum::extract::State;
@@ -121,12 +122,41 @@ async fn put(
 ) -> ApiResult<StatusCode> {
     let window = state.config.http.max_zstd_window_log;
     let doc = read_decoded(headers, body, MAX_REALISATION, "realisation", window).await?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(&doc)
-        .map_err(|e| ApiError::BadRequest(format!("a realisation must be JSON: {e}")))?;
+    let out = out_path_hash(&doc)?;
     let mut conn = state.db.conn().await?;
-    realisations::put(conn.raw(), access.cache.id, key, &doc, unix_now()).await?;
+    realisations::put(
+        conn.raw(),
+        access.cache.id,
+        key,
+        &doc,
+        out.as_deref(),
+        unix_now(),
+    )
+    .await?;
     tracing::info!(key, "realisation stored");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The fields of a realisation Larder reads; the rest stays opaque.
+#[derive(serde::Deserialize)]
+struct Realisation {
+    /// The output, `<hash>-<name>` (or, in some writers, its full path).
+    #[serde(rename = "outPath")]
+    out_path: Option<String>,
+}
+
+/// Checks `doc` is a JSON object; the store path hash of the output it
+/// names, which the document is kept with.
+fn out_path_hash(doc: &[u8]) -> ApiResult<Option<String>> {
+    let parsed: Realisation = serde_json::from_slice(doc)
+        .map_err(|e| ApiError::BadRequest(format!("a realisation must be a JSON object: {e}")))?;
+    let Some(out) = parsed.out_path else {
+        return Ok(None);
+    };
+    let base = out.rsplit('/').next().unwrap_or(&out);
+    let path = StorePath::from_base_name(base)
+        .map_err(|e| ApiError::BadRequest(format!("invalid outPath {out:?}: {e}")))?;
+    Ok(Some(path.hash.to_string()))
 }
 
 async fn get(state: &AppState, access: &CacheAccess<Pull>, key: &str) -> ApiResult<Response> {

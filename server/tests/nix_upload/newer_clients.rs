@@ -6,13 +6,14 @@
 
 use super::*;
 
-use crate::gc::gc_support::clock::{default_retention, gc_at};
+use crate::gc::gc_support::clock::{default_retention, gc_at, grace};
 
 on_both_backends!(
     build_log_round_trip,
     build_logs_need_permissions,
     build_logs_expire_with_retention,
     realisations_round_trip,
+    realisations_live_with_their_output,
     metadata_puts_are_decoded,
     every_uploader_signature_is_kept,
     zstd_frames_and_windows,
@@ -289,6 +290,67 @@ async fn realisations_round_trip(app: &TestApp) {
             .await
             .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
     }
+}
+
+/// A realisation naming an output (`outPath`) is kept while the cache
+/// keeps that path and goes with it; one naming a path the cache never had
+/// goes once the grace period is over.
+async fn realisations_live_with_their_output(app: &TestApp) {
+    app.create_cache("live", false).await;
+    let token = app.token(&[("live", PULL_PUSH)]);
+    let nar = test_path("ca-out", 4242);
+    app.upload(&token, "live", &nar)
+        .await
+        .assert_status(StatusCode::OK);
+    let doc = |out: &str| {
+        Bytes::from(format!(
+            r#"{{"id":"sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0!out","outPath":"{out}","signatures":[],"dependentRealisations":{{}}}}"#
+        ))
+    };
+    let kept =
+        "/live/realisations/sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0!out.doi";
+    let orphan =
+        "/live/realisations/sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0!dev.doi";
+    put(app, &token, kept, "application/json", doc(&nar.base_name))
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
+    put(
+        app,
+        &token,
+        orphan,
+        "application/json",
+        doc("0c6kzph7l0dcbqmjhyr7wb5ic3pqp1xm-never-pushed"),
+    )
+    .await
+    .assert_status(StatusCode::NO_CONTENT);
+    put(
+        app,
+        &token,
+        orphan,
+        "application/json",
+        doc("not a store path"),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+
+    let now = unix_now();
+    let report = gc_at(app, now + grace(app) + 60).await;
+    assert_eq!(report.realisations_expired, 1, "{report:?}");
+    assert_eq!(app.get(kept, Some(&token)).await.status, StatusCode::OK);
+    app.get(orphan, Some(&token))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NoSuchObject");
+
+    // Its output expires (no access within the retention): it goes too.
+    let report = gc_at(app, now + default_retention(app) + 3600).await;
+    assert_eq!(
+        (report.objects_expired, report.realisations_expired),
+        (1, 1),
+        "{report:?}"
+    );
+    app.get(kept, Some(&token))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NoSuchObject");
 }
 
 /// Nix ≥ 2.32 with `narinfo-compression`, `ls-compression` and
