@@ -10,6 +10,7 @@
 
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
@@ -22,6 +23,7 @@ use larder_shared::db::caches::{self, CacheRecord};
 use larder_shared::db::unix_now;
 use larder_shared::token::{CachePermissions, Claims, Permission};
 
+use crate::cache_catalog::CatalogEntry;
 use crate::error::ApiError;
 use crate::extract::Path;
 use crate::state::AppState;
@@ -34,7 +36,7 @@ const HIDDEN: &str = "authentication required, or no access to this cache";
 /// request came from ([`crate::client_addr`]).
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    claims: Option<Claims>,
+    claims: Option<Arc<Claims>>,
     client_addr: Option<IpAddr>,
 }
 
@@ -88,13 +90,39 @@ impl Credentials {
         let mut conn = state.db.conn().await?;
         let cache = caches::get_by_name(conn.raw(), name).await?;
         drop(conn);
-        let perms = self.permissions_on(name, cache.as_ref());
+        self.check(name, cache.as_ref(), any_of)?;
+        cache.ok_or(ApiError::NoSuchCache)
+    }
+
+    /// [`Self::authorize`] against the in-memory catalog, for reads: the
+    /// cache as this replica holds it ([`crate::cache_catalog`]).
+    pub async fn authorize_read(
+        &self,
+        state: &AppState,
+        name: &CacheName,
+        any_of: &[Permission],
+    ) -> Result<Arc<CatalogEntry>, ApiError> {
+        let entry = state.catalog.get(&state.db, name).await?;
+        self.check(name, entry.as_deref().map(|e| &*e.cache), any_of)?;
+        entry.ok_or(ApiError::NoSuchCache)
+    }
+
+    /// The answers of [`Self::authorize`], whichever way the cache was read.
+    fn check(
+        &self,
+        name: &CacheName,
+        cache: Option<&CacheRecord>,
+        any_of: &[Permission],
+    ) -> Result<(), ApiError> {
+        let perms = self.permissions_on(name, cache);
         if !perms.any() {
             return Err(ApiError::Unauthorized(HIDDEN.into()));
         }
-        let cache = cache.ok_or(ApiError::NoSuchCache)?;
+        if cache.is_none() {
+            return Err(ApiError::NoSuchCache);
+        }
         if any_of.iter().any(|p| perms.has(*p)) {
-            Ok(cache)
+            Ok(())
         } else {
             Err(ApiError::PermissionDenied(permission_name(any_of[0])))
         }
@@ -201,9 +229,11 @@ where
                 client_addr,
             });
         };
+        // Verified once per token (times re-checked on every hit); the
+        // revocation list is consulted on every request.
         let claims = state
-            .tokens
-            .verify(&token, unix_now() as u64)
+            .verified_tokens
+            .verify(&state.tokens, &token, unix_now() as u64)
             .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         if state.revocations.get().is_revoked(&claims) {
             return Err(ApiError::Unauthorized("token revoked".into()));
@@ -222,18 +252,23 @@ where
 pub trait Need: Send + Sync + 'static {
     /// Any one of these suffices.
     const ANY_OF: &'static [Permission];
+    /// Reads take the cache from the in-memory catalog (at most
+    /// `[jwt] revocation-refresh` old); writes read its row.
+    const FROM_MEMORY: bool = false;
 }
 
 /// `r` or `w`: reading metadata (push clients check existence too).
 pub struct PullOrPush;
 impl Need for PullOrPush {
     const ANY_OF: &'static [Permission] = &[Permission::Pull, Permission::Push];
+    const FROM_MEMORY: bool = true;
 }
 
 /// `r`: reading NAR data.
 pub struct Pull;
 impl Need for Pull {
     const ANY_OF: &'static [Permission] = &[Permission::Pull];
+    const FROM_MEMORY: bool = true;
 }
 
 /// `w`: uploading.
@@ -252,7 +287,9 @@ impl Need for Delete {
 /// validates the name, verifies credentials, checks permission `N`.
 pub struct CacheAccess<N: Need> {
     /// The cache, which exists and which the caller may use as `N` says.
-    pub cache: CacheRecord,
+    pub cache: Arc<CacheRecord>,
+    /// Its catalog entry (keys, signing), when `N` reads from memory.
+    pub entry: Option<Arc<CatalogEntry>>,
     /// Who is asking.
     pub credentials: Credentials,
     _need: PhantomData<N>,
@@ -280,7 +317,13 @@ where
             .parse()
             .map_err(|e| ApiError::BadRequest(format!("invalid cache name: {e}")))?;
         let state = AppState::from_ref(state);
-        let cache = credentials.authorize(&state, &name, N::ANY_OF).await?;
+        let (cache, entry) = if N::FROM_MEMORY {
+            let entry = credentials.authorize_read(&state, &name, N::ANY_OF).await?;
+            (entry.cache.clone(), Some(entry))
+        } else {
+            let cache = credentials.authorize(&state, &name, N::ANY_OF).await?;
+            (Arc::new(cache), None)
+        };
         // The caller may see the cache: its responses may now say so.
         if let Some(slot) = parts
             .extensions
@@ -290,6 +333,7 @@ where
         }
         Ok(Self {
             cache,
+            entry,
             credentials,
             _need: PhantomData,
         })

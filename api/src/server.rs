@@ -38,6 +38,9 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         storage: opened.storage,
         staging: opened.staging,
         tokens: Arc::new(tokens),
+        verified_tokens: Arc::default(),
+        catalog: Arc::default(),
+        signatures: Arc::default(),
         revocations: Arc::default(),
         access: Arc::default(),
         metrics: Arc::default(),
@@ -75,11 +78,21 @@ pub async fn serve(
         .refresh(&state.db)
         .await
         .context("loading token revocations")?;
-    state.revocations.clone().spawn_refresher(
-        state.db.clone(),
-        state.config.jwt.revocation_refresh.get(),
-        shutdown.clone(),
-    );
+    state
+        .catalog
+        .refresh(&state.db)
+        .await
+        .context("loading the caches")?;
+    // Both reach this replica within the same interval.
+    let refresh = state.config.jwt.revocation_refresh.get();
+    state
+        .revocations
+        .clone()
+        .spawn_refresher(state.db.clone(), refresh, shutdown.clone());
+    state
+        .catalog
+        .clone()
+        .spawn_refresher(state.db.clone(), refresh, shutdown.clone());
     state.access.clone().spawn_flusher(
         state.db.clone(),
         state.config.access.flush_interval.get(),

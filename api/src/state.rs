@@ -26,12 +26,18 @@ pub struct AppState {
     pub staging: Arc<dyn Storage>,
     /// Verifies bearer tokens.
     pub tokens: Arc<TokenVerifier>,
+    /// Tokens already verified, by digest.
+    pub verified_tokens: Arc<crate::verified_tokens::VerifiedTokens>,
+    /// Caches' configuration, refreshed in the background.
+    pub catalog: Arc<crate::cache_catalog::CacheCatalog>,
     /// Revoked tokens, refreshed in the background.
     pub revocations: Arc<RevocationCache>,
     /// Reads noted for retention, flushed in the background.
     pub access: Arc<AccessLog>,
     /// Prometheus counters of this replica.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Narinfo signatures made, by key and fingerprint.
+    pub signatures: Arc<crate::narinfo_signatures::NarinfoSignatures>,
     /// The KEK and the cache signing keys opened with it.
     pub keys: Arc<KeyRing>,
     /// `[staging] max-bytes`, `max-nars`, with this replica's last reading

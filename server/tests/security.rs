@@ -18,6 +18,7 @@
 //! Everything runs on SQLite; the credential table also runs on PostgreSQL.
 
 mod hostile_input;
+mod read_path;
 mod signing_keys;
 mod slowloris;
 mod support;

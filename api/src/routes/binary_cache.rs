@@ -9,7 +9,6 @@ use tracing::instrument;
 use larder_core::nix::narinfo::{Compression, NarInfo};
 use larder_core::nix::store_path::{StoreDir, StorePathHash};
 use larder_shared::audit::AuditEvent;
-use larder_shared::db::cache_keys;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectRecord};
 use larder_shared::db::{audit, unix_now};
@@ -19,6 +18,7 @@ use larder_shared::signing_keys::CacheSigning;
 use crate::auth::{CacheAccess, Delete, PullOrPush};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
+use crate::narinfo_signatures::NarinfoSignatures;
 use crate::state::AppState;
 
 /// `GET /{cache}/nix-cache-info`.
@@ -84,11 +84,21 @@ async fn narinfo(
     if !noted {
         state.access.object(object.id);
     }
-    // The rows, not the secrets: decrypted keys come from the key ring.
-    let rows = cache_keys::of_cache(conn.raw(), access.cache.id).await?;
     drop(conn);
-    let signing = state.keys.signing(access.cache.name.as_str(), rows, now)?;
-    let text = render_narinfo(&signing, &access.cache.store_dir, &object);
+    let signing = match &access.entry {
+        Some(entry) => entry.signing(&state.keys, now)?,
+        None => {
+            return Err(ApiError::Internal(
+                "narinfo read outside the catalog".into(),
+            ));
+        }
+    };
+    let text = render_narinfo(
+        &signing,
+        &state.signatures,
+        &access.cache.store_dir,
+        &object,
+    );
     let headers = [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
     if head_only {
         let len = HeaderValue::from(text.len());
@@ -133,6 +143,7 @@ pub async fn delete_file(
 /// (docs/protocol.md "NAR URLs").
 pub fn render_narinfo(
     signing: &CacheSigning,
+    signatures: &NarinfoSignatures,
     store_dir: &StoreDir,
     object: &ObjectRecord,
 ) -> String {
@@ -169,7 +180,7 @@ pub fn render_narinfo(
     let mut sigs: Vec<String> = signing
         .active
         .iter()
-        .map(|k| k.sign(&fp).to_string())
+        .map(|k| signatures.sign(k, &fp))
         .collect();
     // Signatures an upload carried under one of this cache's key names are
     // ours (stale, or of a retired key): never republished.

@@ -171,6 +171,7 @@ pub async fn create(
     };
     audit::insert(tx.raw(), now, &credentials.actor(), &event).await?;
     tx.commit().await?;
+    state.catalog.forget(&name);
     tracing::info!(subject = credentials.subject(), "cache created");
     Ok(StatusCode::OK)
 }
@@ -245,6 +246,8 @@ pub async fn configure(
     };
     audit::insert(tx.raw(), now, &credentials.actor(), &event).await?;
     tx.commit().await?;
+    // Other replicas see the change within `[jwt] revocation-refresh`.
+    state.catalog.forget(&name);
     tracing::info!(subject = credentials.subject(), "cache configured");
     Ok(StatusCode::OK)
 }
@@ -264,9 +267,12 @@ pub async fn destroy(
     if !caches::delete(tx.raw(), rec.id).await? {
         return Err(ApiError::NoSuchCache);
     }
-    let event = AuditEvent::CacheDestroy { cache: name };
+    let event = AuditEvent::CacheDestroy {
+        cache: name.clone(),
+    };
     audit::insert(tx.raw(), unix_now(), &credentials.actor(), &event).await?;
     tx.commit().await?;
+    state.catalog.forget(&name);
     tracing::info!(subject = credentials.subject(), "cache destroyed");
     Ok(StatusCode::OK)
 }

@@ -46,6 +46,12 @@ pub async fn a_path_keeps_the_directory_it_was_pushed_under(app: &TestApp) {
     let (token, nar) = one_path(app, "moved-1.0", 72).await;
     app.execute("UPDATE caches SET store_dir = '/other/store' WHERE name = 'rows'")
         .await;
+    // What every replica's background refresh does within `revocation-refresh`.
+    app.state
+        .catalog
+        .refresh(&app.state.db)
+        .await
+        .expect("refresh");
     let uri = format!("/rows/{}.narinfo", nar.store_hash());
     let resp = app.get(&uri, Some(&token)).await;
     resp.assert_status(StatusCode::OK);

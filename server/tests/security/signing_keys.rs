@@ -567,7 +567,13 @@ async fn a_cache_key_can_live_in_a_file() {
         key.public_key().to_string()
     );
 
-    // It signs, newest first, next to the generated key (overlap).
+    // It signs, newest first, next to the generated key (overlap), once the
+    // replica's background refresh has read the new row.
+    app.state
+        .catalog
+        .refresh(&app.state.db)
+        .await
+        .expect("refresh");
     let cfg = cache_config(&app, "filekeys").await;
     assert_eq!(public_keys(&cfg)[0], key.public_key().to_string(), "{cfg}");
     let (_, info) = narinfo(&app, &token, "filekeys", &nar).await;

@@ -215,6 +215,23 @@ impl SecApp {
             .expect("refreshing revocations");
     }
 
+    /// A second API replica on this app's database and storage, with its
+    /// own in-memory state (token cache, revocations, cache catalog).
+    pub async fn replica(&self) -> Replica {
+        let state = larder_api::server::build_state(self.state.config.clone())
+            .await
+            .expect("opening the replica's database and storage");
+        state
+            .revocations
+            .refresh(&state.db)
+            .await
+            .expect("loading revocations");
+        Replica {
+            router: larder_api::app::router(state.clone()),
+            state,
+        }
+    }
+
     // --- caches and paths ---------------------------------------------------
 
     /// Creates a cache straight in the database (no token needed).
@@ -278,6 +295,45 @@ impl SecApp {
         auth: &Auth,
     ) -> TestResponse {
         self.send(endpoint.request(cache, nar, auth)).await
+    }
+}
+
+/// Another API replica of a [`SecApp`] (its database, its own memory).
+pub struct Replica {
+    /// What its handlers see.
+    pub state: AppState,
+    router: Router,
+}
+
+impl Replica {
+    /// Sends `endpoint`'s request for `cache` and `nar` with `auth`.
+    pub async fn call(
+        &self,
+        endpoint: Endpoint,
+        cache: &str,
+        nar: &TestNar,
+        auth: &Auth,
+    ) -> TestResponse {
+        send(&self.router, endpoint.request(cache, nar, auth)).await
+    }
+
+    /// What the background refresher does every `revocation-refresh`.
+    pub async fn refresh(&self) {
+        self.state
+            .revocations
+            .refresh(&self.state.db)
+            .await
+            .expect("refreshing revocations");
+        self.state
+            .catalog
+            .refresh(&self.state.db)
+            .await
+            .expect("refreshing the cache catalog");
+    }
+
+    /// Closes its pool (before the app drops its database).
+    pub async fn close(self) {
+        self.state.db.close().await;
     }
 }
 

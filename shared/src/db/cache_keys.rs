@@ -130,6 +130,16 @@ pub async fn of_cache(raw: Raw<'_>, cache_id: CacheId) -> Result<Vec<CacheKeyRec
     })
 }
 
+/// Every key of every cache, retired ones included, by cache and newest
+/// first within it (the API's in-memory cache catalog).
+pub async fn all(raw: Raw<'_>) -> Result<Vec<CacheKeyRecord>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM cache_keys ORDER BY cache_id, id DESC");
+    on_conn!(raw, c => {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql)).fetch_all(&mut *c).await?;
+        rows.iter().map(|r| key_from_row!(r)).collect()
+    })
+}
+
 /// Every active key of every cache, with its cache's name (start-up check
 /// that the KEK opens them all).
 pub async fn all_active(raw: Raw<'_>, now: i64) -> Result<Vec<(String, CacheKeyRecord)>, DbError> {

@@ -20,7 +20,7 @@ pub mod rotation;
 use std::path::PathBuf;
 
 pub use kek::{KEK_ENV, KEK_FILE_KEY, Kek, default_kek_path, is_sealed, read_private};
-pub use ring::{CacheSigning, KeyRing};
+pub use ring::{ActiveKey, CacheSigning, KeyRing};
 
 use crate::db::DbError;
 use larder_core::nix::signing::SigningError;

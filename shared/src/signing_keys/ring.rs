@@ -20,11 +20,21 @@ pub struct KeyRing {
     keys: Mutex<HashMap<i64, Arc<SigningKey>>>,
 }
 
+/// An active key with the id of its row: (row id, fingerprint) names a
+/// signature for good, since a row's secret never changes.
+#[derive(Debug, Clone)]
+pub struct ActiveKey {
+    /// `cache_keys.id`.
+    pub row_id: i64,
+    /// The decrypted key.
+    pub key: Arc<SigningKey>,
+}
+
 /// What signs a cache's narinfos now.
 #[derive(Debug, Clone)]
 pub struct CacheSigning {
     /// Active keys, newest first: one `Sig:` line each.
-    pub active: Vec<Arc<SigningKey>>,
+    pub active: Vec<ActiveKey>,
     /// Every key name the cache has had, retired included: signatures of
     /// these names that came with an upload are dropped, so a retired
     /// (perhaps compromised) key's signature is never republished.
@@ -68,7 +78,10 @@ impl KeyRing {
         let active = rows
             .iter()
             .filter(|r| r.is_active(now))
-            .map(|r| self.key(cache, r))
+            .map(|r| {
+                self.key(cache, r)
+                    .map(|key| ActiveKey { row_id: r.id, key })
+            })
             .collect::<Result<_, _>>()?;
         Ok(CacheSigning {
             active,

@@ -116,7 +116,9 @@ impl TokenVerifier {
         self.verify(token, now)
     }
 
-    fn check_times(&self, claims: &Claims, now: u64) -> Result<(), TokenError> {
+    /// The time checks of [`verify`](Self::verify) alone: what a cached
+    /// verification must still pass at `now` (`exp`, `nbf`, `iat`).
+    pub fn check_times(&self, claims: &Claims, now: u64) -> Result<(), TokenError> {
         if now > claims.exp.saturating_add(LEEWAY_SECS) {
             return Err(TokenError::Expired);
         }
