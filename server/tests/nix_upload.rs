@@ -1028,5 +1028,26 @@ async fn the_staging_quota_lets_nix_copy_through(app: &TestApp) {
     );
     let text = app.get("/metrics", None).await.text();
     assert!(text.contains("\nlarder_staged_nars 4\n"), "{text}");
+
+    // Nix ≥ 2.35 retries a 503 with Retry-After by itself: it alone is
+    // asked to wait, before a byte is staged.
+    let nar = test_path("copied-new", 720);
+    let file = NarFile::new(Compression::Zstd, &nar);
+    let req = request(Method::PUT, &format!("/nq/{}", file.url()), Some(&token))
+        .header(header::USER_AGENT, "curl/8.16.0 Nix/2.35.0")
+        .header(header::CONTENT_TYPE, "application/x-nix-nar")
+        .body(Body::from(file.body.clone()))
+        .unwrap();
+    let refused = app.send(req).await;
+    refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "StagingFull");
+    assert_eq!(
+        refused
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    assert_eq!(app.staged_nar_ids().await.len(), 4, "nothing staged");
+    assert_eq!(app.count("staging_intents").await, 0);
     assert_eq!(app.drain_jobs().await, 4);
 }

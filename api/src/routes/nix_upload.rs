@@ -16,13 +16,16 @@
 //!
 //! Every PUT answers 200 or 204 once its data is safely recorded, never 202;
 //! bad uploads get a 4xx with a message (Nix 2.8 hangs after a retried PUT).
+//! Past the staging quota, only a client that retries a `503` with
+//! `Retry-After` by itself (Nix ≥ 2.35, [`crate::nix_client`]) is asked to
+//! wait; older ones are let through.
 
 use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::instrument;
@@ -40,6 +43,7 @@ use crate::auth::{CacheAccess, Push};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
 use crate::nar_url::{own_url, parse_file_name};
+use crate::nix_client;
 use crate::nix_staging::{self, BodyStream};
 use crate::staging;
 use crate::state::AppState;
@@ -77,6 +81,7 @@ pub async fn put_nar(
     State(state): State<AppState>,
     Path((_, file)): Path<(String, String)>,
     access: CacheAccess<Push>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let file_hash = parse_file_name(&file).ok_or_else(|| {
@@ -105,6 +110,17 @@ pub async fn put_nar(
         return Ok(uploaded(&reuse.file, true));
     }
 
+    // Only a NAR that would be staged waits for the backlog, and only when
+    // its client will retry by itself.
+    if nix_client::retries_busy(&headers)
+        && let Err(e) = state.staging_quota.admit(&state.db).await
+    {
+        if matches!(e, ApiError::StagingFull { .. }) {
+            state.metrics.staging_full(&access.cache);
+            tracing::info!("staging quota reached; Nix upload refused with 503");
+        }
+        return Err(e);
+    }
     let (head, body) = nix_staging::read_head(body).await?;
     let detected = upload_decode::detect(&head);
     let compression = detected.compression;
@@ -167,6 +183,9 @@ pub async fn put_nar(
             let _ = staging::discard(&state.db, &state.staging, &staging_key).await;
         }
         return Err(e.into());
+    }
+    if keep {
+        state.staging_quota.note_staged(m.nar_size);
     }
     tracing::info!(
         %compression,
