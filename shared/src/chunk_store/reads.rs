@@ -1,21 +1,23 @@
 //! Coalesced, pipelined reads of a NAR's frames (docs/architecture.md
 //! "Packs").
 //!
-//! Consecutive frames that lie back to back in one object (a NAR's chunks
-//! in a pack are stored in NAR order) are fetched by one ranged read, a
-//! *run*. A chunk the NAR repeats (a file stored twice, a block of zeros)
-//! is read once: the pump keeps its frame until the chunk's last
-//! occurrence and sends it again from memory, so a repeat neither costs a
-//! read nor ends a run (what the planner learns from [`Repeats`], counted
-//! from the NAR's chunk list before the first row is read). A planner task
-//! turns chunk rows into runs and starts each run's storage request as soon
-//! as the run is known, a run or
-//! two ahead of the one being sent, so streaming is limited by storage
-//! bandwidth rather than round trips; a pump task ([`pump`]) streams each
-//! run's bytes in order. The first run is kept short (one batch of rows) so
-//! the first byte does not wait for rows further on. Memory is bounded by
-//! the channels and [`REUSE_MAX`], whatever the NAR's size; a client that
-//! goes away stops both tasks at their next send.
+//! A planner task cuts the rows a download needs into *windows* (up to
+//! [`WINDOW_MAX`] bytes to read; the first kept short, one batch of rows,
+//! so the first byte is not late). Within a window, the frames of one
+//! object are fetched by one ranged read from the first to the last,
+//! bridging gaps of up to [`GAP_MAX`] bytes (read and dropped): a NAR's new
+//! chunks lie back to back in its pack, and the chunks it shares with other
+//! NARs sit, in order, in theirs, so a NAR interleaving its own pack with
+//! another's costs one read per pack, not one per switch. All of a window's
+//! reads start at once, a window ahead of the one being sent; a pump task
+//! ([`pump`]) takes each step's bytes from its read in NAR order.
+//!
+//! A chunk the NAR repeats (a file stored twice, a block of zeros) is read
+//! once: the pump keeps its frame until the chunk's last occurrence and
+//! sends it again from memory (what the planner learns from [`Repeats`],
+//! counted from the NAR's chunk list before the first row is read). Memory
+//! is bounded by the channels and [`REUSE_MAX`], whatever the NAR's size; a
+//! client that goes away stops both tasks at their next send.
 
 mod pump;
 
@@ -35,14 +37,22 @@ use crate::db::ChunkId;
 use crate::db::chunks::{BATCH, ChunkRecord};
 use crate::storage::{ByteStream, ObjectKey, StorageError};
 
-/// Longest run, in bytes: runs end at object boundaries anyway (a pack is
-/// tens of MiB), this bounds how many rows one run waits for.
-const RUN_MAX: u64 = 64 * 1024 * 1024;
+/// Bytes a window reads at most (gaps included): how far ahead of the
+/// bytes being sent requests are opened, and how many rows one window
+/// waits for.
+const WINDOW_MAX: u64 = 64 * 1024 * 1024;
+/// Longest gap between two needed frames of one object that a read
+/// bridges (reading and dropping it) rather than ending: about what a
+/// bucket streams in the time-to-first-byte of one more request (~50 ms ×
+/// ~100 MB/s), so bridging never costs more time than it saves.
+const GAP_MAX: u64 = 4 * 1024 * 1024;
+/// Reads one window opens at most.
+const READS_MAX: usize = 16;
 /// Bytes of repeated frames one download keeps in memory at once: past
 /// it, a repeat is read again.
 const REUSE_MAX: u64 = 8 * 1024 * 1024;
-/// Runs whose requests are started ahead of the one being sent.
-const RUNS_AHEAD: usize = 1;
+/// Windows whose requests are started ahead of the one being sent.
+const WINDOWS_AHEAD: usize = 1;
 /// Pieces between the pump and the body (frames or byte slices).
 const PIECES_AHEAD: usize = 16;
 /// Frames decompressed in parallel for `.nar`.
@@ -67,38 +77,75 @@ pub(super) type Part = (ChunkRecord, Range<u64>);
 /// How often each chunk the stream sends more than once occurs in it.
 pub(super) type Repeats = HashMap<ChunkId, u32>;
 
-/// Where a step of a run gets its bytes.
+/// Where a step of a window gets its bytes.
 enum Step {
-    /// The next bytes of the run's read; `keep`: hold the frame, the chunk
-    /// comes again.
-    Read { part: Part, keep: bool },
+    /// The next bytes of read `read` of the window, after dropping `skip`
+    /// (a gap); `keep`: hold the frame, the chunk comes again.
+    Read {
+        read: usize,
+        skip: u64,
+        part: Part,
+        keep: bool,
+    },
     /// A frame read (and kept) earlier, sent again from memory; `last`: the
     /// chunk's last occurrence, the frame may go.
     Reuse { part: Part, last: bool },
 }
 
-/// One ranged read covering consecutive frames, and the steps that send it.
-struct Run {
+/// One ranged read of a window.
+struct ObjectRead {
     key: ObjectKey,
     range: Range<u64>,
-    steps: Vec<Step>,
 }
 
-impl Run {
-    fn start(part: Part, range: Range<u64>, key: ObjectKey, keep: bool) -> Self {
-        Self {
-            key,
-            range: range.clone(),
-            steps: vec![Step::Read { part, keep }],
-        }
+/// Consecutive steps of the download and the reads that serve them.
+#[derive(Default)]
+struct Window {
+    reads: Vec<ObjectRead>,
+    /// The read of each object still open to extension.
+    last_read: HashMap<ObjectKey, usize>,
+    steps: Vec<Step>,
+    /// Bytes the reads cover, gaps included.
+    bytes: u64,
+}
+
+impl Window {
+    /// Adds a step reading `range` of `key`: at the end of that object's
+    /// open read when it lies a short gap past it, else as a new read.
+    fn push_read(&mut self, key: ObjectKey, range: Range<u64>, part: Part, keep: bool) {
+        let extend = self.last_read.get(&key).copied().filter(|&i| {
+            let end = self.reads[i].range.end;
+            range.start >= end && range.start - end <= GAP_MAX
+        });
+        let (read, skip) = match extend {
+            Some(i) => {
+                let skip = range.start - self.reads[i].range.end;
+                self.reads[i].range.end = range.end;
+                (i, skip)
+            }
+            None => {
+                self.reads.push(ObjectRead {
+                    key: key.clone(),
+                    range: range.clone(),
+                });
+                self.last_read.insert(key, self.reads.len() - 1);
+                (self.reads.len() - 1, 0)
+            }
+        };
+        self.bytes += skip + (range.end - range.start);
+        self.steps.push(Step::Read {
+            read,
+            skip,
+            part,
+            keep,
+        });
     }
 
-    /// Whether a read of `range` in `key` continues this run.
-    fn continues(&self, key: &ObjectKey, range: &Range<u64>, limit: usize) -> bool {
-        self.steps.len() < limit
-            && *key == self.key
-            && range.start == self.range.end
-            && range.end - self.range.start <= RUN_MAX
+    /// Whether the window is to be sent now (`first`: the short first).
+    fn is_full(&self, first: bool) -> bool {
+        self.bytes >= WINDOW_MAX
+            || self.reads.len() >= READS_MAX
+            || (first && self.steps.len() >= BATCH)
     }
 }
 
@@ -164,10 +211,10 @@ pub(super) fn stream(
     repeats: Repeats,
     repr: Representation,
 ) -> NarStream {
-    let (runs_tx, runs_rx) = mpsc::channel(RUNS_AHEAD);
-    tokio::spawn(plan(store.clone(), parts, repeats, repr, runs_tx));
+    let (windows_tx, windows_rx) = mpsc::channel(WINDOWS_AHEAD);
+    tokio::spawn(plan(store.clone(), parts, repeats, repr, windows_tx));
     let (out_tx, out_rx) = mpsc::channel(PIECES_AHEAD);
-    tokio::spawn(pump::pump(runs_rx, repr, out_tx));
+    tokio::spawn(pump::pump(windows_rx, repr, out_tx));
     let pieces =
         futures::stream::unfold(
             out_rx,
@@ -203,73 +250,72 @@ struct Piece {
 
 type Opened = JoinHandle<Result<ByteStream, StorageError>>;
 
-/// Groups parts into runs and starts each run's request at once.
+/// A window on its way to the pump, its reads started.
+type Started = (Window, Vec<Opened>);
+
+/// Cuts parts into windows and starts each window's reads at once.
 async fn plan(
     store: ChunkStore,
     mut parts: BoxStream<'static, io::Result<Part>>,
     repeats: Repeats,
     repr: Representation,
-    runs: mpsc::Sender<io::Result<(Run, Opened)>>,
+    windows: mpsc::Sender<io::Result<Started>>,
 ) {
     let mut reuse = Reuse {
         remaining: repeats,
         kept: HashSet::new(),
         kept_bytes: 0,
     };
-    let mut current: Option<Run> = None;
+    let mut window = Window::default();
     let mut first = true;
     loop {
         let part = match parts.try_next().await {
             Ok(Some(part)) => part,
             Ok(None) => break,
             Err(e) => {
-                let _ = runs.send(Err(e)).await;
+                let _ = windows.send(Err(e)).await;
                 return;
             }
         };
         let id = part.0.id;
         let at = ChunkStore::locate(&part.0);
         let again = reuse.occurs(id);
-        if reuse.kept.contains(&id)
-            && let Some(run) = current.as_mut()
-        {
+        if reuse.kept.contains(&id) {
             if !again {
                 reuse.release(id, at.length);
             }
-            run.steps.push(Step::Reuse { part, last: !again });
+            window.steps.push(Step::Reuse { part, last: !again });
             continue;
         }
         let (key, range) = needed(&part, repr);
         let keep = again && range == at.range() && reuse.keep(id, at.length);
-        let limit = if first { BATCH } else { usize::MAX };
-        if let Some(run) = current.as_mut()
-            && run.continues(&key, &range, limit)
-        {
-            run.range.end = range.end;
-            run.steps.push(Step::Read { part, keep });
-            continue;
-        }
-        if let Some(run) = current.take() {
+        window.push_read(key, range, part, keep);
+        if window.is_full(first) {
             first = false;
-            if !start(&store, run, &runs).await {
+            if !start(&store, std::mem::take(&mut window), &windows).await {
                 return;
             }
         }
-        current = Some(Run::start(part, range, key, keep));
     }
-    if let Some(run) = current {
-        start(&store, run, &runs).await;
+    if !window.steps.is_empty() {
+        start(&store, window, &windows).await;
     }
 }
 
-/// Starts `run`'s read and hands it to the pump; false once the pump is
-/// gone.
+/// Starts `window`'s reads and hands it to the pump; false once the pump
+/// is gone.
 async fn start(
     store: &ChunkStore,
-    run: Run,
-    runs: &mpsc::Sender<io::Result<(Run, Opened)>>,
+    window: Window,
+    windows: &mpsc::Sender<io::Result<Started>>,
 ) -> bool {
-    let (store, key, range) = (store.clone(), run.key.clone(), run.range.clone());
-    let opened = tokio::spawn(async move { store.read_object(&key, range).await });
-    runs.send(Ok((run, opened))).await.is_ok()
+    let opened = window
+        .reads
+        .iter()
+        .map(|r| {
+            let (store, key, range) = (store.clone(), r.key.clone(), r.range.clone());
+            tokio::spawn(async move { store.read_object(&key, range).await })
+        })
+        .collect();
+    windows.send(Ok((window, opened))).await.is_ok()
 }

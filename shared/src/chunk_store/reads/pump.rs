@@ -1,10 +1,11 @@
-//! The pump: sends each run's bytes in order, step by step.
+//! The pump: sends each window's bytes in NAR order, step by step, each
+//! from its read.
 //!
-//! `.nar.zst` forwards the storage read's pieces as they come, cut only
-//! where a frame is kept for a later repeat or a repeat is sent; `.nar`
-//! cuts the read into whole frames for the decoder. Kept frames live until
-//! their chunk's last occurrence, as the planner decided. Every run must
-//! give exactly its length.
+//! `.nar.zst` forwards a read's pieces as they come, cut only where a step
+//! changes read, a gap is dropped, a frame is kept for a later repeat or a
+//! repeat is sent; `.nar` cuts the reads into whole frames for the decoder.
+//! Kept frames live until their chunk's last occurrence, as the planner
+//! decided. Every read must give exactly its length.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,22 +14,22 @@ use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
 use tokio::sync::mpsc;
 
-use super::{Opened, Piece, Representation, Run, Step};
+use super::{Opened, Piece, Representation, Started, Step, Window};
 use crate::db::ChunkId;
 use crate::storage::{ByteStream, ObjectKey};
 
 type Out = mpsc::Sender<io::Result<Piece>>;
 
-/// Sends the runs the planner hands over until they or the body end.
+/// Sends the windows the planner hands over until they or the body end.
 pub(super) async fn pump(
-    mut runs: mpsc::Receiver<io::Result<(Run, Opened)>>,
+    mut windows: mpsc::Receiver<io::Result<Started>>,
     repr: Representation,
     out: Out,
 ) {
     let mut kept = HashMap::new();
-    while let Some(next) = runs.recv().await {
+    while let Some(next) = windows.recv().await {
         let result = match next {
-            Ok((run, opened)) => send_run(run, opened, repr, &mut kept, &out).await,
+            Ok((window, opened)) => send_window(window, opened, repr, &mut kept, &out).await,
             Err(e) => Err(e),
         };
         match result {
@@ -42,44 +43,61 @@ pub(super) async fn pump(
     }
 }
 
-/// Streams one run; `Ok(false)` once the body is gone.
-async fn send_run(
-    run: Run,
-    opened: Opened,
+/// Streams one window; `Ok(false)` once the body is gone.
+async fn send_window(
+    window: Window,
+    opened: Vec<Opened>,
     repr: Representation,
     kept: &mut HashMap<ChunkId, Bytes>,
     out: &Out,
 ) -> io::Result<bool> {
-    let body = opened
-        .await
-        .map_err(io::Error::other)?
-        .map_err(io::Error::other)?;
-    let mut read = RunRead {
-        body,
-        buf: Bytes::new(),
-        got: 0,
-        want: run.range.end - run.range.start,
-        key: run.key,
-    };
-    // `.nar.zst`: bytes of the steps passed over, forwarded in one go.
-    let mut pending = 0u64;
-    for step in run.steps {
-        if let Step::Read { part, keep: false } = &step
+    let mut reads: Vec<Reading> = window
+        .reads
+        .into_iter()
+        .zip(opened)
+        .map(|(r, opened)| Reading::Opening(r.key, r.range.end - r.range.start, opened))
+        .collect();
+    // `.nar.zst`: bytes of the steps passed over, forwarded in one go from
+    // one read.
+    let mut pending: Option<(usize, u64)> = None;
+    for step in window.steps {
+        if let Step::Read {
+            read,
+            skip: 0,
+            part,
+            keep: false,
+        } = &step
             && repr == Representation::Zstd
+            && pending.is_none_or(|(r, _)| r == *read)
         {
-            pending += part.1.end - part.1.start;
+            let len = part.1.end - part.1.start;
+            pending = Some((*read, pending.map_or(0, |(_, n)| n) + len));
             continue;
         }
-        if pending > 0 && !read.forward(std::mem::take(&mut pending), out).await? {
+        if let Some((r, n)) = pending.take()
+            && !reads[r].open().await?.forward(n, out).await?
+        {
             return Ok(false);
         }
         let (part, frame) = match step {
-            Step::Read { part, keep } => {
+            Step::Read {
+                read,
+                skip,
+                part,
+                keep,
+            } => {
+                let from = reads[read].open().await?;
+                from.skip(skip).await?;
+                if repr == Representation::Zstd && !keep {
+                    let len = part.1.end - part.1.start;
+                    pending = Some((read, len));
+                    continue;
+                }
                 let len = match repr {
                     Representation::Zstd => part.1.end - part.1.start,
                     Representation::Plain => part.0.file_size.max(0) as u64,
                 };
-                let frame = read.take(len).await?;
+                let frame = from.take(len).await?;
                 if keep {
                     kept.insert(part.0.id, frame.clone());
                 }
@@ -111,14 +129,53 @@ async fn send_run(
             return Ok(false);
         }
     }
-    if pending > 0 && !read.forward(pending, out).await? {
+    if let Some((r, n)) = pending
+        && !reads[r].open().await?.forward(n, out).await?
+    {
         return Ok(false);
     }
-    read.finish().await?;
+    for read in reads {
+        if let Reading::Open(read) = read {
+            read.finish().await?;
+        }
+    }
     Ok(true)
 }
 
-/// One run's storage read, taken in exact amounts.
+/// A read of the window: its request started, or its body open.
+enum Reading {
+    Opening(ObjectKey, u64, Opened),
+    Open(RunRead),
+    /// Only while switching between the two.
+    Gone,
+}
+
+impl Reading {
+    /// The read's body, waiting for the request the first time.
+    async fn open(&mut self) -> io::Result<&mut RunRead> {
+        if matches!(self, Reading::Opening(..))
+            && let Reading::Opening(key, want, opened) = std::mem::replace(self, Reading::Gone)
+        {
+            let body = opened
+                .await
+                .map_err(io::Error::other)?
+                .map_err(io::Error::other)?;
+            *self = Reading::Open(RunRead {
+                body,
+                buf: Bytes::new(),
+                got: 0,
+                want,
+                key,
+            });
+        }
+        match self {
+            Reading::Open(read) => Ok(read),
+            _ => Err(io::Error::other("a read was lost while opening")),
+        }
+    }
+}
+
+/// One storage read, taken in exact amounts.
 struct RunRead {
     body: ByteStream,
     /// Read but not yet taken.
@@ -161,6 +218,20 @@ impl RunRead {
             frame.extend_from_slice(&self.buf.split_to(k));
         }
         Ok(frame.freeze())
+    }
+
+    /// Drops the next `n` bytes (a gap between needed frames).
+    async fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        while n > 0 {
+            if self.buf.is_empty() {
+                self.fill().await?;
+                continue;
+            }
+            let k = n.min(self.buf.len() as u64);
+            let _ = self.buf.split_to(k as usize);
+            n -= k;
+        }
+        Ok(())
     }
 
     /// Sends the next `n` bytes as they come; `Ok(false)` once the body is
