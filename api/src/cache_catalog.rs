@@ -13,9 +13,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use larder_core::CacheName;
 use larder_shared::db::cache_keys::{self, CacheKeyRecord};
@@ -153,26 +150,5 @@ impl CacheCatalog {
         }
         held.by_name = by_name;
         Ok(())
-    }
-
-    /// Refreshes every `interval` until `shutdown`; a failed refresh keeps
-    /// what is held and is retried next time.
-    pub fn spawn_refresher(
-        self: Arc<Self>,
-        db: Db,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => {}
-                }
-                if let Err(e) = self.refresh(&db).await {
-                    tracing::warn!(error = %e, "cache catalog refresh failed; keeping the previous one");
-                }
-            }
-        });
     }
 }

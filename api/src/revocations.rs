@@ -3,9 +3,6 @@
 //! replica within that interval, with no query per request.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use larder_shared::db::{Db, DbError, tokens};
 use larder_shared::token::Revocations;
@@ -35,26 +32,5 @@ impl RevocationCache {
         };
         *g = Arc::new(list);
         Ok(())
-    }
-
-    /// Refreshes every `interval` until `shutdown`; a failed refresh keeps the
-    /// previous list and is retried next time.
-    pub fn spawn_refresher(
-        self: Arc<Self>,
-        db: Db,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => {}
-                }
-                if let Err(e) = self.refresh(&db).await {
-                    tracing::warn!(error = %e, "revocation refresh failed; keeping the previous list");
-                }
-            }
-        });
     }
 }

@@ -83,16 +83,7 @@ pub async fn serve(
         .refresh(&state.db)
         .await
         .context("loading the caches")?;
-    // Both reach this replica within the same interval.
-    let refresh = state.config.jwt.revocation_refresh.get();
-    state
-        .revocations
-        .clone()
-        .spawn_refresher(state.db.clone(), refresh, shutdown.clone());
-    state
-        .catalog
-        .clone()
-        .spawn_refresher(state.db.clone(), refresh, shutdown.clone());
+    spawn_refresher(&state, shutdown.clone());
     state.access.clone().spawn_flusher(
         state.db.clone(),
         state.config.access.flush_interval.get(),
@@ -112,4 +103,31 @@ pub async fn serve(
         .await
         .context("serving HTTP")?;
     Ok(())
+}
+
+/// Reloads the revocation list and the cache catalog every `[jwt]
+/// revocation-refresh` until `shutdown`, in one task: a revocation and a
+/// cache change reach this replica within the same interval. A failed
+/// reload keeps what is held and is retried next time.
+fn spawn_refresher(state: &AppState, shutdown: CancellationToken) {
+    let interval = state.config.jwt.revocation_refresh.get();
+    let (db, revocations, catalog) = (
+        state.db.clone(),
+        state.revocations.clone(),
+        state.catalog.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if let Err(e) = revocations.refresh(&db).await {
+                tracing::warn!(error = %e, "revocation refresh failed; keeping the previous list");
+            }
+            if let Err(e) = catalog.refresh(&db).await {
+                tracing::warn!(error = %e, "cache catalog refresh failed; keeping the previous one");
+            }
+        }
+    });
 }
