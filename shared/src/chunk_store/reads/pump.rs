@@ -145,14 +145,14 @@ async fn send_window(
 /// A read of the window: its request started, or its body open.
 enum Reading {
     Opening(ObjectKey, u64, Opened),
-    Open(RunRead),
+    Open(OpenRead),
     /// Only while switching between the two.
     Gone,
 }
 
 impl Reading {
     /// The read's body, waiting for the request the first time.
-    async fn open(&mut self) -> io::Result<&mut RunRead> {
+    async fn open(&mut self) -> io::Result<&mut OpenRead> {
         if matches!(self, Reading::Opening(..))
             && let Reading::Opening(key, want, opened) = std::mem::replace(self, Reading::Gone)
         {
@@ -160,7 +160,7 @@ impl Reading {
                 .await
                 .map_err(io::Error::other)?
                 .map_err(io::Error::other)?;
-            *self = Reading::Open(RunRead {
+            *self = Reading::Open(OpenRead {
                 body,
                 buf: Bytes::new(),
                 got: 0,
@@ -176,7 +176,7 @@ impl Reading {
 }
 
 /// One storage read, taken in exact amounts.
-struct RunRead {
+struct OpenRead {
     body: ByteStream,
     /// Read but not yet taken.
     buf: Bytes,
@@ -185,7 +185,7 @@ struct RunRead {
     key: ObjectKey,
 }
 
-impl RunRead {
+impl OpenRead {
     /// Refills the empty buffer with the read's next piece.
     async fn fill(&mut self) -> io::Result<()> {
         let Some(piece) = self.body.try_next().await? else {
