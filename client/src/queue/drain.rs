@@ -205,6 +205,7 @@ async fn push_group(
     options: DrainOptions,
 ) -> Result<Report, QueueError> {
     let mut report = Report::default();
+    eprintln!("{target}: pushing {} queued paths", entries.len());
     let api = match api_for(target) {
         Ok(s) => s,
         Err(e) => {

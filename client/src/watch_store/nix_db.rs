@@ -133,3 +133,69 @@ impl NixDb {
         Ok(rows.into_iter().map(|(_, path)| path).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::SqliteJournalMode;
+
+    /// A database shaped like Nix's (its `ValidPaths` columns), in WAL
+    /// mode as Nix keeps it, written by a connection of its own.
+    async fn nix_writer(path: &Path) -> SqliteConnection {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TABLE ValidPaths (id integer primary key autoincrement not null,
+             path text unique not null, hash text not null, registrationTime integer not null,
+             deriver text, narSize integer, ultimate integer, sigs text, ca text)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn
+    }
+
+    async fn register(conn: &mut SqliteConnection, name: &str) {
+        sqlx::query("INSERT INTO ValidPaths (path, hash, registrationTime) VALUES (?1, 'h', 0)")
+            .bind(format!("/nix/store/{name}"))
+            .execute(conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn sees_only_paths_registered_after_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut nix = nix_writer(&path).await;
+        register(&mut nix, "a").await;
+        register(&mut nix, "b").await;
+
+        let mut db = NixDb::open(&path, false).await.unwrap();
+        assert_eq!(db.last_id(), 2);
+        assert!(db.poll().await.unwrap().is_empty());
+        register(&mut nix, "c").await;
+        register(&mut nix, "d").await;
+        assert_eq!(db.poll().await.unwrap(), ["/nix/store/c", "/nix/store/d"]);
+        assert!(db.poll().await.unwrap().is_empty());
+
+        let mut all = NixDb::open(&path, true).await.unwrap();
+        assert_eq!(all.poll().await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_database_created_later_is_all_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut db = NixDb::open(&path, false).await.unwrap();
+        assert!(db.poll().await.unwrap().is_empty());
+        let mut nix = nix_writer(&path).await;
+        register(&mut nix, "first").await;
+        assert_eq!(db.poll().await.unwrap(), ["/nix/store/first"]);
+    }
+}

@@ -99,8 +99,12 @@ async fn queue_from_post_build_hook_survives_server_restart() -> anyhow::Result<
         .build_with(&nix, &[("post-build-hook", &hook_arg)])
         .await?;
     let closure = nix.closure(&tops).await?;
+    // A path that is no longer in the store (garbage-collected) is dropped.
+    let gone = "/nix/store/00000000000000000000000000000000-larder-e2e-gone";
+    user.ok(&["queue", "push", &format!("e2e:{cache}"), gone])
+        .await?;
     let status = user.ok(&["queue", "status"]).await?;
-    assert_eq!(status_counts(&status)?, (closure.len(), 0), "{status}");
+    assert_eq!(status_counts(&status)?, (closure.len() + 1, 0), "{status}");
     for path in &closure {
         assert!(status.stdout.contains(path), "{path} not queued\n{status}");
     }
@@ -112,6 +116,7 @@ async fn queue_from_post_build_hook_survives_server_restart() -> anyhow::Result<
         !down.status.success(),
         "drain succeeded with the server down\n{down}"
     );
+    assert!(down.stdout.contains("1 dropped"), "{down}");
     let status = user.ok(&["queue", "status"]).await?;
     assert_eq!(status_counts(&status)?, (0, closure.len()), "{status}");
     assert!(status.stdout.contains("1 attempts"), "{status}");
@@ -245,6 +250,21 @@ async fn watch_store_pushes_new_paths_across_server_restart() -> anyhow::Result<
     .await
     .with_context(log)?;
 
+    // Down again, a third build: SIGTERM while its push is in flight (it
+    // retries a dead server) ends the command cleanly, and the paths stay
+    // queued for the next drain.
+    server.stop().await?;
+    let pushes = || read(&stderr).matches(": pushing ").count();
+    let before = pushes();
+    let third = StoreTree::binary_tree(random_seed(), 2).build(&nix).await?;
+    wait::until(
+        "a push after the third build",
+        ARRIVAL_LIMIT,
+        Duration::from_millis(50),
+        || async { Ok((pushes() > before).then_some(())) },
+    )
+    .await
+    .with_context(log)?;
     let status = terminate(&mut watcher).await?;
     assert!(
         status.success(),
@@ -253,5 +273,20 @@ async fn watch_store_pushes_new_paths_across_server_restart() -> anyhow::Result<
     );
     assert!(read(&stderr).contains("stopped"), "{}", log());
     eprintln!("{}", log());
-    pull_back(&server, cache, &second).await
+    let queued = user.ok(&["queue", "status"]).await?;
+    for path in &third {
+        assert!(
+            queued.stdout.contains(path.as_str()),
+            "{path} not queued after SIGTERM\n{queued}"
+        );
+    }
+    server.start_again().await?;
+    user.ok(&["queue", "drain"]).await?;
+    let third_closure = nix.closure(&third).await?;
+    anyhow::ensure!(
+        all_present(&server.client(), cache, &third_closure).await,
+        "the third build is not in the cache after the drain"
+    );
+    pull_back(&server, cache, &second).await?;
+    pull_back(&server, cache, &third).await
 }
