@@ -257,9 +257,17 @@ async fn one_by_one(
     counted: bool,
 ) -> Result<Report, QueueError> {
     let mut report = Report::default();
-    for entry in entries {
+    for (i, entry) in entries.iter().enumerate() {
         let one = std::slice::from_ref(entry);
         let outcome = push_roots(api, target, one, options).await;
+        if let Err(PushError::Api(e)) = &outcome {
+            // The server went away: the rest would only wait for it too.
+            eprintln!("{target}: {e}");
+            let rest = &entries[i..];
+            queue.fail(&ids(rest), &e.to_string(), unix_now()).await?;
+            report.failed += rest.len();
+            break;
+        }
         let mut done = record(queue, one, outcome).await?;
         if counted {
             done.paths = Summary::default();

@@ -136,20 +136,60 @@ async fn queue_from_post_build_hook_survives_server_restart() -> anyhow::Result<
     assert_eq!(status_counts(&status)?, (0, 0), "{status}");
     // An empty queue drains to nothing, successfully.
     user.ok(&["queue", "drain"]).await?;
+    pull_back(&server, cache, &tops).await?;
 
-    pull_back(&server, cache, &tops).await
+    // The service's way: `drain --watch` pushes what is queued while it
+    // runs, and stops on SIGTERM with exit status 0.
+    let log_path = user.dir().join("drain.log");
+    let mut cmd = user.command(&["queue", "drain", "--watch"])?;
+    cmd.stdout(std::fs::File::create(&log_path)?)
+        .stderr(Stdio::null());
+    let mut drainer = cmd.spawn().context("spawning larder queue drain --watch")?;
+    let later = StoreTree::binary_tree(random_seed(), 2).build(&nix).await?;
+    let mut args = vec![
+        "queue".to_owned(),
+        "push".to_owned(),
+        format!("e2e:{cache}"),
+    ];
+    args.extend(later.iter().cloned());
+    user.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await?;
+    let later_closure = nix.closure(&later).await?;
+    let client = server.client();
+    wait::until(
+        "drain --watch to push",
+        ARRIVAL_LIMIT,
+        Duration::from_millis(250),
+        || async {
+            Ok(all_present(&client, cache, &later_closure)
+                .await
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| read(&log_path))?;
+    let status = terminate(&mut drainer).await?;
+    assert!(
+        status.success(),
+        "drain --watch exited with {status}\n{}",
+        read(&log_path)
+    );
+    let status = user.ok(&["queue", "status"]).await?;
+    assert_eq!(status_counts(&status)?, (0, 0), "{status}");
+    Ok(())
 }
 
-/// Sends SIGTERM to `child` and waits (bounded) for its exit status.
+/// Sends SIGTERM to `child` (`watch-store`, `drain --watch`) and waits
+/// (bounded) for its exit status.
 async fn terminate(child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
-    let pid = child.id().context("watch-store already reaped")?;
+    let pid = child.id().context("already reaped")?;
     // SAFETY: kill(2) on our own child, which has not been reaped.
     unsafe {
         libc::kill(libc::pid_t::try_from(pid)?, libc::SIGTERM);
     }
     Ok(tokio::time::timeout(ARRIVAL_LIMIT, child.wait())
         .await
-        .context("watch-store ignored SIGTERM")??)
+        .context("SIGTERM ignored")??)
 }
 
 fn read(path: &Path) -> String {
