@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::cache_ref::CacheRef;
+pub use crate::queue::args::QueueCommand;
+pub use crate::watch_store::args::WatchStoreArgs;
 
 /// Larder's client: log in, configure Nix, push closures, manage caches.
 #[derive(Debug, Parser)]
@@ -35,6 +37,11 @@ pub enum Command {
     Pins(PinsArgs),
     /// Remove a path from a cache now (needs the `d` permission).
     Delete(DeleteArgs),
+    /// Push new store paths as Nix registers them, until SIGINT or SIGTERM.
+    WatchStore(WatchStoreArgs),
+    /// A durable local queue of paths to push (for Nix's post-build-hook).
+    #[command(subcommand)]
+    Queue(QueueCommand),
 }
 
 /// `larder login`.
@@ -287,6 +294,15 @@ mod tests {
             .is_err()
         );
         assert!(Cli::try_parse_from(["larder", "push", "bad name", "/x"]).is_err());
+        assert!(Cli::try_parse_from(["larder", "queue", "push", "s:c", "/x", "/y"]).is_ok());
+        assert!(Cli::try_parse_from(["larder", "queue", "push", "s:c"]).is_err());
+        assert!(Cli::try_parse_from(["larder", "queue", "drain", "--watch"]).is_ok());
+        let cli =
+            Cli::try_parse_from(["larder", "watch-store", "c", "--debounce", "500ms"]).unwrap();
+        let Command::WatchStore(w) = cli.command else {
+            panic!("not watch-store")
+        };
+        assert_eq!(w.debounce, std::time::Duration::from_millis(500));
     }
 }
 

@@ -28,6 +28,12 @@ pub enum Error {
     /// `larder pin`, `unpin`, `pins`, `delete`.
     #[error(transparent)]
     Pin(#[from] crate::pins::PinError),
+    /// `larder queue …`.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    /// `larder watch-store`.
+    #[error(transparent)]
+    WatchStore(#[from] crate::watch_store::WatchError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

@@ -15,8 +15,10 @@ mod login;
 mod nix;
 mod pins;
 mod push;
+mod queue;
 mod session;
 mod use_cache;
+mod watch_store;
 
 use std::process::ExitCode;
 
@@ -76,6 +78,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
         }
         Command::Cache(command) => run_cache(command).await?,
+        Command::WatchStore(args) => return Ok(watch_store::run(args).await?),
+        Command::Queue(command) => return Ok(queue::run(command).await?),
         Command::Pin(args) => {
             let session = Session::open(args.cache.server.as_deref())?;
             let path = pins::pin(&session.api, &args.cache.cache, &args.name, &args.path).await?;

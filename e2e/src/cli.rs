@@ -49,7 +49,12 @@ impl LarderCli {
         self.dir().join("config")
     }
 
-    /// `larder ARGS…` with this user's configuration, a fresh
+    /// `$XDG_STATE_HOME` of this user (where `larder queue` keeps its file).
+    pub fn state_home(&self) -> PathBuf {
+        self.dir().join("state")
+    }
+
+    /// `larder ARGS…` with this user's configuration and state, a fresh
     /// `XDG_CACHE_HOME`, and no `LARDER_*`, `ATTIC_TOKEN` or `NIX_CONFIG`
     /// from the test's environment.
     pub fn command(&self, args: &[&str]) -> anyhow::Result<tokio::process::Command> {
@@ -59,6 +64,7 @@ impl LarderCli {
         let mut cmd = tokio::process::Command::new(bin_path("larder")?);
         clean_env(&mut cmd);
         cmd.env("XDG_CONFIG_HOME", self.config_home())
+            .env("XDG_STATE_HOME", self.state_home())
             .env("XDG_CACHE_HOME", cache)
             .args(args)
             .stdin(Stdio::null())

@@ -99,7 +99,20 @@ impl Nix {
     /// Builds the expression in `file` and returns its outputs, one per line
     /// of `nix-build`'s stdout.
     pub async fn build(&self, file: &Path) -> anyhow::Result<Vec<String>> {
+        self.build_with(file, &[]).await
+    }
+
+    /// [`Self::build`] with more `--option NAME VALUE` pairs (e.g. a
+    /// `post-build-hook`).
+    pub async fn build_with(
+        &self,
+        file: &Path,
+        options: &[(&str, &str)],
+    ) -> anyhow::Result<Vec<String>> {
         let mut cmd = self.command("nix-build");
+        for (name, value) in options {
+            cmd.args(["--option", name, value]);
+        }
         cmd.args(["--option", "sandbox", "false"])
             .args(["--option", "substituters", ""])
             .args(["--option", "build-users-group", ""])

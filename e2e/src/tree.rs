@@ -178,9 +178,18 @@ impl StoreTree {
 
     /// Builds the tree; returns the output paths of [`Self::tops`], in order.
     pub async fn build(&self, nix: &Nix) -> anyhow::Result<Vec<String>> {
+        self.build_with(nix, &[]).await
+    }
+
+    /// [`Self::build`] with more `--option NAME VALUE` pairs.
+    pub async fn build_with(
+        &self,
+        nix: &Nix,
+        options: &[(&str, &str)],
+    ) -> anyhow::Result<Vec<String>> {
         let file = nix.dir().join(format!("tree-{:016x}.nix", self.seed));
         std::fs::write(&file, self.render())?;
-        let paths = nix.build(&file).await?;
+        let paths = nix.build_with(&file, options).await?;
         anyhow::ensure!(
             paths.len() == self.tops().len(),
             "nix-build printed {} paths for {} top derivations: {paths:?}",

@@ -44,6 +44,8 @@ mod nix_copy;
 mod proxies;
 #[path = "e2e/push.rs"]
 mod push;
+#[path = "e2e/queue.rs"]
+mod queue;
 #[path = "e2e/revocation.rs"]
 mod revocation;
 
