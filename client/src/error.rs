@@ -28,6 +28,9 @@ pub enum Error {
     /// `larder pin`, `unpin`, `pins`, `delete`.
     #[error(transparent)]
     Pin(#[from] crate::pins::PinError),
+    /// `larder login --oidc`.
+    #[error(transparent)]
+    OidcLogin(#[from] crate::login::oidc::OidcLoginError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

@@ -171,7 +171,8 @@ pub enum AuditEvent {
         /// Pin name.
         pin: String,
     },
-    /// `larder-admin make-token` minted a token.
+    /// A token was minted: `larder-admin make-token`, or an OIDC exchange
+    /// (actor: the minted subject).
     TokenMint {
         /// The new token's subject.
         token_subject: String,
