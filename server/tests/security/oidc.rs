@@ -435,6 +435,10 @@ async fn oidc_policies_from_larder_admin() {
 
     assert!(admin_fails(&app, &["oidc", "remove", POLICY]).contains("config file"));
     admin(&app, &["oidc", "remove", "tags"]);
+    let audit = admin(&app, &["audit"]);
+    for kind in ["oidc-policy-add", "oidc-policy-remove", "oidc:tags:repo:"] {
+        assert!(audit.contains(kind), "{kind} in {audit}");
+    }
     let resp = exchange(&app, &key.sign(&claims)).await;
     check_error(
         &resp,

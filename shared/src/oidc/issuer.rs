@@ -338,3 +338,65 @@ impl Jwk {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn jwk(v: serde_json::Value) -> PublicKey {
+        serde_json::from_value::<Jwk>(v).unwrap().into_public_key()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn only_rsa_2048_and_p256_keys_are_accepted() {
+        let n = b64(&[0xc5; 256]);
+        let e = b64(&[1, 0, 1]);
+        let rsa = jwk(json!({"kty": "RSA", "kid": "a", "n": n, "e": e}));
+        assert_eq!(
+            (rsa.kid.as_deref(), rsa.alg),
+            (Some("a"), Some(Algorithm::RS256))
+        );
+        for rejected in [
+            json!({"kty": "RSA", "n": b64(&[0xc5; 128]), "e": e}),
+            json!({"kty": "RSA", "n": b64(&[[0u8; 8].as_slice(), &[0xc5; 248]].concat()), "e": e}),
+            json!({"kty": "RSA", "alg": "RS512", "n": n, "e": e}),
+            json!({"kty": "EC", "crv": "P-384", "x": b64(&[1; 48]), "y": b64(&[2; 48])}),
+            json!({"kty": "EC", "crv": "P-256", "alg": "ES384", "x": b64(&[1; 32]), "y": b64(&[2; 32])}),
+            json!({"kty": "oct", "k": b64(b"secret")}),
+            json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&[3; 32])}),
+        ] {
+            let key = jwk(rejected.clone());
+            assert!(key.alg.is_none() && key.key.is_none(), "{rejected}");
+        }
+    }
+
+    #[test]
+    fn a_token_without_kid_needs_a_single_key_of_its_type() {
+        let key = |kid: &str, alg| {
+            Arc::new(PublicKey {
+                kid: Some(kid.into()),
+                alg: Some(alg),
+                key: None,
+            })
+        };
+        let one_each = [key("r", Algorithm::RS256), key("e", Algorithm::ES256)];
+        let found = find(&one_each, None, Algorithm::ES256).unwrap();
+        assert_eq!(found.kid.as_deref(), Some("e"));
+        assert_eq!(
+            find(&one_each, Some("r"), Algorithm::ES256)
+                .unwrap()
+                .kid
+                .as_deref(),
+            Some("r")
+        );
+        assert!(find(&one_each, Some("x"), Algorithm::RS256).is_none());
+        let two_rsa = [key("r1", Algorithm::RS256), key("r2", Algorithm::RS256)];
+        assert!(find(&two_rsa, None, Algorithm::RS256).is_none());
+    }
+}

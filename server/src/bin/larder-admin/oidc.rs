@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
+use larder_shared::audit::{Actor, AuditEvent};
 use larder_shared::config::{Config, ConfigDuration};
-use larder_shared::db::{oidc_policies, unix_now};
+use larder_shared::db::{audit, oidc_policies, unix_now};
 use larder_shared::oidc::{ClaimPattern, PolicyConfig, TrustPolicy};
 use larder_shared::token::CachePattern;
 
@@ -114,7 +115,6 @@ impl Oidc {
     /// Runs the subcommand.
     pub async fn run(self, config: &Config) -> anyhow::Result<()> {
         let db = crate::open_db(config).await?;
-        let mut conn = db.conn().await?;
         match self {
             Oidc::Add(add) => {
                 let policy = add.policy()?;
@@ -123,14 +123,26 @@ impl Oidc {
                 if !problems.is_empty() {
                     bail!("invalid policy:\n  - {}", problems.join("\n  - "));
                 }
-                if config.oidc.policies.iter().any(|p| p.name == policy.name)
-                    || !oidc_policies::insert(conn.raw(), &policy.to_policy(), unix_now()).await?
-                {
-                    bail!("a trust policy named {:?} already exists", policy.name);
+                let taken =
+                    || anyhow::anyhow!("a trust policy named {:?} already exists", policy.name);
+                if config.oidc.policies.iter().any(|p| p.name == policy.name) {
+                    return Err(taken());
                 }
+                // The policy and its audit row together.
+                let mut tx = db.begin().await?;
+                if !oidc_policies::insert(tx.raw(), &policy.to_policy(), unix_now()).await? {
+                    return Err(taken());
+                }
+                let event = AuditEvent::OidcPolicyAdd {
+                    name: policy.name.clone(),
+                    policy: serde_json::to_value(&policy)?,
+                };
+                audit::insert(tx.raw(), unix_now(), &Actor::operator(), &event).await?;
+                tx.commit().await?;
                 println!("added trust policy {:?}", policy.name);
             }
             Oidc::List => {
+                let mut conn = db.conn().await?;
                 let stored = oidc_policies::list(conn.raw()).await?;
                 let from_file = config.oidc.trust_policies();
                 println!(
@@ -149,9 +161,13 @@ impl Oidc {
                 if config.oidc.policies.iter().any(|p| p.name == name) {
                     bail!("trust policy {name:?} is defined in the config file; edit it there");
                 }
-                if !oidc_policies::delete(conn.raw(), &name).await? {
+                let mut tx = db.begin().await?;
+                if !oidc_policies::delete(tx.raw(), &name).await? {
                     bail!("no stored trust policy named {name:?}");
                 }
+                let event = AuditEvent::OidcPolicyRemove { name: name.clone() };
+                audit::insert(tx.raw(), unix_now(), &Actor::operator(), &event).await?;
+                tx.commit().await?;
                 println!("removed trust policy {name:?}");
             }
         }
