@@ -372,12 +372,11 @@ fn admin_fails(app: &SecApp, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oidc_policies_from_larder_admin() {
+async fn policies_from_larder_admin(backend: Backend) {
     let key = SigningKey::ec("ec-1");
     let issuer = TestIssuer::start(vec![key.clone()]).await;
     let other = TestIssuer::start(vec![key.clone()]).await;
-    let app = app_for(Backend::Sqlite, &other, "0s").await;
+    let app = app_for(backend, &other, "0s").await;
     let claims = issuer.claims(AUDIENCE, REPO, "refs/tags/v1");
     let resp = exchange(&app, &key.sign(&claims)).await;
     check_error(
@@ -448,6 +447,16 @@ async fn oidc_policies_from_larder_admin() {
     )
     .unwrap();
     app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_policies_from_larder_admin_sqlite() {
+    policies_from_larder_admin(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_policies_from_larder_admin_postgres() {
+    policies_from_larder_admin(Backend::Postgres).await;
 }
 
 // --- 5. the client on GitHub Actions -----------------------------------------------
