@@ -11,7 +11,7 @@ use tower_http::trace::TraceLayer;
 use crate::error::{ApiError, json_errors};
 use crate::routes::{
     binary_cache, build_log, cache_config, cache_file, caches, health, metrics, missing_paths, nar,
-    nix_upload, realisation, upload_path,
+    nix_upload, oidc, realisation, upload_path,
 };
 use crate::state::AppState;
 
@@ -56,6 +56,7 @@ route_table! {
         post cache_config::create,
         patch cache_config::configure,
         delete cache_config::destroy;
+    "/_api/v1/oidc/exchange" => post oidc::exchange;
     "/_api/v1/caches" => get caches::list;
     "/_api/v1/caches/{cache}/stats" => get caches::cache_stats;
     "/_api/v1/caches/{cache}/pins" => get caches::list_pins;

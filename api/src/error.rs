@@ -100,9 +100,29 @@ pub enum ApiError {
     /// Storage failure (details logged, hidden from the caller).
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A CI identity token that is valid but that no trust policy grants
+    /// anything (`/_api/v1/oidc/exchange`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A trusted OIDC issuer's discovery document or JWKS could not be
+    /// fetched (details logged; the message names no URL).
+    #[error("the CI issuer's keys could not be fetched; try again later")]
+    IssuerUnavailable(#[source] larder_shared::oidc::IssuerError),
     /// Anything else that is our fault.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Refused exchanges: 401 for a token that is not a valid identity, 403 for
+/// an identity no policy grants, 502 when the issuer cannot be reached.
+impl From<larder_shared::oidc::OidcError> for ApiError {
+    fn from(e: larder_shared::oidc::OidcError) -> Self {
+        match e {
+            larder_shared::oidc::OidcError::Issuer(i) => ApiError::IssuerUnavailable(i),
+            e if e.is_forbidden() => ApiError::Forbidden(e.to_string()),
+            e => ApiError::Unauthorized(e.to_string()),
+        }
+    }
 }
 
 /// Key names the caller chose are their mistake; everything else about
@@ -122,7 +142,9 @@ impl ApiError {
     pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            ApiError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PermissionDenied"),
+            ApiError::PermissionDenied(_) | ApiError::Forbidden(_) => {
+                (StatusCode::FORBIDDEN, "PermissionDenied")
+            }
             ApiError::NoSuchCache => (StatusCode::NOT_FOUND, "NoSuchCache"),
             ApiError::NoSuchObject => (StatusCode::NOT_FOUND, "NoSuchObject"),
             ApiError::CacheAlreadyExists => (StatusCode::CONFLICT, "CacheAlreadyExists"),
@@ -144,6 +166,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DatabaseError"),
             ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StorageError"),
+            ApiError::IssuerUnavailable(_) => (StatusCode::BAD_GATEWAY, "IssuerUnavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError"),
         }
     }
@@ -164,7 +187,10 @@ impl IntoResponse for ApiError {
         };
         let message = if status.is_server_error() && retry_after.is_none() {
             tracing::error!(error = %ErrorChain(&self), kind, "request failed");
-            "internal server error; see the server log".to_owned()
+            match self {
+                ApiError::IssuerUnavailable(_) => self.to_string(),
+                _ => "internal server error; see the server log".to_owned(),
+            }
         } else {
             self.to_string()
         };

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use larder_shared::bootstrap;
 use larder_shared::config::Config;
 use larder_shared::db::unix_now;
+use larder_shared::oidc::IssuerKeys;
 use larder_shared::signing_keys::{Kek, KeyRing};
 use larder_shared::token::{TokenKey, TokenVerifier};
 
@@ -32,6 +33,8 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         config.jwt.token_bound_audiences.clone(),
     );
     let staging_quota = Arc::new(StagingQuota::new(&config.staging));
+    let oidc = IssuerKeys::new(config.oidc.jwks_min_refresh.get())
+        .context("building the OIDC issuers' HTTP client")?;
     Ok(AppState {
         config,
         db: opened.db,
@@ -46,6 +49,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         metrics: Arc::default(),
         keys: Arc::new(KeyRing::new(kek)),
         staging_quota,
+        oidc: Arc::new(oidc),
     })
 }
 

@@ -43,6 +43,8 @@ pub struct AppState {
     /// `[staging] max-bytes`, `max-nars`, with this replica's last reading
     /// of the staged totals.
     pub staging_quota: Arc<crate::staging_quota::StagingQuota>,
+    /// Trusted OIDC issuers' keys, fetched on demand (`/_api/v1/oidc/exchange`).
+    pub oidc: Arc<larder_shared::oidc::IssuerKeys>,
 }
 
 impl AppState {

@@ -49,7 +49,8 @@ pub enum Command {
 #[command(
     after_help = "The configuration is $XDG_CONFIG_HOME/larder/config.toml (mode 0600). \
 Without TOKEN, commands use $LARDER_TOKEN, then $ATTIC_TOKEN. The first server logged in to \
-becomes the default."
+becomes the default. With --oidc (in CI), the token is minted by the server for this job's \
+identity and lives at most as long as the server's trust policy allows."
 )]
 pub struct LoginArgs {
     /// A name for the server, used as `NAME:CACHE`.
@@ -57,10 +58,25 @@ pub struct LoginArgs {
     /// The server's URL, e.g. https://cache.example.com.
     pub endpoint: String,
     /// The token (a JWT from `larder-admin make-token`).
+    #[arg(conflicts_with = "oidc")]
     pub token: Option<String>,
     /// Make this the default server.
     #[arg(long)]
     pub set_default: bool,
+    /// In CI: exchange the job's OIDC identity token for a short-lived
+    /// token (GitHub Actions: from the runner, with `permissions: id-token:
+    /// write`; else --id-token-file, --id-token-env or $LARDER_OIDC_TOKEN).
+    #[arg(long)]
+    pub oidc: bool,
+    /// The audience to request the ID token for on GitHub Actions (default: ENDPOINT).
+    #[arg(long, requires = "oidc")]
+    pub audience: Option<String>,
+    /// Read the ID token from this file.
+    #[arg(long, requires = "oidc", conflicts_with = "id_token_env")]
+    pub id_token_file: Option<std::path::PathBuf>,
+    /// Read the ID token from this environment variable (GitLab: the `id_tokens` entry's name).
+    #[arg(long, requires = "oidc")]
+    pub id_token_env: Option<String>,
 }
 
 /// `larder use`.

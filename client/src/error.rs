@@ -34,6 +34,9 @@ pub enum Error {
     /// `larder watch-store`.
     #[error(transparent)]
     WatchStore(#[from] crate::watch_store::WatchError),
+    /// `larder login --oidc`.
+    #[error(transparent)]
+    OidcLogin(#[from] crate::login::oidc::OidcLoginError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

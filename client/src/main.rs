@@ -46,6 +46,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
+        Command::Login(args) if args.oidc => {
+            println!("{}", login::run_oidc(&args).await?);
+        }
         Command::Login(args) => {
             println!("{}", login::run(&args)?);
         }

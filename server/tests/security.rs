@@ -13,11 +13,14 @@
 //! 5. hostile input on every route answers JSON errors (`hostile_input`);
 //! 6. clients that stop talking are cut off (`slowloris`);
 //! 7. cache signing keys are sealed at rest and rotate with overlap
-//!    (`signing_keys`).
+//!    (`signing_keys`);
+//! 8. CI identity tokens exchanged for short-lived tokens (`oidc`).
 //!
 //! Everything runs on SQLite; the credential table also runs on PostgreSQL.
 
 mod hostile_input;
+mod oidc;
+mod oidc_issuer;
 mod read_path;
 mod signing_keys;
 mod slowloris;

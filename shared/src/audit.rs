@@ -171,7 +171,8 @@ pub enum AuditEvent {
         /// Pin name.
         pin: String,
     },
-    /// `larder-admin make-token` minted a token.
+    /// A token was minted: `larder-admin make-token`, or an OIDC exchange
+    /// (actor: the minted subject).
     TokenMint {
         /// The new token's subject.
         token_subject: String,
@@ -190,6 +191,18 @@ pub enum AuditEvent {
         token_subject: Option<String>,
         /// Tokens of the subject issued before this (Unix seconds).
         issued_before: Option<i64>,
+    },
+    /// `larder-admin oidc add` stored a trust policy for CI identity tokens.
+    OidcPolicyAdd {
+        /// Its name.
+        name: String,
+        /// Issuer, audience, claims, grants and max-validity, as JSON.
+        policy: Value,
+    },
+    /// `larder-admin oidc remove` removed one.
+    OidcPolicyRemove {
+        /// Its name.
+        name: String,
     },
     /// One GC pass.
     Gc(GcSummary),
@@ -216,6 +229,8 @@ impl AuditEvent {
             Self::PinRemove { .. } => "pin-remove",
             Self::TokenMint { .. } => "token-mint",
             Self::TokenRevoke { .. } => "token-revoke",
+            Self::OidcPolicyAdd { .. } => "oidc-policy-add",
+            Self::OidcPolicyRemove { .. } => "oidc-policy-remove",
             Self::Gc(_) => "gc",
             Self::ImportAttic { .. } => "import-attic",
         }
@@ -233,7 +248,11 @@ impl AuditEvent {
             | Self::PinSet { cache, .. }
             | Self::PinRemove { cache, .. }
             | Self::ImportAttic { cache, .. } => Some(cache),
-            Self::TokenMint { .. } | Self::TokenRevoke { .. } | Self::Gc(_) => None,
+            Self::TokenMint { .. }
+            | Self::TokenRevoke { .. }
+            | Self::OidcPolicyAdd { .. }
+            | Self::OidcPolicyRemove { .. }
+            | Self::Gc(_) => None,
         }
     }
 
@@ -296,6 +315,8 @@ impl AuditEvent {
                 "token_subject": token_subject,
                 "issued_before": issued_before,
             }),
+            Self::OidcPolicyAdd { name, policy } => json!({ "name": name, "policy": policy }),
+            Self::OidcPolicyRemove { name } => json!({ "name": name }),
             Self::Gc(summary) => json!(summary),
             Self::ImportAttic { summary, .. } => json!(summary),
         }
@@ -362,6 +383,11 @@ mod tests {
                 token_subject: None,
                 issued_before: None,
             },
+            AuditEvent::OidcPolicyAdd {
+                name: "p".into(),
+                policy: json!({}),
+            },
+            AuditEvent::OidcPolicyRemove { name: "p".into() },
             AuditEvent::Gc(GcSummary::default()),
             AuditEvent::ImportAttic {
                 cache,

@@ -9,6 +9,7 @@ mod duration;
 mod embedded;
 pub mod env;
 mod load;
+mod oidc;
 mod secret;
 mod sections;
 mod storage;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::ConfigDuration;
 pub use embedded::{EmbeddedDefault, default_data_dir, write_private};
+pub use oidc::OidcConfig;
 pub use secret::Secret;
 pub use sections::{
     AccessConfig, ChunkingConfig, CompressionConfig, CompressionType, DatabaseConfig, GcConfig,
@@ -126,6 +128,9 @@ pub struct Config {
     /// Cache signing keys: the key-encryption key, rotation overlap.
     #[serde(default)]
     pub signing: SigningConfig,
+    /// Trust policies for CI identity tokens (`POST /_api/v1/oidc/exchange`).
+    #[serde(default)]
+    pub oidc: OidcConfig,
 }
 
 fn default_listen() -> SocketAddr {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod db;
 pub mod jobs;
 pub mod metrics;
+pub mod oidc;
 pub mod pack;
 pub mod retention;
 pub mod signing_keys;

@@ -12,5 +12,6 @@ pub mod missing_paths;
 pub mod nar;
 pub mod nix_narinfo;
 pub mod nix_upload;
+pub mod oidc;
 pub mod realisation;
 pub mod upload_path;

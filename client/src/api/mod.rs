@@ -8,6 +8,7 @@
 //! error.
 
 pub mod error;
+mod oidc;
 pub mod retry;
 
 use std::collections::HashSet;

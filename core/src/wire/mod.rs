@@ -11,10 +11,12 @@ pub mod cache_config;
 pub mod caches;
 pub mod error;
 pub mod missing_paths;
+pub mod oidc;
 pub mod upload;
 
 pub use cache_config::{CacheConfig, KeypairConfig, RetentionPeriodConfig};
 pub use caches::{CacheStats, CacheSummary, Pin, PinRequest};
 pub use error::ErrorBody;
 pub use missing_paths::{GetMissingPathsRequest, GetMissingPathsResponse};
+pub use oidc::{OidcExchangeRequest, OidcExchangeResponse};
 pub use upload::{UploadKind, UploadPathNarInfo, UploadPathResult};

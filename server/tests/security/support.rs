@@ -117,6 +117,12 @@ pub struct SecApp {
 impl SecApp {
     /// A fresh, migrated app.
     pub async fn new(opts: Options) -> Self {
+        Self::with_config(opts, "").await
+    }
+
+    /// A fresh, migrated app whose config file ends with `extra` (more
+    /// sections, such as `[oidc]`).
+    pub async fn with_config(opts: Options, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let (db_url, pg_database) = crate::common::fresh_database(opts.backend, dir.path()).await;
         let mut jwt = String::from("[jwt]\n");
@@ -130,7 +136,7 @@ impl SecApp {
             "[database]\nurl = \"{db_url}\"\n\
              [storage]\ntype = \"local\"\npath = \"{}\"\n\
              [worker]\nembedded = 0\n\
-             {jwt}[jwt.signing]\n{}",
+             {jwt}[jwt.signing]\n{}{extra}",
             dir.path().join("storage").display(),
             opts.signing.toml(),
         );
@@ -280,6 +286,18 @@ impl SecApp {
     }
 
     // --- HTTP ---------------------------------------------------------------
+
+    /// Serves the router on a loopback port (real TCP) until the test's
+    /// runtime ends; returns the base URL.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback port");
+        let addr = listener.local_addr().expect("local addr");
+        let router = self.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
 
     /// Sends one request through the router.
     pub async fn send(&self, req: Request<Body>) -> TestResponse {

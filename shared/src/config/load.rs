@@ -151,6 +151,7 @@ impl Config {
         if http.max_connections == 0 {
             problems.push("http.max-connections: must be at least 1".into());
         }
+        self.oidc.problems(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

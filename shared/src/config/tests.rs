@@ -431,3 +431,49 @@ fn worker_metrics_listen_is_off_by_default_and_needs_its_own_port() {
         }
     }
 }
+
+#[test]
+fn oidc_policies_parse_and_validate() {
+    let policy = r#"
+[oidc]
+jwks-min-refresh = "1m"
+[[oidc.policy]]
+name = "infra-main"
+issuer = "https://token.actions.githubusercontent.com"
+audience = "https://cache.example.com"
+claims = { repository = "snyssen/infra", ref = ["refs/heads/main", "refs/tags/v*"] }
+pull = ["snyssen-*"]
+push = ["snyssen-*"]
+"#;
+    let c = Config::parse_toml(&format!("{MINIMAL}{policy}")).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.oidc.jwks_min_refresh.as_secs(), 60);
+    let policies = c.oidc.trust_policies();
+    assert_eq!(policies[0].max_validity.as_secs(), 3600);
+    assert_eq!(
+        serde_json::to_string(&policies[0].caches).unwrap(),
+        r#"{"snyssen-*":{"r":1,"w":1}}"#
+    );
+    assert_eq!(
+        Config::parse_toml(MINIMAL)
+            .unwrap()
+            .oidc
+            .jwks_min_refresh
+            .as_secs(),
+        30
+    );
+
+    // Unknown keys name themselves; names are unique; problems are listed.
+    let typo = format!("{MINIMAL}{policy}claim = {{ a = \"b\" }}\n");
+    let err = Config::parse_toml(&typo).unwrap_err().to_string();
+    assert!(err.contains("claim"), "{err}");
+    let twice = format!("{MINIMAL}{policy}{}", &policy[policy.find("[[").unwrap()..]);
+    let err = Config::parse_toml(&twice).unwrap().validate().unwrap_err();
+    assert!(err.to_string().contains("used twice"), "{err}");
+    let http = policy.replace("https://token", "http://token");
+    let err = Config::parse_toml(&format!("{MINIMAL}{http}"))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("oidc.policy[0].issuer"), "{err}");
+}

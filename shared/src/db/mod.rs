@@ -23,6 +23,7 @@ pub mod nars;
 mod object_meta;
 pub mod object_refs;
 pub mod objects;
+pub mod oidc_policies;
 pub mod packs;
 pub mod pins;
 pub mod queue;

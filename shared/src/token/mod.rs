@@ -73,6 +73,7 @@ pub use claims::{CacheAccess, Claims};
 pub use duration::{ValidityError, parse_validity};
 pub use key::{Hs256Secret, KeyError, Rs256KeyPair, Rs256PublicKey, TokenKey};
 pub use mint::{ClaimsBuilder, mint};
+pub(crate) use pattern::glob_match;
 pub use pattern::{CachePattern, CachePatternError};
 pub use permission::{CachePermissions, Permission};
 pub use revocation::{Revocation, Revocations};

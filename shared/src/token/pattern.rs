@@ -61,7 +61,7 @@ impl CachePattern {
 
     /// Whether `name` matches: `*` is any run of characters, `?` one character.
     pub fn matches(&self, name: &CacheName) -> bool {
-        glob_match(self.0.as_bytes(), name.as_str().as_bytes())
+        glob_match(self.0.as_bytes(), name.as_str().as_bytes(), b'*', b'?')
     }
 }
 
@@ -73,19 +73,26 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+')
 }
 
-/// Wildcard match in O(pattern × name): on a mismatch, let the most recent `*`
-/// swallow one more byte. Patterns and names are ASCII, so bytes are characters.
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+/// Wildcard match in O(pattern × name): on a mismatch, let the most recent
+/// `star_sym` swallow one more symbol; `one` matches exactly one. Cache patterns
+/// and names are ASCII, so they match as bytes; OIDC claim patterns
+/// ([`crate::oidc`]) match as characters.
+pub(crate) fn glob_match<T: Copy + PartialEq>(
+    pattern: &[T],
+    name: &[T],
+    star_sym: T,
+    one: T,
+) -> bool {
     let (mut p, mut n) = (0, 0);
     // Position after the last `*` seen, and the name position it is retried at.
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {
         match pattern.get(p) {
-            Some(b'*') => {
+            Some(&c) if c == star_sym => {
                 star = Some((p + 1, n));
                 p += 1;
             }
-            Some(&c) if c == b'?' || c == name[n] => {
+            Some(&c) if c == one || c == name[n] => {
                 p += 1;
                 n += 1;
             }
@@ -99,7 +106,7 @@ fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
             },
         }
     }
-    pattern[p..].iter().all(|&c| c == b'*')
+    pattern[p..].iter().all(|&c| c == star_sym)
 }
 
 impl From<&CacheName> for CachePattern {

@@ -5,6 +5,7 @@ mod cache_key;
 mod import_attic;
 mod maintenance;
 mod make_token;
+mod oidc;
 mod tokens;
 
 use std::path::PathBuf;
@@ -74,6 +75,9 @@ enum Command {
     Migrate,
     /// Give a cache a new signing key: a key file on the server, or a fresh sealed one.
     CacheKey(cache_key::CacheKey),
+    /// Trust policies for CI identity tokens (OIDC): add, list, remove.
+    #[command(subcommand)]
+    Oidc(oidc::Oidc),
 }
 
 /// Opens the database (applying migrations, so a fresh install works).
@@ -110,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Stats { json } => maintenance::run_stats(&config, json).await,
         Command::Repack { archive } => maintenance::run_repack(&config, archive).await,
         Command::CacheKey(cmd) => cmd.run(&config).await,
+        Command::Oidc(cmd) => cmd.run(&config).await,
         Command::Migrate => {
             open_db(&config).await?;
             println!("database migrated");
