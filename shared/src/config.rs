@@ -5,6 +5,7 @@
 //! the key. Environment variables override the file (`LARDER_*`); secrets
 //! may come from files named by `*_FILE` variables ([`env`]).
 
+mod chunk_push;
 mod duration;
 mod embedded;
 pub mod env;
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use chunk_push::ChunkPushConfig;
 pub use duration::ConfigDuration;
 pub use embedded::{EmbeddedDefault, default_data_dir, write_private};
 pub use secret::Secret;
@@ -126,6 +128,9 @@ pub struct Config {
     /// Cache signing keys: the key-encryption key, rotation overlap.
     #[serde(default)]
     pub signing: SigningConfig,
+    /// Larder's chunk-level push API.
+    #[serde(default)]
+    pub chunk_push: ChunkPushConfig,
 }
 
 fn default_listen() -> SocketAddr {
