@@ -20,7 +20,7 @@ use larder_shared::storage::Storage;
 use super::presence::Source;
 
 /// Chunks read ahead of the consumer.
-const IN_FLIGHT: usize = 16;
+const IN_FLIGHT: usize = 64;
 
 /// The NAR as a stream of chunk contents, `sources` in order.
 pub fn nar_stream(

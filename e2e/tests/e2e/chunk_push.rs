@@ -180,6 +180,10 @@ async fn chunk_push_sends_only_new_chunks() -> anyhow::Result<()> {
         "the update sent {sent2} bytes for {nar2} bytes of NAR\n{out}"
     );
     anyhow::ensure!(out.stdout.contains(" deduplicated)"), "{out}");
+    eprintln!(
+        "chunk push on the wire: original {sent1} bytes for {nar1} bytes of NAR, \
+         update {sent2} bytes for {nar2} bytes of new NARs"
+    );
 
     pull_and_verify(&server, cache, &v2, &closure2).await?;
     pull_and_verify(&server, cache, &v1, &closure1).await?;
