@@ -10,8 +10,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{ApiError, json_errors};
 use crate::routes::{
-    binary_cache, build_log, cache_config, cache_file, caches, health, metrics, missing_paths, nar,
-    nix_upload, oidc, realisation, upload_path,
+    binary_cache, build_log, cache_config, cache_file, caches, chunk_push, health, metrics,
+    missing_paths, nar, nix_upload, oidc, realisation, upload_path,
 };
 use crate::state::AppState;
 
@@ -63,6 +63,10 @@ route_table! {
     "/_api/v1/caches/{cache}/pins/{name}" =>
         put caches::set_pin,
         delete caches::remove_pin;
+    "/_api/larder/v1/caches/{cache}/chunk-push" => get chunk_push::params;
+    "/_api/larder/v1/caches/{cache}/chunks/missing" => post chunk_push::missing;
+    "/_api/larder/v1/caches/{cache}/chunks" => post chunk_push::upload;
+    "/_api/larder/v1/caches/{cache}/nars" => post chunk_push::commit;
     "/{cache}/nix-cache-info" =>
         get binary_cache::nix_cache_info,
         put cache_file::put_nix_cache_info;

@@ -66,6 +66,15 @@ pub enum ApiError {
          and has been removed; push the path again"
     )]
     StagedCopyExpired,
+    /// A chunk-push commit lists chunks the caller has not sent and may not
+    /// take from the cache (docs/protocol.md "Chunk-level push").
+    #[error("{count} chunks of the NAR were not sent (first: {first}); send them, then commit")]
+    ChunksMissing {
+        /// How many.
+        count: usize,
+        /// The first one, hex.
+        first: String,
+    },
     /// The staging quota is reached (`[staging] max-bytes`, `max-nars`):
     /// workers are behind, the client should retry after `retry_after`
     /// seconds. A 503 that is not a failure: not logged as one, and its
@@ -162,6 +171,7 @@ impl ApiError {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "RangeNotSatisfiable")
             }
             ApiError::StagingFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "StagingFull"),
+            ApiError::ChunksMissing { .. } => (StatusCode::CONFLICT, "ChunksMissing"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DatabaseError"),

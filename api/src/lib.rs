@@ -11,6 +11,7 @@ pub mod body_rate;
 pub mod byte_range;
 pub mod cache_catalog;
 pub mod cache_control;
+pub mod chunk_push;
 pub mod client_addr;
 pub mod content_encoding;
 pub mod error;

@@ -129,6 +129,10 @@ pub struct PushArgs {
     /// --no-closure.
     #[arg(long)]
     pub replace: bool,
+    /// Upload whole NARs, as to an Attic server, even when the server takes
+    /// chunk-level push (which sends only the chunks the cache lacks).
+    #[arg(long)]
+    pub whole_nars: bool,
 }
 
 /// `larder cache …`.

@@ -73,6 +73,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 jobs: usize::from(args.jobs),
                 ignore_upstream_filter: args.ignore_upstream_cache_filter,
                 replace: args.replace,
+                whole_nars: args.whole_nars,
             };
             let summary = push::run(&session.api, &args.cache.cache, &options).await?;
             println!("{summary}");

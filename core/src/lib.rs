@@ -7,6 +7,7 @@
 //! server-side crates build on it (nix-compat's place in snix).
 
 pub mod cache_name;
+pub mod chunk;
 pub mod nix;
 pub mod wire;
 

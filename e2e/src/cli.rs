@@ -137,7 +137,8 @@ impl std::fmt::Display for CliOutput {
 }
 
 /// The counts of `larder push`'s last line: `pushed N, already present N,
-/// deduplicated N, failed N[ (skipped N available upstream)]`.
+/// deduplicated N, failed N (B sent, B deduplicated)[ (skipped N available
+/// upstream)]`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushSummary {
     /// Uploaded.

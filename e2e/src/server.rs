@@ -36,6 +36,8 @@ pub struct ServerOptions {
     pub narinfo_max_age: Option<u64>,
     /// Sets `[staging] max-nars` (the staging quota) the same way.
     pub staging_max_nars: Option<u64>,
+    /// Sets `[chunk-push] enabled = false` the same way (404, as Attic).
+    pub no_chunk_push: bool,
 }
 
 impl ServerOptions {
@@ -45,6 +47,7 @@ impl ServerOptions {
             embedded_workers: Some(0),
             narinfo_max_age: None,
             staging_max_nars: None,
+            no_chunk_push: false,
         }
     }
 }
@@ -90,14 +93,11 @@ impl Server {
             )
         })?;
         let extra = [
-            opts.narinfo_max_age
-                .map(|s| format!("\n[http]\nnarinfo-max-age = {s}\n")),
-            opts.staging_max_nars
-                .map(|n| format!("\n[staging]\nmax-nars = {n}\n")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<String>();
+            (opts.narinfo_max_age).map(|s| format!("\n[http]\nnarinfo-max-age = {s}\n")),
+            (opts.staging_max_nars).map(|n| format!("\n[staging]\nmax-nars = {n}\n")),
+            (opts.no_chunk_push).then(|| "\n[chunk-push]\nenabled = false\n".into()),
+        ];
+        let extra: String = extra.into_iter().flatten().collect();
         if opts.embedded_workers.is_some() || !extra.is_empty() {
             server.stop().await?;
             if let Some(n) = opts.embedded_workers {

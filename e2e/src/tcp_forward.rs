@@ -6,6 +6,8 @@
 //! `Host` header the client sent) stay valid.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -15,6 +17,11 @@ use tokio::task::{JoinHandle, JoinSet};
 pub struct TcpForwarder {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    /// Bytes relayed towards `target` by connections that have ended.
+    sent: Arc<AtomicU64>,
+    /// Connections accepted, and those that have ended.
+    opened: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
 }
 
 impl TcpForwarder {
@@ -22,6 +29,11 @@ impl TcpForwarder {
     pub async fn start(ip: IpAddr, target: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
+        let sent = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let (sent_total, closed_total, opened_total) =
+            (sent.clone(), closed.clone(), opened.clone());
         let task = tokio::spawn(async move {
             // Owned by this task: aborting it drops (and aborts) every relay.
             let mut relays = JoinSet::new();
@@ -29,10 +41,16 @@ impl TcpForwarder {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((mut inbound, _)) = accepted else { continue };
+                        opened_total.fetch_add(1, Ordering::SeqCst);
+                        let (sent, closed) = (sent_total.clone(), closed_total.clone());
                         relays.spawn(async move {
-                            if let Ok(mut outbound) = TcpStream::connect(target).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            if let Ok(mut outbound) = TcpStream::connect(target).await
+                                && let Ok((up, _)) =
+                                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+                            {
+                                sent.fetch_add(up, Ordering::SeqCst);
                             }
+                            closed.fetch_add(1, Ordering::SeqCst);
                         });
                     }
                     // Reap finished relays so the set stays small.
@@ -40,7 +58,23 @@ impl TcpForwarder {
                 }
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            task,
+            sent,
+            opened,
+            closed,
+        })
+    }
+
+    /// Bytes sent towards the target by connections that have ended, once
+    /// every accepted connection has (`None` while one is open): what a
+    /// client that has exited sent, request headers included.
+    pub fn sent(&self) -> Option<u64> {
+        // Each relay adds its bytes before it counts as closed.
+        let closed = self.closed.load(Ordering::SeqCst);
+        let all_closed = closed == self.opened.load(Ordering::SeqCst);
+        all_closed.then(|| self.sent.load(Ordering::SeqCst))
     }
 
     /// Where it listens.

@@ -30,6 +30,8 @@ use sha2::{Digest, Sha256};
 mod attic_import;
 #[path = "e2e/build_logs.rs"]
 mod build_logs;
+#[path = "e2e/chunk_push.rs"]
+mod chunk_push;
 #[path = "e2e/cluster.rs"]
 mod cluster;
 #[path = "e2e/gc_closure.rs"]

@@ -49,6 +49,7 @@ mod s3 {
     bad_uploads_leave_nothing_behind,
     a_worker_process_serves_its_metrics,
     import_from_attic_on_s3,
+    chunk_push_round_trip,
     );
 }
 
@@ -76,6 +77,11 @@ on_both_backends!(
     a_path_keeps_the_directory_it_was_pushed_under,
     local_store_moves_to_s3,
     a_worker_process_serves_its_metrics,
+    chunk_push_round_trip,
+    chunk_push_wrong_hash_leaves_nothing,
+    chunk_push_no_cross_tenant_oracle,
+    chunk_push_resumes,
+    unused_chunk_batches_expire,
 );
 
 mod attic_kill;
@@ -112,6 +118,22 @@ mod typed_rows;
 use typed_rows::{
     a_corrupt_object_row_is_a_server_error, a_path_keeps_the_directory_it_was_pushed_under,
 };
+mod chunk_push;
+use chunk_push::{
+    chunk_push_no_cross_tenant_oracle, chunk_push_resumes, chunk_push_round_trip,
+    chunk_push_wrong_hash_leaves_nothing, unused_chunk_batches_expire,
+};
+mod chunk_push_disabled {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::chunk_push::chunk_push_disabled(crate::common::Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::chunk_push::chunk_push_disabled(crate::common::Backend::Postgres).await
+    }
+}
 mod first_push;
 use first_push::{
     a_broken_nar_may_be_replaced, a_published_path_keeps_its_nar,
@@ -757,7 +779,7 @@ async fn sweeper_requeues_lost_jobs(app: &TestApp) {
         report,
         SweepReport {
             requeued: 1,
-            staging_deleted: 0
+            ..SweepReport::default()
         }
     );
     assert_eq!(app.ingest_jobs().await, 1, "the lost job is back");

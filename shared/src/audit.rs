@@ -62,6 +62,8 @@ pub enum PushRoute {
     UploadPath,
     /// Stock `nix copy`'s narinfo PUT.
     NixCopy,
+    /// Larder's chunk-level push commit (`POST /_api/larder/v1/…/nars`).
+    ChunkPush,
 }
 
 /// What a GC pass deleted, for its one summary row.

@@ -5,6 +5,7 @@
 //! the key. Environment variables override the file (`LARDER_*`); secrets
 //! may come from files named by `*_FILE` variables ([`env`]).
 
+mod chunk_push;
 mod duration;
 mod embedded;
 pub mod env;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use chunk_push::ChunkPushConfig;
 pub use duration::ConfigDuration;
 pub use embedded::{EmbeddedDefault, default_data_dir, write_private};
 pub use oidc::OidcConfig;
@@ -131,6 +133,9 @@ pub struct Config {
     /// Trust policies for CI identity tokens (`POST /_api/v1/oidc/exchange`).
     #[serde(default)]
     pub oidc: OidcConfig,
+    /// Larder's chunk-level push API.
+    #[serde(default)]
+    pub chunk_push: ChunkPushConfig,
 }
 
 fn default_listen() -> SocketAddr {

@@ -10,6 +10,9 @@
 //!   commit) is claimed, and every claimed or released intent (a copy an
 //!   ingest or GC let go, and crashed before deleting) has its object
 //!   deleted, then goes itself. So staging never leaks storage.
+//! - Chunk batches sent by chunk-level push expire a GC grace period after
+//!   they arrived ([`expire_pushed_chunks`]): their rows go and their
+//!   objects are handed to staging intents, deleted by the step above.
 //!
 //! - Hourly ([`remove_incomplete`]), temp files of writes cut short by a
 //!   crash are removed.
@@ -20,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder_shared::db::{nars, staging_intents, tokens};
+use larder_shared::db::{nars, pushed_chunks, staging_intents, tokens};
 use larder_shared::jobs;
 
 use crate::services::Services;
@@ -59,6 +62,8 @@ pub struct SweepReport {
     pub requeued: usize,
     /// Orphaned staging objects deleted.
     pub staging_deleted: usize,
+    /// Expired chunk batches of chunk-level push released for deletion.
+    pub pushed_batches_expired: usize,
 }
 
 /// One sweep at time `now` (Unix seconds; injectable for tests).
@@ -85,6 +90,7 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
         tokens::prune_revocations(conn.raw(), now).await?;
     }
 
+    report.pushed_batches_expired = expire_pushed_chunks(svc, now).await?;
     report.staging_deleted = delete_abandoned_staging(svc, now).await?;
     if report.staging_deleted > 0 {
         tracing::info!(
@@ -126,4 +132,32 @@ async fn delete_abandoned_staging(svc: &Services, now: i64) -> anyhow::Result<us
         }
     }
     Ok(deleted)
+}
+
+/// Releases the chunk batches of chunk-level push received more than
+/// `[garbage-collection] grace-period` before `now`: in one transaction per
+/// batch its rows go and its object gets a deleting staging intent, which
+/// [`delete_abandoned_staging`] finishes. Returns how many batches.
+pub async fn expire_pushed_chunks(svc: &Services, now: i64) -> anyhow::Result<usize> {
+    let before = now - svc.config.garbage_collection.grace_period.get().as_secs() as i64;
+    let mut expired = 0;
+    for _ in 0..MAX_BATCHES {
+        let keys = {
+            let mut conn = svc.db.conn().await?;
+            pushed_chunks::expired_objects(conn.raw(), before, BATCH).await?
+        };
+        for key in &keys {
+            let mut tx = svc.db.begin().await?;
+            pushed_chunks::take_expired(tx.raw(), key, now).await?;
+            tx.commit().await?;
+        }
+        expired += keys.len();
+        if (keys.len() as i64) < BATCH {
+            break;
+        }
+    }
+    if expired > 0 {
+        tracing::info!(count = expired, "expired pushed chunk batches");
+    }
+    Ok(expired)
 }

@@ -5,6 +5,7 @@ pub mod build_log;
 pub mod cache_config;
 pub mod cache_file;
 pub mod caches;
+pub mod chunk_push;
 pub mod health;
 pub mod listing;
 pub mod metrics;

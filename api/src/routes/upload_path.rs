@@ -58,6 +58,8 @@ struct Validated {
     replace: Replace,
     /// Who is pushing, for `created_by` and the audit trail.
     actor: Actor,
+    /// Which route, for the audit trail.
+    route: PushRoute,
 }
 
 fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
@@ -126,6 +128,7 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
         },
         replace: Replace::Never,
         actor: Actor::default(),
+        route: PushRoute::UploadPath,
         expected: Expected {
             nar_hash,
             nar_size: info.nar_size,
@@ -133,7 +136,9 @@ fn validate(info: UploadPathNarInfo) -> ApiResult<Validated> {
     })
 }
 
-type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send>>;
+/// An upload body.
+pub(crate) type BodyStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send>>;
 
 /// Splits `len` bytes of preamble off the front of the body.
 async fn read_preamble(mut body: BodyStream, len: usize) -> ApiResult<(Bytes, BodyStream)> {
@@ -189,7 +194,33 @@ pub async fn upload_path(
             "missing {NAR_INFO_HEADER} or {PREAMBLE_SIZE_HEADER} header"
         )));
     };
+    accept(
+        &state,
+        &credentials,
+        &headers,
+        info,
+        body,
+        PushRoute::UploadPath,
+    )
+    .await
+    .map(Json)
+}
+
+/// Everything after the metadata is read, shared with chunk-level push
+/// (whose body is the NAR read back from its chunks): validation,
+/// permissions, first-push-wins, then linking a known NAR after proof of
+/// possession or staging a new one, recorded in one transaction.
+pub(crate) async fn accept(
+    state: &AppState,
+    credentials: &Credentials,
+    headers: &HeaderMap,
+    info: UploadPathNarInfo,
+    body: BodyStream,
+    route: PushRoute,
+) -> ApiResult<UploadPathResult> {
+    let state = state.clone();
     let mut v = validate(info)?;
+    v.route = route;
     v.actor = credentials.actor();
     let span = tracing::Span::current();
     span.record("cache", v.cache.as_str());
@@ -199,7 +230,7 @@ pub async fn upload_path(
         .authorize(&state, &v.cache, Push::ANY_OF)
         .await?;
     upload_meta::check_store_dir(&cache, &v.meta.store_path.store_dir)?;
-    v.replace = replace_flag(&headers)?;
+    v.replace = replace_flag(headers)?;
     if v.replace == Replace::Allowed {
         credentials.require(&cache, Permission::Delete)?;
     }
@@ -228,11 +259,11 @@ pub async fn upload_path(
         tx.commit().await?;
         tracing::info!(nar_id = nar.id.get(), "linked existing NAR");
         state.metrics.upload(&cache, true, v.expected.nar_size);
-        return Ok(Json(UploadPathResult {
+        return Ok(UploadPathResult {
             kind: UploadKind::Deduplicated,
             file_size: nar.file_size.map(|s| s as u64),
             frac_deduplicated: Some(1.0),
-        }));
+        });
     }
 
     // Only a NAR that would be staged waits for the backlog: a known one
@@ -262,11 +293,11 @@ pub async fn upload_path(
     }
     tracing::info!(nar_size = v.expected.nar_size, "staged upload");
     state.metrics.upload(&cache, false, v.expected.nar_size);
-    Ok(Json(UploadPathResult {
+    Ok(UploadPathResult {
         kind: UploadKind::Uploaded,
         file_size: None,
         frac_deduplicated: None,
-    }))
+    })
 }
 
 /// Reads [`REPLACE_HEADER`]; absent means first push wins.
@@ -327,7 +358,7 @@ impl Validated {
             origin: record::Origin::Push {
                 actor: &self.actor,
                 cache: &self.cache,
-                route: PushRoute::UploadPath,
+                route: self.route,
             },
             retention: Some(Retention::of(cache, &state.config.garbage_collection)),
         }

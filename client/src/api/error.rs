@@ -106,6 +106,14 @@ impl ApiError {
         }
     }
 
+    /// The `error` kind of an error response (`ChunksMissing`, …).
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { kind, .. } => kind.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The server's staging quota is reached (`503` `StagingFull`): its
     /// workers are behind, and an upload succeeds once they catch up.
     pub fn is_staging_full(&self) -> bool {

@@ -7,6 +7,7 @@
 //! retried create or destroy could report the first attempt's effect as an
 //! error.
 
+mod chunk_push;
 pub mod error;
 mod oidc;
 pub mod retry;

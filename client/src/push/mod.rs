@@ -7,6 +7,7 @@
 //! `r` or `w` for the cache config), so a push-only CI token works on a
 //! private cache.
 
+pub mod chunked;
 pub mod closure;
 pub mod error;
 pub mod filter;
@@ -48,6 +49,8 @@ pub struct PushOptions {
     /// Upload every path even if the cache has it, replacing a path it
     /// holds with another NAR (needs `d`; first push wins otherwise).
     pub replace: bool,
+    /// Upload whole NARs even to a server with chunk-level push.
+    pub whole_nars: bool,
 }
 
 /// Why a push could not go ahead at all (per-path failures are counted in
@@ -89,14 +92,23 @@ pub struct Summary {
     pub upstream: usize,
     /// Failed.
     pub failed: usize,
+    /// Bytes on the wire (NARs, or chunk frames).
+    pub bytes_sent: u64,
+    /// NAR bytes chunk push did not send: the cache had those chunks.
+    pub bytes_deduplicated: u64,
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "pushed {}, already present {}, deduplicated {}, failed {}",
-            self.pushed, self.already_present, self.deduplicated, self.failed
+            "pushed {}, already present {}, deduplicated {}, failed {} ({} sent, {} deduplicated)",
+            self.pushed,
+            self.already_present,
+            self.deduplicated,
+            self.failed,
+            indicatif::HumanBytes(self.bytes_sent),
+            indicatif::HumanBytes(self.bytes_deduplicated),
         )?;
         if self.upstream > 0 {
             write!(f, " (skipped {} available upstream)", self.upstream)?;
@@ -113,6 +125,8 @@ struct Pusher<'a> {
     filter: UpstreamFilter,
     progress: Arc<Progress>,
     options: &'a PushOptions,
+    /// The cache's chunking when the server takes chunk-level push.
+    chunking: Option<chunked::ChunkParamsResponse>,
     /// Paths already considered in this run (`--stdin` repeats itself).
     seen: HashSet<StorePath>,
     summary: Summary,
@@ -141,6 +155,11 @@ pub async fn run(
         UpstreamFilter::new(config.upstream_cache_key_names.unwrap_or_default())
     };
     let progress = Progress::new(std::io::stderr().is_terminal(), nix.store_dir().clone());
+    let chunking = if options.whole_nars {
+        None
+    } else {
+        chunked::detect(api, cache).await
+    };
     let mut pusher = Pusher {
         api,
         cache,
@@ -148,11 +167,13 @@ pub async fn run(
         filter,
         progress,
         options,
+        chunking,
         seen: HashSet::new(),
         summary: Summary::default(),
     };
     let result = pusher.run().await;
     pusher.progress.finish();
+    (pusher.summary.bytes_sent, pusher.summary.bytes_deduplicated) = pusher.progress.totals();
     result.map(|()| pusher.summary)
 }
 
@@ -220,6 +241,7 @@ impl Pusher<'_> {
 
         let (api, nix, cache, progress) = (self.api, &self.nix, self.cache, &self.progress);
         let replace = self.options.replace;
+        let chunking = self.chunking.as_ref();
         let mut order = Schedule::new(&uploads);
         let mut in_flight = FuturesUnordered::new();
         loop {
@@ -228,7 +250,8 @@ impl Pusher<'_> {
                 let info = &uploads[i];
                 in_flight.push(async move {
                     let tracker = progress.start(info);
-                    let result = upload::upload(api, nix, cache, info, &tracker, replace).await;
+                    let result =
+                        upload::upload(api, nix, cache, info, &tracker, replace, chunking).await;
                     tracker.done(&result);
                     (i, result)
                 });
@@ -395,10 +418,11 @@ mod tests {
             already_present: 3,
             upstream: 0,
             failed: 0,
+            ..Summary::default()
         };
         assert_eq!(
             s.to_string(),
-            "pushed 2, already present 3, deduplicated 1, failed 0"
+            "pushed 2, already present 3, deduplicated 1, failed 0 (0 B sent, 0 B deduplicated)"
         );
         let s = Summary { upstream: 5, ..s };
         assert!(s.to_string().ends_with("(skipped 5 available upstream)"));

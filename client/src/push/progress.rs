@@ -26,6 +26,11 @@ pub struct Progress {
     store_dir: StoreDir,
     /// NAR bytes sent so far, over all uploads (a retry takes its bytes back).
     bytes_sent: AtomicU64,
+    /// Bytes that went on the wire (whole NARs, or compressed chunk frames),
+    /// retries included: what the summary reports as sent.
+    wire_bytes: AtomicU64,
+    /// NAR bytes chunk push did not send because the cache had them.
+    dedup_bytes: AtomicU64,
 }
 
 struct Bars {
@@ -64,6 +69,8 @@ impl Progress {
             bars,
             store_dir,
             bytes_sent: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
+            dedup_bytes: AtomicU64::new(0),
         })
     }
 
@@ -119,6 +126,15 @@ impl Progress {
         }
     }
 
+    /// Bytes sent on the wire, and NAR bytes not sent because the cache had
+    /// them, over the whole push.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.wire_bytes.load(Ordering::Relaxed),
+            self.dedup_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Removes the bars (the summary is printed after).
     pub fn finish(&self) {
         if let Some(b) = &self.bars {
@@ -144,8 +160,35 @@ struct PathState {
 }
 
 impl PathProgress {
-    /// `n` more NAR bytes went out.
+    /// `n` more NAR bytes went out whole.
     pub fn sent(&self, n: u64) {
+        self.inner
+            .progress
+            .wire_bytes
+            .fetch_add(n, Ordering::Relaxed);
+        self.advance(n);
+    }
+
+    /// Chunk push: `wire` bytes of compressed frames went out.
+    pub fn frames_sent(&self, wire: u64) {
+        self.inner
+            .progress
+            .wire_bytes
+            .fetch_add(wire, Ordering::Relaxed);
+    }
+
+    /// Chunk push: `nar` more bytes of the NAR are dealt with, `dedup` of
+    /// them without sending (the cache has those chunks).
+    pub fn chunks_done(&self, nar: u64, dedup: u64) {
+        self.inner
+            .progress
+            .dedup_bytes
+            .fetch_add(dedup, Ordering::Relaxed);
+        self.advance(nar);
+    }
+
+    /// The bars move by `n` NAR bytes.
+    fn advance(&self, n: u64) {
         let s = &self.inner;
         s.sent.fetch_add(n, Ordering::Relaxed);
         s.progress.add_bytes(n);

@@ -1,4 +1,5 @@
-//! Uploading one path: `nix-store --dump` streamed into `PUT
+//! Uploading one path: by chunk-level push when the server takes it
+//! ([`super::chunked`]), else `nix-store --dump` streamed into `PUT
 //! /_api/v1/upload-path`, retried on transient failures.
 //!
 //! The NAR is never held in memory: the dump's stdout is the request body.
@@ -18,6 +19,7 @@ use crate::api::retry::{StagingWait, jitter};
 use crate::nix::{Nix, PathInfo};
 use larder_core::wire::{UploadKind, UploadPathNarInfo};
 
+use super::chunked::{self, ChunkParamsResponse};
 pub use super::error::UploadError;
 use super::progress::PathProgress;
 
@@ -48,11 +50,31 @@ pub async fn upload(
     info: &PathInfo,
     progress: &PathProgress,
     replace: bool,
+    chunking: Option<&ChunkParamsResponse>,
 ) -> Result<UploadKind, UploadError> {
     let patience = StagingWait::default();
     let started = Instant::now();
     loop {
-        match attempt(api, nix, cache, info, progress, replace).await {
+        let result = match chunking {
+            Some(params) => {
+                let meta = nar_info(cache, nix.store_dir(), info);
+                let target = chunked::Target {
+                    api,
+                    cache,
+                    replace,
+                };
+                match chunked::push(target, nix, info, meta, params, progress).await {
+                    // A chunk the server dropped meanwhile (expired, or GC took
+                    // it): the whole NAR still works.
+                    Err(UploadError::Api(e)) if e.kind() == Some("ChunksMissing") => {
+                        attempt(api, nix, cache, info, progress, replace).await
+                    }
+                    other => other,
+                }
+            }
+            None => attempt(api, nix, cache, info, progress, replace).await,
+        };
+        match result {
             Err(UploadError::Api(e)) if e.is_staging_full() => {
                 let wait = patience.delay(e.retry_after(), jitter());
                 if started.elapsed() + wait > patience.limit {

@@ -93,6 +93,8 @@ fn add_summary(total: &mut Summary, s: Summary) {
     total.already_present += s.already_present;
     total.upstream += s.upstream;
     total.failed += s.failed;
+    total.bytes_sent += s.bytes_sent;
+    total.bytes_deduplicated += s.bytes_deduplicated;
 }
 
 /// `larder queue drain`: every entry, each at most once, until none is
@@ -328,6 +330,7 @@ async fn push_roots(
         jobs: options.jobs.max(1),
         ignore_upstream_filter: false,
         replace: false,
+        whole_nars: false,
     };
     push::run(api, &target.cache, &push).await
 }

@@ -9,6 +9,7 @@
 
 pub mod cache_config;
 pub mod caches;
+pub mod chunk_push;
 pub mod error;
 pub mod missing_paths;
 pub mod oidc;

@@ -128,7 +128,7 @@ async fn nginx_proxy_cache_keeps_private_caches_private() -> anyhow::Result<()> 
     let server = Server::start_embedded(ServerOptions {
         embedded_workers: None,
         narinfo_max_age: Some(max_age),
-        staging_max_nars: None,
+        ..ServerOptions::default()
     })
     .await?;
     let client = server.client();

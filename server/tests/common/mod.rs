@@ -449,11 +449,12 @@ impl TestApp {
 
     /// A token granting, per pattern, the listed permissions.
     pub fn token(&self, grants: &[(&str, &[Permission])]) -> String {
-        let mut claims = ClaimsBuilder::new(
-            "pipeline-test",
-            Duration::from_secs(3600),
-            unix_now() as u64,
-        );
+        self.token_as("pipeline-test", grants)
+    }
+
+    /// [`Self::token`] with subject `sub`: another tenant.
+    pub fn token_as(&self, sub: &str, grants: &[(&str, &[Permission])]) -> String {
+        let mut claims = ClaimsBuilder::new(sub, Duration::from_secs(3600), unix_now() as u64);
         for (pattern, perms) in grants {
             let pattern = CachePattern::new(pattern).expect("valid cache pattern");
             claims = claims.grant_all(&pattern, perms.iter().copied());

@@ -18,13 +18,13 @@
 
 mod cut;
 mod frame;
-mod hash;
-mod params;
 
-pub use cut::{Chunk, ChunkError, ChunkIter, chunk_reader, chunk_stream};
+pub use cut::{chunk_reader, chunk_stream};
 pub use frame::{compress, compress_new_chunks, decompress};
-pub use hash::{ChunkHash, InvalidChunkHash};
-pub use params::{ChunkingParams, ChunkingProblem, InvalidChunkingParams};
+pub use larder_core::chunk::{
+    Chunk, ChunkError, ChunkHash, ChunkIter, ChunkingParams, ChunkingProblem, InvalidChunkHash,
+    InvalidChunkingParams,
+};
 
 #[cfg(test)]
 mod tests;

@@ -124,8 +124,8 @@ pub async fn deleting(raw: Raw<'_>, limit: i64) -> Result<Vec<ObjectKey>, DbErro
     })
 }
 
-/// Whether an intent, a `nars` row or a pending `nix copy` upload names
-/// `key`, in one statement (so a handover between them is never missed):
+/// Whether an intent, a `nars` row, a pending `nix copy` upload or a
+/// pushed chunk batch names `key`, in one statement (so a handover between them is never missed):
 /// what `verify` asks of each staging object it lists.
 pub async fn is_known(raw: Raw<'_>, key: &ObjectKey) -> Result<bool, DbError> {
     on_conn!(raw, c => {
@@ -133,6 +133,7 @@ pub async fn is_known(raw: Raw<'_>, key: &ObjectKey) -> Result<bool, DbError> {
             "SELECT 1 AS one FROM staging_intents WHERE object_key = $1
              UNION ALL SELECT 1 AS one FROM nars WHERE staging_key = $1
              UNION ALL SELECT 1 AS one FROM nix_uploads WHERE staging_key = $1
+             UNION ALL SELECT 1 AS one FROM pushed_chunks WHERE object_key = $1
              LIMIT 1",
         )
         .bind(key.as_str())

@@ -54,6 +54,15 @@ pub fn new_staging_key() -> ObjectKey {
     ObjectKey::from_trusted(format!("{STAGING}{id}.nar"))
 }
 
+/// A fresh key under `staging/` for one batch of chunk frames sent by
+/// chunk-level push (`staging/<ulid>.chunks`); random like
+/// [`new_staging_key`], and held the same way (a staging intent, then the
+/// `pushed_chunks` rows locating its frames).
+pub fn new_chunk_batch_key() -> ObjectKey {
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    ObjectKey::from_trusted(format!("{STAGING}{id}.chunks"))
+}
+
 /// Where a NAR file uploaded by stock Nix is kept: content-addressed by its
 /// file hash and sharded like chunks, with the extension of its compression
 /// (`uploads/ab/<filehash>.nar.xz`; gzip keeps `.gz`, which Nix omits).

@@ -1,0 +1,28 @@
+//! Chunk-level push (docs/protocol.md "Chunk-level push"): the server side
+//! of `larder push` sending only the chunks a cache lacks.
+//!
+//! `presence` is the no-oracle rule (which chunks count as already sent),
+//! `batch` receives and verifies chunk frames, `assemble` reads a committed
+//! NAR back from its chunks into the whole-NAR upload path
+//! ([`crate::routes::upload_path::accept`]), which verifies and stages it
+//! exactly as if the NAR had been uploaded whole: the worker's ingest then
+//! stores it, and every guarantee of that path (acknowledged only when
+//! recorded, served at once, nothing partial on failure) holds unchanged.
+
+pub mod assemble;
+pub mod batch;
+pub mod presence;
+
+use crate::auth::Credentials;
+
+/// Whose pushed chunks a caller may count as sent: the token's subject
+/// (what a retried CI job keeps), else its `jti`. Tokens carrying neither
+/// share the empty name, which only such tokens can use.
+pub fn pusher(credentials: &Credentials) -> String {
+    let actor = credentials.actor();
+    actor
+        .subject
+        .map(|s| format!("sub:{s}"))
+        .or(actor.jti.map(|j| format!("jti:{j}")))
+        .unwrap_or_default()
+}

@@ -1,0 +1,273 @@
+//! Chunk-level push of one path (docs/protocol.md "Chunk-level push"): the
+//! NAR from `nix-store --dump` is cut with the cache's chunking on a
+//! blocking thread, the server is asked, a group of chunks at a time,
+//! which it lacks, and only those go out, zstd-compressed on every core,
+//! many per request. The NAR is then committed as its chunk list with its
+//! NarHash and NarSize, which the server checks over the whole sequence.
+//!
+//! Memory is bounded: the chunker runs at most [`CHANNEL_DEPTH`] chunks
+//! ahead, a group holds at most [`GROUP_BYTES`], and one batch is in
+//! flight while the next is compressed. An interrupted push resumes by
+//! itself: chunks the server already received count as present for the
+//! same token subject, so asking again skips them.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use futures::{StreamExt as _, stream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use larder_core::CacheName;
+use larder_core::chunk::{Chunk, ChunkHash, ChunkIter};
+pub use larder_core::wire::chunk_push::ChunkParamsResponse;
+use larder_core::wire::chunk_push::{
+    CommitNarRequest, ENTRY_HEADER, MissingChunksRequest, encode_entry,
+};
+use larder_core::wire::{UploadKind, UploadPathNarInfo};
+
+use super::error::UploadError;
+use super::progress::PathProgress;
+use crate::api::{ApiClient, ApiError};
+use crate::nix::{Nix, PathInfo};
+
+/// Chunks cut ahead of the consumer.
+const CHANNEL_DEPTH: usize = 64;
+/// Bytes of NAR asked about (and held) at once.
+const GROUP_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The server's chunk-push parameters, or `None` when it has no chunk push
+/// (an Attic server, or one with it disabled): uploads are then whole NARs.
+pub async fn detect(api: &ApiClient, cache: &CacheName) -> Option<ChunkParamsResponse> {
+    let params = api.chunk_params(cache).await.ok()?;
+    params.params().validate().ok()?;
+    Some(params)
+}
+
+/// Where a path goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The server.
+    pub api: &'a ApiClient,
+    /// The cache.
+    pub cache: &'a CacheName,
+    /// Whether the commit may replace another NAR of the path.
+    pub replace: bool,
+}
+
+/// Pushes `info` (upload metadata `meta`) by its chunks; one attempt (each
+/// request retries its own transient failures).
+pub async fn push(
+    target: Target<'_>,
+    nix: &Nix,
+    info: &PathInfo,
+    meta: UploadPathNarInfo,
+    params: &ChunkParamsResponse,
+    progress: &PathProgress,
+) -> Result<UploadKind, UploadError> {
+    let Target {
+        api,
+        cache,
+        replace,
+    } = target;
+    progress.restart();
+    let (nar, failure) = nix.dump(&info.path)?.into_stream();
+    let mut chunks = cut(Box::pin(nar), info.nar_size, params);
+    let mut sender = Sender {
+        api,
+        cache,
+        params,
+        progress,
+        store_path: meta.store_path.clone(),
+        known: HashSet::new(),
+        in_flight: None,
+    };
+    let mut order: Vec<ChunkHash> = Vec::new();
+    let mut group: Vec<Chunk> = Vec::new();
+    let mut group_bytes = 0;
+    let group_max = params.max_missing_chunks.clamp(1, 4096);
+    loop {
+        let next = chunks.recv().await;
+        let end = match next {
+            Some(Ok(chunk)) => {
+                group_bytes += chunk.data.len() as u64;
+                order.push(chunk.hash);
+                group.push(chunk);
+                false
+            }
+            Some(Err(e)) => {
+                return Err(UploadError::Dump(
+                    failure.get().map(str::to_owned).unwrap_or(e),
+                ));
+            }
+            None => true,
+        };
+        if !group.is_empty() && (end || group_bytes >= GROUP_BYTES || group.len() >= group_max) {
+            sender.send_group(std::mem::take(&mut group)).await?;
+            group_bytes = 0;
+        }
+        if end {
+            break;
+        }
+    }
+    sender.finish().await?;
+    if let Some(message) = failure.get() {
+        return Err(UploadError::Dump(message.to_owned()));
+    }
+    let req = CommitNarRequest {
+        info: meta,
+        chunks: order.iter().map(ToString::to_string).collect(),
+    };
+    api.retry_policy()
+        .run(
+            |e: &UploadError, wait| progress.retrying(e, wait),
+            |_| async { Ok(api.commit_nar(cache, &req, replace).await?.kind) },
+        )
+        .await
+}
+
+/// Cuts the NAR on a blocking thread; errors arrive as text, then the end.
+fn cut(
+    nar: impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+    size: u64,
+    params: &ChunkParamsResponse,
+) -> mpsc::Receiver<Result<Chunk, String>> {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let params = params.params();
+    let reader = SyncIoBridge::new(StreamReader::new(nar));
+    tokio::task::spawn_blocking(move || {
+        let chunks = match ChunkIter::new(reader, size, &params) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e.to_string()));
+                return;
+            }
+        };
+        for chunk in chunks {
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk.map_err(|e| e.to_string())).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Asks about groups of chunks and sends the missing ones.
+struct Sender<'a> {
+    api: &'a ApiClient,
+    cache: &'a CacheName,
+    params: &'a ChunkParamsResponse,
+    progress: &'a PathProgress,
+    store_path: String,
+    /// Chunks of this NAR sent or present already.
+    known: HashSet<ChunkHash>,
+    /// The batch being sent, and its size on the wire.
+    in_flight: Option<JoinHandle<Result<u64, ApiError>>>,
+}
+
+impl Sender<'_> {
+    async fn send_group(&mut self, group: Vec<Chunk>) -> Result<(), UploadError> {
+        let mut ask: Vec<ChunkHash> = group
+            .iter()
+            .map(|c| c.hash)
+            .filter(|h| !self.known.contains(h))
+            .collect();
+        ask.sort_unstable();
+        ask.dedup();
+        let missing: HashSet<String> = if ask.is_empty() {
+            HashSet::new()
+        } else {
+            let req = MissingChunksRequest {
+                store_path: self.store_path.clone(),
+                chunks: ask.iter().map(ToString::to_string).collect(),
+            };
+            self.api
+                .missing_chunks(self.cache, &req)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let (mut nar, mut dedup) = (0, 0);
+        let mut to_send = Vec::new();
+        for chunk in group {
+            let len = chunk.data.len() as u64;
+            nar += len;
+            if self.known.insert(chunk.hash) && missing.contains(&chunk.hash.to_string()) {
+                to_send.push(chunk);
+            } else {
+                dedup += len;
+            }
+        }
+        let level = self.params.zstd_level;
+        let mut frames = stream::iter(to_send)
+            .map(|c| {
+                tokio::task::spawn_blocking(move || {
+                    compress(&c.data, level).map(|frame| (c.hash, frame))
+                })
+            })
+            .buffered(parallelism());
+        let limit = self.params.max_batch_bytes.max(1) as usize;
+        let mut body = Vec::new();
+        while let Some(done) = frames.next().await {
+            let (hash, frame) = done
+                .map_err(|e| UploadError::Dump(format!("compressing a chunk: {e}")))?
+                .map_err(|e| UploadError::Dump(format!("compressing a chunk: {e}")))?;
+            if !body.is_empty() && body.len() + ENTRY_HEADER + frame.len() > limit {
+                self.send(std::mem::take(&mut body)).await?;
+            }
+            encode_entry(&mut body, &hash, &frame);
+        }
+        if !body.is_empty() {
+            self.send(body).await?;
+        }
+        self.progress.chunks_done(nar, dedup);
+        Ok(())
+    }
+
+    /// Starts sending `body` once the previous batch is through.
+    async fn send(&mut self, body: Vec<u8>) -> Result<(), UploadError> {
+        self.finish().await?;
+        let (api, cache) = (self.api.clone(), self.cache.clone());
+        self.in_flight = Some(tokio::spawn(async move {
+            let len = body.len() as u64;
+            api.upload_chunks(&cache, Bytes::from(body))
+                .await
+                .map(|_| len)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight.
+    async fn finish(&mut self) -> Result<(), UploadError> {
+        if let Some(task) = self.in_flight.take() {
+            let sent = task
+                .await
+                .map_err(|e| UploadError::Dump(format!("chunk upload task failed: {e}")))??;
+            self.progress.frames_sent(sent);
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// One zstd context per thread: chunks are small, contexts are not free.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// One chunk as one zstd frame recording its content size.
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some((l, c)) if *l == level => c,
+            _ => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        compressor.compress(data)
+    })
+}
+
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,225 @@
+//! Chunk-level push with real Nix (docs/protocol.md "Chunk-level push"):
+//! real store paths pushed by `larder push`, a dependency updated and the
+//! closure rebuilt, pushed again by another CI identity, with the bytes on
+//! the wire counted by a forwarder between client and server; then
+//! everything pulled back by real Nix with signatures checked. And the
+//! fallback to whole NARs against a server without chunk push.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use larder_e2e::cli::{CliOutput, make_token};
+use larder_e2e::nix::Substituter;
+use larder_e2e::tcp_forward::TcpForwarder;
+use larder_e2e::tree::random_seed;
+use larder_e2e::{LarderCli, Nix, PushSummary, Server, ServerOptions, nix_available, wait};
+
+/// Bytes of each library's data file.
+const DATA: usize = 2 << 20;
+/// Libraries in the chain (each depends on the previous one).
+const LIBS: usize = 4;
+
+/// Builds the chain `lib0 ← lib1 ← … ← lib3` at `version` (only lib0's
+/// own content depends on it; the others change through their
+/// dependency's store path) and returns the top.
+async fn build_chain(nix: &Nix, seed: u64, version: u32) -> anyhow::Result<Vec<String>> {
+    let mut expr = String::from("let\n");
+    for i in 0..LIBS {
+        let blob = format!("blob-{seed:x}-{i}");
+        let path = nix.dir().join(&blob);
+        if !path.exists() {
+            std::fs::write(&path, pseudo_random(seed + i as u64, DATA))?;
+        }
+        let dep = if i == 0 {
+            format!("version {version}")
+        } else {
+            format!("${{lib{}}}", i - 1)
+        };
+        expr.push_str(&format!(
+            "  lib{i} = derivation {{ name = \"chunks-{seed:x}-lib{i}\"; system = \"x86_64-linux\"; \
+             builder = \"/bin/sh\"; PATH = \"/usr/bin:/bin\"; \
+             args = [ \"-c\" \"mkdir $out; cat ${{./{blob}}} > $out/data; echo {dep} > $out/dep\" ]; }};\n"
+        ));
+    }
+    expr.push_str(&format!("in lib{}\n", LIBS - 1));
+    let file = nix.dir().join(format!("chain-{seed:x}-v{version}.nix"));
+    std::fs::write(&file, expr)?;
+    nix.build(&file).await
+}
+
+/// Deterministic bytes (SplitMix64), so both versions share their data.
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// What the forwarder relayed to the server once the client's connections
+/// are closed.
+async fn bytes_sent(forward: &TcpForwarder) -> anyhow::Result<u64> {
+    wait::until(
+        "the client's connections to close",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || async { Ok(forward.sent()) },
+    )
+    .await
+}
+
+fn summary(out: &CliOutput) -> anyhow::Result<PushSummary> {
+    out.push_summary()
+}
+
+/// Polls until every path's narinfo says `Compression: zstd`.
+async fn wait_ingested(server: &Server, cache: &str, paths: &[String]) -> anyhow::Result<()> {
+    let client = server.client();
+    wait::until(
+        "every narinfo to say Compression: zstd",
+        Duration::from_secs(300),
+        Duration::from_millis(250),
+        || async {
+            for p in paths {
+                if client.narinfo(cache, p).await?.compression() != "zstd" {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+}
+
+/// Pulls `tops` back into a fresh store with signature checking and
+/// verifies `closure` there.
+async fn pull_and_verify(
+    server: &Server,
+    cache: &str,
+    tops: &[String],
+    closure: &[String],
+) -> anyhow::Result<()> {
+    let public_key = server.client().public_key(cache).await?;
+    let fresh = Nix::new()?;
+    let netrc = fresh.write_netrc("127.0.0.1", server.token())?;
+    let sub = Substituter {
+        public_key: &public_key,
+        netrc: &netrc,
+    };
+    let store = fresh
+        .copy_from(&format!("{}/{cache}", server.url()), &sub, tops)
+        .await?;
+    fresh.verify(&store, &public_key, closure).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_push_sends_only_new_chunks() -> anyhow::Result<()> {
+    if !nix_available("chunk_push_sends_only_new_chunks") {
+        return Ok(());
+    }
+    let server = Server::start_embedded(ServerOptions::default()).await?;
+    let cache = "e2e-chunks";
+    server.client().create_cache(cache).await?;
+    let forward = TcpForwarder::start(IpAddr::V4(Ipv4Addr::LOCALHOST), server.addr()).await?;
+    let endpoint = format!("http://{}", forward.addr());
+    let target = format!("e2e:{cache}");
+    let grants = ["--pull", cache, "--push", cache];
+
+    let nix = Nix::new()?;
+    let seed = random_seed();
+    let v1 = build_chain(&nix, seed, 1).await?;
+    let closure1 = nix.closure(&v1).await?;
+    let first = LarderCli::new()?;
+    let token = make_token(&server.config_path(), "ci-first", &grants).await?;
+    first.login("e2e", &endpoint, &token).await?;
+    let mut args = vec!["push", target.as_str()];
+    args.extend(v1.iter().map(String::as_str));
+    let out = first.ok(&args).await?;
+    anyhow::ensure!(summary(&out)?.pushed == closure1.len(), "{out}");
+    let sent1 = bytes_sent(&forward).await?;
+    let nar1: u64 = nix
+        .path_info(&closure1)
+        .await?
+        .iter()
+        .map(|i| i.nar_size)
+        .sum();
+    anyhow::ensure!(
+        sent1 >= nar1 / 2,
+        "random data cannot shrink: {sent1} of {nar1}"
+    );
+    wait_ingested(&server, cache, &closure1).await?;
+
+    // The update, pushed by another CI identity (no batches of its own):
+    // what it need not send comes from the cache's earlier versions.
+    let v2 = build_chain(&nix, seed, 2).await?;
+    let closure2 = nix.closure(&v2).await?;
+    let new: Vec<String> = closure2
+        .iter()
+        .filter(|p| !closure1.contains(p))
+        .cloned()
+        .collect();
+    anyhow::ensure!(new.len() == LIBS, "every library changed: {new:?}");
+    let nar2: u64 = nix.path_info(&new).await?.iter().map(|i| i.nar_size).sum();
+    let second = LarderCli::new()?;
+    let token = make_token(&server.config_path(), "ci-second", &grants).await?;
+    second.login("e2e", &endpoint, &token).await?;
+    let mut args = vec!["push", target.as_str()];
+    args.extend(v2.iter().map(String::as_str));
+    let out = second.ok(&args).await?;
+    anyhow::ensure!(summary(&out)?.pushed == new.len(), "{out}");
+    let sent2 = bytes_sent(&forward).await? - sent1;
+    // One changed chunk per NAR (≤ 256 KiB each) plus requests.
+    anyhow::ensure!(
+        sent2 < nar2 / 4,
+        "the update sent {sent2} bytes for {nar2} bytes of NAR\n{out}"
+    );
+    anyhow::ensure!(out.stdout.contains(" deduplicated)"), "{out}");
+    eprintln!(
+        "chunk push on the wire: original {sent1} bytes for {nar1} bytes of NAR, \
+         update {sent2} bytes for {nar2} bytes of new NARs"
+    );
+
+    pull_and_verify(&server, cache, &v2, &closure2).await?;
+    pull_and_verify(&server, cache, &v1, &closure1).await?;
+    let mut all = closure2;
+    all.extend(closure1);
+    all.sort();
+    all.dedup();
+    nix.delete(&all).await.ok();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_falls_back_to_whole_nars() -> anyhow::Result<()> {
+    if !nix_available("push_falls_back_to_whole_nars") {
+        return Ok(());
+    }
+    let server = Server::start_embedded(ServerOptions {
+        no_chunk_push: true,
+        ..ServerOptions::default()
+    })
+    .await?;
+    let cache = "e2e-whole";
+    server.client().create_cache(cache).await?;
+    let nix = Nix::new()?;
+    let seed = random_seed();
+    let tops = build_chain(&nix, seed, 1).await?;
+    let closure = nix.closure(&tops).await?;
+    let cli = LarderCli::new()?;
+    cli.login("e2e", &server.url(), server.token()).await?;
+    let target = format!("e2e:{cache}");
+    let mut args = vec!["push", target.as_str()];
+    args.extend(tops.iter().map(String::as_str));
+    let out = cli.ok(&args).await?;
+    anyhow::ensure!(summary(&out)?.pushed == closure.len(), "{out}");
+    anyhow::ensure!(out.stdout.contains(", 0 B deduplicated)"), "{out}");
+    pull_and_verify(&server, cache, &tops, &closure).await?;
+    nix.delete(&closure).await.ok();
+    Ok(())
+}
