@@ -5,6 +5,10 @@
 //! many per request. The NAR is then committed as its chunk list with its
 //! NarHash and NarSize, which the server checks over the whole sequence.
 //!
+//! Only the commit waits for the path's references ([`Gate`]): cutting,
+//! asking and sending run while the references are still being pushed, so
+//! a chain of dependencies overlaps everything but the commits.
+//!
 //! Memory is bounded: the chunker runs at most [`CHANNEL_DEPTH`] chunks
 //! ahead, a group holds at most [`GROUP_BYTES`], and one batch is in
 //! flight while the next is compressed. An interrupted push resumes by
@@ -15,7 +19,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use futures::{StreamExt as _, stream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -45,6 +49,35 @@ pub async fn detect(api: &ApiClient, cache: &CacheName) -> Option<ChunkParamsRes
     Some(params)
 }
 
+/// Opens when every reference of a path is in the cache: a commit waits
+/// for it, so the cache never serves a path whose closure is incomplete.
+#[derive(Debug)]
+pub struct Gate {
+    wait: Option<oneshot::Receiver<()>>,
+}
+
+impl Gate {
+    /// A gate that is open already.
+    pub fn open() -> Self {
+        Self { wait: None }
+    }
+
+    /// A gate that opens when `rx` hears, and fails when its sender is
+    /// dropped (a reference failed).
+    pub fn new(rx: oneshot::Receiver<()>) -> Self {
+        Self { wait: Some(rx) }
+    }
+
+    /// Waits until the gate is open.
+    pub async fn wait(&mut self) -> Result<(), UploadError> {
+        if let Some(rx) = self.wait.as_mut() {
+            rx.await.map_err(|_| UploadError::ReferenceFailed)?;
+            self.wait = None;
+        }
+        Ok(())
+    }
+}
+
 /// Where a path goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
@@ -56,8 +89,9 @@ pub struct Target<'a> {
     pub replace: bool,
 }
 
-/// Pushes `info` (upload metadata `meta`) by its chunks; one attempt (each
-/// request retries its own transient failures).
+/// Pushes `info` (upload metadata `meta`) by its chunks, committing once
+/// `gate` opens; one attempt (each request retries its own transient
+/// failures).
 pub async fn push(
     target: Target<'_>,
     nix: &Nix,
@@ -65,6 +99,7 @@ pub async fn push(
     meta: UploadPathNarInfo,
     params: &ChunkParamsResponse,
     progress: &PathProgress,
+    gate: &mut Gate,
 ) -> Result<UploadKind, UploadError> {
     let Target {
         api,
@@ -115,6 +150,7 @@ pub async fn push(
     if let Some(message) = failure.get() {
         return Err(UploadError::Dump(message.to_owned()));
     }
+    gate.wait().await?;
     let req = CommitNarRequest {
         info: meta,
         chunks: order.iter().map(ToString::to_string).collect(),

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use tokio::sync::oneshot;
 
 use larder_core::CacheName;
 use larder_core::nix::store_path::{StoreDir, StorePath};
@@ -242,16 +243,50 @@ impl Pusher<'_> {
         let (api, nix, cache, progress) = (self.api, &self.nix, self.cache, &self.progress);
         let replace = self.options.replace;
         let chunking = self.chunking.as_ref();
+        let jobs = self.options.jobs.max(1);
         let mut order = Schedule::new(&uploads);
+        // Whole NARs start once their references are in (the upload is the
+        // commit); chunk-level pushes start in references-first order as
+        // soon as a slot is free and only their commits wait ([`chunked::Gate`]).
+        let pipelined = chunking.is_some();
+        let mut gates: Vec<Option<oneshot::Sender<()>>> = std::iter::repeat_with(|| None)
+            .take(uploads.len())
+            .collect();
+        let mut open = vec![false; uploads.len()];
+        let mut next = 0;
         let mut in_flight = FuturesUnordered::new();
         loop {
-            while in_flight.len() < self.options.jobs.max(1) {
-                let Some(i) = order.next_ready() else { break };
+            while in_flight.len() < jobs {
+                let (i, mut gate) = if pipelined {
+                    while next < uploads.len() && order.is_blocked(next) {
+                        next += 1;
+                    }
+                    if next == uploads.len() {
+                        break;
+                    }
+                    next += 1;
+                    let i = next - 1;
+                    while let Some(r) = order.next_ready() {
+                        open[r] = true;
+                    }
+                    if open[i] {
+                        (i, chunked::Gate::open())
+                    } else {
+                        let (tx, rx) = oneshot::channel();
+                        gates[i] = Some(tx);
+                        (i, chunked::Gate::new(rx))
+                    }
+                } else {
+                    let Some(i) = order.next_ready() else { break };
+                    (i, chunked::Gate::open())
+                };
                 let info = &uploads[i];
                 in_flight.push(async move {
                     let tracker = progress.start(info);
-                    let result =
-                        upload::upload(api, nix, cache, info, &tracker, replace, chunking).await;
+                    let result = upload::upload(
+                        api, nix, cache, info, &tracker, replace, chunking, &mut gate,
+                    )
+                    .await;
                     tracker.done(&result);
                     (i, result)
                 });
@@ -262,12 +297,32 @@ impl Pusher<'_> {
             match result {
                 Ok(UploadKind::Deduplicated) => self.summary.deduplicated += 1,
                 Ok(UploadKind::Uploaded | UploadKind::Other) => self.summary.pushed += 1,
+                // A path a failed reference blocked: counted as skipped.
+                Err(_) if order.is_blocked(i) => {}
                 Err(_) => self.summary.failed += 1,
             }
             order.finished(i, result.is_ok());
+            if pipelined {
+                while let Some(r) = order.next_ready() {
+                    match gates[r].take() {
+                        Some(tx) => {
+                            let _ = tx.send(());
+                        }
+                        None => open[r] = true,
+                    }
+                }
+                if result.is_err() {
+                    // Paths waiting on a failed reference hear it and stop.
+                    for (j, gate) in gates.iter_mut().enumerate() {
+                        if gate.is_some() && order.is_blocked(j) {
+                            *gate = None;
+                        }
+                    }
+                }
+            }
         }
-        // Paths whose references failed were never started: the cache must
-        // not hold a path without its closure.
+        // Paths whose references failed were never committed: the cache
+        // must not hold a path without its closure.
         self.summary.failed += order.skipped();
         Ok(())
     }
@@ -345,6 +400,11 @@ impl Schedule {
             self.blocked += 1;
             paths.extend(std::mem::take(&mut self.dependents[p]));
         }
+    }
+
+    /// Whether `i` can never be committed because a reference failed.
+    fn is_blocked(&self, i: usize) -> bool {
+        self.waiting[i] == usize::MAX
     }
 
     fn skipped(&self) -> usize {
