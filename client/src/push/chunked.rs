@@ -19,7 +19,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use futures::{StreamExt as _, stream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -54,22 +54,40 @@ pub async fn detect(api: &ApiClient, cache: &CacheName) -> Option<ChunkParamsRes
 #[derive(Debug)]
 pub struct Gate {
     wait: Option<oneshot::Receiver<()>>,
+    /// The path's turn to cut and send, given back when it starts waiting.
+    turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Gate {
     /// A gate that is open already.
     pub fn open() -> Self {
-        Self { wait: None }
+        Self {
+            wait: None,
+            turn: None,
+        }
     }
 
     /// A gate that opens when `rx` hears, and fails when its sender is
     /// dropped (a reference failed).
     pub fn new(rx: oneshot::Receiver<()>) -> Self {
-        Self { wait: Some(rx) }
+        Self {
+            wait: Some(rx),
+            turn: None,
+        }
+    }
+
+    /// Holds `turn` (one of a few paths cutting and sending at once) until
+    /// the path waits for its gate: the earliest paths finish their chunks
+    /// first, so their commits start early and overlap the later paths'
+    /// work instead of all paths sharing the cores to the end.
+    pub fn with_turn(mut self, turn: OwnedSemaphorePermit) -> Self {
+        self.turn = Some(turn);
+        self
     }
 
     /// Waits until the gate is open.
     pub async fn wait(&mut self) -> Result<(), UploadError> {
+        self.turn = None;
         if let Some(rx) = self.wait.as_mut() {
             rx.await.map_err(|_| UploadError::ReferenceFailed)?;
             self.wait = None;
@@ -304,6 +322,6 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
-fn parallelism() -> usize {
+pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

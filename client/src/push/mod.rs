@@ -256,6 +256,9 @@ impl Pusher<'_> {
             .collect();
         let mut open = vec![false; uploads.len()];
         let mut next = 0;
+        // Paths cutting and sending at once (the rest of `-j` wait for
+        // their references' commits, or for a turn).
+        let turns = Arc::new(tokio::sync::Semaphore::new(chunked::parallelism()));
         let mut in_flight = FuturesUnordered::new();
         loop {
             while in_flight.len() < jobs {
@@ -283,7 +286,11 @@ impl Pusher<'_> {
                     (i, chunked::Gate::open())
                 };
                 let info = &uploads[i];
+                let turns = turns.clone();
                 in_flight.push(async move {
+                    if pipelined && let Ok(turn) = turns.acquire_owned().await {
+                        gate = gate.with_turn(turn);
+                    }
                     let tracker = progress.start(info);
                     let result = upload::upload(
                         api, nix, cache, info, &tracker, replace, chunking, &mut gate,
