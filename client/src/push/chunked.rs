@@ -325,3 +325,30 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn push_gate_opens_fails_and_gives_back_the_turn() {
+        let turns = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let (tx, rx) = oneshot::channel();
+        let turn = turns.clone().acquire_owned().await.unwrap();
+        let mut gate = Gate::new(rx).with_turn(turn);
+        assert_eq!(turns.available_permits(), 0);
+        tx.send(()).unwrap();
+        gate.wait().await.unwrap();
+        assert_eq!(turns.available_permits(), 1, "waiting gives the turn back");
+        gate.wait().await.unwrap();
+
+        let (tx, rx) = oneshot::channel::<()>();
+        let mut gate = Gate::new(rx);
+        drop(tx);
+        assert!(matches!(
+            gate.wait().await,
+            Err(UploadError::ReferenceFailed)
+        ));
+        Gate::open().wait().await.unwrap();
+    }
+}
