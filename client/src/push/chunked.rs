@@ -5,6 +5,10 @@
 //! many per request. The NAR is then committed as its chunk list with its
 //! NarHash and NarSize, which the server checks over the whole sequence.
 //!
+//! Only the commit waits for the path's references ([`Gate`]): cutting,
+//! asking and sending run while the references are still being pushed, so
+//! a chain of dependencies overlaps everything but the commits.
+//!
 //! Memory is bounded: the chunker runs at most [`CHANNEL_DEPTH`] chunks
 //! ahead, a group holds at most [`GROUP_BYTES`], and one batch is in
 //! flight while the next is compressed. An interrupted push resumes by
@@ -15,7 +19,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use futures::{StreamExt as _, stream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -45,6 +49,53 @@ pub async fn detect(api: &ApiClient, cache: &CacheName) -> Option<ChunkParamsRes
     Some(params)
 }
 
+/// Opens when every reference of a path is in the cache: a commit waits
+/// for it, so the cache never serves a path whose closure is incomplete.
+#[derive(Debug)]
+pub struct Gate {
+    wait: Option<oneshot::Receiver<()>>,
+    /// The path's turn to cut and send, given back when it starts waiting.
+    turn: Option<OwnedSemaphorePermit>,
+}
+
+impl Gate {
+    /// A gate that is open already.
+    pub fn open() -> Self {
+        Self {
+            wait: None,
+            turn: None,
+        }
+    }
+
+    /// A gate that opens when `rx` hears, and fails when its sender is
+    /// dropped (a reference failed).
+    pub fn new(rx: oneshot::Receiver<()>) -> Self {
+        Self {
+            wait: Some(rx),
+            turn: None,
+        }
+    }
+
+    /// Holds `turn` (one of a few paths cutting and sending at once) until
+    /// the path waits for its gate: the earliest paths finish their chunks
+    /// first, so their commits start early and overlap the later paths'
+    /// work instead of all paths sharing the cores to the end.
+    pub fn with_turn(mut self, turn: OwnedSemaphorePermit) -> Self {
+        self.turn = Some(turn);
+        self
+    }
+
+    /// Waits until the gate is open.
+    pub async fn wait(&mut self) -> Result<(), UploadError> {
+        self.turn = None;
+        if let Some(rx) = self.wait.as_mut() {
+            rx.await.map_err(|_| UploadError::ReferenceFailed)?;
+            self.wait = None;
+        }
+        Ok(())
+    }
+}
+
 /// Where a path goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
@@ -56,8 +107,9 @@ pub struct Target<'a> {
     pub replace: bool,
 }
 
-/// Pushes `info` (upload metadata `meta`) by its chunks; one attempt (each
-/// request retries its own transient failures).
+/// Pushes `info` (upload metadata `meta`) by its chunks, committing once
+/// `gate` opens; one attempt (each request retries its own transient
+/// failures).
 pub async fn push(
     target: Target<'_>,
     nix: &Nix,
@@ -65,6 +117,7 @@ pub async fn push(
     meta: UploadPathNarInfo,
     params: &ChunkParamsResponse,
     progress: &PathProgress,
+    gate: &mut Gate,
 ) -> Result<UploadKind, UploadError> {
     let Target {
         api,
@@ -115,6 +168,7 @@ pub async fn push(
     if let Some(message) = failure.get() {
         return Err(UploadError::Dump(message.to_owned()));
     }
+    gate.wait().await?;
     let req = CommitNarRequest {
         info: meta,
         chunks: order.iter().map(ToString::to_string).collect(),
@@ -268,6 +322,33 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
-fn parallelism() -> usize {
+pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn push_gate_opens_fails_and_gives_back_the_turn() {
+        let turns = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let (tx, rx) = oneshot::channel();
+        let turn = turns.clone().acquire_owned().await.unwrap();
+        let mut gate = Gate::new(rx).with_turn(turn);
+        assert_eq!(turns.available_permits(), 0);
+        tx.send(()).unwrap();
+        gate.wait().await.unwrap();
+        assert_eq!(turns.available_permits(), 1, "waiting gives the turn back");
+        gate.wait().await.unwrap();
+
+        let (tx, rx) = oneshot::channel::<()>();
+        let mut gate = Gate::new(rx);
+        drop(tx);
+        assert!(matches!(
+            gate.wait().await,
+            Err(UploadError::ReferenceFailed)
+        ));
+        Gate::open().wait().await.unwrap();
+    }
 }

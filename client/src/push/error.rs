@@ -27,13 +27,21 @@ pub enum UploadError {
         /// The last refusal.
         last: ApiError,
     },
+    /// A reference of the path failed, so the path was not committed (the
+    /// cache must not hold a path without its closure); its chunks may
+    /// have been sent already.
+    #[error("a reference failed to upload")]
+    ReferenceFailed,
 }
 
 impl Transient for UploadError {
     fn is_transient(&self) -> bool {
         match self {
             UploadError::Api(e) => e.is_transient(),
-            UploadError::Nix(_) | UploadError::Dump(_) | UploadError::StagingFull { .. } => false,
+            UploadError::Nix(_)
+            | UploadError::Dump(_)
+            | UploadError::StagingFull { .. }
+            | UploadError::ReferenceFailed => false,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod closure;
 pub mod error;
 pub mod filter;
 pub mod progress;
+mod schedule;
 pub mod stdin;
 pub mod upload;
 
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use tokio::sync::oneshot;
 
 use larder_core::CacheName;
 use larder_core::nix::store_path::{StoreDir, StorePath};
@@ -32,6 +34,7 @@ use crate::nix::{Nix, NixError};
 use filter::UpstreamFilter;
 use larder_core::wire::UploadKind;
 use progress::Progress;
+use schedule::Schedule;
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -242,16 +245,57 @@ impl Pusher<'_> {
         let (api, nix, cache, progress) = (self.api, &self.nix, self.cache, &self.progress);
         let replace = self.options.replace;
         let chunking = self.chunking.as_ref();
+        let jobs = self.options.jobs.max(1);
         let mut order = Schedule::new(&uploads);
+        // Whole NARs start once their references are in (the upload is the
+        // commit); chunk-level pushes start in references-first order as
+        // soon as a slot is free and only their commits wait ([`chunked::Gate`]).
+        let pipelined = chunking.is_some();
+        let mut gates: Vec<Option<oneshot::Sender<()>>> = std::iter::repeat_with(|| None)
+            .take(uploads.len())
+            .collect();
+        let mut open = vec![false; uploads.len()];
+        let mut next = 0;
+        // Paths cutting and sending at once (the rest of `-j` wait for
+        // their references' commits, or for a turn).
+        let turns = Arc::new(tokio::sync::Semaphore::new(chunked::parallelism()));
         let mut in_flight = FuturesUnordered::new();
         loop {
-            while in_flight.len() < self.options.jobs.max(1) {
-                let Some(i) = order.next_ready() else { break };
+            while in_flight.len() < jobs {
+                let (i, mut gate) = if pipelined {
+                    while next < uploads.len() && order.is_blocked(next) {
+                        next += 1;
+                    }
+                    if next == uploads.len() {
+                        break;
+                    }
+                    next += 1;
+                    let i = next - 1;
+                    while let Some(r) = order.next_ready() {
+                        open[r] = true;
+                    }
+                    if open[i] {
+                        (i, chunked::Gate::open())
+                    } else {
+                        let (tx, rx) = oneshot::channel();
+                        gates[i] = Some(tx);
+                        (i, chunked::Gate::new(rx))
+                    }
+                } else {
+                    let Some(i) = order.next_ready() else { break };
+                    (i, chunked::Gate::open())
+                };
                 let info = &uploads[i];
+                let turns = turns.clone();
                 in_flight.push(async move {
+                    if pipelined && let Ok(turn) = turns.acquire_owned().await {
+                        gate = gate.with_turn(turn);
+                    }
                     let tracker = progress.start(info);
-                    let result =
-                        upload::upload(api, nix, cache, info, &tracker, replace, chunking).await;
+                    let result = upload::upload(
+                        api, nix, cache, info, &tracker, replace, chunking, &mut gate,
+                    )
+                    .await;
                     tracker.done(&result);
                     (i, result)
                 });
@@ -262,153 +306,40 @@ impl Pusher<'_> {
             match result {
                 Ok(UploadKind::Deduplicated) => self.summary.deduplicated += 1,
                 Ok(UploadKind::Uploaded | UploadKind::Other) => self.summary.pushed += 1,
+                // A path a failed reference blocked: counted as skipped.
+                Err(_) if order.is_blocked(i) => {}
                 Err(_) => self.summary.failed += 1,
             }
             order.finished(i, result.is_ok());
+            if pipelined {
+                while let Some(r) = order.next_ready() {
+                    match gates[r].take() {
+                        Some(tx) => {
+                            let _ = tx.send(());
+                        }
+                        None => open[r] = true,
+                    }
+                }
+                if result.is_err() {
+                    // Paths waiting on a failed reference hear it and stop.
+                    for (j, gate) in gates.iter_mut().enumerate() {
+                        if gate.is_some() && order.is_blocked(j) {
+                            *gate = None;
+                        }
+                    }
+                }
+            }
         }
-        // Paths whose references failed were never started: the cache must
-        // not hold a path without its closure.
+        // Paths whose references failed were never committed: the cache
+        // must not hold a path without its closure.
         self.summary.failed += order.skipped();
         Ok(())
-    }
-}
-
-/// Upload order within a batch: a path starts only once every reference it
-/// has in the batch is uploaded, so the cache never serves a path whose
-/// closure is incomplete (Nix checks references before it uploads, too).
-struct Schedule {
-    /// References still pending, per path.
-    waiting: Vec<usize>,
-    /// Paths referring to each path.
-    dependents: Vec<Vec<usize>>,
-    /// Paths ready to start, in references-first order.
-    ready: std::collections::VecDeque<usize>,
-    /// Paths that can never start because a reference failed.
-    blocked: usize,
-}
-
-impl Schedule {
-    fn new(infos: &[crate::nix::PathInfo]) -> Self {
-        let index: std::collections::HashMap<&StorePath, usize> = infos
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (&p.path, i))
-            .collect();
-        let mut waiting = vec![0; infos.len()];
-        let mut dependents = vec![Vec::new(); infos.len()];
-        for (i, info) in infos.iter().enumerate() {
-            let refs: HashSet<usize> = info
-                .references
-                .iter()
-                .filter_map(|r| index.get(r).copied())
-                .filter(|&j| j != i)
-                .collect();
-            waiting[i] = refs.len();
-            for j in refs {
-                dependents[j].push(i);
-            }
-        }
-        let ready = (0..infos.len()).filter(|&i| waiting[i] == 0).collect();
-        Self {
-            waiting,
-            dependents,
-            ready,
-            blocked: 0,
-        }
-    }
-
-    fn next_ready(&mut self) -> Option<usize> {
-        self.ready.pop_front()
-    }
-
-    fn finished(&mut self, i: usize, ok: bool) {
-        let dependents = std::mem::take(&mut self.dependents[i]);
-        if !ok {
-            self.block(dependents);
-            return;
-        }
-        for d in dependents {
-            self.waiting[d] = self.waiting[d].saturating_sub(1);
-            if self.waiting[d] == 0 {
-                self.ready.push_back(d);
-            }
-        }
-    }
-
-    /// Marks `paths` and everything depending on them as never to start.
-    fn block(&mut self, mut paths: Vec<usize>) {
-        while let Some(p) = paths.pop() {
-            if self.waiting[p] == usize::MAX {
-                continue;
-            }
-            self.waiting[p] = usize::MAX;
-            self.blocked += 1;
-            paths.extend(std::mem::take(&mut self.dependents[p]));
-        }
-    }
-
-    fn skipped(&self) -> usize {
-        self.blocked
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info(name: &str, refs: &[&str]) -> crate::nix::PathInfo {
-        let path = |n: &str| StorePath::from_base_name(&format!("{:0>32}-{n}", n.len())).unwrap();
-        crate::nix::PathInfo {
-            path: path(name),
-            nar_hash: larder_core::nix::hash::NarHash::digest(name.as_bytes()),
-            nar_size: 1,
-            references: refs.iter().map(|r| path(r)).collect(),
-            deriver: None,
-            signatures: vec![],
-            ca: None,
-        }
-    }
-
-    #[test]
-    fn schedule_starts_paths_after_their_references() {
-        // d -> {b, c}, b -> a, c -> a; names differ in length so paths differ.
-        let infos = vec![
-            info("dddd", &["bb", "ccc", "dddd"]),
-            info("bb", &["a"]),
-            info("ccc", &["a"]),
-            info("a", &[]),
-        ];
-        let mut s = Schedule::new(&infos);
-        assert_eq!(s.next_ready(), Some(3));
-        assert_eq!(s.next_ready(), None);
-        s.finished(3, true);
-        let mut next: Vec<_> = std::iter::from_fn(|| s.next_ready()).collect();
-        next.sort();
-        assert_eq!(next, vec![1, 2]);
-        s.finished(1, true);
-        assert_eq!(s.next_ready(), None);
-        s.finished(2, true);
-        assert_eq!(s.next_ready(), Some(0));
-        assert_eq!(s.skipped(), 0);
-    }
-
-    #[test]
-    fn a_failed_reference_blocks_its_dependents() {
-        let infos = vec![
-            info("dddd", &["bb"]),
-            info("bb", &["a"]),
-            info("a", &[]),
-            info("zzzzz", &[]),
-        ];
-        let mut s = Schedule::new(&infos);
-        let mut first: Vec<_> = std::iter::from_fn(|| s.next_ready()).collect();
-        first.sort();
-        assert_eq!(first, vec![2, 3]);
-        s.finished(2, false);
-        s.finished(3, true);
-        assert_eq!(s.next_ready(), None);
-        assert_eq!(s.skipped(), 2);
-    }
 
     #[test]
     fn summary_line() {

@@ -43,6 +43,8 @@ pub fn nar_info(cache: &CacheName, store_dir: &StoreDir, info: &PathInfo) -> Upl
 /// Uploads one path, retrying transient failures with the client's
 /// policy, and waiting (bounded, with jitter) while the server's staging
 /// is full. Progress hears every byte sent, every retry and every wait.
+/// Nothing is committed before `gate` opens (chunks may go out before).
+#[allow(clippy::too_many_arguments)]
 pub async fn upload(
     api: &ApiClient,
     nix: &Nix,
@@ -51,6 +53,7 @@ pub async fn upload(
     progress: &PathProgress,
     replace: bool,
     chunking: Option<&ChunkParamsResponse>,
+    gate: &mut chunked::Gate,
 ) -> Result<UploadKind, UploadError> {
     let patience = StagingWait::default();
     let started = Instant::now();
@@ -63,7 +66,7 @@ pub async fn upload(
                     cache,
                     replace,
                 };
-                match chunked::push(target, nix, info, meta, params, progress).await {
+                match chunked::push(target, nix, info, meta, params, progress, gate).await {
                     // A chunk the server dropped meanwhile (expired, or GC took
                     // it): the whole NAR still works.
                     Err(UploadError::Api(e)) if e.kind() == Some("ChunksMissing") => {
@@ -72,7 +75,10 @@ pub async fn upload(
                     other => other,
                 }
             }
-            None => attempt(api, nix, cache, info, progress, replace).await,
+            None => match gate.wait().await {
+                Ok(()) => attempt(api, nix, cache, info, progress, replace).await,
+                Err(e) => Err(e),
+            },
         };
         match result {
             Err(UploadError::Api(e)) if e.is_staging_full() => {
