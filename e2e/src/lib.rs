@@ -63,6 +63,7 @@ pub mod node_config;
 pub mod path_info;
 pub mod replica;
 pub mod server;
+pub mod shared_store;
 pub mod tcp_forward;
 pub mod temp_store;
 pub mod tree;

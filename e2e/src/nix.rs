@@ -28,6 +28,7 @@ use anyhow::Context;
 pub use crate::nix_client::NixClient;
 use crate::path_info::parse_path_infos;
 pub use crate::path_info::{PathInfo, base_name, hash_part};
+pub use crate::shared_store::with_store_to_itself;
 pub use crate::temp_store::{TempStore, compare_trees};
 
 /// Flags Nix 2.8 and 2.26 need for the `nix` command (`copy`, `path-info`,
@@ -109,6 +110,7 @@ impl Nix {
         file: &Path,
         options: &[(&str, &str)],
     ) -> anyhow::Result<Vec<String>> {
+        let _shared = crate::shared_store::build_guard().await;
         let mut cmd = self.command("nix-build");
         for (name, value) in options {
             cmd.args(["--option", name, value]);
