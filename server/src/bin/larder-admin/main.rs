@@ -2,6 +2,7 @@
 
 mod audit;
 mod cache_key;
+mod grants;
 mod import_attic;
 mod maintenance;
 mod make_token;

@@ -6,9 +6,9 @@ use larder_shared::audit::Actor;
 use larder_shared::config::Config;
 use larder_shared::db::tokens::{self, TokenRecord};
 use larder_shared::db::{audit, unix_now};
-use larder_shared::token::{
-    CachePattern, ClaimsBuilder, Permission, TokenKey, mint, parse_validity,
-};
+use larder_shared::token::{CachePattern, ClaimsBuilder, TokenKey, mint, parse_validity};
+
+use crate::grants::GrantFlags;
 
 /// Flags of `atticadm make-token`.
 #[derive(Debug, Args)]
@@ -19,27 +19,9 @@ pub struct MakeToken {
     /// Validity, e.g. `365d`, `2y`, `3 months`.
     #[arg(long)]
     validity: String,
-    /// Caches (names or globs) the token may pull from.
-    #[arg(long = "pull", value_name = "PATTERN")]
-    pull: Vec<String>,
-    /// Caches the token may push to.
-    #[arg(long = "push", value_name = "PATTERN")]
-    push: Vec<String>,
-    /// Caches the token may delete paths from.
-    #[arg(long = "delete", value_name = "PATTERN")]
-    delete: Vec<String>,
-    /// Caches the token may create.
-    #[arg(long = "create-cache", value_name = "PATTERN")]
-    create_cache: Vec<String>,
-    /// Caches the token may configure.
-    #[arg(long = "configure-cache", value_name = "PATTERN")]
-    configure_cache: Vec<String>,
-    /// Caches whose retention the token may configure.
-    #[arg(long = "configure-cache-retention", value_name = "PATTERN")]
-    configure_cache_retention: Vec<String>,
-    /// Caches the token may destroy.
-    #[arg(long = "destroy-cache", value_name = "PATTERN")]
-    destroy_cache: Vec<String>,
+    /// What the token may do, on which caches.
+    #[command(flatten)]
+    grants: GrantFlags,
     /// Print the claims as JSON instead of a token.
     #[arg(long)]
     dump_claims: bool,
@@ -53,19 +35,7 @@ impl MakeToken {
         let mut builder = ClaimsBuilder::new(self.sub.clone(), validity, unix_now() as u64)
             .issuer(config.jwt.token_bound_issuer.clone())
             .audiences(config.jwt.token_bound_audiences.clone());
-        let groups = [
-            (Permission::Pull, &self.pull),
-            (Permission::Push, &self.push),
-            (Permission::Delete, &self.delete),
-            (Permission::CreateCache, &self.create_cache),
-            (Permission::ConfigureCache, &self.configure_cache),
-            (
-                Permission::ConfigureCacheRetention,
-                &self.configure_cache_retention,
-            ),
-            (Permission::DestroyCache, &self.destroy_cache),
-        ];
-        for (permission, patterns) in groups {
+        for (permission, patterns) in self.grants.groups() {
             for p in patterns {
                 builder = builder.grant(CachePattern::new(p)?, permission);
             }

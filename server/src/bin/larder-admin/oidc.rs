@@ -13,6 +13,8 @@ use larder_shared::db::{audit, oidc_policies, unix_now};
 use larder_shared::oidc::{ClaimPattern, PolicyConfig, TrustPolicy};
 use larder_shared::token::CachePattern;
 
+use crate::grants::GrantFlags;
+
 /// `larder-admin oidc …`.
 #[derive(Debug, Subcommand)]
 pub enum Oidc {
@@ -43,27 +45,9 @@ pub struct AddPolicy {
     /// every claim named must match; repeating a claim allows alternatives.
     #[arg(long = "claim", value_name = "CLAIM=PATTERN", required = true)]
     claims: Vec<String>,
-    /// Caches (names or globs) minted tokens may pull from.
-    #[arg(long = "pull", value_name = "PATTERN")]
-    pull: Vec<String>,
-    /// Caches minted tokens may push to.
-    #[arg(long = "push", value_name = "PATTERN")]
-    push: Vec<String>,
-    /// Caches minted tokens may delete paths from.
-    #[arg(long = "delete", value_name = "PATTERN")]
-    delete: Vec<String>,
-    /// Caches minted tokens may create.
-    #[arg(long = "create-cache", value_name = "PATTERN")]
-    create_cache: Vec<String>,
-    /// Caches minted tokens may configure.
-    #[arg(long = "configure-cache", value_name = "PATTERN")]
-    configure_cache: Vec<String>,
-    /// Caches whose retention minted tokens may configure.
-    #[arg(long = "configure-cache-retention", value_name = "PATTERN")]
-    configure_cache_retention: Vec<String>,
-    /// Caches minted tokens may destroy.
-    #[arg(long = "destroy-cache", value_name = "PATTERN")]
-    destroy_cache: Vec<String>,
+    /// What every token it mints may do, on which caches.
+    #[command(flatten)]
+    grants: GrantFlags,
     /// Longest life of a minted token, counted from the ID token's issue time.
     #[arg(long, default_value = "1h")]
     max_validity: String,
@@ -99,13 +83,13 @@ impl AddPolicy {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
             claims,
-            pull: patterns(&self.pull)?,
-            push: patterns(&self.push)?,
-            delete: patterns(&self.delete)?,
-            create_cache: patterns(&self.create_cache)?,
-            configure_cache: patterns(&self.configure_cache)?,
-            configure_cache_retention: patterns(&self.configure_cache_retention)?,
-            destroy_cache: patterns(&self.destroy_cache)?,
+            pull: patterns(&self.grants.pull)?,
+            push: patterns(&self.grants.push)?,
+            delete: patterns(&self.grants.delete)?,
+            create_cache: patterns(&self.grants.create_cache)?,
+            configure_cache: patterns(&self.grants.configure_cache)?,
+            configure_cache_retention: patterns(&self.grants.configure_cache_retention)?,
+            destroy_cache: patterns(&self.grants.destroy_cache)?,
             max_validity: ConfigDuration::from_secs(max_validity.as_secs()),
         })
     }
