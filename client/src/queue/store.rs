@@ -147,6 +147,23 @@ impl Queue {
     /// if needed.
     pub async fn open(path: &Path) -> Result<Self, QueueError> {
         create_private(path)?;
+        // Openers racing on a new file can be refused at once while one of
+        // them switches it to WAL (SQLite does not call the busy handler
+        // there): such an open is retried until the busy timeout.
+        let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::open_once(path).await {
+                Err(QueueError::Db { source, .. })
+                    if is_busy(&source) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn open_once(path: &Path) -> Result<Self, QueueError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -164,12 +181,22 @@ impl Queue {
                 })?,
             path: path.to_owned(),
         };
+        // Under the write lock: a `CREATE … IF NOT EXISTS` that read the
+        // schema before another opener created the table would have to
+        // upgrade a stale read to a write, which SQLite refuses at once
+        // ("database is locked") instead of waiting the busy timeout.
+        let mut tx = queue
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| queue.db(e))?;
         for statement in SCHEMA {
             sqlx::query(statement)
-                .execute(&queue.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| queue.db(e))?;
         }
+        tx.commit().await.map_err(|e| queue.db(e))?;
         Ok(queue)
     }
 
@@ -314,6 +341,14 @@ impl Queue {
 /// Creates `path` mode 0600 (and its directory 0700) if missing, and
 /// narrows an existing file's mode: SQLite would create it with the umask,
 /// and its `-wal` and `-shm` files copy the database file's mode.
+/// SQLITE_BUSY (5) or one of its extended codes.
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 5)
+}
+
 fn create_private(path: &Path) -> Result<(), FileError> {
     let err = |action: &'static str, path: &Path| {
         let path = path.to_owned();
