@@ -24,18 +24,8 @@ impl ApiClient {
         path: &str,
     ) -> Result<(Call, reqwest::RequestBuilder), ApiError> {
         let url = format!("{}{PREFIX}/caches/{cache}/{path}", self.base);
-        let parsed = reqwest::Url::parse(&url).map_err(|source| ApiError::Url {
-            url: url.clone(),
-            source,
-        })?;
-        let mut rb = self
-            .http
-            .request(method.clone(), parsed)
-            .timeout(CALL_TIMEOUT);
-        if let Some(token) = &self.token {
-            rb = rb.bearer_auth(token);
-        }
-        Ok((Call { method, url }, rb))
+        let (call, rb) = self.request_to(method, url)?;
+        Ok((call, rb.timeout(CALL_TIMEOUT)))
     }
 
     /// The cache's chunking, or the error of a server without chunk push

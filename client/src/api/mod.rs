@@ -105,7 +105,11 @@ impl ApiClient {
     }
 
     fn call(&self, method: Method, path: &str) -> Result<(Call, RequestBuilder), ApiError> {
-        let url = format!("{}/_api/v1/{path}", self.base);
+        self.request_to(method, format!("{}/_api/v1/{path}", self.base))
+    }
+
+    /// A request to `url` with the token, and the [`Call`] its errors name.
+    fn request_to(&self, method: Method, url: String) -> Result<(Call, RequestBuilder), ApiError> {
         let parsed = reqwest::Url::parse(&url).map_err(|source| ApiError::Url {
             url: url.clone(),
             source,
@@ -245,22 +249,8 @@ impl ApiClient {
         hash: &StorePathHash,
     ) -> Result<(), ApiError> {
         let url = format!("{}/{cache}/{hash}.narinfo", self.base);
-        let parsed = reqwest::Url::parse(&url).map_err(|source| ApiError::Url {
-            url: url.clone(),
-            source,
-        })?;
-        let mut rb = self
-            .http
-            .request(Method::DELETE, parsed)
-            .timeout(CALL_TIMEOUT);
-        if let Some(token) = &self.token {
-            rb = rb.bearer_auth(token);
-        }
-        let call = Call {
-            method: Method::DELETE,
-            url,
-        };
-        Self::send(&call, rb).await.map(drop)
+        let (call, rb) = self.request_to(Method::DELETE, url)?;
+        Self::send(&call, rb.timeout(CALL_TIMEOUT)).await.map(drop)
     }
 
     /// `GET /_api/v1/caches`: Larder's list of [`CacheSummary`], or the JSON
