@@ -101,6 +101,19 @@ pub struct Summary {
     pub bytes_deduplicated: u64,
 }
 
+/// Totals over several pushes (`larder queue drain` runs one per target).
+impl std::ops::AddAssign for Summary {
+    fn add_assign(&mut self, s: Summary) {
+        self.pushed += s.pushed;
+        self.deduplicated += s.deduplicated;
+        self.already_present += s.already_present;
+        self.upstream += s.upstream;
+        self.failed += s.failed;
+        self.bytes_sent += s.bytes_sent;
+        self.bytes_deduplicated += s.bytes_deduplicated;
+    }
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -62,7 +62,7 @@ impl Report {
         self.failed += other.failed;
         self.gone += other.gone;
         self.interrupted |= other.interrupted;
-        add_summary(&mut self.paths, other.paths);
+        self.paths += other.paths;
     }
 
     /// Whether the pass touched any entry.
@@ -85,16 +85,6 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
-}
-
-fn add_summary(total: &mut Summary, s: Summary) {
-    total.pushed += s.pushed;
-    total.deduplicated += s.deduplicated;
-    total.already_present += s.already_present;
-    total.upstream += s.upstream;
-    total.failed += s.failed;
-    total.bytes_sent += s.bytes_sent;
-    total.bytes_deduplicated += s.bytes_deduplicated;
 }
 
 /// `larder queue drain`: every entry, each at most once, until none is
@@ -223,7 +213,7 @@ async fn push_group(
     // The group's counts stand when it got that far; the one-by-one
     // pushes below only tell which roots fail.
     if let Ok(summary) = &outcome {
-        add_summary(&mut report.paths, *summary);
+        report.paths += *summary;
     }
     match outcome {
         Err(PushError::Api(e)) => {
