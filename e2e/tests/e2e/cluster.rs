@@ -225,7 +225,8 @@ async fn build_trees() -> anyhow::Result<Trees> {
 
 /// `nix copy --to` replica A and `larder push -j 1` to replica B at once;
 /// once B has acknowledged a path and the push is still running, SIGKILLs
-/// B, and once worker-1 is running an ingest job, SIGKILLs it; each restarts
+/// B, and once a worker is running an ingest job, SIGKILLs that worker
+/// (whichever took the job: the queue, not the test, decides); each restarts
 /// on the same address. Then checks that
 /// every path acknowledged before the kill, and every path either push
 /// reported, is there; a push the kill failed is re-run, and must find
@@ -257,7 +258,7 @@ async fn push_while_killing(
     let push = tokio::spawn(cli::output(user.command(&args)?));
 
     let b_client = Client::new(&b_url, token);
-    let (b, worker) = (&mut cluster.apis[1], &mut cluster.workers[0]);
+    let (b, workers) = (&mut cluster.apis[1], &mut cluster.workers);
     let kill_b = async {
         let acked = wait::until(
             "replica B to acknowledge a path of the push",
@@ -288,29 +289,36 @@ async fn push_while_killing(
         );
         anyhow::Ok(acked)
     };
-    // The worker dies in the middle of ingest jobs: they are re-enqueued
-    // once its heartbeats are missed, and a worker finishes them.
+    // A worker dies in the middle of ingest jobs: they are re-enqueued once
+    // its heartbeats are missed, and a worker finishes them. Which worker
+    // runs a job is the queue's choice, so the one holding a job is killed.
     let kill_worker = async {
-        let held = wait::until(
-            "worker-1 to be running an ingest job",
+        let (n, held) = wait::until(
+            "a worker to be running an ingest job",
             Duration::from_secs(60),
             Duration::from_millis(20),
             || async {
-                let n: u64 = db
+                // lock_by is "worker-N-<ulid>": HOSTNAME, then the start's id.
+                let row = db
                     .query(
-                        "SELECT count(*) FROM apalis.jobs WHERE lock_by LIKE 'worker-1-%' \
-                         AND status = 'Running'",
+                        "SELECT n || ' ' || count(*) FROM (SELECT split_part(lock_by, '-', 2) AS n \
+                         FROM apalis.jobs WHERE status = 'Running' AND lock_by LIKE 'worker-%') j \
+                         GROUP BY n ORDER BY n LIMIT 1",
                     )
-                    .await?
-                    .trim()
-                    .parse()?;
-                Ok((n > 0).then_some(n))
+                    .await?;
+                let Some((n, held)) = row.trim().split_once(' ') else {
+                    return Ok(None);
+                };
+                Ok(Some((n.parse::<usize>()?, held.parse::<u64>()?)))
             },
         )
         .await?;
+        let worker = workers
+            .get_mut(n.wrapping_sub(1))
+            .with_context(|| format!("worker-{n} holds a job but is not in the cluster"))?;
         worker.kill_9()?;
         worker.start().await?;
-        eprintln!("killed worker-1 in the middle of {held} ingest job(s); restarted");
+        eprintln!("killed worker-{n} in the middle of {held} ingest job(s); restarted");
         anyhow::Ok(())
     };
     let kill = async {
