@@ -46,7 +46,8 @@ use crate::body_rate::MinRate;
 const UNSET: u64 = u64::MAX;
 
 /// Serves `router` on `listener` until `shutdown`, then lets requests in
-/// progress finish (graceful shutdown) and returns.
+/// progress finish (graceful shutdown) for up to `[http] shutdown-timeout`,
+/// closes the connections still open, and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -54,6 +55,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    // Cancelled when the graceful shutdown's time is up.
+    let hard_stop = CancellationToken::new();
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.map_err(io::Error::other)?,
@@ -72,17 +75,30 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let router = router.clone();
-        let shutdown = shutdown.clone();
+        let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
         let config = config.clone();
         tokio::spawn(async move {
-            connection(stream, peer, router, config, shutdown).await;
+            connection(stream, peer, router, config, shutdown, hard_stop).await;
             tracing::debug!(%peer, "connection closed");
             drop(permit);
         });
     }
     // Every connection holds a permit until it is closed.
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
+    let grace = config.shutdown_timeout.get();
+    if tokio::time::timeout(grace, slots.clone().acquire_many_owned(all))
+        .await
+        .is_err()
+    {
+        let open = config.max_connections - slots.available_permits();
+        tracing::warn!(
+            open,
+            ?grace,
+            "requests still in progress at the end of shutdown-timeout: closing their connections"
+        );
+        hard_stop.cancel();
+        let _ = slots.acquire_many(all).await;
+    }
     Ok(())
 }
 
@@ -247,13 +263,14 @@ impl AsyncWrite for Watched {
 }
 
 /// Serves one connection until the client closes it, a timeout expires, or
-/// shutdown (after the request in progress, if any).
+/// shutdown (after the request in progress, if any, unless `hard_stop`).
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     config: HttpConfig,
     shutdown: CancellationToken,
+    hard_stop: CancellationToken,
 ) {
     let activity = Activity::new();
     let io = TokioIo::new(Watched {
@@ -308,8 +325,13 @@ async fn connection(
             }
             () = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
-                if let Err(e) = conn.as_mut().await {
-                    tracing::debug!(error = %e, "connection error during shutdown");
+                tokio::select! {
+                    result = conn.as_mut() => if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection error during shutdown");
+                    },
+                    () = hard_stop.cancelled() => {
+                        tracing::debug!(%peer, "closing a connection at the end of shutdown-timeout");
+                    }
                 }
                 return;
             }

@@ -3,7 +3,8 @@
 //! configured timeouts. Unfinished headers and idle keep-alive connections
 //! are closed; an authenticated upload that stops sending is aborted and
 //! leaves nothing in staging and no rows (both backends); connections past
-//! `max-connections` wait until one closes.
+//! `max-connections` wait until one closes; on shutdown, a request still in
+//! progress after `shutdown-timeout` is cut off and the server stops.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -185,6 +186,16 @@ async fn connections_past_the_limit_wait_for_a_free_slot() {
     app.teardown().await;
 }
 
+/// The head of an Attic `upload-path` of `nar` to the cache "slow".
+fn upload_path_head(token: &str, nar: &TestNar) -> String {
+    format!(
+        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: larder\r\nAuthorization: Bearer {token}\r\n\
+         X-Attic-Nar-Info: {}\r\nContent-Type: application/x-nix-nar\r\nContent-Length: {}\r\n\r\n",
+        nar.info("slow"),
+        nar.bytes.len()
+    )
+}
+
 /// An upload sending its head and a first part of its body, then nothing.
 fn stalled_upload(head: String, body: &[u8]) -> Vec<u8> {
     let mut req = head.into_bytes();
@@ -206,12 +217,7 @@ async fn stalled_uploads_are_aborted(backend: Backend) {
     )
     .await;
     let nar = TestNar::files("slow-1.0", 80, &[256 * 1024]);
-    let attic = format!(
-        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: larder\r\nAuthorization: Bearer {token}\r\n\
-         X-Attic-Nar-Info: {}\r\nContent-Type: application/x-nix-nar\r\nContent-Length: {}\r\n\r\n",
-        nar.info("slow"),
-        nar.bytes.len()
-    );
+    let attic = upload_path_head(&token, &nar);
     let file = format!("{}.nar", FileHash::digest(&nar.bytes).to_base32());
     let nix = format!(
         "PUT /slow/nar/{file} HTTP/1.1\r\nHost: larder\r\nAuthorization: Bearer {token}\r\n\
@@ -247,4 +253,45 @@ async fn stalled_uploads_are_aborted_sqlite() {
 #[tokio::test]
 async fn stalled_uploads_are_aborted_postgres() {
     stalled_uploads_are_aborted(Backend::Postgres).await;
+}
+
+/// A stalled upload (no rate limit to abort it) keeps its connection in a
+/// request; on shutdown the server waits `shutdown-timeout` for it, then
+/// closes the connection and returns, with nothing recorded.
+#[tokio::test]
+async fn shutdown_cuts_off_requests_after_the_timeout() {
+    let app = TestApp::new(Backend::Sqlite).await;
+    app.create_cache("slow", false).await;
+    let token = app.root_token();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(larder_api::http_server::serve(
+        listener,
+        app.router(),
+        HttpConfig {
+            shutdown_timeout: ms(300),
+            ..patient()
+        },
+        stop.clone(),
+    ));
+    let nar = TestNar::files("slow-1.0", 80, &[256 * 1024]);
+    let head = upload_path_head(&token, &nar);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&stalled_upload(head, &nar.bytes[..64 * 1024]))
+        .await
+        .expect("write");
+    // The upload is in progress once its bytes are being staged.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let stopped = tokio::time::timeout(BOUND, server).await;
+    assert!(
+        stopped.is_ok(),
+        "the server still waits for a stalled request {BOUND:?} after shutdown"
+    );
+    closed_by_server(s).await;
+    for table in ["nars", "objects"] {
+        assert_eq!(app.count(table).await, 0, "rows in {table}");
+    }
+    app.teardown().await;
 }

@@ -345,6 +345,11 @@ pub struct HttpConfig {
     /// Largest zstd window (log2 bytes) a NAR or metadata upload may ask
     /// the decoder for; a frame wanting more is refused, not allocated.
     pub max_zstd_window_log: u32,
+    /// On shutdown, how long requests in progress may take to finish before
+    /// their connections are closed: a stalled client must not keep a
+    /// replica from stopping (an upload cut off is not acknowledged, and
+    /// its staged bytes are cleaned up as after a crash).
+    pub shutdown_timeout: ConfigDuration,
 }
 
 impl Default for HttpConfig {
@@ -359,6 +364,7 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             max_log_size: 16 * 1024 * 1024,
             max_zstd_window_log: 27,
+            shutdown_timeout: ConfigDuration::from_secs(25),
         }
     }
 }
