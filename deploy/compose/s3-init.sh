@@ -9,8 +9,9 @@ set -eu
 
 master="${SEAWEEDFS_MASTER:-s3:9333}"
 bucket="${LARDER_BUCKET:-larder}"
-key_id="$(cat /run/secrets/s3_access_key_id)"
-secret="$(cat /run/secrets/s3_secret_access_key)"
+secrets="${SECRETS_DIR:-/run/secrets}"
+key_id="$(cat "$secrets/s3_access_key_id")"
+secret="$(cat "$secrets/s3_secret_access_key")"
 
 # `weed shell` reads commands from stdin and exits non-zero on an error.
 weed_shell() {
