@@ -82,6 +82,7 @@ on_both_backends!(
     chunk_push_no_cross_tenant_oracle,
     chunk_push_resumes,
     unused_chunk_batches_expire,
+    expired_token_records_are_pruned,
 );
 
 mod attic_kill;
@@ -92,10 +93,12 @@ mod worker_metrics;
 use worker_metrics::a_worker_process_serves_its_metrics;
 mod staging;
 mod to_s3;
+mod token_records;
 use staging::{
     a_released_copy_is_deleted_at_once, abandoned_uploads_are_found_through_the_database,
 };
 use to_s3::local_store_moves_to_s3;
+use token_records::expired_token_records_are_pruned;
 pub(crate) mod http;
 use http::{cache_control_matrix, ranges_on_every_representation};
 mod layout;

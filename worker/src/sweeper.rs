@@ -3,7 +3,9 @@
 //! - A staged NAR untouched for [`STALE_AFTER`] (its job lost, or every
 //!   attempt failed) gets a fresh ingest job. Running ingests heartbeat, so
 //!   they are never considered stale.
-//! - Revocations of tokens that have expired anyway are dropped.
+//! - Revocations of tokens that have expired anyway are dropped, and the
+//!   records of tokens expired longer than [`TOKEN_RECORDS_KEPT`] (one per
+//!   OIDC exchange, so one per CI job) with them.
 //! - Abandoned staging objects are deleted, found through their staging
 //!   intents (docs/gc.md "Staging objects"), never by listing storage: an
 //!   upload's intent older than `[staging] max-age` (it died before its
@@ -32,6 +34,8 @@ use crate::services::Services;
 pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Pause between sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(60);
+/// How long `list-tokens` still shows a token after it expired.
+pub const TOKEN_RECORDS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// NARs re-enqueued, and staging intents claimed or deleted, per batch.
 const BATCH: i64 = 100;
 /// Batches of staging deletions per sweep (bounds one sweep's work).
@@ -64,6 +68,8 @@ pub struct SweepReport {
     pub staging_deleted: usize,
     /// Expired chunk batches of chunk-level push released for deletion.
     pub pushed_batches_expired: usize,
+    /// Records of tokens expired longer than [`TOKEN_RECORDS_KEPT`] dropped.
+    pub token_records_pruned: u64,
 }
 
 /// One sweep at time `now` (Unix seconds; injectable for tests).
@@ -88,6 +94,8 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
     {
         let mut conn = svc.db.conn().await?;
         tokens::prune_revocations(conn.raw(), now).await?;
+        let before = now - TOKEN_RECORDS_KEPT.as_secs() as i64;
+        report.token_records_pruned = tokens::prune_expired(conn.raw(), before).await?;
     }
 
     report.pushed_batches_expired = expire_pushed_chunks(svc, now).await?;

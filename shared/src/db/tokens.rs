@@ -161,6 +161,24 @@ pub async fn prune_revocations(raw: Raw<'_>, now: i64) -> Result<u64, DbError> {
     })
 }
 
+/// Drops the records of tokens that expired before `before`, unless a
+/// revocation still names them (those go with [`prune_revocations`]
+/// first). Every OIDC exchange records a token, so without this the table
+/// would grow by one row per CI job forever; the mint stays in the audit
+/// trail.
+pub async fn prune_expired(raw: Raw<'_>, before: i64) -> Result<u64, DbError> {
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "DELETE FROM tokens WHERE expires_at < $1
+             AND jti NOT IN (SELECT jti FROM token_revocations WHERE jti IS NOT NULL)",
+        )
+        .bind(before)
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected())
+    })
+}
+
 /// Every revocation still in force.
 pub async fn revocations(raw: Raw<'_>) -> Result<Vec<Revocation>, DbError> {
     let sql = "SELECT jti, subject, issued_before FROM token_revocations ORDER BY id";
