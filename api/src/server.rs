@@ -33,8 +33,11 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         config.jwt.token_bound_audiences.clone(),
     );
     let staging_quota = Arc::new(StagingQuota::new(&config.staging));
-    let oidc = IssuerKeys::new(config.oidc.jwks_min_refresh.get())
-        .context("building the OIDC issuers' HTTP client")?;
+    let oidc = IssuerKeys::new(
+        config.oidc.jwks_min_refresh.get(),
+        config.oidc.jwks_max_age.get(),
+    )
+    .context("building the OIDC issuers' HTTP client")?;
     Ok(AppState {
         config,
         db: opened.db,

@@ -18,6 +18,7 @@
 //!    endpoint, served by the local issuer) logs in with a minted token.
 
 use std::process::Command;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -356,6 +357,50 @@ async fn oidc_key_rotation_and_bounded_refresh() {
     }
     assert_eq!(issuer.jwks_fetches(), before + 1, "one fetch, no refreshes");
     bounded.teardown().await;
+}
+
+/// The issuer's JWKS goes down: once the key set is `jwks-max-age` old, a
+/// refetch is tried and fails, and the keys fetched before keep verifying
+/// (an outage does not stop CI pushes at once); a `kid` they lack is a 502
+/// until the issuer is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_issuer_outage_keeps_known_keys() {
+    let (key, next) = (SigningKey::rsa("rsa-1"), SigningKey::rsa("rsa-2"));
+    let issuer = TestIssuer::start(vec![key.clone()]).await;
+    let opts = Options {
+        backend: Backend::Sqlite,
+        signing: Signing::fixture_rs256(),
+        bound_issuer: None,
+        bound_audiences: None,
+    };
+    let toml =
+        oidc_toml(issuer.url(), "0s").replacen("[oidc]\n", "[oidc]\njwks-max-age = \"1s\"\n", 1);
+    let app = SecApp::with_config(opts, &toml).await;
+    let claims = issuer.claims(AUDIENCE, REPO, MAIN);
+    exchange_ok(&app, &key.sign(&claims)).await;
+    assert_eq!(issuer.jwks_fetches(), 1);
+
+    issuer.set_jwks_down(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    exchange_ok(&app, &key.sign(&claims)).await;
+    assert_eq!(
+        issuer.jwks_fetches(),
+        2,
+        "the stale set was refetched first"
+    );
+    let resp = exchange(&app, &next.sign(&claims)).await;
+    check_error(
+        &resp,
+        StatusCode::BAD_GATEWAY,
+        "IssuerUnavailable",
+        "could not",
+    )
+    .unwrap();
+
+    issuer.publish(vec![key.clone(), next.clone()]);
+    issuer.set_jwks_down(false);
+    exchange_ok(&app, &next.sign(&claims)).await;
+    app.teardown().await;
 }
 
 // --- 4. policies in the database ----------------------------------------------

@@ -3,7 +3,7 @@
 //! and ES256 signing keys that can be rotated, and GitHub Actions' token
 //! request endpoint (`/token?audience=…` with the runner's bearer).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -87,6 +87,8 @@ struct Shared {
     url: String,
     published: Mutex<Vec<SigningKey>>,
     jwks_fetches: AtomicUsize,
+    /// The JWKS answers 503 (an outage).
+    jwks_down: AtomicBool,
     /// What `/token` signs (with the first published key), `aud` added.
     runner_claims: Mutex<Value>,
     /// The audiences `/token` was asked for.
@@ -110,6 +112,7 @@ impl TestIssuer {
             url,
             published: Mutex::new(keys),
             jwks_fetches: AtomicUsize::new(0),
+            jwks_down: AtomicBool::new(false),
             runner_claims: Mutex::new(json!({})),
             runner_audiences: Mutex::new(Vec::new()),
         });
@@ -132,7 +135,12 @@ impl TestIssuer {
         *self.shared.published.lock().unwrap() = keys;
     }
 
-    /// How many times the JWKS was fetched.
+    /// Takes the JWKS down (503) or brings it back.
+    pub fn set_jwks_down(&self, down: bool) {
+        self.shared.jwks_down.store(down, Ordering::SeqCst);
+    }
+
+    /// How many times the JWKS was fetched (or asked for while down).
     pub fn jwks_fetches(&self) -> usize {
         self.shared.jwks_fetches.load(Ordering::SeqCst)
     }
@@ -172,8 +180,11 @@ async fn discovery(State(s): State<Arc<Shared>>) -> Json<Value> {
     }))
 }
 
-async fn jwks(State(s): State<Arc<Shared>>) -> Json<JwkSet> {
+async fn jwks(State(s): State<Arc<Shared>>) -> Result<Json<JwkSet>, StatusCode> {
     s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    if s.jwks_down.load(Ordering::SeqCst) {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
     let keys = s
         .published
         .lock()
@@ -181,7 +192,7 @@ async fn jwks(State(s): State<Arc<Shared>>) -> Json<JwkSet> {
         .iter()
         .map(|k| k.jwk.clone())
         .collect();
-    Json(JwkSet { keys })
+    Ok(Json(JwkSet { keys }))
 }
 
 #[derive(serde::Deserialize)]

@@ -16,6 +16,11 @@ pub struct OidcConfig {
     /// fetch.
     #[serde(default = "d_min_refresh")]
     pub jwks_min_refresh: ConfigDuration,
+    /// Age after which an issuer's key set is fetched again even if every
+    /// `kid` is known; if that fetch fails, the old set keeps verifying for
+    /// up to a day ([`crate::oidc::issuer::MAX_STALE`]).
+    #[serde(default = "d_max_age")]
+    pub jwks_max_age: ConfigDuration,
     /// Policies in the file, tried before those `larder-admin oidc add`
     /// stored, in this order.
     #[serde(default, rename = "policy", skip_serializing_if = "Vec::is_empty")]
@@ -26,10 +31,15 @@ fn d_min_refresh() -> ConfigDuration {
     ConfigDuration::from_secs(30)
 }
 
+fn d_max_age() -> ConfigDuration {
+    ConfigDuration::from_secs(3600)
+}
+
 impl Default for OidcConfig {
     fn default() -> Self {
         Self {
             jwks_min_refresh: d_min_refresh(),
+            jwks_max_age: d_max_age(),
             policies: Vec::new(),
         }
     }

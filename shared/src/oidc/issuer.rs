@@ -6,10 +6,15 @@
 //! only issuers some policy names are ever fetched; each response is at most
 //! [`MAX_DOCUMENT`] bytes, each request at most [`FETCH_TIMEOUT`], redirects
 //! are not followed (one to plain http would bypass the https rule); a key
-//! set is refetched when older than [`MAX_AGE`], or when a token names an
-//! unknown `kid` (the issuer rotated), but never more than once per
-//! `min_refresh` (`[oidc] jwks-min-refresh`, 30 s by default) per issuer,
-//! failed attempts included.
+//! set is refetched when older than `max_age` (`[oidc] jwks-max-age`, 1 h by
+//! default), or when a token names an unknown `kid` (the issuer rotated),
+//! but never more than once per `min_refresh` (`[oidc] jwks-min-refresh`,
+//! 30 s by default) per issuer, failed attempts included.
+//!
+//! An issuer that is down must not stop CI pushes at once: when a refetch of
+//! a key set fails, keys fetched less than [`MAX_STALE`] ago still verify
+//! (a warning is logged). Past that, or for a `kid` the old set lacks, the
+//! exchange fails with a 502 until the issuer answers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,8 +32,11 @@ use super::url::{UrlProblem, check_fetch_url};
 pub const MAX_DOCUMENT: usize = 256 * 1024;
 /// Time allowed for one fetch.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Age after which a key set is fetched again even if every `kid` is known.
-pub const MAX_AGE: Duration = Duration::from_secs(3600);
+/// Age up to which a key set keeps verifying while its issuer cannot be
+/// reached: long enough to ride out an outage, short enough that a key the
+/// issuer withdrew stops working within a day even if Larder never reaches
+/// it again.
+pub const MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 /// Smallest RSA modulus accepted (2048 bits).
 const MIN_RSA_BYTES: usize = 256;
 
@@ -123,6 +131,7 @@ struct Slot {
 pub struct IssuerKeys {
     http: reqwest::Client,
     min_refresh: Duration,
+    max_age: Duration,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -130,13 +139,15 @@ impl std::fmt::Debug for IssuerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuerKeys")
             .field("min_refresh", &self.min_refresh)
+            .field("max_age", &self.max_age)
             .finish_non_exhaustive()
     }
 }
 
 impl IssuerKeys {
-    /// A cache that refetches an issuer's keys at most once per `min_refresh`.
-    pub fn new(min_refresh: Duration) -> Result<Self, IssuerError> {
+    /// A cache that refetches an issuer's keys once they are `max_age` old,
+    /// and at most once per `min_refresh`.
+    pub fn new(min_refresh: Duration, max_age: Duration) -> Result<Self, IssuerError> {
         let http = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
@@ -147,6 +158,7 @@ impl IssuerKeys {
         Ok(Self {
             http,
             min_refresh,
+            max_age,
             slots: Mutex::new(HashMap::new()),
         })
     }
@@ -169,24 +181,37 @@ impl IssuerKeys {
         // One fetch per issuer at a time; other issuers are not held up.
         let mut slot = slot.lock().await;
         let now = Instant::now();
-        let fresh = slot
-            .fetched_at
-            .is_some_and(|t| now.duration_since(t) < MAX_AGE);
-        if fresh && let Some(key) = find(&slot.keys, kid, alg) {
+        let age = slot.fetched_at.map(|t| now.duration_since(t));
+        let usable = age.is_some_and(|a| a < MAX_STALE);
+        if age.is_some_and(|a| a < self.max_age)
+            && let Some(key) = find(&slot.keys, kid, alg)
+        {
             return Ok(Lookup::Found(key));
         }
         let may_fetch = slot
             .last_attempt
             .is_none_or(|t| now.duration_since(t) >= self.min_refresh);
         if !may_fetch {
-            return match (slot.fetched_at, find(&slot.keys, kid, alg)) {
-                (_, Some(key)) => Ok(Lookup::Found(key)),
-                (Some(_), None) => Ok(Lookup::Unknown),
-                (None, None) => Err(IssuerError::RecentlyFailed(issuer.to_owned())),
+            return match find(&slot.keys, kid, alg) {
+                Some(key) if usable => Ok(Lookup::Found(key)),
+                None if usable => Ok(Lookup::Unknown),
+                _ => Err(IssuerError::RecentlyFailed(issuer.to_owned())),
             };
         }
         slot.last_attempt = Some(now);
-        let keys = self.fetch(issuer).await?;
+        let keys = match self.fetch(issuer).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                if usable && let Some(key) = find(&slot.keys, kid, alg) {
+                    tracing::warn!(
+                        issuer, error = %e, age = ?age.unwrap_or_default(),
+                        "could not refetch the issuer's JWKS; verifying with the keys fetched before"
+                    );
+                    return Ok(Lookup::Found(key));
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(issuer, keys = keys.len(), "fetched the issuer's JWKS");
         slot.keys = keys;
         slot.fetched_at = Some(now);
