@@ -16,6 +16,37 @@ pub enum QueueCommand {
     Drain(DrainArgs),
     /// Show what is pending and what failed.
     Status,
+    /// Remove entries without pushing them: the failed ones, or those of
+    /// the given store paths (for every cache), or all.
+    Drop(DropArgs),
+}
+
+/// `larder queue drop`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
+pub struct DropArgs {
+    /// Entries that failed at least once.
+    #[arg(long, group = "which")]
+    pub failed: bool,
+    /// Every entry.
+    #[arg(long, group = "which", conflicts_with_all = ["failed", "paths"])]
+    pub all: bool,
+    /// Entries of these store paths, as `larder queue status` prints them.
+    #[arg(group = "which")]
+    pub paths: Vec<String>,
+}
+
+impl DropArgs {
+    /// Whether `entry` is one to drop: failed (with --failed) or of a given
+    /// path; with both, an entry must be both.
+    pub fn selects(&self, entry: &super::Entry) -> bool {
+        if self.all {
+            return true;
+        }
+        let by_state = !self.failed || entry.attempts > 0;
+        let by_path = self.paths.is_empty() || self.paths.contains(&entry.path);
+        by_state && by_path
+    }
 }
 
 /// `larder queue push`.

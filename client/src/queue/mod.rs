@@ -8,7 +8,8 @@
 //! milliseconds. `larder queue drain` ([`drain`]), a systemd service or
 //! `larder watch-store` push the queue later, with retries and backoff
 //! ([`backoff`]); `larder queue status` ([`status`]) shows what is
-//! pending and what failed.
+//! pending and what failed, and `larder queue drop` removes entries that
+//! should not be pushed after all.
 
 pub mod args;
 pub mod backoff;
@@ -27,7 +28,7 @@ pub use store::{Entry, Queue, QueueError, Target, unix_now};
 use crate::cache_ref::CacheRef;
 use crate::config::{self, Config};
 use crate::nix::Nix;
-use args::{DrainArgs, QueueCommand, QueuePushArgs};
+use args::{DrainArgs, DropArgs, QueueCommand, QueuePushArgs};
 use drain::DrainOptions;
 use shutdown::Shutdown;
 
@@ -73,7 +74,24 @@ pub async fn run(command: QueueCommand) -> Result<ExitCode, QueueError> {
             print!("{}", status::render(&path, &entries, unix_now()));
             Ok(ExitCode::SUCCESS)
         }
+        QueueCommand::Drop(args) => drop_entries(&path, &args).await,
     }
+}
+
+/// `larder queue drop`: removes the selected entries in one transaction.
+async fn drop_entries(path: &Path, args: &DropArgs) -> Result<ExitCode, QueueError> {
+    let queue = Queue::open(path).await?;
+    let ids: Vec<i64> = queue
+        .all()
+        .await?
+        .iter()
+        .filter(|e| args.selects(e))
+        .map(|e| e.id)
+        .collect();
+    queue.remove(&ids).await?;
+    queue.close().await;
+    eprintln!("dropped {} entries from {}", ids.len(), path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `larder queue push`: appends, in one transaction, and says so on

@@ -258,7 +258,7 @@ impl Queue {
         self.due(i64::MAX).await
     }
 
-    /// Removes pushed entries.
+    /// Removes entries (pushed, or dropped by `larder queue drop`).
     pub async fn remove(&self, ids: &[i64]) -> Result<(), QueueError> {
         let mut tx = self
             .pool

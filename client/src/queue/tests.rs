@@ -179,3 +179,60 @@ fn status_lists_pending_and_failed() {
         "queue /q.db: 0 pending, 0 failed\n"
     );
 }
+
+/// `larder queue drop ARGV…` as the command line parses it.
+fn parse_drop(argv: &[&str]) -> Result<args::DropArgs, clap::Error> {
+    use clap::Parser as _;
+    let cli =
+        crate::cli::Cli::try_parse_from(["larder", "queue", "drop"].iter().chain(argv).copied())?;
+    match cli.command {
+        crate::cli::Command::Queue(args::QueueCommand::Drop(args)) => Ok(args),
+        other => panic!("not queue drop: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_selects_failed_paths_or_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(&dir.path().join("queue.db")).await.unwrap();
+    let (a, b) = (target("local", "demo"), target("local", "other"));
+    queue
+        .enqueue(&a, &[path(1), path(2), path(3)], 100)
+        .await
+        .unwrap();
+    queue.enqueue(&b, &[path(1)], 100).await.unwrap();
+    let ids: Vec<i64> = queue.all().await.unwrap().iter().map(|e| e.id).collect();
+    queue.fail(&ids[1..2], "refused", 100).await.unwrap();
+
+    let dropped = |argv: &[&str]| parse_drop(argv).unwrap();
+    let selected = |args: &args::DropArgs, entries: &[Entry]| -> Vec<(String, String)> {
+        entries
+            .iter()
+            .filter(|e| args.selects(e))
+            .map(|e| (e.target.cache.to_string(), e.path.clone()))
+            .collect()
+    };
+    let all = queue.all().await.unwrap();
+    assert_eq!(
+        selected(&dropped(&["--failed"]), &all),
+        [("demo".to_owned(), path(2))]
+    );
+    assert_eq!(
+        selected(&dropped(&[&path(1)]), &all),
+        [("demo".to_owned(), path(1)), ("other".to_owned(), path(1))]
+    );
+    assert!(selected(&dropped(&["--failed", &path(1)]), &all).is_empty());
+    assert_eq!(selected(&dropped(&["--all"]), &all).len(), 4);
+    // Nothing to say which: refused, as is --all with a selection.
+    for argv in [&[][..], &["--all", "--failed"]] {
+        assert!(parse_drop(argv).is_err(), "{argv:?} parsed");
+    }
+
+    let failed: Vec<i64> = all
+        .iter()
+        .filter(|e| dropped(&["--failed"]).selects(e))
+        .map(|e| e.id)
+        .collect();
+    queue.remove(&failed).await.unwrap();
+    assert_eq!(queue.all().await.unwrap().len(), 3);
+}
