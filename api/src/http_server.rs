@@ -74,6 +74,12 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        // A streamed body's first write follows the head: with Nagle's
+        // algorithm it waits for the client's delayed ACK (~40 ms), which
+        // for small NARs is most of the download (nginx's `tcp_nodelay`).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+        }
         let router = router.clone();
         let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
         let config = config.clone();

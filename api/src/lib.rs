@@ -20,6 +20,7 @@ pub mod http_server;
 pub mod metrics;
 pub mod nar_url;
 pub mod narinfo_signatures;
+pub mod narinfo_texts;
 pub mod nix_client;
 pub mod nix_staging;
 pub mod record;

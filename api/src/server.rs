@@ -47,6 +47,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         verified_tokens: Arc::default(),
         catalog: Arc::default(),
         signatures: Arc::default(),
+        narinfos: Arc::default(),
         revocations: Arc::default(),
         access: Arc::default(),
         metrics: Arc::default(),

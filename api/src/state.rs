@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Narinfo signatures made, by key and fingerprint.
     pub signatures: Arc<crate::narinfo_signatures::NarinfoSignatures>,
+    /// Narinfos rendered and signed, by cache and store path.
+    pub narinfos: Arc<crate::narinfo_texts::RenderedNarinfos>,
     /// The KEK and the cache signing keys opened with it.
     pub keys: Arc<KeyRing>,
     /// `[staging] max-bytes`, `max-nars`, with this replica's last reading

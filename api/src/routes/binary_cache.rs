@@ -1,9 +1,12 @@
 //! The Nix binary-cache protocol for reads: `nix-cache-info`, narinfo, NARs.
 //! What stock Nix 2.8 sends is recorded in docs/protocol.md.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use tracing::instrument;
 
 use larder_core::nix::narinfo::{Compression, NarInfo};
@@ -13,12 +16,13 @@ use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectRecord};
 use larder_shared::db::{audit, unix_now};
 use larder_shared::retention::Retention;
-use larder_shared::signing_keys::CacheSigning;
+use larder_shared::signing_keys::{CacheSigning, KeyError};
 
 use crate::auth::{CacheAccess, Delete, PullOrPush};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
 use crate::narinfo_signatures::NarinfoSignatures;
+use crate::narinfo_texts::RenderedNarinfo;
 use crate::state::AppState;
 
 /// `GET /{cache}/nix-cache-info`.
@@ -57,6 +61,53 @@ async fn narinfo(
     hash: &StorePathHash,
     head_only: bool,
 ) -> ApiResult<Response> {
+    let entry = access
+        .entry
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal("narinfo read outside the catalog".into()))?;
+    let now = unix_now();
+    let retention = Retention::of(&access.cache, &state.config.garbage_collection);
+    // A key that cannot be opened fails hits only, as before the texts
+    // were kept: a miss is still a 404.
+    let signing = entry.signing(&state.keys, now);
+    let held = signing
+        .as_ref()
+        .ok()
+        .and_then(|s| state.narinfos.get(access.cache.id, hash, s))
+        .filter(|r| !retention.read_needs_sync_touch(r.last_accessed_at, now));
+    let rendered = match held {
+        Some(r) => {
+            state.metrics.narinfo(&access.cache, true);
+            state.access.object(r.object_id);
+            r
+        }
+        None => {
+            let found = render(state, access, hash, signing, retention, now).await?;
+            state.metrics.narinfo(&access.cache, found.is_some());
+            found.ok_or(ApiError::NoSuchObject)?
+        }
+    };
+    if head_only {
+        let len = HeaderValue::from(rendered.text.len());
+        return Ok((NARINFO_TYPE, [(header::CONTENT_LENGTH, len)]).into_response());
+    }
+    Ok((NARINFO_TYPE, rendered.text.clone()).into_response())
+}
+
+const NARINFO_TYPE: [(header::HeaderName, &str); 1] =
+    [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
+
+/// The narinfo from the database, kept ([`crate::narinfo_texts`]) once its
+/// NAR is ingested; `None` if the cache has no such path.
+async fn render(
+    state: &AppState,
+    access: &CacheAccess<PullOrPush>,
+    hash: &StorePathHash,
+    signing: Result<Arc<CacheSigning>, KeyError>,
+    retention: Retention,
+    now: i64,
+) -> ApiResult<Option<Arc<RenderedNarinfo>>> {
+    let since = state.narinfos.generation();
     let mut conn = state.db.conn().await?;
     let mut found = objects::find(conn.raw(), access.cache.id, hash)
         .await?
@@ -66,8 +117,6 @@ async fn narinfo(
     // the narinfo (`nix copy` checking what the cache has) may push a path
     // referring to it next, and GC must not expire it meanwhile. Otherwise
     // the batched access log is enough (docs/gc.md "Closures").
-    let now = unix_now();
-    let retention = Retention::of(&access.cache, &state.config.garbage_collection);
     let mut noted = false;
     if let Some(o) = &found
         && retention.read_needs_sync_touch(o.last_accessed_at, now)
@@ -79,32 +128,34 @@ async fn narinfo(
                 .filter(|o| o.nar.state != NarState::Broken);
         }
     }
-    state.metrics.narinfo(&access.cache, found.is_some());
-    let object = found.ok_or(ApiError::NoSuchObject)?;
+    drop(conn);
+    let Some(object) = found else {
+        return Ok(None);
+    };
     if !noted {
         state.access.object(object.id);
     }
-    drop(conn);
-    let signing = match &access.entry {
-        Some(entry) => entry.signing(&state.keys, now)?,
-        None => {
-            return Err(ApiError::Internal(
-                "narinfo read outside the catalog".into(),
-            ));
-        }
-    };
+    let signing = signing?;
     let text = render_narinfo(
         &signing,
         &state.signatures,
         &access.cache.store_dir,
         &object,
     );
-    let headers = [(header::CONTENT_TYPE, "text/x-nix-narinfo")];
-    if head_only {
-        let len = HeaderValue::from(text.len());
-        return Ok((headers, [(header::CONTENT_LENGTH, len)]).into_response());
+    let last_accessed_at = if noted { now } else { object.last_accessed_at };
+    let rendered = Arc::new(RenderedNarinfo::new(
+        &signing,
+        object.id,
+        last_accessed_at,
+        Bytes::from(text),
+    ));
+    // A staged NAR's narinfo changes when it is ingested (URL, size).
+    if object.nar.state == NarState::Ready {
+        state
+            .narinfos
+            .insert(since, access.cache.id, hash, rendered.clone());
     }
-    Ok((headers, text).into_response())
+    Ok(Some(rendered))
 }
 
 /// `DELETE /{cache}/{hash}.narinfo` (`d`): removes the path from this cache
@@ -133,6 +184,7 @@ pub async fn delete_file(
     };
     audit::insert(tx.raw(), unix_now(), &access.credentials.actor(), &event).await?;
     tx.commit().await?;
+    state.narinfos.forget(access.cache.id, &hash);
     tracing::info!(cache = %access.cache.name, store_path_hash = %hash, subject = access.credentials.subject(), "path deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -372,6 +372,7 @@ async fn record_narinfo(
     }
     listings::bind_uploaded_listing(tx.raw(), cache_id, path.hash, path.nar_hash).await?;
     tx.commit().await?;
+    state.narinfos.forget(cache_id, path.hash);
     if let Some(key) = surplus {
         staging::discard(&state.db, &state.staging, &key).await?;
     }

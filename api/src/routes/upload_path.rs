@@ -257,6 +257,7 @@ pub(crate) async fn accept(
             .await?
             .ok_or_else(|| ApiError::Internal("NAR vanished during upload".into()))?;
         tx.commit().await?;
+        state.narinfos.forget(cache.id, &v.hash);
         tracing::info!(nar_id = nar.id.get(), "linked existing NAR");
         state.metrics.upload(&cache, true, v.expected.nar_size);
         return Ok(UploadPathResult {
@@ -343,6 +344,7 @@ async fn record_staged(
     let mut tx = state.db.begin().await?;
     let recorded = record::record_staged(&mut tx, &v.path(state, cache), key, now).await?;
     tx.commit().await?;
+    state.narinfos.forget(cache.id, &v.hash);
     Ok(recorded.used_staged_copy)
 }
 

@@ -567,6 +567,16 @@ impl TestApp {
         self.send(req).await
     }
 
+    /// What the API's background refresher does every
+    /// `[jwt] revocation-refresh`: reloads the cache catalog.
+    pub async fn refresh_catalog(&self) {
+        self.state
+            .catalog
+            .refresh(&self.state.db)
+            .await
+            .expect("refreshing the cache catalog");
+    }
+
     // --- jobs ---------------------------------------------------------------
 
     /// Runs ingest for every NAR still staged; returns how many were ingested.

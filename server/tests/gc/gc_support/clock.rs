@@ -35,11 +35,16 @@ pub fn default_retention(app: &TestApp) -> i64 {
 }
 
 /// Runs one GC at `now`, which must get the lease and succeed.
+/// The API then refreshes its cache catalog, as every replica does within
+/// `[jwt] revocation-refresh` of a GC (the narinfos it keeps rendered go
+/// with it, `larder_api::narinfo_texts`).
 pub async fn gc_at(app: &TestApp, now: i64) -> GcReport {
-    gc::run(&app.services, now, HOLDER)
+    let report = gc::run(&app.services, now, HOLDER)
         .await
         .unwrap_or_else(|e| panic!("GC at {now} failed: {e:#}"))
-        .unwrap_or_else(|| panic!("GC at {now} did not get the lease"))
+        .unwrap_or_else(|| panic!("GC at {now} did not get the lease"));
+    app.refresh_catalog().await;
+    report
 }
 
 /// Makes a path of `cache` look pushed, and last read, at `at`.
