@@ -23,7 +23,12 @@
 //!    online; GC deletes the old objects a grace period later;
 //! 10. a NAR that repeats its own chunks, or interleaves chunks shared with
 //!     another NAR (in that NAR's pack) with its own, costs one storage read
-//!     per pack, and reads the same bytes whole and in every range.
+//!     per pack, and reads the same bytes whole and in every range;
+//! 11. runs sharing a pack fail alone: a NAR whose staged copy is bad fails
+//!     (the others commit), a run that lost to an overlapping run of the
+//!     same NAR changes nothing, and a run killed after its frames went into
+//!     the shared pack, before its commit, loses nothing (the others commit;
+//!     its NAR stays staged, is served, and its rerun ingests it).
 
 use crate::common;
 use crate::gc::gc_support::clock::{backdate_intents, gc_at, grace};
@@ -71,7 +76,12 @@ async fn small_packs_app(backend: Backend) -> TestApp {
         .await
 }
 
-on_both_backends!(small_nars_share_a_pack, pack_index_names_the_rows,);
+on_both_backends!(
+    small_nars_share_a_pack,
+    pack_index_names_the_rows,
+    a_bad_nar_fails_alone_in_its_group,
+    a_killed_run_of_a_group_loses_nothing,
+);
 
 /// [`small_packs_app`] whose GC never compacts, so dead space stays.
 async fn uncompacted_app(backend: Backend) -> TestApp {
@@ -829,4 +839,134 @@ async fn assert_one_read_per_pack(app: &TestApp, nar: &TestNar, max_reads: usize
             counted.gets()
         );
     }
+}
+
+// --- 11. runs sharing a pack --------------------------------------------------------------------
+
+/// Flips one byte in the middle of a NAR's staged copy (same length).
+async fn corrupt_staged_copy(app: &TestApp, nar: &TestNar) {
+    let key = app.nar_record(nar).await.staging_key.expect("staged");
+    let path = app.object_path(key.as_str());
+    let mut bytes = std::fs::read(&path).expect("staged copy");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&path, bytes).expect("rewrite staged copy");
+}
+
+async fn a_bad_nar_fails_alone_in_its_group(app: &TestApp) {
+    app.create_cache("group", false).await;
+    let token = app.token(&[("group", PULL_PUSH_DELETE)]);
+    let nars: Vec<TestNar> = (0..6)
+        .map(|i| TestNar::files(&format!("group-{i}"), 1100 + i, &[5 * KIB, 40 * KIB]))
+        .collect();
+    for n in &nars {
+        assert_kind(&app.upload(&token, "group", n).await, "Uploaded");
+    }
+    let bad = &nars[2];
+    corrupt_staged_copy(app, bad).await;
+    let bad_id = app.nar_record(bad).await.id;
+    // Two overlapping runs of every NAR at once: they share packs, and the
+    // second run of each loses to the first.
+    let ids = app.staged_nar_ids().await;
+    let runs: Vec<_> = ids
+        .iter()
+        .chain(ids.iter())
+        .map(|&id| {
+            let svc = app.services.clone();
+            tokio::spawn(async move { (id, ingest::ingest(&svc, id).await) })
+        })
+        .collect();
+    let mut ingested: HashMap<_, usize> = HashMap::new();
+    for run in futures::future::join_all(runs).await {
+        let (id, outcome) = run.expect("task");
+        match outcome {
+            Ok(Outcome::Ingested { .. }) => *ingested.entry(id).or_default() += 1,
+            Ok(Outcome::Skipped) => assert_ne!(id, bad_id, "the bad NAR is never skipped"),
+            Err(e) => assert_eq!(id, bad_id, "only the bad NAR fails: {e:#}"),
+        }
+    }
+    assert_eq!(ingested.get(&bad_id), None);
+    assert_eq!(ingested.len(), nars.len() - 1, "{ingested:?}");
+    assert!(
+        ingested.values().all(|&n| n == 1),
+        "one run each: {ingested:?}"
+    );
+    assert_eq!(app.staged_nar_ids().await, vec![bad_id]);
+    let packs = app.count("packs").await;
+    assert!(
+        (1..nars.len() as i64 - 1).contains(&packs),
+        "{} small NARs ingested together made {packs} packs",
+        nars.len() - 1
+    );
+    let rows = app.assert_chunk_store_consistent().await;
+    assert_eq!(
+        app.total_refcount().await,
+        rows,
+        "losing runs added no references"
+    );
+    assert_chunk_store_sound(app, "group with a bad NAR").await;
+    for n in nars.iter().filter(|n| !std::ptr::eq(*n, bad)) {
+        assert_bytes(app, &token, "group", n, "grouped").await;
+    }
+}
+
+async fn a_killed_run_of_a_group_loses_nothing(app: &TestApp) {
+    app.create_cache("gkill", false).await;
+    let token = app.token(&[("gkill", PULL_PUSH_DELETE)]);
+    let nars: Vec<TestNar> = (0..4)
+        .map(|i| TestNar::files(&format!("gkill-{i}"), 1200 + i, &[7 * KIB, 30 * KIB]))
+        .collect();
+    for n in &nars {
+        assert_kind(&app.upload(&token, "gkill", n).await, "Uploaded");
+    }
+    let ids = app.staged_nar_ids().await;
+    let killed = ids[1];
+    let pause = BeforeCommit::default();
+    let held = {
+        let (svc, pause) = (app.services.clone(), pause.clone());
+        tokio::spawn(async move { ingest::ingest_pausing(&svc, killed, &pause).await })
+    };
+    let others: Vec<_> = ids
+        .iter()
+        .filter(|&&id| id != killed)
+        .map(|&id| {
+            let svc = app.services.clone();
+            tokio::spawn(async move { ingest::ingest(&svc, id).await })
+        })
+        .collect();
+    // Killed after its frames went into the shared pack, before its
+    // commit: the others commit without it.
+    pause.reached().await;
+    held.abort();
+    let _ = held.await;
+    for run in futures::future::join_all(others).await {
+        assert!(matches!(
+            run.expect("task").expect("ingest"),
+            Outcome::Ingested { .. }
+        ));
+    }
+    assert_eq!(app.staged_nar_ids().await, vec![killed]);
+    let staged = fetch(
+        app,
+        &token,
+        "gkill",
+        &format!("nar/{}.nar", nars[1].url_hash()),
+    )
+    .await;
+    assert!(staged == nars[1].bytes, "served from staging meanwhile");
+    // The dead run's intent ages; GC keeps the shared pack, which rows name.
+    backdate_intents(app, grace(app) + 60).await;
+    gc_at(app, unix_now()).await;
+    assert_eq!(app.count("chunk_intents").await, 0);
+    assert_eq!(
+        app.object_keys("packs/").await.len() as i64,
+        app.count("packs").await
+    );
+    // Its job's rerun ingests it.
+    assert_eq!(app.drain_jobs().await, 1);
+    for n in &nars {
+        assert_bytes(app, &token, "gkill", n, "after the killed run").await;
+    }
+    app.assert_chunk_store_consistent().await;
+    assert_chunk_store_sound(app, "after the killed run").await;
 }
