@@ -8,8 +8,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AssertSqlSafe, Row};
 
 use larder_shared::db::{Db, DbError};
@@ -111,7 +111,7 @@ pub async fn open(url: &str) -> Result<Db, DbError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options =
             PgConnectOptions::from_str(url)?.options([("default_transaction_read_only", "on")]);
-        let pool = PgPoolOptions::new()
+        let pool = larder_shared::db::pool_options::<sqlx::Postgres>()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
@@ -124,7 +124,7 @@ pub async fn open(url: &str) -> Result<Db, DbError> {
             .read_only(true)
             .create_if_missing(false)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
+        let pool = larder_shared::db::pool_options::<sqlx::Sqlite>()
             .max_connections(2)
             .connect_with(options)
             .await?;

@@ -171,7 +171,11 @@ impl Queue {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT);
         let queue = Self {
+            // No idle reaper: sqlx 0.9.0's can spin a core forever (sqlx
+            // issue #3645; see larder_shared::db::pool_options).
             pool: SqlitePoolOptions::new()
+                .idle_timeout(None)
+                .max_lifetime(None)
                 .max_connections(2)
                 .connect_with(options)
                 .await

@@ -43,9 +43,9 @@ pub use ids::{CacheId, ChunkId, NarId, ObjectId};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::pool::{PoolConnection, PoolOptions};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 /// Database errors, typed so the API can map them in one place.
@@ -177,12 +177,29 @@ impl Conn {
 /// table of their own so they never collide with the job queue's.
 const MIGRATIONS_TABLE: &str = "larder_migrations";
 
+/// Pool options for every pool Larder opens: sqlx's background reaper off.
+///
+/// sqlx 0.9.0's reaper (run when `idle-timeout` or `max-lifetime` is set,
+/// as they are by default) can spin a core at 100 % forever, and hang the
+/// runtime's shutdown, once its idle count underflows in a race between a
+/// connection's release and another task's acquire (sqlx issue #3645; the
+/// fix, PR #4289, is in no release yet). Seen here as a test process stuck
+/// at 100 % CPU after its test had passed. Without the reaper, idle
+/// connections stay open; one the server closed is found by the check
+/// before each use (`test_before_acquire`, sqlx's default) and replaced.
+pub fn pool_options<DB: sqlx::Database>() -> PoolOptions<DB> {
+    PoolOptions::new()
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .min_connections(0)
+}
+
 impl Db {
     /// Connects to `url` (`postgres://…` or `sqlite:…`).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new()
+            let pool = pool_options::<Postgres>()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
@@ -190,7 +207,7 @@ impl Db {
             Ok(Db::Postgres(pool))
         } else if url.starts_with("sqlite:") {
             let options = sqlite_options(url)?;
-            let pool = SqlitePoolOptions::new()
+            let pool = pool_options::<Sqlite>()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(60))
                 .connect_with(options)
@@ -223,7 +240,7 @@ impl Db {
                 // apalis' setup switches its connection to `synchronous = OFF`;
                 // run it on a throwaway connection so the pool keeps FULL.
                 let opts = (*pool.connect_options()).clone();
-                let single = SqlitePoolOptions::new()
+                let single = pool_options::<Sqlite>()
                     .max_connections(1)
                     .connect_with(opts)
                     .await?;
