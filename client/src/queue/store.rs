@@ -189,11 +189,7 @@ impl Queue {
         // schema before another opener created the table would have to
         // upgrade a stale read to a write, which SQLite refuses at once
         // ("database is locked") instead of waiting the busy timeout.
-        let mut tx = queue
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| queue.db(e))?;
+        let mut tx = queue.write_tx().await?;
         for statement in SCHEMA {
             sqlx::query(statement)
                 .execute(&mut *tx)
@@ -202,6 +198,17 @@ impl Queue {
         }
         tx.commit().await.map_err(|e| queue.db(e))?;
         Ok(queue)
+    }
+
+    /// A transaction holding SQLite's write lock from its start (`BEGIN
+    /// IMMEDIATE`): one that reads first and writes later would have to
+    /// upgrade its lock, which SQLite refuses at once when another writer
+    /// holds it, instead of waiting the busy timeout.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>, QueueError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.db(e))
     }
 
     fn db(&self, source: sqlx::Error) -> QueueError {
@@ -220,11 +227,7 @@ impl Queue {
         paths: &[String],
         now: i64,
     ) -> Result<(), QueueError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.db(e))?;
+        let mut tx = self.write_tx().await?;
         for path in paths {
             sqlx::query(
                 "INSERT INTO entries (server, cache, path, enqueued_at, next_attempt_at)
@@ -264,11 +267,7 @@ impl Queue {
 
     /// Removes entries (pushed, or dropped by `larder queue drop`).
     pub async fn remove(&self, ids: &[i64]) -> Result<(), QueueError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.db(e))?;
+        let mut tx = self.write_tx().await?;
         for id in ids {
             sqlx::query("DELETE FROM entries WHERE id = ?1")
                 .bind(id)
@@ -282,11 +281,7 @@ impl Queue {
     /// Records a failed attempt of each entry: one more attempt, the error,
     /// and the next attempt after [`backoff::delay`] from `now`.
     pub async fn fail(&self, ids: &[i64], error: &str, now: i64) -> Result<(), QueueError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.db(e))?;
+        let mut tx = self.write_tx().await?;
         for id in ids {
             let attempts: Option<i64> = sqlx::query_scalar(
                 "UPDATE entries SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1

@@ -482,13 +482,7 @@ impl TestApp {
     /// Serves the router on a loopback port (real TCP, real hyper), until
     /// the test's runtime ends; returns the base URL.
     pub async fn serve(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("loopback port");
-        let addr = listener.local_addr().expect("local addr");
-        let router = self.router.clone();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        format!("http://{addr}")
+        serve_router(self.router.clone()).await
     }
 
     /// `GET uri`, with a bearer token if given.
@@ -618,6 +612,17 @@ pub fn upload_request(token: &str, info: &Value, body: Bytes) -> Request<Body> {
 }
 
 /// Sends `req` through `router` and collects the response.
+/// Serves `router` on a loopback port (real TCP, real hyper) until the
+/// test's runtime ends; returns the base URL.
+pub async fn serve_router(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("loopback port");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
 pub async fn send(router: &Router, req: Request<Body>) -> TestResponse {
     let resp = router
         .clone()

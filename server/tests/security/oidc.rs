@@ -51,13 +51,18 @@ fn oidc_toml(issuer: &str, min_refresh: &str) -> String {
 }
 
 async fn app_for(backend: Backend, issuer: &TestIssuer, min_refresh: &str) -> SecApp {
+    app_with(backend, &oidc_toml(issuer.url(), min_refresh)).await
+}
+
+/// A server (RS256 fixture key, no bound issuer or audience) with `toml`.
+async fn app_with(backend: Backend, toml: &str) -> SecApp {
     let opts = Options {
         backend,
         signing: Signing::fixture_rs256(),
         bound_issuer: None,
         bound_audiences: None,
     };
-    SecApp::with_config(opts, &oidc_toml(issuer.url(), min_refresh)).await
+    SecApp::with_config(opts, toml).await
 }
 
 async fn exchange(app: &SecApp, id_token: &str) -> TestResponse {
@@ -367,15 +372,9 @@ async fn oidc_key_rotation_and_bounded_refresh() {
 async fn oidc_issuer_outage_keeps_known_keys() {
     let (key, next) = (SigningKey::rsa("rsa-1"), SigningKey::rsa("rsa-2"));
     let issuer = TestIssuer::start(vec![key.clone()]).await;
-    let opts = Options {
-        backend: Backend::Sqlite,
-        signing: Signing::fixture_rs256(),
-        bound_issuer: None,
-        bound_audiences: None,
-    };
     let toml =
         oidc_toml(issuer.url(), "0s").replacen("[oidc]\n", "[oidc]\njwks-max-age = \"1s\"\n", 1);
-    let app = SecApp::with_config(opts, &toml).await;
+    let app = app_with(Backend::Sqlite, &toml).await;
     let claims = issuer.claims(AUDIENCE, REPO, MAIN);
     exchange_ok(&app, &key.sign(&claims)).await;
     assert_eq!(issuer.jwks_fetches(), 1);

@@ -13,6 +13,7 @@ use larder_core::nix::hash::FileHash;
 use larder_shared::config::{ConfigDuration, HttpConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::nar::TestNar;
@@ -39,16 +40,29 @@ fn patient() -> HttpConfig {
 
 /// A server for `app` on a free loopback port; stop it with the token.
 async fn serve(app: &TestApp, http: HttpConfig) -> (SocketAddr, CancellationToken) {
+    let (addr, stop, _) = serve_joined(app, http).await;
+    (addr, stop)
+}
+
+/// [`serve`], with the server's task, which ends when it has stopped.
+async fn serve_joined(
+    app: &TestApp,
+    http: HttpConfig,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    JoinHandle<std::io::Result<()>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let stop = CancellationToken::new();
-    tokio::spawn(larder_api::http_server::serve(
+    let server = tokio::spawn(larder_api::http_server::serve(
         listener,
         app.router(),
         http,
         stop.clone(),
     ));
-    (addr, stop)
+    (addr, stop, server)
 }
 
 /// Waits (within [`BOUND`]) for the server to close the connection;
@@ -263,18 +277,14 @@ async fn shutdown_cuts_off_requests_after_the_timeout() {
     let app = TestApp::new(Backend::Sqlite).await;
     app.create_cache("slow", false).await;
     let token = app.root_token();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(larder_api::http_server::serve(
-        listener,
-        app.router(),
+    let (addr, stop, server) = serve_joined(
+        &app,
         HttpConfig {
             shutdown_timeout: ms(300),
             ..patient()
         },
-        stop.clone(),
-    ));
+    )
+    .await;
     let nar = TestNar::files("slow-1.0", 80, &[256 * 1024]);
     let head = upload_path_head(&token, &nar);
     let mut s = TcpStream::connect(addr).await.expect("connect");

@@ -290,13 +290,7 @@ impl SecApp {
     /// Serves the router on a loopback port (real TCP) until the test's
     /// runtime ends; returns the base URL.
     pub async fn serve(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("loopback port");
-        let addr = listener.local_addr().expect("local addr");
-        let router = self.router.clone();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        format!("http://{addr}")
+        crate::common::serve_router(self.router.clone()).await
     }
 
     /// Sends one request through the router.
