@@ -109,7 +109,14 @@ pub async fn record_staged(
     }
     let object_id = upsert(tx, path, nar_id, now).await?;
     if used {
-        jobs::enqueue_ingest(tx.raw(), &[nar_id]).await?;
+        jobs::enqueue_ingest(
+            tx.raw(),
+            &[jobs::StagedNar {
+                nar_id,
+                nar_size: path.nar_size,
+            }],
+        )
+        .await?;
     }
     Ok(Recorded {
         object_id,

@@ -26,6 +26,12 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const MISSED_HEARTBEATS: usize = 6;
 /// How often an idle worker polls for jobs.
 const POLL: Duration = Duration::from_millis(250);
+/// Jobs a worker takes per fetch. apalis locks a fetched batch to the
+/// worker that fetched it until it has run them all, and a worker fetches
+/// only when a slot is free; so with one per fetch a worker never holds a
+/// job another, idle worker could run (with a batch per fetch the last jobs
+/// of a backlog waited in one busy worker while another sat idle).
+const FETCH_BATCH: usize = 1;
 
 /// What a worker does with a job of this payload. An error makes apalis
 /// retry it (up to [`larder_shared::jobs::MAX_ATTEMPTS`]); handlers re-read
@@ -101,7 +107,7 @@ async fn work<J: Handler>(
         Db::Postgres(pool) => {
             let config = apalis_postgres::Config::default()
                 .queue(J::QUEUE)
-                .batch_size(concurrency)
+                .batch_size(FETCH_BATCH)
                 .heartbeat_interval(HEARTBEAT)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             let backend = PostgresStorage::<J>::new(&pool)
@@ -118,7 +124,7 @@ async fn work<J: Handler>(
         Db::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default()
                 .queue(J::QUEUE)
-                .batch_size(concurrency)
+                .batch_size(FETCH_BATCH)
                 .heartbeat_interval(HEARTBEAT)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             let backend = SqliteStorage::<J>::new(&pool)

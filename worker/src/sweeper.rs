@@ -82,8 +82,8 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
     };
     if !stale.is_empty() {
         let mut tx = svc.db.begin().await?;
-        for id in &stale {
-            nars::touch(tx.raw(), *id, now).await?;
+        for nar in &stale {
+            nars::touch(tx.raw(), nar.nar_id, now).await?;
         }
         jobs::enqueue_ingest(tx.raw(), &stale).await?;
         tx.commit().await?;

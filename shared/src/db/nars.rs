@@ -278,16 +278,27 @@ pub async fn restage(
 }
 
 /// Staged NARs not touched since `before`: their job may have been lost.
-pub async fn stale_staged(raw: Raw<'_>, before: i64, limit: i64) -> Result<Vec<NarId>, DbError> {
+pub async fn stale_staged(
+    raw: Raw<'_>,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<crate::jobs::StagedNar>, DbError> {
     on_conn!(raw, c => {
         let rows = sqlx::query(
-            "SELECT id FROM nars WHERE state = 'staged' AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+            "SELECT id, nar_size FROM nars WHERE state = 'staged' AND updated_at < $1 ORDER BY updated_at LIMIT $2",
         )
         .bind(before)
         .bind(limit)
         .fetch_all(&mut *c)
         .await?;
-        rows.iter().map(|r| r.try_get::<NarId, _>("id").map_err(DbError::from)).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(crate::jobs::StagedNar {
+                    nar_id: r.try_get("id")?,
+                    nar_size: r.try_get::<i64, _>("nar_size")?.max(0) as u64,
+                })
+            })
+            .collect::<Result<_, DbError>>()
     })
 }
 

@@ -115,7 +115,11 @@ async fn staged_nar_is_ingested_by_a_running_worker(postgres: bool) {
         .await
         .expect("insert")
         .expect("new NAR");
-        jobs::enqueue_ingest(tx.raw(), &[id])
+        let staged = jobs::StagedNar {
+            nar_id: id,
+            nar_size: nar.len() as u64,
+        };
+        jobs::enqueue_ingest(tx.raw(), &[staged])
             .await
             .expect("enqueue");
         tx.commit().await.expect("commit");
@@ -169,4 +173,121 @@ async fn staged_nar_is_ingested_by_a_running_worker_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staged_nar_is_ingested_by_a_running_worker_on_postgres() {
     staged_nar_is_ingested_by_a_running_worker(true).await;
+}
+
+/// A NAR of about `size` bytes, distinct per `seed`.
+fn nar_of(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let bytes = (0..size)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect::<Vec<u8>>();
+    NarNode::directory([("data", NarNode::file(bytes))]).to_bytes()
+}
+
+/// Jobs of the ingest queue: (priority, status, lock_by) of each.
+async fn ingest_jobs(db: &Db) -> Vec<(i64, String, Option<String>)> {
+    let sql = |table: &str| {
+        format!(
+            "SELECT CAST(priority AS BIGINT) AS priority, status, lock_by FROM {table} \
+             WHERE job_type = '{}'",
+            jobs::INGEST_QUEUE
+        )
+    };
+    let rows: Vec<(i64, String, Option<String>)> = match db {
+        Db::Postgres(pool) => sqlx::query_as(AssertSqlSafe(sql("apalis.jobs")))
+            .fetch_all(pool)
+            .await
+            .expect("jobs"),
+        Db::Sqlite(pool) => sqlx::query_as(AssertSqlSafe(sql("Jobs")))
+            .fetch_all(pool)
+            .await
+            .expect("jobs"),
+    };
+    rows
+}
+
+/// A backlog is taken largest NAR first.
+async fn largest_first(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, pg) = database(postgres, dir.path()).await;
+    let svc = services(&url, dir.path()).await;
+
+    // Enqueued smallest first: a FIFO queue would take the 64 KiB one first.
+    const KIB: usize = 1024;
+    let sizes = [64 * KIB, 1536 * KIB, 6 * 1024 * KIB, 3 * 1024 * KIB];
+    {
+        let mut tx = svc.db.begin().await.expect("begin");
+        for (i, size) in sizes.iter().enumerate() {
+            let nar = nar_of(*size, i as u64 + 1);
+            let key = layout::new_staging_key();
+            svc.staging
+                .put_bytes(&key, nar.clone().into())
+                .await
+                .expect("staged");
+            let id = nars::insert_staged(
+                tx.raw(),
+                &NarHash::digest(&nar),
+                nar.len() as i64,
+                key.as_str(),
+                unix_now(),
+            )
+            .await
+            .expect("insert")
+            .expect("new NAR");
+            let staged = jobs::StagedNar {
+                nar_id: id,
+                nar_size: nar.len() as u64,
+            };
+            jobs::enqueue_ingest(tx.raw(), &[staged])
+                .await
+                .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let mut priorities: Vec<i64> = ingest_jobs(&svc.db).await.iter().map(|j| j.0).collect();
+    priorities.sort_unstable();
+    assert_eq!(priorities, vec![0, 1, 2, 3], "classes double from 1 MiB");
+
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(super::run(svc.clone(), "one-slot", 1, shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut first_taken = None;
+    loop {
+        let jobs = ingest_jobs(&svc.db).await;
+        if first_taken.is_none() {
+            first_taken = jobs.iter().filter(|j| j.2.is_some()).map(|j| j.0).max();
+        }
+        if jobs.iter().all(|j| j.1 == "Done") || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stops cleanly");
+    assert_eq!(first_taken, Some(3), "the 6 MiB NAR is taken first");
+    let jobs = ingest_jobs(&svc.db).await;
+    assert!(jobs.iter().all(|j| j.1 == "Done"), "all ingested: {jobs:?}");
+
+    svc.db.close().await;
+    if let Some(name) = pg {
+        drop_database(&name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_first_on_sqlite() {
+    largest_first(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_first_on_postgres() {
+    largest_first(true).await;
 }
