@@ -6,6 +6,7 @@
 //! stays inside the one function that needs it. Times are Unix seconds
 //! (`BIGINT`), so tests can inject a clock.
 
+mod applied;
 pub mod audit;
 pub mod build_logs;
 pub mod cache_keys;
@@ -227,6 +228,14 @@ impl Db {
                 // Rolling upgrades: an older binary accepts a schema a newer
                 // one has already extended (migrations only add).
                 m.set_ignore_missing(true);
+                let queue = apalis_postgres::PostgresStorage::<()>::migrations();
+                let both = [
+                    (&m, MIGRATIONS_TABLE),
+                    (&queue, applied::QUEUE_MIGRATIONS_TABLE),
+                ];
+                if applied::all_applied(pool, &both).await {
+                    return Ok(());
+                }
                 m.run(pool).await?;
                 apalis_postgres::PostgresStorage::<()>::setup(pool)
                     .await
@@ -344,6 +353,59 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
+    }
+
+    /// After a real migration, a start finds everything applied and skips
+    /// the migrators; this also pins where apalis records its migrations.
+    #[tokio::test]
+    async fn a_migrated_postgres_database_is_current() {
+        use sqlx::Connection;
+        let server = "postgres://postgres@127.0.0.1:5432";
+        let name = format!(
+            "larder_applied_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (user postgres)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE");
+        let db = super::Db::connect(&format!("{server}/{name}"), 2)
+            .await
+            .expect("connect");
+        let super::Db::Postgres(pool) = &db else {
+            unreachable!("a postgres:// URL")
+        };
+        let mut m = sqlx::migrate!("../migrations/postgres");
+        m.dangerous_set_table_name(super::MIGRATIONS_TABLE);
+        let queue = apalis_postgres::PostgresStorage::<()>::migrations();
+        let both = [
+            (&m, super::MIGRATIONS_TABLE),
+            (&queue, super::applied::QUEUE_MIGRATIONS_TABLE),
+        ];
+        assert!(!super::applied::all_applied(pool, &both).await, "empty");
+        db.migrate().await.expect("migrate");
+        assert!(super::applied::all_applied(pool, &both).await, "migrated");
+        // One migration missing: not current, so the migrators would run.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE version = (SELECT max(version) FROM {})",
+            super::applied::QUEUE_MIGRATIONS_TABLE,
+            super::applied::QUEUE_MIGRATIONS_TABLE
+        )))
+        .execute(pool)
+        .await
+        .expect("forget one");
+        assert!(
+            !super::applied::all_applied(pool, &both).await,
+            "one missing"
+        );
+        db.close().await;
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut admin)
+            .await;
     }
 
     #[test]
