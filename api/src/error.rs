@@ -75,6 +75,17 @@ pub enum ApiError {
         /// The first one, hex.
         first: String,
     },
+    /// A chunk-push publish whose prepared NAR is not here: never prepared
+    /// (or for another cache, token subject or NAR), swept after `[staging]
+    /// max-age`, or staged on another replica's local disk. Nothing was
+    /// recorded; the client commits the NAR in one step instead.
+    #[error("the prepared NAR is gone or was never prepared here; commit the NAR in one step")]
+    PreparedMissing,
+    /// A chunk-push commit names a chunk list this replica does not
+    /// remember (docs/protocol.md "Chunk-level push"); the client lists
+    /// the chunks instead.
+    #[error("chunk list {0} is not known here; list the NAR's chunks")]
+    ChunkListUnknown(String),
     /// The staging quota is reached (`[staging] max-bytes`, `max-nars`):
     /// workers are behind, the client should retry after `retry_after`
     /// seconds. A 503 that is not a failure: not logged as one, and its
@@ -172,6 +183,8 @@ impl ApiError {
             }
             ApiError::StagingFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "StagingFull"),
             ApiError::ChunksMissing { .. } => (StatusCode::CONFLICT, "ChunksMissing"),
+            ApiError::PreparedMissing => (StatusCode::CONFLICT, "PreparedMissing"),
+            ApiError::ChunkListUnknown(_) => (StatusCode::CONFLICT, "ChunkListUnknown"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DatabaseError"),

@@ -48,6 +48,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         catalog: Arc::default(),
         signatures: Arc::default(),
         narinfos: Arc::default(),
+        chunk_lists: Arc::default(),
         revocations: Arc::default(),
         access: Arc::default(),
         metrics: Arc::default(),

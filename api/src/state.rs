@@ -45,6 +45,9 @@ pub struct AppState {
     /// `[staging] max-bytes`, `max-nars`, with this replica's last reading
     /// of the staged totals.
     pub staging_quota: Arc<crate::staging_quota::StagingQuota>,
+    /// Chunk lists of recent missing-chunks questions, for commits that
+    /// name them.
+    pub chunk_lists: Arc<crate::chunk_push::lists::ChunkLists>,
     /// Trusted OIDC issuers' keys, fetched on demand (`/_api/v1/oidc/exchange`).
     pub oidc: Arc<larder_shared::oidc::IssuerKeys>,
 }

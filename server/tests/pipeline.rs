@@ -82,6 +82,10 @@ on_both_backends!(
     chunk_push_no_cross_tenant_oracle,
     chunk_push_resumes,
     unused_chunk_batches_expire,
+    chunk_push_prepare_then_publish,
+    chunk_push_publish_without_prepared_nar,
+    chunk_push_prepare_refuses_a_wrong_hash,
+    chunk_push_hash_lists,
     expired_token_records_are_pruned,
 );
 
@@ -125,6 +129,11 @@ mod chunk_push;
 use chunk_push::{
     chunk_push_no_cross_tenant_oracle, chunk_push_resumes, chunk_push_round_trip,
     chunk_push_wrong_hash_leaves_nothing, unused_chunk_batches_expire,
+};
+mod chunk_push_prepared;
+use chunk_push_prepared::{
+    chunk_push_hash_lists, chunk_push_prepare_refuses_a_wrong_hash,
+    chunk_push_prepare_then_publish, chunk_push_publish_without_prepared_nar,
 };
 mod chunk_push_disabled {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,14 @@
 //! exactly as if the NAR had been uploaded whole: the worker's ingest then
 //! stores it, and every guarantee of that path (acknowledged only when
 //! recorded, served at once, nothing partial on failure) holds unchanged.
+//! `lists` remembers the questions' chunk lists for commits that name them;
+//! `prepared` splits that commit in two: the verification and staging
+//! first, the recording once the path's references are in.
 
 pub mod assemble;
 pub mod batch;
+pub mod lists;
+pub mod prepared;
 pub mod presence;
 
 use crate::auth::Credentials;

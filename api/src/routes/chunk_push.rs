@@ -7,20 +7,29 @@
 //! - `POST chunks/missing`: which of a NAR's chunks the client must send.
 //! - `POST chunks`: a batch of zstd frames, verified, kept for a grace period.
 //! - `POST nars`: the NAR as its chunk list, verified whole, then recorded
-//!   as an upload-path upload is.
+//!   as an upload-path upload is; or only verified and staged (`prepare`),
+//!   or recorded from what a prepare staged (`publish`).
+//!
+//! The missing-chunks question and the commit take their chunk list as hex
+//! JSON or, more compactly, as a hash-list body (a JSON head, then raw
+//! hashes): [`HASH_LIST_CONTENT_TYPE`].
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
 use tracing::instrument;
 
 use larder_core::chunk::ChunkHash;
 use larder_core::nix::store_path::StorePath;
 use larder_core::wire::chunk_push::{
-    ChunkBatchResponse, ChunkParamsResponse, CommitNarRequest, MissingChunksRequest,
-    MissingChunksResponse,
+    ChunkBatchResponse, ChunkParamsResponse, CommitMode, CommitNarRequest, HASH_LIST_CONTENT_TYPE,
+    MissingChunksRequest, MissingChunksResponse, PreparedNarResponse, parse_hash_list,
 };
 use larder_core::wire::{UploadKind, UploadPathResult};
 use larder_shared::audit::PushRoute;
@@ -30,7 +39,7 @@ use larder_shared::token::Permission;
 use crate::auth::{CacheAccess, Push};
 use crate::body::read_limited;
 use crate::chunk_push::presence::{self, Asker};
-use crate::chunk_push::{assemble, batch, pusher};
+use crate::chunk_push::{assemble, batch, prepared, pusher};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::upload_path::{self, BodyStream};
 use crate::state::AppState;
@@ -69,6 +78,9 @@ pub async fn params(
         max_missing_chunks: MAX_MISSING,
         max_commit_chunks: MAX_COMMIT,
         zstd_level: state.config.compression.level,
+        prepare_publish: true,
+        hash_lists: true,
+        chunk_list_refs: true,
     }))
 }
 
@@ -77,20 +89,27 @@ pub async fn params(
 pub async fn missing(
     State(state): State<AppState>,
     access: CacheAccess<Push>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<MissingChunksResponse>> {
     enabled(&state)?;
     let body = read_limited(body, MISSING_BODY, "missing-chunks request").await?;
-    let req: MissingChunksRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid missing-chunks request: {e}")))?;
-    if req.chunks.len() > MAX_MISSING {
+    let (req, hashes): (MissingChunksRequest, _) = with_hashes(
+        &headers,
+        &body,
+        "missing-chunks request",
+        |r: &mut MissingChunksRequest| std::mem::take(&mut r.chunks),
+    )?;
+    if hashes.len() > MAX_MISSING {
         return Err(ApiError::PayloadTooLarge(format!(
             "{} chunk hashes; at most {MAX_MISSING} per request",
-            req.chunks.len()
+            hashes.len()
         )));
     }
+    if is_hash_list(&headers) {
+        state.chunk_lists.remember(&hashes);
+    }
     let path = store_path(&access.cache, &req.store_path)?;
-    let hashes = parse_hashes(&req.chunks)?;
     let pusher = pusher(&access.credentials);
     let asker = asker(&access, &path, &pusher);
     let present = presence::present(&state.db, asker, &hashes).await?;
@@ -118,34 +137,73 @@ pub async fn upload(
     Ok(Json(received))
 }
 
-/// `POST /_api/larder/v1/caches/{cache}/nars`. The answer is always
-/// `Uploaded`: whether the NAR existed elsewhere is not the caller's to learn.
+/// `POST /_api/larder/v1/caches/{cache}/nars`. A commit or publish is
+/// answered `Uploaded` whether or not the NAR existed elsewhere: that is not
+/// the caller's to learn. A prepare is answered with the prepared NAR's name.
 #[instrument(skip_all, fields(cache = %access.cache.name, store_path_hash))]
 pub async fn commit(
     State(state): State<AppState>,
     access: CacheAccess<Push>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<UploadPathResult>> {
+) -> ApiResult<Response> {
     enabled(&state)?;
     let body = read_limited(body, COMMIT_BODY, "NAR commit").await?;
-    let req: CommitNarRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid NAR commit: {e}")))?;
+    let (mut req, mut hashes): (CommitNarRequest, _) =
+        with_hashes(&headers, &body, "NAR commit", |r: &mut CommitNarRequest| {
+            std::mem::take(&mut r.chunks)
+        })?;
+    if !req.chunk_lists.is_empty() {
+        if !hashes.is_empty() {
+            return Err(ApiError::BadRequest(
+                "a NAR commit lists its chunks or names chunk lists, not both".into(),
+            ));
+        }
+        let ids = std::mem::take(&mut req.chunk_lists);
+        hashes = state
+            .chunk_lists
+            .resolve(&ids)
+            .map_err(|id| ApiError::ChunkListUnknown(id.to_owned()))?;
+    }
     if req.info.cache != access.cache.name.as_str() {
         return Err(ApiError::BadRequest(format!(
             "metadata names cache {:?}, the URL {}",
             req.info.cache, access.cache.name
         )));
     }
-    if req.chunks.is_empty() || req.chunks.len() > MAX_COMMIT {
+    let pusher = pusher(&access.credentials);
+    let route = PushRoute::ChunkPush;
+    if req.mode == CommitMode::Publish {
+        let (Some(nonce), true) = (req.prepared.as_deref(), hashes.is_empty()) else {
+            return Err(ApiError::BadRequest(
+                "a publish names its prepared NAR and lists no chunks".into(),
+            ));
+        };
+        let admitted =
+            upload_path::admit(&state, &access.credentials, &headers, req.info, route).await?;
+        let done = prepared::publish(&state, &admitted, &pusher, nonce).await?;
+        return Ok(Json(done).into_response());
+    }
+    if hashes.is_empty() || hashes.len() > MAX_COMMIT {
         return Err(ApiError::BadRequest(format!(
             "a NAR commit lists 1 to {MAX_COMMIT} chunks, not {}",
-            req.chunks.len()
+            hashes.len()
         )));
     }
     let path = store_path(&access.cache, &req.info.store_path)?;
-    let hashes = parse_hashes(&req.chunks)?;
-    let pusher = pusher(&access.credentials);
+    let admitted = match req.mode {
+        CommitMode::Prepare => Some(
+            upload_path::admit(
+                &state,
+                &access.credentials,
+                &headers,
+                req.info.clone(),
+                route,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let present = presence::present(&state.db, asker(&access, &path, &pusher), &hashes).await?;
     let absent: Vec<&ChunkHash> = hashes.iter().filter(|h| !present.contains_key(h)).collect();
     if let Some(first) = absent.first() {
@@ -160,20 +218,48 @@ pub async fn commit(
         .collect();
     let nar = assemble::nar_stream(state.chunks(), state.staging.clone(), sources);
     let nar: BodyStream = Box::pin(nar.map_err(axum::Error::new));
-    upload_path::accept(
-        &state,
-        &access.credentials,
-        &headers,
-        req.info,
-        nar,
-        PushRoute::ChunkPush,
-    )
-    .await?;
+    if let Some(admitted) = admitted {
+        let prepared = prepared::prepare(&state, &admitted, &pusher, nar).await?;
+        return Ok(Json(PreparedNarResponse { prepared }).into_response());
+    }
+    upload_path::accept(&state, &access.credentials, &headers, req.info, nar, route).await?;
     Ok(Json(UploadPathResult {
         kind: UploadKind::Uploaded,
         file_size: None,
         frac_deduplicated: None,
-    }))
+    })
+    .into_response())
+}
+
+/// A request and its chunk hashes, from hex JSON or a hash-list body
+/// (whose head must list no hex hashes of its own); `take_hex` moves the
+/// JSON's hex list out of the request.
+fn with_hashes<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    what: &str,
+    take_hex: impl Fn(&mut T) -> Vec<String>,
+) -> ApiResult<(T, Vec<ChunkHash>)> {
+    let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("invalid {what}: {e}"));
+    if is_hash_list(headers) {
+        let (head, hashes) = parse_hash_list(body).map_err(|e| bad(&e))?;
+        let mut req: T = serde_json::from_slice(head).map_err(|e| bad(&e))?;
+        if !take_hex(&mut req).is_empty() {
+            return Err(bad(&"a hash-list head lists no hex chunks"));
+        }
+        return Ok((req, hashes));
+    }
+    let mut req: T = serde_json::from_slice(body).map_err(|e| bad(&e))?;
+    let hashes = parse_hashes(&take_hex(&mut req))?;
+    Ok((req, hashes))
+}
+
+/// Whether the body is a [`HASH_LIST_CONTENT_TYPE`] one.
+fn is_hash_list(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(HASH_LIST_CONTENT_TYPE.as_bytes())
+    })
 }
 
 /// The presence question for this caller and path.

@@ -47,13 +47,13 @@ pub const REPLACE_HEADER: &str = "x-larder-replace";
 pub const MAX_PREAMBLE: usize = 1024 * 1024;
 
 /// Validated upload metadata.
-struct Validated {
-    cache: CacheName,
-    hash: StorePathHash,
+pub(crate) struct Validated {
+    pub(crate) cache: CacheName,
+    pub(crate) hash: StorePathHash,
     /// Its store directory is checked against the cache's once the cache
     /// is known.
     meta: ObjectMeta,
-    expected: Expected,
+    pub(crate) expected: Expected,
     /// From [`REPLACE_HEADER`], once the caller's `d` is checked.
     replace: Replace,
     /// Who is pushing, for `created_by` and the audit trail.
@@ -206,10 +206,46 @@ pub async fn upload_path(
     .map(Json)
 }
 
+/// Validated metadata of an upload its caller may make: what every way of
+/// recording a pushed path starts from.
+pub(crate) struct Admitted {
+    /// The metadata.
+    pub(crate) v: Validated,
+    /// The cache it names.
+    pub(crate) cache: CacheRecord,
+}
+
+/// Validation, permissions and first-push-wins, before any NAR byte is
+/// read: shared by [`accept`] and chunk-level push's prepare and publish
+/// ([`crate::chunk_push::prepared`]).
+pub(crate) async fn admit(
+    state: &AppState,
+    credentials: &Credentials,
+    headers: &HeaderMap,
+    info: UploadPathNarInfo,
+    route: PushRoute,
+) -> ApiResult<Admitted> {
+    let mut v = validate(info)?;
+    v.route = route;
+    v.actor = credentials.actor();
+    let span = tracing::Span::current();
+    span.record("cache", v.cache.as_str());
+    span.record("store_path_hash", v.hash.as_str());
+
+    let cache = credentials.authorize(state, &v.cache, Push::ANY_OF).await?;
+    upload_meta::check_store_dir(&cache, &v.meta.store_path.store_dir)?;
+    v.replace = replace_flag(headers)?;
+    if v.replace == Replace::Allowed {
+        credentials.require(&cache, Permission::Delete)?;
+    }
+    refuse_early(state, cache.id, &v).await?;
+    Ok(Admitted { v, cache })
+}
+
 /// Everything after the metadata is read, shared with chunk-level push
-/// (whose body is the NAR read back from its chunks): validation,
-/// permissions, first-push-wins, then linking a known NAR after proof of
-/// possession or staging a new one, recorded in one transaction.
+/// (whose body is the NAR read back from its chunks): [`admit`], then
+/// linking a known NAR after proof of possession or staging a new one,
+/// recorded in one transaction.
 pub(crate) async fn accept(
     state: &AppState,
     credentials: &Credentials,
@@ -219,23 +255,8 @@ pub(crate) async fn accept(
     route: PushRoute,
 ) -> ApiResult<UploadPathResult> {
     let state = state.clone();
-    let mut v = validate(info)?;
-    v.route = route;
-    v.actor = credentials.actor();
-    let span = tracing::Span::current();
-    span.record("cache", v.cache.as_str());
-    span.record("store_path_hash", v.hash.as_str());
-
-    let cache = credentials
-        .authorize(&state, &v.cache, Push::ANY_OF)
-        .await?;
-    upload_meta::check_store_dir(&cache, &v.meta.store_path.store_dir)?;
-    v.replace = replace_flag(headers)?;
-    if v.replace == Replace::Allowed {
-        credentials.require(&cache, Permission::Delete)?;
-    }
+    let Admitted { v, cache } = admit(&state, credentials, headers, info, route).await?;
     let now = unix_now();
-    refuse_early(&state, cache.id, &v).await?;
 
     let existing = {
         let mut conn = state.db.conn().await?;
@@ -334,7 +355,7 @@ async fn refuse_early(state: &AppState, cache_id: CacheId, v: &Validated) -> Api
 /// Records NAR, object and job in one transaction ([`record::record_staged`]).
 /// Returns false when the NAR row already existed (our staged copy is then
 /// not needed).
-async fn record_staged(
+pub(crate) async fn record_staged(
     state: &AppState,
     cache: &CacheRecord,
     v: &Validated,
@@ -349,7 +370,8 @@ async fn record_staged(
 }
 
 impl Validated {
-    fn path(&self, state: &AppState, cache: &CacheRecord) -> record::NewPath<'_> {
+    /// What [`record`] records.
+    pub(crate) fn path(&self, state: &AppState, cache: &CacheRecord) -> record::NewPath<'_> {
         record::NewPath {
             cache_id: cache.id,
             hash: &self.hash,

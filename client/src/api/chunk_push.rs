@@ -1,16 +1,23 @@
 //! Calls of Larder's chunk-level push under `/_api/larder/v1`
 //! (docs/protocol.md "Chunk-level push"). Every call here may be repeated:
-//! asking is a read, a batch already received adds nothing, and a commit
-//! of a NAR the cache holds links it again.
+//! asking is a read, a batch already received adds nothing, a commit of a
+//! NAR the cache holds links it again, a prepare stages another copy (the
+//! unused one expires) and a publish of a published NAR links it again.
+//!
+//! Chunk lists go as raw hashes ([`HASH_LIST_CONTENT_TYPE`]) to a server
+//! that advertises it, else as the hex JSON every server takes.
 
 use reqwest::Method;
 use reqwest::header::CONTENT_TYPE;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use larder_core::CacheName;
-use larder_core::wire::UploadPathResult;
+use larder_core::chunk::ChunkHash;
 use larder_core::wire::chunk_push::{
     BATCH_CONTENT_TYPE, ChunkBatchResponse, ChunkParamsResponse, CommitNarRequest,
-    MissingChunksRequest, MissingChunksResponse, PREFIX,
+    HASH_LIST_CONTENT_TYPE, MissingChunksRequest, MissingChunksResponse, PREFIX, encode_hash_list,
 };
 
 use super::error::Call;
@@ -43,19 +50,32 @@ impl ApiClient {
             .await
     }
 
-    /// Which of `chunks` (hex) the client must send for `store_path`.
+    /// Which of `hashes` the client must send for `store_path` (hex, as
+    /// the server answers); `compact` sends them as a hash list.
     pub async fn missing_chunks(
         &self,
         cache: &CacheName,
-        req: &MissingChunksRequest,
+        store_path: &str,
+        hashes: &[ChunkHash],
+        compact: bool,
     ) -> Result<Vec<String>, ApiError> {
+        let mut req = MissingChunksRequest {
+            store_path: store_path.to_owned(),
+            chunks: Vec::new(),
+        };
+        let body = if compact {
+            hash_list_body(&req, hashes)?
+        } else {
+            req.chunks = hashes.iter().map(ToString::to_string).collect();
+            json_body(&req)?
+        };
         let resp: MissingChunksResponse = self
             .retry
             .run(
                 |_, _| {},
                 |_| async {
                     let (call, rb) = self.larder_call(Method::POST, cache, "chunks/missing")?;
-                    let resp = Self::send(&call, rb.json(req)).await?;
+                    let resp = Self::send(&call, body.attach(rb)).await?;
                     Self::json(&call, resp).await
                 },
             )
@@ -85,13 +105,25 @@ impl ApiClient {
             .await
     }
 
-    /// Commits a NAR as its chunk list: one attempt (the caller retries).
-    pub async fn commit_nar(
+    /// Commits, prepares or publishes a NAR (`req.mode`; `req.chunks`
+    /// empty, the list is `hashes`): one attempt (the caller retries). The
+    /// answer is an [`larder_core::wire::UploadPathResult`], or for a
+    /// prepare a [`larder_core::wire::chunk_push::PreparedNarResponse`].
+    pub async fn commit_nar<T: DeserializeOwned>(
         &self,
         cache: &CacheName,
         req: &CommitNarRequest,
+        hashes: &[ChunkHash],
+        compact: bool,
         replace: bool,
-    ) -> Result<UploadPathResult, ApiError> {
+    ) -> Result<T, ApiError> {
+        let body = if compact {
+            hash_list_body(req, hashes)?
+        } else {
+            let mut req = req.clone();
+            req.chunks = hashes.iter().map(ToString::to_string).collect();
+            json_body(&req)?
+        };
         let (call, rb) = self.larder_call(Method::POST, cache, "nars")?;
         let rb = if replace {
             rb.header(REPLACE_HEADER, "1")
@@ -99,10 +131,39 @@ impl ApiClient {
             rb
         };
         // A large NAR's commit reads it back whole on the server.
-        let rb = rb.timeout(COMMIT_TIMEOUT).json(req);
+        let rb = body.attach(rb.timeout(COMMIT_TIMEOUT));
         let resp = Self::send(&call, rb).await?;
         Self::json(&call, resp).await
     }
+}
+
+/// A request body and its content type.
+struct Payload {
+    content_type: &'static str,
+    bytes: bytes::Bytes,
+}
+
+impl Payload {
+    fn attach(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        rb.header(CONTENT_TYPE, self.content_type)
+            .body(self.bytes.clone())
+    }
+}
+
+fn json_body(req: &impl Serialize) -> Result<Payload, ApiError> {
+    Ok(Payload {
+        content_type: "application/json",
+        bytes: serde_json::to_vec(req).map_err(ApiError::Encode)?.into(),
+    })
+}
+
+/// `head` as JSON (with no hex `chunks`), then `hashes` raw.
+fn hash_list_body(head: &impl Serialize, hashes: &[ChunkHash]) -> Result<Payload, ApiError> {
+    let head = serde_json::to_vec(head).map_err(ApiError::Encode)?;
+    Ok(Payload {
+        content_type: HASH_LIST_CONTENT_TYPE,
+        bytes: encode_hash_list(&head, hashes).into(),
+    })
 }
 
 /// Time limit of a commit, which verifies the whole NAR before answering.

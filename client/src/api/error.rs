@@ -51,6 +51,9 @@ pub enum ApiError {
     /// The HTTP client could not be built (TLS set-up).
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
+    /// A request body could not be encoded.
+    #[error("cannot encode the request: {0}")]
+    Encode(serde_json::Error),
 }
 
 /// The `url` crate's parse error, named through reqwest (which re-exports
@@ -102,7 +105,10 @@ impl ApiError {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
-            ApiError::Decode { .. } | ApiError::Url { .. } | ApiError::Client(_) => false,
+            ApiError::Decode { .. }
+            | ApiError::Url { .. }
+            | ApiError::Client(_)
+            | ApiError::Encode(_) => false,
         }
     }
 

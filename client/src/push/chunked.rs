@@ -7,7 +7,9 @@
 //!
 //! Only the commit waits for the path's references ([`Gate`]): cutting,
 //! asking and sending run while the references are still being pushed, so
-//! a chain of dependencies overlaps everything but the commits.
+//! a chain of dependencies overlaps everything but the commits. A server
+//! that takes prepare and publish ([`super::commit`]) verifies the NAR
+//! before the gate opens too, so only a cheap publish waits.
 //!
 //! Memory is bounded: the chunker runs at most [`CHANNEL_DEPTH`] chunks
 //! ahead, a group holds at most [`GROUP_BYTES`], and one batch is in
@@ -19,19 +21,19 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use futures::{StreamExt as _, stream};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use larder_core::CacheName;
 use larder_core::chunk::{Chunk, ChunkHash, ChunkIter};
 pub use larder_core::wire::chunk_push::ChunkParamsResponse;
-use larder_core::wire::chunk_push::{
-    CommitNarRequest, ENTRY_HEADER, MissingChunksRequest, encode_entry,
-};
+use larder_core::wire::chunk_push::{ENTRY_HEADER, chunk_list_id, encode_entry};
 use larder_core::wire::{UploadKind, UploadPathNarInfo};
 
+use super::commit::Target;
 use super::error::UploadError;
+use super::gate::Gate;
 use super::progress::PathProgress;
 use crate::api::{ApiClient, ApiError};
 use crate::nix::{Nix, PathInfo};
@@ -49,64 +51,6 @@ pub async fn detect(api: &ApiClient, cache: &CacheName) -> Option<ChunkParamsRes
     Some(params)
 }
 
-/// Opens when every reference of a path is in the cache: a commit waits
-/// for it, so the cache never serves a path whose closure is incomplete.
-#[derive(Debug)]
-pub struct Gate {
-    wait: Option<oneshot::Receiver<()>>,
-    /// The path's turn to cut and send, given back when it starts waiting.
-    turn: Option<OwnedSemaphorePermit>,
-}
-
-impl Gate {
-    /// A gate that is open already.
-    pub fn open() -> Self {
-        Self {
-            wait: None,
-            turn: None,
-        }
-    }
-
-    /// A gate that opens when `rx` hears, and fails when its sender is
-    /// dropped (a reference failed).
-    pub fn new(rx: oneshot::Receiver<()>) -> Self {
-        Self {
-            wait: Some(rx),
-            turn: None,
-        }
-    }
-
-    /// Holds `turn` (one of a few paths cutting and sending at once) until
-    /// the path waits for its gate: the earliest paths finish their chunks
-    /// first, so their commits start early and overlap the later paths'
-    /// work instead of all paths sharing the cores to the end.
-    pub fn with_turn(mut self, turn: OwnedSemaphorePermit) -> Self {
-        self.turn = Some(turn);
-        self
-    }
-
-    /// Waits until the gate is open.
-    pub async fn wait(&mut self) -> Result<(), UploadError> {
-        self.turn = None;
-        if let Some(rx) = self.wait.as_mut() {
-            rx.await.map_err(|_| UploadError::ReferenceFailed)?;
-            self.wait = None;
-        }
-        Ok(())
-    }
-}
-
-/// Where a path goes.
-#[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
-    /// The server.
-    pub api: &'a ApiClient,
-    /// The cache.
-    pub cache: &'a CacheName,
-    /// Whether the commit may replace another NAR of the path.
-    pub replace: bool,
-}
-
 /// Pushes `info` (upload metadata `meta`) by its chunks, committing once
 /// `gate` opens; one attempt (each request retries its own transient
 /// failures).
@@ -119,11 +63,7 @@ pub async fn push(
     progress: &PathProgress,
     gate: &mut Gate,
 ) -> Result<UploadKind, UploadError> {
-    let Target {
-        api,
-        cache,
-        replace,
-    } = target;
+    let Target { api, cache, .. } = target;
     progress.restart();
     let (nar, failure) = nix.dump(&info.path)?.into_stream();
     let mut chunks = cut(Box::pin(nar), info.nar_size, params);
@@ -134,6 +74,7 @@ pub async fn push(
         progress,
         store_path: meta.store_path.clone(),
         known: HashSet::new(),
+        lists: Vec::new(),
         in_flight: None,
     };
     let mut order: Vec<ChunkHash> = Vec::new();
@@ -168,17 +109,12 @@ pub async fn push(
     if let Some(message) = failure.get() {
         return Err(UploadError::Dump(message.to_owned()));
     }
-    gate.wait().await?;
-    let req = CommitNarRequest {
-        info: meta,
-        chunks: order.iter().map(ToString::to_string).collect(),
+    let nar = super::commit::Nar {
+        meta,
+        chunks: order,
+        lists: sender.lists,
     };
-    api.retry_policy()
-        .run(
-            |e: &UploadError, wait| progress.retrying(e, wait),
-            |_| async { Ok(api.commit_nar(cache, &req, replace).await?.kind) },
-        )
-        .await
+    super::commit::commit(target, nar, params, progress, gate).await
 }
 
 /// Cuts the NAR on a blocking thread; errors arrive as text, then the end.
@@ -217,28 +153,37 @@ struct Sender<'a> {
     store_path: String,
     /// Chunks of this NAR sent or present already.
     known: HashSet<ChunkHash>,
+    /// Ids of the lists asked about, when the commit may name them instead
+    /// of listing the chunks again: then each group is asked whole and in
+    /// order, so that the lists concatenated are the NAR's chunks.
+    lists: Vec<String>,
     /// The batch being sent, and its size on the wire.
     in_flight: Option<JoinHandle<Result<u64, ApiError>>>,
 }
 
 impl Sender<'_> {
     async fn send_group(&mut self, group: Vec<Chunk>) -> Result<(), UploadError> {
-        let mut ask: Vec<ChunkHash> = group
-            .iter()
-            .map(|c| c.hash)
-            .filter(|h| !self.known.contains(h))
-            .collect();
-        ask.sort_unstable();
-        ask.dedup();
+        let by_list = self.params.hash_lists && self.params.chunk_list_refs;
+        let ask: Vec<ChunkHash> = if by_list {
+            let ask: Vec<ChunkHash> = group.iter().map(|c| c.hash).collect();
+            self.lists.push(chunk_list_id(&ask));
+            ask
+        } else {
+            let mut ask: Vec<ChunkHash> = group
+                .iter()
+                .map(|c| c.hash)
+                .filter(|h| !self.known.contains(h))
+                .collect();
+            ask.sort_unstable();
+            ask.dedup();
+            ask
+        };
         let missing: HashSet<String> = if ask.is_empty() {
             HashSet::new()
         } else {
-            let req = MissingChunksRequest {
-                store_path: self.store_path.clone(),
-                chunks: ask.iter().map(ToString::to_string).collect(),
-            };
+            let compact = self.params.hash_lists;
             self.api
-                .missing_chunks(self.cache, &req)
+                .missing_chunks(self.cache, &self.store_path, &ask, compact)
                 .await?
                 .into_iter()
                 .collect()
@@ -324,31 +269,4 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 
 pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn push_gate_opens_fails_and_gives_back_the_turn() {
-        let turns = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
-        let (tx, rx) = oneshot::channel();
-        let turn = turns.clone().acquire_owned().await.unwrap();
-        let mut gate = Gate::new(rx).with_turn(turn);
-        assert_eq!(turns.available_permits(), 0);
-        tx.send(()).unwrap();
-        gate.wait().await.unwrap();
-        assert_eq!(turns.available_permits(), 1, "waiting gives the turn back");
-        gate.wait().await.unwrap();
-
-        let (tx, rx) = oneshot::channel::<()>();
-        let mut gate = Gate::new(rx);
-        drop(tx);
-        assert!(matches!(
-            gate.wait().await,
-            Err(UploadError::ReferenceFailed)
-        ));
-        Gate::open().wait().await.unwrap();
-    }
 }

@@ -9,8 +9,10 @@
 
 pub mod chunked;
 pub mod closure;
+pub mod commit;
 pub mod error;
 pub mod filter;
+pub mod gate;
 pub mod progress;
 mod schedule;
 pub mod stdin;
@@ -262,7 +264,7 @@ impl Pusher<'_> {
         let mut order = Schedule::new(&uploads);
         // Whole NARs start once their references are in (the upload is the
         // commit); chunk-level pushes start in references-first order as
-        // soon as a slot is free and only their commits wait ([`chunked::Gate`]).
+        // soon as a slot is free and only their commits wait ([`gate::Gate`]).
         let pipelined = chunking.is_some();
         let mut gates: Vec<Option<oneshot::Sender<()>>> = std::iter::repeat_with(|| None)
             .take(uploads.len())
@@ -288,15 +290,15 @@ impl Pusher<'_> {
                         open[r] = true;
                     }
                     if open[i] {
-                        (i, chunked::Gate::open())
+                        (i, gate::Gate::open())
                     } else {
                         let (tx, rx) = oneshot::channel();
                         gates[i] = Some(tx);
-                        (i, chunked::Gate::new(rx))
+                        (i, gate::Gate::new(rx))
                     }
                 } else {
                     let Some(i) = order.next_ready() else { break };
-                    (i, chunked::Gate::open())
+                    (i, gate::Gate::open())
                 };
                 let info = &uploads[i];
                 let turns = turns.clone();

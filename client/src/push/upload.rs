@@ -22,6 +22,7 @@ use larder_core::wire::{UploadKind, UploadPathNarInfo};
 use super::chunked::{self, ChunkParamsResponse};
 pub use super::error::UploadError;
 use super::progress::PathProgress;
+use super::{commit, gate};
 
 /// The upload metadata for `info` (docs/protocol.md wire format): references
 /// and deriver as base names, the NAR hash as `sha256:<hex>`.
@@ -53,7 +54,7 @@ pub async fn upload(
     progress: &PathProgress,
     replace: bool,
     chunking: Option<&ChunkParamsResponse>,
-    gate: &mut chunked::Gate,
+    gate: &mut gate::Gate,
 ) -> Result<UploadKind, UploadError> {
     let patience = StagingWait::default();
     let started = Instant::now();
@@ -61,7 +62,7 @@ pub async fn upload(
         let result = match chunking {
             Some(params) => {
                 let meta = nar_info(cache, nix.store_dir(), info);
-                let target = chunked::Target {
+                let target = commit::Target {
                     api,
                     cache,
                     replace,

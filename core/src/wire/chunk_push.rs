@@ -3,7 +3,13 @@
 //! [`ChunkParamsResponse`], asks which chunks it must send
 //! ([`MissingChunksRequest`]), sends those as zstd frames in batches (the
 //! binary body of [`encode_entry`] / [`parse_batch`]), then commits the NAR as
-//! its chunk list ([`CommitNarRequest`]).
+//! its chunk list ([`CommitNarRequest`]), in one step or as a prepare (the
+//! heavy verification, sent before the path's references are in) and a
+//! publish (the cheap recording, once they are): [`CommitMode`].
+//!
+//! Chunk lists travel as hex JSON, or, to servers advertising
+//! [`ChunkParamsResponse::hash_lists`], as a [`HASH_LIST_CONTENT_TYPE`] body:
+//! a JSON head followed by raw 32-byte hashes ([`encode_hash_list`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +43,18 @@ pub struct ChunkParamsResponse {
     /// zstd level the cache stores chunks at, for the client's frames.
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// The server takes [`CommitMode::Prepare`] and [`CommitMode::Publish`]
+    /// (absent from older servers: false).
+    #[serde(default)]
+    pub prepare_publish: bool,
+    /// The server takes [`HASH_LIST_CONTENT_TYPE`] bodies for the
+    /// missing-chunks question and the commit (absent from older servers).
+    #[serde(default)]
+    pub hash_lists: bool,
+    /// A commit may name the lists of earlier hash-list questions
+    /// ([`CommitNarRequest::chunk_lists`]) instead of listing its chunks.
+    #[serde(default)]
+    pub chunk_list_refs: bool,
 }
 
 fn default_zstd_level() -> i32 {
@@ -61,7 +79,9 @@ pub struct MissingChunksRequest {
     /// The store path the chunks belong to: the server looks for earlier
     /// versions of the same package among the cache's paths.
     pub store_path: String,
-    /// Chunk hashes, lowercase hex.
+    /// Chunk hashes, lowercase hex; empty in the head of a
+    /// [`HASH_LIST_CONTENT_TYPE`] body, whose hashes follow it.
+    #[serde(default)]
     pub chunks: Vec<String>,
 }
 
@@ -87,8 +107,110 @@ pub struct ChunkBatchResponse {
 pub struct CommitNarRequest {
     /// What `upload-path` takes (`cache` must name the URL's cache).
     pub info: UploadPathNarInfo,
-    /// The NAR's chunk hashes in order, lowercase hex.
+    /// The NAR's chunk hashes in order, lowercase hex; empty in the head of
+    /// a [`HASH_LIST_CONTENT_TYPE`] body (whose hashes follow it) and for a
+    /// publish.
+    #[serde(default)]
     pub chunks: Vec<String>,
+    /// One step, or which half of two (absent: one step, as older clients).
+    #[serde(default, skip_serializing_if = "CommitMode::is_commit")]
+    pub mode: CommitMode,
+    /// Instead of `chunks`: the [`chunk_list_id`]s of hash-list questions
+    /// this caller asked, whose lists, concatenated, are the NAR's chunks.
+    /// `409 ChunkListUnknown` when the server no longer remembers one; the
+    /// caller then lists the chunks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunk_lists: Vec<String>,
+    /// For a publish: what the prepare answered ([`PreparedNarResponse`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
+}
+
+/// What a `POST …/nars` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitMode {
+    /// Verify, stage and record the path: visible when answered.
+    #[default]
+    Commit,
+    /// Verify and stage the NAR, record nothing: answered with a
+    /// [`PreparedNarResponse`]; the path's references need not be in yet.
+    Prepare,
+    /// Record the path from its prepared NAR (no chunk list): the caller
+    /// sends it once the path's references are in. `409 PreparedMissing`
+    /// when the prepared NAR is gone; the caller then commits in one step.
+    Publish,
+}
+
+impl CommitMode {
+    fn is_commit(&self) -> bool {
+        *self == CommitMode::Commit
+    }
+}
+
+/// The answer to a prepare: the name of the prepared NAR, for its publish.
+/// Only good for the same cache, token subject, NarHash and NarSize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedNarResponse {
+    /// Opaque to the client.
+    pub prepared: String,
+}
+
+/// The name of a chunk list: the SHA-256 of its hashes' bytes, in order,
+/// lowercase hex (as a [`ChunkHash`] of them is written).
+pub fn chunk_list_id(hashes: &[ChunkHash]) -> String {
+    let mut bytes = Vec::with_capacity(32 * hashes.len());
+    for h in hashes {
+        bytes.extend_from_slice(h.as_bytes());
+    }
+    ChunkHash::of(&bytes).to_string()
+}
+
+/// Content type of a body carrying a JSON head and raw chunk hashes.
+pub const HASH_LIST_CONTENT_TYPE: &str = "application/x-larder-hash-list";
+
+/// A [`HASH_LIST_CONTENT_TYPE`] body: the head's length (u32 BE), the head
+/// (JSON: [`MissingChunksRequest`] or [`CommitNarRequest`] with no `chunks`),
+/// then each hash as its 32 bytes, in order.
+pub fn encode_hash_list(head: &[u8], hashes: &[ChunkHash]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + head.len() + 32 * hashes.len());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(head);
+    for h in hashes {
+        out.extend_from_slice(h.as_bytes());
+    }
+    out
+}
+
+/// Why a hash-list body does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashListError {
+    /// The body ends inside the head.
+    #[error("hash list body ends inside its {0}-byte head")]
+    TruncatedHead(usize),
+    /// The hashes are not a whole number of 32 bytes.
+    #[error("hash list has {0} bytes after its head, not a multiple of 32")]
+    Ragged(usize),
+}
+
+/// Splits a [`HASH_LIST_CONTENT_TYPE`] body into its head and hashes.
+pub fn parse_hash_list(body: &[u8]) -> Result<(&[u8], Vec<ChunkHash>), HashListError> {
+    let len = body
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or(HashListError::TruncatedHead(0))?;
+    let head = body
+        .get(4..4 + len)
+        .ok_or(HashListError::TruncatedHead(len))?;
+    let rest = &body[4 + len..];
+    if !rest.len().is_multiple_of(32) {
+        return Err(HashListError::Ragged(rest.len()));
+    }
+    let hashes = rest
+        .chunks_exact(32)
+        .map(|h| ChunkHash::from_slice(h).map_err(|_| HashListError::Ragged(rest.len())))
+        .collect::<Result<_, _>>()?;
+    Ok((head, hashes))
 }
 
 /// Bytes before each frame in a batch: the chunk's SHA-256, then the frame
@@ -169,6 +291,54 @@ mod tests {
         assert_eq!((entries[1].hash, entries[1].frame), (b, &b"fb"[..]));
         assert_eq!(&body[entries[1].offset..][..2], b"fb");
         assert!(parse_batch(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hash_lists() {
+        let hashes = vec![ChunkHash::of(b"a"), ChunkHash::of(b"b")];
+        let body = encode_hash_list(br#"{"store_path":"x"}"#, &hashes);
+        assert_eq!(body.len(), 4 + 18 + 64);
+        let (head, parsed) = parse_hash_list(&body).unwrap();
+        assert_eq!((head, parsed), (&br#"{"store_path":"x"}"#[..], hashes));
+        assert_eq!(
+            parse_hash_list(&body[..body.len() - 1]),
+            Err(HashListError::Ragged(63))
+        );
+        assert_eq!(
+            parse_hash_list(&body[..10]),
+            Err(HashListError::TruncatedHead(18))
+        );
+        assert_eq!(parse_hash_list(&[0]), Err(HashListError::TruncatedHead(0)));
+        let empty = encode_hash_list(b"{}", &[]);
+        let (head, none) = parse_hash_list(&empty).unwrap();
+        assert_eq!((head, none.len()), (&b"{}"[..], 0));
+    }
+
+    #[test]
+    fn commit_modes_default_to_one_step() {
+        let old: CommitNarRequest =
+            serde_json::from_str(r#"{"info":{"cache":"c","store_path_hash":"h","store_path":"/nix/store/h-x","references":[],"nar_hash":"sha256:00","nar_size":1},"chunks":["ab"]}"#)
+                .unwrap();
+        assert_eq!((old.mode, &old.prepared), (CommitMode::Commit, &None));
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("mode").is_none() && json.get("prepared").is_none());
+        let publish = CommitNarRequest {
+            mode: CommitMode::Publish,
+            prepared: Some("p".into()),
+            chunk_lists: vec![],
+            chunks: vec![],
+            ..old
+        };
+        let json = serde_json::to_value(&publish).unwrap();
+        assert_eq!(
+            (&json["mode"], &json["prepared"]),
+            (&"publish".into(), &"p".into())
+        );
+        let back: ChunkParamsResponse = serde_json::from_str(
+            r#"{"nar_size_threshold":1,"min_size":1,"avg_size":2,"max_size":4,"max_batch_bytes":9,"max_missing_chunks":1,"max_commit_chunks":1}"#,
+        )
+        .unwrap();
+        assert!(!back.prepare_publish && !back.hash_lists && !back.chunk_list_refs);
     }
 
     #[test]

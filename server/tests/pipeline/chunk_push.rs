@@ -25,18 +25,18 @@ const PULL_PUSH: &[Permission] = &[Permission::Pull, Permission::Push];
 const PUSH: &[Permission] = &[Permission::Push];
 
 /// One pusher's view of the API: token and cache.
-struct Pusher<'a> {
-    app: &'a TestApp,
-    token: String,
-    cache: &'a str,
+pub(super) struct Pusher<'a> {
+    pub(super) app: &'a TestApp,
+    pub(super) token: String,
+    pub(super) cache: &'a str,
 }
 
 impl Pusher<'_> {
-    fn uri(&self, rest: &str) -> String {
+    pub(super) fn uri(&self, rest: &str) -> String {
         format!("/_api/larder/v1/caches/{}/{rest}", self.cache)
     }
 
-    async fn post_json(&self, rest: &str, body: &Value) -> TestResponse {
+    pub(super) async fn post_json(&self, rest: &str, body: &Value) -> TestResponse {
         let req = request(Method::POST, &self.uri(rest), Some(&self.token))
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
@@ -44,7 +44,7 @@ impl Pusher<'_> {
         self.app.send(req).await
     }
 
-    async fn params(&self) -> TestResponse {
+    pub(super) async fn params(&self) -> TestResponse {
         let req = request(Method::GET, &self.uri("chunk-push"), Some(&self.token))
             .body(Body::empty())
             .expect("request");
@@ -52,7 +52,7 @@ impl Pusher<'_> {
     }
 
     /// The chunks of `nar` the server says must be sent.
-    async fn missing(&self, nar: &TestNar, chunks: &[Chunk]) -> Vec<ChunkHash> {
+    pub(super) async fn missing(&self, nar: &TestNar, chunks: &[Chunk]) -> Vec<ChunkHash> {
         let hashes: Vec<String> = chunks.iter().map(|c| c.hash.to_string()).collect();
         let resp = self
             .post_json(
@@ -70,7 +70,7 @@ impl Pusher<'_> {
             .collect()
     }
 
-    async fn send_body(&self, body: Vec<u8>) -> TestResponse {
+    pub(super) async fn send_body(&self, body: Vec<u8>) -> TestResponse {
         let req = request(Method::POST, &self.uri("chunks"), Some(&self.token))
             .header("content-type", "application/x-larder-chunks")
             .body(Body::from(body))
@@ -79,7 +79,7 @@ impl Pusher<'_> {
     }
 
     /// Sends `chunks` as one batch.
-    async fn send(&self, chunks: &[&Chunk]) -> TestResponse {
+    pub(super) async fn send(&self, chunks: &[&Chunk]) -> TestResponse {
         let mut body = Vec::new();
         for c in chunks {
             let frame = zstd::bulk::compress(&c.data, 3).expect("zstd");
@@ -88,14 +88,14 @@ impl Pusher<'_> {
         self.send_body(body).await
     }
 
-    async fn commit(&self, info: Value, chunks: &[Chunk]) -> TestResponse {
+    pub(super) async fn commit(&self, info: Value, chunks: &[Chunk]) -> TestResponse {
         let hashes: Vec<String> = chunks.iter().map(|c| c.hash.to_string()).collect();
         self.post_json("nars", &json!({"info": info, "chunks": hashes}))
             .await
     }
 
     /// The whole flow; returns how many chunks went out.
-    async fn push(&self, nar: &TestNar) -> usize {
+    pub(super) async fn push(&self, nar: &TestNar) -> usize {
         let chunks = chunks_of(nar);
         let missing = self.missing(nar, &chunks).await;
         let to_send: Vec<&Chunk> = unique(&chunks)
@@ -113,12 +113,12 @@ impl Pusher<'_> {
     }
 }
 
-fn pusher<'a>(app: &'a TestApp, token: String, cache: &'a str) -> Pusher<'a> {
+pub(super) fn pusher<'a>(app: &'a TestApp, token: String, cache: &'a str) -> Pusher<'a> {
     Pusher { app, token, cache }
 }
 
 /// `nar` cut as the server cuts (default `[chunking]`).
-fn chunks_of(nar: &TestNar) -> Vec<Chunk> {
+pub(super) fn chunks_of(nar: &TestNar) -> Vec<Chunk> {
     ChunkIter::new(&nar.bytes[..], nar.nar_size(), &ChunkingParams::default())
         .expect("params")
         .collect::<Result<_, _>>()
@@ -126,7 +126,7 @@ fn chunks_of(nar: &TestNar) -> Vec<Chunk> {
 }
 
 /// The NAR as the narinfo's URL serves it, decompressed.
-async fn served(app: &TestApp, token: &str, cache: &str, nar: &TestNar) -> Vec<u8> {
+pub(super) async fn served(app: &TestApp, token: &str, cache: &str, nar: &TestNar) -> Vec<u8> {
     let (_, info) = narinfo(app, token, cache, nar).await;
     let body = fetch(app, token, cache, &info.url).await;
     if info.url.ends_with(".zst") {
@@ -137,14 +137,14 @@ async fn served(app: &TestApp, token: &str, cache: &str, nar: &TestNar) -> Vec<u
 }
 
 /// First occurrences only.
-fn unique(chunks: &[Chunk]) -> Vec<&Chunk> {
+pub(super) fn unique(chunks: &[Chunk]) -> Vec<&Chunk> {
     let mut seen = std::collections::HashSet::new();
     chunks.iter().filter(|c| seen.insert(c.hash)).collect()
 }
 
 /// A NAR and its update: the same files but one, under a new store path of
 /// the same package.
-fn nar_and_update() -> (TestNar, TestNar) {
+pub(super) fn nar_and_update() -> (TestNar, TestNar) {
     let sizes = [300 * KIB, 600 * KIB, 40 * KIB, 900 * KIB];
     let old = TestNar::files("app-1.0", 7, &sizes);
     let mut files: Vec<(String, larder_core::nix::nar::NarNode)> = Vec::new();

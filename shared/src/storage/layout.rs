@@ -63,6 +63,19 @@ pub fn new_chunk_batch_key() -> ObjectKey {
     ObjectKey::from_trusted(format!("{STAGING}{id}.chunks"))
 }
 
+/// Where chunk-level push keeps a prepared NAR until its publish
+/// (`staging/<hex>.prepared.nar`): `binding` hashes the cache, the token
+/// subject, the NAR's hash and size and a random nonce, so only a publish
+/// making the same claims with the nonce finds it. Held like a staged
+/// upload: a staging intent, then the `nars` row the publish records.
+pub fn prepared_nar_key(binding: &[u8; 32]) -> ObjectKey {
+    let mut hex = String::with_capacity(64);
+    for b in binding {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    ObjectKey::from_trusted(format!("{STAGING}{hex}.prepared.nar"))
+}
+
 /// Where a NAR file uploaded by stock Nix is kept: content-addressed by its
 /// file hash and sharded like chunks, with the extension of its compression
 /// (`uploads/ab/<filehash>.nar.xz`; gzip keeps `.gz`, which Nix omits).

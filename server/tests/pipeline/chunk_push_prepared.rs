@@ -1,0 +1,272 @@
+//! Chunk-level push's two-step commit and compact chunk lists
+//! (docs/protocol.md "Chunk-level push"): a prepared NAR is served only
+//! once published, then byte-identical staged and ingested; a publish
+//! without its prepare, with another subject's or another NAR's claim, or
+//! after the sweeper took the prepared copy is `409 PreparedMissing` with
+//! nothing live; a wrong NarHash is refused at prepare leaving nothing; a
+//! prepared NAR never published is swept. Hash-list bodies are accepted
+//! next to the hex JSON, with the same answers, and a commit may name the
+//! lists of its questions instead of listing its chunks again.
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use larder_core::chunk::{Chunk, ChunkHash};
+use larder_core::wire::chunk_push::{
+    ChunkParamsResponse, HASH_LIST_CONTENT_TYPE, chunk_list_id, encode_hash_list,
+};
+use larder_shared::db::unix_now;
+use larder_shared::token::Permission;
+use larder_worker::sweeper;
+
+use super::chunk_push::{Pusher, chunks_of, nar_and_update, pusher, served, unique};
+use crate::common::nar::TestNar;
+use crate::common::read::assert_kind;
+use crate::common::{TestApp, TestResponse, request};
+
+const PULL_PUSH: &[Permission] = &[Permission::Pull, Permission::Push];
+
+impl Pusher<'_> {
+    /// Sends `head` and `hashes` as a hash-list body.
+    async fn post_hash_list(&self, rest: &str, head: &Value, hashes: &[ChunkHash]) -> TestResponse {
+        let body = encode_hash_list(head.to_string().as_bytes(), hashes);
+        let req = request(Method::POST, &self.uri(rest), Some(&self.token))
+            .header("content-type", HASH_LIST_CONTENT_TYPE)
+            .body(Body::from(body))
+            .expect("request");
+        self.app.send(req).await
+    }
+
+    /// Sends every chunk of `nar` the server lacks.
+    async fn send_missing(&self, nar: &TestNar, chunks: &[Chunk]) {
+        let missing = self.missing(nar, chunks).await;
+        let to_send: Vec<&Chunk> = unique(chunks)
+            .into_iter()
+            .filter(|c| missing.contains(&c.hash))
+            .collect();
+        if !to_send.is_empty() {
+            self.send(&to_send).await.assert_status(StatusCode::OK);
+        }
+    }
+
+    /// Prepares `nar` (hex JSON); the answer.
+    async fn prepare(&self, info: Value, chunks: &[Chunk]) -> TestResponse {
+        let hashes: Vec<String> = chunks.iter().map(|c| c.hash.to_string()).collect();
+        self.post_json(
+            "nars",
+            &json!({"info": info, "chunks": hashes, "mode": "prepare"}),
+        )
+        .await
+    }
+
+    /// Prepares `nar`; the prepared name.
+    async fn prepared(&self, nar: &TestNar, chunks: &[Chunk]) -> String {
+        let resp = self.prepare(nar.info(self.cache), chunks).await;
+        resp.assert_status(StatusCode::OK);
+        let body: Value = resp.json();
+        body["prepared"].as_str().expect("prepared name").to_owned()
+    }
+
+    async fn publish(&self, info: Value, prepared: &str) -> TestResponse {
+        self.post_json(
+            "nars",
+            &json!({"info": info, "mode": "publish", "prepared": prepared}),
+        )
+        .await
+    }
+}
+
+fn hashes(chunks: &[Chunk]) -> Vec<ChunkHash> {
+    chunks.iter().map(|c| c.hash).collect()
+}
+
+async fn prepared_keys(app: &TestApp) -> Vec<String> {
+    let keys = app.object_keys("staging/").await;
+    keys.into_iter()
+        .filter(|k| k.ends_with(".prepared.nar"))
+        .collect()
+}
+
+/// Prepare, then publish: nothing visible in between, served byte-identical
+/// staged and ingested after; a repeated publish (its answer lost) links
+/// again and keeps the staged copy the first one recorded.
+pub async fn chunk_push_prepare_then_publish(app: &TestApp) {
+    app.create_cache("cp", false).await;
+    let p = pusher(app, app.token(&[("cp", PULL_PUSH)]), "cp");
+    let params: ChunkParamsResponse = p.params().await.json();
+    assert!(params.prepare_publish && params.hash_lists && params.chunk_list_refs);
+    let (nar, _) = nar_and_update();
+    let chunks = chunks_of(&nar);
+    p.send_missing(&nar, &chunks).await;
+    let prepared = p.prepared(&nar, &chunks).await;
+
+    assert_eq!(prepared_keys(app).await.len(), 1, "one prepared copy");
+    assert_eq!(app.count("nars").await, 0, "no NAR row before publish");
+    assert_eq!(app.count("objects").await, 0, "no path before publish");
+    p.app
+        .get(&format!("/cp/{}.narinfo", nar.store_hash()), Some(&p.token))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NoSuchObject");
+
+    let publish = p.publish(nar.info("cp"), &prepared).await;
+    assert_kind(&publish, "Uploaded");
+    assert!(
+        served(app, &p.token, "cp", &nar).await == nar.bytes,
+        "staged"
+    );
+    assert_kind(&p.publish(nar.info("cp"), &prepared).await, "Uploaded");
+    assert!(
+        served(app, &p.token, "cp", &nar).await == nar.bytes,
+        "again"
+    );
+    app.drain_jobs().await;
+    assert!(
+        served(app, &p.token, "cp", &nar).await == nar.bytes,
+        "ingested"
+    );
+    assert_eq!(app.count("nars").await, 1);
+    app.assert_chunk_store_consistent().await;
+    assert!(prepared_keys(app).await.is_empty(), "ingest released it");
+}
+
+/// A publish that finds no prepared NAR of its claims: never prepared,
+/// prepared by another subject or for another NAR, or swept.
+pub async fn chunk_push_publish_without_prepared_nar(app: &TestApp) {
+    app.create_cache("cp", false).await;
+    let p = pusher(app, app.token_as("one", &[("cp", PULL_PUSH)]), "cp");
+    let other = pusher(app, app.token_as("two", &[("cp", PULL_PUSH)]), "cp");
+    let (nar, update) = nar_and_update();
+    let chunks = chunks_of(&nar);
+    p.publish(nar.info("cp"), "01jf0000000000000000000000")
+        .await
+        .assert_error(StatusCode::CONFLICT, "PreparedMissing");
+    p.send_missing(&nar, &chunks).await;
+    let prepared = p.prepared(&nar, &chunks).await;
+    other
+        .publish(nar.info("cp"), &prepared)
+        .await
+        .assert_error(StatusCode::CONFLICT, "PreparedMissing");
+    p.publish(update.info("cp"), &prepared)
+        .await
+        .assert_error(StatusCode::CONFLICT, "PreparedMissing");
+    p.publish(nar.info("cp"), "../../etc")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    assert_eq!(app.count("objects").await, 0, "nothing live");
+
+    // Never published: the sweeper takes it after [staging] max-age, and a
+    // late publish records nothing.
+    let now = unix_now();
+    sweeper::sweep(&app.services, now).await.expect("sweep");
+    assert_eq!(prepared_keys(app).await.len(), 1, "a fresh one stays");
+    let max_age = app.services.config.staging.max_age.as_secs() as i64;
+    sweeper::sweep(&app.services, now + max_age + 1)
+        .await
+        .expect("sweep");
+    assert!(prepared_keys(app).await.is_empty(), "swept");
+    assert_eq!(app.count("staging_intents").await, 0);
+    p.publish(nar.info("cp"), &prepared)
+        .await
+        .assert_error(StatusCode::CONFLICT, "PreparedMissing");
+    assert_eq!(app.count("nars").await, 0);
+    assert_eq!(app.count("objects").await, 0);
+    p.app
+        .get(&format!("/cp/{}.narinfo", nar.store_hash()), Some(&p.token))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NoSuchObject");
+    // The whole flow again still works.
+    p.push(&nar).await;
+    assert!(served(app, &p.token, "cp", &nar).await == nar.bytes);
+}
+
+/// A wrong NarHash or size is refused at prepare, leaving no prepared copy
+/// and no intent.
+pub async fn chunk_push_prepare_refuses_a_wrong_hash(app: &TestApp) {
+    app.create_cache("cp", false).await;
+    let p = pusher(app, app.token(&[("cp", PULL_PUSH)]), "cp");
+    let (nar, _) = nar_and_update();
+    let chunks = chunks_of(&nar);
+    p.send_missing(&nar, &chunks).await;
+    let mut info = nar.info("cp");
+    info["nar_hash"] = json!(format!("sha256:{}", "0".repeat(64)));
+    p.prepare(info, &chunks)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
+    let mut info = nar.info("cp");
+    info["nar_size"] = json!(nar.nar_size() - 1);
+    p.prepare(info, &chunks)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
+    assert!(prepared_keys(app).await.is_empty(), "no prepared copy left");
+    assert_eq!(app.count("staging_intents").await, 0, "no intent left");
+    assert_eq!(app.count("nars").await, 0);
+    assert_eq!(app.count("objects").await, 0);
+}
+
+/// Hash-list bodies get the answers hex JSON gets, for the question, a
+/// one-step commit, a prepare and a publish; malformed ones are refused.
+pub async fn chunk_push_hash_lists(app: &TestApp) {
+    app.create_cache("cp", false).await;
+    let p = pusher(app, app.token(&[("cp", PULL_PUSH)]), "cp");
+    let (nar, update) = nar_and_update();
+    let chunks = chunks_of(&nar);
+    let head = json!({"store_path": nar.store_path()});
+    let resp = p
+        .post_hash_list("chunks/missing", &head, &hashes(&chunks))
+        .await;
+    resp.assert_status(StatusCode::OK);
+    let compact: Value = resp.json();
+    let missing = p.missing(&nar, &chunks).await;
+    let as_hex: Vec<String> = missing.iter().map(ToString::to_string).collect();
+    assert_eq!(compact["missing"], json!(as_hex));
+    p.send_missing(&nar, &chunks).await;
+
+    let commit = json!({"info": nar.info("cp")});
+    let resp = p.post_hash_list("nars", &commit, &hashes(&chunks)).await;
+    assert_kind(&resp, "Uploaded");
+    assert!(served(app, &p.token, "cp", &nar).await == nar.bytes);
+
+    // The update's prepare names the list its question sent.
+    let chunks = chunks_of(&update);
+    let question = json!({"store_path": update.store_path()});
+    p.post_hash_list("chunks/missing", &question, &hashes(&chunks))
+        .await
+        .assert_status(StatusCode::OK);
+    p.send_missing(&update, &chunks).await;
+    let unknown = json!({"info": update.info("cp"), "mode": "prepare",
+        "chunk_lists": ["00".repeat(32)]});
+    p.post_hash_list("nars", &unknown, &[])
+        .await
+        .assert_error(StatusCode::CONFLICT, "ChunkListUnknown");
+    let prepare = json!({"info": update.info("cp"), "mode": "prepare",
+        "chunk_lists": [chunk_list_id(&hashes(&chunks))]});
+    p.post_hash_list("nars", &prepare, &hashes(&chunks))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    let resp = p.post_hash_list("nars", &prepare, &[]).await;
+    resp.assert_status(StatusCode::OK);
+    let prepared: Value = resp.json();
+    let publish = json!({"info": update.info("cp"), "mode": "publish",
+        "prepared": prepared["prepared"]});
+    assert_kind(&p.post_hash_list("nars", &publish, &[]).await, "Uploaded");
+    assert!(served(app, &p.token, "cp", &update).await == update.bytes);
+
+    // A head listing hex hashes, a ragged list, a truncated head.
+    let both = json!({"store_path": nar.store_path(), "chunks": [chunks[0].hash.to_string()]});
+    p.post_hash_list("chunks/missing", &both, &hashes(&chunks))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    let mut ragged = encode_hash_list(head.to_string().as_bytes(), &hashes(&chunks));
+    ragged.pop();
+    for body in [ragged, vec![0, 0, 1, 0, b'{']] {
+        let req = request(Method::POST, &p.uri("chunks/missing"), Some(&p.token))
+            .header("content-type", HASH_LIST_CONTENT_TYPE)
+            .body(Body::from(body))
+            .expect("request");
+        p.app
+            .send(req)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    }
+}
