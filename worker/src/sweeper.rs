@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use larder_shared::db::{nars, pushed_chunks, staging_intents, tokens};
 use larder_shared::jobs;
+use larder_shared::storage::layout;
 
 use crate::services::Services;
 
@@ -43,6 +44,14 @@ const MAX_BATCHES: usize = 20;
 
 /// How often the (whole-tree) scan for interrupted writes runs.
 pub const INCOMPLETE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long a NAR prepared by chunk-level push waits for its publish
+/// before the sweeper deletes it (or `[staging] max-age`, if shorter). A
+/// client publishes within seconds of its references, and one that comes
+/// later gets `409 PreparedMissing` and commits in one step; kept short
+/// because a prepare stages a whole NAR from chunks the cache already has
+/// for the price of a chunk list, so copies never published must not pile
+/// up for a day.
+pub const PREPARED_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Removes temp files of writes cut short by a crash, older than
 /// `[staging] max-age` (no upload runs that long). Walks the whole storage
@@ -115,12 +124,22 @@ pub async fn sweep(svc: &Services, now: i64) -> anyhow::Result<SweepReport> {
 /// should outlive) keeps its object; only the intent goes. Returns how many
 /// objects were deleted.
 async fn delete_abandoned_staging(svc: &Services, now: i64) -> anyhow::Result<usize> {
-    let before = now - svc.config.staging.max_age.get().as_secs() as i64;
+    let max_age = svc.config.staging.max_age.get();
+    let before = now - max_age.as_secs() as i64;
+    let prepared_before = now - PREPARED_MAX_AGE.min(max_age).as_secs() as i64;
     let mut deleted = 0;
     for _ in 0..MAX_BATCHES {
         let (claimed, keys) = {
             let mut conn = svc.db.conn().await?;
-            let claimed = staging_intents::claim_abandoned(conn.raw(), before, now, BATCH).await?;
+            let claimed = staging_intents::claim_abandoned(conn.raw(), before, now, BATCH).await?
+                + staging_intents::claim_abandoned_ending(
+                    conn.raw(),
+                    layout::PREPARED_NAR_SUFFIX,
+                    prepared_before,
+                    now,
+                    BATCH,
+                )
+                .await?;
             (claimed, staging_intents::deleting(conn.raw(), BATCH).await?)
         };
         for key in &keys {

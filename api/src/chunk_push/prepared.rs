@@ -17,10 +17,10 @@
 //!
 //! Until publish the object is held by its staging intent alone, so nothing
 //! is visible (no `nars` or `objects` row), and a prepared NAR never
-//! published is an abandoned upload: the sweeper deletes it after
-//! `[staging] max-age` like any other. A publish that comes too late
-//! (claimed by the sweeper), or to a replica whose local staging lacks the
-//! object, is `409 PreparedMissing` with nothing recorded.
+//! published is an abandoned upload: the sweeper deletes it after its
+//! `PREPARED_MAX_AGE` (an hour), sooner than others. A publish that comes
+//! too late (claimed by the sweeper), or to a replica whose local staging
+//! lacks the object, is `409 PreparedMissing` with nothing recorded.
 
 use sha2::{Digest, Sha256};
 

@@ -155,13 +155,18 @@ pub async fn chunk_push_publish_without_prepared_nar(app: &TestApp) {
         .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
     assert_eq!(app.count("objects").await, 0, "nothing live");
 
-    // Never published: the sweeper takes it after [staging] max-age, and a
-    // late publish records nothing.
+    // Never published: the sweeper takes it after an hour (or [staging]
+    // max-age, if shorter), and a late publish records nothing.
     let now = unix_now();
     sweeper::sweep(&app.services, now).await.expect("sweep");
     assert_eq!(prepared_keys(app).await.len(), 1, "a fresh one stays");
-    let max_age = app.services.config.staging.max_age.as_secs() as i64;
-    sweeper::sweep(&app.services, now + max_age + 1)
+    let max_age = app.services.config.staging.max_age.get();
+    let prepared_max_age = sweeper::PREPARED_MAX_AGE.min(max_age).as_secs() as i64;
+    assert!(
+        prepared_max_age < 24 * 3600,
+        "sooner than other abandoned uploads"
+    );
+    sweeper::sweep(&app.services, now + prepared_max_age + 1)
         .await
         .expect("sweep");
     assert!(prepared_keys(app).await.is_empty(), "swept");

@@ -105,6 +105,34 @@ pub async fn claim_abandoned(
     })
 }
 
+/// [`claim_abandoned`] for the intents of keys ending in `suffix` only.
+pub async fn claim_abandoned_ending(
+    raw: Raw<'_>,
+    suffix: &str,
+    before: i64,
+    now: i64,
+    limit: i64,
+) -> Result<u64, DbError> {
+    // The suffix is a layout constant; `%` and `_` in it would be wildcards.
+    let pattern = format!("%{suffix}");
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "UPDATE staging_intents SET deleting_at = $1
+             WHERE deleting_at IS NULL AND object_key IN
+                 (SELECT object_key FROM staging_intents
+                  WHERE deleting_at IS NULL AND created_at < $2 AND object_key LIKE $4
+                  ORDER BY created_at LIMIT $3)",
+        )
+        .bind(now)
+        .bind(before)
+        .bind(limit)
+        .bind(&pattern)
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected())
+    })
+}
+
 /// Up to `limit` keys being deleted (claimed or released), oldest first:
 /// what the sweeper deletes, including those a dead deleter left.
 pub async fn deleting(raw: Raw<'_>, limit: i64) -> Result<Vec<ObjectKey>, DbError> {

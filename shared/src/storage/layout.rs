@@ -73,8 +73,11 @@ pub fn prepared_nar_key(binding: &[u8; 32]) -> ObjectKey {
     for b in binding {
         hex.push_str(&format!("{b:02x}"));
     }
-    ObjectKey::from_trusted(format!("{STAGING}{hex}.prepared.nar"))
+    ObjectKey::from_trusted(format!("{STAGING}{hex}{PREPARED_NAR_SUFFIX}"))
 }
+
+/// How every [`prepared_nar_key`] ends (what the sweeper expires sooner).
+pub const PREPARED_NAR_SUFFIX: &str = ".prepared.nar";
 
 /// Where a NAR file uploaded by stock Nix is kept: content-addressed by its
 /// file hash and sharded like chunks, with the extension of its compression
