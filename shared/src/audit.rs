@@ -206,6 +206,22 @@ pub enum AuditEvent {
         /// Its name.
         name: String,
     },
+    /// A build log was stored (or replaced) for a derivation.
+    LogPut {
+        /// Cache.
+        cache: CacheName,
+        /// The derivation, `<hash>-<name>.drv`.
+        drv: String,
+        /// Its size, decoded.
+        size: u64,
+    },
+    /// A realisation (content-addressed derivation output) was stored.
+    RealisationPut {
+        /// Cache.
+        cache: CacheName,
+        /// Its key, `<drv hash>!<output>` or `<drv hash>^<output>`.
+        key: String,
+    },
     /// One GC pass.
     Gc(GcSummary),
     /// One cache of an `import-attic` run.
@@ -233,6 +249,8 @@ impl AuditEvent {
             Self::TokenRevoke { .. } => "token-revoke",
             Self::OidcPolicyAdd { .. } => "oidc-policy-add",
             Self::OidcPolicyRemove { .. } => "oidc-policy-remove",
+            Self::LogPut { .. } => "log-put",
+            Self::RealisationPut { .. } => "realisation-put",
             Self::Gc(_) => "gc",
             Self::ImportAttic { .. } => "import-attic",
         }
@@ -249,6 +267,8 @@ impl AuditEvent {
             | Self::CacheDestroy { cache }
             | Self::PinSet { cache, .. }
             | Self::PinRemove { cache, .. }
+            | Self::LogPut { cache, .. }
+            | Self::RealisationPut { cache, .. }
             | Self::ImportAttic { cache, .. } => Some(cache),
             Self::TokenMint { .. }
             | Self::TokenRevoke { .. }
@@ -319,6 +339,8 @@ impl AuditEvent {
             }),
             Self::OidcPolicyAdd { name, policy } => json!({ "name": name, "policy": policy }),
             Self::OidcPolicyRemove { name } => json!({ "name": name }),
+            Self::LogPut { drv, size, .. } => json!({ "drv": drv, "size": size }),
+            Self::RealisationPut { key, .. } => json!({ "key": key }),
             Self::Gc(summary) => json!(summary),
             Self::ImportAttic { summary, .. } => json!(summary),
         }
@@ -390,6 +412,15 @@ mod tests {
                 policy: json!({}),
             },
             AuditEvent::OidcPolicyRemove { name: "p".into() },
+            AuditEvent::LogPut {
+                cache: cache.clone(),
+                drv: "x.drv".into(),
+                size: 1,
+            },
+            AuditEvent::RealisationPut {
+                cache: cache.clone(),
+                key: "k".into(),
+            },
             AuditEvent::Gc(GcSummary::default()),
             AuditEvent::ImportAttic {
                 cache,

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
 use larder_core::nix::store_path::StorePath;
-use larder_shared::db::{build_logs, unix_now};
+use larder_shared::audit::AuditEvent;
+use larder_shared::db::{audit, build_logs, unix_now};
 use larder_shared::retention::Retention;
 
 use crate::auth::{CacheAccess, Pull, Push};
@@ -58,16 +59,16 @@ pub async fn put(
             .await
             .map_err(|e| ApiError::Internal(format!("compressing task failed: {e}")))?
             .map_err(|e| ApiError::Internal(format!("compressing the log: {e}")))?;
-    let mut conn = state.db.conn().await?;
-    build_logs::put(
-        conn.raw(),
-        access.cache.id,
-        drv,
-        &compressed,
-        size,
-        unix_now(),
-    )
-    .await?;
+    let now = unix_now();
+    let mut tx = state.db.begin().await?;
+    build_logs::put(tx.raw(), access.cache.id, drv, &compressed, size, now).await?;
+    let event = AuditEvent::LogPut {
+        cache: access.cache.name.clone(),
+        drv: drv.to_owned(),
+        size: size as u64,
+    };
+    audit::insert(tx.raw(), now, &access.credentials.actor(), &event).await?;
+    tx.commit().await?;
     tracing::info!(size, stored = compressed.len(), "build log stored");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
 use larder_core::nix::store_path::StorePath;
-use larder_shared::db::{realisations, unix_now};
+use larder_shared::audit::AuditEvent;
+use larder_shared::db::{audit, realisations, unix_now};
 use larder_shared::retention::Retention;
 
 use crate::auth::{CacheAccess, Pull, Push};
@@ -123,16 +124,15 @@ async fn put(
     let window = state.config.http.max_zstd_window_log;
     let doc = read_decoded(headers, body, MAX_REALISATION, "realisation", window).await?;
     let out = out_path_hash(&doc)?;
-    let mut conn = state.db.conn().await?;
-    realisations::put(
-        conn.raw(),
-        access.cache.id,
-        key,
-        &doc,
-        out.as_deref(),
-        unix_now(),
-    )
-    .await?;
+    let now = unix_now();
+    let mut tx = state.db.begin().await?;
+    realisations::put(tx.raw(), access.cache.id, key, &doc, out.as_deref(), now).await?;
+    let event = AuditEvent::RealisationPut {
+        cache: access.cache.name.clone(),
+        key: key.to_owned(),
+    };
+    audit::insert(tx.raw(), now, &access.credentials.actor(), &event).await?;
+    tx.commit().await?;
     tracing::info!(key, "realisation stored");
     Ok(StatusCode::NO_CONTENT)
 }

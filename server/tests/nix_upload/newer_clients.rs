@@ -101,6 +101,14 @@ async fn build_log_round_trip(app: &TestApp) {
     .assert_status(StatusCode::NO_CONTENT);
     assert_eq!(app.get(&uri, Some(&token)).await.body, "second\n");
     assert_eq!(stats(app, "logs").await["build_logs"], 1);
+    // Each stored log is in the audit trail, with who sent it.
+    let audited = app
+        .scalar(
+            "SELECT count(*) FROM audit_log WHERE kind = 'log-put' AND cache = 'logs' \
+             AND subject IS NOT NULL",
+        )
+        .await;
+    assert_eq!(audited, 2, "both uploads audited");
     // Only derivation names.
     for bad in [
         "not-a-store-path",
@@ -281,6 +289,16 @@ async fn realisations_round_trip(app: &TestApp) {
         assert_eq!(app.get(&uri, Some(&token)).await.body, body, "unchanged");
     }
     assert_eq!(stats(app, "ca").await["realisations"], 2);
+    let audited = app
+        .scalar(
+            "SELECT count(*) FROM audit_log WHERE kind = 'realisation-put' AND cache = 'ca' \
+             AND subject IS NOT NULL",
+        )
+        .await;
+    assert_eq!(
+        audited, 2,
+        "both stored realisations audited, no refused one"
+    );
     for bad in [
         "/ca/realisations/no-bang.doi",
         "/ca/realisations/sha256:x!out.json",
