@@ -2,6 +2,7 @@
 //! references, the layout downloads seek by, and the `.ls` listing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
@@ -26,6 +27,24 @@ pub(super) enum Slot {
     New(ChunkHash),
 }
 
+/// What a run hands to its commit.
+pub(super) struct RunCommit {
+    /// The owner of the run's write intents, and how many it recorded.
+    pub(super) owner: Arc<str>,
+    pub(super) intents: u64,
+    pub(super) nar_id: NarId,
+    /// The NAR's staged copy.
+    pub(super) staged: ObjectKey,
+    /// The NAR's chunks, in order.
+    pub(super) slots: Vec<Slot>,
+    /// Its new chunks, by hash (each placed once).
+    pub(super) new: HashMap<ChunkHash, NewChunk>,
+    /// The packs it placed new chunks in, sealed.
+    pub(super) sealed: BTreeMap<i64, SealedPack>,
+    /// Its `.ls` listing.
+    pub(super) listing: Option<Vec<u8>>,
+}
+
 /// In one transaction: removes this run's `intents` (failing if a deleter
 /// reclaimed any), records the new chunks already holding this NAR's
 /// reference (`refcount = 1`, so their rows never change an index again
@@ -33,15 +52,18 @@ pub(super) enum Slot {
 /// not deleting it), and makes the NAR ready, handing its staged copy at
 /// `staged` to a staging intent for deletion (docs/gc.md "Staging objects").
 /// False when another run finished first (ours then changes nothing).
-pub(super) async fn commit(
-    svc: &Services,
-    (owner, intents): (&str, u64),
-    (nar_id, staged): (NarId, &ObjectKey),
-    slots: &[Slot],
-    new: HashMap<ChunkHash, NewChunk>,
-    sealed: &BTreeMap<i64, SealedPack>,
-    listing: Option<&[u8]>,
-) -> anyhow::Result<bool> {
+pub(super) async fn commit(svc: &Services, run: &RunCommit) -> anyhow::Result<bool> {
+    let RunCommit {
+        owner,
+        intents,
+        nar_id,
+        staged,
+        slots,
+        new,
+        sealed,
+        listing,
+    } = run;
+    let (intents, nar_id) = (*intents, *nar_id);
     let mut tx = svc.db.begin().await?;
     // The NAR's row before any chunk row: GC's orphan deletion locks in
     // that order too.
@@ -63,7 +85,9 @@ pub(super) async fn commit(
             Slot::New(_) => None,
         })
         .collect();
-    let new: Vec<NewChunk> = new.into_values().collect();
+    // By hash: concurrent commits insert shared hashes in the same order.
+    let mut new: Vec<NewChunk> = new.values().cloned().collect();
+    new.sort_by_key(|n| n.hash);
     // Frames of the rows this commit inserts, by pack: the packs' live counts.
     let mut live: Vec<(i64, i64)> = Vec::new();
     for batch in new.chunks(BATCH) {
@@ -155,7 +179,7 @@ pub(super) async fn commit(
     Ok(true)
 }
 
-fn dedup(ids: &[ChunkId]) -> Vec<ChunkId> {
+pub(super) fn dedup(ids: &[ChunkId]) -> Vec<ChunkId> {
     ids.iter()
         .copied()
         .collect::<BTreeSet<_>>()
