@@ -8,7 +8,7 @@ use larder_shared::config::Config;
 use larder_shared::db::Db;
 use larder_shared::storage::Storage;
 
-use crate::jobs::ingest::group_commit::{GroupCommit, GroupCommitCounts};
+use crate::jobs::ingest::group_queue::{GroupCommit, GroupCommitCounts};
 
 /// Shared handles for job handlers; cheap to clone.
 #[derive(Clone)]

@@ -44,14 +44,17 @@ use larder_shared::storage::{self, ObjectKey, StorageError};
 use crate::services::Services;
 
 mod commit;
-pub mod group_commit;
+mod group_commit;
+pub mod group_queue;
 mod nar_check;
 mod placer;
+mod run_commit;
 
-use self::commit::{RunCommit, Slot, commit};
+use self::commit::commit;
 use self::group_commit::commit_grouped;
 use self::nar_check::NarCheck;
 use self::placer::{Placed, Placer};
+use self::run_commit::{RunCommit, Slot};
 use crate::write_intents::Writer;
 
 /// How often a running ingest marks its NAR as alive for the sweeper.

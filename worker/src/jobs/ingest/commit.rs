@@ -1,13 +1,11 @@
 //! The transaction that makes an ingested NAR ready: new chunk rows, added
 //! references, the layout downloads seek by, and the `.ls` listing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Context, bail};
 
 use larder_shared::chunk::ChunkHash;
-use larder_shared::chunk_store::pack_writer::SealedPack;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::layout_epoch;
@@ -16,34 +14,10 @@ use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
 use larder_shared::db::packs;
 use larder_shared::db::refcounts;
-use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
-use larder_shared::storage::ObjectKey;
+use larder_shared::db::{ChunkId, staging_intents, unix_now};
 
+use super::run_commit::{RunCommit, Slot};
 use crate::services::Services;
-
-/// A chunk's place in the NAR: known id, or new (id assigned at flush).
-pub(super) enum Slot {
-    Known(ChunkId),
-    New(ChunkHash),
-}
-
-/// What a run hands to its commit.
-pub(super) struct RunCommit {
-    /// The owner of the run's write intents, and how many it recorded.
-    pub(super) owner: Arc<str>,
-    pub(super) intents: u64,
-    pub(super) nar_id: NarId,
-    /// The NAR's staged copy.
-    pub(super) staged: ObjectKey,
-    /// The NAR's chunks, in order.
-    pub(super) slots: Vec<Slot>,
-    /// Its new chunks, by hash (each placed once).
-    pub(super) new: HashMap<ChunkHash, NewChunk>,
-    /// The packs it placed new chunks in, sealed.
-    pub(super) sealed: BTreeMap<i64, SealedPack>,
-    /// Its `.ls` listing.
-    pub(super) listing: Option<Vec<u8>>,
-}
 
 /// In one transaction: removes this run's `intents` (failing if a deleter
 /// reclaimed any), records the new chunks already holding this NAR's

@@ -4,7 +4,7 @@
 //! wake when it is sealed. Committed one by one, each paid a transaction of
 //! about a dozen statements, and they queued on the pack row's lock
 //! (docs/measurements.md, "Waiting small ingests"). Here such a run hands
-//! its commit to the process's [`GroupCommit`]: one task at a time takes
+//! its commit to the process's queue (`group_queue`): one task at a time takes
 //! every run waiting and commits them in one transaction whose statements
 //! are batched across runs (the NAR rows locked together, one insert of all
 //! new chunks, the references of reused chunks added in ascending id order,
@@ -19,8 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
 use futures::FutureExt;
@@ -33,74 +31,16 @@ use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
 use larder_shared::db::{chunk_claims, layout_epoch, listings, nars, packs, refcounts};
 
-use super::commit::{RunCommit, Slot, commit, dedup};
+use super::commit::{commit, dedup};
+use super::group_queue::{Pending, Reply};
+use super::run_commit::{RunCommit, Slot};
 use crate::services::Services;
-
-/// Most runs committed in one transaction.
-const MAX_GROUP: usize = 64;
-
-/// The process's queue of runs waiting for a group commit.
-#[derive(Default)]
-pub struct GroupCommit {
-    queue: Mutex<Queue>,
-    /// Runs committed in a group of two or more.
-    grouped_runs: AtomicU64,
-    /// Groups that failed (their runs then committed alone).
-    failed_groups: AtomicU64,
-}
-
-/// What a process's group commits did since it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GroupCommitCounts {
-    /// Runs committed in a group of two or more.
-    pub grouped_runs: u64,
-    /// Groups that failed whole, whose runs then committed alone.
-    pub failed_groups: u64,
-}
-
-impl GroupCommit {
-    /// What this process's group commits did so far.
-    pub fn counts(&self) -> GroupCommitCounts {
-        GroupCommitCounts {
-            grouped_runs: self.grouped_runs.load(Ordering::Relaxed),
-            failed_groups: self.failed_groups.load(Ordering::Relaxed),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Queue {
-    pending: Vec<Pending>,
-    /// A task is committing groups (and takes whatever is pending next).
-    running: bool,
-}
-
-struct Pending {
-    run: RunCommit,
-    reply: oneshot::Sender<Reply>,
-}
-
-enum Reply {
-    /// Committed with its group: the NAR is ready.
-    Done,
-    /// Not committed: the run commits alone.
-    Alone(RunCommit),
-}
 
 /// Commits `run` with whatever other runs are waiting (or alone, if its
 /// group fails); as [`commit`], false when another run finished first.
 pub(super) async fn commit_grouped(svc: &Services, run: RunCommit) -> anyhow::Result<bool> {
     let (reply, answer) = oneshot::channel();
-    let start = {
-        let mut q = svc
-            .group_commit
-            .queue
-            .lock()
-            .map_err(|_| anyhow::anyhow!("group commit queue poisoned"))?;
-        q.pending.push(Pending { run, reply });
-        !std::mem::replace(&mut q.running, true)
-    };
-    if start {
+    if svc.group_commit.push(run, reply) {
         tokio::spawn(drain(svc.clone()));
     }
     match answer.await {
@@ -115,19 +55,8 @@ pub(super) async fn commit_grouped(svc: &Services, run: RunCommit) -> anyhow::Re
 async fn drain(svc: Services) {
     // The runs woken by the same seal are runnable now: let them queue up.
     tokio::task::yield_now().await;
-    let state = &svc.group_commit;
-    loop {
-        let taken: Vec<Pending> = {
-            let Ok(mut q) = state.queue.lock() else {
-                return;
-            };
-            if q.pending.is_empty() {
-                q.running = false;
-                return;
-            }
-            let n = q.pending.len().min(MAX_GROUP);
-            q.pending.drain(..n).collect()
-        };
+    let queue = &svc.group_commit;
+    while let Some(taken) = queue.take() {
         // A second run of a NAR in the group commits alone (and loses).
         let mut nars_seen = HashSet::new();
         let (group, others): (Vec<Pending>, Vec<Pending>) = taken
@@ -142,28 +71,20 @@ async fn drain(svc: Services) {
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the group commit panicked")));
         drop(runs);
-        match result {
-            Ok(()) => {
-                if group.len() > 1 {
-                    state
-                        .grouped_runs
-                        .fetch_add(group.len() as u64, Ordering::Relaxed);
-                }
-                for p in group {
-                    let _ = p.reply.send(Reply::Done);
-                }
-            }
-            Err(e) => {
-                state.failed_groups.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    runs = group.len(),
-                    error = %format!("{e:#}"),
-                    "group commit failed; its runs commit alone"
-                );
-                for p in group {
-                    let _ = p.reply.send(Reply::Alone(p.run));
-                }
-            }
+        queue.record(group.len(), result.is_ok());
+        if let Err(e) = &result {
+            tracing::debug!(
+                runs = group.len(),
+                error = %format!("{e:#}"),
+                "group commit failed; its runs commit alone"
+            );
+        }
+        for p in group {
+            let reply = match result {
+                Ok(()) => Reply::Done,
+                Err(_) => Reply::Alone(p.run),
+            };
+            let _ = p.reply.send(reply);
         }
     }
 }
@@ -213,7 +134,8 @@ async fn commit_group(svc: &Services, runs: &[&RunCommit]) -> anyhow::Result<()>
         for n in batch {
             match inserted.get(&n.hash) {
                 Some(&id) => {
-                    holder.insert(id, inserter[&n.hash]);
+                    let run = inserter.get(&n.hash).copied();
+                    holder.insert(id, run.context("an inserted chunk has no run")?);
                     if let Some((pack, _)) = n.pack {
                         live.push((pack, i64::from(n.file_size)));
                     }
