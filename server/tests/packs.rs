@@ -28,9 +28,14 @@
 //!     (the others commit), a run that lost to an overlapping run of the
 //!     same NAR changes nothing, and a run killed after its frames went into
 //!     the shared pack, before its commit, loses nothing (the others commit;
-//!     its NAR stays staged, is served, and its rerun ingests it).
+//!     its NAR stays staged, is served, and its rerun ingests it);
+//! 12. the runs of a shared pack commit in one transaction
+//!     ([`group_commit`]): chunks they share are counted once per NAR, and a
+//!     run whose commit fails fails alone.
 
 use crate::common;
+
+mod group_commit;
 use crate::gc::gc_support::clock::{backdate_intents, gc_at, grace};
 use crate::gc::gc_support::http::{assert_bytes, delete_path};
 use crate::gc::gc_support::invariants::assert_chunk_store_sound;

@@ -8,6 +8,8 @@ use larder_shared::config::Config;
 use larder_shared::db::Db;
 use larder_shared::storage::Storage;
 
+use crate::jobs::ingest::group_queue::{GroupCommit, GroupCommitCounts};
+
 /// Shared handles for job handlers; cheap to clone.
 #[derive(Clone)]
 pub struct Services {
@@ -22,6 +24,8 @@ pub struct Services {
     pub staging: Arc<dyn Storage>,
     /// The process's shared pack, which small ingests join.
     pub packer: Arc<Packer>,
+    /// The runs of shared packs waiting to commit together.
+    pub(crate) group_commit: Arc<GroupCommit>,
 }
 
 impl Services {
@@ -39,7 +43,13 @@ impl Services {
             storage,
             staging,
             packer,
+            group_commit: Arc::default(),
         }
+    }
+
+    /// What this process's group commits of small ingests did so far.
+    pub fn group_commits(&self) -> GroupCommitCounts {
+        self.group_commit.counts()
     }
 
     /// The chunk store on the main backend: the only way to chunk bytes.

@@ -14,6 +14,8 @@
 //! chunks is claimed the same way. Every call binds at most
 //! [`super::chunks::BATCH`] keys.
 
+use std::collections::HashMap;
+
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{DbError, Raw, placeholders};
@@ -133,6 +135,36 @@ pub async fn release_intents(raw: Raw<'_>, owner: &str) -> Result<u64, DbError> 
             .await?;
         Ok(done.rows_affected())
     })
+}
+
+/// [`release_intents`] for several owners at once (a group commit); returns
+/// how many went per owner (an owner with none is absent).
+pub async fn release_intents_of(
+    raw: Raw<'_>,
+    owners: &[&str],
+) -> Result<HashMap<String, u64>, DbError> {
+    let mut out: HashMap<String, u64> = HashMap::new();
+    if owners.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "DELETE FROM chunk_intents WHERE owner IN ({}) RETURNING owner",
+        placeholders(1, owners.len())
+    );
+    let rows = on_conn!(raw, c => {
+        let mut q = sqlx::query(AssertSqlSafe(&*sql));
+        for o in owners {
+            q = q.bind(*o);
+        }
+        q.fetch_all(&mut *c).await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("owner"))
+            .collect::<Result<Vec<_>, _>>()?
+    });
+    for owner in rows {
+        *out.entry(owner).or_default() += 1;
+    }
+    Ok(out)
 }
 
 /// Marks `owner`'s intents as alive at `now` (the ingest heartbeat), so a

@@ -137,6 +137,19 @@ pub async fn add_refs(raw: Raw<'_>, ids: &[ChunkId]) -> Result<u64, DbError> {
     update_ids(raw, &sql, &[], ids).await
 }
 
+/// Adds `times` references to each distinct chunk in `ids` (≤ [`BATCH`]
+/// per call): a group commit whose ready NARs share chunks. The caller has
+/// locked every row it updates in ascending order first
+/// ([`lock_in_order`]), as it calls this once per distinct `times`.
+pub async fn add_refs_times(raw: Raw<'_>, times: i64, ids: &[ChunkId]) -> Result<u64, DbError> {
+    debug_assert!(ids.len() <= BATCH);
+    let sql = format!(
+        "UPDATE chunks SET refcount = refcount + $1, zero_since = NULL WHERE refcount >= 0 AND id IN ({})",
+        placeholders(2, ids.len())
+    );
+    update_ids(raw, &sql, &[times], ids).await
+}
+
 /// Releases one reference from each distinct chunk in `ids` (≤ [`super::chunks::BATCH`],
 /// sorted by the caller); chunks reaching zero record `zero_since = now`.
 pub async fn release_refs(raw: Raw<'_>, ids: &[ChunkId], now: i64) -> Result<(), DbError> {

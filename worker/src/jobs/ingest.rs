@@ -44,12 +44,17 @@ use larder_shared::storage::{self, ObjectKey, StorageError};
 use crate::services::Services;
 
 mod commit;
+mod group_commit;
+pub mod group_queue;
 mod nar_check;
 mod placer;
+mod run_commit;
 
-use self::commit::{Slot, commit};
+use self::commit::commit;
+use self::group_commit::commit_grouped;
 use self::nar_check::NarCheck;
 use self::placer::{Placed, Placer};
+use self::run_commit::{RunCommit, Slot};
 use crate::write_intents::Writer;
 
 /// How often a running ingest marks its NAR as alive for the sweeper.
@@ -276,22 +281,29 @@ async fn run(
     if let Some(pause) = pause {
         pause.hold().await;
     }
-    let intents = writer.intents.load(Ordering::SeqCst);
-    if !commit(
-        svc,
-        (&writer.owner, intents),
-        (nar_id, key),
-        &slots,
+    let (slots_len, shared) = (slots.len(), placed.shared);
+    let run = RunCommit {
+        owner: writer.owner.clone(),
+        intents: writer.intents.load(Ordering::SeqCst),
+        nar_id,
+        staged: key.clone(),
+        slots,
         new,
-        &placed.packs,
-        listing.as_deref(),
-    )
-    .await?
-    {
+        sealed: placed.packs,
+        listing,
+    };
+    // The runs of a shared pack wake together at its seal: committed in
+    // one transaction (group_commit); any other run commits alone.
+    let ready = if shared {
+        commit_grouped(svc, run).await?
+    } else {
+        commit(svc, &run).await?
+    };
+    if !ready {
         return Ok(Outcome::Skipped);
     }
     Ok(Outcome::Ingested {
-        chunks: slots.len(),
+        chunks: slots_len,
         new_chunks,
         stored_bytes,
     })

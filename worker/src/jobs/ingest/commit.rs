@@ -1,12 +1,11 @@
 //! The transaction that makes an ingested NAR ready: new chunk rows, added
 //! references, the layout downloads seek by, and the `.ls` listing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Context, bail};
 
 use larder_shared::chunk::ChunkHash;
-use larder_shared::chunk_store::pack_writer::SealedPack;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::layout_epoch;
@@ -15,16 +14,10 @@ use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
 use larder_shared::db::packs;
 use larder_shared::db::refcounts;
-use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
-use larder_shared::storage::ObjectKey;
+use larder_shared::db::{ChunkId, staging_intents, unix_now};
 
+use super::run_commit::{RunCommit, Slot};
 use crate::services::Services;
-
-/// A chunk's place in the NAR: known id, or new (id assigned at flush).
-pub(super) enum Slot {
-    Known(ChunkId),
-    New(ChunkHash),
-}
 
 /// In one transaction: removes this run's `intents` (failing if a deleter
 /// reclaimed any), records the new chunks already holding this NAR's
@@ -33,15 +26,18 @@ pub(super) enum Slot {
 /// not deleting it), and makes the NAR ready, handing its staged copy at
 /// `staged` to a staging intent for deletion (docs/gc.md "Staging objects").
 /// False when another run finished first (ours then changes nothing).
-pub(super) async fn commit(
-    svc: &Services,
-    (owner, intents): (&str, u64),
-    (nar_id, staged): (NarId, &ObjectKey),
-    slots: &[Slot],
-    new: HashMap<ChunkHash, NewChunk>,
-    sealed: &BTreeMap<i64, SealedPack>,
-    listing: Option<&[u8]>,
-) -> anyhow::Result<bool> {
+pub(super) async fn commit(svc: &Services, run: &RunCommit) -> anyhow::Result<bool> {
+    let RunCommit {
+        owner,
+        intents,
+        nar_id,
+        staged,
+        slots,
+        new,
+        sealed,
+        listing,
+    } = run;
+    let (intents, nar_id) = (*intents, *nar_id);
     let mut tx = svc.db.begin().await?;
     // The NAR's row before any chunk row: GC's orphan deletion locks in
     // that order too.
@@ -63,7 +59,9 @@ pub(super) async fn commit(
             Slot::New(_) => None,
         })
         .collect();
-    let new: Vec<NewChunk> = new.into_values().collect();
+    // By hash: concurrent commits insert shared hashes in the same order.
+    let mut new: Vec<NewChunk> = new.values().cloned().collect();
+    new.sort_by_key(|n| n.hash);
     // Frames of the rows this commit inserts, by pack: the packs' live counts.
     let mut live: Vec<(i64, i64)> = Vec::new();
     for batch in new.chunks(BATCH) {
@@ -155,7 +153,7 @@ pub(super) async fn commit(
     Ok(true)
 }
 
-fn dedup(ids: &[ChunkId]) -> Vec<ChunkId> {
+pub(super) fn dedup(ids: &[ChunkId]) -> Vec<ChunkId> {
     ids.iter()
         .copied()
         .collect::<BTreeSet<_>>()

@@ -32,6 +32,9 @@ pub(super) struct Placed {
     /// The packs holding them, sealed and durable, by id (ascending: the
     /// order their rows are locked in).
     pub(super) packs: BTreeMap<i64, SealedPack>,
+    /// Some went into the process's shared pack (whose runs commit as a
+    /// group).
+    pub(super) shared: bool,
 }
 
 pub(super) struct Placer<'a> {
@@ -130,6 +133,7 @@ impl<'a> Placer<'a> {
                 .insert(e.hash, (sealed.id, e.offset as i64));
         }
         self.placed.packs.insert(sealed.id, sealed);
+        self.placed.shared = true;
         Ok(self.placed)
     }
 }
