@@ -311,7 +311,13 @@ async fn interrupt_push(
     // Leftovers of an earlier kill are not uploads in flight.
     let leftovers = temp_files(&staging);
     let count_in_flight = || temp_files(&staging).difference(&leftovers).count();
-    let before = server.log_text().matches("staged upload").count();
+    // Uploads recorded: whole NARs ("staged upload") and chunk-level
+    // pushes' publishes of their prepared NARs.
+    let recorded = || {
+        let log = server.log_text();
+        log.matches("staged upload").count() + log.matches("published prepared NAR").count()
+    };
+    let before = recorded();
     let seen = wait::until(
         "an upload in flight after one was staged",
         Duration::from_secs(60),
@@ -322,13 +328,13 @@ async fn interrupt_push(
                 "the push ended before an upload was seen in flight (make the paths larger)"
             );
             let in_flight = count_in_flight();
-            let staged = server.log_text().matches("staged upload").count() - before;
+            let staged = recorded() - before;
             Ok((in_flight > 0 && staged > 0).then_some(in_flight))
         },
     )
     .await;
     let in_flight = seen.map_err(|e| e.context(server.log()))?;
-    let staged = server.log_text().matches("staged upload").count() - before;
+    let staged = recorded() - before;
     anyhow::ensure!(
         !push.is_finished(),
         "the push finished before the kill (make the paths larger)"
