@@ -26,12 +26,21 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const MISSED_HEARTBEATS: usize = 6;
 /// How often an idle worker polls for jobs.
 const POLL: Duration = Duration::from_millis(250);
-/// Jobs a worker takes per fetch. apalis locks a fetched batch to the
-/// worker that fetched it until it has run them all, and a worker fetches
-/// only when a slot is free; so with one per fetch a worker never holds a
-/// job another, idle worker could run (with a batch per fetch the last jobs
-/// of a backlog waited in one busy worker while another sat idle).
-const FETCH_BATCH: usize = 1;
+/// Jobs a worker takes per fetch, for `concurrency` slots: half its slots.
+///
+/// apalis locks a fetched batch to the worker that fetched it until it has
+/// run them all, so a large batch left the last jobs of a backlog waiting
+/// in one busy worker while another sat idle: smaller is fairer. But
+/// apalis also sizes the channel of its job events (a lock when a job
+/// starts, a completion when it ends) at four times the batch, and a job
+/// whose event finds it full waits until the worker drains it; once the
+/// worker stops draining (shutdown), it waits forever and so does the
+/// process. With half the slots the channel holds two events for every
+/// slot, all that the jobs in flight can send: one job per fetch (four
+/// events for eight slots) hung a stopping server with its slots full.
+fn fetch_batch(concurrency: usize) -> usize {
+    concurrency.div_ceil(2).max(1)
+}
 
 /// What a worker does with a job of this payload. An error makes apalis
 /// retry it (up to [`larder_shared::jobs::MAX_ATTEMPTS`]); handlers re-read
@@ -107,7 +116,7 @@ async fn work<J: Handler>(
         Db::Postgres(pool) => {
             let config = apalis_postgres::Config::default()
                 .queue(J::QUEUE)
-                .batch_size(FETCH_BATCH)
+                .batch_size(fetch_batch(concurrency))
                 .heartbeat_interval(HEARTBEAT)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             let backend = PostgresStorage::<J>::new(&pool)
@@ -124,7 +133,7 @@ async fn work<J: Handler>(
         Db::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default()
                 .queue(J::QUEUE)
-                .batch_size(FETCH_BATCH)
+                .batch_size(fetch_batch(concurrency))
                 .heartbeat_interval(HEARTBEAT)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             let backend = SqliteStorage::<J>::new(&pool)

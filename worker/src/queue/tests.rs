@@ -291,3 +291,79 @@ async fn largest_first_on_sqlite() {
 async fn largest_first_on_postgres() {
     largest_first(true).await;
 }
+
+/// A worker asked to stop with every slot busy stops once its jobs are
+/// done: the completions of the jobs in flight must not wait for a worker
+/// that no longer reads them (apalis's event channel; see `fetch_batch`).
+async fn stops_with_every_slot_busy(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, pg) = database(postgres, dir.path()).await;
+    let svc = services(&url, dir.path()).await;
+    const SLOTS: usize = 8;
+    {
+        let mut tx = svc.db.begin().await.expect("begin");
+        for i in 0..3 * SLOTS {
+            let nar = nar_of(512 * 1024, 100 + i as u64);
+            let key = layout::new_staging_key();
+            svc.staging
+                .put_bytes(&key, nar.clone().into())
+                .await
+                .expect("staged");
+            let id = nars::insert_staged(
+                tx.raw(),
+                &NarHash::digest(&nar),
+                nar.len() as i64,
+                key.as_str(),
+                unix_now(),
+            )
+            .await
+            .expect("insert")
+            .expect("new NAR");
+            let staged = jobs::StagedNar {
+                nar_id: id,
+                nar_size: nar.len() as u64,
+            };
+            jobs::enqueue_ingest(tx.raw(), &[staged])
+                .await
+                .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(super::run(svc.clone(), "busy", SLOTS, shutdown.clone()));
+    // Stop once a few jobs are done and others are running.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = ingest_jobs(&svc.db).await;
+        let done = jobs.iter().filter(|j| j.1 == "Done").count();
+        if done >= 2 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), worker).await;
+    assert!(
+        stopped.is_ok(),
+        "the worker did not stop within a minute of shutdown"
+    );
+    stopped
+        .expect("stopped")
+        .expect("worker task")
+        .expect("worker stops cleanly");
+
+    svc.db.close().await;
+    if let Some(name) = pg {
+        drop_database(&name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_with_every_slot_busy_on_sqlite() {
+    stops_with_every_slot_busy(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_with_every_slot_busy_on_postgres() {
+    stops_with_every_slot_busy(true).await;
+}
