@@ -26,6 +26,10 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const MISSED_HEARTBEATS: usize = 6;
 /// How often an idle worker polls for jobs.
 const POLL: Duration = Duration::from_millis(250);
+/// How long a stopping worker lets its running jobs finish: below the API's
+/// `[http] shutdown-timeout` default and compose's stop grace, so a stop is
+/// orderly rather than a SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Jobs a worker takes per fetch, for `concurrency` slots: half its slots.
 ///
 /// apalis locks a fetched batch to the worker that fetched it until it has
@@ -35,9 +39,10 @@ const POLL: Duration = Duration::from_millis(250);
 /// starts, a completion when it ends) at four times the batch, and a job
 /// whose event finds it full waits until the worker drains it; once the
 /// worker stops draining (shutdown), it waits forever and so does the
-/// process. With half the slots the channel holds two events for every
-/// slot, all that the jobs in flight can send: one job per fetch (four
-/// events for eight slots) hung a stopping server with its slots full.
+/// process. One job per fetch (four events for eight slots) hung a
+/// stopping server with its slots full; with half the slots (two events
+/// per slot) it was still seen once in a suite run, so the stop is also
+/// bounded ([`STOP_GRACE`]).
 fn fetch_batch(concurrency: usize) -> usize {
     concurrency.div_ceil(2).max(1)
 }
@@ -108,44 +113,66 @@ async fn work<J: Handler>(
 ) -> anyhow::Result<()> {
     let concurrency = concurrency.max(1);
     let name = name.to_owned();
+    let stopping = shutdown.clone();
     let signal = async move {
         shutdown.cancelled().await;
         Ok::<(), std::io::Error>(())
     };
-    let result = match svc.db.clone() {
-        Db::Postgres(pool) => {
-            let config = apalis_postgres::Config::default()
-                .queue(J::QUEUE)
-                .batch_size(fetch_batch(concurrency))
-                .heartbeat_interval(HEARTBEAT)
-                .missed_heartbeats(MISSED_HEARTBEATS);
-            let backend = PostgresStorage::<J>::new(&pool)
-                .with_config(config)
-                .poll_with_interval(POLL);
-            WorkerBuilder::new(name)
-                .backend(backend)
-                .data(svc)
-                .concurrency(concurrency)
-                .build(handle::<J>)
-                .run_until(signal)
-                .await
+    let run = async move {
+        match svc.db.clone() {
+            Db::Postgres(pool) => {
+                let config = apalis_postgres::Config::default()
+                    .queue(J::QUEUE)
+                    .batch_size(fetch_batch(concurrency))
+                    .heartbeat_interval(HEARTBEAT)
+                    .missed_heartbeats(MISSED_HEARTBEATS);
+                let backend = PostgresStorage::<J>::new(&pool)
+                    .with_config(config)
+                    .poll_with_interval(POLL);
+                WorkerBuilder::new(name)
+                    .backend(backend)
+                    .data(svc)
+                    .concurrency(concurrency)
+                    .build(handle::<J>)
+                    .run_until(signal)
+                    .await
+            }
+            Db::Sqlite(pool) => {
+                let config = apalis_sqlite::Config::default()
+                    .queue(J::QUEUE)
+                    .batch_size(fetch_batch(concurrency))
+                    .heartbeat_interval(HEARTBEAT)
+                    .missed_heartbeats(MISSED_HEARTBEATS);
+                let backend = SqliteStorage::<J>::new(&pool)
+                    .with_config(config)
+                    .poll_with_interval(POLL);
+                WorkerBuilder::new(name)
+                    .backend(backend)
+                    .data(svc)
+                    .concurrency(concurrency)
+                    .build(handle::<J>)
+                    .run_until(signal)
+                    .await
+            }
         }
-        Db::Sqlite(pool) => {
-            let config = apalis_sqlite::Config::default()
-                .queue(J::QUEUE)
-                .batch_size(fetch_batch(concurrency))
-                .heartbeat_interval(HEARTBEAT)
-                .missed_heartbeats(MISSED_HEARTBEATS);
-            let backend = SqliteStorage::<J>::new(&pool)
-                .with_config(config)
-                .poll_with_interval(POLL);
-            WorkerBuilder::new(name)
-                .backend(backend)
-                .data(svc)
-                .concurrency(concurrency)
-                .build(handle::<J>)
-                .run_until(signal)
-                .await
+    };
+    // Bounded: jobs still running [`STOP_GRACE`] after the signal are left
+    // behind, as a crash would leave them (every handler is safe to cut off
+    // and run again; apalis re-enqueues them once this worker's heartbeat
+    // is missed). apalis's own stop has been seen to wait forever for jobs
+    // whose completion could not be recorded (see `fetch_batch`).
+    let grace = async move {
+        stopping.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    let result = tokio::select! {
+        result = run => result,
+        () = grace => {
+            tracing::warn!(
+                grace = ?STOP_GRACE,
+                "jobs still running at the end of the stop grace; they will run again"
+            );
+            return Ok(());
         }
     };
     result.map_err(|e| anyhow::anyhow!("{} worker stopped: {e}", J::QUEUE))

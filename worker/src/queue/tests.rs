@@ -292,9 +292,9 @@ async fn largest_first_on_postgres() {
     largest_first(true).await;
 }
 
-/// A worker asked to stop with every slot busy stops once its jobs are
-/// done: the completions of the jobs in flight must not wait for a worker
-/// that no longer reads them (apalis's event channel; see `fetch_batch`).
+/// A worker asked to stop with every slot busy stops: once its jobs are
+/// done, or at the end of its stop grace if apalis's stop hangs on their
+/// completions (its event channel; see `fetch_batch`).
 async fn stops_with_every_slot_busy(postgres: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (url, pg) = database(postgres, dir.path()).await;
