@@ -13,11 +13,11 @@ use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::NarNode;
 use larder_shared::config::Config;
 use larder_shared::db::nars::{self, NarState};
-use larder_shared::db::{Db, unix_now};
+use larder_shared::db::{Db, NarId, unix_now};
 use larder_shared::jobs;
 use larder_shared::storage::layout;
 use larder_shared::storage::local::LocalStorage;
-use larder_shared::storage::{Storage, StorageError};
+use larder_shared::storage::{ObjectKey, Storage, StorageError};
 
 use crate::services::Services;
 
@@ -92,22 +92,20 @@ fn nar() -> Vec<u8> {
     .to_bytes()
 }
 
-async fn staged_nar_is_ingested_by_a_running_worker(postgres: bool) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (url, pg) = database(postgres, dir.path()).await;
-    let svc = services(&url, dir.path()).await;
-
-    let nar = nar();
-    let key = layout::new_staging_key();
-    svc.staging
-        .put_bytes(&key, nar.clone().into())
-        .await
-        .expect("staged");
-    let id = {
-        let mut tx = svc.db.begin().await.expect("begin");
+/// Stages `nars` and enqueues their ingest jobs, in one transaction, as an
+/// upload does: their row ids and staging keys.
+async fn stage(svc: &Services, nars: &[Vec<u8>]) -> Vec<(NarId, ObjectKey)> {
+    let mut tx = svc.db.begin().await.expect("begin");
+    let mut staged = Vec::with_capacity(nars.len());
+    for nar in nars {
+        let key = layout::new_staging_key();
+        svc.staging
+            .put_bytes(&key, nar.clone().into())
+            .await
+            .expect("staged");
         let id = nars::insert_staged(
             tx.raw(),
-            &NarHash::digest(&nar),
+            &NarHash::digest(nar),
             nar.len() as i64,
             key.as_str(),
             unix_now(),
@@ -115,16 +113,26 @@ async fn staged_nar_is_ingested_by_a_running_worker(postgres: bool) {
         .await
         .expect("insert")
         .expect("new NAR");
-        let staged = jobs::StagedNar {
+        let job = jobs::StagedNar {
             nar_id: id,
             nar_size: nar.len() as u64,
         };
-        jobs::enqueue_ingest(tx.raw(), &[staged])
+        jobs::enqueue_ingest(tx.raw(), &[job])
             .await
             .expect("enqueue");
-        tx.commit().await.expect("commit");
-        id
-    };
+        staged.push((id, key));
+    }
+    tx.commit().await.expect("commit");
+    staged
+}
+
+async fn staged_nar_is_ingested_by_a_running_worker(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, pg) = database(postgres, dir.path()).await;
+    let svc = services(&url, dir.path()).await;
+
+    let nar = nar();
+    let (id, key) = stage(&svc, std::slice::from_ref(&nar)).await.remove(0);
 
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(super::run(svc.clone(), "queue-test", 2, shutdown.clone()));
@@ -220,35 +228,12 @@ async fn largest_first(postgres: bool) {
     // Enqueued smallest first: a FIFO queue would take the 64 KiB one first.
     const KIB: usize = 1024;
     let sizes = [64 * KIB, 1536 * KIB, 6 * 1024 * KIB, 3 * 1024 * KIB];
-    {
-        let mut tx = svc.db.begin().await.expect("begin");
-        for (i, size) in sizes.iter().enumerate() {
-            let nar = nar_of(*size, i as u64 + 1);
-            let key = layout::new_staging_key();
-            svc.staging
-                .put_bytes(&key, nar.clone().into())
-                .await
-                .expect("staged");
-            let id = nars::insert_staged(
-                tx.raw(),
-                &NarHash::digest(&nar),
-                nar.len() as i64,
-                key.as_str(),
-                unix_now(),
-            )
-            .await
-            .expect("insert")
-            .expect("new NAR");
-            let staged = jobs::StagedNar {
-                nar_id: id,
-                nar_size: nar.len() as u64,
-            };
-            jobs::enqueue_ingest(tx.raw(), &[staged])
-                .await
-                .expect("enqueue");
-        }
-        tx.commit().await.expect("commit");
-    }
+    let backlog: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, size)| nar_of(*size, i as u64 + 1))
+        .collect();
+    stage(&svc, &backlog).await;
     let mut priorities: Vec<i64> = ingest_jobs(&svc.db).await.iter().map(|j| j.0).collect();
     priorities.sort_unstable();
     assert_eq!(priorities, vec![0, 1, 2, 3], "classes double from 1 MiB");
@@ -300,35 +285,10 @@ async fn stops_with_every_slot_busy(postgres: bool) {
     let (url, pg) = database(postgres, dir.path()).await;
     let svc = services(&url, dir.path()).await;
     const SLOTS: usize = 8;
-    {
-        let mut tx = svc.db.begin().await.expect("begin");
-        for i in 0..3 * SLOTS {
-            let nar = nar_of(512 * 1024, 100 + i as u64);
-            let key = layout::new_staging_key();
-            svc.staging
-                .put_bytes(&key, nar.clone().into())
-                .await
-                .expect("staged");
-            let id = nars::insert_staged(
-                tx.raw(),
-                &NarHash::digest(&nar),
-                nar.len() as i64,
-                key.as_str(),
-                unix_now(),
-            )
-            .await
-            .expect("insert")
-            .expect("new NAR");
-            let staged = jobs::StagedNar {
-                nar_id: id,
-                nar_size: nar.len() as u64,
-            };
-            jobs::enqueue_ingest(tx.raw(), &[staged])
-                .await
-                .expect("enqueue");
-        }
-        tx.commit().await.expect("commit");
-    }
+    let backlog: Vec<Vec<u8>> = (0..3 * SLOTS)
+        .map(|i| nar_of(512 * 1024, 100 + i as u64))
+        .collect();
+    stage(&svc, &backlog).await;
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(super::run(svc.clone(), "busy", SLOTS, shutdown.clone()));
     // Stop once a few jobs are done and others are running.
