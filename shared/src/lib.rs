@@ -6,6 +6,7 @@
 //! knows the formats; `config` ties settings together.
 
 pub mod audit;
+pub mod background;
 pub mod bootstrap;
 pub mod chunk;
 pub mod chunk_store;

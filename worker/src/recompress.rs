@@ -1,13 +1,14 @@
 //! Recompressing cold frames at `[compression] archive-level` (docs/gc.md
 //! "Recompression"): decompress, check the chunk's hash, compress again,
 //! and keep whichever frame is smaller. A damaged frame is copied as it is
-//! (never laundered into a fresh one that verify would call sound). All cores, on blocking threads; a window of frames at
+//! (never laundered into a fresh one that verify would call sound). All cores, on the background pool (`larder_shared::background`); a window of frames at
 //! a time, so memory stays bounded.
 
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
+use larder_shared::background;
 use larder_shared::chunk::{self, ChunkHash};
 use larder_shared::db::chunks::ChunkRecord;
 
@@ -21,7 +22,7 @@ pub async fn frames(
     let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
     futures::stream::iter(rows.iter().cloned().zip(frames))
         .map(|(rec, frame)| async move {
-            tokio::task::spawn_blocking(move || one(&rec, frame, level))
+            background::run(move || one(&rec, frame, level))
                 .await
                 .context("recompression thread")?
         })

@@ -21,7 +21,7 @@ struct Args {
     /// Config file (else $LARDER_CONFIG).
     #[arg(short = 'f', long = "config", env = "LARDER_CONFIG")]
     config: PathBuf,
-    /// Jobs run at once (default: `[worker] concurrency`, else 4 per core).
+    /// Jobs run at once (default: `[worker] concurrency`, else 8 per core).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Load and check the config (file, environment, secret files, keys), print a summary and exit.

@@ -1,5 +1,6 @@
 //! The async wrappers of the blocking chunker ([`ChunkIter`], in
-//! `larder_core::chunk`): cut points and SHA-256 on a blocking thread.
+//! `larder_core::chunk`): cut points and SHA-256 on a background thread
+//! ([`crate::background`]).
 
 use std::io;
 
@@ -15,8 +16,9 @@ use super::{Chunk, ChunkError, ChunkIter, ChunkingParams, InvalidChunkingParams}
 /// 32 × `max_size`, 8 MiB with the default chunking).
 const CHUNK_CHANNEL_DEPTH: usize = 32;
 
-/// Chunks an async reader on a blocking thread (cut points and SHA-256 stay
-/// off the async runtime). See [`ChunkIter`] for the contract.
+/// Chunks an async reader on a background thread of its own (cut points
+/// and SHA-256 stay off the async runtime, below request handling's
+/// priority). See [`ChunkIter`] for the contract.
 ///
 /// Dropping the stream stops the thread at its next chunk. Must be called
 /// within a Tokio runtime.
@@ -33,7 +35,8 @@ where
         total_size,
         params,
     )?;
-    Ok(crate::storage::blocking_stream(
+    Ok(crate::background::stream(
+        "larder-chunker",
         CHUNK_CHANNEL_DEPTH,
         move |tx| {
             for chunk in chunks {

@@ -13,6 +13,11 @@ thread_local! {
     /// MiB to set up at high levels, chunks are small.
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
+    /// One decompression context per thread: a download or a chunk push's
+    /// read-back decompresses thousands of small frames, and a fresh
+    /// context for each showed in profiles.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Compresses one chunk into one standalone zstd frame whose header records
@@ -30,7 +35,13 @@ pub fn compress(data: &[u8], level: i32) -> io::Result<Bytes> {
 /// Decompresses a chunk's frame, which must hold exactly `expected_len`
 /// bytes (the chunk size the database records).
 pub fn decompress(frame: &[u8], expected_len: usize) -> io::Result<Bytes> {
-    let data = zstd::bulk::decompress(frame, expected_len)?;
+    let data = DECOMPRESSOR.with_borrow_mut(|slot| {
+        let decompressor = match slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(frame, expected_len)
+    })?;
     if data.len() != expected_len {
         return Err(io::Error::new(
             ErrorKind::InvalidData,

@@ -255,14 +255,14 @@ pub struct WorkerConfig {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Four jobs per core: an ingest spends much of its time waiting (staging
-/// reads, dedup lookups, its pack's seal, its commit), and small ingests
-/// running together share one pack, so more jobs than cores ingest faster
-/// and write fewer objects (docs/measurements.md "Chunk packs": 77 → 95
-/// MB/s, 109 → 34 objects from 2 to 8 jobs on 2 cores). Memory stays
-/// bounded: each job holds at most a quarter pack of frames.
+/// Eight jobs per core: an ingest waits much of its time (staging reads,
+/// lookups, its pack's seal, its commit) and small ones running together
+/// share a pack, so more jobs ingest faster and write fewer objects, and
+/// their CPU work shares one pool of a thread per core (`crate::background`)
+/// (docs/measurements.md "Chunk packs", "Background priority"). Memory
+/// stays bounded: each job holds at most a quarter pack of frames.
 pub fn default_concurrency() -> usize {
-    num_cpus::get().max(1) * 4
+    num_cpus::get().max(1) * 8
 }
 
 fn d_concurrency() -> usize {

@@ -371,20 +371,7 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel(capacity);
     let handle = tokio::task::spawn_blocking(move || produce(&tx));
-    futures::stream::unfold(
-        (rx, Some((handle, on_failure))),
-        |(mut rx, pending)| async move {
-            if let Some(item) = rx.recv().await {
-                return Some((item, (rx, pending)));
-            }
-            // The channel closed: the producer returned, or died.
-            let (handle, on_failure) = pending?;
-            match handle.await {
-                Ok(()) => None,
-                Err(e) => Some((on_failure(e), (rx, None))),
-            }
-        },
-    )
+    crate::background::channel_stream(rx, handle, on_failure)
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@
 //! the same bytes); (4) in one transaction, remove this run's intents
 //! (all of them: a deleter that reclaimed one as stale may have deleted its
 //! object, so a shortfall rolls back), record the new chunks and add the
-//! NAR's references, record its `.ls` listing (made in the same pass) and
-//! flip the NAR to `ready` with its layout (chunk sizes and `.nar.zst`
-//! digest, what downloads seek by) (guarded by `state = 'staged'`); (5) delete the
-//! staged copy.
+//! NAR's references and flip the NAR to `ready` with its layout (chunk
+//! sizes and `.nar.zst` digest, what downloads seek by) (guarded by
+//! `state = 'staged'`); (5) record its `.ls` listing (made in the same pass;
+//! one missing is made on request) and delete the staged copy.
 //! A crash anywhere leaves either a staged NAR (served from staging, retried)
 //! or a ready one; objects written by a run that never committed keep their
 //! intents, through which GC finds and deletes them after the grace period.
@@ -34,6 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::instrument;
 
 use larder_core::nix::hash::NarHash;
+use larder_shared::background;
 use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, NewChunk};
@@ -46,12 +47,14 @@ use crate::services::Services;
 mod commit;
 mod group_commit;
 pub mod group_queue;
+mod listing;
 mod nar_check;
 mod placer;
 mod run_commit;
 
 use self::commit::commit;
 use self::group_commit::commit_grouped;
+use self::listing::record_listing;
 use self::nar_check::NarCheck;
 use self::placer::{Placed, Placer};
 use self::run_commit::{RunCommit, Slot};
@@ -204,7 +207,7 @@ async fn run(
     let chunks = chunk::chunk_stream(input, nar_size, &params)?;
 
     // Batches are looked up and compressed `parallelism` at a time, each
-    // compressed on one blocking thread (a handoff per batch, not per
+    // compressed on a background pool thread (a handoff per batch, not per
     // chunk), and come out in NAR order.
     let prepare = Prepare {
         svc: svc.clone(),
@@ -290,7 +293,6 @@ async fn run(
         slots,
         new,
         sealed: placed.packs,
-        listing,
     };
     // The runs of a shared pack wake together at its seal: committed in
     // one transaction (group_commit); any other run commits alone.
@@ -301,6 +303,9 @@ async fn run(
     };
     if !ready {
         return Ok(Outcome::Skipped);
+    }
+    if let Some(listing) = listing {
+        record_listing(svc, nar_id, &listing).await;
     }
     Ok(Outcome::Ingested {
         chunks: slots_len,
@@ -358,7 +363,7 @@ impl Prepare {
             self.writer.intend(&self.svc.db, &unknown).await?;
         }
         let level = self.level;
-        let prepared = tokio::task::spawn_blocking(move || {
+        let prepared = background::run(move || {
             batch
                 .into_iter()
                 .map(|c| {

@@ -1,5 +1,5 @@
 //! The transaction that makes an ingested NAR ready: new chunk rows, added
-//! references, the layout downloads seek by, and the `.ls` listing.
+//! references and the layout downloads seek by.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -9,7 +9,6 @@ use larder_shared::chunk::ChunkHash;
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::layout_epoch;
-use larder_shared::db::listings;
 use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
 use larder_shared::db::packs;
@@ -35,7 +34,6 @@ pub(super) async fn commit(svc: &Services, run: &RunCommit) -> anyhow::Result<bo
         slots,
         new,
         sealed,
-        listing,
     } = run;
     let (intents, nar_id) = (*intents, *nar_id);
     let mut tx = svc.db.begin().await?;
@@ -146,9 +144,6 @@ pub(super) async fn commit(svc: &Services, run: &RunCommit) -> anyhow::Result<bo
         return Ok(false);
     }
     staging_intents::release(tx.raw(), staged, unix_now()).await?;
-    if let Some(listing) = listing {
-        listings::insert_nar_listing(tx.raw(), nar_id, listing, unix_now()).await?;
-    }
     tx.commit().await?;
     Ok(true)
 }

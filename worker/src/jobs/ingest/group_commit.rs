@@ -29,7 +29,7 @@ use larder_shared::chunk_store::pack_writer::SealedPack;
 use larder_shared::db::chunks::{self, BATCH, NewChunk};
 use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
-use larder_shared::db::{chunk_claims, layout_epoch, listings, nars, packs, refcounts};
+use larder_shared::db::{chunk_claims, layout_epoch, nars, packs, refcounts};
 
 use super::commit::{commit, dedup};
 use super::group_queue::{Pending, Reply};
@@ -234,9 +234,6 @@ async fn commit_group(svc: &Services, runs: &[&RunCommit]) -> anyhow::Result<()>
             bail!("NAR {} was made ready by another run", r.nar_id);
         }
         staging_intents::release(tx.raw(), &r.staged, now).await?;
-        if let Some(listing) = &r.listing {
-            listings::insert_nar_listing(tx.raw(), r.nar_id, listing, now).await?;
-        }
     }
     tx.commit().await?;
     Ok(())

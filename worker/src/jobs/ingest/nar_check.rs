@@ -1,8 +1,8 @@
 //! The whole-NAR checks of an ingest (NarHash, grammar, `.ls` listing),
 //! made while the staged copy is read, before it is chunked.
 //!
-//! The checks tap the staged byte stream and run on a blocking thread of
-//! their own: the chunker's thread (cut points and chunk hashes) is the
+//! The checks tap the staged byte stream and run on a background thread of
+//! their own (`larder_shared::background`): the chunker's thread (cut points and chunk hashes) is the
 //! ingest's one serial stage, and every core it does not need compresses.
 //! A grammar error ends the tapped stream soon after the checker finds it.
 
@@ -14,10 +14,10 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use sha2::{Digest, Sha256};
-use tokio::task::JoinHandle;
 
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::{NarSummary, NarValidator};
+use larder_shared::background;
 
 /// Pieces queued for the checker (128 KiB each from local storage).
 const DEPTH: usize = 32;
@@ -28,7 +28,7 @@ type Failure = Arc<OnceLock<String>>;
 
 /// The checks of one ingest: the checker thread, and its first failure.
 pub(super) struct NarCheck {
-    checker: JoinHandle<Result<(NarHash, NarSummary), String>>,
+    checker: background::Handle<Result<(NarHash, NarSummary), String>>,
     failed: Failure,
 }
 
@@ -48,7 +48,7 @@ impl NarCheck {
         let failed = Failure::default();
         let checker = {
             let failed = failed.clone();
-            tokio::task::spawn_blocking(move || check(&rx, nar_size, &failed))
+            background::spawn("larder-nar-check", move || check(&rx, nar_size, &failed))
         };
         let stop = failed.clone();
         let tapped =

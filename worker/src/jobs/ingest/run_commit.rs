@@ -30,6 +30,4 @@ pub(crate) struct RunCommit {
     pub(crate) new: HashMap<ChunkHash, NewChunk>,
     /// The packs it placed new chunks in, sealed.
     pub(crate) sealed: BTreeMap<i64, SealedPack>,
-    /// Its `.ls` listing.
-    pub(crate) listing: Option<Vec<u8>>,
 }
