@@ -27,6 +27,7 @@ pub mod object_refs;
 pub mod objects;
 pub mod oidc_policies;
 pub mod packs;
+mod pg_options;
 pub mod pins;
 pub mod pushed_chunks;
 pub mod queue;
@@ -45,7 +46,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::pool::{PoolConnection, PoolOptions};
-use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
@@ -199,7 +199,7 @@ impl Db {
     /// Connects to `url` (`postgres://…` or `sqlite:…`).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?;
+            let options = pg_options::pg_options(url)?;
             let pool = pool_options::<Postgres>()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(30))
