@@ -313,6 +313,36 @@ pub fn unix_now() -> i64 {
 }
 
 /// `$start, $start+1, …` for `n` bound values (both dialects accept `$n`).
+/// Locks the rows of `table` whose `id` is in `ids`, in ascending id order,
+/// in the caller's transaction (`FOR UPDATE`), on PostgreSQL; a no-op on
+/// SQLite, whose write transaction holds the whole database. The one place
+/// the ascending lock order of docs/gc.md is written in SQL.
+pub(crate) async fn lock_rows_in_order<T>(
+    raw: Raw<'_>,
+    table: &'static str,
+    ids: &[T],
+) -> Result<(), DbError>
+where
+    T: Copy + Send + sqlx::Type<Postgres> + for<'q> sqlx::Encode<'q, Postgres>,
+{
+    let Raw::Postgres(c) = raw else {
+        return Ok(());
+    };
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT id FROM {table} WHERE id IN ({}) ORDER BY id FOR UPDATE",
+        placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(&*sql));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(&mut *c).await?;
+    Ok(())
+}
+
 pub(crate) fn placeholders(start: usize, n: usize) -> String {
     (start..start + n)
         .map(|i| format!("${i}"))

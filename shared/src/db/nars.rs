@@ -6,7 +6,7 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::nar_layout::{NarLayout, encode_spans};
-use super::{ChunkId, DbError, NarId, Raw, corrupt, placeholders};
+use super::{ChunkId, DbError, NarId, Raw, corrupt};
 use crate::on_conn;
 use larder_core::nix::hash::NarHash;
 
@@ -189,22 +189,7 @@ pub async fn lock(raw: Raw<'_>, id: NarId) -> Result<(), DbError> {
 /// [`lock`] for several NARs, in ascending id order (a group commit of
 /// several ingests takes them all before any chunk row).
 pub async fn lock_many(raw: Raw<'_>, ids: &[NarId]) -> Result<(), DbError> {
-    let Raw::Postgres(c) = raw else {
-        return Ok(());
-    };
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "SELECT id FROM nars WHERE id IN ({}) ORDER BY id FOR UPDATE",
-        placeholders(1, ids.len())
-    );
-    let mut q = sqlx::query(AssertSqlSafe(&*sql));
-    for id in ids {
-        q = q.bind(*id);
-    }
-    q.fetch_all(&mut *c).await?;
-    Ok(())
+    super::lock_rows_in_order(raw, "nars", ids).await
 }
 
 /// Makes an ingested NAR live, with its `layout` (same order as

@@ -37,22 +37,7 @@ use crate::on_conn;
 /// updates several batches in one transaction calls this for all of them
 /// first, in order.
 pub async fn lock_in_order(raw: Raw<'_>, ids: &[ChunkId]) -> Result<(), DbError> {
-    let Raw::Postgres(c) = raw else {
-        return Ok(());
-    };
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "SELECT id FROM chunks WHERE id IN ({}) ORDER BY id FOR UPDATE",
-        placeholders(1, ids.len())
-    );
-    let mut q = sqlx::query(AssertSqlSafe(&*sql));
-    for id in ids {
-        q = q.bind(*id);
-    }
-    q.fetch_all(&mut *c).await?;
-    Ok(())
+    super::lock_rows_in_order(raw, "chunks", ids).await
 }
 
 /// Locks `ids` in order ([`lock_in_order`]), then runs `sql`, whose
