@@ -88,21 +88,8 @@ pub async fn claim_abandoned(
     now: i64,
     limit: i64,
 ) -> Result<u64, DbError> {
-    on_conn!(raw, c => {
-        let done = sqlx::query(
-            "UPDATE staging_intents SET deleting_at = $1
-             WHERE deleting_at IS NULL AND object_key IN
-                 (SELECT object_key FROM staging_intents
-                  WHERE deleting_at IS NULL AND created_at < $2
-                  ORDER BY created_at LIMIT $3)",
-        )
-        .bind(now)
-        .bind(before)
-        .bind(limit)
-        .execute(&mut *c)
-        .await?;
-        Ok(done.rows_affected())
-    })
+    // Every key ends in the empty suffix.
+    claim_abandoned_ending(raw, "", before, now, limit).await
 }
 
 /// [`claim_abandoned`] for the intents of keys ending in `suffix` only.
