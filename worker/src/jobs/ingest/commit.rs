@@ -13,7 +13,7 @@ use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::nars;
 use larder_shared::db::packs;
 use larder_shared::db::refcounts;
-use larder_shared::db::{ChunkId, staging_intents, unix_now};
+use larder_shared::db::{ChunkId, Raw, staging_intents, unix_now};
 
 use super::run_commit::{RunCommit, Slot};
 use crate::services::Services;
@@ -76,18 +76,9 @@ pub(super) async fn commit(svc: &Services, run: &RunCommit) -> anyhow::Result<bo
             .filter(|h| !inserted.contains_key(h))
             .collect();
         ids.extend(inserted);
-        if !rest.is_empty() {
-            let found = chunks::find_by_hashes(tx.raw(), &rest).await?;
-            for h in rest {
-                let rec = found
-                    .get(&h)
-                    .context("a chunk row vanished during ingest; retrying")?;
-                if rec.refcount < 0 {
-                    bail!("a chunk of this NAR is being garbage-collected; retrying later");
-                }
-                ids.insert(h, rec.id);
-                reused.insert(rec.id);
-            }
+        for (h, id) in recorded_first(tx.raw(), rest).await? {
+            ids.insert(h, id);
+            reused.insert(id);
         }
     }
     // Sorted: concurrent commits lock shared chunk rows in the same order.
@@ -146,6 +137,31 @@ pub(super) async fn commit(svc: &Services, run: &RunCommit) -> anyhow::Result<bo
     staging_intents::release(tx.raw(), staged, unix_now()).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The ids of `hashes`, new chunks whose insert found a row: another
+/// commit recorded them since this run's lookup, so they are reused. Fails
+/// (the run retries) if one vanished again or GC is deleting it.
+pub(super) async fn recorded_first(
+    raw: Raw<'_>,
+    hashes: Vec<ChunkHash>,
+) -> anyhow::Result<Vec<(ChunkHash, ChunkId)>> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found = chunks::find_by_hashes(raw, &hashes).await?;
+    hashes
+        .into_iter()
+        .map(|h| {
+            let rec = found
+                .get(&h)
+                .context("a chunk row vanished during ingest; retrying")?;
+            if rec.refcount < 0 {
+                bail!("a chunk of this NAR is being garbage-collected; retrying later");
+            }
+            Ok((h, rec.id))
+        })
+        .collect()
 }
 
 pub(super) fn dedup(ids: &[ChunkId]) -> Vec<ChunkId> {

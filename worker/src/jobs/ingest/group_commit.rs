@@ -31,7 +31,7 @@ use larder_shared::db::nar_layout::NarLayoutBuilder;
 use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
 use larder_shared::db::{chunk_claims, layout_epoch, nars, packs, refcounts};
 
-use super::commit::{commit, dedup};
+use super::commit::{commit, dedup, recorded_first};
 use super::group_queue::{Pending, Reply};
 use super::run_commit::{RunCommit, Slot};
 use crate::services::Services;
@@ -144,18 +144,7 @@ async fn commit_group(svc: &Services, runs: &[&RunCommit]) -> anyhow::Result<()>
             }
         }
         ids.extend(inserted);
-        if !rest.is_empty() {
-            let found = chunks::find_by_hashes(tx.raw(), &rest).await?;
-            for h in rest {
-                let rec = found
-                    .get(&h)
-                    .context("a chunk row vanished during ingest")?;
-                if rec.refcount < 0 {
-                    bail!("a chunk of this group is being garbage-collected");
-                }
-                ids.insert(h, rec.id);
-            }
-        }
+        ids.extend(recorded_first(tx.raw(), rest).await?);
     }
 
     // One reference per distinct chunk of each run, but the one its own
