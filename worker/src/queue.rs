@@ -118,42 +118,31 @@ async fn work<J: Handler>(
         shutdown.cancelled().await;
         Ok::<(), std::io::Error>(())
     };
+    // The two backends' configs and storages are distinct types with the
+    // same builder methods: one worker, written once.
+    macro_rules! worker_on {
+        ($config:ty, $storage:ident, $pool:expr) => {{
+            let config = <$config>::default()
+                .queue(J::QUEUE)
+                .batch_size(fetch_batch(concurrency))
+                .heartbeat_interval(HEARTBEAT)
+                .missed_heartbeats(MISSED_HEARTBEATS);
+            let backend = $storage::<J>::new(&$pool)
+                .with_config(config)
+                .poll_with_interval(POLL);
+            WorkerBuilder::new(name)
+                .backend(backend)
+                .data(svc)
+                .concurrency(concurrency)
+                .build(handle::<J>)
+                .run_until(signal)
+                .await
+        }};
+    }
     let run = async move {
         match svc.db.clone() {
-            Db::Postgres(pool) => {
-                let config = apalis_postgres::Config::default()
-                    .queue(J::QUEUE)
-                    .batch_size(fetch_batch(concurrency))
-                    .heartbeat_interval(HEARTBEAT)
-                    .missed_heartbeats(MISSED_HEARTBEATS);
-                let backend = PostgresStorage::<J>::new(&pool)
-                    .with_config(config)
-                    .poll_with_interval(POLL);
-                WorkerBuilder::new(name)
-                    .backend(backend)
-                    .data(svc)
-                    .concurrency(concurrency)
-                    .build(handle::<J>)
-                    .run_until(signal)
-                    .await
-            }
-            Db::Sqlite(pool) => {
-                let config = apalis_sqlite::Config::default()
-                    .queue(J::QUEUE)
-                    .batch_size(fetch_batch(concurrency))
-                    .heartbeat_interval(HEARTBEAT)
-                    .missed_heartbeats(MISSED_HEARTBEATS);
-                let backend = SqliteStorage::<J>::new(&pool)
-                    .with_config(config)
-                    .poll_with_interval(POLL);
-                WorkerBuilder::new(name)
-                    .backend(backend)
-                    .data(svc)
-                    .concurrency(concurrency)
-                    .build(handle::<J>)
-                    .run_until(signal)
-                    .await
-            }
+            Db::Postgres(pool) => worker_on!(apalis_postgres::Config, PostgresStorage, pool),
+            Db::Sqlite(pool) => worker_on!(apalis_sqlite::Config, SqliteStorage, pool),
         }
     };
     // Bounded: jobs still running [`STOP_GRACE`] after the signal are left
