@@ -1,5 +1,6 @@
 //! Streams an upload into staging while verifying it: SHA-256, size, and a
-//! full NAR parse, all on the fly. Nothing is held whole in memory, and a
+//! full NAR parse, all on the fly, and the staged copy's checksum
+//! ([`Checksum`], recorded with its intent for the ingest to check). Nothing is held whole in memory, and a
 //! failed upload leaves no object behind (the storage backend only makes an
 //! object appear when its stream ends without error).
 //!
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::NarValidator;
 use larder_shared::db::{Db, staging_intents, unix_now};
+use larder_shared::storage::checksum::{Checksum, Checksummer};
 use larder_shared::storage::{ObjectKey, Storage, layout};
 
 use crate::error::ApiError;
@@ -27,6 +29,16 @@ pub async fn reserve(db: &Db) -> Result<ObjectKey, ApiError> {
     let mut conn = db.conn().await?;
     staging_intents::insert(conn.raw(), &key, unix_now()).await?;
     Ok(key)
+}
+
+/// Records the checksum of the complete, verified copy at `key` with its
+/// intent, whence the `nars` row adopting it takes it. An intent the
+/// sweeper took meanwhile is left alone: the adopt that follows finds it
+/// gone and refuses the copy.
+pub async fn record_checksum(db: &Db, key: &ObjectKey, checksum: Checksum) -> Result<(), ApiError> {
+    let mut conn = db.conn().await?;
+    staging_intents::record_checksum(conn.raw(), key, checksum).await?;
+    Ok(())
 }
 
 /// Deletes a staged copy that will not be recorded (a failed upload, a
@@ -60,6 +72,7 @@ enum Rejection {
 struct Verifier {
     expected: Expected,
     hasher: Sha256,
+    checksum: Checksummer,
     nar: NarValidator,
     seen: u64,
 }
@@ -69,6 +82,7 @@ impl Verifier {
         Self {
             expected,
             hasher: Sha256::new(),
+            checksum: Checksummer::default(),
             nar: NarValidator::new(),
             seen: 0,
         }
@@ -80,12 +94,14 @@ impl Verifier {
             return Err(Rejection::TooLong);
         }
         self.hasher.update(data);
+        self.checksum.update(data);
         self.nar
             .update(data)
             .map_err(|e| Rejection::Malformed(e.to_string()))
     }
 
-    fn finish(self) -> Result<(), ApiError> {
+    /// The checksum of the bytes, once they are the NAR claimed.
+    fn finish(self) -> Result<Checksum, ApiError> {
         let Expected { nar_hash, nar_size } = self.expected;
         if self.seen != nar_size {
             return Err(ApiError::InvalidNar(format!(
@@ -102,7 +118,7 @@ impl Verifier {
         self.nar
             .finish()
             .map_err(|e| ApiError::InvalidNar(format!("malformed NAR: {e}")))?;
-        Ok(())
+        Ok(self.checksum.finish())
     }
 }
 
@@ -117,9 +133,11 @@ fn rejection_error(r: Rejection, expected: &Expected) -> ApiError {
     }
 }
 
-/// Streams `body` into `key`, verifying it against `expected`. On any
-/// failure the object does not exist afterwards.
+/// Streams `body` into `key`, verifying it against `expected`, and records
+/// its checksum with the key's intent. On any failure the object does not
+/// exist afterwards.
 pub async fn stage<S, E>(
+    db: &Db,
     storage: &Arc<dyn Storage>,
     key: &ObjectKey,
     body: S,
@@ -167,11 +185,13 @@ where
         .ok()
         .and_then(|mut g| g.take())
         .ok_or_else(|| ApiError::Internal("verifier lost".into()))?;
-    if let Err(e) = ver.finish() {
-        storage.delete(key).await?;
-        return Err(e);
+    match ver.finish() {
+        Ok(checksum) => record_checksum(db, key, checksum).await,
+        Err(e) => {
+            storage.delete(key).await?;
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 /// Consumes `body` without storing it, verifying it against `expected`:
@@ -188,5 +208,5 @@ where
         ver.update(&data)
             .map_err(|r| rejection_error(r, &expected))?;
     }
-    ver.finish()
+    ver.finish().map(drop)
 }

@@ -58,6 +58,7 @@ use larder_shared::config::Config;
 use larder_shared::db::chunks::{self, BATCH};
 use larder_shared::db::nars::NarState;
 use larder_shared::db::unix_now;
+use larder_shared::storage::checksum::Checksum;
 use larder_shared::storage::{ObjectKey, layout};
 use larder_shared::token::Permission;
 use larder_worker::Services;
@@ -85,6 +86,7 @@ on_both_backends!(
     small_nars_share_a_pack,
     pack_index_names_the_rows,
     a_bad_nar_fails_alone_in_its_group,
+    a_staged_copy_is_checked_by_its_checksum,
     a_killed_run_of_a_group_loses_nothing,
 );
 
@@ -912,6 +914,60 @@ async fn a_bad_nar_fails_alone_in_its_group(app: &TestApp) {
     assert_chunk_store_sound(app, "group with a bad NAR").await;
     for n in nars.iter().filter(|n| !std::ptr::eq(*n, bad)) {
         assert_bytes(app, &token, "group", n, "grouped").await;
+    }
+}
+
+/// The upload records its staged copy's checksum, and the ingest checks the
+/// copy against it; a copy staged without one (before migration 0017) is
+/// checked against its NarHash, as before. Either way a damaged copy is
+/// refused, and a re-upload repairs it.
+async fn a_staged_copy_is_checked_by_its_checksum(app: &TestApp) {
+    app.create_cache("sum", false).await;
+    let token = app.token(&[("sum", PULL_PUSH_DELETE)]);
+    let (fresh, legacy) = (
+        TestNar::files("sum-fresh", 1300, &[9 * KIB, 70 * KIB]),
+        TestNar::files("sum-legacy", 1301, &[11 * KIB, 90 * KIB]),
+    );
+    for n in [&fresh, &legacy] {
+        assert_kind(&app.upload(&token, "sum", n).await, "Uploaded");
+        assert_eq!(
+            app.nar_record(n).await.staged_checksum,
+            Some(Checksum::of(&n.bytes)),
+            "{}",
+            n.base_name
+        );
+    }
+    let legacy_id = app.nar_record(&legacy).await.id;
+    app.execute(&format!(
+        "UPDATE nars SET staged_checksum = NULL WHERE id = {}",
+        legacy_id.get()
+    ))
+    .await;
+    for (n, says) in [(&fresh, "checksums to"), (&legacy, "hashes to")] {
+        corrupt_staged_copy(app, n).await;
+        let id = app.nar_record(n).await.id;
+        let err = ingest::ingest(&app.services, id)
+            .await
+            .expect_err("a damaged copy is refused");
+        let err = format!("{err:#}");
+        assert!(
+            err.contains(says) && err.contains("staging copy corrupt"),
+            "{}: {err}",
+            n.base_name
+        );
+    }
+    assert_eq!(app.count("chunks").await, 0, "nothing stored");
+    // A broken NAR is repaired by a re-upload; here the copy is still
+    // staged, so the re-upload is a link and the ingest still fails: make
+    // the copy whole again instead, as an operator restoring it would.
+    for n in [&fresh, &legacy] {
+        let key = app.nar_record(n).await.staging_key.expect("still staged");
+        std::fs::write(app.object_path(key.as_str()), &n.bytes).expect("restore");
+        let id = app.nar_record(n).await.id;
+        let outcome = ingest::ingest(&app.services, id).await.expect("ingest");
+        assert!(matches!(outcome, Outcome::Ingested { .. }), "{outcome:?}");
+        assert_eq!(app.nar_record(n).await.staged_checksum, None, "cleared");
+        assert_bytes(app, &token, "sum", n, "checked and ingested").await;
     }
 }
 

@@ -292,6 +292,7 @@ impl Pass<'_> {
             nar_size: p.nar_size,
         };
         if let Err(e) = staging::stage(
+            &self.target.db,
             &self.target.staging,
             &key,
             nar_source::stream(&self.source, files),

@@ -75,7 +75,7 @@ pub(crate) async fn prepare(
         staging_intents::insert(conn.raw(), &key, unix_now()).await?;
     }
     let expected = admitted.v.expected;
-    if let Err(e) = staging::stage(&state.staging, &key, nar, expected).await {
+    if let Err(e) = staging::stage(&state.db, &state.staging, &key, nar, expected).await {
         let _ = staging::discard(&state.db, &state.staging, &key).await;
         return Err(e);
     }

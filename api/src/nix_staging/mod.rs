@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use larder_core::nix::hash::{FileHash, NarHash};
+use larder_shared::storage::checksum::Checksum;
 use larder_shared::storage::{ObjectKey, Storage};
 
 use crate::error::ApiError;
@@ -50,6 +51,8 @@ pub struct Measured {
     pub nar_hash: NarHash,
     /// Its size.
     pub nar_size: u64,
+    /// The staged copy's checksum.
+    pub checksum: Checksum,
 }
 
 /// Reads the first [`DETECT_LEN`] bytes (fewer if the body is shorter) and
@@ -251,7 +254,7 @@ pub async fn stage(
         None => (None, None),
     };
     let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
-    let measured: Arc<Mutex<Option<(NarHash, u64)>>> = Arc::default();
+    let measured: Arc<Mutex<Option<(NarHash, u64, Checksum)>>> = Arc::default();
     let malformed: Arc<Mutex<Option<String>>> = Arc::default();
 
     let decoder = tokio::task::spawn_blocking(move || {
@@ -310,7 +313,7 @@ pub async fn stage(
         let Ok((file_hash, file_size)) = driven else {
             return Err(ApiError::Internal("upload pipeline stopped early".into()));
         };
-        let (nar_hash, nar_size) = measured
+        let (nar_hash, nar_size, checksum) = measured
             .lock()
             .ok()
             .and_then(|mut m| m.take())
@@ -320,6 +323,7 @@ pub async fn stage(
             file_size,
             nar_hash,
             nar_size,
+            checksum,
         })
     })();
     if outcome.is_err() {

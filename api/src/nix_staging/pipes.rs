@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::NarValidator;
+use larder_shared::storage::checksum::{Checksum, Checksummer};
 
 /// The decoder thread's input: pieces from the driver, read synchronously.
 pub(super) struct ChannelReader {
@@ -34,9 +35,11 @@ impl Read for ChannelReader {
     }
 }
 
-/// Size, SHA-256 and grammar of the decompressed NAR, checked as it streams.
+/// Size, SHA-256 and grammar of the decompressed NAR, checked as it
+/// streams, and the staged copy's checksum.
 pub(super) struct NarMeter {
     hasher: Sha256,
+    checksum: Checksummer,
     nar: NarValidator,
     size: u64,
 }
@@ -46,11 +49,12 @@ pub(super) struct NarMeter {
 /// `measured`; a NAR syntax error in `malformed`.
 pub(super) fn metered(
     rx: mpsc::Receiver<io::Result<Bytes>>,
-    measured: Arc<Mutex<Option<(NarHash, u64)>>>,
+    measured: Arc<Mutex<Option<(NarHash, u64, Checksum)>>>,
     malformed: Arc<Mutex<Option<String>>>,
 ) -> larder_shared::storage::ByteStream {
     let meter = NarMeter {
         hasher: Sha256::new(),
+        checksum: Checksummer::default(),
         nar: NarValidator::new(),
         size: 0,
     };
@@ -67,6 +71,7 @@ pub(super) fn metered(
             match rx.recv().await {
                 Some(Ok(piece)) => {
                     meter.hasher.update(&piece);
+                    meter.checksum.update(&piece);
                     meter.size += piece.len() as u64;
                     match meter.nar.update(&piece) {
                         Ok(()) => Some((Ok(piece), Some((rx, meter)))),
@@ -78,7 +83,7 @@ pub(super) fn metered(
                     Ok(_) => {
                         let hash = NarHash::from_bytes(meter.hasher.finalize().into());
                         if let Ok(mut slot) = measured.lock() {
-                            *slot = Some((hash, meter.size));
+                            *slot = Some((hash, meter.size, meter.checksum.finish()));
                         }
                         None
                     }

@@ -169,7 +169,12 @@ pub async fn put_nar(
             return Err(e);
         }
     };
-    if !keep {
+    if keep {
+        if let Err(e) = staging::record_checksum(&state.db, &staging_key, m.checksum).await {
+            let _ = staging::discard(&state.db, &state.staging, &staging_key).await;
+            return Err(e);
+        }
+    } else {
         staging::discard(&state.db, &state.staging, &staging_key).await?;
     }
     let recorded = async {

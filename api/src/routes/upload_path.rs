@@ -298,7 +298,7 @@ pub(crate) async fn accept(
         return Err(e);
     }
     let key = staging::reserve(&state.db).await?;
-    let committed = match staging::stage(&state.staging, &key, body, v.expected).await {
+    let committed = match staging::stage(&state.db, &state.staging, &key, body, v.expected).await {
         Ok(()) => record_staged(&state, &cache, &v, &key, now).await,
         Err(e) => Err(e),
     };

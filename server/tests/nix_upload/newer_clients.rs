@@ -5,6 +5,7 @@
 //! 2.35's upload order (every NAR first, in parallel; narinfos after).
 
 use super::*;
+use larder_shared::storage::checksum::Checksum;
 
 use crate::gc::gc_support::clock::{default_retention, gc_at, grace};
 
@@ -483,6 +484,11 @@ async fn zstd_frames_and_windows(app: &TestApp) {
         .await
         .assert_status(StatusCode::NO_CONTENT);
     narinfo(app, &token, "zst", &nar).await;
+    assert_eq!(
+        app.nar_record(&nar).await.staged_checksum,
+        Some(Checksum::of(&nar.bytes)),
+        "the checksum of the decompressed copy, kept from .nar to .narinfo"
+    );
 
     // A frame declaring a 2^28-byte window (zstd --long=28).
     let big = test_path("big-window", 801);

@@ -17,6 +17,7 @@ use larder_core::wire::chunk_push::{
     ChunkParamsResponse, HASH_LIST_CONTENT_TYPE, chunk_list_id, encode_hash_list,
 };
 use larder_shared::db::unix_now;
+use larder_shared::storage::checksum::Checksum;
 use larder_shared::token::Permission;
 use larder_worker::sweeper;
 
@@ -111,6 +112,11 @@ pub async fn chunk_push_prepare_then_publish(app: &TestApp) {
 
     let publish = p.publish(nar.info("cp"), &prepared).await;
     assert_kind(&publish, "Uploaded");
+    assert_eq!(
+        app.nar_record(&nar).await.staged_checksum,
+        Some(Checksum::of(&nar.bytes)),
+        "the prepare's checksum went to the NAR row"
+    );
     assert!(
         served(app, &p.token, "cp", &nar).await == nar.bytes,
         "staged"

@@ -54,6 +54,10 @@ pub struct NarRecord {
     pub state: NarState,
     /// Storage key of the staged copy while `Staged`.
     pub staging_key: Option<crate::storage::ObjectKey>,
+    /// The staged copy's checksum, recorded by the upload that verified it;
+    /// `None` for copies staged before migration 0017 (their ingest checks
+    /// the NarHash instead).
+    pub staged_checksum: Option<crate::storage::checksum::Checksum>,
     /// Chunk ids in NAR order, once `Ready`.
     pub chunk_ids: Vec<ChunkId>,
     /// Total compressed size, once `Ready`.
@@ -70,7 +74,7 @@ pub struct NarRecord {
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "id, nar_hash, nar_size, state, staging_key, chunk_list, file_size, \
+const COLUMNS: &str = "id, nar_hash, nar_size, state, staging_key, staged_checksum, chunk_list, file_size, \
      chunk_sizes, frames_digest, created_at, layout_epoch, \
      (SELECT epoch FROM layout_epoch WHERE id = 1) AS epoch_now";
 
@@ -119,6 +123,9 @@ macro_rules! nar_from_row {
             nar_size: r.try_get("nar_size")?,
             state: $crate::db::nars::NarState::parse(&state)?,
             staging_key: $crate::db::key_column("nars.staging_key", r.try_get("staging_key")?)?,
+            staged_checksum: r
+                .try_get::<Option<i64>, _>("staged_checksum")?
+                .map($crate::storage::checksum::Checksum::from_db),
             chunk_ids,
             file_size: r.try_get("file_size")?,
             layout,
@@ -158,8 +165,11 @@ pub async fn insert_staged(
 ) -> Result<Option<NarId>, DbError> {
     on_conn!(raw, c => {
         let row = sqlx::query(
-            "INSERT INTO nars (nar_hash, nar_size, state, staging_key, created_at, updated_at)
-             VALUES ($1, $2, 'staged', $3, $4, $4) ON CONFLICT (nar_hash) DO NOTHING RETURNING id",
+            "INSERT INTO nars (nar_hash, nar_size, state, staging_key, staged_checksum,
+                 created_at, updated_at)
+             VALUES ($1, $2, 'staged', $3,
+                 (SELECT staged_checksum FROM staging_intents WHERE object_key = $3), $4, $4)
+             ON CONFLICT (nar_hash) DO NOTHING RETURNING id",
         )
         .bind(&hash.as_bytes()[..])
         .bind(nar_size)
@@ -209,7 +219,8 @@ pub async fn mark_ready(
     on_conn!(raw, c => {
         let done = sqlx::query(
             "UPDATE nars SET state = 'ready', chunk_list = $2, num_chunks = $3, file_size = $4,
-                 chunk_sizes = $5, frames_digest = $6, staging_key = NULL, updated_at = $7,
+                 chunk_sizes = $5, frames_digest = $6, staging_key = NULL, staged_checksum = NULL,
+                 updated_at = $7,
                  layout_epoch = $8
              WHERE id = $1 AND state = 'staged'",
         )
@@ -271,6 +282,8 @@ pub async fn restage(
     on_conn!(raw, c => {
         let done = sqlx::query(
             "UPDATE nars SET state = 'staged', staging_key = $2, chunk_list = NULL, num_chunks = NULL,
+                 staged_checksum =
+                     (SELECT staged_checksum FROM staging_intents WHERE object_key = $2),
                  file_size = NULL, chunk_sizes = NULL, frames_digest = NULL, updated_at = $3
              WHERE id = $1 AND state = 'broken'",
         )

@@ -34,8 +34,8 @@ pub struct ObjectRecord {
     pub nar: NarRecord,
 }
 
-const NAR_COLUMNS: &str = "n.id, n.nar_hash, n.nar_size, n.state, n.staging_key, n.chunk_list, \
-     n.file_size, n.chunk_sizes, n.frames_digest, n.created_at, n.layout_epoch, \
+const NAR_COLUMNS: &str = "n.id, n.nar_hash, n.nar_size, n.state, n.staging_key, n.staged_checksum, \
+     n.chunk_list, n.file_size, n.chunk_sizes, n.frames_digest, n.created_at, n.layout_epoch, \
      (SELECT epoch FROM layout_epoch WHERE id = 1) AS epoch_now";
 
 /// Whether an upload may change which NAR an existing path of the cache

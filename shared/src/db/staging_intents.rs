@@ -19,6 +19,7 @@ use sqlx::Row;
 use super::{DbError, Raw, key_column};
 use crate::on_conn;
 use crate::storage::ObjectKey;
+use crate::storage::checksum::Checksum;
 
 /// Records that an upload is about to write `key`. Must be committed before
 /// the object's first byte is written.
@@ -30,6 +31,28 @@ pub async fn insert(raw: Raw<'_>, key: &ObjectKey, now: i64) -> Result<(), DbErr
             .execute(&mut *c)
             .await?;
         Ok(())
+    })
+}
+
+/// Records the checksum of the complete, verified copy at `key`, for the
+/// `nars` row that adopts it ([`super::nars::insert_staged`] copies it from
+/// here) and so for its ingest. False when the intent is gone or being
+/// deleted (the sweeper took it).
+pub async fn record_checksum(
+    raw: Raw<'_>,
+    key: &ObjectKey,
+    checksum: Checksum,
+) -> Result<bool, DbError> {
+    on_conn!(raw, c => {
+        let done = sqlx::query(
+            "UPDATE staging_intents SET staged_checksum = $2
+             WHERE object_key = $1 AND deleting_at IS NULL",
+        )
+        .bind(key.as_str())
+        .bind(checksum.to_db())
+        .execute(&mut *c)
+        .await?;
+        Ok(done.rows_affected() == 1)
     })
 }
 

@@ -18,6 +18,7 @@
 //!
 //! Everything streams: no operation holds a whole object in memory.
 
+pub mod checksum;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod layout;

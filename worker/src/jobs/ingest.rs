@@ -33,7 +33,6 @@ use futures::TryStreamExt;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::instrument;
 
-use larder_core::nix::hash::NarHash;
 use larder_shared::background;
 use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunk_claims;
@@ -55,7 +54,7 @@ mod run_commit;
 use self::commit::commit;
 use self::group_commit::commit_grouped;
 use self::listing::record_listing;
-use self::nar_check::NarCheck;
+use self::nar_check::{Integrity, NarCheck};
 use self::placer::{Placed, Placer};
 use self::run_commit::{RunCommit, Slot};
 use crate::write_intents::Writer;
@@ -160,7 +159,10 @@ async fn ingest_inner(
             nar_id,
             &key,
             nar.nar_size as u64,
-            &nar.nar_hash,
+            match nar.staged_checksum {
+                Some(sum) => Integrity::Checksum(sum),
+                None => Integrity::NarHash(nar.nar_hash),
+            },
         ) => r,
         () = heartbeat => Err(anyhow::anyhow!("ingest heartbeat stopped")),
     };
@@ -182,7 +184,7 @@ async fn run(
     nar_id: NarId,
     key: &ObjectKey,
     nar_size: u64,
-    nar_hash: &NarHash,
+    integrity: Integrity,
 ) -> anyhow::Result<Outcome> {
     let params = svc.config.chunking.params();
     let level = svc.config.compression.level;
@@ -203,7 +205,7 @@ async fn run(
         }
         Err(e) => return Err(e.into()),
     };
-    let (check, input) = NarCheck::tap(storage::read_ahead(input, READ_AHEAD), nar_size);
+    let (check, input) = NarCheck::tap(storage::read_ahead(input, READ_AHEAD), nar_size, integrity);
     let chunks = chunk::chunk_stream(input, nar_size, &params)?;
 
     // Batches are looked up and compressed `parallelism` at a time, each
@@ -270,7 +272,7 @@ async fn run(
             }
         }
     }
-    let listing = check.finish(nar_hash).await?;
+    let listing = check.finish().await?;
     let placed = match placer {
         Some(placer) => placer.finish().await?,
         None => Placed::default(),

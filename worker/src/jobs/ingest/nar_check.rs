@@ -1,5 +1,11 @@
-//! The whole-NAR checks of an ingest (NarHash, grammar, `.ls` listing),
-//! made while the staged copy is read, before it is chunked.
+//! The whole-NAR checks of an ingest (the staged copy's integrity, grammar,
+//! `.ls` listing), made while the staged copy is read, before it is chunked.
+//!
+//! Integrity is the copy's checksum, recorded by the upload that verified
+//! its NarHash over the same bytes ([`Checksum`]); a copy staged before
+//! checksums were recorded is hashed with SHA-256 against its NarHash, as
+//! every copy once was (a pass over the NAR costing about a fifth of what
+//! compressing it does).
 //!
 //! The checks tap the staged byte stream and run on a background thread of
 //! their own (`larder_shared::background`): the chunker's thread (cut points and chunk hashes) is the
@@ -18,6 +24,7 @@ use sha2::{Digest, Sha256};
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::{NarSummary, NarValidator};
 use larder_shared::background;
+use larder_shared::storage::checksum::{Checksum, Checksummer};
 
 /// Pieces queued for the checker (128 KiB each from local storage).
 const DEPTH: usize = 32;
@@ -26,10 +33,27 @@ const DEPTH: usize = 32;
 /// (so the stream stops) and by the ingest (for its message).
 type Failure = Arc<OnceLock<String>>;
 
+/// What the staged copy is checked against.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Integrity {
+    /// The checksum its upload recorded.
+    Checksum(Checksum),
+    /// Its NarHash (no checksum recorded).
+    NarHash(NarHash),
+}
+
+/// What the checker computed, as [`Integrity`] asked.
+#[derive(Debug, PartialEq, Eq)]
+enum Computed {
+    Checksum(Checksum),
+    NarHash(NarHash),
+}
+
 /// The checks of one ingest: the checker thread, and its first failure.
 pub(super) struct NarCheck {
-    checker: background::Handle<Result<(NarHash, NarSummary), String>>,
+    checker: background::Handle<Result<(Computed, NarSummary), String>>,
     failed: Failure,
+    integrity: Integrity,
 }
 
 impl NarCheck {
@@ -40,6 +64,7 @@ impl NarCheck {
     pub(super) fn tap<S>(
         input: S,
         nar_size: u64,
+        integrity: Integrity,
     ) -> (Self, impl Stream<Item = io::Result<Bytes>> + Send + Unpin)
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
@@ -48,12 +73,21 @@ impl NarCheck {
         let failed = Failure::default();
         let checker = {
             let failed = failed.clone();
-            background::spawn("larder-nar-check", move || check(&rx, nar_size, &failed))
+            background::spawn("larder-nar-check", move || {
+                check(&rx, nar_size, integrity, &failed)
+            })
         };
         let stop = failed.clone();
         let tapped =
             input.and_then(move |piece| futures::future::ready(forward(&tx, &stop, piece)));
-        (Self { checker, failed }, tapped)
+        (
+            Self {
+                checker,
+                failed,
+                integrity,
+            },
+            tapped,
+        )
     }
 
     /// The grammar error the checker found, if any: the reason to give
@@ -62,15 +96,23 @@ impl NarCheck {
         self.failed.get().cloned()
     }
 
-    /// After the whole NAR went through: checks it hashes to `expected` and
-    /// ends well-formed; returns its listing as JSON.
-    pub(super) async fn finish(self, expected: &NarHash) -> anyhow::Result<Option<Vec<u8>>> {
+    /// After the whole NAR went through: checks it is the copy its upload
+    /// verified and ends well-formed; returns its listing as JSON.
+    pub(super) async fn finish(self) -> anyhow::Result<Option<Vec<u8>>> {
         let (actual, summary) = match self.checker.await.context("NAR checker")? {
             Ok(checked) => checked,
             Err(reason) => bail!("staged NAR does not parse: staging copy corrupt: {reason}"),
         };
-        if &actual != expected {
-            bail!("staged NAR hashes to {actual}, expected {expected}: staging copy corrupt");
+        match (actual, self.integrity) {
+            (Computed::Checksum(a), Integrity::Checksum(e)) if a == e => {}
+            (Computed::NarHash(a), Integrity::NarHash(e)) if a == e => {}
+            (Computed::Checksum(a), Integrity::Checksum(e)) => {
+                bail!("staged NAR checksums to {a}, recorded {e}: staging copy corrupt")
+            }
+            (Computed::NarHash(a), Integrity::NarHash(e)) => {
+                bail!("staged NAR hashes to {a}, expected {e}: staging copy corrupt")
+            }
+            (a, e) => bail!("NAR checker computed {a:?} where {e:?} was asked"),
         }
         Ok(summary.listing.map(|l| l.to_json()))
     }
@@ -87,20 +129,34 @@ fn forward(tx: &SyncSender<Bytes>, failed: &Failure, piece: Bytes) -> io::Result
     Ok(piece)
 }
 
-/// The checker thread: hashes and parses up to `nar_size` bytes.
+/// Computes what [`Integrity`] asks for, one of the two.
+enum Hasher {
+    Checksum(Box<Checksummer>),
+    NarHash(Sha256),
+}
+
+/// The checker thread: checksums (or hashes) and parses up to `nar_size`
+/// bytes.
 fn check(
     rx: &Receiver<Bytes>,
     nar_size: u64,
+    integrity: Integrity,
     failed: &Failure,
-) -> Result<(NarHash, NarSummary), String> {
-    let mut hasher = Sha256::new();
+) -> Result<(Computed, NarSummary), String> {
+    let mut hasher = match integrity {
+        Integrity::Checksum(_) => Hasher::Checksum(Box::default()),
+        Integrity::NarHash(_) => Hasher::NarHash(Sha256::new()),
+    };
     let mut validator = NarValidator::with_listing();
     let mut seen = 0u64;
     while seen < nar_size {
         let Ok(piece) = rx.recv() else { break };
         let piece = &piece[..piece.len().min((nar_size - seen) as usize)];
         seen += piece.len() as u64;
-        hasher.update(piece);
+        match &mut hasher {
+            Hasher::Checksum(c) => c.update(piece),
+            Hasher::NarHash(h) => h.update(piece),
+        }
         if let Err(e) = validator.update(piece) {
             let reason = e.to_string();
             let _ = failed.set(reason.clone());
@@ -108,7 +164,11 @@ fn check(
         }
     }
     let summary = validator.finish().map_err(|e| e.to_string())?;
-    Ok((NarHash::from_bytes(hasher.finalize().into()), summary))
+    let digest = match hasher {
+        Hasher::Checksum(c) => Computed::Checksum(c.finish()),
+        Hasher::NarHash(h) => Computed::NarHash(NarHash::from_bytes(h.finalize().into())),
+    };
+    Ok((digest, summary))
 }
 
 #[cfg(test)]
@@ -140,13 +200,19 @@ mod tests {
     }
 
     /// Reads `nar` through the tap in pieces, as the chunker would (on a
-    /// blocking thread), announcing `size` bytes.
-    async fn read_all(nar: &[u8], piece: usize, size: u64) -> (NarCheck, io::Result<()>) {
+    /// blocking thread), announcing `size` bytes, to be checked against
+    /// `integrity`.
+    async fn read_all(
+        nar: &[u8],
+        piece: usize,
+        size: u64,
+        integrity: Integrity,
+    ) -> (NarCheck, io::Result<()>) {
         let pieces: Vec<io::Result<Bytes>> = nar
             .chunks(piece)
             .map(|p| Ok(Bytes::copy_from_slice(p)))
             .collect();
-        let (check, tapped) = NarCheck::tap(futures::stream::iter(pieces), size);
+        let (check, tapped) = NarCheck::tap(futures::stream::iter(pieces), size, integrity);
         let read = tokio::task::spawn_blocking(move || {
             futures::executor::block_on(tapped.try_for_each(|_| async { Ok(()) }))
         })
@@ -155,43 +221,54 @@ mod tests {
         (check, read)
     }
 
-    fn hash(nar: &[u8]) -> NarHash {
-        NarHash::from_bytes(Sha256::digest(nar).into())
+    fn hash(nar: &[u8]) -> Integrity {
+        Integrity::NarHash(NarHash::from_bytes(Sha256::digest(nar).into()))
+    }
+
+    fn checksum(nar: &[u8]) -> Integrity {
+        Integrity::Checksum(Checksum::of(nar))
     }
 
     #[tokio::test]
     async fn a_whole_nar_in_pieces_passes_with_its_listing() {
         let nar = nar_of(&[7u8; 1000]);
-        let (check, read) = read_all(&nar, 5, nar.len() as u64).await;
-        read.unwrap();
-        assert_eq!(check.failure(), None);
-        let listing = check.finish(&hash(&nar)).await.unwrap().expect("a listing");
-        assert!(String::from_utf8(listing).unwrap().contains("\"regular\""));
+        for integrity in [hash(&nar), checksum(&nar)] {
+            let (check, read) = read_all(&nar, 5, nar.len() as u64, integrity).await;
+            read.unwrap();
+            assert_eq!(check.failure(), None);
+            let listing = check.finish().await.unwrap().expect("a listing");
+            assert!(String::from_utf8(listing).unwrap().contains("\"regular\""));
+        }
     }
 
     #[tokio::test]
-    async fn another_hash_is_refused() {
+    async fn another_hash_or_checksum_is_refused() {
         let nar = nar_of(b"hello");
-        let (check, read) = read_all(&nar, 64, nar.len() as u64).await;
-        read.unwrap();
-        let err = check.finish(&hash(b"other")).await.unwrap_err().to_string();
-        assert!(err.contains("staging copy corrupt"), "{err}");
+        for integrity in [hash(b"other"), checksum(b"other")] {
+            let (check, read) = read_all(&nar, 64, nar.len() as u64, integrity).await;
+            read.unwrap();
+            let err = check.finish().await.unwrap_err().to_string();
+            assert!(err.contains("staging copy corrupt"), "{err}");
+        }
     }
 
     #[tokio::test]
     async fn a_broken_grammar_is_refused_and_says_why() {
         let mut nar = nar_of(&[1u8; 4096]);
         nar[8] = b'X'; // the magic
-        let (check, _read) = read_all(&nar, 16, nar.len() as u64).await;
-        let err = check.finish(&hash(&nar)).await.unwrap_err().to_string();
+        let (check, _read) = read_all(&nar, 16, nar.len() as u64, checksum(&nar)).await;
+        let err = check.finish().await.unwrap_err().to_string();
         assert!(err.contains("does not parse"), "{err}");
     }
 
     #[tokio::test]
     async fn a_truncated_nar_does_not_finish() {
         let nar = nar_of(b"hello");
-        let (check, read) = read_all(&nar[..nar.len() - 8], 16, nar.len() as u64).await;
-        read.unwrap();
-        assert!(check.finish(&hash(&nar[..nar.len() - 8])).await.is_err());
+        let cut = &nar[..nar.len() - 8];
+        for integrity in [hash(cut), checksum(cut)] {
+            let (check, read) = read_all(cut, 16, nar.len() as u64, integrity).await;
+            read.unwrap();
+            assert!(check.finish().await.is_err());
+        }
     }
 }
