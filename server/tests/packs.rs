@@ -171,14 +171,18 @@ async fn small_nars_share_a_pack(app: &TestApp) {
 async fn a_nar_spans_several_packs(app: &TestApp) {
     app.create_cache("big", true).await;
     let token = app.token(&[("big", PULL_PUSH_DELETE)]);
-    let nar = TestNar::files("big-1.0", 77, &[1536 * KIB, 1536 * KIB, 700 * KIB]);
+    // More chunks than one batch of rows (`BATCH`), so the download plans
+    // more than one batch of rows into its first window.
+    let nar = TestNar::files("big-1.0", 77, &[4096 * KIB, 3072 * KIB, 2048 * KIB]);
     assert_kind(&app.upload(&token, "big", &nar).await, "Uploaded");
     app.drain_jobs().await;
     let packs = app.count("packs").await;
     assert!(
-        packs >= 3,
-        "3.7 MiB of random data in 1 MiB packs: {packs} packs"
+        packs >= 6,
+        "9 MiB of random data in 1 MiB packs: {packs} packs"
     );
+    let n = app.nar_record(&nar).await.chunk_ids.len();
+    assert!(n > BATCH, "{n} chunks");
 
     // In NAR order, each pack's frames follow one another without a gap:
     // the NAR's new chunks are contiguous, so a download reads runs.
@@ -200,6 +204,8 @@ async fn a_nar_spans_several_packs(app: &TestApp) {
     }
     drop(conn);
     assert_eq!(switches, packs, "each pack is one run of the NAR");
+    // So a download reads each pack once, the first window included.
+    assert_one_read_per_pack(app, &nar, packs as usize).await;
 
     let base = app.serve().await;
     let client = Client::new(&base, None);

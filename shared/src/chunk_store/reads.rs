@@ -2,8 +2,11 @@
 //! "Packs").
 //!
 //! A planner task cuts the rows a download needs into *windows* (up to
-//! [`WINDOW_MAX`] bytes to read; the first kept short, one batch of rows,
-//! so the first byte is not late). Within a window, the frames of one
+//! [`WINDOW_MAX`] bytes to read). The first is not kept short: a shorter
+//! first window would send its first byte a few milliseconds sooner (the
+//! rows of a whole window take a dozen round trips to the database, two at
+//! a time) for one more request to every object it touches, since the next
+//! window reads the rest of them again. Within a window, the frames of one
 //! object are fetched by one ranged read from the first to the last,
 //! bridging gaps of up to [`GAP_MAX`] bytes (read and dropped): a NAR's new
 //! chunks lie back to back in its pack, and the chunks it shares with other
@@ -34,7 +37,7 @@ use tokio::task::JoinHandle;
 use super::ChunkStore;
 use crate::chunk;
 use crate::db::ChunkId;
-use crate::db::chunks::{BATCH, ChunkRecord};
+use crate::db::chunks::ChunkRecord;
 use crate::storage::{ByteStream, ObjectKey, StorageError};
 
 /// Bytes a window reads at most (gaps included): how far ahead of the
@@ -141,11 +144,9 @@ impl Window {
         });
     }
 
-    /// Whether the window is to be sent now (`first`: the short first).
-    fn is_full(&self, first: bool) -> bool {
-        self.bytes >= WINDOW_MAX
-            || self.reads.len() >= READS_MAX
-            || (first && self.steps.len() >= BATCH)
+    /// Whether the window is to be sent now.
+    fn is_full(&self) -> bool {
+        self.bytes >= WINDOW_MAX || self.reads.len() >= READS_MAX
     }
 }
 
@@ -267,7 +268,6 @@ async fn plan(
         kept_bytes: 0,
     };
     let mut window = Window::default();
-    let mut first = true;
     loop {
         let part = match parts.try_next().await {
             Ok(Some(part)) => part,
@@ -290,11 +290,8 @@ async fn plan(
         let (key, range) = needed(&part, repr);
         let keep = again && range == at.range() && reuse.keep(id, at.length);
         window.push_read(key, range, part, keep);
-        if window.is_full(first) {
-            first = false;
-            if !start(&store, std::mem::take(&mut window), &windows).await {
-                return;
-            }
+        if window.is_full() && !start(&store, std::mem::take(&mut window), &windows).await {
+            return;
         }
     }
     if !window.steps.is_empty() {
