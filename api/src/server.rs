@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use larder_shared::bootstrap;
+use larder_shared::chunk_store::nar_rows::NarRows;
 use larder_shared::config::Config;
 use larder_shared::db::unix_now;
 use larder_shared::oidc::IssuerKeys;
@@ -38,6 +39,9 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         config.oidc.jwks_max_age.get(),
     )
     .context("building the OIDC issuers' HTTP client")?;
+    let nar_rows = Arc::new(NarRows::new(NarRows::ttl_for_grace(
+        config.garbage_collection.grace_period.get(),
+    )));
     Ok(AppState {
         config,
         db: opened.db,
@@ -48,6 +52,7 @@ pub async fn build_state(config: Arc<Config>) -> anyhow::Result<AppState> {
         catalog: Arc::default(),
         signatures: Arc::default(),
         narinfos: Arc::default(),
+        nar_rows,
         chunk_lists: Arc::default(),
         revocations: Arc::default(),
         access: Arc::default(),

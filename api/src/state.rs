@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use larder_shared::chunk_store::ChunkStore;
+use larder_shared::chunk_store::nar_rows::NarRows;
 use larder_shared::config::Config;
 use larder_shared::db::Db;
 use larder_shared::signing_keys::KeyRing;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub signatures: Arc<crate::narinfo_signatures::NarinfoSignatures>,
     /// Narinfos rendered and signed, by cache and store path.
     pub narinfos: Arc<crate::narinfo_texts::RenderedNarinfos>,
+    /// Chunk rows of NARs served lately, reused by their next downloads.
+    pub nar_rows: Arc<NarRows>,
     /// The KEK and the cache signing keys opened with it.
     pub keys: Arc<KeyRing>,
     /// `[staging] max-bytes`, `max-nars`, with this replica's last reading
@@ -55,6 +58,6 @@ pub struct AppState {
 impl AppState {
     /// The chunk store on the main backend: the only way to chunk bytes.
     pub fn chunks(&self) -> ChunkStore {
-        ChunkStore::new(self.storage.clone())
+        ChunkStore::new(self.storage.clone()).with_nar_rows(self.nar_rows.clone())
     }
 }

@@ -88,6 +88,7 @@ on_both_backends!(
     a_bad_nar_fails_alone_in_its_group,
     a_staged_copy_is_checked_by_its_checksum,
     a_killed_run_of_a_group_loses_nothing,
+    downloads_reuse_chunk_rows,
 );
 
 /// [`small_packs_app`] whose GC never compacts, so dead space stays.
@@ -857,6 +858,65 @@ async fn assert_one_read_per_pack(app: &TestApp, nar: &TestNar, max_reads: usize
             counted.gets()
         );
     }
+}
+
+// --- 10b. chunk rows kept for downloads ----------------------------------------------
+
+/// A whole download keeps the NAR's chunk rows (chunk_store::nar_rows), so
+/// the next download reads none: shown by rows that no longer match the
+/// NAR's layout, which fail a download that reads them. A ranged download
+/// uses the kept rows too. (That a move of the chunks is never read from
+/// kept rows, `compaction_reclaims_dead_space` shows: its last download
+/// comes after the packs the rows were kept from are deleted.)
+async fn downloads_reuse_chunk_rows(app: &TestApp) {
+    app.create_cache("rows", false).await;
+    let token = app.token(&[("rows", PULL_PUSH_DELETE)]);
+    let nar = TestNar::files("rows-1.0", 1400, &[300 * KIB, 200 * KIB]);
+    assert_kind(&app.upload(&token, "rows", &nar).await, "Uploaded");
+    app.drain_jobs().await;
+    let url = format!("/rows/nar/{}.nar", nar.url_hash());
+    let get = |range: Option<&str>| {
+        let mut req = common::request(axum::http::Method::GET, &url, Some(&token));
+        if let Some(r) = range {
+            req = req.header("Range", r);
+        }
+        app.router()
+            .oneshot(req.body(axum::body::Body::empty()).expect("request"))
+    };
+    let read = |resp: axum::response::Response| async move {
+        resp.into_body().collect().await.map(|b| b.to_bytes())
+    };
+
+    let first = read(get(None).await.expect("router")).await.expect("body");
+    assert!(first == nar.bytes, "first download");
+    let id = app.nar_record(&nar).await.id;
+    let ids = app
+        .nar_record(&nar)
+        .await
+        .chunk_ids
+        .iter()
+        .map(|c| c.get().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    app.execute(&format!(
+        "UPDATE chunks SET chunk_size = chunk_size + 1 WHERE id IN ({ids})"
+    ))
+    .await;
+    let again = read(get(None).await.expect("router")).await.expect("body");
+    assert!(again == nar.bytes, "read with the kept rows (nar {id:?})");
+    let part = read(get(Some("bytes=1000-299999")).await.expect("router"))
+        .await
+        .expect("body");
+    assert!(
+        part == nar.bytes[1000..300_000],
+        "a range, with the kept rows"
+    );
+
+    app.execute(&format!(
+        "UPDATE chunks SET chunk_size = chunk_size - 1 WHERE id IN ({ids})"
+    ))
+    .await;
+    assert_bytes(app, &token, "rows", &nar, "rows restored").await;
 }
 
 // --- 11. runs sharing a pack --------------------------------------------------------------------

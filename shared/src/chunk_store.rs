@@ -7,6 +7,7 @@
 //! and the writer, not the readers.
 
 pub mod nar;
+pub mod nar_rows;
 pub mod pack_writer;
 pub mod packer;
 mod reads;
@@ -28,6 +29,8 @@ use crate::storage::{ObjectKey, ObjectMeta, ObjectRange, Storage, StorageError};
 #[derive(Clone)]
 pub struct ChunkStore {
     storage: Arc<dyn Storage>,
+    /// Chunk rows of NARs served lately, for downloads (the API's).
+    nar_rows: Option<Arc<nar_rows::NarRows>>,
 }
 
 /// Why a pack's index could not be read.
@@ -56,7 +59,19 @@ pub struct StoredObject {
 impl ChunkStore {
     /// Chunks in `storage` (the main backend, never staging).
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Self { storage }
+        Self {
+            storage,
+            nar_rows: None,
+        }
+    }
+
+    /// The same store, whose NAR downloads keep and reuse chunk rows in
+    /// `cache` ([`nar_rows`]).
+    pub fn with_nar_rows(self, cache: Arc<nar_rows::NarRows>) -> Self {
+        Self {
+            nar_rows: Some(cache),
+            ..self
+        }
     }
 
     /// Where the chunk's stored frame is: bytes `offset..offset + length`

@@ -227,7 +227,10 @@ async fn commit(
             _ => left_objects.push(ChunkStore::own_object(&m.rec.hash)),
         }
     }
-    if done.chunks_recompressed > 0 {
+    // Every stored layout is stale from the commit on: their identity
+    // (`frames_digest`) names the frames' old places, and downloads keep
+    // chunk rows by it (chunk_store::nar_rows).
+    if arrived.chunks > 0 {
         layout_epoch::bump(tx.raw()).await?;
     }
     let gone = packs::by_pack(left_packs);

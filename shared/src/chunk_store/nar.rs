@@ -111,6 +111,8 @@ impl ChunkLayout {
             (ends.partition_point(|&e| e < range.end) + 1).min(ends.len())
         };
         let repeats = repeats(&self.chunk_ids[first..stop]);
+        let digest = self.layout.frames_digest;
+        let whole = first == 0 && stop == self.chunk_ids.len();
         let plan = Arc::new(Plan {
             repr,
             chunk_ids: self.chunk_ids,
@@ -118,17 +120,46 @@ impl ChunkLayout {
             ends,
             range,
         });
+        let cache = chunks.nar_rows.clone();
+        // The identity names the frames, not the rows: a NAR collected and
+        // pushed again has the same one (chunks stored as their own objects
+        // are found by hash), with new chunk rows.
+        let kept = cache
+            .as_ref()
+            .and_then(|c| c.get(&digest))
+            .filter(|rows| rows.iter().map(|r| r.id).eq(plan.chunk_ids.iter().copied()));
+        if let Some(rows) = kept {
+            let parts = (first..stop).map(move |i| plan.part(i, &rows[i]));
+            return reads::stream(chunks, Box::pin(stream::iter(parts)), repeats, repr);
+        }
+        // A download of the whole NAR keeps its rows if every one was
+        // current (its sizes those of the layout); the rows go to the cache
+        // as the last batch is read.
+        let mut keeping = cache
+            .filter(|c| whole && c.would_keep(plan.chunk_ids.len()))
+            .map(|c| (c, Vec::with_capacity(plan.chunk_ids.len())));
         let batches: Vec<Range<usize>> = (first..stop)
             .step_by(BATCH)
             .map(|b| b..(b + BATCH).min(stop))
             .collect();
+        let total = plan.chunk_ids.len();
         let parts = stream::iter(batches)
             .map(move |idx| {
                 let (db, plan) = (db.clone(), plan.clone());
                 async move { plan.rows(&db, idx).await }
             })
             .buffered(ROWS_AHEAD)
-            .map_ok(|parts| stream::iter(parts.into_iter().map(Ok)))
+            .map_ok(move |(parts, current)| {
+                if let Some((_, kept)) = keeping.as_mut().filter(|_| current) {
+                    kept.extend(parts.iter().map(|p| p.0.clone()));
+                } else {
+                    keeping = None;
+                }
+                if let Some((cache, kept)) = keeping.take_if(|(_, kept)| kept.len() == total) {
+                    cache.insert(digest, kept);
+                }
+                stream::iter(parts.into_iter().map(Ok))
+            })
             .try_flatten();
         reads::stream(chunks, Box::pin(parts), repeats, repr)
     }
@@ -156,18 +187,20 @@ struct Plan {
 
 impl Plan {
     /// Loads the rows of chunks `idx` (≤ [`BATCH`]), each with the part of
-    /// it the range covers. A chunk recompressed since the layout was
+    /// it the range covers, and whether every row was current (its sizes
+    /// those of the layout). A chunk recompressed since the layout was
     /// computed (its stored size differs) is read from its previous frame
     /// for `.nar.zst`, whose length the response has promised, and from its
     /// new one for `.nar` (the same bytes decompressed).
-    async fn rows(
-        &self,
-        db: &Db,
-        idx: Range<usize>,
-    ) -> std::io::Result<Vec<(ChunkRecord, Range<u64>)>> {
+    async fn rows(&self, db: &Db, idx: Range<usize>) -> std::io::Result<(Vec<reads::Part>, bool)> {
         let ids = &self.chunk_ids[idx.clone()];
         let mut conn = db.conn().await.map_err(io_err)?;
         let mut found = chunks::get_many(conn.raw(), ids).await.map_err(io_err)?;
+        let current = idx.clone().all(|i| {
+            found
+                .get(&self.chunk_ids[i])
+                .is_some_and(|rec| i64::from(rec.file_size) == i64::from(self.spans[i].file_size))
+        });
         let zstd = self.repr == Representation::Zstd;
         let moved: Vec<(ChunkId, i32)> = idx
             .clone()
@@ -193,25 +226,36 @@ impl Plan {
             }
         }
         drop(conn);
-        idx.map(|i| {
-            let id = self.chunk_ids[i];
-            let rec = found
-                .get(&id)
-                .ok_or_else(|| io_err(format!("chunk {id} of a ready NAR is missing")))?;
-            let span = self.spans[i];
-            if i64::from(span.chunk_size) != i64::from(rec.chunk_size)
-                || (zstd && i64::from(span.file_size) != i64::from(rec.file_size))
-            {
-                return Err(io_err(format!(
-                    "chunk {id} sizes differ from the NAR's stored layout"
-                )));
-            }
-            let start = if i == 0 { 0 } else { self.ends[i - 1] };
-            let within =
-                self.range.start.saturating_sub(start)..self.range.end.min(self.ends[i]) - start;
-            Ok((rec.clone(), within))
-        })
-        .collect()
+        let parts = idx
+            .map(|i| {
+                let id = self.chunk_ids[i];
+                let rec = found
+                    .get(&id)
+                    .ok_or_else(|| io_err(format!("chunk {id} of a ready NAR is missing")))?;
+                self.part(i, rec)
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok((parts, current))
+    }
+
+    /// Chunk `i` of the NAR, whose row is `rec`, with the part of it the
+    /// range covers; an error if the row is another chunk's or its sizes
+    /// are not the layout's.
+    fn part(&self, i: usize, rec: &ChunkRecord) -> std::io::Result<reads::Part> {
+        let (id, span) = (self.chunk_ids[i], self.spans[i]);
+        let zstd = self.repr == Representation::Zstd;
+        if rec.id != id
+            || i64::from(span.chunk_size) != i64::from(rec.chunk_size)
+            || (zstd && i64::from(span.file_size) != i64::from(rec.file_size))
+        {
+            return Err(io_err(format!(
+                "chunk {id}'s row differs from the NAR's stored layout"
+            )));
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let within =
+            self.range.start.saturating_sub(start)..self.range.end.min(self.ends[i]) - start;
+        Ok((rec.clone(), within))
     }
 }
 

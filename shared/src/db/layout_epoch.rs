@@ -1,8 +1,11 @@
 //! `layout_epoch`: the counter that says whether a NAR's stored layout can
-//! be trusted (migration 0013). Recompression changes chunks' stored sizes
-//! and bumps it in the same transaction; a layout computed at an older
-//! epoch is recomputed from the chunk rows by the next download
-//! ([`crate::chunk_store::nar::ChunkLayout::load`]).
+//! be trusted (migration 0013). Whatever moves chunks' frames (compaction,
+//! `repack`, recompression, which also changes their stored sizes) bumps
+//! it in the same transaction; a layout computed at an older epoch is
+//! recomputed from the chunk rows by the next download
+//! ([`crate::chunk_store::nar::ChunkLayout::load`]), with an identity
+//! naming the frames' new places (what the chunk rows downloads keep are
+//! found by, [`crate::chunk_store::nar_rows`]).
 //!
 //! Whoever stores a layout reads the epoch *before* the chunk rows it
 //! computes from, so a change committed in between only makes the layout
