@@ -1,8 +1,9 @@
 //! Streams an upload into staging while verifying it: SHA-256, size, and a
 //! full NAR parse, all on the fly, and the staged copy's checksum
-//! ([`Checksum`], recorded with its intent for the ingest to check). Nothing is held whole in memory, and a
-//! failed upload leaves no object behind (the storage backend only makes an
-//! object appear when its stream ends without error).
+//! ([`Checksum`], recorded with its intent for the ingest to check).
+//! Nothing is held whole in memory, and a failed upload leaves no object
+//! behind (the storage backend only makes an object appear when its stream
+//! ends without error).
 //!
 //! Every staging key comes from [`reserve`], which commits its staging
 //! intent before the first byte is written (docs/gc.md "Staging objects"):

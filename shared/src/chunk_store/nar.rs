@@ -196,15 +196,10 @@ impl Plan {
         let ids = &self.chunk_ids[idx.clone()];
         let mut conn = db.conn().await.map_err(io_err)?;
         let mut found = chunks::get_many(conn.raw(), ids).await.map_err(io_err)?;
-        let current = idx.clone().all(|i| {
-            found
-                .get(&self.chunk_ids[i])
-                .is_some_and(|rec| i64::from(rec.file_size) == i64::from(self.spans[i].file_size))
-        });
-        let zstd = self.repr == Representation::Zstd;
+        // Chunks whose stored size is not the layout's (a missing row fails
+        // below).
         let moved: Vec<(ChunkId, i32)> = idx
             .clone()
-            .filter(|_| zstd)
             .filter_map(|i| {
                 let rec = found.get(&self.chunk_ids[i])?;
                 let want = i32::try_from(self.spans[i].file_size).ok()?;
@@ -213,7 +208,8 @@ impl Plan {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        if !moved.is_empty() {
+        let current = moved.is_empty();
+        if self.repr == Representation::Zstd && !current {
             let previous = replaced_frames::find(conn.raw(), &moved)
                 .await
                 .map_err(io_err)?;

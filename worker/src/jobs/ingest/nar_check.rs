@@ -33,8 +33,9 @@ const DEPTH: usize = 32;
 /// (so the stream stops) and by the ingest (for its message).
 type Failure = Arc<OnceLock<String>>;
 
-/// What the staged copy is checked against.
-#[derive(Debug, Clone, Copy)]
+/// What the staged copy is checked against, and what the checker
+/// computes of it (the same kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Integrity {
     /// The checksum its upload recorded.
     Checksum(Checksum),
@@ -42,16 +43,18 @@ pub(super) enum Integrity {
     NarHash(NarHash),
 }
 
-/// What the checker computed, as [`Integrity`] asked.
-#[derive(Debug, PartialEq, Eq)]
-enum Computed {
-    Checksum(Checksum),
-    NarHash(NarHash),
+impl std::fmt::Display for Integrity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Checksum(c) => c.fmt(f),
+            Self::NarHash(h) => h.fmt(f),
+        }
+    }
 }
 
 /// The checks of one ingest: the checker thread, and its first failure.
 pub(super) struct NarCheck {
-    checker: background::Handle<Result<(Computed, NarSummary), String>>,
+    checker: background::Handle<Result<(Integrity, NarSummary), String>>,
     failed: Failure,
     integrity: Integrity,
 }
@@ -103,16 +106,15 @@ impl NarCheck {
             Ok(checked) => checked,
             Err(reason) => bail!("staged NAR does not parse: staging copy corrupt: {reason}"),
         };
-        match (actual, self.integrity) {
-            (Computed::Checksum(a), Integrity::Checksum(e)) if a == e => {}
-            (Computed::NarHash(a), Integrity::NarHash(e)) if a == e => {}
-            (Computed::Checksum(a), Integrity::Checksum(e)) => {
-                bail!("staged NAR checksums to {a}, recorded {e}: staging copy corrupt")
-            }
-            (Computed::NarHash(a), Integrity::NarHash(e)) => {
-                bail!("staged NAR hashes to {a}, expected {e}: staging copy corrupt")
-            }
-            (a, e) => bail!("NAR checker computed {a:?} where {e:?} was asked"),
+        if actual != self.integrity {
+            let (what, against) = match actual {
+                Integrity::Checksum(_) => ("checksums", "recorded"),
+                Integrity::NarHash(_) => ("hashes", "expected"),
+            };
+            bail!(
+                "staged NAR {what} to {actual}, {against} {}: staging copy corrupt",
+                self.integrity
+            );
         }
         Ok(summary.listing.map(|l| l.to_json()))
     }
@@ -142,7 +144,7 @@ fn check(
     nar_size: u64,
     integrity: Integrity,
     failed: &Failure,
-) -> Result<(Computed, NarSummary), String> {
+) -> Result<(Integrity, NarSummary), String> {
     let mut hasher = match integrity {
         Integrity::Checksum(_) => Hasher::Checksum(Box::default()),
         Integrity::NarHash(_) => Hasher::NarHash(Sha256::new()),
@@ -165,8 +167,8 @@ fn check(
     }
     let summary = validator.finish().map_err(|e| e.to_string())?;
     let digest = match hasher {
-        Hasher::Checksum(c) => Computed::Checksum(c.finish()),
-        Hasher::NarHash(h) => Computed::NarHash(NarHash::from_bytes(h.finalize().into())),
+        Hasher::Checksum(c) => Integrity::Checksum(c.finish()),
+        Hasher::NarHash(h) => Integrity::NarHash(NarHash::from_bytes(h.finalize().into())),
     };
     Ok((digest, summary))
 }
