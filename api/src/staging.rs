@@ -32,13 +32,19 @@ pub async fn reserve(db: &Db) -> Result<ObjectKey, ApiError> {
     Ok(key)
 }
 
-/// Records the checksum of the complete, verified copy at `key` with its
-/// intent, whence the `nars` row adopting it takes it. An intent the
+/// Records the checksum and size of the complete, verified copy at `key`
+/// with its intent, whence the `nars` row adopting it takes the checksum
+/// (the size counts against the staging quota until then). An intent the
 /// sweeper took meanwhile is left alone: the adopt that follows finds it
 /// gone and refuses the copy.
-pub async fn record_checksum(db: &Db, key: &ObjectKey, checksum: Checksum) -> Result<(), ApiError> {
+pub async fn record_checksum(
+    db: &Db,
+    key: &ObjectKey,
+    checksum: Checksum,
+    size: u64,
+) -> Result<(), ApiError> {
     let mut conn = db.conn().await?;
-    staging_intents::record_checksum(conn.raw(), key, checksum).await?;
+    staging_intents::record_checksum(conn.raw(), key, checksum, size).await?;
     Ok(())
 }
 
@@ -187,7 +193,7 @@ where
         .and_then(|mut g| g.take())
         .ok_or_else(|| ApiError::Internal("verifier lost".into()))?;
     match ver.finish() {
-        Ok(checksum) => record_checksum(db, key, checksum).await,
+        Ok(checksum) => record_checksum(db, key, checksum, expected.nar_size).await,
         Err(e) => {
             storage.delete(key).await?;
             Err(e)

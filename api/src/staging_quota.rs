@@ -2,9 +2,12 @@
 //! pushes while workers fall behind, so a backlog cannot fill the staging
 //! disk or bucket (docs/operations.md "Scaling").
 //!
-//! Checked before an Attic-API upload's body is read, against the
+//! Checked before an Attic-API upload's body is read (and before a
+//! chunk-level push's prepare reads its chunks back), against the
 //! database's staged-not-ingested totals, read at most once a second per
-//! replica. The quota is soft: uploads admitted in the same second, and
+//! replica. Those count verified copies no NAR row holds yet too (a
+//! prepared NAR waiting for its publish, a `nix copy` NAR for its
+//! narinfo): they fill staging as much as a NAR waiting for ingest. The quota is soft: uploads admitted in the same second, and
 //! those already streaming, may pass it. Stock `nix copy` uploads are never
 //! refused by it (docs/protocol.md "Staging quota": Nix 2.8 hangs on a
 //! retried PUT, and any other refusal fails the push), but they count.
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use larder_shared::config::StagingConfig;
 use larder_shared::db::Db;
 use larder_shared::db::nars::{self, StagedTotals};
+use larder_shared::db::staging_intents;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -86,7 +90,11 @@ impl StagingQuota {
         }
         let totals = {
             let mut conn = db.conn().await?;
-            nars::staged_totals(conn.raw()).await?
+            let mut totals = nars::staged_totals(conn.raw()).await?;
+            let (copies, bytes) = staging_intents::verified_totals(conn.raw()).await?;
+            totals.nars += copies;
+            totals.bytes = totals.bytes.saturating_add(bytes);
+            totals
         };
         *self.lock() = Some((Instant::now(), totals));
         Ok(totals)

@@ -135,6 +135,23 @@ use chunk_push_prepared::{
     chunk_push_hash_lists, chunk_push_prepare_refuses_a_wrong_hash,
     chunk_push_prepare_then_publish, chunk_push_publish_without_prepared_nar,
 };
+mod prepared_nars_count_against_the_staging_quota {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::chunk_push_prepared::prepared_nars_count_against_the_staging_quota(
+            crate::common::Backend::Sqlite,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::chunk_push_prepared::prepared_nars_count_against_the_staging_quota(
+            crate::common::Backend::Postgres,
+        )
+        .await
+    }
+}
 mod chunk_push_disabled {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {

@@ -8,6 +8,8 @@
 //! next to the hex JSON, with the same answers, and a commit may name the
 //! lists of its questions instead of listing its chunks again.
 
+use std::time::{Duration, Instant};
+
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -21,10 +23,11 @@ use larder_shared::storage::checksum::Checksum;
 use larder_shared::token::Permission;
 use larder_worker::sweeper;
 
+use super::KIB;
 use super::chunk_push::{Pusher, chunks_of, nar_and_update, pusher, served, unique};
 use crate::common::nar::TestNar;
 use crate::common::read::assert_kind;
-use crate::common::{TestApp, TestResponse, request};
+use crate::common::{Backend, TestApp, TestResponse, request};
 
 const PULL_PUSH: &[Permission] = &[Permission::Pull, Permission::Push];
 
@@ -189,6 +192,66 @@ pub async fn chunk_push_publish_without_prepared_nar(app: &TestApp) {
     // The whole flow again still works.
     p.push(&nar).await;
     assert!(served(app, &p.token, "cp", &nar).await == nar.bytes);
+}
+
+/// Prepared NARs count against the staging quota (here two NARs) from
+/// their prepare until ingest, once only after their publish: past it,
+/// a whole-NAR upload and another prepare are refused with `503
+/// StagingFull`, and accepted again once ingest drains staging.
+pub async fn prepared_nars_count_against_the_staging_quota(backend: Backend) {
+    let app = &super::staging_quota::with_quota(backend).await;
+    app.create_cache("cq", false).await;
+    let p = pusher(app, app.token(&[("cq", PULL_PUSH)]), "cq");
+    let nars: Vec<TestNar> = (0..3)
+        .map(|i| TestNar::files(&format!("prepared-{i}"), 500 + i, &[40 * KIB]))
+        .collect();
+    let mut names = Vec::new();
+    for nar in &nars[..2] {
+        let chunks = chunks_of(nar);
+        p.send_missing(nar, &chunks).await;
+        names.push(p.prepared(nar, &chunks).await);
+    }
+    // The quota trusts its reading of the totals for a second: the next
+    // one is the database's, which holds no NAR row yet.
+    assert_eq!(app.count("nars").await, 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.upload(&p.token, "cq", &nars[2])
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "StagingFull");
+    let third = chunks_of(&nars[2]);
+    p.send_missing(&nars[2], &third).await;
+    p.prepare(nars[2].info("cq"), &third)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "StagingFull");
+    assert_eq!(
+        prepared_keys(app).await.len(),
+        2,
+        "the refused prepare staged nothing"
+    );
+
+    // Published and ingested, the first leaves staging; the second still
+    // counts, so there is room for exactly one more.
+    assert_kind(&p.publish(nars[0].info("cq"), &names[0]).await, "Uploaded");
+    app.drain_jobs().await;
+    let started = Instant::now();
+    loop {
+        let resp = app.upload(&p.token, "cq", &nars[2]).await;
+        if resp.status == StatusCode::OK {
+            assert_kind(&resp, "Uploaded");
+            break;
+        }
+        resp.assert_error(StatusCode::SERVICE_UNAVAILABLE, "StagingFull");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still refused after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_kind(&p.publish(nars[1].info("cq"), &names[1]).await, "Uploaded");
+    app.drain_jobs().await;
+    for nar in &nars {
+        assert!(served(app, &p.token, "cq", nar).await == nar.bytes);
+    }
 }
 
 /// A wrong NarHash or size is refused at prepare, leaving no prepared copy

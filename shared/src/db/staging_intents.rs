@@ -36,23 +36,43 @@ pub async fn insert(raw: Raw<'_>, key: &ObjectKey, now: i64) -> Result<(), DbErr
 
 /// Records the checksum of the complete, verified copy at `key`, for the
 /// `nars` row that adopts it ([`super::nars::insert_staged`] copies it from
-/// here) and so for its ingest. False when the intent is gone or being
-/// deleted (the sweeper took it).
+/// here) and so for its ingest, and its size, for the staging quota
+/// ([`verified_totals`]) until a row adopts it. False when the intent is
+/// gone or being deleted (the sweeper took it).
 pub async fn record_checksum(
     raw: Raw<'_>,
     key: &ObjectKey,
     checksum: Checksum,
+    size: u64,
 ) -> Result<bool, DbError> {
     on_conn!(raw, c => {
         let done = sqlx::query(
-            "UPDATE staging_intents SET staged_checksum = $2
+            "UPDATE staging_intents SET staged_checksum = $2, staged_size = $3
              WHERE object_key = $1 AND deleting_at IS NULL",
         )
         .bind(key.as_str())
         .bind(checksum.to_db())
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
         .execute(&mut *c)
         .await?;
         Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Verified copies no `nars` row holds yet, and their bytes: a chunk-level
+/// push's prepared NARs waiting for their publish, stock `nix copy` NARs
+/// waiting for their narinfo. The staging quota counts them next to the
+/// staged NAR rows ([`super::nars::staged_totals`]), as they fill staging
+/// the same way; a copy being deleted no longer counts.
+pub async fn verified_totals(raw: Raw<'_>) -> Result<(i64, i64), DbError> {
+    on_conn!(raw, c => {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS copies, CAST(COALESCE(SUM(staged_size), 0) AS BIGINT) AS bytes
+             FROM staging_intents WHERE staged_size IS NOT NULL AND deleting_at IS NULL",
+        )
+        .fetch_one(&mut *c)
+        .await?;
+        Ok((row.try_get("copies")?, row.try_get("bytes")?))
     })
 }
 
