@@ -39,7 +39,9 @@
 //! - [`replica`]: the production shape: a fresh PostgreSQL database and
 //!   `larder-api -f CONFIG` replicas.
 //! - [`fault_proxy`]: a loopback proxy cutting each NAR's first response
-//!   at half its length, recording what it saw (resumed downloads).
+//!   at half its length (resumed downloads), or answering chosen
+//!   chunk-push commits with the server's own `409`s (the client's
+//!   fallbacks); it records what it saw.
 //! - [`nginx`]: Debian's nginx with `proxy_cache` in front of Larder.
 //! - [`cluster`]: the compose topology as processes: two replicas and three
 //!   workers, each on a host of its own ([`netns`]: a network namespace

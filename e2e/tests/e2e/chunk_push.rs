@@ -3,12 +3,15 @@
 //! closure rebuilt, pushed again by another CI identity, with the bytes on
 //! the wire counted by a forwarder between client and server; then
 //! everything pulled back by real Nix with signatures checked. And the
-//! fallback to whole NARs against a server without chunk push.
+//! fallback to whole NARs against a server without chunk push, and the
+//! fallbacks on the `409`s a chunk-level push can meet.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use larder_e2e::cli::{CliOutput, make_token};
+use larder_e2e::fault_proxy::{Exchange, FaultProxy, NarRequest, Rule};
 use larder_e2e::nix::Substituter;
 use larder_e2e::tcp_forward::TcpForwarder;
 use larder_e2e::tree::random_seed;
@@ -219,6 +222,140 @@ async fn push_falls_back_to_whole_nars() -> anyhow::Result<()> {
     let out = cli.ok(&args).await?;
     anyhow::ensure!(summary(&out)?.pushed == closure.len(), "{out}");
     anyhow::ensure!(out.stdout.contains(", 0 B deduplicated)"), "{out}");
+    pull_and_verify(&server, cache, &tops, &closure).await?;
+    nix.delete(&closure).await.ok();
+    Ok(())
+}
+
+/// The `409`s a chunk-level push falls back on (docs/protocol.md
+/// "Chunk-level push"), each said once by a proxy in front of the server,
+/// worded as the server words them (api/src/error.rs): the first publish
+/// finds its prepared NAR gone, the first commit naming chunk lists finds
+/// them forgotten, and the first one-step commit finds its chunks dropped
+/// (all of them, as after the grace period).
+fn conflicts() -> Vec<Rule> {
+    vec![
+        Rule {
+            matches: |nar| nar.mode == "publish",
+            status: 409,
+            kind: "PreparedMissing",
+            message: |_| {
+                "the prepared NAR is gone or was never prepared here; commit the NAR in one step"
+                    .to_owned()
+            },
+        },
+        Rule {
+            matches: |nar| !nar.chunk_lists.is_empty(),
+            status: 409,
+            kind: "ChunkListUnknown",
+            message: |nar| {
+                let id = nar.chunk_lists.first().map_or("", String::as_str);
+                format!("chunk list {id} is not known here; list the NAR's chunks")
+            },
+        },
+        Rule {
+            matches: |nar| nar.mode == "commit",
+            status: 409,
+            kind: "ChunksMissing",
+            message: |nar| {
+                let first = nar.chunks.first().map_or("", String::as_str);
+                format!(
+                    "{} chunks of the NAR were not sent (first: {first}); send them, then commit",
+                    nar.chunks.len()
+                )
+            },
+        },
+    ]
+}
+
+/// The exchange the proxy answered with `kind`, its index and its commit.
+fn injected<'a>(seen: &'a [Exchange], kind: &str) -> anyhow::Result<(usize, &'a NarRequest)> {
+    let (at, exchange) = seen
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.injected.as_deref() == Some(kind))
+        .with_context(|| format!("no {kind} answered"))?;
+    let nar = exchange.nar.as_ref().context("an answer to no commit")?;
+    Ok((at, nar))
+}
+
+/// Checks in the proxy's record that the client took each fallback.
+fn check_fallbacks(seen: &[Exchange]) -> anyhow::Result<()> {
+    let commits_after = |at: usize| {
+        seen[at + 1..]
+            .iter()
+            .filter_map(|e| e.nar.as_ref().map(|nar| (e, nar)))
+    };
+
+    // A publish without its prepared NAR: the NAR is committed in one step.
+    let (at, publish) = injected(seen, "PreparedMissing")?;
+    anyhow::ensure!(publish.mode == "publish", "{publish:?}");
+    anyhow::ensure!(
+        commits_after(at).any(|(_, n)| n.mode == "commit" && n.store_path == publish.store_path),
+        "no one-step commit of {} after PreparedMissing",
+        publish.store_path
+    );
+
+    // Forgotten lists: the same request again, listing the same chunks.
+    let (at, named) = injected(seen, "ChunkListUnknown")?;
+    anyhow::ensure!(!named.chunks.is_empty(), "unresolved lists: {named:?}");
+    anyhow::ensure!(
+        commits_after(at).any(|(e, n)| e.status == 200
+            && n.chunk_lists.is_empty()
+            && (&n.mode, &n.store_path, &n.chunks)
+                == (&named.mode, &named.store_path, &named.chunks)),
+        "{named:?} not sent again listing its chunks after ChunkListUnknown"
+    );
+
+    // Dropped chunks: the whole NAR, by Attic's upload-path, the only one.
+    let (at, commit) = injected(seen, "ChunksMissing")?;
+    anyhow::ensure!(
+        commit.mode == "commit" && !commit.chunks.is_empty(),
+        "{commit:?}"
+    );
+    let is_upload = |e: &&Exchange| e.method == "PUT" && e.path.starts_with("/_api/v1/upload-path");
+    anyhow::ensure!(
+        seen[at + 1..]
+            .iter()
+            .filter(is_upload)
+            .any(|e| e.status == 200),
+        "no whole-NAR upload after ChunksMissing"
+    );
+    anyhow::ensure!(
+        seen.iter().filter(is_upload).count() == 1,
+        "whole-NAR uploads besides the fallback"
+    );
+    Ok(())
+}
+
+/// A chunk-level push through every `409` fallback at once (a prepare's
+/// chunk lists are forgotten; a NAR loses its prepared copy, then its
+/// chunks) still pushes the whole closure, which pulls back signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_push_falls_back_on_conflicts() -> anyhow::Result<()> {
+    if !nix_available("chunk_push_falls_back_on_conflicts") {
+        return Ok(());
+    }
+    let server = Server::start_embedded(ServerOptions::default()).await?;
+    let cache = "e2e-conflicts";
+    server.client().create_cache(cache).await?;
+    let proxy = FaultProxy::injecting(server.addr(), conflicts()).await?;
+    let nix = Nix::new()?;
+    let tops = build_chain(&nix, random_seed(), 1).await?;
+    let closure = nix.closure(&tops).await?;
+    let cli = LarderCli::new()?;
+    cli.login("e2e", &proxy.url(), server.token()).await?;
+    let target = format!("e2e:{cache}");
+    let mut args = vec!["push", target.as_str()];
+    args.extend(tops.iter().map(String::as_str));
+    let out = cli
+        .ok(&args)
+        .await
+        .map_err(|e| e.context(format!("{:#?}\n{}", proxy.seen(), server.log())))?;
+    let seen = proxy.seen();
+    let what = || format!("{out}\n{seen:#?}");
+    anyhow::ensure!(summary(&out)?.pushed == closure.len(), "{}", what());
+    check_fallbacks(&seen).map_err(|e| e.context(what()))?;
     pull_and_verify(&server, cache, &tops, &closure).await?;
     nix.delete(&closure).await.ok();
     Ok(())
