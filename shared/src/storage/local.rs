@@ -11,15 +11,17 @@
 //! (`a/b` and `a/b/c`): the second `put` fails with an I/O error.
 
 use std::fs;
-use std::io::{self, ErrorKind, SeekFrom};
+use std::io::{self, ErrorKind, SeekFrom, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
     ByteStream, ObjectKey, ObjectMeta, ObjectMetaStream, Storage, StorageError, blocking_stream,
@@ -36,8 +38,8 @@ use self::walk::walk;
 const TEMP_PREFIX: &str = ".tmp-";
 /// Largest piece a `get` stream yields.
 const READ_PIECE: usize = 128 * 1024;
-/// Bytes gathered before one write to a temp file.
-const WRITE_BUFFER: usize = 512 * 1024;
+/// Pieces of a `put` queued for its writer thread.
+const WRITE_QUEUE: usize = 16;
 /// Listed objects buffered ahead of the consumer.
 const LIST_BUFFER: usize = 256;
 
@@ -85,35 +87,65 @@ impl LocalStorage {
     }
 
     /// Writes the stream to `tmp`, fsynced; returns the byte count.
+    ///
+    /// The pieces go as they are to a blocking thread that owns the file,
+    /// so each byte is copied once, by the kernel: a Tokio file copies every
+    /// write into a buffer of its own first (and a buffered writer in front
+    /// of it once more): about a tenth of the server's CPU in a chunk-level
+    /// push (docs/measurements.md, chunk-level push, seventh session).
     async fn write_temp(
         key: &ObjectKey,
         tmp: &Path,
         mut data: ByteStream,
     ) -> Result<u64, StorageError> {
-        let file = tokio::fs::OpenOptions::new()
+        // Created here, not on the writer thread, so that the file exists
+        // before this future can be dropped: the caller's guard then always
+        // finds the file it must remove.
+        let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(tmp)
             .await
-            .map_err(io_err("create", tmp))?;
-        // Packs arrive a frame (tens of KiB) at a time, and each write of a
-        // tokio file is a handoff to a blocking thread: gather them.
-        let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-        let mut written = 0u64;
-        while let Some(piece) = data.next().await {
-            let piece = piece.map_err(|source| StorageError::Input {
-                key: key.clone(),
-                source,
-            })?;
-            file.write_all(&piece).await.map_err(io_err("write", tmp))?;
-            written += piece.len() as u64;
+            .map_err(io_err("create", tmp))?
+            .into_std()
+            .await;
+        let (pieces, mut queue) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let complete = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (tmp, complete) = (tmp.to_path_buf(), complete.clone());
+            tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
+                let mut written = 0u64;
+                while let Some(piece) = queue.blocking_recv() {
+                    file.write_all(&piece).map_err(io_err("write", &tmp))?;
+                    written += piece.len() as u64;
+                }
+                // An input that failed leaves a temp file for the caller to
+                // remove: no point making it durable.
+                if complete.load(Ordering::Acquire) {
+                    file.sync_all().map_err(io_err("fsync", &tmp))?;
+                }
+                Ok(written)
+            })
+        };
+        let fed: Result<(), StorageError> = async {
+            while let Some(piece) = data.next().await {
+                let piece = piece.map_err(|source| StorageError::Input {
+                    key: key.clone(),
+                    source,
+                })?;
+                if pieces.send(piece).await.is_err() {
+                    // The writer stopped on an error, which it returns.
+                    return Ok(());
+                }
+            }
+            complete.store(true, Ordering::Release);
+            Ok(())
         }
-        file.flush().await.map_err(io_err("write", tmp))?;
-        file.get_ref()
-            .sync_all()
-            .await
-            .map_err(io_err("fsync", tmp))?;
-        Ok(written)
+        .await;
+        drop(pieces);
+        let written = writer.await?;
+        fed?;
+        written
     }
 
     /// Deletes `.tmp-` files last modified more than `max_age` ago: leftovers
