@@ -14,8 +14,6 @@ use std::fs;
 use std::io::{self, ErrorKind, SeekFrom, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -110,21 +108,15 @@ impl LocalStorage {
             .into_std()
             .await;
         let (pieces, mut queue) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let complete = Arc::new(AtomicBool::new(false));
         let writer = {
-            let (tmp, complete) = (tmp.to_path_buf(), complete.clone());
-            tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
+            let tmp = tmp.to_path_buf();
+            tokio::task::spawn_blocking(move || -> Result<(fs::File, u64), StorageError> {
                 let mut written = 0u64;
                 while let Some(piece) = queue.blocking_recv() {
                     file.write_all(&piece).map_err(io_err("write", &tmp))?;
                     written += piece.len() as u64;
                 }
-                // An input that failed leaves a temp file for the caller to
-                // remove: no point making it durable.
-                if complete.load(Ordering::Acquire) {
-                    file.sync_all().map_err(io_err("fsync", &tmp))?;
-                }
-                Ok(written)
+                Ok((file, written))
             })
         };
         let fed: Result<(), StorageError> = async {
@@ -138,14 +130,18 @@ impl LocalStorage {
                     return Ok(());
                 }
             }
-            complete.store(true, Ordering::Release);
             Ok(())
         }
         .await;
         drop(pieces);
-        let written = writer.await?;
+        let (file, written) = writer.await??;
+        // An input that failed leaves a temp file for the caller to remove:
+        // no point making it durable.
         fed?;
-        written
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await?
+            .map_err(io_err("fsync", tmp))?;
+        Ok(written)
     }
 
     /// Deletes `.tmp-` files last modified more than `max_age` ago: leftovers
