@@ -7,10 +7,11 @@
 //! database's staged-not-ingested totals, read at most once a second per
 //! replica. Those count verified copies no NAR row holds yet too (a
 //! prepared NAR waiting for its publish, a `nix copy` NAR for its
-//! narinfo): they fill staging as much as a NAR waiting for ingest. The quota is soft: uploads admitted in the same second, and
-//! those already streaming, may pass it. Stock `nix copy` uploads are never
-//! refused by it (docs/protocol.md "Staging quota": Nix 2.8 hangs on a
-//! retried PUT, and any other refusal fails the push), but they count.
+//! narinfo): they fill staging as much as a NAR waiting for ingest. The
+//! quota is soft: uploads admitted in the same second, and those already
+//! streaming, may pass it. Stock `nix copy` uploads are never refused by
+//! it (docs/protocol.md "Staging quota": Nix 2.8 hangs on a retried PUT,
+//! and any other refusal fails the push), but they count.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -82,6 +82,11 @@ impl LarderCli {
         self.run(args).await?.success()
     }
 
+    /// `larder push TARGET PATHS…`, requiring exit status 0.
+    pub async fn push(&self, target: &str, paths: &[String]) -> anyhow::Result<CliOutput> {
+        self.ok(&push_args(&[], target, paths)).await
+    }
+
     /// `larder login NAME ENDPOINT TOKEN`.
     pub async fn login(&self, name: &str, endpoint: &str, token: &str) -> anyhow::Result<()> {
         self.ok(&["login", name, endpoint, token]).await.map(drop)
@@ -221,6 +226,15 @@ pub async fn output_with_stdin(
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// `larder push FLAGS… TARGET PATHS…` as arguments.
+pub fn push_args<'a>(flags: &[&'a str], target: &'a str, paths: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["push"];
+    args.extend_from_slice(flags);
+    args.push(target);
+    args.extend(paths.iter().map(String::as_str));
+    args
 }
 
 /// `larder-admin -f CONFIG ARGS…`, required to succeed; its stdout.

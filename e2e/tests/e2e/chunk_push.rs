@@ -141,9 +141,7 @@ async fn chunk_push_sends_only_new_chunks() -> anyhow::Result<()> {
     let first = LarderCli::new()?;
     let token = make_token(&server.config_path(), "ci-first", &grants).await?;
     first.login("e2e", &endpoint, &token).await?;
-    let mut args = vec!["push", target.as_str()];
-    args.extend(v1.iter().map(String::as_str));
-    let out = first.ok(&args).await?;
+    let out = first.push(&target, &v1).await?;
     anyhow::ensure!(summary(&out)?.pushed == closure1.len(), "{out}");
     let sent1 = bytes_sent(&forward).await?;
     let nar1: u64 = nix
@@ -172,9 +170,7 @@ async fn chunk_push_sends_only_new_chunks() -> anyhow::Result<()> {
     let second = LarderCli::new()?;
     let token = make_token(&server.config_path(), "ci-second", &grants).await?;
     second.login("e2e", &endpoint, &token).await?;
-    let mut args = vec!["push", target.as_str()];
-    args.extend(v2.iter().map(String::as_str));
-    let out = second.ok(&args).await?;
+    let out = second.push(&target, &v2).await?;
     anyhow::ensure!(summary(&out)?.pushed == new.len(), "{out}");
     let sent2 = bytes_sent(&forward).await? - sent1;
     // One changed chunk per NAR (≤ 256 KiB each) plus requests.
@@ -217,9 +213,7 @@ async fn push_falls_back_to_whole_nars() -> anyhow::Result<()> {
     let cli = LarderCli::new()?;
     cli.login("e2e", &server.url(), server.token()).await?;
     let target = format!("e2e:{cache}");
-    let mut args = vec!["push", target.as_str()];
-    args.extend(tops.iter().map(String::as_str));
-    let out = cli.ok(&args).await?;
+    let out = cli.push(&target, &tops).await?;
     anyhow::ensure!(summary(&out)?.pushed == closure.len(), "{out}");
     anyhow::ensure!(out.stdout.contains(", 0 B deduplicated)"), "{out}");
     pull_and_verify(&server, cache, &tops, &closure).await?;
@@ -346,10 +340,8 @@ async fn chunk_push_falls_back_on_conflicts() -> anyhow::Result<()> {
     let cli = LarderCli::new()?;
     cli.login("e2e", &proxy.url(), server.token()).await?;
     let target = format!("e2e:{cache}");
-    let mut args = vec!["push", target.as_str()];
-    args.extend(tops.iter().map(String::as_str));
     let out = cli
-        .ok(&args)
+        .push(&target, &tops)
         .await
         .map_err(|e| e.context(format!("{:#?}\n{}", proxy.seen(), server.log())))?;
     let seen = proxy.seen();

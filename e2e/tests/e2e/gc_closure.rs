@@ -56,9 +56,7 @@ async fn gc_keeps_the_closure_of_a_live_root() -> anyhow::Result<()> {
     assert_eq!(direct.len(), 1, "a chain: {direct:?}");
 
     // t0: the dependencies (the closure of the root's one reference).
-    let mut args = vec!["push", target.as_str()];
-    args.extend(direct.iter().map(String::as_str));
-    operator.ok(&args).await?;
+    operator.push(&target, &direct).await?;
     tokio::time::sleep(Duration::from_secs(50)).await;
     // t0 + 50 s: the root alone, as a CI push of a new root finds the rest.
     operator

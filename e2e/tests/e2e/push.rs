@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use larder_e2e::cli::{self, CliOutput, jwt_claims, make_token};
+use larder_e2e::cli::{self, CliOutput, jwt_claims, make_token, push_args};
 use larder_e2e::nix::Substituter;
 use larder_e2e::tree::random_seed;
 use larder_e2e::{
@@ -21,15 +21,6 @@ fn expect_summary(out: &CliOutput, want: PushSummary) -> anyhow::Result<()> {
     let got = out.push_summary()?;
     anyhow::ensure!(got == want, "summary {got:?}, want {want:?}\n{out}");
     Ok(())
-}
-
-/// `larder push ARGS… TARGET PATHS…` as arguments.
-fn push_args<'a>(flags: &[&'a str], target: &'a str, paths: &'a [String]) -> Vec<&'a str> {
-    let mut args = vec!["push"];
-    args.extend_from_slice(flags);
-    args.push(target);
-    args.extend(paths.iter().map(String::as_str));
-    args
 }
 
 /// Substitutes `tops` from `cache` into a fresh store with a pull-only

@@ -59,6 +59,23 @@ fn assert_staging_full(resp: &TestResponse) {
     );
 }
 
+/// Uploads `nar` as soon as the quota admits it (once this replica's
+/// reading of the totals, at most a second old, sees room), refused with
+/// `StagingFull` until then.
+pub(crate) async fn upload_once_admitted(app: &TestApp, token: &str, cache: &str, nar: &TestNar) {
+    let started = Instant::now();
+    loop {
+        let resp = app.upload(token, cache, nar).await;
+        if resp.status == StatusCode::OK {
+            assert_kind(&resp, "Uploaded");
+            return;
+        }
+        assert_staging_full(&resp);
+        assert!(started.elapsed() < LIMIT, "still refused after the drain");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn the_staging_quota_refuses_uploads_until_ingest_drains(app: &TestApp) {
     app.create_cache("quota", false).await;
     app.create_cache("quota-other", false).await;
@@ -124,20 +141,9 @@ async fn the_staging_quota_refuses_uploads_until_ingest_drains(app: &TestApp) {
         "{text}"
     );
 
-    // Workers catch up: accepted again (once this replica's reading of the
-    // totals, at most a second old, sees it).
+    // Workers catch up: accepted again.
     assert_eq!(app.drain_jobs().await, 2);
-    let started = Instant::now();
-    loop {
-        let resp = app.upload(&token, "quota", &nars[2]).await;
-        if resp.status == StatusCode::OK {
-            assert_kind(&resp, "Uploaded");
-            break;
-        }
-        assert_staging_full(&resp);
-        assert!(started.elapsed() < LIMIT, "still refused after the drain");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    upload_once_admitted(app, &token, "quota", &nars[2]).await;
     let text = app.get("/metrics", None).await.text();
     assert_eq!(sample(&text, "larder_staged_nars"), Some(1), "{text}");
     app.drain_jobs().await;
