@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::NarValidator;
+use larder_shared::db::staged_chunks::{self, StagedChunks};
 use larder_shared::db::{Db, staging_intents, unix_now};
 use larder_shared::storage::checksum::{Checksum, Checksummer};
 use larder_shared::storage::{ObjectKey, Storage, layout};
@@ -141,14 +142,17 @@ fn rejection_error(r: Rejection, expected: &Expected) -> ApiError {
 }
 
 /// Streams `body` into `key`, verifying it against `expected`, and records
-/// its checksum with the key's intent. On any failure the object does not
-/// exist afterwards.
+/// its checksum with the key's intent, and `chunks`, the chunk list a
+/// chunk-level push's body was read back from (what the ingest then takes
+/// instead of cutting the copy). On any failure the object does not exist
+/// afterwards.
 pub async fn stage<S, E>(
     db: &Db,
     storage: &Arc<dyn Storage>,
     key: &ObjectKey,
     body: S,
     expected: Expected,
+    chunks: Option<&StagedChunks>,
 ) -> Result<(), ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
@@ -193,7 +197,14 @@ where
         .and_then(|mut g| g.take())
         .ok_or_else(|| ApiError::Internal("verifier lost".into()))?;
     match ver.finish() {
-        Ok(checksum) => record_checksum(db, key, checksum, expected.nar_size).await,
+        Ok(checksum) => {
+            record_checksum(db, key, checksum, expected.nar_size).await?;
+            if let Some(chunks) = chunks {
+                let mut conn = db.conn().await?;
+                staged_chunks::record(conn.raw(), key, chunks).await?;
+            }
+            Ok(())
+        }
         Err(e) => {
             storage.delete(key).await?;
             Err(e)

@@ -78,6 +78,7 @@ on_both_backends!(
     local_store_moves_to_s3,
     a_worker_process_serves_its_metrics,
     chunk_push_round_trip,
+    chunk_push_ingests_its_chunk_list,
     chunk_push_wrong_hash_leaves_nothing,
     chunk_push_no_cross_tenant_oracle,
     chunk_push_resumes,
@@ -127,8 +128,8 @@ use typed_rows::{
 };
 mod chunk_push;
 use chunk_push::{
-    chunk_push_no_cross_tenant_oracle, chunk_push_resumes, chunk_push_round_trip,
-    chunk_push_wrong_hash_leaves_nothing, unused_chunk_batches_expire,
+    chunk_push_ingests_its_chunk_list, chunk_push_no_cross_tenant_oracle, chunk_push_resumes,
+    chunk_push_round_trip, chunk_push_wrong_hash_leaves_nothing, unused_chunk_batches_expire,
 };
 mod chunk_push_prepared;
 use chunk_push_prepared::{

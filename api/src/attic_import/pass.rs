@@ -297,6 +297,7 @@ impl Pass<'_> {
             &key,
             nar_source::stream(&self.source, files),
             expected,
+            None,
         )
         .await
         {

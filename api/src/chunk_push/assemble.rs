@@ -5,22 +5,99 @@
 //! grammar are checked over the whole chunk sequence, existing chunks
 //! included, and nothing is acknowledged (or left behind) unless they hold.
 //!
-//! Memory stays bounded: at most [`IN_FLIGHT`] chunks are read and
-//! decompressed ahead, on blocking threads, whatever the NAR's size.
+//! Frames stored back to back (a package's earlier version in its pack,
+//! the frames of one batch) are read by one ranged read per run of up to
+//! [`RUN_FRAMES`] frames, not one request each, and a run's frames are
+//! decompressed together on one blocking thread. Memory stays bounded: at
+//! most [`RUNS_AHEAD`] runs are read and decompressed ahead of the
+//! consumer, whatever the NAR's size.
 
 use std::io;
+use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::{Stream, StreamExt, stream};
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
 
+use larder_shared::chunk::ChunkHash;
 use larder_shared::chunk_store::ChunkStore;
-use larder_shared::storage::Storage;
+use larder_shared::db::staged_chunks::{StagedChunk, StagedChunks};
+use larder_shared::storage::{ObjectKey, Storage};
 
 use super::presence::Source;
 
-/// Chunks read ahead of the consumer.
-const IN_FLIGHT: usize = 64;
+/// Frames one run reads at most (at most 4 MiB of stored frames with the
+/// default chunking).
+const RUN_FRAMES: usize = 16;
+/// Runs read and decompressed ahead of the consumer.
+const RUNS_AHEAD: usize = 8;
+
+/// Which storage an object is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// The chunk store's (packs, or chunks stored on their own).
+    Chunks,
+    /// Staging (the pusher's batches).
+    Staging,
+}
+
+/// Frames stored back to back in one object, read by one request.
+#[derive(Debug)]
+struct Run {
+    store: Store,
+    key: ObjectKey,
+    range: Range<u64>,
+    /// Each frame's stored length and its chunk's size, in order.
+    frames: Vec<(u64, usize)>,
+}
+
+/// Where `source`'s frame is: store, object, offset, length; and its
+/// chunk's size.
+fn place(source: Source) -> (Store, ObjectKey, u64, u64, usize) {
+    match source {
+        Source::Stored(rec) => {
+            let at = ChunkStore::locate(&rec);
+            let size = rec.chunk_size.max(0) as usize;
+            (Store::Chunks, at.key, at.offset, at.length, size)
+        }
+        Source::Pushed(p) => {
+            let size = p.chunk_size as usize;
+            (
+                Store::Staging,
+                p.object_key,
+                p.frame_offset,
+                p.frame_len,
+                size,
+            )
+        }
+    }
+}
+
+/// `sources` cut into runs of frames stored back to back.
+fn runs(sources: Vec<Source>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for source in sources {
+        let (store, key, offset, len, size) = place(source);
+        match runs.last_mut() {
+            Some(run)
+                if run.store == store
+                    && run.key == key
+                    && run.range.end == offset
+                    && run.frames.len() < RUN_FRAMES =>
+            {
+                run.range.end += len;
+                run.frames.push((len, size));
+            }
+            _ => runs.push(Run {
+                store,
+                key,
+                range: offset..offset + len,
+                frames: vec![(len, size)],
+            }),
+        }
+    }
+    runs
+}
 
 /// The NAR as a stream of chunk contents, `sources` in order.
 pub fn nar_stream(
@@ -28,39 +105,66 @@ pub fn nar_stream(
     staging: Arc<dyn Storage>,
     sources: Vec<Source>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    stream::iter(sources)
-        .map(move |source| {
+    stream::iter(runs(sources))
+        .map(move |run| {
             let (chunks, staging) = (chunks.clone(), staging.clone());
-            async move { read(&chunks, &staging, source).await }
+            async move { read(&chunks, &staging, run).await }
         })
-        .buffered(IN_FLIGHT)
+        .buffered(RUNS_AHEAD)
+        .map_ok(|contents| stream::iter(contents.into_iter().map(Ok)))
+        .try_flatten()
 }
 
-/// One chunk's bytes, decompressed and of the size its row says.
-async fn read(
-    chunks: &ChunkStore,
-    staging: &Arc<dyn Storage>,
-    source: Source,
-) -> io::Result<Bytes> {
-    let (frame, size) = match source {
-        Source::Stored(rec) => (
-            chunks.read_frame(&rec).await?,
-            rec.chunk_size.max(0) as usize,
-        ),
-        Source::Pushed(p) => {
-            let range = p.frame_offset..p.frame_offset + p.frame_len;
-            let mut body = staging
-                .get(&p.object_key, Some(range))
-                .await
-                .map_err(io::Error::other)?;
-            let mut frame = Vec::with_capacity(p.frame_len as usize);
-            while let Some(piece) = body.next().await {
-                frame.extend_from_slice(&piece?);
-            }
-            (Bytes::from(frame), p.chunk_size as usize)
-        }
+/// The chunk list `sources` (of `hashes`, in order) make up: what the NAR
+/// is verified as, recorded with its staged copy for the ingest.
+pub fn chunk_list(hashes: &[ChunkHash], sources: &[Source]) -> StagedChunks {
+    let chunks = hashes
+        .iter()
+        .zip(sources)
+        .map(|(hash, source)| StagedChunk {
+            hash: *hash,
+            size: match source {
+                Source::Stored(rec) => u32::try_from(rec.chunk_size).unwrap_or(0),
+                Source::Pushed(p) => u32::try_from(p.chunk_size).unwrap_or(0),
+            },
+        })
+        .collect();
+    StagedChunks(chunks)
+}
+
+/// A run's chunk contents, each decompressed and of the size its row
+/// says.
+async fn read(chunks: &ChunkStore, staging: &Arc<dyn Storage>, run: Run) -> io::Result<Vec<Bytes>> {
+    let want = run.range.end - run.range.start;
+    let body = match run.store {
+        Store::Chunks => chunks.read_object(&run.key, run.range.clone()).await,
+        Store::Staging => staging.get(&run.key, Some(run.range.clone())).await,
     };
-    tokio::task::spawn_blocking(move || larder_shared::chunk::decompress(&frame, size))
-        .await
-        .map_err(io::Error::other)?
+    let mut body = body.map_err(io::Error::other)?;
+    let mut bytes = BytesMut::with_capacity(want as usize);
+    while let Some(piece) = body.next().await {
+        bytes.extend_from_slice(&piece?);
+    }
+    if bytes.len() as u64 != want {
+        return Err(io::Error::other(format!(
+            "{:?} gave {} bytes for {:?}",
+            run.key,
+            bytes.len(),
+            run.range
+        )));
+    }
+    let bytes = bytes.freeze();
+    tokio::task::spawn_blocking(move || {
+        let mut at = 0usize;
+        run.frames
+            .iter()
+            .map(|&(len, size)| {
+                let frame = bytes.slice(at..at + len as usize);
+                at += len as usize;
+                larder_shared::chunk::decompress(&frame, size)
+            })
+            .collect()
+    })
+    .await
+    .map_err(io::Error::other)?
 }

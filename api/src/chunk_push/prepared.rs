@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use larder_core::wire::{UploadKind, UploadPathResult};
 use larder_shared::db::nars::{self, NarState};
+use larder_shared::db::staged_chunks::StagedChunks;
 use larder_shared::db::{staging_intents, unix_now};
 use larder_shared::storage::{ObjectKey, layout};
 
@@ -54,13 +55,15 @@ fn key(admitted: &Admitted, pusher: &str, nonce: &str) -> ApiResult<ObjectKey> {
     Ok(layout::prepared_nar_key(&h.finalize().into()))
 }
 
-/// Verifies and stages `nar` (the NAR read back from its chunks) for a
-/// later publish; returns the nonce naming it. Records nothing.
+/// Verifies and stages `nar` (the NAR read back from `chunks`) for a
+/// later publish; returns the nonce naming it. Records nothing but the
+/// staged copy's intent.
 pub(crate) async fn prepare(
     state: &AppState,
     admitted: &Admitted,
     pusher: &str,
     nar: BodyStream,
+    chunks: &StagedChunks,
 ) -> ApiResult<String> {
     if let Err(e) = state.staging_quota.admit(&state.db).await {
         if matches!(e, ApiError::StagingFull { .. }) {
@@ -75,7 +78,9 @@ pub(crate) async fn prepare(
         staging_intents::insert(conn.raw(), &key, unix_now()).await?;
     }
     let expected = admitted.v.expected;
-    if let Err(e) = staging::stage(&state.db, &state.staging, &key, nar, expected).await {
+    if let Err(e) =
+        staging::stage(&state.db, &state.staging, &key, nar, expected, Some(chunks)).await
+    {
         let _ = staging::discard(&state.db, &state.staging, &key).await;
         return Err(e);
     }

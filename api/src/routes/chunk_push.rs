@@ -212,17 +212,28 @@ pub async fn commit(
             first: first.to_string(),
         });
     }
-    let sources = hashes
+    let sources: Vec<_> = hashes
         .iter()
         .filter_map(|h| present.get(h).cloned())
         .collect();
+    let chunks = assemble::chunk_list(&hashes, &sources);
     let nar = assemble::nar_stream(state.chunks(), state.staging.clone(), sources);
     let nar: BodyStream = Box::pin(nar.map_err(axum::Error::new));
     if let Some(admitted) = admitted {
-        let prepared = prepared::prepare(&state, &admitted, &pusher, nar).await?;
+        let prepared = prepared::prepare(&state, &admitted, &pusher, nar, &chunks).await?;
         return Ok(Json(PreparedNarResponse { prepared }).into_response());
     }
-    upload_path::accept(&state, &access.credentials, &headers, req.info, nar, route).await?;
+    let (info, chunks) = (req.info, Some(&chunks));
+    upload_path::accept(
+        &state,
+        &access.credentials,
+        &headers,
+        info,
+        nar,
+        route,
+        chunks,
+    )
+    .await?;
     Ok(Json(UploadPathResult {
         kind: UploadKind::Uploaded,
         file_size: None,

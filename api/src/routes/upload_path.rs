@@ -24,6 +24,7 @@ use larder_shared::audit::{Actor, PushRoute};
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::nars::{self, NarState};
 use larder_shared::db::objects::{self, ObjectMeta, Replace};
+use larder_shared::db::staged_chunks::StagedChunks;
 use larder_shared::db::{CacheId, unix_now};
 use larder_shared::retention::Retention;
 use larder_shared::storage::ObjectKey;
@@ -201,6 +202,7 @@ pub async fn upload_path(
         info,
         body,
         PushRoute::UploadPath,
+        None,
     )
     .await
     .map(Json)
@@ -243,7 +245,7 @@ pub(crate) async fn admit(
 }
 
 /// Everything after the metadata is read, shared with chunk-level push
-/// (whose body is the NAR read back from its chunks): [`admit`], then
+/// (whose body is the NAR read back from its `chunks`): [`admit`], then
 /// linking a known NAR after proof of possession or staging a new one,
 /// recorded in one transaction.
 pub(crate) async fn accept(
@@ -253,6 +255,7 @@ pub(crate) async fn accept(
     info: UploadPathNarInfo,
     body: BodyStream,
     route: PushRoute,
+    chunks: Option<&StagedChunks>,
 ) -> ApiResult<UploadPathResult> {
     let state = state.clone();
     let Admitted { v, cache } = admit(&state, credentials, headers, info, route).await?;
@@ -298,7 +301,8 @@ pub(crate) async fn accept(
         return Err(e);
     }
     let key = staging::reserve(&state.db).await?;
-    let committed = match staging::stage(&state.db, &state.staging, &key, body, v.expected).await {
+    let staged = staging::stage(&state.db, &state.staging, &key, body, v.expected, chunks);
+    let committed = match staged.await {
         Ok(()) => record_staged(&state, &cache, &v, &key, now).await,
         Err(e) => Err(e),
     };

@@ -12,8 +12,11 @@ use serde_json::{Value, json};
 
 use larder_core::chunk::{Chunk, ChunkHash, ChunkIter, ChunkingParams};
 use larder_core::wire::chunk_push::{ChunkParamsResponse, encode_entry};
+use larder_shared::db::nars::NarState;
+use larder_shared::db::staged_chunks::{self, StagedChunks};
 use larder_shared::db::unix_now;
 use larder_shared::token::Permission;
+use larder_worker::jobs::ingest::{self, Outcome};
 use larder_worker::sweeper;
 
 use crate::common::nar::TestNar;
@@ -385,4 +388,82 @@ pub async fn chunk_push_disabled(backend: crate::common::Backend) {
         assert_kind(&app.upload(&p.token, "cp", &nar).await, "Uploaded");
     })
     .await;
+}
+
+/// A chunk-level push's NAR is ingested from the chunk list its commit
+/// verified: the list is recorded with the staged copy, only the chunks
+/// the store lacks are read from the copy (each checked against its hash),
+/// and the list is cleared once the NAR is ready. A list that does not fit
+/// the store's chunking is not trusted: the copy is cut anew.
+pub async fn chunk_push_ingests_its_chunk_list(app: &TestApp) {
+    app.create_cache("cl", false).await;
+    let p = pusher(app, app.token(&[("cl", PULL_PUSH)]), "cl");
+    let (old, new) = nar_and_update();
+    p.push(&old).await;
+    let cut = chunks_of(&old);
+    let list = staged_list(app, &old)
+        .await
+        .expect("the commit records its list");
+    let expected: Vec<(ChunkHash, u32)> =
+        cut.iter().map(|c| (c.hash, c.data.len() as u32)).collect();
+    let recorded: Vec<(ChunkHash, u32)> = list.0.iter().map(|c| (c.hash, c.size)).collect();
+    assert_eq!(recorded, expected);
+    let id = app.nar_record(&old).await.id;
+    let outcome = ingest::ingest(&app.services, id).await.expect("ingest");
+    assert!(matches!(outcome, Outcome::Ingested { .. }), "{outcome:?}");
+    assert_eq!(staged_list(app, &old).await, None, "cleared once ready");
+    assert_eq!(
+        app.count("nar_listings").await,
+        0,
+        "a listed ingest leaves the listing to the first request"
+    );
+    assert!(served(app, &p.token, "cl", &old).await == old.bytes);
+
+    // The update: damage its copy inside a chunk the store lacks.
+    let p = pusher(app, app.token_as("second", &[("cl", PULL_PUSH)]), "cl");
+    p.push(&new).await;
+    let known: std::collections::HashSet<_> = cut.iter().map(|c| c.hash).collect();
+    let fresh = chunks_of(&new)
+        .into_iter()
+        .find(|c| !known.contains(&c.hash))
+        .expect("the update has a new chunk");
+    let key = app.nar_record(&new).await.staging_key.expect("staged");
+    let path = app.object_path(key.as_str());
+    let mut bytes = std::fs::read(&path).expect("staged copy");
+    bytes[fresh.offset as usize + 10] ^= 0x55;
+    std::fs::write(&path, &bytes).expect("damage");
+    let id = app.nar_record(&new).await.id;
+    let err = ingest::ingest(&app.services, id)
+        .await
+        .expect_err("a damaged new chunk is refused");
+    assert!(
+        format!("{err:#}").contains("staged copy corrupt"),
+        "{err:#}"
+    );
+    assert_eq!(app.nar_record(&new).await.state, NarState::Staged);
+
+    // A list one chunk short of the NAR does not fit: cut anew (the cut
+    // ingest makes the listing in its pass).
+    let drop_first = match app.backend {
+        crate::common::Backend::Postgres => "substring(staged_chunks from 37)",
+        crate::common::Backend::Sqlite => "substr(staged_chunks, 37)",
+    };
+    app.execute(&format!(
+        "UPDATE nars SET staged_chunks = {drop_first} WHERE id = {}",
+        id.get()
+    ))
+    .await;
+    std::fs::write(&path, &new.bytes).expect("restore");
+    let outcome = ingest::ingest(&app.services, id).await.expect("ingest");
+    assert!(matches!(outcome, Outcome::Ingested { .. }), "{outcome:?}");
+    assert_eq!(app.count("nar_listings").await, 1, "cut, with its listing");
+    assert!(served(app, &p.token, "cl", &new).await == new.bytes);
+    app.assert_chunk_store_consistent().await;
+}
+
+/// The chunk list recorded with `nar`'s staged copy, if any.
+async fn staged_list(app: &TestApp, nar: &TestNar) -> Option<StagedChunks> {
+    let id = app.nar_record(nar).await.id;
+    let mut conn = app.state.db.conn().await.expect("connection");
+    staged_chunks::of_nar(conn.raw(), id).await.expect("list")
 }

@@ -51,9 +51,16 @@ async fn stage_and_die(app: &TestApp, nar: &TestNar) -> ObjectKey {
         nar_hash: nar.nar_hash,
         nar_size: nar.nar_size(),
     };
-    staging::stage(&app.state.db, &app.state.staging, &key, body, expected)
-        .await
-        .expect("stage");
+    staging::stage(
+        &app.state.db,
+        &app.state.staging,
+        &key,
+        body,
+        expected,
+        None,
+    )
+    .await
+    .expect("stage");
     key
 }
 

@@ -34,6 +34,7 @@ pub mod queue;
 pub mod realisations;
 pub mod refcounts;
 pub mod replaced_frames;
+pub mod staged_chunks;
 pub mod staging_intents;
 pub mod stats;
 pub mod tokens;

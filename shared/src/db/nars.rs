@@ -166,9 +166,10 @@ pub async fn insert_staged(
     on_conn!(raw, c => {
         let row = sqlx::query(
             "INSERT INTO nars (nar_hash, nar_size, state, staging_key, staged_checksum,
-                 created_at, updated_at)
+                 staged_chunks, created_at, updated_at)
              VALUES ($1, $2, 'staged', $3,
-                 (SELECT staged_checksum FROM staging_intents WHERE object_key = $3), $4, $4)
+                 (SELECT staged_checksum FROM staging_intents WHERE object_key = $3),
+                 (SELECT staged_chunks FROM staging_intents WHERE object_key = $3), $4, $4)
              ON CONFLICT (nar_hash) DO NOTHING RETURNING id",
         )
         .bind(&hash.as_bytes()[..])
@@ -220,7 +221,7 @@ pub async fn mark_ready(
         let done = sqlx::query(
             "UPDATE nars SET state = 'ready', chunk_list = $2, num_chunks = $3, file_size = $4,
                  chunk_sizes = $5, frames_digest = $6, staging_key = NULL, staged_checksum = NULL,
-                 updated_at = $7,
+                 staged_chunks = NULL, updated_at = $7,
                  layout_epoch = $8
              WHERE id = $1 AND state = 'staged'",
         )
@@ -284,6 +285,8 @@ pub async fn restage(
             "UPDATE nars SET state = 'staged', staging_key = $2, chunk_list = NULL, num_chunks = NULL,
                  staged_checksum =
                      (SELECT staged_checksum FROM staging_intents WHERE object_key = $2),
+                 staged_chunks =
+                     (SELECT staged_chunks FROM staging_intents WHERE object_key = $2),
                  file_size = NULL, chunk_sizes = NULL, frames_digest = NULL, updated_at = $3
              WHERE id = $1 AND state = 'broken'",
         )

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::instrument;
 
@@ -38,7 +38,7 @@ use larder_shared::chunk::{self, Chunk, ChunkHash};
 use larder_shared::db::chunk_claims;
 use larder_shared::db::chunks::{self, NewChunk};
 use larder_shared::db::nars::{self, NarState};
-use larder_shared::db::{ChunkId, NarId, staging_intents, unix_now};
+use larder_shared::db::{ChunkId, NarId, staged_chunks, staging_intents, unix_now};
 use larder_shared::storage::{self, ObjectKey, StorageError};
 
 use crate::services::Services;
@@ -46,6 +46,7 @@ use crate::services::Services;
 mod commit;
 mod group_commit;
 pub mod group_queue;
+mod listed;
 mod listing;
 mod nar_check;
 mod placer;
@@ -192,22 +193,6 @@ async fn run(
     let packed = pack_size > 0;
     let parallelism = NonZeroUsize::new(num_cpus::get() * 2 + 2).unwrap_or(NonZeroUsize::MIN);
 
-    let input = match svc.staging.get(key, None).await {
-        Ok(input) => input,
-        Err(StorageError::NotFound(_)) => {
-            // An overlapping run finished and removed the staged copy.
-            let mut conn = svc.db.conn().await?;
-            let state = nars::get(conn.raw(), nar_id).await?.map(|n| n.state);
-            if state != Some(NarState::Staged) {
-                return Ok(Outcome::Skipped);
-            }
-            bail!("staged copy {key:?} of a staged NAR is missing");
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let (check, input) = NarCheck::tap(storage::read_ahead(input, READ_AHEAD), nar_size, integrity);
-    let chunks = chunk::chunk_stream(input, nar_size, &params)?;
-
     // Batches are looked up and compressed `parallelism` at a time, each
     // compressed on a background pool thread (a handoff per batch, not per
     // chunk), and come out in NAR order.
@@ -217,18 +202,49 @@ async fn run(
         level,
         packed,
     };
-    let batches = chunks
-        .map_err(anyhow::Error::from)
-        .try_chunks(LOOKUP_BATCH)
-        .map_err(|e| e.1)
-        .map_ok(move |batch| {
-            // A task of its own, so a batch's lookup and compression go on
-            // while the loop below places the frames of earlier ones.
-            let task = AbortOnDropHandle::new(tokio::spawn(prepare.clone().run(batch)));
-            async move { task.await? }
-        })
-        .try_buffered(parallelism.get());
-    let mut batches = std::pin::pin!(batches);
+    let list = {
+        let mut conn = svc.db.conn().await?;
+        staged_chunks::of_nar(conn.raw(), nar_id).await?
+    };
+    let (mut batches, check) = match list {
+        Some(list) if list.fits(nar_size, &params) => {
+            let batches = listed::batches(prepare, key.clone(), list, parallelism.get());
+            (batches.boxed(), None)
+        }
+        list => {
+            if list.is_some() {
+                tracing::info!("staged chunk list does not fit the chunking; cutting the NAR");
+            }
+            let input = match svc.staging.get(key, None).await {
+                Ok(input) => input,
+                Err(StorageError::NotFound(_)) => {
+                    // An overlapping run finished and removed the staged copy.
+                    let mut conn = svc.db.conn().await?;
+                    let state = nars::get(conn.raw(), nar_id).await?.map(|n| n.state);
+                    if state != Some(NarState::Staged) {
+                        return Ok(Outcome::Skipped);
+                    }
+                    bail!("staged copy {key:?} of a staged NAR is missing");
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let input = storage::read_ahead(input, READ_AHEAD);
+            let (check, input) = NarCheck::tap(input, nar_size, integrity);
+            let batches = chunk::chunk_stream(input, nar_size, &params)?
+                .map_err(anyhow::Error::from)
+                .try_chunks(LOOKUP_BATCH)
+                .map_err(|e| e.1)
+                .map_ok(move |batch| {
+                    // A task of its own, so a batch's lookup and compression
+                    // go on while the loop below places the frames of
+                    // earlier ones.
+                    let task = AbortOnDropHandle::new(tokio::spawn(prepare.clone().run(batch)));
+                    async move { task.await? }
+                })
+                .try_buffered(parallelism.get());
+            (batches.boxed(), Some(check))
+        }
+    };
 
     let mut slots: Vec<Slot> = Vec::new();
     // New chunks, by hash (a chunk repeated in the NAR is recorded once).
@@ -240,7 +256,7 @@ async fn run(
         let batch = match batches.try_next().await {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
-            Err(e) => match check.failure() {
+            Err(e) => match check.as_ref().and_then(NarCheck::failure) {
                 Some(reason) => bail!("staged NAR does not parse: staging copy corrupt: {reason}"),
                 None => return Err(e),
             },
@@ -272,7 +288,11 @@ async fn run(
             }
         }
     }
-    let listing = check.finish().await?;
+    // A listed NAR's listing is made by the first `.ls` request.
+    let listing = match check {
+        Some(check) => check.finish().await?,
+        None => None,
+    };
     let placed = match placer {
         Some(placer) => placer.finish().await?,
         None => Placed::default(),
@@ -324,6 +344,18 @@ const READ_AHEAD: usize = 16;
 /// Chunks looked up (and, for the unknown ones, compressed) together.
 const LOOKUP_BATCH: usize = 16;
 
+/// One chunk of a batch to prepare: its bytes, unless the store has it.
+struct Piece {
+    /// The chunk's row, if the store has it already.
+    known: Option<ChunkId>,
+    hash: ChunkHash,
+    /// Its bytes; empty for a known one.
+    data: Bytes,
+    /// Whether `data` is checked against `hash` (bytes the hash was not
+    /// computed from).
+    check: bool,
+}
+
 /// One chunk of a prepared batch.
 struct Prepared {
     /// The chunk's row, if the store has it already.
@@ -348,9 +380,25 @@ impl Prepare {
     /// thread (and, without packs, stores each as its own object).
     async fn run(self, batch: Vec<Chunk>) -> anyhow::Result<Vec<Prepared>> {
         let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.hash).collect();
+        let known = self.lookup(&hashes).await?;
+        let pieces = batch
+            .into_iter()
+            .map(|c| Piece {
+                known: known.get(&c.hash).copied(),
+                hash: c.hash,
+                data: c.data,
+                check: false,
+            })
+            .collect();
+        self.compress(pieces).await
+    }
+
+    /// The chunks of `hashes` the store has. Without packs, the others get
+    /// this run's write intents before their objects are written.
+    async fn lookup(&self, hashes: &[ChunkHash]) -> anyhow::Result<HashMap<ChunkHash, ChunkId>> {
         let known = {
             let mut conn = self.svc.db.conn().await?;
-            chunks::find_by_hashes(conn.raw(), &hashes).await?
+            chunks::find_by_hashes(conn.raw(), hashes).await?
         };
         if known.values().any(|r| r.refcount < 0) {
             // GC is deleting one of them: storing it again now could race
@@ -359,29 +407,41 @@ impl Prepare {
         }
         if !self.packed {
             let unknown: Vec<ChunkHash> = hashes
-                .into_iter()
+                .iter()
                 .filter(|h| !known.contains_key(h))
+                .copied()
                 .collect();
             self.writer.intend(&self.svc.db, &unknown).await?;
         }
+        Ok(known.into_iter().map(|(h, r)| (h, r.id)).collect())
+    }
+
+    /// Compresses the new pieces on one blocking thread (checking those
+    /// marked so first), then, without packs, stores each as its own object.
+    async fn compress(self, pieces: Vec<Piece>) -> anyhow::Result<Vec<Prepared>> {
         let level = self.level;
         let prepared = background::run(move || {
-            batch
+            pieces
                 .into_iter()
-                .map(|c| {
-                    let known = known.get(&c.hash).map(|r| r.id);
-                    let frame = match known {
+                .map(|p| {
+                    let frame = match p.known {
                         Some(_) => Bytes::new(),
-                        None => chunk::compress(&c.data, level)?,
+                        None if p.check && ChunkHash::of(&p.data) != p.hash => {
+                            bail!(
+                                "staged copy corrupt: chunk {} differs from its bytes",
+                                p.hash
+                            )
+                        }
+                        None => chunk::compress(&p.data, level)?,
                     };
                     Ok(Prepared {
-                        known,
-                        hash: c.hash,
-                        chunk_size: c.data.len() as u32,
+                        known: p.known,
+                        hash: p.hash,
+                        chunk_size: p.data.len() as u32,
                         frame,
                     })
                 })
-                .collect::<std::io::Result<Vec<_>>>()
+                .collect::<anyhow::Result<Vec<_>>>()
         })
         .await??;
         if !self.packed {
