@@ -262,34 +262,67 @@ impl NarDump {
         DumpFailure,
     ) {
         let failure = DumpFailure::default();
-        let NarDump {
-            command,
-            mut child,
-            stdout,
-            stderr,
-        } = self;
+        let (stdout, end) = self.into_reader();
         let on_read_error = failure.clone();
-        let read_command = command.clone();
+        let read_command = end.command.clone();
         let data = ReaderStream::with_capacity(stdout, DUMP_CHUNK).map(move |r| {
             r.inspect_err(|e| on_read_error.set(format!("reading `{read_command}`: {e}")))
         });
         let on_exit = failure.clone();
         let tail = stream::once(async move {
-            let status = child.wait().await;
-            let stderr = match stderr {
-                Some(task) => task.await.unwrap_or_default(),
-                None => String::new(),
-            };
-            let message = match status {
-                Ok(s) if s.success() => return None,
-                Ok(s) => format!("`{command}` failed ({s}): {}", stderr.trim()),
-                Err(e) => format!("waiting for `{command}`: {e}"),
-            };
+            let message = end.wait().await.err()?;
             on_exit.set(message.clone());
             Some(Err(std::io::Error::other(message)))
         })
         .filter_map(std::future::ready);
         (data.chain(tail), failure)
+    }
+
+    /// The NAR as the pipe itself, for a consumer that reads it into
+    /// buffers of its own (the chunker: the kernel copies the NAR straight
+    /// into its window), and the process, to [`DumpEnd::wait`] for after
+    /// the last byte.
+    pub fn into_reader(self) -> (ChildStdout, DumpEnd) {
+        let NarDump {
+            command,
+            child,
+            stdout,
+            stderr,
+        } = self;
+        (
+            stdout,
+            DumpEnd {
+                command,
+                child,
+                stderr,
+            },
+        )
+    }
+}
+
+/// The process of a [`NarDump`] read through its pipe; dropping it kills
+/// the process.
+pub struct DumpEnd {
+    command: String,
+    child: Child,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl DumpEnd {
+    /// Waits for the process: a non-zero exit is the error, with its
+    /// stderr.
+    pub async fn wait(mut self) -> Result<(), String> {
+        let status = self.child.wait().await;
+        let stderr = match self.stderr {
+            Some(task) => task.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        let command = &self.command;
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("`{command}` failed ({s}): {}", stderr.trim())),
+            Err(e) => Err(format!("waiting for `{command}`: {e}")),
+        }
     }
 }
 
@@ -383,5 +416,22 @@ mod tests {
             nix().resolve_path(&dir.path().join("missing")),
             Err(NixError::Resolve { .. })
         ));
+    }
+
+    /// A dump read through its pipe reports the process's failure, with
+    /// its stderr, once the pipe is drained (what a chunk-level push
+    /// checks after the last chunk).
+    #[tokio::test]
+    async fn a_failed_dump_read_as_a_pipe_reports_its_error() {
+        use tokio::io::AsyncReadExt;
+        let missing: StorePath = "00000000000000000000000000000000-absent".parse().unwrap();
+        let (mut pipe, end) = nix().dump(&missing).unwrap().into_reader();
+        let mut out = Vec::new();
+        pipe.read_to_end(&mut out).await.unwrap();
+        let err = end.wait().await.expect_err("nix-store fails");
+        assert!(
+            err.contains("nix-store --dump") && err.contains("failed"),
+            "{err}"
+        );
     }
 }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::{StreamExt as _, stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::io::SyncIoBridge;
 
 use larder_core::CacheName;
 use larder_core::chunk::{Chunk, ChunkHash, ChunkIter};
@@ -42,6 +42,8 @@ use crate::nix::{Nix, PathInfo};
 const CHANNEL_DEPTH: usize = 64;
 /// Bytes of NAR asked about (and held) at once.
 const GROUP_BYTES: u64 = 16 * 1024 * 1024;
+/// How long a failed cut waits for the dump's own error.
+const DUMP_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The server's chunk-push parameters, or `None` when it has no chunk push
 /// (an Attic server, or one with it disabled): uploads are then whole NARs.
@@ -65,8 +67,8 @@ pub async fn push(
 ) -> Result<UploadKind, UploadError> {
     let Target { api, cache, .. } = target;
     progress.restart();
-    let (nar, failure) = nix.dump(&info.path)?.into_stream();
-    let mut chunks = cut(Box::pin(nar), info.nar_size, params);
+    let (nar, dump) = nix.dump(&info.path)?.into_reader();
+    let mut chunks = cut(nar, info.nar_size, params);
     let mut sender = Sender {
         api,
         cache,
@@ -91,9 +93,14 @@ pub async fn push(
                 false
             }
             Some(Err(e)) => {
-                return Err(UploadError::Dump(
-                    failure.get().map(str::to_owned).unwrap_or(e),
-                ));
+                // The chunker stopped reading, so the dump ends (its pipe
+                // closed) if it has not already: its own failure, if any,
+                // says more than a short read.
+                let ended = tokio::time::timeout(DUMP_EXIT, dump.wait()).await;
+                return Err(UploadError::Dump(match ended {
+                    Ok(Err(message)) => message,
+                    _ => e,
+                }));
             }
             None => true,
         };
@@ -106,9 +113,7 @@ pub async fn push(
         }
     }
     sender.finish().await?;
-    if let Some(message) = failure.get() {
-        return Err(UploadError::Dump(message.to_owned()));
-    }
+    dump.wait().await.map_err(UploadError::Dump)?;
     let nar = super::commit::Nar {
         meta,
         chunks: order,
@@ -117,15 +122,16 @@ pub async fn push(
     super::commit::commit(target, nar, params, progress, gate).await
 }
 
-/// Cuts the NAR on a blocking thread; errors arrive as text, then the end.
+/// Cuts the NAR on a blocking thread, reading the dump's pipe straight
+/// into the chunker's window; errors arrive as text, then the end.
 fn cut(
-    nar: impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+    nar: impl tokio::io::AsyncRead + Send + Unpin + 'static,
     size: u64,
     params: &ChunkParamsResponse,
 ) -> mpsc::Receiver<Result<Chunk, String>> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let params = params.params();
-    let reader = SyncIoBridge::new(StreamReader::new(nar));
+    let reader = SyncIoBridge::new(nar);
     tokio::task::spawn_blocking(move || {
         let chunks = match ChunkIter::new(reader, size, &params) {
             Ok(c) => c,
