@@ -1,6 +1,8 @@
 //! Ingest: turns a staged NAR into deduplicated, compressed chunks.
 //!
-//! Steps, each safe to repeat: (1) stream the staged copy through FastCDC;
+//! Steps, each safe to repeat: (1) stream the staged copy through FastCDC
+//! (or, for a chunk-level push, take the chunk list its commit verified,
+//! reading only the chunks the store lacks: `listed`);
 //! (2) look chunks up by hash in batches; for the new ones, commit write
 //! intents (one owner id per run), then make sure no deleter has claimed
 //! them (docs/gc.md, "Who may delete an object"); (3) compress and store new
@@ -208,41 +210,19 @@ async fn run(
     };
     let (mut batches, check) = match list {
         Some(list) if list.fits(nar_size, &params) => {
-            let batches = listed::batches(prepare, key.clone(), list, parallelism.get());
-            (batches.boxed(), None)
+            let batches: Batches =
+                listed::batches(prepare, key.clone(), list, parallelism.get()).boxed();
+            (batches, None)
         }
         list => {
             if list.is_some() {
                 tracing::info!("staged chunk list does not fit the chunking; cutting the NAR");
             }
-            let input = match svc.staging.get(key, None).await {
-                Ok(input) => input,
-                Err(StorageError::NotFound(_)) => {
-                    // An overlapping run finished and removed the staged copy.
-                    let mut conn = svc.db.conn().await?;
-                    let state = nars::get(conn.raw(), nar_id).await?.map(|n| n.state);
-                    if state != Some(NarState::Staged) {
-                        return Ok(Outcome::Skipped);
-                    }
-                    bail!("staged copy {key:?} of a staged NAR is missing");
-                }
-                Err(e) => return Err(e.into()),
+            let cut = cut(svc, prepare, nar_id, key, nar_size, integrity, parallelism).await?;
+            let Some((batches, check)) = cut else {
+                return Ok(Outcome::Skipped);
             };
-            let input = storage::read_ahead(input, READ_AHEAD);
-            let (check, input) = NarCheck::tap(input, nar_size, integrity);
-            let batches = chunk::chunk_stream(input, nar_size, &params)?
-                .map_err(anyhow::Error::from)
-                .try_chunks(LOOKUP_BATCH)
-                .map_err(|e| e.1)
-                .map_ok(move |batch| {
-                    // A task of its own, so a batch's lookup and compression
-                    // go on while the loop below places the frames of
-                    // earlier ones.
-                    let task = AbortOnDropHandle::new(tokio::spawn(prepare.clone().run(batch)));
-                    async move { task.await? }
-                })
-                .try_buffered(parallelism.get());
-            (batches.boxed(), Some(check))
+            (batches, Some(check))
         }
     };
 
@@ -334,6 +314,50 @@ async fn run(
         new_chunks,
         stored_bytes,
     })
+}
+
+/// Prepared batches, in NAR order.
+type Batches = futures::stream::BoxStream<'static, anyhow::Result<Vec<Prepared>>>;
+
+/// The staged copy cut into batches (FastCDC and SHA-256 on the chunker's
+/// thread), tapped by the whole-NAR checks. `None` when the copy is gone
+/// because an overlapping run finished the NAR.
+async fn cut(
+    svc: &Services,
+    prepare: Prepare,
+    nar_id: NarId,
+    key: &ObjectKey,
+    nar_size: u64,
+    integrity: Integrity,
+    parallelism: NonZeroUsize,
+) -> anyhow::Result<Option<(Batches, NarCheck)>> {
+    let params = svc.config.chunking.params();
+    let input = match svc.staging.get(key, None).await {
+        Ok(input) => input,
+        Err(StorageError::NotFound(_)) => {
+            let mut conn = svc.db.conn().await?;
+            let state = nars::get(conn.raw(), nar_id).await?.map(|n| n.state);
+            if state != Some(NarState::Staged) {
+                return Ok(None);
+            }
+            bail!("staged copy {key:?} of a staged NAR is missing");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let input = storage::read_ahead(input, READ_AHEAD);
+    let (check, input) = NarCheck::tap(input, nar_size, integrity);
+    let batches = chunk::chunk_stream(input, nar_size, &params)?
+        .map_err(anyhow::Error::from)
+        .try_chunks(LOOKUP_BATCH)
+        .map_err(|e| e.1)
+        .map_ok(move |batch| {
+            // A task of its own, so a batch's lookup and compression go on
+            // while the caller places the frames of earlier ones.
+            let task = AbortOnDropHandle::new(tokio::spawn(prepare.clone().run(batch)));
+            async move { task.await? }
+        })
+        .try_buffered(parallelism.get());
+    Ok(Some((batches.boxed(), check)))
 }
 
 /// Pieces of the staged copy read ahead of the chunker (128 KiB each from
