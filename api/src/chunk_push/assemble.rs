@@ -26,10 +26,11 @@ use larder_shared::storage::{ObjectKey, Storage};
 
 use super::presence::Source;
 
-/// Frames one run reads at most (at most 4 MiB of stored frames with the
+/// Frames one run reads at most (at most 2 MiB of stored frames with the
 /// default chunking).
-const RUN_FRAMES: usize = 16;
-/// Runs read and decompressed ahead of the consumer.
+const RUN_FRAMES: usize = 8;
+/// Runs read and decompressed ahead of the consumer: with [`RUN_FRAMES`],
+/// at most 64 chunks in memory, as many as one read per chunk held.
 const RUNS_AHEAD: usize = 8;
 
 /// Which storage an object is in.
