@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::nar::NarValidator;
-use larder_shared::db::staged_chunks::{self, StagedChunks};
+use larder_shared::db::staged_chunks::StagedChunks;
 use larder_shared::db::{Db, staging_intents, unix_now};
 use larder_shared::storage::checksum::{Checksum, Checksummer};
 use larder_shared::storage::{ObjectKey, Storage, layout};
@@ -34,8 +34,9 @@ pub async fn reserve(db: &Db) -> Result<ObjectKey, ApiError> {
 }
 
 /// Records the checksum and size of the complete, verified copy at `key`
-/// with its intent, whence the `nars` row adopting it takes the checksum
-/// (the size counts against the staging quota until then). An intent the
+/// with its intent, and the chunk list a chunk-level push verified it as,
+/// whence the `nars` row adopting it takes the checksum and the list (the
+/// size counts against the staging quota until then). An intent the
 /// sweeper took meanwhile is left alone: the adopt that follows finds it
 /// gone and refuses the copy.
 pub async fn record_checksum(
@@ -43,9 +44,10 @@ pub async fn record_checksum(
     key: &ObjectKey,
     checksum: Checksum,
     size: u64,
+    chunks: Option<&StagedChunks>,
 ) -> Result<(), ApiError> {
     let mut conn = db.conn().await?;
-    staging_intents::record_checksum(conn.raw(), key, checksum, size).await?;
+    staging_intents::record_checksum(conn.raw(), key, checksum, size, chunks).await?;
     Ok(())
 }
 
@@ -197,14 +199,7 @@ where
         .and_then(|mut g| g.take())
         .ok_or_else(|| ApiError::Internal("verifier lost".into()))?;
     match ver.finish() {
-        Ok(checksum) => {
-            record_checksum(db, key, checksum, expected.nar_size).await?;
-            if let Some(chunks) = chunks {
-                let mut conn = db.conn().await?;
-                staged_chunks::record(conn.raw(), key, chunks).await?;
-            }
-            Ok(())
-        }
+        Ok(checksum) => record_checksum(db, key, checksum, expected.nar_size, chunks).await,
         Err(e) => {
             storage.delete(key).await?;
             Err(e)

@@ -185,18 +185,12 @@ impl ChunkStore {
         key: &ObjectKey,
         range: Option<Range<u64>>,
     ) -> io::Result<Bytes> {
-        let parts: Vec<Bytes> = self
-            .storage
-            .get(key, range)
-            .await
-            .map_err(io::Error::other)?
-            .try_collect()
-            .await?;
-        Ok(if parts.len() == 1 {
-            parts.into_iter().next().unwrap_or_default()
-        } else {
-            Bytes::from(parts.concat())
-        })
+        crate::storage::read_bytes(&*self.storage, key, range).await
+    }
+
+    /// Bytes `range` of object `key`, exactly ([`crate::storage::read_range`]).
+    pub async fn read_range(&self, key: &ObjectKey, range: Range<u64>) -> io::Result<Bytes> {
+        crate::storage::read_range(&*self.storage, key, range).await
     }
 
     /// Every pack object (what `verify` compares with the `packs` rows).

@@ -16,13 +16,13 @@ use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 
 use larder_shared::chunk::ChunkHash;
 use larder_shared::chunk_store::ChunkStore;
 use larder_shared::db::staged_chunks::{StagedChunk, StagedChunks};
-use larder_shared::storage::{ObjectKey, Storage};
+use larder_shared::storage::{self, ObjectKey, Storage};
 
 use super::presence::Source;
 
@@ -55,22 +55,19 @@ struct Run {
 /// Where `source`'s frame is: store, object, offset, length; and its
 /// chunk's size.
 fn place(source: Source) -> (Store, ObjectKey, u64, u64, usize) {
+    let size = source.size() as usize;
     match source {
         Source::Stored(rec) => {
             let at = ChunkStore::locate(&rec);
-            let size = rec.chunk_size.max(0) as usize;
             (Store::Chunks, at.key, at.offset, at.length, size)
         }
-        Source::Pushed(p) => {
-            let size = p.chunk_size as usize;
-            (
-                Store::Staging,
-                p.object_key,
-                p.frame_offset,
-                p.frame_len,
-                size,
-            )
-        }
+        Source::Pushed(p) => (
+            Store::Staging,
+            p.object_key,
+            p.frame_offset,
+            p.frame_len,
+            size,
+        ),
     }
 }
 
@@ -124,10 +121,7 @@ pub fn chunk_list(hashes: &[ChunkHash], sources: &[Source]) -> StagedChunks {
         .zip(sources)
         .map(|(hash, source)| StagedChunk {
             hash: *hash,
-            size: match source {
-                Source::Stored(rec) => u32::try_from(rec.chunk_size).unwrap_or(0),
-                Source::Pushed(p) => u32::try_from(p.chunk_size).unwrap_or(0),
-            },
+            size: source.size(),
         })
         .collect();
     StagedChunks(chunks)
@@ -136,25 +130,10 @@ pub fn chunk_list(hashes: &[ChunkHash], sources: &[Source]) -> StagedChunks {
 /// A run's chunk contents, each decompressed and of the size its row
 /// says.
 async fn read(chunks: &ChunkStore, staging: &Arc<dyn Storage>, run: Run) -> io::Result<Vec<Bytes>> {
-    let want = run.range.end - run.range.start;
-    let body = match run.store {
-        Store::Chunks => chunks.read_object(&run.key, run.range.clone()).await,
-        Store::Staging => staging.get(&run.key, Some(run.range.clone())).await,
+    let bytes = match run.store {
+        Store::Chunks => chunks.read_range(&run.key, run.range.clone()).await?,
+        Store::Staging => storage::read_range(&**staging, &run.key, run.range.clone()).await?,
     };
-    let mut body = body.map_err(io::Error::other)?;
-    let mut bytes = BytesMut::with_capacity(want as usize);
-    while let Some(piece) = body.next().await {
-        bytes.extend_from_slice(&piece?);
-    }
-    if bytes.len() as u64 != want {
-        return Err(io::Error::other(format!(
-            "{:?} gave {} bytes for {:?}",
-            run.key,
-            bytes.len(),
-            run.range
-        )));
-    }
-    let bytes = bytes.freeze();
     tokio::task::spawn_blocking(move || {
         let mut at = 0usize;
         run.frames

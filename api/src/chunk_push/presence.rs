@@ -36,6 +36,17 @@ pub enum Source {
     Pushed(PushedChunk),
 }
 
+impl Source {
+    /// The chunk's uncompressed size, as its row says; 0 for a row out of
+    /// range, which no NAR's chunk list then fits.
+    pub fn size(&self) -> u32 {
+        match self {
+            Source::Stored(rec) => u32::try_from(rec.chunk_size).unwrap_or(0),
+            Source::Pushed(p) => u32::try_from(p.chunk_size).unwrap_or(0),
+        }
+    }
+}
+
 /// Who asks, and about which path.
 #[derive(Debug, Clone, Copy)]
 pub struct Asker<'a> {

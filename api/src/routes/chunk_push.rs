@@ -223,15 +223,14 @@ pub async fn commit(
         let prepared = prepared::prepare(&state, &admitted, &pusher, nar, &chunks).await?;
         return Ok(Json(PreparedNarResponse { prepared }).into_response());
     }
-    let (info, chunks) = (req.info, Some(&chunks));
     upload_path::accept(
         &state,
         &access.credentials,
         &headers,
-        info,
+        req.info,
         nar,
         route,
-        chunks,
+        Some(&chunks),
     )
     .await?;
     Ok(Json(UploadPathResult {

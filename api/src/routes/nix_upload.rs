@@ -171,7 +171,7 @@ pub async fn put_nar(
     };
     if keep {
         if let Err(e) =
-            staging::record_checksum(&state.db, &staging_key, m.checksum, m.nar_size).await
+            staging::record_checksum(&state.db, &staging_key, m.checksum, m.nar_size, None).await
         {
             let _ = staging::discard(&state.db, &state.staging, &staging_key).await;
             return Err(e);

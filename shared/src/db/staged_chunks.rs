@@ -4,10 +4,11 @@
 //! every byte of the copy again (worker `jobs::ingest`).
 //!
 //! 36 bytes a chunk: its SHA-256, then its size as a big-endian `u32`. The
-//! list is written by the API after it verified the NarHash over exactly
-//! this sequence; [`StagedChunks::decode`] still refuses a list that is
-//! not the NAR's size or whose chunks the store would not cut
-//! ([`StagedChunks::fits`]), and the ingest then cuts the copy as if there
+//! list is recorded with the copy's checksum
+//! ([`super::staging_intents::record_checksum`]) by the API, after it
+//! verified the NarHash over exactly this sequence; the ingest still takes
+//! it only if it is the NAR's size and its chunks are ones the store would
+//! cut ([`StagedChunks::fits`]), and otherwise cuts the copy as if there
 //! were no list.
 
 use sqlx::Row;
@@ -15,7 +16,6 @@ use sqlx::Row;
 use super::{DbError, NarId, Raw, corrupt};
 use crate::chunk::{ChunkHash, ChunkingParams};
 use crate::on_conn;
-use crate::storage::ObjectKey;
 
 /// Bytes a chunk takes in the encoding.
 const ENTRY: usize = 36;
@@ -85,25 +85,6 @@ impl StagedChunks {
         rest.iter()
             .all(|c| (params.min_size..=params.max_size).contains(&c.size))
     }
-}
-
-/// Records `chunks` on the staging intent of `key`, the copy just verified
-/// as them; the `nars` row adopting the copy takes them from there
-/// ([`super::nars::insert_staged`]). False when the intent is gone or being
-/// deleted.
-pub async fn record(raw: Raw<'_>, key: &ObjectKey, chunks: &StagedChunks) -> Result<bool, DbError> {
-    let bytes = chunks.encode();
-    on_conn!(raw, c => {
-        let done = sqlx::query(
-            "UPDATE staging_intents SET staged_chunks = $2
-             WHERE object_key = $1 AND deleting_at IS NULL",
-        )
-        .bind(key.as_str())
-        .bind(&bytes)
-        .execute(&mut *c)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    })
 }
 
 /// The chunk list of staged NAR `id`, if its copy came with one. Read by

@@ -16,6 +16,7 @@
 
 use sqlx::Row;
 
+use super::staged_chunks::StagedChunks;
 use super::{DbError, Raw, key_column};
 use crate::on_conn;
 use crate::storage::ObjectKey;
@@ -34,25 +35,30 @@ pub async fn insert(raw: Raw<'_>, key: &ObjectKey, now: i64) -> Result<(), DbErr
     })
 }
 
-/// Records the checksum of the complete, verified copy at `key`, for the
-/// `nars` row that adopts it ([`super::nars::insert_staged`] copies it from
-/// here) and so for its ingest, and its size, for the staging quota
-/// ([`verified_totals`]) until a row adopts it. False when the intent is
-/// gone or being deleted (the sweeper took it).
+/// Records the checksum of the complete, verified copy at `key`, and the
+/// chunk list a chunk-level push verified it as, for the `nars` row that
+/// adopts it ([`super::nars::insert_staged`] copies both from here) and so
+/// for its ingest, and its size, for the staging quota ([`verified_totals`])
+/// until a row adopts it. False when the intent is gone or being deleted
+/// (the sweeper took it).
 pub async fn record_checksum(
     raw: Raw<'_>,
     key: &ObjectKey,
     checksum: Checksum,
     size: u64,
+    chunks: Option<&StagedChunks>,
 ) -> Result<bool, DbError> {
+    let chunks = chunks.map(StagedChunks::encode);
     on_conn!(raw, c => {
         let done = sqlx::query(
-            "UPDATE staging_intents SET staged_checksum = $2, staged_size = $3
+            "UPDATE staging_intents SET staged_checksum = $2, staged_size = $3,
+                 staged_chunks = $4
              WHERE object_key = $1 AND deleting_at IS NULL",
         )
         .bind(key.as_str())
         .bind(checksum.to_db())
         .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .bind(chunks.as_deref())
         .execute(&mut *c)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -332,6 +332,45 @@ pub enum StorageError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Bytes `range` of object `key` (all of it for `None`) in memory: for
+/// reads bounded by a frame, a run of frames, an index or a compaction
+/// window. A read that arrives in one piece is not copied.
+pub async fn read_bytes(
+    storage: &dyn Storage,
+    key: &ObjectKey,
+    range: Option<Range<u64>>,
+) -> io::Result<Bytes> {
+    use futures::TryStreamExt;
+    let parts: Vec<Bytes> = storage
+        .get(key, range)
+        .await
+        .map_err(io::Error::other)?
+        .try_collect()
+        .await?;
+    Ok(if parts.len() == 1 {
+        parts.into_iter().next().unwrap_or_default()
+    } else {
+        Bytes::from(parts.concat())
+    })
+}
+
+/// [`read_bytes`] of `range`, refusing bytes of another length than asked
+/// (corruption to report, not something to pass on).
+pub async fn read_range(
+    storage: &dyn Storage,
+    key: &ObjectKey,
+    range: Range<u64>,
+) -> io::Result<Bytes> {
+    let bytes = read_bytes(storage, key, Some(range.clone())).await?;
+    if bytes.len() as u64 != range.end - range.start {
+        return Err(io::Error::other(format!(
+            "{key:?} gave {} bytes for {range:?}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Reads `input` up to `pieces` pieces ahead of its consumer, on a task of
 /// its own. For a consumer on a blocking thread (the chunker), whose every
 /// read would otherwise wait for the async read to be scheduled; errors

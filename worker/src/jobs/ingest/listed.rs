@@ -13,13 +13,13 @@
 
 use std::ops::Range;
 
-use anyhow::{Context, bail};
-use bytes::{Bytes, BytesMut};
+use anyhow::Context;
+use bytes::Bytes;
 use futures::{Stream, StreamExt, stream};
 use tokio_util::task::AbortOnDropHandle;
 
 use larder_shared::db::staged_chunks::{StagedChunk, StagedChunks};
-use larder_shared::storage::ObjectKey;
+use larder_shared::storage::{self, ObjectKey};
 
 use super::{LOOKUP_BATCH, Piece, Prepare, Prepared};
 
@@ -98,19 +98,7 @@ async fn run(
 
 /// The staged copy's bytes in `range`, whole.
 async fn read(prepare: &Prepare, key: &ObjectKey, range: Range<u64>) -> anyhow::Result<Bytes> {
-    let len = usize::try_from(range.end - range.start)?;
-    let mut body = prepare
-        .svc
-        .staging
-        .get(key, Some(range.clone()))
+    storage::read_range(&*prepare.svc.staging, key, range.clone())
         .await
-        .with_context(|| format!("reading bytes {range:?} of staged copy {key:?}"))?;
-    let mut out = BytesMut::with_capacity(len);
-    while let Some(piece) = body.next().await {
-        out.extend_from_slice(&piece?);
-    }
-    if out.len() != len {
-        bail!("staged copy {key:?} gave {} bytes for {range:?}", out.len());
-    }
-    Ok(out.freeze())
+        .with_context(|| format!("reading bytes {range:?} of staged copy {key:?}"))
 }
