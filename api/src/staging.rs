@@ -146,15 +146,16 @@ fn rejection_error(r: Rejection, expected: &Expected) -> ApiError {
 /// Streams `body` into `key`, verifying it against `expected`, and records
 /// its checksum with the key's intent, and `chunks`, the chunk list a
 /// chunk-level push's body was read back from (what the ingest then takes
-/// instead of cutting the copy). On any failure the object does not exist
-/// afterwards.
+/// instead of cutting the copy), complete once the body is (a streamed
+/// prepare fills it as its pieces arrive). On any failure the object does
+/// not exist afterwards.
 pub async fn stage<S, E>(
     db: &Db,
     storage: &Arc<dyn Storage>,
     key: &ObjectKey,
     body: S,
     expected: Expected,
-    chunks: Option<&StagedChunks>,
+    chunks: Option<&Mutex<StagedChunks>>,
 ) -> Result<(), ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
@@ -199,7 +200,14 @@ where
         .and_then(|mut g| g.take())
         .ok_or_else(|| ApiError::Internal("verifier lost".into()))?;
     match ver.finish() {
-        Ok(checksum) => record_checksum(db, key, checksum, expected.nar_size, chunks).await,
+        Ok(checksum) => {
+            let chunks = match chunks.map(Mutex::lock) {
+                Some(Ok(mut list)) => Some(std::mem::take(&mut *list)),
+                Some(Err(_)) => return Err(ApiError::Internal("chunk list poisoned".into())),
+                None => None,
+            };
+            record_checksum(db, key, checksum, expected.nar_size, chunks.as_ref()).await
+        }
         Err(e) => {
             storage.delete(key).await?;
             Err(e)

@@ -8,7 +8,8 @@
 //! - [`FaultProxy::injecting`]: the first chunk-push commit (`POST
 //!   …/caches/{cache}/nars`) each [`Rule`] matches is answered by the proxy
 //!   with the rule's error, in the server's JSON error shape, instead of
-//!   being forwarded. The client's fallbacks on those answers (a lost
+//!   being forwarded (a streamed commit, whose body has no length, is
+//!   matched by its mode alone: [`STREAMED`]). The client's fallbacks on those answers (a lost
 //!   prepared NAR, a forgotten chunk list, dropped chunks) then run against
 //!   a real server that would rarely say them (docs/protocol.md "Chunk-level
 //!   push").
@@ -42,10 +43,16 @@ const COMMIT: &str = "/nars";
 const QUESTION: &str = "/chunks/missing";
 /// Content type of a body made of a JSON head and raw 32-byte hashes.
 const HASH_LIST: &str = "application/x-larder-hash-list";
+/// [`NarRequest::mode`] of a commit whose body has no length.
+pub const STREAMED: &str = "streamed";
 
 /// One exchange the proxy saw.
 #[derive(Debug, Clone)]
 pub struct Exchange {
+    /// How many exchanges had ended when its request head arrived: it
+    /// began after every exchange at an index below that in
+    /// [`FaultProxy::seen`].
+    pub started: usize,
     /// Request method.
     pub method: String,
     /// Request target (path and query).
@@ -66,7 +73,8 @@ pub struct Exchange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarRequest {
     /// `commit` (also when absent, as the server reads it), `prepare` or
-    /// `publish`.
+    /// `publish`; [`STREAMED`] for a body without a length (a streamed
+    /// prepare), which the proxy does not read: its other fields are empty.
     pub mode: String,
     /// `info.store_path`.
     pub store_path: String,
@@ -299,6 +307,7 @@ fn error_response(rule: &Rule, nar: &NarRequest) -> anyhow::Result<Vec<u8>> {
     })?;
     let reason = match rule.status {
         409 => "Conflict",
+        411 => "Length Required",
         _ => "",
     };
     Ok(format!(
@@ -359,6 +368,7 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr, shared: &Shared) -> 
     let method = request_line.next().unwrap_or("").to_owned();
     let path = request_line.next().unwrap_or("").to_owned();
     let mut exchange = Exchange {
+        started: shared.seen.lock().map(|s| s.len()).unwrap_or(0),
         range: header(&head, "range").map(str::to_owned),
         method,
         path,
@@ -373,14 +383,26 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr, shared: &Shared) -> 
         && [COMMIT, QUESTION]
             .iter()
             .any(|end| exchange.path.ends_with(end));
-    // Without a length (a streamed body) the request passes uninspected.
+    // A body without a length (a streamed prepare) is not read: only a
+    // rule for [`STREAMED`] commits can answer it.
     let length = header(&head, "content-length").and_then(|v| v.parse().ok());
-    if let (true, Some(len)) = (inspect, length) {
-        // The whole body, forwarded as read (in `early`) unless answered here.
-        read_body(&mut client, &mut early, len).await?;
-        let body = ChunkPushBody::parse(header(&head, "content-type"), &early)
-            .with_context(|| format!("body of {}", exchange.path))?;
-        exchange.nar = shared.read_request(&exchange.path, &body);
+    match (inspect, length) {
+        (true, Some(len)) => {
+            // The whole body, forwarded as read (in `early`) unless answered here.
+            read_body(&mut client, &mut early, len).await?;
+            let body = ChunkPushBody::parse(header(&head, "content-type"), &early)
+                .with_context(|| format!("body of {}", exchange.path))?;
+            exchange.nar = shared.read_request(&exchange.path, &body);
+        }
+        (true, None) if exchange.path.ends_with(COMMIT) => {
+            exchange.nar = Some(NarRequest {
+                mode: STREAMED.to_owned(),
+                store_path: String::new(),
+                chunk_lists: Vec::new(),
+                chunks: Vec::new(),
+            });
+        }
+        _ => {}
     }
     if let Some(nar) = &exchange.nar
         && let Some(rule) = shared.take_rule(nar)

@@ -87,6 +87,8 @@ on_both_backends!(
     chunk_push_publish_without_prepared_nar,
     chunk_push_prepare_refuses_a_wrong_hash,
     chunk_push_hash_lists,
+    chunk_push_streamed_prepare,
+    chunk_push_streamed_prepare_failures_leave_nothing,
     expired_token_records_are_pruned,
 );
 
@@ -135,6 +137,7 @@ mod chunk_push_prepared;
 use chunk_push_prepared::{
     chunk_push_hash_lists, chunk_push_prepare_refuses_a_wrong_hash,
     chunk_push_prepare_then_publish, chunk_push_publish_without_prepared_nar,
+    chunk_push_streamed_prepare, chunk_push_streamed_prepare_failures_leave_nothing,
 };
 mod prepared_nars_count_against_the_staging_quota {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,14 +103,35 @@ pub fn nar_stream(
     staging: Arc<dyn Storage>,
     sources: Vec<Source>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    stream::iter(runs(sources))
-        .map(move |run| {
-            let (chunks, staging) = (chunks.clone(), staging.clone());
-            async move { read(&chunks, &staging, run).await }
-        })
-        .buffered(RUNS_AHEAD)
-        .map_ok(|contents| stream::iter(contents.into_iter().map(Ok)))
-        .try_flatten()
+    contents(chunks, staging, stream::iter(runs(sources)).map(Ok))
+}
+
+/// The NAR as a stream of chunk contents, its sources arriving in pieces
+/// (a streamed prepare's list): a run never spans two pieces.
+pub fn streamed_nar(
+    chunks: ChunkStore,
+    staging: Arc<dyn Storage>,
+    sources: impl Stream<Item = io::Result<Vec<Source>>> + Send + 'static,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let runs = sources
+        .map_ok(|piece| stream::iter(runs(piece)).map(Ok))
+        .try_flatten();
+    contents(chunks, staging, runs)
+}
+
+/// The chunk contents of `runs`, in order, [`RUNS_AHEAD`] runs read ahead.
+fn contents(
+    chunks: ChunkStore,
+    staging: Arc<dyn Storage>,
+    runs: impl Stream<Item = io::Result<Run>> + Send + 'static,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    runs.map_ok(move |run| {
+        let (chunks, staging) = (chunks.clone(), staging.clone());
+        async move { read(&chunks, &staging, run).await }
+    })
+    .try_buffered(RUNS_AHEAD)
+    .map_ok(|contents| stream::iter(contents.into_iter().map(Ok)))
+    .try_flatten()
 }
 
 /// The chunk list `sources` (of `hashes`, in order) make up: what the NAR

@@ -10,13 +10,15 @@
 //! recorded, served at once, nothing partial on failure) holds unchanged.
 //! `lists` remembers the questions' chunk lists for commits that name them;
 //! `prepared` splits that commit in two: the verification and staging
-//! first, the recording once the path's references are in.
+//! first, the recording once the path's references are in; `streamed`
+//! lets that first half run while the client is still cutting the NAR.
 
 pub mod assemble;
 pub mod batch;
 pub mod lists;
 pub mod prepared;
 pub mod presence;
+pub mod streamed;
 
 use crate::auth::Credentials;
 

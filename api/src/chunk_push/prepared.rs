@@ -22,6 +22,8 @@
 //! too late (claimed by the sweeper), or to a replica whose local staging
 //! lacks the object, is `409 PreparedMissing` with nothing recorded.
 
+use std::sync::Mutex;
+
 use sha2::{Digest, Sha256};
 
 use larder_core::wire::{UploadKind, UploadPathResult};
@@ -63,7 +65,7 @@ pub(crate) async fn prepare(
     admitted: &Admitted,
     pusher: &str,
     nar: BodyStream,
-    chunks: &StagedChunks,
+    chunks: &Mutex<StagedChunks>,
 ) -> ApiResult<String> {
     if let Err(e) = state.staging_quota.admit(&state.db).await {
         if matches!(e, ApiError::StagingFull { .. }) {

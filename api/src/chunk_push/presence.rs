@@ -13,14 +13,15 @@
 //! holds it. The same answer decides what a commit may reference, so a
 //! commit cannot borrow a chunk the caller was told to send.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use larder_core::chunk::ChunkHash;
 use larder_core::nix::store_path::StorePath;
 use larder_shared::db::caches::CacheRecord;
 use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
 use larder_shared::db::pushed_chunks::{self, PushedChunk};
-use larder_shared::db::{Db, nar_candidates};
+use larder_shared::db::{CacheId, ChunkId, Db, nar_candidates};
 
 use crate::error::ApiResult;
 
@@ -79,35 +80,68 @@ pub async fn present(
     asker: Asker<'_>,
     hashes: &[ChunkHash],
 ) -> ApiResult<HashMap<ChunkHash, Source>> {
-    let mut found = HashMap::new();
-    let mut unique: Vec<ChunkHash> = hashes.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
-    let mut conn = db.conn().await?;
-    if asker.may_read {
-        let name = package_name(asker.path.name.as_str());
-        let readable =
-            nar_candidates::chunk_ids(conn.raw(), asker.cache.id, name, CANDIDATE_PATHS).await?;
-        if !readable.is_empty() {
+    Presence::load(db, asker).await?.find(hashes).await
+}
+
+/// The presence question for one asker, owned, with the chunks of the
+/// package's earlier versions loaded once: a streamed prepare asks it for
+/// every piece of its chunk list.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    db: Db,
+    cache: CacheId,
+    pusher: String,
+    /// Chunk ids of the cache's ready NARs of the package's earlier paths
+    /// (empty unless the asker may pull from the cache).
+    readable: Arc<HashSet<ChunkId>>,
+}
+
+impl Presence {
+    /// Loads what `asker` may read.
+    pub async fn load(db: &Db, asker: Asker<'_>) -> ApiResult<Self> {
+        let readable = if asker.may_read {
+            let mut conn = db.conn().await?;
+            let name = package_name(asker.path.name.as_str());
+            nar_candidates::chunk_ids(conn.raw(), asker.cache.id, name, CANDIDATE_PATHS).await?
+        } else {
+            HashSet::new()
+        };
+        Ok(Self {
+            db: db.clone(),
+            cache: asker.cache.id,
+            pusher: asker.pusher.to_owned(),
+            readable: Arc::new(readable),
+        })
+    }
+
+    /// The chunks of `hashes` that count as present, with where their
+    /// bytes are. Duplicates in `hashes` are fine.
+    pub async fn find(&self, hashes: &[ChunkHash]) -> ApiResult<HashMap<ChunkHash, Source>> {
+        let mut found = HashMap::new();
+        let mut unique: Vec<ChunkHash> = hashes.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut conn = self.db.conn().await?;
+        if !self.readable.is_empty() {
             for batch in unique.chunks(BATCH) {
                 for (hash, rec) in chunks::find_by_hashes(conn.raw(), batch).await? {
                     // A chunk GC is deleting (refcount < 0) is not reused.
-                    if rec.refcount >= 0 && readable.contains(&rec.id) {
+                    if rec.refcount >= 0 && self.readable.contains(&rec.id) {
                         found.insert(hash, Source::Stored(rec));
                     }
                 }
             }
         }
+        let rest: Vec<ChunkHash> = unique
+            .into_iter()
+            .filter(|h| !found.contains_key(h))
+            .collect();
+        for batch in rest.chunks(BATCH - 2) {
+            let pushed = pushed_chunks::find(conn.raw(), self.cache, &self.pusher, batch).await?;
+            found.extend(pushed.into_iter().map(|(h, p)| (h, Source::Pushed(p))));
+        }
+        Ok(found)
     }
-    let rest: Vec<ChunkHash> = unique
-        .into_iter()
-        .filter(|h| !found.contains_key(h))
-        .collect();
-    for batch in rest.chunks(BATCH - 2) {
-        let pushed = pushed_chunks::find(conn.raw(), asker.cache.id, asker.pusher, batch).await?;
-        found.extend(pushed.into_iter().map(|(h, p)| (h, Source::Pushed(p))));
-    }
-    Ok(found)
 }
 
 #[cfg(test)]

@@ -12,7 +12,11 @@
 //!
 //! The missing-chunks question and the commit take their chunk list as hex
 //! JSON or, more compactly, as a hash-list body (a JSON head, then raw
-//! hashes): [`HASH_LIST_CONTENT_TYPE`].
+//! hashes): [`HASH_LIST_CONTENT_TYPE`]. A prepare's hash list is read as
+//! it arrives ([`crate::chunk_push::streamed`]), so a client may send it
+//! while still cutting the NAR.
+
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::body::Body;
@@ -27,6 +31,7 @@ use tracing::instrument;
 
 use larder_core::chunk::ChunkHash;
 use larder_core::nix::store_path::StorePath;
+use larder_core::wire::chunk_push;
 use larder_core::wire::chunk_push::{
     ChunkBatchResponse, ChunkParamsResponse, CommitMode, CommitNarRequest, HASH_LIST_CONTENT_TYPE,
     MissingChunksRequest, MissingChunksResponse, PreparedNarResponse, parse_hash_list,
@@ -38,7 +43,9 @@ use larder_shared::token::Permission;
 
 use crate::auth::{CacheAccess, Push};
 use crate::body::read_limited;
-use crate::chunk_push::presence::{self, Asker};
+use crate::chunk_push::lists::ChunkLists;
+use crate::chunk_push::presence::{self, Asker, Presence};
+use crate::chunk_push::streamed::{self, Tail};
 use crate::chunk_push::{assemble, batch, prepared, pusher};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::upload_path::{self, BodyStream};
@@ -52,6 +59,8 @@ const MAX_COMMIT: usize = 500_000;
 const MISSING_BODY: usize = 2 * 1024 * 1024;
 /// Largest commit body (metadata and chunk list).
 const COMMIT_BODY: usize = 40 * 1024 * 1024;
+/// Largest head of a hash-list commit body (its JSON metadata).
+const COMMIT_HEAD: usize = 1024 * 1024;
 
 /// 404 unless chunk push is enabled.
 fn enabled(state: &AppState) -> ApiResult<()> {
@@ -81,6 +90,7 @@ pub async fn params(
         prepare_publish: true,
         hash_lists: true,
         chunk_list_refs: true,
+        streamed_prepare: true,
     }))
 }
 
@@ -148,11 +158,13 @@ pub async fn commit(
     body: Body,
 ) -> ApiResult<Response> {
     enabled(&state)?;
-    let body = read_limited(body, COMMIT_BODY, "NAR commit").await?;
-    let (mut req, mut hashes): (CommitNarRequest, _) =
-        with_hashes(&headers, &body, "NAR commit", |r: &mut CommitNarRequest| {
-            std::mem::take(&mut r.chunks)
-        })?;
+    let (mut req, body) = commit_body(&headers, body, &state.chunk_lists).await?;
+    let mut hashes = match body {
+        CommitBody::Listed(hashes) => hashes,
+        CommitBody::Streamed(rest, tail) => {
+            return streamed_prepare(&state, &access, &headers, req, (rest, tail)).await;
+        }
+    };
     if !req.chunk_lists.is_empty() {
         if !hashes.is_empty() {
             return Err(ApiError::BadRequest(
@@ -165,12 +177,7 @@ pub async fn commit(
             .resolve(&ids)
             .map_err(|id| ApiError::ChunkListUnknown(id.to_owned()))?;
     }
-    if req.info.cache != access.cache.name.as_str() {
-        return Err(ApiError::BadRequest(format!(
-            "metadata names cache {:?}, the URL {}",
-            req.info.cache, access.cache.name
-        )));
-    }
+    same_cache(&access, &req)?;
     let pusher = pusher(&access.credentials);
     let route = PushRoute::ChunkPush;
     if req.mode == CommitMode::Publish {
@@ -216,7 +223,7 @@ pub async fn commit(
         .iter()
         .filter_map(|h| present.get(h).cloned())
         .collect();
-    let chunks = assemble::chunk_list(&hashes, &sources);
+    let chunks = Mutex::new(assemble::chunk_list(&hashes, &sources));
     let nar = assemble::nar_stream(state.chunks(), state.staging.clone(), sources);
     let nar: BodyStream = Box::pin(nar.map_err(axum::Error::new));
     if let Some(admitted) = admitted {
@@ -239,6 +246,90 @@ pub async fn commit(
         frac_deduplicated: None,
     })
     .into_response())
+}
+
+/// A commit's chunk list: whole, or (a prepare's hash-list body) the rest
+/// of the body, read as it arrives.
+enum CommitBody {
+    Listed(Vec<ChunkHash>),
+    Streamed(BodyStream, Tail),
+}
+
+/// A commit request and its chunk list. A hash-list body's head is read
+/// first: a prepare's list is then left to stream in
+/// ([`crate::chunk_push::streamed`]); any other is read whole, bounded.
+async fn commit_body(
+    headers: &HeaderMap,
+    body: Body,
+    lists: &Arc<ChunkLists>,
+) -> ApiResult<(CommitNarRequest, CommitBody)> {
+    if !is_hash_list(headers) {
+        let body = read_limited(body, COMMIT_BODY, "NAR commit").await?;
+        let (req, hashes) =
+            with_hashes(headers, &body, "NAR commit", |r: &mut CommitNarRequest| {
+                std::mem::take(&mut r.chunks)
+            })?;
+        return Ok((req, CommitBody::Listed(hashes)));
+    }
+    let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("invalid NAR commit: {e}"));
+    let body: BodyStream = Box::pin(body.into_data_stream());
+    let (len, body) = upload_path::read_preamble(body, 4).await?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > COMMIT_HEAD {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "NAR commit head larger than {COMMIT_HEAD} bytes"
+        )));
+    }
+    let (head, rest) = upload_path::read_preamble(body, len).await?;
+    let req: CommitNarRequest = serde_json::from_slice(&head).map_err(|e| bad(&e))?;
+    if !req.chunks.is_empty() {
+        return Err(bad(&"a hash-list head lists no hex chunks"));
+    }
+    if req.mode == CommitMode::Prepare && req.chunk_lists.is_empty() {
+        let tail = match req.list_ids_follow {
+            true => Tail::ListIds(lists.clone()),
+            false => Tail::Hashes,
+        };
+        return Ok((req, CommitBody::Streamed(rest, tail)));
+    }
+    if req.list_ids_follow {
+        return Err(bad(
+            &"only a prepare naming no chunk_lists has list ids follow",
+        ));
+    }
+    let rest = read_limited(Body::from_stream(rest), COMMIT_BODY, "NAR commit").await?;
+    let hashes = chunk_push::parse_hashes(&rest).map_err(|e| bad(&e))?;
+    Ok((req, CommitBody::Listed(hashes)))
+}
+
+/// A prepare whose chunk list is `rest`, read back and staged as it
+/// arrives.
+async fn streamed_prepare(
+    state: &AppState,
+    access: &CacheAccess<Push>,
+    headers: &HeaderMap,
+    req: CommitNarRequest,
+    rest: (BodyStream, Tail),
+) -> ApiResult<Response> {
+    same_cache(access, &req)?;
+    let pusher = pusher(&access.credentials);
+    let path = store_path(&access.cache, &req.info.store_path)?;
+    let route = PushRoute::ChunkPush;
+    let admitted = upload_path::admit(state, &access.credentials, headers, req.info, route).await?;
+    let presence = Presence::load(&state.db, asker(access, &path, &pusher)).await?;
+    let prepared = streamed::prepare(state, &admitted, &pusher, presence, rest, MAX_COMMIT).await?;
+    Ok(Json(PreparedNarResponse { prepared }).into_response())
+}
+
+/// `400` unless the metadata names the URL's cache.
+fn same_cache(access: &CacheAccess<Push>, req: &CommitNarRequest) -> ApiResult<()> {
+    if req.info.cache == access.cache.name.as_str() {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(format!(
+        "metadata names cache {:?}, the URL {}",
+        req.info.cache, access.cache.name
+    )))
 }
 
 /// A request and its chunk hashes, from hex JSON or a hash-list body

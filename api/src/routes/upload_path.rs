@@ -12,6 +12,8 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use std::sync::Mutex;
+
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, stream};
 use tracing::instrument;
@@ -142,7 +144,10 @@ pub(crate) type BodyStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send>>;
 
 /// Splits `len` bytes of preamble off the front of the body.
-async fn read_preamble(mut body: BodyStream, len: usize) -> ApiResult<(Bytes, BodyStream)> {
+pub(crate) async fn read_preamble(
+    mut body: BodyStream,
+    len: usize,
+) -> ApiResult<(Bytes, BodyStream)> {
     let mut buf = BytesMut::with_capacity(len);
     while buf.len() < len {
         let chunk = body
@@ -255,7 +260,7 @@ pub(crate) async fn accept(
     info: UploadPathNarInfo,
     body: BodyStream,
     route: PushRoute,
-    chunks: Option<&StagedChunks>,
+    chunks: Option<&Mutex<StagedChunks>>,
 ) -> ApiResult<UploadPathResult> {
     let state = state.clone();
     let Admitted { v, cache } = admit(&state, credentials, headers, info, route).await?;

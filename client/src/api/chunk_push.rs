@@ -7,6 +7,7 @@
 //! Chunk lists go as raw hashes ([`HASH_LIST_CONTENT_TYPE`]) to a server
 //! that advertises it, else as the hex JSON every server takes.
 
+use futures::{Stream, StreamExt as _, stream};
 use reqwest::Method;
 use reqwest::header::CONTENT_TYPE;
 
@@ -17,7 +18,8 @@ use larder_core::CacheName;
 use larder_core::chunk::ChunkHash;
 use larder_core::wire::chunk_push::{
     BATCH_CONTENT_TYPE, ChunkBatchResponse, ChunkParamsResponse, CommitNarRequest,
-    HASH_LIST_CONTENT_TYPE, MissingChunksRequest, MissingChunksResponse, PREFIX, encode_hash_list,
+    HASH_LIST_CONTENT_TYPE, MissingChunksRequest, MissingChunksResponse, PREFIX,
+    PreparedNarResponse, encode_hash_list,
 };
 
 use super::error::Call;
@@ -132,6 +134,41 @@ impl ApiClient {
         };
         // A large NAR's commit reads it back whole on the server.
         let rb = body.attach(rb.timeout(COMMIT_TIMEOUT));
+        let resp = Self::send(&call, rb).await?;
+        Self::json(&call, resp).await
+    }
+
+    /// Opens a prepare (`req.mode`, no chunks in it) whose chunk list is
+    /// `hashes`, raw 32-byte hashes in pieces as the caller learns that
+    /// their chunks are in, for a server that advertises
+    /// [`ChunkParamsResponse::streamed_prepare`]: it verifies the NAR as
+    /// the pieces arrive. One attempt: a stream cannot be replayed, so the
+    /// caller falls back to a prepare listing the chunks whole.
+    pub async fn prepare_streamed<S>(
+        &self,
+        cache: &CacheName,
+        req: &CommitNarRequest,
+        hashes: S,
+        replace: bool,
+    ) -> Result<PreparedNarResponse, ApiError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+    {
+        let head = bytes::Bytes::from(encode_hash_list(
+            &serde_json::to_vec(req).map_err(ApiError::Encode)?,
+            &[],
+        ));
+        let body = stream::once(async move { Ok(head) }).chain(hashes);
+        let (call, rb) = self.larder_call(Method::POST, cache, "nars")?;
+        let rb = if replace {
+            rb.header(REPLACE_HEADER, "1")
+        } else {
+            rb
+        };
+        let rb = rb
+            .timeout(COMMIT_TIMEOUT)
+            .header(CONTENT_TYPE, HASH_LIST_CONTENT_TYPE)
+            .body(reqwest::Body::wrap_stream(body));
         let resp = Self::send(&call, rb).await?;
         Self::json(&call, resp).await
     }

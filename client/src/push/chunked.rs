@@ -9,7 +9,9 @@
 //! asking and sending run while the references are still being pushed, so
 //! a chain of dependencies overlaps everything but the commits. A server
 //! that takes prepare and publish ([`super::commit`]) verifies the NAR
-//! before the gate opens too, so only a cheap publish waits.
+//! before the gate opens too, so only a cheap publish waits; one that
+//! streams prepares verifies it while it is being cut, each group's hashes
+//! following once the group's chunks are in.
 //!
 //! Memory is bounded: the chunker runs at most [`CHANNEL_DEPTH`] chunks
 //! ahead, a group holds at most [`GROUP_BYTES`], and one batch is in
@@ -31,7 +33,7 @@ pub use larder_core::wire::chunk_push::ChunkParamsResponse;
 use larder_core::wire::chunk_push::{ENTRY_HEADER, chunk_list_id, encode_entry};
 use larder_core::wire::{UploadKind, UploadPathNarInfo};
 
-use super::commit::Target;
+use super::commit::{Chunking, StreamedPrepare, Target};
 use super::error::UploadError;
 use super::gate::Gate;
 use super::progress::PathProgress;
@@ -45,12 +47,12 @@ const GROUP_BYTES: u64 = 16 * 1024 * 1024;
 /// How long a failed cut waits for the dump's own error.
 const DUMP_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The server's chunk-push parameters, or `None` when it has no chunk push
-/// (an Attic server, or one with it disabled): uploads are then whole NARs.
-pub async fn detect(api: &ApiClient, cache: &CacheName) -> Option<ChunkParamsResponse> {
+/// The server's chunk push, or `None` when it has none (an Attic server,
+/// or one with it disabled): uploads are then whole NARs.
+pub async fn detect(api: &ApiClient, cache: &CacheName) -> Option<Chunking> {
     let params = api.chunk_params(cache).await.ok()?;
     params.params().validate().ok()?;
-    Some(params)
+    Some(Chunking::new(params))
 }
 
 /// Pushes `info` (upload metadata `meta`) by its chunks, committing once
@@ -61,14 +63,19 @@ pub async fn push(
     nix: &Nix,
     info: &PathInfo,
     meta: UploadPathNarInfo,
-    params: &ChunkParamsResponse,
+    chunking: &Chunking,
     progress: &PathProgress,
     gate: &mut Gate,
 ) -> Result<UploadKind, UploadError> {
     let Target { api, cache, .. } = target;
+    let params = &chunking.params;
     progress.restart();
     let (nar, dump) = nix.dump(&info.path)?.into_reader();
     let mut chunks = cut(nar, info.nar_size, params);
+    let by_list = params.hash_lists && params.chunk_list_refs;
+    let prepare = chunking
+        .streams_prepares()
+        .then(|| StreamedPrepare::open(target, &meta, by_list));
     let mut sender = Sender {
         api,
         cache,
@@ -78,6 +85,7 @@ pub async fn push(
         known: HashSet::new(),
         lists: Vec::new(),
         in_flight: None,
+        prepare,
     };
     let mut order: Vec<ChunkHash> = Vec::new();
     let mut group: Vec<Chunk> = Vec::new();
@@ -119,7 +127,7 @@ pub async fn push(
         chunks: order,
         lists: sender.lists,
     };
-    super::commit::commit(target, nar, params, progress, gate).await
+    super::commit::commit(target, nar, chunking, sender.prepare, progress, gate).await
 }
 
 /// Cuts the NAR on a blocking thread, reading the dump's pipe straight
@@ -165,20 +173,22 @@ struct Sender<'a> {
     lists: Vec<String>,
     /// The batch being sent, and its size on the wire.
     in_flight: Option<JoinHandle<Result<u64, ApiError>>>,
+    /// The prepare streaming this NAR's list, if the server takes one.
+    prepare: Option<StreamedPrepare>,
 }
 
 impl Sender<'_> {
     async fn send_group(&mut self, group: Vec<Chunk>) -> Result<(), UploadError> {
+        let hashes: Vec<ChunkHash> = group.iter().map(|c| c.hash).collect();
         let by_list = self.params.hash_lists && self.params.chunk_list_refs;
         let ask: Vec<ChunkHash> = if by_list {
-            let ask: Vec<ChunkHash> = group.iter().map(|c| c.hash).collect();
-            self.lists.push(chunk_list_id(&ask));
-            ask
+            self.lists.push(chunk_list_id(&hashes));
+            hashes.clone()
         } else {
-            let mut ask: Vec<ChunkHash> = group
+            let mut ask: Vec<ChunkHash> = hashes
                 .iter()
-                .map(|c| c.hash)
                 .filter(|h| !self.known.contains(h))
+                .copied()
                 .collect();
             ask.sort_unstable();
             ask.dedup();
@@ -228,6 +238,13 @@ impl Sender<'_> {
             self.send(body).await?;
         }
         self.progress.chunks_done(nar, dedup);
+        // The group's hashes go to the prepare once its last batch is in.
+        if let Some(prepare) = &mut self.prepare {
+            prepare.queue(&hashes);
+        }
+        if self.in_flight.as_ref().is_none_or(JoinHandle::is_finished) {
+            self.finish().await?;
+        }
         Ok(())
     }
 
@@ -244,13 +261,17 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// Waits for the batch in flight.
+    /// Waits for the batch in flight; every chunk asked about so far is
+    /// then in, so the prepare may have their hashes.
     async fn finish(&mut self) -> Result<(), UploadError> {
         if let Some(task) = self.in_flight.take() {
             let sent = task
                 .await
                 .map_err(|e| UploadError::Dump(format!("chunk upload task failed: {e}")))??;
             self.progress.frames_sent(sent);
+        }
+        if let Some(prepare) = &mut self.prepare {
+            prepare.release();
         }
         Ok(())
     }

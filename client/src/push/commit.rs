@@ -11,18 +11,58 @@
 //! overlaps and only the cheap publishes run one after another. A publish
 //! whose prepared NAR is gone (expired, another replica) falls back to the
 //! one-step commit, as does every commit to an older server.
+//!
+//! To a server that streams prepares, the prepare opens when the path's
+//! cutting starts ([`StreamedPrepare`]) and its chunk list follows a group
+//! at a time, each once that group's chunks are in, so the server's pass
+//! over the NAR runs beside the client's. A streamed prepare that fails is
+//! repeated listing the chunks whole, which is the authority: if that one
+//! works, the stream was the trouble (a proxy, a link too slow for the
+//! server's body rate) and the rest of the run prepares whole.
 
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use tokio::task::JoinHandle;
+
+use larder_core::CacheName;
 use larder_core::chunk::ChunkHash;
 use larder_core::wire::chunk_push::{
-    ChunkParamsResponse, CommitMode, CommitNarRequest, PreparedNarResponse,
+    ChunkParamsResponse, CommitMode, CommitNarRequest, PreparedNarResponse, chunk_list_hash,
 };
 use larder_core::wire::{UploadKind, UploadPathNarInfo, UploadPathResult};
 
 use super::error::UploadError;
 use super::gate::Gate;
 use super::progress::PathProgress;
-use crate::api::ApiClient;
-use larder_core::CacheName;
+use crate::api::{ApiClient, ApiError};
+
+/// What `larder push` knows of a server's chunk-level push: its
+/// parameters, and whether prepares still stream this run.
+#[derive(Debug)]
+pub struct Chunking {
+    /// The server's parameters.
+    pub params: ChunkParamsResponse,
+    streams: AtomicBool,
+}
+
+impl Chunking {
+    /// Chunk push with `params`; prepares stream if the server takes it.
+    pub fn new(params: ChunkParamsResponse) -> Self {
+        let streams = params.prepare_publish && params.hash_lists && params.streamed_prepare;
+        Self {
+            params,
+            streams: AtomicBool::new(streams),
+        }
+    }
+
+    /// Whether a path's prepare opens as its cutting starts.
+    pub fn streams_prepares(&self) -> bool {
+        self.streams.load(Ordering::Relaxed)
+    }
+}
 
 /// Where a path goes.
 #[derive(Debug, Clone, Copy)]
@@ -46,15 +86,102 @@ pub struct Nar {
     pub lists: Vec<String>,
 }
 
+/// A prepare opened as the path's cutting starts, its chunk list sent as
+/// the chunks go in ([`ApiClient::prepare_streamed`]). Dropped before
+/// [`StreamedPrepare::answer`], it breaks off the request, and the server
+/// keeps nothing of it.
+pub struct StreamedPrepare {
+    list: Option<mpsc::UnboundedSender<io::Result<Bytes>>>,
+    /// Whether the list goes as the ids of the groups' questions.
+    by_list: bool,
+    /// Hashes (raw) whose chunks may still be on their way.
+    queued: Vec<u8>,
+    request: Option<JoinHandle<Result<PreparedNarResponse, ApiError>>>,
+}
+
+impl StreamedPrepare {
+    /// Opens the prepare of the NAR `meta` describes; `by_list`: its list
+    /// goes as the ids of the groups' questions (each group is asked whole
+    /// and in order, as hash lists), else as the chunks' hashes.
+    pub fn open(target: Target<'_>, meta: &UploadPathNarInfo, by_list: bool) -> Self {
+        let (tx, rx) = mpsc::unbounded();
+        let req = CommitNarRequest {
+            info: meta.clone(),
+            chunks: Vec::new(),
+            mode: CommitMode::Prepare,
+            prepared: None,
+            chunk_lists: Vec::new(),
+            list_ids_follow: by_list,
+        };
+        let (api, cache, replace) = (target.api.clone(), target.cache.clone(), target.replace);
+        let request =
+            tokio::spawn(async move { api.prepare_streamed(&cache, &req, rx, replace).await });
+        Self {
+            list: Some(tx),
+            by_list,
+            queued: Vec::new(),
+            request: Some(request),
+        }
+    }
+
+    /// Queues the next group of the list, whose chunks are sent (or being
+    /// sent, or present).
+    pub fn queue(&mut self, group: &[ChunkHash]) {
+        if self.by_list {
+            self.queued
+                .extend_from_slice(chunk_list_hash(group).as_bytes());
+            return;
+        }
+        for h in group {
+            self.queued.extend_from_slice(h.as_bytes());
+        }
+    }
+
+    /// Sends the queued hashes: every chunk they name is in.
+    pub fn release(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let piece = Bytes::from(std::mem::take(&mut self.queued));
+        // A closed request has failed: its answer says why.
+        if let Some(list) = &self.list {
+            let _ = list.unbounded_send(Ok(piece));
+        }
+    }
+
+    /// Ends the list and waits for the server's answer.
+    async fn answer(mut self) -> Result<PreparedNarResponse, UploadError> {
+        self.release();
+        self.list = None;
+        let Some(request) = self.request.take() else {
+            return Err(UploadError::Dump("streamed prepare answered twice".into()));
+        };
+        request
+            .await
+            .map_err(|e| UploadError::Dump(format!("prepare task failed: {e}")))?
+            .map_err(UploadError::Api)
+    }
+}
+
+impl Drop for StreamedPrepare {
+    fn drop(&mut self) {
+        if let Some(request) = &self.request {
+            request.abort();
+        }
+    }
+}
+
 /// Commits `nar` once `gate` opens, preparing it before when the server
-/// takes prepare and publish.
+/// takes prepare and publish (`streamed`: the prepare opened already).
 pub async fn commit(
     target: Target<'_>,
     nar: Nar,
-    params: &ChunkParamsResponse,
+    chunking: &Chunking,
+    streamed: Option<StreamedPrepare>,
     progress: &PathProgress,
     gate: &mut Gate,
 ) -> Result<UploadKind, UploadError> {
+    let params = &chunking.params;
     let step = Step {
         target,
         nar: &nar,
@@ -67,7 +194,17 @@ pub async fn commit(
     }
     // Nothing left to cut or send: the next path may start meanwhile.
     gate.release_turn();
-    let prepared: PreparedNarResponse = step.send(CommitMode::Prepare, None).await?;
+    let prepared: PreparedNarResponse = match streamed {
+        None => step.send(CommitMode::Prepare, None).await?,
+        Some(streamed) => match streamed.answer().await {
+            Ok(prepared) => prepared,
+            Err(_) => {
+                let prepared = step.send(CommitMode::Prepare, None).await?;
+                chunking.streams.store(false, Ordering::Relaxed);
+                prepared
+            }
+        },
+    };
     gate.wait().await?;
     match step
         .send::<UploadPathResult>(CommitMode::Publish, Some(prepared.prepared))
@@ -126,6 +263,7 @@ impl Step<'_> {
             chunks: Vec::new(),
             mode,
             prepared,
+            list_ids_follow: false,
             chunk_lists: if by_list {
                 self.nar.lists.clone()
             } else {

@@ -144,7 +144,7 @@ struct Pusher<'a> {
     progress: Arc<Progress>,
     options: &'a PushOptions,
     /// The cache's chunking when the server takes chunk-level push.
-    chunking: Option<chunked::ChunkParamsResponse>,
+    chunking: Option<commit::Chunking>,
     /// Paths already considered in this run (`--stdin` repeats itself).
     seen: HashSet<StorePath>,
     summary: Summary,

@@ -19,7 +19,8 @@ use crate::api::retry::{StagingWait, jitter};
 use crate::nix::{Nix, PathInfo};
 use larder_core::wire::{UploadKind, UploadPathNarInfo};
 
-use super::chunked::{self, ChunkParamsResponse};
+use super::chunked;
+use super::commit::Chunking;
 pub use super::error::UploadError;
 use super::progress::PathProgress;
 use super::{commit, gate};
@@ -53,7 +54,7 @@ pub async fn upload(
     info: &PathInfo,
     progress: &PathProgress,
     replace: bool,
-    chunking: Option<&ChunkParamsResponse>,
+    chunking: Option<&Chunking>,
     gate: &mut gate::Gate,
 ) -> Result<UploadKind, UploadError> {
     let patience = StagingWait::default();

@@ -55,6 +55,13 @@ pub struct ChunkParamsResponse {
     /// ([`CommitNarRequest::chunk_lists`]) instead of listing its chunks.
     #[serde(default)]
     pub chunk_list_refs: bool,
+    /// A prepare's [`HASH_LIST_CONTENT_TYPE`] body may arrive as the
+    /// client cuts: the server reads the NAR back, verifies and stages it
+    /// a piece of the list at a time, as the hashes come. The client sends
+    /// a piece only once its chunks are in (absent from older servers,
+    /// which read the whole body first).
+    #[serde(default)]
+    pub streamed_prepare: bool,
 }
 
 fn default_zstd_level() -> i32 {
@@ -124,6 +131,12 @@ pub struct CommitNarRequest {
     /// For a publish: what the prepare answered ([`PreparedNarResponse`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<String>,
+    /// For a prepare sent as a [`HASH_LIST_CONTENT_TYPE`] body: its tail
+    /// is the raw 32-byte [`chunk_list_id`]s of this caller's questions
+    /// (whose lists, concatenated, are the NAR's chunks), not chunk
+    /// hashes; with `streamed_prepare`, resolved as they arrive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub list_ids_follow: bool,
 }
 
 /// What a `POST …/nars` does.
@@ -159,11 +172,16 @@ pub struct PreparedNarResponse {
 /// The name of a chunk list: the SHA-256 of its hashes' bytes, in order,
 /// lowercase hex (as a [`ChunkHash`] of them is written).
 pub fn chunk_list_id(hashes: &[ChunkHash]) -> String {
+    chunk_list_hash(hashes).to_string()
+}
+
+/// [`chunk_list_id`] as its 32 bytes, as a streamed prepare sends it.
+pub fn chunk_list_hash(hashes: &[ChunkHash]) -> ChunkHash {
     let mut bytes = Vec::with_capacity(32 * hashes.len());
     for h in hashes {
         bytes.extend_from_slice(h.as_bytes());
     }
-    ChunkHash::of(&bytes).to_string()
+    ChunkHash::of(&bytes)
 }
 
 /// Content type of a body carrying a JSON head and raw chunk hashes.
@@ -202,15 +220,17 @@ pub fn parse_hash_list(body: &[u8]) -> Result<(&[u8], Vec<ChunkHash>), HashListE
     let head = body
         .get(4..4 + len)
         .ok_or(HashListError::TruncatedHead(len))?;
-    let rest = &body[4 + len..];
-    if !rest.len().is_multiple_of(32) {
-        return Err(HashListError::Ragged(rest.len()));
+    Ok((head, parse_hashes(&body[4 + len..])?))
+}
+
+/// The raw hashes after a hash-list body's head.
+pub fn parse_hashes(raw: &[u8]) -> Result<Vec<ChunkHash>, HashListError> {
+    if !raw.len().is_multiple_of(32) {
+        return Err(HashListError::Ragged(raw.len()));
     }
-    let hashes = rest
-        .chunks_exact(32)
-        .map(|h| ChunkHash::from_slice(h).map_err(|_| HashListError::Ragged(rest.len())))
-        .collect::<Result<_, _>>()?;
-    Ok((head, hashes))
+    raw.chunks_exact(32)
+        .map(|h| ChunkHash::from_slice(h).map_err(|_| HashListError::Ragged(raw.len())))
+        .collect()
 }
 
 /// Bytes before each frame in a batch: the chunk's SHA-256, then the frame

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use larder_e2e::cli::{CliOutput, make_token};
-use larder_e2e::fault_proxy::{Exchange, FaultProxy, NarRequest, Rule};
+use larder_e2e::fault_proxy::{Exchange, FaultProxy, NarRequest, Rule, STREAMED};
 use larder_e2e::nix::Substituter;
 use larder_e2e::tcp_forward::TcpForwarder;
 use larder_e2e::tree::random_seed;
@@ -221,14 +221,22 @@ async fn push_falls_back_to_whole_nars() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `409`s a chunk-level push falls back on (docs/protocol.md
+/// The answers a chunk-level push falls back on (docs/protocol.md
 /// "Chunk-level push"), each said once by a proxy in front of the server,
-/// worded as the server words them (api/src/error.rs): the first publish
-/// finds its prepared NAR gone, the first commit naming chunk lists finds
-/// them forgotten, and the first one-step commit finds its chunks dropped
-/// (all of them, as after the grace period).
+/// worded as the server words them (api/src/error.rs): the first streamed
+/// prepare is refused as a proxy refusing a body without a length would
+/// (`411`), the first publish finds its prepared NAR gone, the first
+/// commit naming chunk lists finds them forgotten, and the first one-step
+/// commit finds its chunks dropped (all of them, as after the grace
+/// period).
 fn conflicts() -> Vec<Rule> {
     vec![
+        Rule {
+            matches: |nar| nar.mode == STREAMED,
+            status: 411,
+            kind: "LengthRequired",
+            message: |_| "a request body needs a Content-Length here".to_owned(),
+        },
         Rule {
             matches: |nar| nar.mode == "publish",
             status: 409,
@@ -281,6 +289,21 @@ fn check_fallbacks(seen: &[Exchange]) -> anyhow::Result<()> {
             .filter_map(|e| e.nar.as_ref().map(|nar| (e, nar)))
     };
 
+    // A refused streamed prepare: prepared again listing the chunks, and
+    // no prepare streams after that one.
+    let (at, _) = injected(seen, "LengthRequired")?;
+    let whole = seen[at + 1..]
+        .iter()
+        .position(|e| e.status == 200 && e.nar.as_ref().is_some_and(|n| n.mode == "prepare"))
+        .context("no prepare listing its chunks after 411")?;
+    anyhow::ensure!(
+        !seen
+            .iter()
+            .any(|e| e.started > at + 1 + whole
+                && e.nar.as_ref().is_some_and(|n| n.mode == STREAMED)),
+        "prepares still streamed after a whole-list one worked"
+    );
+
     // A publish without its prepared NAR: the NAR is committed in one step.
     let (at, publish) = injected(seen, "PreparedMissing")?;
     anyhow::ensure!(publish.mode == "publish", "{publish:?}");
@@ -322,9 +345,10 @@ fn check_fallbacks(seen: &[Exchange]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A chunk-level push through every `409` fallback at once (a prepare's
-/// chunk lists are forgotten; a NAR loses its prepared copy, then its
-/// chunks) still pushes the whole closure, which pulls back signed.
+/// A chunk-level push through every fallback at once (a streamed prepare
+/// is refused; the prepare's chunk lists are forgotten; a NAR loses its
+/// prepared copy, then its chunks) still pushes the whole closure, which
+/// pulls back signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_push_falls_back_on_conflicts() -> anyhow::Result<()> {
     if !nix_available("chunk_push_falls_back_on_conflicts") {

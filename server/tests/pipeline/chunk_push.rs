@@ -462,7 +462,7 @@ pub async fn chunk_push_ingests_its_chunk_list(app: &TestApp) {
 }
 
 /// The chunk list recorded with `nar`'s staged copy, if any.
-async fn staged_list(app: &TestApp, nar: &TestNar) -> Option<StagedChunks> {
+pub(super) async fn staged_list(app: &TestApp, nar: &TestNar) -> Option<StagedChunks> {
     let id = app.nar_record(nar).await.id;
     let mut conn = app.state.db.conn().await.expect("connection");
     staged_chunks::of_nar(conn.raw(), id).await.expect("list")

@@ -6,7 +6,8 @@
 //! nothing live; a wrong NarHash is refused at prepare leaving nothing; a
 //! prepared NAR never published is swept. Hash-list bodies are accepted
 //! next to the hex JSON, with the same answers, and a commit may name the
-//! lists of its questions instead of listing its chunks again.
+//! lists of its questions instead of listing its chunks again. A prepare's
+//! hash list may stream in as its chunks are sent.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 
 use larder_core::chunk::{Chunk, ChunkHash};
 use larder_core::wire::chunk_push::{
-    ChunkParamsResponse, HASH_LIST_CONTENT_TYPE, chunk_list_id, encode_hash_list,
+    ChunkParamsResponse, HASH_LIST_CONTENT_TYPE, chunk_list_hash, chunk_list_id, encode_hash_list,
 };
 use larder_shared::db::unix_now;
 use larder_shared::storage::checksum::Checksum;
@@ -329,5 +330,160 @@ pub async fn chunk_push_hash_lists(app: &TestApp) {
             .send(req)
             .await
             .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    }
+}
+
+/// A prepare whose hash list is opened first and sent piece by piece, with
+/// chunks sent in between (as `larder push` streams it): the server only
+/// answers once the list ends, then the publish serves the NAR
+/// byte-identical, staged and ingested, with the whole list recorded for
+/// the ingest. The same with the list sent as its questions' list ids.
+pub async fn chunk_push_streamed_prepare(app: &TestApp) {
+    app.create_cache("cp", false).await;
+    let p = pusher(app, app.token(&[("cp", PULL_PUSH)]), "cp");
+    let params: ChunkParamsResponse = p.params().await.json();
+    assert!(params.streamed_prepare);
+    let (nar, update) = nar_and_update();
+    let chunks = chunks_of(&nar);
+    assert!(chunks.len() >= 4, "several pieces");
+    let (first, second) = chunks.split_at(chunks.len() / 2);
+
+    let head = json!({"info": nar.info("cp"), "mode": "prepare"});
+    let (list, answer) = p.open_streamed(&head);
+    p.send_missing(&nar, first).await;
+    list.send(Ok(raw(first))).expect("piece");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!answer.is_finished(), "no answer before the list ends");
+    p.send_missing(&nar, second).await;
+    // A piece may end inside a hash: the next one completes it.
+    let second = raw(second);
+    let (a, b) = second.split_at(45);
+    list.send(Ok(a.to_vec())).expect("piece");
+    list.send(Ok(b.to_vec())).expect("piece");
+    drop(list);
+    let resp = answer.await.expect("prepare task");
+    resp.assert_status(StatusCode::OK);
+    let prepared: Value = resp.json();
+    let prepared = prepared["prepared"].as_str().expect("name").to_owned();
+    assert_eq!(app.count("objects").await, 0, "nothing live before publish");
+
+    assert_kind(&p.publish(nar.info("cp"), &prepared).await, "Uploaded");
+    assert!(served(app, &p.token, "cp", &nar).await == nar.bytes);
+    let listed = super::chunk_push::staged_list(app, &nar).await;
+    let listed = listed.expect("the streamed list went to the NAR row");
+    assert_eq!(
+        listed.0.iter().map(|c| c.hash).collect::<Vec<_>>(),
+        hashes(&chunks)
+    );
+    app.drain_jobs().await;
+    assert!(served(app, &p.token, "cp", &nar).await == nar.bytes);
+
+    // The update's list as the ids of its two questions' lists.
+    let chunks = chunks_of(&update);
+    let (first, second) = chunks.split_at(chunks.len() / 2);
+    let head = json!({"info": update.info("cp"), "mode": "prepare", "list_ids_follow": true});
+    let (list, answer) = p.open_streamed(&head);
+    for group in [first, second] {
+        let question = json!({"store_path": update.store_path()});
+        p.post_hash_list("chunks/missing", &question, &hashes(group))
+            .await
+            .assert_status(StatusCode::OK);
+        p.send_missing(&update, group).await;
+        let id = chunk_list_hash(&hashes(group));
+        list.send(Ok(id.as_bytes().to_vec())).expect("piece");
+    }
+    drop(list);
+    let resp = answer.await.expect("prepare task");
+    resp.assert_status(StatusCode::OK);
+    let prepared: Value = resp.json();
+    let prepared = prepared["prepared"].as_str().expect("name");
+    assert_kind(&p.publish(update.info("cp"), prepared).await, "Uploaded");
+    assert!(served(app, &p.token, "cp", &update).await == update.bytes);
+    app.drain_jobs().await;
+    assert!(served(app, &p.token, "cp", &update).await == update.bytes);
+    app.assert_chunk_store_consistent().await;
+}
+
+/// A streamed prepare that names a chunk not present or a list not known,
+/// that ends inside a hash, that breaks off, or that claims the wrong
+/// NarHash leaves nothing:
+/// no prepared copy, no intent, no NAR.
+pub async fn chunk_push_streamed_prepare_failures_leave_nothing(app: &TestApp) {
+    app.create_cache("cp", false).await;
+    let p = pusher(app, app.token(&[("cp", PULL_PUSH)]), "cp");
+    let (nar, update) = nar_and_update();
+    let chunks = chunks_of(&nar);
+    p.send_missing(&nar, &chunks).await;
+    let head = json!({"info": nar.info("cp"), "mode": "prepare"});
+
+    // The update's changed chunk was never sent.
+    let (list, answer) = p.open_streamed(&json!({"info": update.info("cp"), "mode": "prepare"}));
+    list.send(Ok(raw(&chunks_of(&update)))).expect("piece");
+    let resp = answer.await.expect("prepare task");
+    resp.assert_error(StatusCode::CONFLICT, "ChunksMissing");
+    drop(list);
+
+    // A list id this server never heard.
+    let ids = json!({"info": nar.info("cp"), "mode": "prepare", "list_ids_follow": true});
+    let (list, answer) = p.open_streamed(&ids);
+    list.send(Ok(vec![7; 32])).expect("piece");
+    let resp = answer.await.expect("prepare task");
+    resp.assert_error(StatusCode::CONFLICT, "ChunkListUnknown");
+    drop(list);
+
+    let (list, answer) = p.open_streamed(&head);
+    let mut ragged = raw(&chunks);
+    ragged.pop();
+    list.send(Ok(ragged)).expect("piece");
+    drop(list);
+    let resp = answer.await.expect("prepare task");
+    resp.assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+
+    let (list, answer) = p.open_streamed(&head);
+    list.send(Ok(raw(&chunks[..1]))).expect("piece");
+    list.send(Err(std::io::Error::other("connection reset")))
+        .expect("break");
+    let resp = answer.await.expect("prepare task");
+    resp.assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+
+    let mut info = nar.info("cp");
+    info["nar_hash"] = json!(format!("sha256:{}", "0".repeat(64)));
+    let (list, answer) = p.open_streamed(&json!({"info": info, "mode": "prepare"}));
+    list.send(Ok(raw(&chunks))).expect("piece");
+    drop(list);
+    let resp = answer.await.expect("prepare task");
+    resp.assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
+
+    assert!(prepared_keys(app).await.is_empty(), "no prepared copy left");
+    assert_eq!(app.count("staging_intents").await, 0, "no intent left");
+    assert_eq!(app.count("nars").await, 0);
+    assert_eq!(app.count("objects").await, 0);
+}
+
+/// The raw hashes of `chunks`, as a hash list's tail carries them.
+fn raw(chunks: &[Chunk]) -> Vec<u8> {
+    chunks.iter().flat_map(|c| *c.hash.as_bytes()).collect()
+}
+
+/// A streamed body's pieces.
+type Pieces = tokio::sync::mpsc::UnboundedSender<std::io::Result<Vec<u8>>>;
+
+impl Pusher<'_> {
+    /// Opens a prepare whose hash-list body is `head`, then what is sent
+    /// on the returned channel, until it is dropped; the answer's task.
+    fn open_streamed(&self, head: &Value) -> (Pieces, tokio::task::JoinHandle<TestResponse>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let head = encode_hash_list(head.to_string().as_bytes(), &[]);
+        let pieces = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|piece| (piece, rx))
+        });
+        let body = futures::StreamExt::chain(futures::stream::once(async { Ok(head) }), pieces);
+        let req = request(Method::POST, &self.uri("nars"), Some(&self.token))
+            .header("content-type", HASH_LIST_CONTENT_TYPE)
+            .body(Body::from_stream(body))
+            .expect("request");
+        let router = self.app.router();
+        let answer = tokio::spawn(async move { crate::common::send(&router, req).await });
+        (tx, answer)
     }
 }
