@@ -51,7 +51,8 @@ pub(crate) async fn prepare(
     admitted: &Admitted,
     pusher: &str,
     presence: Presence,
-    (rest, tail): (BodyStream, Tail),
+    rest: BodyStream,
+    tail: Tail,
     max_chunks: usize,
 ) -> ApiResult<String> {
     let list: Arc<Mutex<StagedChunks>> = Arc::default();

@@ -162,7 +162,7 @@ pub async fn commit(
     let mut hashes = match body {
         CommitBody::Listed(hashes) => hashes,
         CommitBody::Streamed(rest, tail) => {
-            return streamed_prepare(&state, &access, &headers, req, (rest, tail)).await;
+            return streamed_prepare(&state, &access, &headers, req, rest, tail).await;
         }
     };
     if !req.chunk_lists.is_empty() {
@@ -309,7 +309,8 @@ async fn streamed_prepare(
     access: &CacheAccess<Push>,
     headers: &HeaderMap,
     req: CommitNarRequest,
-    rest: (BodyStream, Tail),
+    rest: BodyStream,
+    tail: Tail,
 ) -> ApiResult<Response> {
     same_cache(access, &req)?;
     let pusher = pusher(&access.credentials);
@@ -317,7 +318,8 @@ async fn streamed_prepare(
     let route = PushRoute::ChunkPush;
     let admitted = upload_path::admit(state, &access.credentials, headers, req.info, route).await?;
     let presence = Presence::load(&state.db, asker(access, &path, &pusher)).await?;
-    let prepared = streamed::prepare(state, &admitted, &pusher, presence, rest, MAX_COMMIT).await?;
+    let prepared =
+        streamed::prepare(state, &admitted, &pusher, presence, rest, tail, MAX_COMMIT).await?;
     Ok(Json(PreparedNarResponse { prepared }).into_response())
 }
 
