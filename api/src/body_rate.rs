@@ -8,6 +8,8 @@
 //! (staged data removed, nothing recorded).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,9 +28,30 @@ pub struct Stalled {
     min_rate: u64,
 }
 
+/// What a handler may tell its body's rate check, found in the request's
+/// extensions (absent when the router is called without the connection
+/// loop, as in tests).
+#[derive(Debug, Clone, Default)]
+pub struct Pace(Arc<AtomicBool>);
+
+impl Pace {
+    /// The body arrives in pieces with pauses by design (a streamed
+    /// prepare's chunk list, sent as the client's other requests finish):
+    /// from now on a window of waiting needs some bytes, not `min_rate ×
+    /// window`, so only a body silent for a whole window fails.
+    pub fn relax(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn relaxed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Wraps a body, enforcing `min_rate` bytes/s over `window`.
 pub struct MinRate<B> {
     inner: B,
+    pace: Pace,
     min_rate: u64,
     window: Duration,
     /// Bytes received in the current window.
@@ -46,6 +69,7 @@ impl<B> MinRate<B> {
     pub fn new(inner: B, min_rate: u64, window: Duration) -> Self {
         Self {
             inner,
+            pace: Pace::default(),
             min_rate,
             window,
             got: 0,
@@ -53,6 +77,11 @@ impl<B> MinRate<B> {
             waiting_since: None,
             timer: None,
         }
+    }
+
+    /// The handle a handler relaxes the check with.
+    pub fn pace(&self) -> Pace {
+        self.pace.clone()
     }
 
     /// Ends the current wait; checks and restarts the window once full.
@@ -63,7 +92,10 @@ impl<B> MinRate<B> {
         if self.waited < self.window {
             return Ok(());
         }
-        let needed = (self.min_rate as f64 * self.window.as_secs_f64()) as u64;
+        let needed = match self.pace.relaxed() {
+            true => 1,
+            false => (self.min_rate as f64 * self.window.as_secs_f64()) as u64,
+        };
         if self.got < needed {
             return Err(Stalled {
                 got: self.got,
@@ -184,6 +216,24 @@ mod tests {
         // 10 B/s against a minimum of 1000 B/s.
         let body = MinRate::new(paced(vec![(100, 1); 100]), 1000, Duration::from_secs(1));
         assert!(body.collect().await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relaxed_body_needs_only_progress() {
+        // 10 B every 900 ms against 1000 B/s: a trickle, yet never silent
+        // for a whole window.
+        let body = MinRate::new(paced(vec![(900, 10); 20]), 1000, Duration::from_secs(1));
+        body.pace().relax();
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 200);
+
+        let body = MinRate::new(
+            paced(vec![(10, 10), (3_600_000, 1)]),
+            1000,
+            Duration::from_secs(1),
+        );
+        body.pace().relax();
+        let err = body.collect().await.unwrap_err();
+        assert!(err.to_string().contains("stalled"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -287,7 +287,11 @@ async fn connection(
     let (min_rate, window) = (config.body_min_rate, config.body_rate_window.get());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = InFlight::enter(&svc_activity);
-        let mut req = req.map(|b| Body::new(MinRate::new(b, min_rate, window)));
+        let (parts, body) = req.into_parts();
+        let body = MinRate::new(body, min_rate, window);
+        let pace = body.pace();
+        let mut req = Request::from_parts(parts, Body::new(body));
+        req.extensions_mut().insert(pace);
         // The TCP peer, for the audit trail ([`crate::client_addr`]).
         req.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();

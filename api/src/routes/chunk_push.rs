@@ -18,12 +18,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
@@ -43,6 +43,7 @@ use larder_shared::token::Permission;
 
 use crate::auth::{CacheAccess, Push};
 use crate::body::read_limited;
+use crate::body_rate::Pace;
 use crate::chunk_push::lists::ChunkLists;
 use crate::chunk_push::presence::{self, Asker, Presence};
 use crate::chunk_push::streamed::{self, Tail};
@@ -154,6 +155,7 @@ pub async fn upload(
 pub async fn commit(
     State(state): State<AppState>,
     access: CacheAccess<Push>,
+    pace: Option<Extension<Pace>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -162,6 +164,11 @@ pub async fn commit(
     let mut hashes = match body {
         CommitBody::Listed(hashes) => hashes,
         CommitBody::Streamed(rest, tail) => {
+            // The list arrives as the client's chunks go in: pauses are
+            // its nature, silence is not.
+            if let Some(Extension(pace)) = pace {
+                pace.relax();
+            }
             return streamed_prepare(&state, &access, &headers, req, rest, tail).await;
         }
     };

@@ -17,8 +17,9 @@
 //! at a time, each once that group's chunks are in, so the server's pass
 //! over the NAR runs beside the client's. A streamed prepare that fails is
 //! repeated listing the chunks whole, which is the authority: if that one
-//! works, the stream was the trouble (a proxy, a link too slow for the
-//! server's body rate) and the rest of the run prepares whole.
+//! works, the stream was the trouble (a proxy that wants a length, a link
+//! so slow that a group's chunks outlast the server's body-rate window)
+//! and the rest of the run prepares whole.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,12 +4,18 @@
 //! are closed; an authenticated upload that stops sending is aborted and
 //! leaves nothing in staging and no rows (both backends); connections past
 //! `max-connections` wait until one closes; on shutdown, a request still in
-//! progress after `shutdown-timeout` is cut off and the server stops.
+//! progress after `shutdown-timeout` is cut off and the server stops. A
+//! streamed chunk-push prepare may pause, but not fall silent.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use larder_core::chunk::ChunkHash;
 use larder_core::nix::hash::FileHash;
+use larder_core::wire::chunk_push::{
+    BATCH_CONTENT_TYPE, HASH_LIST_CONTENT_TYPE, encode_entry, encode_hash_list,
+};
 use larder_shared::config::{ConfigDuration, HttpConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -303,5 +309,95 @@ async fn shutdown_cuts_off_requests_after_the_timeout() {
     for table in ["nars", "objects"] {
         assert_eq!(app.count(table).await, 0, "rows in {table}");
     }
+    app.teardown().await;
+}
+
+/// A streamed chunk-push prepare (docs/protocol.md "Streamed prepare")
+/// may pause between the pieces of its list far below `body-min-rate`,
+/// as its pieces follow the client's batches, but not fall silent for a
+/// whole window: then it is aborted, leaving nothing in staging.
+#[tokio::test]
+async fn a_streamed_prepare_may_pause_but_not_fall_silent() {
+    let app = TestApp::new(Backend::Sqlite).await;
+    app.create_cache("slow", false).await;
+    let token = app.root_token();
+    let (addr, stop) = serve(
+        &app,
+        HttpConfig {
+            body_min_rate: 1 << 20,
+            body_rate_window: ms(600),
+            ..patient()
+        },
+    )
+    .await;
+    // Under the chunking threshold: the NAR is its one chunk.
+    let nar = TestNar::files("slow-1.0", 81, &[20 * 1024]);
+    let hash = ChunkHash::of(&nar.bytes);
+    let base = format!("http://{addr}/_api/larder/v1/caches/slow");
+    let client = reqwest::Client::new();
+    let mut batch = Vec::new();
+    let frame = zstd::bulk::compress(&nar.bytes, 3).expect("zstd");
+    encode_entry(&mut batch, &hash, &frame);
+    let sent = client
+        .post(format!("{base}/chunks"))
+        .bearer_auth(&token)
+        .header("content-type", BATCH_CONTENT_TYPE)
+        .body(batch)
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(sent.status(), 200);
+
+    let intents = app.count("staging_intents").await;
+
+    let head = serde_json::json!({"info": nar.info("slow"), "mode": "prepare"});
+    let head = encode_hash_list(head.to_string().as_bytes(), &[]);
+    let raw = hash.as_bytes().to_vec();
+    // Each piece after its pause (ms).
+    let prepare = |pieces: Vec<(u64, Vec<u8>)>| {
+        let body = futures::stream::iter(pieces).then(|(pause, piece)| async move {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            Ok::<_, std::io::Error>(piece)
+        });
+        client
+            .post(format!("{base}/nars"))
+            .bearer_auth(&token)
+            .header("content-type", HASH_LIST_CONTENT_TYPE)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+    };
+
+    // Silent for over two windows after its first bytes (the first
+    // window had some): aborted.
+    let silent = prepare(vec![
+        (0, head.clone()),
+        (0, raw[..10].to_vec()),
+        (2500, raw[10..].to_vec()),
+    ])
+    .await;
+    assert!(
+        silent.as_ref().map_or(true, |r| r.status() == 400),
+        "{silent:?}"
+    );
+    let staged = app.files_on_disk("staging");
+    assert!(
+        staged
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "chunks")),
+        "only the batch is staged: {staged:?}"
+    );
+    assert_eq!(app.count("staging_intents").await, intents, "no new intent");
+
+    // 32 bytes over 750 ms of pauses, each shorter than a window.
+    let paused = prepare(vec![
+        (0, head),
+        (250, raw[..10].to_vec()),
+        (250, raw[10..20].to_vec()),
+        (250, raw[20..].to_vec()),
+    ])
+    .await
+    .expect("prepare");
+    assert_eq!(paused.status(), 200, "{:?}", paused.text().await);
+    stop.cancel();
     app.teardown().await;
 }
