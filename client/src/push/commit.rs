@@ -19,7 +19,8 @@
 //! repeated listing the chunks whole, which is the authority: if that one
 //! works, the stream was the trouble (a proxy that wants a length, a link
 //! so slow that a group's chunks outlast the server's body-rate window)
-//! and the rest of the run prepares whole.
+//! and the rest of the run prepares whole, unless only the list ids were
+//! unknown (another replica was asked): then lists stream as hashes.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,12 +42,14 @@ use super::progress::PathProgress;
 use crate::api::{ApiClient, ApiError};
 
 /// What `larder push` knows of a server's chunk-level push: its
-/// parameters, and whether prepares still stream this run.
+/// parameters, and how prepares still stream this run.
 #[derive(Debug)]
 pub struct Chunking {
     /// The server's parameters.
     pub params: ChunkParamsResponse,
     streams: AtomicBool,
+    /// Whether a streamed list goes as the groups' list ids.
+    list_ids: AtomicBool,
 }
 
 impl Chunking {
@@ -54,6 +57,7 @@ impl Chunking {
     pub fn new(params: ChunkParamsResponse) -> Self {
         let streams = params.prepare_publish && params.hash_lists && params.streamed_prepare;
         Self {
+            list_ids: AtomicBool::new(params.chunk_list_refs),
             params,
             streams: AtomicBool::new(streams),
         }
@@ -62,6 +66,25 @@ impl Chunking {
     /// Whether a path's prepare opens as its cutting starts.
     pub fn streams_prepares(&self) -> bool {
         self.streams.load(Ordering::Relaxed)
+    }
+
+    /// Whether a streamed list goes as the ids of the groups' questions
+    /// (each group then asked whole and in order), else as chunk hashes.
+    pub fn streams_list_ids(&self) -> bool {
+        self.list_ids.load(Ordering::Relaxed)
+    }
+
+    /// A streamed prepare failed with `error` where a whole-list one then
+    /// worked. Lists unknown to the replica that took it (a balancer
+    /// spreading a push over replicas) stream as hashes from now on; any
+    /// other trouble stops streaming.
+    fn streamed_failed(&self, error: &UploadError) {
+        match error {
+            UploadError::Api(e) if e.kind() == Some("ChunkListUnknown") => {
+                self.list_ids.store(false, Ordering::Relaxed);
+            }
+            _ => self.streams.store(false, Ordering::Relaxed),
+        }
     }
 }
 
@@ -199,9 +222,9 @@ pub async fn commit(
         None => step.send(CommitMode::Prepare, None).await?,
         Some(streamed) => match streamed.answer().await {
             Ok(prepared) => prepared,
-            Err(_) => {
+            Err(e) => {
                 let prepared = step.send(CommitMode::Prepare, None).await?;
-                chunking.streams.store(false, Ordering::Relaxed);
+                chunking.streamed_failed(&e);
                 prepared
             }
         },
@@ -287,5 +310,59 @@ impl Step<'_> {
                 },
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+
+    use super::*;
+    use crate::api::error::Call;
+
+    fn params() -> ChunkParamsResponse {
+        ChunkParamsResponse {
+            nar_size_threshold: 64 * 1024,
+            min_size: 16 * 1024,
+            avg_size: 64 * 1024,
+            max_size: 256 * 1024,
+            max_batch_bytes: 16 << 20,
+            max_missing_chunks: 10_000,
+            max_commit_chunks: 500_000,
+            zstd_level: 3,
+            prepare_publish: true,
+            hash_lists: true,
+            chunk_list_refs: true,
+            streamed_prepare: true,
+        }
+    }
+
+    fn refused(status: StatusCode, kind: &str) -> UploadError {
+        UploadError::Api(ApiError::Status {
+            call: Call {
+                method: reqwest::Method::POST,
+                url: "http://127.0.0.1/_api/larder/v1/caches/c/nars".into(),
+            },
+            status,
+            kind: Some(kind.into()),
+            message: String::new(),
+            retry_after: None,
+        })
+    }
+
+    #[test]
+    fn unknown_lists_stream_as_hashes_and_other_failures_stop_streaming() {
+        let chunking = Chunking::new(params());
+        assert!(chunking.streams_prepares() && chunking.streams_list_ids());
+        chunking.streamed_failed(&refused(StatusCode::CONFLICT, "ChunkListUnknown"));
+        assert!(chunking.streams_prepares() && !chunking.streams_list_ids());
+        chunking.streamed_failed(&refused(StatusCode::LENGTH_REQUIRED, "LengthRequired"));
+        assert!(!chunking.streams_prepares());
+
+        let older = Chunking::new(ChunkParamsResponse {
+            streamed_prepare: false,
+            ..params()
+        });
+        assert!(!older.streams_prepares(), "only to a server advertising it");
     }
 }
