@@ -49,10 +49,6 @@ pub const STREAMED: &str = "streamed";
 /// One exchange the proxy saw.
 #[derive(Debug, Clone)]
 pub struct Exchange {
-    /// How many exchanges had ended when its request head arrived: it
-    /// began after every exchange at an index below that in
-    /// [`FaultProxy::seen`].
-    pub started: usize,
     /// Request method.
     pub method: String,
     /// Request target (path and query).
@@ -368,7 +364,6 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr, shared: &Shared) -> 
     let method = request_line.next().unwrap_or("").to_owned();
     let path = request_line.next().unwrap_or("").to_owned();
     let mut exchange = Exchange {
-        started: shared.seen.lock().map(|s| s.len()).unwrap_or(0),
         range: header(&head, "range").map(str::to_owned),
         method,
         path,
