@@ -23,7 +23,7 @@ use larder_shared::db::chunks::{self, BATCH, ChunkRecord};
 use larder_shared::db::pushed_chunks::{self, PushedChunk};
 use larder_shared::db::{CacheId, ChunkId, Db, nar_candidates};
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 
 /// How many earlier paths of the package are searched.
 const CANDIDATE_PATHS: i64 = 16;
@@ -141,6 +141,23 @@ impl Presence {
             found.extend(pushed.into_iter().map(|(h, p)| (h, Source::Pushed(p))));
         }
         Ok(found)
+    }
+
+    /// Where each of `hashes`' bytes are, in order; `409 ChunksMissing`
+    /// (how many, the first) if any of them is not present.
+    pub async fn sources(&self, hashes: &[ChunkHash]) -> ApiResult<Vec<Source>> {
+        let found = self.find(hashes).await?;
+        let mut absent = hashes.iter().filter(|h| !found.contains_key(*h));
+        if let Some(first) = absent.next() {
+            return Err(ApiError::ChunksMissing {
+                count: 1 + absent.count(),
+                first: first.to_string(),
+            });
+        }
+        Ok(hashes
+            .iter()
+            .filter_map(|h| found.get(h).cloned())
+            .collect())
     }
 }
 

@@ -173,15 +173,7 @@ fn sources(
     pieces.and_then(move |piece| {
         let (presence, list) = (presence.clone(), list.clone());
         async move {
-            let found = presence.find(&piece).await?;
-            let mut absent = piece.iter().filter(|h| !found.contains_key(*h));
-            if let Some(first) = absent.next() {
-                return Err(ApiError::ChunksMissing {
-                    count: 1 + absent.count(),
-                    first: first.to_string(),
-                });
-            }
-            let sources: Vec<Source> = piece.iter().filter_map(|h| found.get(h).cloned()).collect();
+            let sources = presence.sources(&piece).await?;
             let part = assemble::chunk_list(&piece, &sources);
             let mut list = list
                 .lock()

@@ -218,18 +218,10 @@ pub async fn commit(
         ),
         _ => None,
     };
-    let present = presence::present(&state.db, asker(&access, &path, &pusher), &hashes).await?;
-    let absent: Vec<&ChunkHash> = hashes.iter().filter(|h| !present.contains_key(h)).collect();
-    if let Some(first) = absent.first() {
-        return Err(ApiError::ChunksMissing {
-            count: absent.len(),
-            first: first.to_string(),
-        });
-    }
-    let sources: Vec<_> = hashes
-        .iter()
-        .filter_map(|h| present.get(h).cloned())
-        .collect();
+    let sources = Presence::load(&state.db, asker(&access, &path, &pusher))
+        .await?
+        .sources(&hashes)
+        .await?;
     let chunks = Mutex::new(assemble::chunk_list(&hashes, &sources));
     let nar = assemble::nar_stream(state.chunks(), state.staging.clone(), sources);
     let nar: BodyStream = Box::pin(nar.map_err(axum::Error::new));

@@ -8,12 +8,12 @@
 //! quota is reached, a new NAR is refused (503 with `Retry-After`) before
 //! its body is read.
 
+use std::sync::Mutex;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use std::sync::Mutex;
-
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, stream};
 use tracing::instrument;

@@ -37,6 +37,25 @@ impl ApiClient {
         Ok((call, rb.timeout(CALL_TIMEOUT)))
     }
 
+    /// `POST …/nars`, with `X-Larder-Replace` when `replace`. A large NAR's
+    /// commit reads it back whole on the server, hence its own time limit.
+    fn nars_call(
+        &self,
+        cache: &CacheName,
+        replace: bool,
+    ) -> Result<(Call, reqwest::RequestBuilder), ApiError> {
+        let (call, rb) = self.larder_call(Method::POST, cache, "nars")?;
+        let rb = rb.timeout(COMMIT_TIMEOUT);
+        Ok((
+            call,
+            if replace {
+                rb.header(REPLACE_HEADER, "1")
+            } else {
+                rb
+            },
+        ))
+    }
+
     /// The cache's chunking, or the error of a server without chunk push
     /// (an Attic server, or `[chunk-push] enabled = false`: 404).
     pub async fn chunk_params(&self, cache: &CacheName) -> Result<ChunkParamsResponse, ApiError> {
@@ -126,14 +145,8 @@ impl ApiClient {
             req.chunks = hashes.iter().map(ToString::to_string).collect();
             json_body(&req)?
         };
-        let (call, rb) = self.larder_call(Method::POST, cache, "nars")?;
-        let rb = if replace {
-            rb.header(REPLACE_HEADER, "1")
-        } else {
-            rb
-        };
-        // A large NAR's commit reads it back whole on the server.
-        let rb = body.attach(rb.timeout(COMMIT_TIMEOUT));
+        let (call, rb) = self.nars_call(cache, replace)?;
+        let rb = body.attach(rb);
         let resp = Self::send(&call, rb).await?;
         Self::json(&call, resp).await
     }
@@ -159,14 +172,8 @@ impl ApiClient {
             &[],
         ));
         let body = stream::once(async move { Ok(head) }).chain(hashes);
-        let (call, rb) = self.larder_call(Method::POST, cache, "nars")?;
-        let rb = if replace {
-            rb.header(REPLACE_HEADER, "1")
-        } else {
-            rb
-        };
+        let (call, rb) = self.nars_call(cache, replace)?;
         let rb = rb
-            .timeout(COMMIT_TIMEOUT)
             .header(CONTENT_TYPE, HASH_LIST_CONTENT_TYPE)
             .body(reqwest::Body::wrap_stream(body));
         let resp = Self::send(&call, rb).await?;

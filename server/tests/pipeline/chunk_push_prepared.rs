@@ -82,6 +82,14 @@ impl Pusher<'_> {
     }
 }
 
+/// No prepared copy, no staging intent, no NAR, no path.
+async fn assert_nothing_prepared(app: &TestApp) {
+    assert!(prepared_keys(app).await.is_empty(), "no prepared copy left");
+    assert_eq!(app.count("staging_intents").await, 0, "no intent left");
+    assert_eq!(app.count("nars").await, 0);
+    assert_eq!(app.count("objects").await, 0);
+}
+
 fn hashes(chunks: &[Chunk]) -> Vec<ChunkHash> {
     chunks.iter().map(|c| c.hash).collect()
 }
@@ -260,10 +268,7 @@ pub async fn chunk_push_prepare_refuses_a_wrong_hash(app: &TestApp) {
     p.prepare(info, &chunks)
         .await
         .assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
-    assert!(prepared_keys(app).await.is_empty(), "no prepared copy left");
-    assert_eq!(app.count("staging_intents").await, 0, "no intent left");
-    assert_eq!(app.count("nars").await, 0);
-    assert_eq!(app.count("objects").await, 0);
+    assert_nothing_prepared(app).await;
 }
 
 /// Hash-list bodies get the answers hex JSON gets, for the question, a
@@ -454,10 +459,7 @@ pub async fn chunk_push_streamed_prepare_failures_leave_nothing(app: &TestApp) {
     let resp = answer.await.expect("prepare task");
     resp.assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
 
-    assert!(prepared_keys(app).await.is_empty(), "no prepared copy left");
-    assert_eq!(app.count("staging_intents").await, 0, "no intent left");
-    assert_eq!(app.count("nars").await, 0);
-    assert_eq!(app.count("objects").await, 0);
+    assert_nothing_prepared(app).await;
 }
 
 /// The raw hashes of `chunks`, as a hash list's tail carries them.
