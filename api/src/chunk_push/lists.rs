@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use larder_core::chunk::ChunkHash;
 use larder_core::wire::chunk_push::chunk_list_id;
 
+use crate::error::{ApiError, ApiResult};
+
 /// Most hashes remembered (32 MiB of them).
 pub const MAX_HASHES: usize = 1 << 20;
 
@@ -62,13 +64,19 @@ impl ChunkLists {
         inner.lists.insert(id, hashes.into());
     }
 
-    /// The lists named by `ids`, concatenated; `Err` with the first id not
-    /// remembered.
-    pub fn resolve<'a>(&self, ids: &'a [String]) -> Result<Vec<ChunkHash>, &'a str> {
-        let inner = self.inner.lock().map_err(|_| ids[0].as_str())?;
+    /// The lists named by `ids`, concatenated; `409 ChunkListUnknown`
+    /// naming the first id not remembered.
+    pub fn resolve(&self, ids: &[String]) -> ApiResult<Vec<ChunkHash>> {
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| ApiError::Internal("chunk lists poisoned".into()))?;
         let mut out = Vec::new();
         for id in ids {
-            let list = inner.lists.get(id).ok_or(id.as_str())?;
+            let list = inner
+                .lists
+                .get(id)
+                .ok_or_else(|| ApiError::ChunkListUnknown(id.clone()))?;
             out.extend_from_slice(list);
         }
         Ok(out)
@@ -90,7 +98,10 @@ mod tests {
         let both = lists.resolve(&ids).unwrap();
         assert_eq!(both, [a.clone(), b.clone()].concat());
         let unknown = ["00".repeat(32)];
-        assert_eq!(lists.resolve(&unknown), Err(unknown[0].as_str()));
+        assert!(matches!(
+            lists.resolve(&unknown),
+            Err(ApiError::ChunkListUnknown(id)) if id == unknown[0]
+        ));
 
         let big: Vec<ChunkHash> = vec![ChunkHash::of(b"x"); MAX_HASHES - 1];
         lists.remember(&big);

@@ -157,9 +157,7 @@ fn pieces(
 /// The chunks of the lists `ids` name, in order.
 fn resolve(lists: &ChunkLists, ids: &[ChunkHash]) -> ApiResult<Vec<ChunkHash>> {
     let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    lists
-        .resolve(&ids)
-        .map_err(|id| ApiError::ChunkListUnknown(id.to_owned()))
+    lists.resolve(&ids)
 }
 
 /// Where each piece's chunks are, in order, each piece's part of the chunk

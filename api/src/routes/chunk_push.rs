@@ -179,10 +179,7 @@ pub async fn commit(
             ));
         }
         let ids = std::mem::take(&mut req.chunk_lists);
-        hashes = state
-            .chunk_lists
-            .resolve(&ids)
-            .map_err(|id| ApiError::ChunkListUnknown(id.to_owned()))?;
+        hashes = state.chunk_lists.resolve(&ids)?;
     }
     same_cache(&access, &req)?;
     let pusher = pusher(&access.credentials);

@@ -30,7 +30,7 @@ use tokio_util::io::SyncIoBridge;
 use larder_core::CacheName;
 use larder_core::chunk::{Chunk, ChunkHash, ChunkIter};
 pub use larder_core::wire::chunk_push::ChunkParamsResponse;
-use larder_core::wire::chunk_push::{ENTRY_HEADER, chunk_list_id, encode_entry};
+use larder_core::wire::chunk_push::{ENTRY_HEADER, chunk_list_hash, encode_entry};
 use larder_core::wire::{UploadKind, UploadPathNarInfo};
 
 use super::commit::{Chunking, StreamedPrepare, Target};
@@ -181,8 +181,9 @@ impl Sender<'_> {
     async fn send_group(&mut self, group: Vec<Chunk>) -> Result<(), UploadError> {
         let hashes: Vec<ChunkHash> = group.iter().map(|c| c.hash).collect();
         let by_list = self.params.hash_lists && self.params.chunk_list_refs;
-        let ask: Vec<ChunkHash> = if by_list {
-            self.lists.push(chunk_list_id(&hashes));
+        let list = by_list.then(|| chunk_list_hash(&hashes));
+        let ask: Vec<ChunkHash> = if let Some(list) = list {
+            self.lists.push(list.to_string());
             hashes.clone()
         } else {
             let mut ask: Vec<ChunkHash> = hashes
@@ -240,7 +241,7 @@ impl Sender<'_> {
         self.progress.chunks_done(nar, dedup);
         // The group's hashes go to the prepare once its last batch is in.
         if let Some(prepare) = &mut self.prepare {
-            prepare.queue(&hashes);
+            prepare.queue(&hashes, list);
         }
         if self.in_flight.as_ref().is_none_or(JoinHandle::is_finished) {
             self.finish().await?;

@@ -16,7 +16,9 @@
 //! cutting starts ([`StreamedPrepare`]) and its chunk list follows a group
 //! at a time, each once that group's chunks are in, so the server's pass
 //! over the NAR runs beside the client's. A streamed prepare that fails is
-//! repeated listing the chunks whole, which is the authority: if that one
+//! repeated listing the chunks whole, which is the authority (unless the
+//! failure is about the NAR itself, such as a NarHash that does not hold,
+//! which a repeat would only meet again): if that one
 //! works, the stream was the trouble (a proxy that wants a length, a link
 //! so slow that a group's chunks outlast the server's body-rate window)
 //! and the rest of the run prepares whole, unless only the list ids were
@@ -149,11 +151,12 @@ impl StreamedPrepare {
     }
 
     /// Queues the next group of the list, whose chunks are sent (or being
-    /// sent, or present).
-    pub fn queue(&mut self, group: &[ChunkHash]) {
+    /// sent, or present); `list`: the group's list id, if its question
+    /// was asked as one.
+    pub fn queue(&mut self, group: &[ChunkHash], list: Option<ChunkHash>) {
         if self.by_list {
-            self.queued
-                .extend_from_slice(chunk_list_hash(group).as_bytes());
+            let id = list.unwrap_or_else(|| chunk_list_hash(group));
+            self.queued.extend_from_slice(id.as_bytes());
             return;
         }
         for h in group {
@@ -222,6 +225,7 @@ pub async fn commit(
         None => step.send(CommitMode::Prepare, None).await?,
         Some(streamed) => match streamed.answer().await {
             Ok(prepared) => prepared,
+            Err(e) if about_the_nar(&e) => return Err(e),
             Err(e) => {
                 let prepared = step.send(CommitMode::Prepare, None).await?;
                 chunking.streamed_failed(&e);
@@ -237,6 +241,20 @@ pub async fn commit(
         Err(UploadError::Api(e)) if e.kind() == Some("PreparedMissing") => step.one_step().await,
         other => other.map(|r| r.kind),
     }
+}
+
+/// Whether a streamed prepare's failure is about the NAR or the pusher
+/// (a forged NarHash, another NAR already published, a token that may not
+/// push), which the same prepare listing its chunks whole would only meet
+/// again: reported as it is, not repeated.
+fn about_the_nar(error: &UploadError) -> bool {
+    let UploadError::Api(e) = error else {
+        return false;
+    };
+    matches!(
+        e.kind(),
+        Some("InvalidNar" | "PathConflict" | "Unauthorized" | "PermissionDenied" | "NoSuchCache")
+    )
 }
 
 /// One NAR's commit requests.
@@ -358,6 +376,20 @@ mod tests {
         assert!(chunking.streams_prepares() && !chunking.streams_list_ids());
         chunking.streamed_failed(&refused(StatusCode::LENGTH_REQUIRED, "LengthRequired"));
         assert!(!chunking.streams_prepares());
+
+        let final_ = refused(StatusCode::BAD_REQUEST, "InvalidNar");
+        assert!(
+            about_the_nar(&final_),
+            "a forged NarHash is reported, not repeated"
+        );
+        assert!(!about_the_nar(&refused(
+            StatusCode::LENGTH_REQUIRED,
+            "LengthRequired"
+        )));
+        assert!(!about_the_nar(&refused(
+            StatusCode::CONFLICT,
+            "ChunkListUnknown"
+        )));
 
         let older = Chunking::new(ChunkParamsResponse {
             streamed_prepare: false,

@@ -150,6 +150,43 @@ fn boundaries_are_stable_across_read_sizes_and_releases() {
 }
 
 #[test]
+fn long_inputs_cut_as_fastcdc_does_and_chunks_stay_intact() {
+    // Many windows long, read in pieces of every shape: the cut points are
+    // fastcdc's own, and a chunk still held keeps its bytes while the
+    // window moves on.
+    let params = ChunkingParams::default();
+    let data = pseudo_random(13 << 20, 11);
+    let reference: Vec<usize> = v2020::FastCDC::new(&data, 16384, 65536, 262_144)
+        .map(|c| c.length)
+        .collect();
+    for sizes in [&[usize::MAX][..], &[65_536], &[100_003, 13]] {
+        let reader = Dribble {
+            data: &data,
+            sizes,
+            calls: 0,
+        };
+        let mut cut = Vec::new();
+        let mut held = Vec::new();
+        for (i, chunk) in ChunkIter::new(reader, data.len() as u64, &params)
+            .unwrap()
+            .enumerate()
+        {
+            let chunk = chunk.unwrap();
+            cut.push(chunk.data.len());
+            if i % 7 == 0 {
+                held.push(chunk);
+            }
+        }
+        assert_eq!(cut, reference, "{sizes:?}");
+        for c in &held {
+            let at = c.offset as usize;
+            assert_eq!(&c.data[..], &data[at..at + c.data.len()], "{sizes:?}");
+            assert_eq!(c.hash, ChunkHash::of(&c.data));
+        }
+    }
+}
+
+#[test]
 fn chunk_sizes_stay_within_min_and_max() {
     let params = ChunkingParams::default();
     let random = chunks_of(&pseudo_random(5 << 20, 7), &[usize::MAX], &params);
