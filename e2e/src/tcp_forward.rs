@@ -27,6 +27,14 @@ pub struct TcpForwarder {
 impl TcpForwarder {
     /// Listens on a free port of `ip`.
     pub async fn start(ip: IpAddr, target: SocketAddr) -> anyhow::Result<Self> {
+        Self::round_robin(ip, vec![target]).await
+    }
+
+    /// Listens on a free port of `ip`, relaying each connection to the
+    /// next of `targets` in turn: a balancer spreading one client's
+    /// connections over API replicas.
+    pub async fn round_robin(ip: IpAddr, targets: Vec<SocketAddr>) -> anyhow::Result<Self> {
+        anyhow::ensure!(!targets.is_empty(), "a forwarder needs a target");
         let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let sent = Arc::new(AtomicU64::new(0));
@@ -41,7 +49,8 @@ impl TcpForwarder {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((mut inbound, _)) = accepted else { continue };
-                        opened_total.fetch_add(1, Ordering::SeqCst);
+                        let n = opened_total.fetch_add(1, Ordering::SeqCst);
+                        let target = targets[n as usize % targets.len()];
                         let (sent, closed) = (sent_total.clone(), closed_total.clone());
                         relays.spawn(async move {
                             if let Ok(mut outbound) = TcpStream::connect(target).await
@@ -75,6 +84,11 @@ impl TcpForwarder {
         let closed = self.closed.load(Ordering::SeqCst);
         let all_closed = closed == self.opened.load(Ordering::SeqCst);
         all_closed.then(|| self.sent.load(Ordering::SeqCst))
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.opened.load(Ordering::SeqCst)
     }
 
     /// Where it listens.

@@ -3,8 +3,9 @@
 //! closure rebuilt, pushed again by another CI identity, with the bytes on
 //! the wire counted by a forwarder between client and server; then
 //! everything pulled back by real Nix with signatures checked. And the
-//! fallback to whole NARs against a server without chunk push, and the
-//! fallbacks on the `409`s a chunk-level push can meet.
+//! fallback to whole NARs against a server without chunk push, the
+//! fallbacks on the `409`s a chunk-level push can meet, and a push spread
+//! over two API replicas by a round-robin balancer.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -13,9 +14,12 @@ use anyhow::Context as _;
 use larder_e2e::cli::{CliOutput, make_token};
 use larder_e2e::fault_proxy::{Exchange, FaultProxy, NarRequest, Rule, STREAMED};
 use larder_e2e::nix::Substituter;
+use larder_e2e::replica::PgDatabase;
 use larder_e2e::tcp_forward::TcpForwarder;
 use larder_e2e::tree::random_seed;
-use larder_e2e::{LarderCli, Nix, PushSummary, Server, ServerOptions, nix_available, wait};
+use larder_e2e::{Client, LarderCli, Nix, PushSummary, Server, ServerOptions, nix_available, wait};
+
+use crate::revocation::TwoReplicas;
 
 /// Bytes of each library's data file.
 const DATA: usize = 2 << 20;
@@ -109,16 +113,36 @@ async fn pull_and_verify(
     closure: &[String],
 ) -> anyhow::Result<()> {
     let public_key = server.client().public_key(cache).await?;
+    pull_and_verify_at(
+        &server.url(),
+        server.token(),
+        &public_key,
+        cache,
+        tops,
+        closure,
+    )
+    .await
+}
+
+/// [`pull_and_verify`] from the server at `url`.
+async fn pull_and_verify_at(
+    url: &str,
+    token: &str,
+    public_key: &str,
+    cache: &str,
+    tops: &[String],
+    closure: &[String],
+) -> anyhow::Result<()> {
     let fresh = Nix::new()?;
-    let netrc = fresh.write_netrc("127.0.0.1", server.token())?;
+    let netrc = fresh.write_netrc("127.0.0.1", token)?;
     let sub = Substituter {
-        public_key: &public_key,
+        public_key,
         netrc: &netrc,
     };
     let store = fresh
-        .copy_from(&format!("{}/{cache}", server.url()), &sub, tops)
+        .copy_from(&format!("{url}/{cache}"), &sub, tops)
         .await?;
-    fresh.verify(&store, &public_key, closure).await
+    fresh.verify(&store, public_key, closure).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,5 +395,75 @@ async fn chunk_push_falls_back_on_conflicts() -> anyhow::Result<()> {
     check_fallbacks(&seen).map_err(|e| e.context(what()))?;
     pull_and_verify(&server, cache, &tops, &closure).await?;
     nix.delete(&closure).await.ok();
+    Ok(())
+}
+
+/// Behind a balancer that spreads one client's connections over two API
+/// replicas (PostgreSQL and storage shared, each remembering only the
+/// chunk lists it was asked about), a chain and its update push by chunks
+/// and pull back signed from either replica: a question and the prepare
+/// naming its list may reach different replicas (`409 ChunkListUnknown`),
+/// and `larder push` recovers by listing the chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_push_through_round_robin_replicas() -> anyhow::Result<()> {
+    if !nix_available("chunk_push_through_round_robin_replicas") {
+        return Ok(());
+    }
+    let db = PgDatabase::create("larder_e2e_round_robin").await?;
+    let result = run_round_robin(&db).await;
+    db.drop_now().await?;
+    result
+}
+
+async fn run_round_robin(db: &PgDatabase) -> anyhow::Result<()> {
+    let TwoReplicas {
+        dir: _dir,
+        config,
+        a,
+        b,
+    } = TwoReplicas::start(db).await?;
+    let cache = "rr-chunks";
+    let token = make_token(
+        &config,
+        "e2e-round-robin",
+        &["--pull", cache, "--push", cache, "--create-cache", cache],
+    )
+    .await?;
+    Client::new(&a.url(), &token).create_cache(cache).await?;
+    let public_key = Client::new(&b.url(), &token).public_key(cache).await?;
+    let balancer =
+        TcpForwarder::round_robin(IpAddr::V4(Ipv4Addr::LOCALHOST), vec![a.addr(), b.addr()])
+            .await?;
+    let user = LarderCli::new()?;
+    user.login("rr", &format!("http://{}", balancer.addr()), &token)
+        .await?;
+    let target = format!("rr:{cache}");
+
+    let nix = Nix::new()?;
+    let seed = random_seed();
+    let mut all = Vec::new();
+    for version in [1, 2] {
+        let tops = build_chain(&nix, seed, version).await?;
+        let closure = nix.closure(&tops).await?;
+        let out = user
+            .push(&target, &tops)
+            .await
+            .map_err(|e| e.context(format!("{}\n{}", a.log(), b.log())))?;
+        let pushed = summary(&out)?.pushed;
+        anyhow::ensure!(pushed > 0 && pushed <= closure.len(), "{out}");
+        for url in [a.url(), b.url()] {
+            pull_and_verify_at(&url, &token, &public_key, cache, &tops, &closure)
+                .await
+                .with_context(|| format!("version {version} from {url}"))?;
+        }
+        all.extend(closure);
+    }
+    // Every other connection went to each replica.
+    let connections = balancer.connections();
+    anyhow::ensure!(connections >= 2, "one connection reached one replica only");
+    eprintln!("round robin over two replicas: {connections} connections");
+    all.sort();
+    all.dedup();
+    nix.delete(&all).await.ok();
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! its `[jwt] revocation-refresh`, without a restart.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -123,23 +123,45 @@ async fn revocation_reaches_two_api_processes() -> anyhow::Result<()> {
     result
 }
 
-async fn run_revocation(db: &PgDatabase) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("larder-e2e-replicas-")
-        .tempdir()?;
-    let config = dir.path().join("larder.toml");
-    write_config(
-        &config,
-        &db.url(),
-        &dir.path().join("storage"),
-        &rs256_key().await?,
-    )?;
+/// Two `larder-api` replicas of the production-shape config over one
+/// database, sharing its storage directory; `dir` holds the config, the
+/// storage and their logs.
+pub(crate) struct TwoReplicas {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub a: ApiReplica,
+    pub b: ApiReplica,
+}
 
-    // Two replicas, started together (both migrate the fresh database).
-    let mut a = ApiReplica::spawn(&config, dir.path().join("api-a.log"))?;
-    let mut b = ApiReplica::spawn(&config, dir.path().join("api-b.log"))?;
-    a.wait_ready().await?;
-    b.wait_ready().await?;
+impl TwoReplicas {
+    /// Starts both together (both migrate the fresh database) and waits
+    /// until they are ready.
+    pub(crate) async fn start(db: &PgDatabase) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("larder-e2e-replicas-")
+            .tempdir()?;
+        let config = dir.path().join("larder.toml");
+        write_config(
+            &config,
+            &db.url(),
+            &dir.path().join("storage"),
+            &rs256_key().await?,
+        )?;
+        let mut a = ApiReplica::spawn(&config, dir.path().join("api-a.log"))?;
+        let mut b = ApiReplica::spawn(&config, dir.path().join("api-b.log"))?;
+        a.wait_ready().await?;
+        b.wait_ready().await?;
+        Ok(Self { dir, config, a, b })
+    }
+}
+
+async fn run_revocation(db: &PgDatabase) -> anyhow::Result<()> {
+    let TwoReplicas {
+        dir: _dir,
+        config,
+        a,
+        b,
+    } = TwoReplicas::start(db).await?;
     let logs = |e: anyhow::Error| e.context(format!("{}\n{}", a.log(), b.log()));
 
     let cache = "rev-cache";
