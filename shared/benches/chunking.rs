@@ -110,6 +110,23 @@ fn bench(c: &mut Criterion) {
                     .sum::<usize>()
             })
         });
+        // As `larder push` uses it: a 16 MiB group's chunks are held until
+        // the group is asked about, then dropped.
+        group.bench_function(format!("cut+sha256, held per group/{name}"), |b| {
+            b.iter(|| {
+                let (mut group, mut held) = (Vec::new(), 0);
+                for chunk in ChunkIter::new(&data[..], len as u64, &params).unwrap() {
+                    let chunk = chunk.unwrap();
+                    held += chunk.data.len();
+                    group.push(chunk);
+                    if held >= 16 << 20 {
+                        group.clear();
+                        held = 0;
+                    }
+                }
+                group.len()
+            })
+        });
     }
     group.bench_function("sha256/binaries", |b| {
         b.iter(|| Sha256::digest(black_box(&corpus)))
