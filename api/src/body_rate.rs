@@ -38,7 +38,8 @@ impl Pace {
     /// The body arrives in pieces with pauses by design (a streamed
     /// prepare's chunk list, sent as the client's other requests finish):
     /// from now on a window of waiting needs some bytes, not `min_rate ×
-    /// window`, so only a body silent for a whole window fails.
+    /// window`, so only a body silent for a whole window since its last
+    /// byte fails.
     pub fn relax(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
@@ -89,10 +90,18 @@ impl<B> MinRate<B> {
         if let Some(since) = self.waiting_since.take() {
             self.waited += now - since;
         }
+        let relaxed = self.pace.relaxed();
+        if relaxed && self.got > 0 {
+            // Progress is all a relaxed body owes: its window starts again
+            // at each piece, so it fails a window after its last byte.
+            self.got = 0;
+            self.waited = Duration::ZERO;
+            return Ok(());
+        }
         if self.waited < self.window {
             return Ok(());
         }
-        let needed = match self.pace.relaxed() {
+        let needed = match relaxed {
             true => 1,
             false => (self.min_rate as f64 * self.window.as_secs_f64()) as u64,
         };
@@ -228,6 +237,17 @@ mod tests {
 
         let body = MinRate::new(
             paced(vec![(10, 10), (3_600_000, 1)]),
+            1000,
+            Duration::from_secs(1),
+        );
+        body.pace().relax();
+        let err = body.collect().await.unwrap_err();
+        assert!(err.to_string().contains("stalled"), "{err}");
+
+        // Silent for 1.4 s after a piece early in a window: a window
+        // counts from the last byte, not from the window's start.
+        let body = MinRate::new(
+            paced(vec![(100, 10), (1400, 10)]),
             1000,
             Duration::from_secs(1),
         );
