@@ -215,6 +215,9 @@ impl IntoResponse for ApiError {
                 _ => "internal server error; see the server log".to_owned(),
             }
         } else {
+            // The kind only: a refusal's message may quote what the caller
+            // sent. Enough to tell which fallback a client took.
+            tracing::debug!(status = status.as_u16(), kind, "request refused");
             self.to_string()
         };
         let body = ErrorBody {

@@ -72,7 +72,7 @@ pub async fn push(
     progress.restart();
     let (nar, dump) = nix.dump(&info.path)?.into_reader();
     let mut chunks = cut(nar, info.nar_size, params);
-    let by_list = params.hash_lists && params.chunk_list_refs && chunking.streams_list_ids();
+    let by_list = params.hash_lists && params.chunk_list_refs && chunking.names_lists();
     let prepare = chunking
         .streams_prepares()
         .then(|| StreamedPrepare::open(target, &meta, by_list));

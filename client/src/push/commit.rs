@@ -22,7 +22,8 @@
 //! works, the stream was the trouble (a proxy that wants a length, a link
 //! so slow that a group's chunks outlast the server's body-rate window)
 //! and the rest of the run prepares whole, unless only the list ids were
-//! unknown (another replica was asked): then lists stream as hashes.
+//! unknown (another replica was asked): then lists go as hashes, streamed
+//! or whole, for the rest of the run.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +51,9 @@ pub struct Chunking {
     /// The server's parameters.
     pub params: ChunkParamsResponse,
     streams: AtomicBool,
-    /// Whether a streamed list goes as the groups' list ids.
+    /// Whether a list goes as the ids of the groups' questions (streamed,
+    /// or in a whole prepare or commit); cleared once a replica did not
+    /// know one.
     list_ids: AtomicBool,
 }
 
@@ -70,10 +73,17 @@ impl Chunking {
         self.streams.load(Ordering::Relaxed)
     }
 
-    /// Whether a streamed list goes as the ids of the groups' questions
-    /// (each group then asked whole and in order), else as chunk hashes.
-    pub fn streams_list_ids(&self) -> bool {
+    /// Whether a list goes as the ids of the groups' questions (each group
+    /// then asked whole and in order), else as chunk hashes.
+    pub fn names_lists(&self) -> bool {
         self.list_ids.load(Ordering::Relaxed)
+    }
+
+    /// A replica did not know a list the push asked it about (a balancer
+    /// spreading the push over replicas, a restart): the rest of the run
+    /// lists chunks, rather than meet `409 ChunkListUnknown` once a path.
+    fn lists_unknown(&self) {
+        self.list_ids.store(false, Ordering::Relaxed);
     }
 
     /// A streamed prepare failed with `error` where a whole-list one then
@@ -82,9 +92,7 @@ impl Chunking {
     /// other trouble stops streaming.
     fn streamed_failed(&self, error: &UploadError) {
         match error {
-            UploadError::Api(e) if e.kind() == Some("ChunkListUnknown") => {
-                self.list_ids.store(false, Ordering::Relaxed);
-            }
+            UploadError::Api(e) if e.kind() == Some("ChunkListUnknown") => self.lists_unknown(),
             _ => self.streams.store(false, Ordering::Relaxed),
         }
     }
@@ -211,6 +219,7 @@ pub async fn commit(
     let params = &chunking.params;
     let step = Step {
         target,
+        chunking,
         nar: &nar,
         compact: params.hash_lists,
         progress,
@@ -260,6 +269,7 @@ fn about_the_nar(error: &UploadError) -> bool {
 /// One NAR's commit requests.
 struct Step<'a> {
     target: Target<'a>,
+    chunking: &'a Chunking,
     nar: &'a Nar,
     /// Chunk lists as raw hashes.
     compact: bool,
@@ -279,9 +289,12 @@ impl Step<'_> {
         mode: CommitMode,
         prepared: Option<String>,
     ) -> Result<T, UploadError> {
-        if mode != CommitMode::Publish && !self.nar.lists.is_empty() {
+        if mode != CommitMode::Publish && !self.nar.lists.is_empty() && self.chunking.names_lists()
+        {
             match self.send_as(mode, prepared.clone(), true).await {
-                Err(UploadError::Api(e)) if e.kind() == Some("ChunkListUnknown") => {}
+                Err(UploadError::Api(e)) if e.kind() == Some("ChunkListUnknown") => {
+                    self.chunking.lists_unknown();
+                }
                 done => return done,
             }
         }
@@ -371,9 +384,9 @@ mod tests {
     #[test]
     fn unknown_lists_stream_as_hashes_and_other_failures_stop_streaming() {
         let chunking = Chunking::new(params());
-        assert!(chunking.streams_prepares() && chunking.streams_list_ids());
+        assert!(chunking.streams_prepares() && chunking.names_lists());
         chunking.streamed_failed(&refused(StatusCode::CONFLICT, "ChunkListUnknown"));
-        assert!(chunking.streams_prepares() && !chunking.streams_list_ids());
+        assert!(chunking.streams_prepares() && !chunking.names_lists());
         chunking.streamed_failed(&refused(StatusCode::LENGTH_REQUIRED, "LengthRequired"));
         assert!(!chunking.streams_prepares());
 
