@@ -227,33 +227,27 @@ mod tests {
         assert!(body.collect().await.is_err());
     }
 
+    /// `pieces` against 1000 B/s over 1 s windows, relaxed.
+    fn relaxed(pieces: Vec<(u64, usize)>) -> MinRate<Chunks> {
+        let body = MinRate::new(paced(pieces), 1000, Duration::from_secs(1));
+        body.pace().relax();
+        body
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_relaxed_body_needs_only_progress() {
         // 10 B every 900 ms against 1000 B/s: a trickle, yet never silent
         // for a whole window.
-        let body = MinRate::new(paced(vec![(900, 10); 20]), 1000, Duration::from_secs(1));
-        body.pace().relax();
+        let body = relaxed(vec![(900, 10); 20]);
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 200);
 
-        let body = MinRate::new(
-            paced(vec![(10, 10), (3_600_000, 1)]),
-            1000,
-            Duration::from_secs(1),
-        );
-        body.pace().relax();
-        let err = body.collect().await.unwrap_err();
-        assert!(err.to_string().contains("stalled"), "{err}");
-
-        // Silent for 1.4 s after a piece early in a window: a window
-        // counts from the last byte, not from the window's start.
-        let body = MinRate::new(
-            paced(vec![(100, 10), (1400, 10)]),
-            1000,
-            Duration::from_secs(1),
-        );
-        body.pace().relax();
-        let err = body.collect().await.unwrap_err();
-        assert!(err.to_string().contains("stalled"), "{err}");
+        // Silent for an hour; and silent for 1.4 s after a piece early in
+        // a window: a window counts from the last byte, not from the
+        // window's start.
+        for pieces in [vec![(10, 10), (3_600_000, 1)], vec![(100, 10), (1400, 10)]] {
+            let err = relaxed(pieces.clone()).collect().await.unwrap_err();
+            assert!(err.to_string().contains("stalled"), "{pieces:?}: {err}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
