@@ -96,6 +96,10 @@ fn bench(c: &mut Criterion) {
     let random = pseudo_random(len);
     let corpus = binaries(len);
     let params = ChunkingParams::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
 
     let mut group = slow_group(c, "chunking", len);
     for (name, data) in [("random", &random), ("binaries", &corpus)] {
@@ -127,6 +131,21 @@ fn bench(c: &mut Criterion) {
                 group.len()
             })
         });
+        // As ingest runs it (`chunk_stream`): cut on one thread, named
+        // (SHA-256) on another, the cuts handed over 1 MiB at a time.
+        let pieces: Vec<Bytes> = data.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+        group.bench_function(format!("cut, named on a second thread/{name}"), |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let input = futures::stream::iter(pieces.clone().into_iter().map(Ok));
+                    chunk_stream(input, len as u64, &params)
+                        .unwrap()
+                        .try_fold(0, |sum, c| async move { Ok(sum + c.data.len()) })
+                        .await
+                        .unwrap()
+                })
+            })
+        });
     }
     group.bench_function("sha256/binaries", |b| {
         b.iter(|| Sha256::digest(black_box(&corpus)))
@@ -134,10 +153,6 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     let chunks = chunk_all(&corpus);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .expect("runtime");
     let two = NonZeroUsize::new(2).expect("non-zero");
     let mut group = slow_group(c, "zstd-per-chunk", len);
     for level in LEVELS {
@@ -182,8 +197,8 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
-    // The whole ingest path on 2 cores: async chunker (cut + SHA-256 on a
-    // blocking thread) feeding 2 compression threads.
+    // The whole ingest path on 2 cores: async chunker (cut on a thread,
+    // SHA-256 on another) feeding 2 compression threads.
     let mut group = slow_group(c, "ingest-pipeline", len);
     let pieces: Vec<Bytes> = corpus
         .chunks(64 * 1024)

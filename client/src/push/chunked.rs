@@ -13,8 +13,12 @@
 //! streams prepares verifies it while it is being cut, each group's hashes
 //! following once the group's chunks are in.
 //!
-//! Memory is bounded: the chunker runs at most [`CHANNEL_DEPTH`] chunks
-//! ahead, a group holds at most [`GROUP_BYTES`], and one batch is in
+//! Cutting is one thread's work, naming the chunks (SHA-256) is not: the
+//! cutter hands batches of [`NAME_BATCH`] bytes to the blocking pool, one
+//! per core, which hash them while it cuts on.
+//!
+//! Memory is bounded: the chunker runs at most [`CHANNEL_DEPTH`] batches
+//! ahead of the namers, a group holds at most [`GROUP_BYTES`], and one batch is in
 //! flight while the next is compressed. An interrupted push resumes by
 //! itself: chunks the server already received count as present for the
 //! same token subject, so asking again skips them.
@@ -22,13 +26,13 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use futures::{StreamExt as _, stream};
+use futures::{StreamExt as _, TryStreamExt as _, stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::io::SyncIoBridge;
 
 use larder_core::CacheName;
-use larder_core::chunk::{Chunk, ChunkHash, ChunkIter};
+use larder_core::chunk::{Chunk, ChunkHash, Cutter, RawChunk};
 pub use larder_core::wire::chunk_push::ChunkParamsResponse;
 use larder_core::wire::chunk_push::{ENTRY_HEADER, chunk_list_hash, encode_entry};
 use larder_core::wire::{UploadKind, UploadPathNarInfo};
@@ -40,8 +44,10 @@ use super::progress::PathProgress;
 use crate::api::{ApiClient, ApiError};
 use crate::nix::{Nix, PathInfo};
 
-/// Chunks cut ahead of the consumer.
-const CHANNEL_DEPTH: usize = 64;
+/// Bytes of chunks cut before they are handed on to be named together.
+const NAME_BATCH: usize = 1024 * 1024;
+/// Batches cut ahead of the namers.
+const CHANNEL_DEPTH: usize = 4;
 /// Bytes of NAR asked about (and held) at once.
 const GROUP_BYTES: u64 = 16 * 1024 * 1024;
 /// How long a failed cut waits for the dump's own error.
@@ -92,7 +98,7 @@ pub async fn push(
     let mut group_bytes = 0;
     let group_max = params.max_missing_chunks.clamp(1, 4096);
     loop {
-        let next = chunks.recv().await;
+        let next = chunks.next().await;
         let end = match next {
             Some(Ok(chunk)) => {
                 group_bytes += chunk.data.len() as u64;
@@ -131,31 +137,45 @@ pub async fn push(
 }
 
 /// Cuts the NAR on a blocking thread, reading the dump's pipe straight
-/// into the chunker's window; errors arrive as text, then the end.
+/// into the chunker's window, and names the chunks on the blocking pool,
+/// a batch per core at a time, in order; errors arrive as text, then the
+/// end.
 fn cut(
     nar: impl tokio::io::AsyncRead + Send + Unpin + 'static,
     size: u64,
     params: &ChunkParamsResponse,
-) -> mpsc::Receiver<Result<Chunk, String>> {
-    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+) -> impl futures::Stream<Item = Result<Chunk, String>> + Send + Unpin + 'static {
+    let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
     let params = params.params();
     let reader = SyncIoBridge::new(nar);
     tokio::task::spawn_blocking(move || {
-        let chunks = match ChunkIter::new(reader, size, &params) {
+        let cutter = match Cutter::new(reader, size, &params) {
             Ok(c) => c,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e.to_string()));
                 return;
             }
         };
-        for chunk in chunks {
-            let failed = chunk.is_err();
-            if tx.blocking_send(chunk.map_err(|e| e.to_string())).is_err() || failed {
+        for batch in cutter.batches(NAME_BATCH) {
+            let failed = batch.is_err();
+            if tx.blocking_send(batch.map_err(|e| e.to_string())).is_err() || failed {
                 return;
             }
         }
     });
-    rx
+    stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|batch| async move {
+            let batch = batch?;
+            tokio::task::spawn_blocking(move || {
+                batch.into_iter().map(RawChunk::name).collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| format!("naming chunks failed: {e}"))
+        })
+        .buffered(parallelism())
+        .map_ok(|chunks| stream::iter(chunks.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
 }
 
 /// Asks about groups of chunks and sends the missing ones.

@@ -1,6 +1,12 @@
-//! Cutting a NAR into chunks: the blocking [`ChunkIter`], shared by the
-//! server's ingest and the `larder` client's chunk-level push, so both cut
-//! the same bytes at the same points.
+//! Cutting a NAR into chunks: the blocking [`Cutter`] (and [`ChunkIter`],
+//! which names each chunk as it is cut), shared by the server's ingest and
+//! the `larder` client's chunk-level push, so both cut the same bytes at
+//! the same points.
+//!
+//! Cutting is serial (each cut point depends on the last), naming is not:
+//! SHA-256 costs about as much as FastCDC, so a caller with cores to spare
+//! takes the cuts in batches ([`Cutter::batches`]) and names them on other
+//! threads ([`RawChunk::name`]) while the cutter goes on.
 
 use std::io::{self, ErrorKind, Read};
 
@@ -18,6 +24,26 @@ pub struct Chunk {
     pub offset: u64,
     /// The bytes; at most `max_size` long.
     pub data: Bytes,
+}
+
+/// A chunk cut but not yet named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChunk {
+    /// Position of the first byte within the NAR.
+    pub offset: u64,
+    /// The bytes; at most `max_size` long.
+    pub data: Bytes,
+}
+
+impl RawChunk {
+    /// Names the chunk: hashes its bytes.
+    pub fn name(self) -> Chunk {
+        Chunk {
+            hash: ChunkHash::of(&self.data),
+            offset: self.offset,
+            data: self.data,
+        }
+    }
 }
 
 /// Why chunking a NAR failed. Any error means the chunks so far are not the
@@ -46,12 +72,12 @@ pub enum ChunkError {
     Task(String),
 }
 
-/// Blocking chunker: splits `total_size` bytes read from `R` into [`Chunk`]s,
-/// hashing each. Runs on a blocking thread; see [`chunk_reader`] for async use.
+/// Blocking chunker: splits `total_size` bytes read from `R` into
+/// [`RawChunk`]s. Runs on a blocking thread.
 ///
 /// Holds a `2 × max_size` window. Yields an error, then ends, if the input is
 /// not exactly `total_size` bytes long.
-pub struct ChunkIter<R> {
+pub struct Cutter<R> {
     reader: R,
     params: ChunkingParams,
     masks: (u64, u64),
@@ -68,8 +94,8 @@ pub struct ChunkIter<R> {
     done: bool,
 }
 
-impl<R: Read> ChunkIter<R> {
-    /// Chunks `reader`, which must yield exactly `total_size` bytes (the
+impl<R: Read> Cutter<R> {
+    /// Cuts `reader`, which must yield exactly `total_size` bytes (the
     /// NAR size the database knows).
     pub fn new(
         reader: R,
@@ -115,7 +141,7 @@ impl<R: Read> ChunkIter<R> {
         Ok(())
     }
 
-    fn next_chunk(&mut self) -> Result<Option<Chunk>, ChunkError> {
+    fn next_chunk(&mut self) -> Result<Option<RawChunk>, ChunkError> {
         let max = self.params.max_size as usize;
         // A one-chunk NAR is below the threshold, so below max_size: reading
         // one byte more either hits the end or proves the size wrong.
@@ -146,11 +172,9 @@ impl<R: Read> ChunkIter<R> {
             )
             .1
         };
-        let data = Bytes::copy_from_slice(&window[..len]);
-        let chunk = Chunk {
-            hash: ChunkHash::of(&data),
+        let chunk = RawChunk {
             offset: self.offset,
-            data,
+            data: Bytes::copy_from_slice(&window[..len]),
         };
         self.start += len;
         self.offset += len as u64;
@@ -158,8 +182,8 @@ impl<R: Read> ChunkIter<R> {
     }
 }
 
-impl<R: Read> Iterator for ChunkIter<R> {
-    type Item = Result<Chunk, ChunkError>;
+impl<R: Read> Iterator for Cutter<R> {
+    type Item = Result<RawChunk, ChunkError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -168,5 +192,75 @@ impl<R: Read> Iterator for ChunkIter<R> {
         let next = self.next_chunk();
         self.done = !matches!(next, Ok(Some(_)));
         next.transpose()
+    }
+}
+
+impl<R: Read> Cutter<R> {
+    /// The cuts in batches of at least `bytes` (the last one may be
+    /// smaller): a handoff per batch, not per chunk. An error comes after
+    /// the batch cut before it, and ends the batches.
+    pub fn batches(self, bytes: usize) -> Batches<R> {
+        Batches {
+            cutter: self,
+            bytes,
+            failed: None,
+        }
+    }
+}
+
+/// [`Cutter::batches`].
+pub struct Batches<R> {
+    cutter: Cutter<R>,
+    bytes: usize,
+    failed: Option<ChunkError>,
+}
+
+impl<R: Read> Iterator for Batches<R> {
+    type Item = Result<Vec<RawChunk>, ChunkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
+        let (mut batch, mut held) = (Vec::new(), 0);
+        while held < self.bytes {
+            match self.cutter.next() {
+                Some(Ok(chunk)) => {
+                    held += chunk.data.len();
+                    batch.push(chunk);
+                }
+                Some(Err(e)) if batch.is_empty() => return Some(Err(e)),
+                Some(Err(e)) => {
+                    self.failed = Some(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        (!batch.is_empty()).then_some(Ok(batch))
+    }
+}
+
+/// Blocking chunker naming each chunk as it is cut: [`Cutter`] and
+/// [`RawChunk::name`] on one thread.
+pub struct ChunkIter<R>(Cutter<R>);
+
+impl<R: Read> ChunkIter<R> {
+    /// Chunks `reader`, which must yield exactly `total_size` bytes (the
+    /// NAR size the database knows).
+    pub fn new(
+        reader: R,
+        total_size: u64,
+        params: &ChunkingParams,
+    ) -> Result<Self, InvalidChunkingParams> {
+        Cutter::new(reader, total_size, params).map(Self)
+    }
+}
+
+impl<R: Read> Iterator for ChunkIter<R> {
+    type Item = Result<Chunk, ChunkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|cut| cut.map(RawChunk::name))
     }
 }

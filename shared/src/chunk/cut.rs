@@ -1,27 +1,41 @@
-//! The async wrappers of the blocking chunker ([`ChunkIter`], in
-//! `larder_core::chunk`): cut points and SHA-256 on a background thread
-//! ([`crate::background`]).
+//! The async wrappers of the blocking chunker ([`Cutter`], in
+//! `larder_core::chunk`): cut points on one background thread, SHA-256 on
+//! a second one, the cuts handed over in batches ([`crate::background`]).
+//! Cutting is the one serial stage of an ingest, and naming cost as much
+//! again when the same thread did it.
+//!
+//! Not the background pool: it is busy compressing, and naming queued
+//! behind compression stalled the cutter (an ingest on two cores went a
+//! fifth slower, docs/measurements.md).
 
 use std::io;
+use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
 use futures::Stream;
 use tokio::io::AsyncRead;
 
-use super::{Chunk, ChunkError, ChunkIter, ChunkingParams, InvalidChunkingParams};
+use super::{Chunk, ChunkError, ChunkingParams, Cutter, InvalidChunkingParams, RawChunk};
 
-/// Chunks handed from the chunking thread to the async consumer ahead of
-/// demand; bounds memory together with the window. Deep enough that the
-/// chunker keeps cutting while a batch of chunks is looked up (at most
-/// 32 × `max_size`, 8 MiB with the default chunking).
+/// Bytes of chunks cut before they are handed to the namer together: a
+/// handoff per batch, not per chunk.
+const NAME_BATCH: usize = 1024 * 1024;
+
+/// Batches cut ahead of the namer.
+const CUT_DEPTH: usize = 4;
+
+/// Chunks handed from the namer to the async consumer ahead of demand;
+/// bounds memory together with the window and the batches. Deep enough
+/// that the chunker keeps going while a batch of chunks is looked up (at
+/// most 32 × `max_size`, 8 MiB with the default chunking).
 const CHUNK_CHANNEL_DEPTH: usize = 32;
 
-/// Chunks an async reader on a background thread of its own (cut points
-/// and SHA-256 stay off the async runtime, below request handling's
-/// priority). See [`ChunkIter`] for the contract.
+/// Chunks an async reader: cut on a background thread, named on another,
+/// in order (all of it off the async runtime, below request handling's
+/// priority). See [`Cutter`] for the contract.
 ///
-/// Dropping the stream stops the thread at its next chunk. Must be called
-/// within a Tokio runtime.
+/// Dropping the stream stops both threads at their next batch. Must be
+/// called within a Tokio runtime.
 pub fn chunk_reader<R>(
     reader: R,
     total_size: u64,
@@ -30,20 +44,50 @@ pub fn chunk_reader<R>(
 where
     R: AsyncRead + Send + Unpin + 'static,
 {
-    let chunks = ChunkIter::new(
+    let cutter = Cutter::new(
         tokio_util::io::SyncIoBridge::new(reader),
         total_size,
         params,
     )?;
     Ok(crate::background::stream(
-        "larder-chunker",
+        "larder-namer",
         CHUNK_CHANNEL_DEPTH,
         move |tx| {
-            for chunk in chunks {
-                if tx.blocking_send(chunk).is_err() {
+            let (cuts, batches) = sync_channel(CUT_DEPTH);
+            std::thread::scope(|scope| {
+                let cutting = std::thread::Builder::new()
+                    .name("larder-chunker".into())
+                    .spawn_scoped(scope, move || {
+                        crate::background::lower_priority();
+                        for batch in cutter.batches(NAME_BATCH) {
+                            if cuts.send(batch).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                if let Err(e) = cutting {
+                    let _ = tx.blocking_send(Err(ChunkError::Task(e.to_string())));
                     return;
                 }
-            }
+                // The namer's receiver drops on return, which stops the
+                // cutter at its next batch.
+                for batch in batches {
+                    let named = batch.map(|b| b.into_iter().map(RawChunk::name));
+                    match named {
+                        Ok(chunks) => {
+                            for chunk in chunks {
+                                if tx.blocking_send(Ok(chunk)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            });
         },
         |e| Err(ChunkError::Task(e.to_string())),
     ))

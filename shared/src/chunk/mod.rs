@@ -22,8 +22,8 @@ mod frame;
 pub use cut::{chunk_reader, chunk_stream};
 pub use frame::{compress, compress_new_chunks, decompress};
 pub use larder_core::chunk::{
-    Chunk, ChunkError, ChunkHash, ChunkIter, ChunkingParams, ChunkingProblem, InvalidChunkHash,
-    InvalidChunkingParams,
+    Chunk, ChunkError, ChunkHash, ChunkIter, ChunkingParams, ChunkingProblem, Cutter,
+    InvalidChunkHash, InvalidChunkingParams, RawChunk,
 };
 
 #[cfg(test)]

@@ -234,6 +234,38 @@ fn wrong_announced_size_is_an_error() {
 }
 
 #[test]
+fn batches_of_cuts_named_are_the_chunks_and_an_error_comes_last() {
+    let params = ChunkingParams::default();
+    let data = pseudo_random(3 << 20, 17);
+    let whole = chunks_of(&data, &[usize::MAX], &params);
+    let cutter = |announced| Cutter::new(&data[..], announced, &params).unwrap();
+    for bytes in [1, 300_000, 1 << 20, usize::MAX] {
+        let batches: Vec<Vec<RawChunk>> = cutter(data.len() as u64)
+            .batches(bytes)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(batches.iter().all(|b| !b.is_empty()));
+        let held = |b: &Vec<RawChunk>| b.iter().map(|c| c.data.len()).sum::<usize>();
+        let (last, full) = batches.split_last().unwrap();
+        assert!(
+            full.iter().all(|b| held(b) >= bytes.min(data.len())),
+            "{bytes}"
+        );
+        assert!(held(last) > 0);
+        let named: Vec<Chunk> = batches.into_iter().flatten().map(RawChunk::name).collect();
+        assert_eq!(named, whole, "{bytes}");
+    }
+    // Announced one byte short: everything cut before the error still
+    // arrives, then the error, then nothing.
+    let results: Vec<_> = cutter(data.len() as u64 - 1).batches(usize::MAX).collect();
+    let [Ok(cut), Err(ChunkError::LongerThanExpected { .. })] = &results[..] else {
+        panic!("{results:?}");
+    };
+    assert!(!cut.is_empty());
+    assert!(whole.starts_with(&cut.iter().cloned().map(RawChunk::name).collect::<Vec<_>>()));
+}
+
+#[test]
 fn an_edit_in_the_middle_changes_only_nearby_chunks() {
     let params = ChunkingParams::default();
     let original = pseudo_random(8 << 20, 11);

@@ -8,8 +8,9 @@
 //! compressing it does).
 //!
 //! The checks tap the staged byte stream and run on a background thread of
-//! their own (`larder_shared::background`): the chunker's thread (cut points and chunk hashes) is the
-//! ingest's one serial stage, and every core it does not need compresses.
+//! their own (`larder_shared::background`): the chunker's thread (cut
+//! points) is the ingest's one serial stage, and every core it does not
+//! need names and compresses.
 //! A grammar error ends the tapped stream soon after the checker finds it.
 
 use std::io;
