@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use larder_core::chunk::ChunkHash;
 use larder_core::nix::hash::NarHash;
 use larder_core::nix::store_path::StorePathHash;
 use larder_core::wire::ErrorBody;
@@ -85,7 +86,7 @@ pub enum ApiError {
     /// remember (docs/protocol.md "Chunk-level push"); the client lists
     /// the chunks instead.
     #[error("chunk list {0} is not known here; list the NAR's chunks")]
-    ChunkListUnknown(String),
+    ChunkListUnknown(ChunkHash),
     /// The staging quota is reached (`[staging] max-bytes`, `max-nars`):
     /// workers are behind, the client should retry after `retry_after`
     /// seconds. A 503 that is not a failure: not logged as one, and its

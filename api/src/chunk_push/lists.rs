@@ -1,5 +1,5 @@
 //! Chunk lists the server was asked about recently, by
-//! [`larder_core::wire::chunk_push::chunk_list_id`], so that a commit (or a
+//! [`larder_core::wire::chunk_push::chunk_list_hash`], so that a commit (or a
 //! prepare) right after the question names the list instead of sending it
 //! a second time: on a near-empty update, the lists are most of what a
 //! push sends.
@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use larder_core::chunk::ChunkHash;
-use larder_core::wire::chunk_push::chunk_list_id;
+use larder_core::wire::chunk_push::chunk_list_hash;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -30,9 +30,9 @@ pub struct ChunkLists {
 
 #[derive(Debug, Default)]
 struct Inner {
-    lists: HashMap<String, Arc<[ChunkHash]>>,
+    lists: HashMap<ChunkHash, Arc<[ChunkHash]>>,
     /// Ids, oldest first.
-    order: VecDeque<String>,
+    order: VecDeque<ChunkHash>,
     /// Hashes in `lists`.
     hashes: usize,
 }
@@ -44,7 +44,7 @@ impl ChunkLists {
         if hashes.is_empty() || hashes.len() > MAX_HASHES {
             return;
         }
-        let id = chunk_list_id(hashes);
+        let id = chunk_list_hash(hashes);
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
@@ -60,23 +60,20 @@ impl ChunkLists {
             }
         }
         inner.hashes += hashes.len();
-        inner.order.push_back(id.clone());
+        inner.order.push_back(id);
         inner.lists.insert(id, hashes.into());
     }
 
     /// The lists named by `ids`, concatenated; `409 ChunkListUnknown`
     /// naming the first id not remembered.
-    pub fn resolve(&self, ids: &[String]) -> ApiResult<Vec<ChunkHash>> {
+    pub fn resolve(&self, ids: &[ChunkHash]) -> ApiResult<Vec<ChunkHash>> {
         let inner = self
             .inner
             .lock()
             .map_err(|_| ApiError::Internal("chunk lists poisoned".into()))?;
         let mut out = Vec::new();
         for id in ids {
-            let list = inner
-                .lists
-                .get(id)
-                .ok_or_else(|| ApiError::ChunkListUnknown(id.clone()))?;
+            let list = inner.lists.get(id).ok_or(ApiError::ChunkListUnknown(*id))?;
             out.extend_from_slice(list);
         }
         Ok(out)
@@ -94,10 +91,10 @@ mod tests {
         let b = vec![ChunkHash::of(b"b")];
         lists.remember(&a);
         lists.remember(&b);
-        let ids = [chunk_list_id(&a), chunk_list_id(&b)];
+        let ids = [chunk_list_hash(&a), chunk_list_hash(&b)];
         let both = lists.resolve(&ids).unwrap();
         assert_eq!(both, [a.clone(), b.clone()].concat());
-        let unknown = ["00".repeat(32)];
+        let unknown = [ChunkHash::from_slice(&[0; 32]).unwrap()];
         assert!(matches!(
             lists.resolve(&unknown),
             Err(ApiError::ChunkListUnknown(id)) if id == unknown[0]
@@ -107,6 +104,6 @@ mod tests {
         lists.remember(&big);
         assert!(lists.resolve(&ids[..1]).is_err(), "oldest out");
         assert!(lists.resolve(&ids[1..]).is_ok());
-        assert!(lists.resolve(&[chunk_list_id(&big)]).is_ok());
+        assert!(lists.resolve(&[chunk_list_hash(&big)]).is_ok());
     }
 }

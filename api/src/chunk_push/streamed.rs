@@ -131,7 +131,7 @@ fn pieces(
                 .map_err(|e| ApiError::BadRequest(e.to_string()))
                 .and_then(|units| match &st.tail {
                     Tail::Hashes => Ok(units),
-                    Tail::ListIds(lists) => resolve(lists, &units),
+                    Tail::ListIds(lists) => lists.resolve(&units),
                 });
             let piece = match piece {
                 Ok(p) => p,
@@ -152,12 +152,6 @@ fn pieces(
         }
         None
     })
-}
-
-/// The chunks of the lists `ids` name, in order.
-fn resolve(lists: &ChunkLists, ids: &[ChunkHash]) -> ApiResult<Vec<ChunkHash>> {
-    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    lists.resolve(&ids)
 }
 
 /// Where each piece's chunks are, in order, each piece's part of the chunk

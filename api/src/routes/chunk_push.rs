@@ -178,7 +178,13 @@ pub async fn commit(
                 "a NAR commit lists its chunks or names chunk lists, not both".into(),
             ));
         }
-        let ids = std::mem::take(&mut req.chunk_lists);
+        let ids = std::mem::take(&mut req.chunk_lists)
+            .iter()
+            .map(|id| {
+                id.parse()
+                    .map_err(|e| ApiError::BadRequest(format!("chunk list id {id:?}: {e}")))
+            })
+            .collect::<ApiResult<Vec<ChunkHash>>>()?;
         hashes = state.chunk_lists.resolve(&ids)?;
     }
     same_cache(&access, &req)?;

@@ -89,6 +89,7 @@ pub async fn push(
         progress,
         store_path: meta.store_path.clone(),
         known: HashSet::new(),
+        by_list,
         lists: Vec::new(),
         in_flight: None,
         prepare,
@@ -187,6 +188,9 @@ struct Sender<'a> {
     store_path: String,
     /// Chunks of this NAR sent or present already.
     known: HashSet<ChunkHash>,
+    /// Whether the commit names the lists asked about: decided once per
+    /// path, as the streamed prepare was opened.
+    by_list: bool,
     /// Ids of the lists asked about, when the commit may name them instead
     /// of listing the chunks again: then each group is asked whole and in
     /// order, so that the lists concatenated are the NAR's chunks.
@@ -200,8 +204,7 @@ struct Sender<'a> {
 impl Sender<'_> {
     async fn send_group(&mut self, group: Vec<Chunk>) -> Result<(), UploadError> {
         let hashes: Vec<ChunkHash> = group.iter().map(|c| c.hash).collect();
-        let by_list = self.params.hash_lists && self.params.chunk_list_refs;
-        let list = by_list.then(|| chunk_list_hash(&hashes));
+        let list = self.by_list.then(|| chunk_list_hash(&hashes));
         let ask: Vec<ChunkHash> = if let Some(list) = list {
             self.lists.push(list.to_string());
             hashes.clone()

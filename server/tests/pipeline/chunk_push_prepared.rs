@@ -306,6 +306,15 @@ pub async fn chunk_push_hash_lists(app: &TestApp) {
     p.post_hash_list("nars", &unknown, &[])
         .await
         .assert_error(StatusCode::CONFLICT, "ChunkListUnknown");
+    // An id that is no list id at all is the caller's mistake, not a
+    // forgotten list: repeating with hashes would not mend it.
+    for id in ["00".repeat(31), "AB".repeat(32), "not hex".into()] {
+        let malformed = json!({"info": update.info("cp"), "mode": "prepare",
+            "chunk_lists": [id]});
+        p.post_hash_list("nars", &malformed, &[])
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    }
     let prepare = json!({"info": update.info("cp"), "mode": "prepare",
         "chunk_lists": [chunk_list_id(&hashes(&chunks))]});
     p.post_hash_list("nars", &prepare, &hashes(&chunks))
