@@ -79,8 +79,9 @@ pub async fn push(
     let (nar, dump) = nix.dump(&info.path)?.into_reader();
     let mut chunks = cut(nar, info.nar_size, params);
     let by_list = params.hash_lists && params.chunk_list_refs && chunking.names_lists();
-    let prepare = chunking
-        .streams_prepares()
+    // A NAR of one chunk commits in one step (`commit::one_step`).
+    let one_chunk = info.nar_size < u64::from(params.nar_size_threshold);
+    let prepare = (chunking.streams_prepares() && !one_chunk)
         .then(|| StreamedPrepare::open(target, &meta, by_list));
     let mut sender = Sender {
         api,
