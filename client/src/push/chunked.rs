@@ -18,8 +18,8 @@
 //! per core, which hash them while it cuts on.
 //!
 //! Memory is bounded: the chunker runs at most [`CHANNEL_DEPTH`] batches
-//! ahead of the namers, a group holds at most [`GROUP_BYTES`], and one batch is in
-//! flight while the next is compressed. An interrupted push resumes by
+//! ahead of the namers, a group holds at most [`GROUP_BYTES`], and one
+//! batch is in flight while the next is compressed. An interrupted push resumes by
 //! itself: chunks the server already received count as present for the
 //! same token subject, so asking again skips them.
 
