@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::io::SyncIoBridge;
 
 use larder_core::CacheName;
-use larder_core::chunk::{Chunk, ChunkHash, Cutter, RawChunk};
+use larder_core::chunk::{Chunk, ChunkHash, Cutter, NAME_BATCH, RawChunk};
 pub use larder_core::wire::chunk_push::ChunkParamsResponse;
 use larder_core::wire::chunk_push::{ENTRY_HEADER, chunk_list_hash, encode_entry};
 use larder_core::wire::{UploadKind, UploadPathNarInfo};
@@ -44,8 +44,6 @@ use super::progress::PathProgress;
 use crate::api::{ApiClient, ApiError};
 use crate::nix::{Nix, PathInfo};
 
-/// Bytes of chunks cut before they are handed on to be named together.
-const NAME_BATCH: usize = 1024 * 1024;
 /// Batches cut ahead of the namers.
 const CHANNEL_DEPTH: usize = 4;
 /// Bytes of NAR asked about (and held) at once.

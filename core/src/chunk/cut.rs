@@ -26,6 +26,10 @@ pub struct Chunk {
     pub data: Bytes,
 }
 
+/// Bytes of cut chunks handed on together to be named
+/// ([`Cutter::batches`]): a handoff per megabyte, not per chunk.
+pub const NAME_BATCH: usize = 1024 * 1024;
+
 /// A chunk cut but not yet named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawChunk {

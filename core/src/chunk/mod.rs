@@ -14,6 +14,6 @@ mod cut;
 mod hash;
 mod params;
 
-pub use cut::{Batches, Chunk, ChunkError, ChunkIter, Cutter, RawChunk};
+pub use cut::{Batches, Chunk, ChunkError, ChunkIter, Cutter, NAME_BATCH, RawChunk};
 pub use hash::{ChunkHash, InvalidChunkHash};
 pub use params::{ChunkingParams, ChunkingProblem, InvalidChunkingParams};

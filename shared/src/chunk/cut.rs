@@ -9,17 +9,13 @@
 //! fifth slower, docs/measurements.md).
 
 use std::io;
-use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
 use futures::Stream;
 use tokio::io::AsyncRead;
 
-use super::{Chunk, ChunkError, ChunkingParams, Cutter, InvalidChunkingParams, RawChunk};
-
-/// Bytes of chunks cut before they are handed to the namer together: a
-/// handoff per batch, not per chunk.
-const NAME_BATCH: usize = 1024 * 1024;
+use super::{Chunk, ChunkError, ChunkingParams, Cutter, InvalidChunkingParams, NAME_BATCH};
+use crate::background;
 
 /// Batches cut ahead of the namer.
 const CUT_DEPTH: usize = 4;
@@ -34,8 +30,8 @@ const CHUNK_CHANNEL_DEPTH: usize = 32;
 /// in order (all of it off the async runtime, below request handling's
 /// priority). See [`Cutter`] for the contract.
 ///
-/// Dropping the stream stops both threads at their next batch. Must be
-/// called within a Tokio runtime.
+/// Dropping the stream stops both threads at their next batch; a thread
+/// that dies ends it with an error. Must be called within a Tokio runtime.
 pub fn chunk_reader<R>(
     reader: R,
     total_size: u64,
@@ -49,45 +45,37 @@ where
         total_size,
         params,
     )?;
-    Ok(crate::background::stream(
+    let batches = background::stream(
+        "larder-chunker",
+        CUT_DEPTH,
+        move |tx| {
+            for batch in cutter.batches(NAME_BATCH) {
+                if tx.blocking_send(batch).is_err() {
+                    return;
+                }
+            }
+        },
+        |e| Err(ChunkError::Task(e.to_string())),
+    );
+    Ok(background::stream(
         "larder-namer",
         CHUNK_CHANNEL_DEPTH,
         move |tx| {
-            let (cuts, batches) = sync_channel(CUT_DEPTH);
-            std::thread::scope(|scope| {
-                let cutting = std::thread::Builder::new()
-                    .name("larder-chunker".into())
-                    .spawn_scoped(scope, move || {
-                        crate::background::lower_priority();
-                        for batch in cutter.batches(NAME_BATCH) {
-                            if cuts.send(batch).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                if let Err(e) = cutting {
-                    let _ = tx.blocking_send(Err(ChunkError::Task(e.to_string())));
-                    return;
-                }
-                // The namer's receiver drops on return, which stops the
-                // cutter at its next batch.
-                for batch in batches {
-                    let named = batch.map(|b| b.into_iter().map(RawChunk::name));
-                    match named {
-                        Ok(chunks) => {
-                            for chunk in chunks {
-                                if tx.blocking_send(Ok(chunk)).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
+            // Dropping the batches on return stops the cutter.
+            for batch in futures::executor::block_on_stream(Box::pin(batches)) {
+                let chunks = match batch {
+                    Ok(chunks) => chunks,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                for chunk in chunks {
+                    if tx.blocking_send(Ok(chunk.name())).is_err() {
+                        return;
                     }
                 }
-            });
+            }
         },
         |e| Err(ChunkError::Task(e.to_string())),
     ))

@@ -23,7 +23,7 @@ pub use cut::{chunk_reader, chunk_stream};
 pub use frame::{compress, compress_new_chunks, decompress};
 pub use larder_core::chunk::{
     Chunk, ChunkError, ChunkHash, ChunkIter, ChunkingParams, ChunkingProblem, Cutter,
-    InvalidChunkHash, InvalidChunkingParams, RawChunk,
+    InvalidChunkHash, InvalidChunkingParams, NAME_BATCH, RawChunk,
 };
 
 #[cfg(test)]
