@@ -43,6 +43,10 @@ const COMMIT: &str = "/nars";
 const QUESTION: &str = "/chunks/missing";
 /// Content type of a body made of a JSON head and raw 32-byte hashes.
 const HASH_LIST: &str = "application/x-larder-hash-list";
+/// Content type of a one-step commit carrying its NAR of one chunk.
+const INLINE_NAR: &str = "application/x-larder-inline-nar";
+/// [`NarRequest::mode`] of such a commit.
+pub const INLINE: &str = "inline";
 /// [`NarRequest::mode`] of a commit whose body has no length.
 pub const STREAMED: &str = "streamed";
 
@@ -70,7 +74,8 @@ pub struct Exchange {
 pub struct NarRequest {
     /// `commit` (also when absent, as the server reads it), `prepare` or
     /// `publish`; [`STREAMED`] for a body without a length (a streamed
-    /// prepare), which the proxy does not read: its other fields are empty.
+    /// prepare), which the proxy does not read: its other fields are empty;
+    /// [`INLINE`] for a one-step commit carrying its NAR.
     pub mode: String,
     /// `info.store_path`.
     pub store_path: String,
@@ -221,8 +226,12 @@ impl Shared {
                 })
                 .unwrap_or_default()
         };
+        let mode = match body.inline {
+            true => INLINE,
+            false => head["mode"].as_str().unwrap_or("commit"),
+        };
         Some(NarRequest {
-            mode: head["mode"].as_str().unwrap_or("commit").to_owned(),
+            mode: mode.to_owned(),
             store_path: head["info"]["store_path"]
                 .as_str()
                 .unwrap_or_default()
@@ -252,25 +261,39 @@ struct ChunkPushBody {
     chunks: Vec<String>,
     /// A hash list's id: the SHA-256 of its tail, hex.
     list_id: Option<String>,
+    /// A commit carrying its NAR (whose tail is that NAR, compressed).
+    inline: bool,
 }
 
 impl ChunkPushBody {
     fn parse(content_type: Option<&str>, body: &[u8]) -> anyhow::Result<Self> {
-        if !content_type.is_some_and(|t| t.starts_with(HASH_LIST)) {
+        let framed = |t: &str| content_type.is_some_and(|c| c.starts_with(t));
+        if !framed(HASH_LIST) && !framed(INLINE_NAR) {
             let head: serde_json::Value = serde_json::from_slice(body)?;
             let chunks = strings(&head["chunks"]);
             return Ok(Self {
                 head,
                 chunks,
                 list_id: None,
+                inline: false,
             });
         }
         let len = body
             .get(..4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .context("hash list without its head's length")?;
-        let head = body.get(4..4 + len).context("hash list ends in its head")?;
+            .context("framed body without its head's length")?;
+        let head = body
+            .get(4..4 + len)
+            .context("framed body ends in its head")?;
         let tail = &body[4 + len..];
+        if framed(INLINE_NAR) {
+            return Ok(Self {
+                head: serde_json::from_slice(head)?,
+                chunks: Vec::new(),
+                list_id: None,
+                inline: true,
+            });
+        }
         anyhow::ensure!(
             tail.len().is_multiple_of(32),
             "hash list of {} bytes",
@@ -280,6 +303,7 @@ impl ChunkPushBody {
             head: serde_json::from_slice(head)?,
             chunks: tail.chunks_exact(32).map(hex::encode).collect(),
             list_id: Some(hex::encode(Sha256::digest(tail))),
+            inline: false,
         })
     }
 }

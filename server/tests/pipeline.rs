@@ -89,6 +89,7 @@ on_both_backends!(
     chunk_push_hash_lists,
     chunk_push_streamed_prepare,
     chunk_push_streamed_prepare_failures_leave_nothing,
+    chunk_push_inline_nar,
     expired_token_records_are_pruned,
 );
 
@@ -135,7 +136,7 @@ use chunk_push::{
 };
 mod chunk_push_prepared;
 use chunk_push_prepared::{
-    chunk_push_hash_lists, chunk_push_prepare_refuses_a_wrong_hash,
+    chunk_push_hash_lists, chunk_push_inline_nar, chunk_push_prepare_refuses_a_wrong_hash,
     chunk_push_prepare_then_publish, chunk_push_publish_without_prepared_nar,
     chunk_push_streamed_prepare, chunk_push_streamed_prepare_failures_leave_nothing,
 };

@@ -12,9 +12,11 @@
 //! `prepared` splits that commit in two: the verification and staging
 //! first, the recording once the path's references are in; `streamed`
 //! lets that first half run while the client is still cutting the NAR.
+//! `inline` takes a NAR of one chunk in its commit, in one request.
 
 pub mod assemble;
 pub mod batch;
+pub mod inline;
 pub mod lists;
 pub mod prepared;
 pub mod presence;

@@ -8,7 +8,8 @@
 //! - `POST chunks`: a batch of zstd frames, verified, kept for a grace period.
 //! - `POST nars`: the NAR as its chunk list, verified whole, then recorded
 //!   as an upload-path upload is; or only verified and staged (`prepare`),
-//!   or recorded from what a prepare staged (`publish`).
+//!   or recorded from what a prepare staged (`publish`); or a NAR of one
+//!   chunk carried in the request itself ([`INLINE_NAR_CONTENT_TYPE`]).
 //!
 //! The missing-chunks question and the commit take their chunk list as hex
 //! JSON or, more compactly, as a hash-list body (a JSON head, then raw
@@ -34,7 +35,8 @@ use larder_core::nix::store_path::StorePath;
 use larder_core::wire::chunk_push;
 use larder_core::wire::chunk_push::{
     ChunkBatchResponse, ChunkParamsResponse, CommitMode, CommitNarRequest, HASH_LIST_CONTENT_TYPE,
-    MissingChunksRequest, MissingChunksResponse, PreparedNarResponse, parse_hash_list,
+    INLINE_NAR_CONTENT_TYPE, MissingChunksRequest, MissingChunksResponse, PreparedNarResponse,
+    parse_hash_list, parse_inline_nar,
 };
 use larder_core::wire::{UploadKind, UploadPathResult};
 use larder_shared::audit::PushRoute;
@@ -47,7 +49,7 @@ use crate::body_rate::Pace;
 use crate::chunk_push::lists::ChunkLists;
 use crate::chunk_push::presence::{self, Asker, Presence};
 use crate::chunk_push::streamed::{self, Tail};
-use crate::chunk_push::{assemble, batch, prepared, pusher};
+use crate::chunk_push::{assemble, batch, inline, prepared, pusher};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::upload_path::{self, BodyStream};
 use crate::state::AppState;
@@ -92,6 +94,7 @@ pub async fn params(
         hash_lists: true,
         chunk_list_refs: true,
         streamed_prepare: true,
+        inline_nars: true,
     }))
 }
 
@@ -117,7 +120,7 @@ pub async fn missing(
             hashes.len()
         )));
     }
-    if is_hash_list(&headers) {
+    if has_content_type(&headers, HASH_LIST_CONTENT_TYPE) {
         state.chunk_lists.remember(&hashes);
     }
     let path = store_path(&access.cache, &req.store_path)?;
@@ -160,6 +163,9 @@ pub async fn commit(
     body: Body,
 ) -> ApiResult<Response> {
     enabled(&state)?;
+    if has_content_type(&headers, INLINE_NAR_CONTENT_TYPE) {
+        return inline_commit(&state, &access, &headers, body).await;
+    }
     let (mut req, body) = commit_body(&headers, body, &state.chunk_lists).await?;
     let mut hashes = match body {
         CommitBody::Listed(hashes) => hashes,
@@ -242,12 +248,58 @@ pub async fn commit(
         Some(&chunks),
     )
     .await?;
-    Ok(Json(UploadPathResult {
+    Ok(uploaded())
+}
+
+/// A commit's answer: `Uploaded` whether or not the NAR existed elsewhere,
+/// which is not the caller's to learn.
+fn uploaded() -> Response {
+    Json(UploadPathResult {
         kind: UploadKind::Uploaded,
         file_size: None,
         frac_deduplicated: None,
     })
-    .into_response())
+    .into_response()
+}
+
+/// A one-step commit carrying its NAR of one chunk as zstd
+/// ([`crate::chunk_push::inline`]).
+async fn inline_commit(
+    state: &AppState,
+    access: &CacheAccess<Push>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let threshold = state.config.chunking.nar_size_threshold;
+    let limit = inline::body_limit(COMMIT_HEAD, threshold);
+    let body = read_limited(body, limit, "inline NAR commit").await?;
+    let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("invalid NAR commit: {e}"));
+    let (head, compressed) = parse_inline_nar(&body).map_err(|e| bad(&e))?;
+    let req: CommitNarRequest = serde_json::from_slice(head).map_err(|e| bad(&e))?;
+    if req.mode != CommitMode::Commit
+        || !req.chunks.is_empty()
+        || !req.chunk_lists.is_empty()
+        || req.prepared.is_some()
+        || req.list_ids_follow
+    {
+        return Err(bad(
+            &"an inline NAR commits in one step and lists no chunks",
+        ));
+    }
+    same_cache(access, &req)?;
+    let nar = inline::decompress(compressed, req.info.nar_size, threshold)?;
+    let nar: BodyStream = Box::pin(futures::stream::once(async move { Ok(nar) }));
+    upload_path::accept(
+        state,
+        &access.credentials,
+        headers,
+        req.info,
+        nar,
+        PushRoute::ChunkPush,
+        None,
+    )
+    .await?;
+    Ok(uploaded())
 }
 
 /// A commit's chunk list: whole, or (a prepare's hash-list body) the rest
@@ -265,7 +317,7 @@ async fn commit_body(
     body: Body,
     lists: &Arc<ChunkLists>,
 ) -> ApiResult<(CommitNarRequest, CommitBody)> {
-    if !is_hash_list(headers) {
+    if !has_content_type(headers, HASH_LIST_CONTENT_TYPE) {
         let body = read_limited(body, COMMIT_BODY, "NAR commit").await?;
         let (req, hashes) =
             with_hashes(headers, &body, "NAR commit", |r: &mut CommitNarRequest| {
@@ -346,7 +398,7 @@ fn with_hashes<T: DeserializeOwned>(
     take_hex: impl Fn(&mut T) -> Vec<String>,
 ) -> ApiResult<(T, Vec<ChunkHash>)> {
     let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("invalid {what}: {e}"));
-    if is_hash_list(headers) {
+    if has_content_type(headers, HASH_LIST_CONTENT_TYPE) {
         let (head, hashes) = parse_hash_list(body).map_err(|e| bad(&e))?;
         let mut req: T = serde_json::from_slice(head).map_err(|e| bad(&e))?;
         if !take_hex(&mut req).is_empty() {
@@ -359,12 +411,11 @@ fn with_hashes<T: DeserializeOwned>(
     Ok((req, hashes))
 }
 
-/// Whether the body is a [`HASH_LIST_CONTENT_TYPE`] one.
-fn is_hash_list(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes()
-            .eq_ignore_ascii_case(HASH_LIST_CONTENT_TYPE.as_bytes())
-    })
+/// Whether the body is of `content_type` (one of Larder's own).
+fn has_content_type(headers: &HeaderMap, content_type: &str) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(content_type.as_bytes()))
 }
 
 /// The presence question for this caller and path.

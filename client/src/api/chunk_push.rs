@@ -18,8 +18,8 @@ use larder_core::CacheName;
 use larder_core::chunk::ChunkHash;
 use larder_core::wire::chunk_push::{
     BATCH_CONTENT_TYPE, ChunkBatchResponse, ChunkParamsResponse, CommitNarRequest,
-    HASH_LIST_CONTENT_TYPE, MissingChunksRequest, MissingChunksResponse, PREFIX,
-    PreparedNarResponse, encode_hash_list,
+    HASH_LIST_CONTENT_TYPE, INLINE_NAR_CONTENT_TYPE, MissingChunksRequest, MissingChunksResponse,
+    PREFIX, PreparedNarResponse, encode_hash_list, encode_inline_nar,
 };
 
 use super::error::Call;
@@ -148,6 +148,26 @@ impl ApiClient {
         let (call, rb) = self.nars_call(cache, replace)?;
         let rb = body.attach(rb);
         let resp = Self::send(&call, rb).await?;
+        Self::json(&call, resp).await
+    }
+
+    /// A one-step commit (`req`, no chunks in it) carrying its NAR of one
+    /// chunk as `compressed` zstd, for a server that advertises
+    /// [`ChunkParamsResponse::inline_nars`].
+    pub async fn commit_inline_nar<T: DeserializeOwned>(
+        &self,
+        cache: &CacheName,
+        req: &CommitNarRequest,
+        compressed: &[u8],
+        replace: bool,
+    ) -> Result<T, ApiError> {
+        let head = serde_json::to_vec(req).map_err(ApiError::Encode)?;
+        let body = Payload {
+            content_type: INLINE_NAR_CONTENT_TYPE,
+            bytes: encode_inline_nar(&head, compressed).into(),
+        };
+        let (call, rb) = self.nars_call(cache, replace)?;
+        let resp = Self::send(&call, body.attach(rb)).await?;
         Self::json(&call, resp).await
     }
 

@@ -73,12 +73,17 @@ pub async fn push(
 ) -> Result<UploadKind, UploadError> {
     let Target { api, cache, .. } = target;
     let params = &chunking.params;
+    // A NAR of one chunk commits in one step (`commit::one_step`), with its
+    // bytes in the commit where the server takes that.
+    let one_chunk = info.nar_size < u64::from(params.nar_size_threshold);
+    if one_chunk && params.inline_nars {
+        let how = (params.nar_size_threshold, params.zstd_level);
+        return super::inline::push(target, nix, info, meta, how, progress, gate).await;
+    }
     progress.restart();
     let (nar, dump) = nix.dump(&info.path)?.into_reader();
     let mut chunks = cut(nar, info.nar_size, params);
     let by_list = params.hash_lists && params.chunk_list_refs && chunking.names_lists();
-    // A NAR of one chunk commits in one step (`commit::one_step`).
-    let one_chunk = info.nar_size < u64::from(params.nar_size_threshold);
     let prepare = (chunking.streams_prepares() && !one_chunk)
         .then(|| StreamedPrepare::open(target, &meta, by_list));
     let mut sender = Sender {
@@ -307,7 +312,7 @@ thread_local! {
 }
 
 /// One chunk as one zstd frame recording its content size.
-fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+pub(super) fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with_borrow_mut(|slot| {
         let compressor = match slot {
             Some((l, c)) if *l == level => c,

@@ -375,6 +375,7 @@ mod tests {
             hash_lists: true,
             chunk_list_refs: true,
             streamed_prepare: true,
+            inline_nars: true,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod commit;
 pub mod error;
 pub mod filter;
 pub mod gate;
+pub mod inline;
 pub mod progress;
 mod schedule;
 pub mod stdin;

@@ -62,6 +62,12 @@ pub struct ChunkParamsResponse {
     /// which read the whole body first).
     #[serde(default)]
     pub streamed_prepare: bool,
+    /// A NAR below `nar_size_threshold` (one chunk) may be committed with
+    /// its bytes in the commit ([`INLINE_NAR_CONTENT_TYPE`]): one request
+    /// instead of a question, a batch and a commit (absent from older
+    /// servers).
+    #[serde(default)]
+    pub inline_nars: bool,
 }
 
 fn default_zstd_level() -> i32 {
@@ -200,6 +206,40 @@ pub fn encode_hash_list(head: &[u8], hashes: &[ChunkHash]) -> Vec<u8> {
     out
 }
 
+/// Content type of a one-step commit carrying its NAR, one chunk's worth,
+/// as zstd: the head's length (u32 BE), the head (JSON:
+/// [`CommitNarRequest`] with no `chunks`), then the compressed NAR
+/// ([`encode_inline_nar`]). For a servers advertising
+/// [`ChunkParamsResponse::inline_nars`].
+pub const INLINE_NAR_CONTENT_TYPE: &str = "application/x-larder-inline-nar";
+
+/// An [`INLINE_NAR_CONTENT_TYPE`] body.
+pub fn encode_inline_nar(head: &[u8], compressed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + head.len() + compressed.len());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(compressed);
+    out
+}
+
+/// Splits an [`INLINE_NAR_CONTENT_TYPE`] body into its head and the
+/// compressed NAR.
+pub fn parse_inline_nar(body: &[u8]) -> Result<(&[u8], &[u8]), HashListError> {
+    split_head(body)
+}
+
+/// A framed body's head (after its u32 BE length) and the rest.
+fn split_head(body: &[u8]) -> Result<(&[u8], &[u8]), HashListError> {
+    let len = body
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or(HashListError::TruncatedHead(0))?;
+    let head = body
+        .get(4..4 + len)
+        .ok_or(HashListError::TruncatedHead(len))?;
+    Ok((head, &body[4 + len..]))
+}
+
 /// Why a hash-list body does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HashListError {
@@ -213,14 +253,8 @@ pub enum HashListError {
 
 /// Splits a [`HASH_LIST_CONTENT_TYPE`] body into its head and hashes.
 pub fn parse_hash_list(body: &[u8]) -> Result<(&[u8], Vec<ChunkHash>), HashListError> {
-    let len = body
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or(HashListError::TruncatedHead(0))?;
-    let head = body
-        .get(4..4 + len)
-        .ok_or(HashListError::TruncatedHead(len))?;
-    Ok((head, parse_hashes(&body[4 + len..])?))
+    let (head, tail) = split_head(body)?;
+    Ok((head, parse_hashes(tail)?))
 }
 
 /// The raw hashes after a hash-list body's head.
@@ -297,6 +331,23 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<BatchEntry<'_>>, BatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_nar_round_trip() {
+        let body = encode_inline_nar(b"{\"head\":1}", b"zstd bytes");
+        assert_eq!(
+            parse_inline_nar(&body).unwrap(),
+            (&b"{\"head\":1}"[..], &b"zstd bytes"[..])
+        );
+        assert_eq!(
+            parse_inline_nar(&body[..6]),
+            Err(HashListError::TruncatedHead(10))
+        );
+        assert_eq!(
+            parse_inline_nar(b"\0\0"),
+            Err(HashListError::TruncatedHead(0))
+        );
+    }
 
     #[test]
     fn batch_round_trip() {

@@ -7,7 +7,8 @@
 //! prepared NAR never published is swept. Hash-list bodies are accepted
 //! next to the hex JSON, with the same answers, and a commit may name the
 //! lists of its questions instead of listing its chunks again. A prepare's
-//! hash list may stream in as its chunks are sent.
+//! hash list may stream in as its chunks are sent. A NAR of one chunk may
+//! come inline, in its commit.
 
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use serde_json::{Value, json};
 
 use larder_core::chunk::{Chunk, ChunkHash};
 use larder_core::wire::chunk_push::{
-    ChunkParamsResponse, HASH_LIST_CONTENT_TYPE, chunk_list_hash, chunk_list_id, encode_hash_list,
+    ChunkParamsResponse, HASH_LIST_CONTENT_TYPE, INLINE_NAR_CONTENT_TYPE, chunk_list_hash,
+    chunk_list_id, encode_hash_list, encode_inline_nar,
 };
 use larder_shared::db::unix_now;
 use larder_shared::storage::checksum::Checksum;
@@ -38,6 +40,16 @@ impl Pusher<'_> {
         let body = encode_hash_list(head.to_string().as_bytes(), hashes);
         let req = request(Method::POST, &self.uri(rest), Some(&self.token))
             .header("content-type", HASH_LIST_CONTENT_TYPE)
+            .body(Body::from(body))
+            .expect("request");
+        self.app.send(req).await
+    }
+
+    /// A one-step commit with `head`, carrying the NAR as `zstd`.
+    async fn post_inline(&self, head: &Value, zstd: &[u8]) -> TestResponse {
+        let body = encode_inline_nar(head.to_string().as_bytes(), zstd);
+        let req = request(Method::POST, &self.uri("nars"), Some(&self.token))
+            .header("content-type", INLINE_NAR_CONTENT_TYPE)
             .body(Body::from(body))
             .expect("request");
         self.app.send(req).await
@@ -497,4 +509,79 @@ impl Pusher<'_> {
         let answer = tokio::spawn(async move { crate::common::send(&router, req).await });
         (tx, answer)
     }
+}
+
+/// A NAR of one chunk committed with its bytes (docs/protocol.md "Inline
+/// NARs"): refused with nothing left when its claims do not hold, it is too
+/// large for one chunk, or its bytes are not zstd of at most its NarSize;
+/// otherwise served byte-identical staged and ingested, and a repeat links.
+pub async fn chunk_push_inline_nar(app: &TestApp) {
+    app.create_cache("cp", false).await;
+    let p = pusher(app, app.token(&[("cp", PULL_PUSH)]), "cp");
+    let params: ChunkParamsResponse = p.params().await.json();
+    assert!(params.inline_nars);
+    let nar = TestNar::files("tiny-1.0", 11, &[20 * KIB]);
+    assert!(nar.nar_size() < u64::from(params.nar_size_threshold));
+    let zstd = zstd::bulk::compress(&nar.bytes, 3).expect("zstd");
+    let head = |info: Value| json!({ "info": info });
+
+    let mut info = nar.info("cp");
+    info["nar_hash"] = json!(format!("sha256:{}", "0".repeat(64)));
+    p.post_inline(&head(info), &zstd)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
+    let mut info = nar.info("cp");
+    info["nar_size"] = json!(nar.nar_size() + 1);
+    p.post_inline(&head(info), &zstd)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
+    // Inflating past the NarSize it claims, and not zstd at all.
+    let mut info = nar.info("cp");
+    info["nar_size"] = json!(nar.nar_size() - 1);
+    p.post_inline(&head(info), &zstd)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
+    p.post_inline(&head(nar.info("cp")), &nar.bytes)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidNar");
+    // Too large to be one chunk, or not a one-step commit.
+    let large = TestNar::files("large-1.0", 12, &[80 * KIB]);
+    let large_zstd = zstd::bulk::compress(&large.bytes, 3).expect("zstd");
+    p.post_inline(&head(large.info("cp")), &large_zstd)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    let prepare = json!({ "info": nar.info("cp"), "mode": "prepare" });
+    p.post_inline(&prepare, &zstd)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "BadRequest");
+    let pull_only = pusher(app, app.token(&[("cp", &[Permission::Pull])]), "cp");
+    pull_only
+        .post_inline(&head(nar.info("cp")), &zstd)
+        .await
+        .assert_status(StatusCode::FORBIDDEN);
+    assert_nothing_prepared(app).await;
+    assert!(app.object_keys("staging/").await.is_empty());
+
+    assert_kind(
+        &p.post_inline(&head(nar.info("cp")), &zstd).await,
+        "Uploaded",
+    );
+    assert!(
+        served(app, &p.token, "cp", &nar).await == nar.bytes,
+        "staged"
+    );
+    app.drain_jobs().await;
+    assert!(
+        served(app, &p.token, "cp", &nar).await == nar.bytes,
+        "ingested"
+    );
+    assert_kind(
+        &p.post_inline(&head(nar.info("cp")), &zstd).await,
+        "Uploaded",
+    );
+    assert_eq!(
+        (app.count("nars").await, app.count("objects").await),
+        (1, 1)
+    );
+    app.assert_chunk_store_consistent().await;
 }
